@@ -1,0 +1,3 @@
+from arvc.cli import main
+
+main()
