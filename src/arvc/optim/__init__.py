@@ -1,0 +1,32 @@
+"""arvc's optimizer system: five rated optimizers, one registry, paired schedulers."""
+
+from torch.optim import AdamW, RAdam
+
+from arvc.optim.adabelief import AdaBelief
+from arvc.optim.adabelief_v2 import AdaBeliefV2
+from arvc.optim.anyprecision_adamw import AnyPrecisionAdamW
+from arvc.optim.registry import (
+    OPTIMIZERS,
+    OptimizerSpec,
+    build_from_spec,
+    build_optimizer,
+    get_spec,
+    state_bytes_per_param,
+)
+from arvc.optim.schedulers import InverseSqrt, build_scheduler
+
+__all__ = [
+    "OPTIMIZERS",
+    "AdaBelief",
+    "AdaBeliefV2",
+    "AdamW",
+    "AnyPrecisionAdamW",
+    "InverseSqrt",
+    "OptimizerSpec",
+    "RAdam",
+    "build_from_spec",
+    "build_optimizer",
+    "build_scheduler",
+    "get_spec",
+    "state_bytes_per_param",
+]

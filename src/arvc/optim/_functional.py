@@ -1,0 +1,166 @@
+"""Math shared by arvc's optimizers: argument checks, dtype parsing, stochastic rounding.
+
+Kept in one place so every optimizer validates and rounds the same way (optimi's layout).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
+}
+
+
+def parse_dtype(value: torch.dtype | str, name: str) -> torch.dtype:
+    """Turn a torch dtype or its name ("bfloat16", "bf16", ...) into a floating torch dtype."""
+    if isinstance(value, torch.dtype):
+        if not value.is_floating_point:
+            raise ValueError(f"Invalid {name}: {value} is not a floating-point dtype")
+        return value
+    if isinstance(value, str):
+        key = value.lower().removeprefix("torch.")
+        if key in _DTYPE_NAMES:
+            return _DTYPE_NAMES[key]
+    valid = ", ".join(sorted({"float32", "bfloat16", "float16", "float64"}))
+    raise ValueError(f"Invalid {name}: {value!r}; use a torch dtype or one of {valid}")
+
+
+def check_common_hyperparameters(lr, betas, eps, weight_decay) -> None:
+    """Validate the Adam-family hyperparameters up front, naming the bad one (torch.optim's messages)."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        lr = lr.item()
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr)) or lr < 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
+    for index, beta in enumerate(betas):
+        if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps)) or eps < 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)) or weight_decay < 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def params_with_grad(param_groups: list[dict], optimizer_name: str):
+    """Yield (group, [(index, param), ...]) for the params that have a gradient.
+
+    The index counts every parameter across all groups in order, so it names a parameter stably
+    (it seeds stochastic rounding). Sparse gradients are refused with a clear error.
+    """
+    offset = 0
+    for group in param_groups:
+        indexed = []
+        for i, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"{optimizer_name} does not support sparse gradients; use torch.optim.SparseAdam"
+                )
+            indexed.append((offset + i, p))
+        offset += len(group["params"])
+        yield group, indexed
+
+
+def load_state_dict_keeping_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+    """`Optimizer.load_state_dict`, but every state tensor keeps the dtype it was saved with.
+
+    torch casts floating state to its parameter's dtype on load (pytorch#43706): an fp32 moment of a
+    bf16 parameter would silently become bf16 on resume. Here the saved tensors are put back as they
+    were (moved to the parameter's device), so a resumed run continues bit for bit.
+    """
+    torch.optim.Optimizer.load_state_dict(optimizer, state_dict)
+    saved_ids = [pid for group in state_dict["param_groups"] for pid in group["params"]]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for pid, p in zip(saved_ids, params, strict=True):
+        saved = state_dict["state"].get(pid)
+        if not saved:
+            continue
+        for key, value in saved.items():
+            if key != "step" and isinstance(value, torch.Tensor):
+                optimizer.state[p][key] = value.to(device=p.device, copy=True)
+
+
+# --- Stochastic rounding -------------------------------------------------------------------------------
+# A bf16/fp16 buffer updated with round-to-nearest freezes once the update is below half an ulp:
+# with 8 mantissa bits, v * 0.999 rounds back to v. Rounding up or down with probability proportional to
+# the distance keeps the value right in expectation, so slow EMAs still move.
+# The randomness comes from a counter-based seed (optimizer seed, parameter index, step, buffer id), never
+# from torch's global generator: a resumed run draws exactly the bits an uninterrupted run would.
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def rounding_seed(seed: int, param_index: int, step: int, buffer_id: int) -> int:
+    """A well-mixed 63-bit seed that is a pure function of its four arguments."""
+    x = _splitmix64(seed & _MASK64)
+    for part in (param_index, step, buffer_id):
+        x = _splitmix64(x ^ (part & _MASK64))
+    return x & ((1 << 63) - 1)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
+    """Write float32 `src` into `dst`, rounding stochastically when `dst` is bf16/fp16.
+
+    bf16 is the top half of an fp32 word: adding uniform random bits to the discarded low 16 bits and
+    truncating rounds up with probability equal to the discarded fraction. fp16 has a different exponent
+    range, so there we pick between the two neighbouring fp16 values explicitly.
+    """
+    if dst.dtype not in LOW_PRECISION_DTYPES:
+        dst.copy_(src)
+        return
+    src = src.to(torch.float32)
+    generator = _generator(src.device, seed)
+    if dst.dtype == torch.bfloat16:
+        noise = torch.randint(
+            0, 1 << 16, src.shape, dtype=torch.int32, device=src.device, generator=generator
+        )
+        bits = src.contiguous().view(torch.int32)
+        finite = torch.isfinite(src)
+        rounded = (bits + noise).bitwise_and_(-65536).view(torch.float32)
+        # Keep inf/nan as they are; a finite value next to the max must not round up to inf.
+        rounded = torch.where(finite & torch.isfinite(rounded), rounded, src)
+        dst.copy_(rounded)
+        return
+    nearest = src.to(dst.dtype)
+    residual = src - nearest.to(torch.float32)
+    toward = torch.where(
+        residual >= 0, torch.full_like(nearest, math.inf), torch.full_like(nearest, -math.inf)
+    )
+    neighbour = torch.nextafter(nearest, toward)
+    gap = (neighbour.to(torch.float32) - nearest.to(torch.float32)).abs()
+    probability = torch.where(gap > 0, residual.abs() / gap, torch.zeros_like(gap))
+    uniform = torch.rand(src.shape, device=src.device, generator=generator)
+    take_neighbour = (uniform < probability) & torch.isfinite(neighbour)
+    dst.copy_(torch.where(take_neighbour, neighbour, nearest))

@@ -1,0 +1,208 @@
+"""AnyPrecisionAdamW: AdamW whose moments, compensation buffer and parameters may each be bf16/fp16/fp32.
+
+Why: bf16 training halves weight and optimizer memory, but bf16 keeps 8 mantissa bits, so an update
+smaller than half a unit in the last place vanishes. Two remedies, each optional:
+
+* Kahan summation for low-precision parameters: a compensation buffer keeps what rounding dropped and
+  adds it back on the next step, so the parameters follow an fp32 master copy without storing one.
+* Stochastic rounding for low-precision moment buffers: `v * 0.999` rounds back to `v` in bf16, so a
+  naive bf16 second moment never decays; rounding up or down at random (with the right probability)
+  keeps the moving averages correct in expectation. The random bits are a pure function of
+  (seed, parameter index, step, buffer), so save/resume reproduces an uninterrupted run bit for bit.
+
+All arithmetic runs in float32 (float64 for float64 parameters); only storage is low precision.
+With float32 parameters and float32 buffers the update is exactly torch.optim.AdamW's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim import Optimizer
+
+from arvc.optim._functional import (
+    LOW_PRECISION_DTYPES,
+    check_common_hyperparameters,
+    load_state_dict_keeping_dtypes,
+    params_with_grad,
+    parse_dtype,
+    rounding_seed,
+    stochastic_round_,
+)
+
+__all__ = ["AnyPrecisionAdamW", "any_precision_adamw"]
+
+_MOMENTUM, _VARIANCE = 0, 1  # buffer ids for the stochastic-rounding seed
+
+
+class AnyPrecisionAdamW(Optimizer):
+    """AdamW with per-buffer storage dtypes, Kahan-compensated parameters and stochastic rounding.
+
+    Args:
+        params: parameters or param groups.
+        lr, betas, eps, weight_decay: as torch.optim.AdamW (weight decay is decoupled), but weight_decay
+            defaults to 0 as in torchdistx's AnyPrecisionAdamW.
+        use_kahan_summation: keep a compensation buffer for bf16/fp16 parameters. It has no effect on
+            float32/float64 parameters (nothing is lost to rounding there, so no buffer is allocated).
+        momentum_dtype, variance_dtype: storage dtypes of the first and second moments.
+        compensation_buffer_dtype: storage dtype of the Kahan buffer (bf16 keeps 8 more bits than the
+            parameter, which is what Kahan needs; it is 2 bytes per parameter).
+        seed: seeds the stochastic rounding of low-precision moment buffers.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        use_kahan_summation: bool = False,
+        momentum_dtype: torch.dtype | str = torch.float32,
+        variance_dtype: torch.dtype | str = torch.float32,
+        compensation_buffer_dtype: torch.dtype | str = torch.bfloat16,
+        seed: int = 0,
+    ) -> None:
+        check_common_hyperparameters(lr, betas, eps, weight_decay)
+        if not isinstance(seed, int):
+            raise ValueError(f"Invalid seed: {seed!r}; expected an int")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            use_kahan_summation=bool(use_kahan_summation),
+            momentum_dtype=parse_dtype(momentum_dtype, "momentum_dtype"),
+            variance_dtype=parse_dtype(variance_dtype, "variance_dtype"),
+            compensation_buffer_dtype=parse_dtype(compensation_buffer_dtype, "compensation_buffer_dtype"),
+            seed=seed,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        # Dtypes given per group (possibly as strings) are parsed and checked like the constructor's.
+        for key in ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype"):
+            if key in param_group:
+                param_group[key] = parse_dtype(param_group[key], key)
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch casts floating state to each parameter's dtype (pytorch#43706); the buffers' dtypes are
+        # part of this optimizer's contract, so they are restored exactly as saved.
+        load_state_dict_keeping_dtypes(self, state_dict)
+
+    def _init_state(self, p: torch.Tensor, group: dict) -> dict:
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(
+                p, dtype=group["momentum_dtype"], memory_format=torch.preserve_format
+            )
+            state["exp_avg_sq"] = torch.zeros_like(
+                p, dtype=group["variance_dtype"], memory_format=torch.preserve_format
+            )
+            if group["use_kahan_summation"] and p.dtype in LOW_PRECISION_DTYPES:
+                state["compensation"] = torch.zeros_like(
+                    p, dtype=group["compensation_buffer_dtype"], memory_format=torch.preserve_format
+                )
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; returns the closure's loss if a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group, indexed in params_with_grad(self.param_groups, type(self).__name__):
+            params, grads, exp_avgs, exp_avg_sqs, compensations, steps, indices = [], [], [], [], [], [], []
+            for index, p in indexed:
+                state = self._init_state(p, group)
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                compensations.append(state.get("compensation"))
+                steps.append(state["step"])
+                indices.append(index)
+            any_precision_adamw(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                compensations,
+                steps,
+                indices,
+                lr=group["lr"],
+                beta1=group["betas"][0],
+                beta2=group["betas"][1],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                seed=group["seed"],
+            )
+        return loss
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as_compute(buffer: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The buffer itself when it is already in the compute dtype (updated in place), else an upcast copy."""
+    return buffer if buffer.dtype == dtype else buffer.to(dtype)
+
+
+def any_precision_adamw(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    compensations: list[torch.Tensor | None],
+    steps: list[torch.Tensor],
+    param_indices: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    seed: int,
+) -> None:
+    """Functional AnyPrecisionAdamW step over a list of parameters (the single-tensor reference path)."""
+    for param, grad, exp_avg, exp_avg_sq, compensation, step_t, index in zip(
+        params, grads, exp_avgs, exp_avg_sqs, compensations, steps, param_indices, strict=True
+    ):
+        step_t += 1
+        step = int(step_t.item())
+        dtype = _compute_dtype(param.dtype)
+        grad = grad.to(dtype)
+
+        m = _as_compute(exp_avg, dtype)
+        v = _as_compute(exp_avg_sq, dtype)
+        m.lerp_(grad, 1 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if m is not exp_avg:
+            stochastic_round_(exp_avg, m, rounding_seed(seed, index, step, _MOMENTUM))
+        if v is not exp_avg_sq:
+            stochastic_round_(exp_avg_sq, v, rounding_seed(seed, index, step, _VARIANCE))
+
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        step_size = lr / bias_correction1
+        denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+
+        if param.dtype == dtype:
+            # Full-precision parameters: exactly torch.optim.AdamW's update.
+            param.mul_(1 - lr * weight_decay)
+            param.addcdiv_(m, denom, value=-step_size)
+            continue
+
+        # Low-precision parameters: update the (compensated) value in fp32, then round once.
+        master = param.to(dtype)
+        if compensation is not None:
+            master.add_(compensation.to(dtype))
+        master.mul_(1 - lr * weight_decay).addcdiv_(m, denom, value=-step_size)
+        param.copy_(master)
+        if compensation is not None:
+            # What rounding to the parameter's dtype dropped is carried into the next step.
+            compensation.copy_(master.sub_(param.to(dtype)))

@@ -1,0 +1,312 @@
+"""The one place that knows arvc's optimizers: specs, ratings, and how to build them.
+
+Adding an optimizer is one file plus one entry in `_SPECS`. Everything else — which keyword arguments
+a class accepts, whether it has a fused kernel — is read off the class itself, never listed by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from arvc.optim.adabelief import AdaBelief
+from arvc.optim.adabelief_v2 import AdaBeliefV2
+from arvc.optim.anyprecision_adamw import AnyPrecisionAdamW
+
+__all__ = [
+    "OPTIMIZERS",
+    "OptimizerSpec",
+    "build_from_spec",
+    "build_optimizer",
+    "get_spec",
+    "spec_for_optimizer",
+    "state_bytes_per_param",
+    "supported_kwargs",
+    "use_fused",
+]
+
+logger = logging.getLogger(__name__)
+
+_COMMON_HYPERPARAMETERS = ("betas", "eps", "weight_decay")
+_NOT_KWARGS = ("self", "params")
+
+
+@functools.cache
+def supported_kwargs(cls: type) -> tuple[str, ...]:
+    """Keyword arguments `cls(params, ...)` accepts, read from its constructor's signature."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return tuple(
+        p.name
+        for p in parameters
+        if p.name not in _NOT_KWARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
+
+
+def _signature_defaults(cls: type) -> dict[str, Any]:
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _fused_devices(cls: type) -> tuple[str, ...]:
+    """Device types with a fused kernel for `cls`: its own `fused_devices`, else torch's list."""
+    own = getattr(cls, "fused_devices", None)
+    if own is not None:
+        return tuple(own)
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return tuple(_get_fused_kernels_supported_devices())
+    except ImportError:  # pragma: no cover - older/newer torch without the helper
+        return ("cuda", "cpu")
+
+
+def use_fused(cls: type, device_types: Collection[str], dtypes: Collection[torch.dtype]) -> bool:
+    """Whether to switch on `fused=True` for `cls` with parameters on these devices and dtypes.
+
+    Pure: no tensors, no GPU needed. True only if the class takes `fused`, every parameter's device
+    type has a fused kernel for it (meta never does) and every parameter is floating point.
+    """
+    if "fused" not in supported_kwargs(cls) or not device_types:
+        return False
+    supported = set(_fused_devices(cls))
+    return all(d in supported for d in device_types) and all(dt.is_floating_point for dt in dtypes)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What the CLI shows about an optimizer and what the registry needs to build it."""
+
+    name: str
+    cls: type[Optimizer]
+    rating: int
+    category: str
+    best_for: str
+    description: str
+    paper: str
+    paired_scheduler: str | None = None
+
+    @property
+    def supported_kwargs(self) -> tuple[str, ...]:
+        return supported_kwargs(self.cls)
+
+    @property
+    def supports_fused(self) -> bool:
+        return "fused" in self.supported_kwargs
+
+    def fused_on(self, device_type: str) -> bool:
+        return use_fused(self.cls, {device_type}, {torch.float32})
+
+
+_SPECS = (
+    OptimizerSpec(
+        name="AdamW",
+        cls=torch.optim.AdamW,
+        rating=5,
+        category="PyTorch built-in",
+        best_for="general purpose, most reliable (default)",
+        description="Adam with decoupled weight decay; torch's own implementation with fused CPU/CUDA "
+        "kernels. RVC's optimizer, and the safest choice.",
+        paper="Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019 (arXiv:1711.05101)",
+    ),
+    OptimizerSpec(
+        name="RAdam",
+        cls=torch.optim.RAdam,
+        rating=4,
+        category="PyTorch built-in",
+        best_for="warmup-free training, short runs",
+        description="Adam with the variance of the adaptive step rectified in early steps, so no warm-up "
+        "is needed; torch's own implementation.",
+        paper="Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020 "
+        "(arXiv:1908.03265)",
+    ),
+    OptimizerSpec(
+        name="AnyPrecisionAdamW",
+        cls=AnyPrecisionAdamW,
+        rating=4,
+        category="Mixed-precision",
+        best_for="bfloat16 training, long runs with Kahan summation",
+        description="AdamW with bf16/fp16/fp32 storage per buffer, Kahan-compensated low-precision "
+        "weights and stochastically rounded moments; all math in fp32.",
+        paper="torchdistx AnyPrecisionAdamW; Zamirai et al., Revisiting BFloat16 Training (arXiv:2010.06192)",
+    ),
+    OptimizerSpec(
+        name="AdaBelief",
+        cls=AdaBelief,
+        rating=3,
+        category="Belief-based",
+        best_for="better-conditioned adaptive step sizes",
+        description="Adam that divides by the variance of the gradient around its prediction (the "
+        "'belief'); paired with cosine annealing.",
+        paper="Zhuang et al., AdaBelief Optimizer, NeurIPS 2020 (arXiv:2010.07468)",
+        paired_scheduler="cosine",
+    ),
+    OptimizerSpec(
+        name="AdaBeliefV2",
+        cls=AdaBeliefV2,
+        rating=3,
+        category="Belief-based",
+        best_for="stable deep training: AMSGrad + InverseSqrt scheduler",
+        description="AdaBelief with AMSGrad (running maximum of the belief variance); paired with a "
+        "linear warm-up + inverse-square-root schedule.",
+        paper="Zhuang et al., AdaBelief Optimizer, NeurIPS 2020; Reddi et al., On the Convergence of Adam "
+        "and Beyond, ICLR 2018",
+        paired_scheduler="inverse_sqrt",
+    ),
+)
+
+OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
+
+
+def get_spec(name: str) -> OptimizerSpec:
+    """The spec registered under `name` (case-insensitive); ValueError listing valid names otherwise."""
+    if isinstance(name, str):
+        for spec in OPTIMIZERS.values():
+            if spec.name.lower() == name.strip().lower():
+                return spec
+    raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+
+
+def spec_for_optimizer(optimizer: Optimizer) -> OptimizerSpec | None:
+    """The spec whose class is exactly the optimizer's class (None for e.g. bitsandbytes AdamW8bit)."""
+    return next((s for s in OPTIMIZERS.values() if type(optimizer) is s.cls), None)
+
+
+def _tensors(params: list) -> list[torch.Tensor]:
+    tensors = []
+    for item in params:
+        if isinstance(item, Mapping):
+            tensors.extend(
+                item["params"] if not isinstance(item["params"], torch.Tensor) else [item["params"]]
+            )
+        elif isinstance(item, tuple):  # named parameters
+            tensors.append(item[1])
+        else:
+            tensors.append(item)
+    return tensors
+
+
+def _common_kwargs(cls: type, **values: Any) -> dict[str, Any]:
+    """Pass betas/eps/weight_decay only to a class that accepts them; None means the class default."""
+    accepted = supported_kwargs(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in accepted:
+            kwargs[key] = value
+        else:
+            logger.debug("%s takes no %s; not passing %s=%r", cls.__name__, key, key, value)
+    return kwargs
+
+
+def _reject_unknown(cls: type, extra: Mapping[str, Any]) -> None:
+    unknown = sorted(set(extra) - set(supported_kwargs(cls)))
+    if unknown:
+        accepted = ", ".join(supported_kwargs(cls))
+        raise TypeError(f"{cls.__name__} does not accept {', '.join(unknown)}; it accepts: {accepted}")
+
+
+def build_from_spec(
+    spec: OptimizerSpec,
+    params: Iterable,
+    *,
+    lr: float,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
+    weight_decay: float | None = None,
+    **extra: Any,
+) -> Optimizer:
+    """Build `spec.cls`, forwarding only what it accepts and switching fused kernels on where possible."""
+    params = list(params)
+    _reject_unknown(spec.cls, extra)
+    kwargs = _common_kwargs(spec.cls, betas=betas, eps=eps, weight_decay=weight_decay)
+    if (
+        spec.supports_fused
+        and "fused" not in extra
+        and not extra.get("foreach")
+        and not extra.get("differentiable")
+    ):
+        tensors = _tensors(params)
+        fused = use_fused(spec.cls, {t.device.type for t in tensors}, {t.dtype for t in tensors})
+        kwargs["fused"] = fused
+        logger.debug("%s: fused=%s", spec.name, fused)
+    return spec.cls(params, lr=lr, **kwargs, **extra)
+
+
+def _build_8bit(params: list, *, lr, betas, eps, weight_decay, requested: str, **extra: Any) -> Optimizer:
+    try:
+        import bitsandbytes as bnb
+    except ImportError as error:
+        raise ImportError("The 8-bit optimizer needs bitsandbytes: pip install 'arvc[bnb]'") from error
+    cls = bnb.optim.AdamW8bit
+    _reject_unknown(cls, extra)
+    # Every hyperparameter is passed explicitly, resolved as the AdamW path would resolve it, so
+    # bitsandbytes' own defaults (weight_decay=0.01 even when 0 was asked for upstream) never leak in.
+    defaults = _signature_defaults(torch.optim.AdamW)
+    resolved = dict(
+        betas=tuple(betas) if betas is not None else defaults["betas"],
+        eps=eps if eps is not None else defaults["eps"],
+        weight_decay=weight_decay if weight_decay is not None else defaults["weight_decay"],
+    )
+    logger.info(
+        "8-bit switch: using bitsandbytes AdamW8bit instead of %s (lr=%g, betas=%s, eps=%g, weight_decay=%g)",
+        requested,
+        lr,
+        resolved["betas"],
+        resolved["eps"],
+        resolved["weight_decay"],
+    )
+    return cls(params, lr=lr, **resolved, **extra)
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable,
+    *,
+    lr: float,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
+    weight_decay: float | None = None,
+    use_8bit: bool = False,
+    **extra: Any,
+) -> Optimizer:
+    """Build the optimizer registered as `name` (case-insensitive).
+
+    betas/eps/weight_decay are forwarded only to classes that accept them (None keeps the class
+    default). Unknown extra keyword arguments raise TypeError. Fused kernels are switched on wherever
+    torch has them for the class and the parameters' device, unless `fused`/`foreach` is given.
+    `use_8bit=True` replaces the choice with bitsandbytes' AdamW8bit (needs `arvc[bnb]`).
+    """
+    spec = get_spec(name)
+    if use_8bit:
+        return _build_8bit(
+            list(params), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, requested=spec.name, **extra
+        )
+    return build_from_spec(spec, params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **extra)
+
+
+def state_bytes_per_param(
+    name: str,
+    *,
+    param_dtype: torch.dtype = torch.float32,
+    use_8bit: bool = False,
+    numel: int = 1 << 16,
+    **extra,
+) -> float:
+    """Measured bytes of optimizer state per parameter after one step (not a table: the real buffers)."""
+    param = torch.nn.Parameter(torch.zeros(numel, dtype=param_dtype))
+    optimizer = build_optimizer(name, [param], lr=1e-3, use_8bit=use_8bit, **extra)
+    param.grad = torch.full_like(param, 1e-3)
+    optimizer.step()
+    total = sum(
+        v.numel() * v.element_size() for v in optimizer.state[param].values() if isinstance(v, torch.Tensor)
+    )
+    return total / numel

@@ -1,0 +1,126 @@
+"""Behaviour every registry optimizer shares: validation, closure, skipping, groups, exact resume."""
+
+import io
+
+import pytest
+import torch
+from _optim_helpers import feed, gradient_stream, make_model, two_groups
+
+from arvc.optim import OPTIMIZERS, AnyPrecisionAdamW
+
+ALL = [spec.cls for spec in OPTIMIZERS.values()]
+IDS = list(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=IDS)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": -1e-3}, "learning rate"),
+        ({"betas": (1.0, 0.999)}, "beta parameter at index 0"),
+        ({"betas": (0.9, -0.1)}, "beta parameter at index 1"),
+        ({"eps": -1e-8}, "epsilon"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+    ],
+)
+def test_bad_hyperparameters_raise_naming_the_parameter(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cls([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=IDS)
+def test_step_returns_closure_loss_and_skips_params_without_grad(cls):
+    used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    optimizer = cls([used, unused], lr=1e-2)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (used**2).sum()
+        loss.backward()
+        return loss
+
+    loss = optimizer.step(closure)
+    assert loss.item() == pytest.approx(3.0)
+    assert not torch.equal(used.detach(), torch.ones(3))
+    assert torch.equal(unused.detach(), torch.ones(3))
+    assert len(optimizer.state[unused]) == 0
+
+
+@pytest.mark.parametrize("cls", ALL, ids=IDS)
+def test_sparse_gradients_are_refused(cls):
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    optimizer = cls(embedding.parameters(), lr=1e-2)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("cls", ALL, ids=IDS)
+def test_param_groups_use_their_own_lr_and_weight_decay(cls):
+    model = make_model()
+    frozen_before = [p.detach().clone() for p in model[0].parameters()]
+    optimizer = cls(two_groups(model, lr=(0.0, 1e-2), weight_decay=(0.5, 0.0)), lr=1.0)
+    shapes = [p.shape for p in model.parameters()]
+    for grads in gradient_stream(shapes, 3):
+        feed(optimizer, list(model.parameters()), grads)
+    for before, after in zip(frozen_before, model[0].parameters(), strict=True):
+        assert torch.equal(before, after.detach())  # lr 0: neither a step nor decay
+    assert not torch.equal(model[2].weight.detach(), make_model()[2].weight.detach())
+
+
+# Configurations whose resume must be exact, low-precision buffers included.
+RESUME_CASES = [pytest.param(spec.cls, torch.float32, {}, id=name) for name, spec in OPTIMIZERS.items()] + [
+    pytest.param(
+        AnyPrecisionAdamW,
+        torch.bfloat16,
+        dict(use_kahan_summation=True, momentum_dtype="bfloat16", variance_dtype="bfloat16", seed=3),
+        id="AnyPrecisionAdamW-bf16-kahan-sr",
+    ),
+    pytest.param(
+        AnyPrecisionAdamW,
+        torch.float32,
+        dict(momentum_dtype="bfloat16", variance_dtype="float16"),
+        id="AnyPrecisionAdamW-fp32-params-low-buffers",
+    ),
+    pytest.param(OPTIMIZERS["AdaBelief"].cls, torch.bfloat16, {}, id="AdaBelief-bf16"),
+]
+
+
+def _save_load(optimizer_state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(optimizer_state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("cls, dtype, kwargs", RESUME_CASES)
+def test_resume_mid_run_is_bit_identical(cls, dtype, kwargs):
+    shapes = [p.shape for p in make_model().parameters()]
+    grads = gradient_stream(shapes, 20, seed=12)
+
+    straight_model = make_model(dtype)
+    straight = cls(two_groups(straight_model), **kwargs)
+    for step_grads in grads:
+        feed(straight, list(straight_model.parameters()), step_grads)
+
+    first_model = make_model(dtype)
+    first = cls(two_groups(first_model), **kwargs)
+    for step_grads in grads[:10]:
+        feed(first, list(first_model.parameters()), step_grads)
+    saved_state = _save_load(first.state_dict())
+    saved_weights = [p.detach().clone() for p in first_model.parameters()]
+    dtypes_before = {k: v.dtype for s in first.state.values() for k, v in s.items()}
+
+    torch.rand(1000)  # whatever else touches the global RNG must not matter
+    resumed_model = make_model(dtype, seed=99)
+    with torch.no_grad():
+        for p, w in zip(resumed_model.parameters(), saved_weights, strict=True):
+            p.copy_(w)
+    resumed = cls(two_groups(resumed_model), **kwargs)
+    resumed.load_state_dict(saved_state)
+    assert {k: v.dtype for s in resumed.state.values() for k, v in s.items()} == dtypes_before
+    for step_grads in grads[10:]:
+        feed(resumed, list(resumed_model.parameters()), step_grads)
+
+    for p, q in zip(resumed_model.parameters(), straight_model.parameters(), strict=True):
+        assert torch.equal(p, q)
