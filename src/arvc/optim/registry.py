@@ -156,8 +156,8 @@ _SPECS = (
         best_for="stable deep training: AMSGrad + InverseSqrt scheduler",
         description="AdaBelief with AMSGrad (running maximum of the belief variance); paired with a "
         "linear warm-up + inverse-square-root schedule.",
-        paper="Zhuang et al., AdaBelief Optimizer, NeurIPS 2020; Reddi et al., On the Convergence of Adam "
-        "and Beyond, ICLR 2018",
+        paper="Zhuang et al., AdaBelief Optimizer, NeurIPS 2020 (arXiv:2010.07468); Reddi et al., On the "
+        "Convergence of Adam and Beyond, ICLR 2018 (arXiv:1904.09237)",
         paired_scheduler="inverse_sqrt",
     ),
 )

@@ -1,0 +1,51 @@
+"""The guide's recommendation: which optimizer and settings to start a run with, and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PRECISIONS", "Recommendation", "recommend"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+SHORT_RUN_EPOCHS = 200
+LONG_BF16_RUN_EPOCHS = 500
+GUIDE_EPOCHS = 300
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    optimizer: str
+    lr: float
+    batch_size: int
+    epochs: int
+    reason: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def recommend(epochs: int, precision: str = "fp32") -> Recommendation:
+    """Short runs → RAdam (no warm-up to wait for); long bf16 runs → AnyPrecisionAdamW + Kahan;
+    everything else → AdamW, lr 1e-3, batch 8 (the guide's reliable default, 300 epochs)."""
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"Invalid epochs: {epochs!r}; expected an integer >= 1")
+    if precision not in PRECISIONS:
+        raise ValueError(f"Invalid precision: {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if epochs <= SHORT_RUN_EPOCHS:
+        return Recommendation(
+            "RAdam", 1e-3, 8, epochs,
+            f"{epochs} epochs is a short run (<= {SHORT_RUN_EPOCHS}): RAdam rectifies the early adaptive "
+            "steps, so it trains well from the first epoch without a warm-up.",
+        )
+    if precision == "bf16" and epochs >= LONG_BF16_RUN_EPOCHS:
+        return Recommendation(
+            "AnyPrecisionAdamW", 1e-3, 8, epochs,
+            f"A long bf16 run ({epochs} >= {LONG_BF16_RUN_EPOCHS} epochs): bf16 weights lose updates smaller "
+            "than half an ulp; Kahan summation keeps them, so the run follows the fp32 trajectory.",
+            {"use_kahan_summation": True, "momentum_dtype": "bfloat16", "variance_dtype": "bfloat16"},
+        )
+    return Recommendation(
+        "AdamW", 1e-3, 8, epochs,
+        "The guide's default: AdamW is the most reliable general-purpose choice; start with lr 1e-3 and "
+        f"batch 8 (the guide's standard run is {GUIDE_EPOCHS} epochs).",
+    )

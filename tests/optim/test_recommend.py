@@ -1,0 +1,36 @@
+"""The guide's recommendation rules and their edges."""
+
+import pytest
+
+from arvc.optim import OPTIMIZERS
+from arvc.optim.recommend import recommend
+
+
+@pytest.mark.parametrize(
+    "epochs, precision, optimizer",
+    [
+        (1, "fp32", "RAdam"),
+        (200, "bf16", "RAdam"),
+        (201, "fp32", "AdamW"),
+        (499, "bf16", "AdamW"),
+        (500, "bf16", "AnyPrecisionAdamW"),
+        (5000, "fp16", "AdamW"),
+        (300, "fp32", "AdamW"),
+    ],
+)
+def test_rules(epochs, precision, optimizer):
+    advice = recommend(epochs, precision)
+    assert advice.optimizer == optimizer
+    assert advice.optimizer in OPTIMIZERS
+    assert (advice.lr, advice.batch_size, advice.epochs) == (1e-3, 8, epochs)
+    assert advice.reason
+
+
+def test_long_bf16_runs_get_kahan():
+    assert recommend(800, "bf16").options["use_kahan_summation"] is True
+
+
+@pytest.mark.parametrize("epochs, precision", [(0, "fp32"), (10, "int8"), (2.5, "fp32")])
+def test_bad_input(epochs, precision):
+    with pytest.raises(ValueError):
+        recommend(epochs, precision)
