@@ -1,0 +1,414 @@
+"""The training loop: config → data → models → optimizers → for each epoch: D step, G step, log, save.
+
+It reads top to bottom like nanoGPT's train.py. Optimizers come only from the registry
+(`arvc.optim.build_optimizer`), schedulers from `build_scheduler(..., "auto")`, stepped once per epoch
+as RVC does. Everything needed to continue a run bit for bit is in its checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.nn import functional as F
+
+from arvc.optim import build_optimizer, build_scheduler, get_spec
+from arvc.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    atomic_save,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_record,
+    prune_checkpoints,
+    rng_state,
+    set_rng_state,
+)
+from arvc.train.config import RunConfig
+from arvc.train.data import VoiceDataset, make_loader
+from arvc.train.export import export_generator
+from arvc.train.logs import RunLog
+from arvc.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, kl_loss
+from arvc.train.mel import mel_spectrogram, spec_to_mel
+from arvc.train.model import MultiPeriodDiscriminator, Synthesizer, slice_segments
+
+__all__ = ["PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_LR = 1e-3  # the guide's start; see docs/training.md for the measurement behind it
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or continue as asked; the message says why and what to do."""
+
+
+@dataclass
+class TrainOptions:
+    """What `arvc train` decides; None means "the config's value" (or the checkpoint's, on resume)."""
+
+    run_dir: Path
+    data_dir: Path  # preprocessed data (arvc.train.prepare)
+    config: RunConfig
+    optimizer: str | None = None  # None: AdamW, or on resume the optimizer that wrote the checkpoint
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    use_8bit: bool | None = None
+    optimizer_kwargs: dict[str, Any] | None = None
+    precision: str | None = None  # None: fp32, or on resume the run's precision
+    compile: bool = False
+    resume: Path | None = None  # a run directory (newest checkpoint) or one checkpoint file
+    max_steps: int | None = None  # stop early (tests, quick looks); a checkpoint is still written
+    device: str = "cpu"
+
+
+@dataclass
+class TrainResult:
+    epochs_done: int
+    steps_done: int
+    last_checkpoint: Path | None
+    exports: dict[str, Path]
+    final_losses: dict[str, float]
+
+
+class Callbacks(Protocol):
+    """How the CLI shows progress; the library itself never prints."""
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None: ...
+    def on_step(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None: ...
+    def on_epoch(self, epoch: int, losses: dict[str, float]) -> None: ...
+
+
+class _Silent:
+    def on_start(self, *args) -> None: ...
+    def on_step(self, *args) -> None: ...
+    def on_epoch(self, *args) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _optimizer_hyperparameters(opts: TrainOptions, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
+    """The optimizer settings of this run, resolved once and stored in every checkpoint.
+
+    On resume (`saved` = the checkpoint's record) every setting not given explicitly is the run's own;
+    asking for another optimizer starts that optimizer fresh from its defaults.
+    """
+    name = get_spec(opts.optimizer or (saved["name"] if saved else "AdamW")).name
+    previous = saved["hyperparameters"] if saved and saved["name"] == name else None
+    if previous is not None:
+        hp = {**previous, "betas": tuple(previous["betas"]), "kwargs": dict(previous["kwargs"])}
+        explicit = {
+            "lr": opts.lr,
+            "betas": None if opts.betas is None else tuple(opts.betas),
+            "eps": opts.eps,
+            "weight_decay": opts.weight_decay,
+            "use_8bit": opts.use_8bit,
+            "kwargs": opts.optimizer_kwargs,
+        }
+        changed = {k: v for k, v in explicit.items() if v is not None and _plain(v) != _plain(hp[k])}
+        if changed:
+            detail = ", ".join(f"{k}: {hp[k]!r} -> {v!r}" for k, v in changed.items())
+            raise TrainError(
+                f"Resuming keeps the run's {name} hyperparameters, but these differ ({detail}). "
+                "Drop those flags to resume as the run was, or start a new run."
+            )
+        return hp
+    kwargs = dict(opts.optimizer_kwargs or {})
+    if opts.precision == "bf16" and name == "AnyPrecisionAdamW" and not opts.use_8bit:
+        # The "brain" mode: bf16 weights, bf16 moments, Kahan-compensated updates.
+        for key, value in (
+            ("use_kahan_summation", True),
+            ("momentum_dtype", "bfloat16"),
+            ("variance_dtype", "bfloat16"),
+        ):
+            kwargs.setdefault(key, value)
+    return {
+        "optimizer": name,
+        "lr": opts.lr if opts.lr is not None else (cfg.train.learning_rate or DEFAULT_LR),
+        "betas": tuple(opts.betas if opts.betas is not None else cfg.train.betas),
+        "eps": opts.eps if opts.eps is not None else cfg.train.eps,
+        "weight_decay": opts.weight_decay,
+        "use_8bit": bool(opts.use_8bit),
+        "kwargs": kwargs,
+    }
+
+
+def _make_optimizer(params, hp: dict[str, Any]) -> torch.optim.Optimizer:
+    return build_optimizer(
+        hp["optimizer"],
+        params,
+        lr=hp["lr"],
+        betas=hp["betas"],
+        eps=hp["eps"],
+        weight_decay=hp["weight_decay"],
+        use_8bit=hp["use_8bit"],
+        **hp["kwargs"],
+    )
+
+
+def _autocast(precision: str, device: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _grad_norm(module: torch.nn.Module, clip: float | None) -> float:
+    """Total gradient norm (measured as RVC does); clipped to `clip` when given."""
+    params = [p for p in module.parameters() if p.grad is not None]
+    max_norm = clip if clip is not None else float("inf")
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module):
+    """D's parameters need no gradient in G's phase: same losses, less work (RVC computes and discards)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _resolve_resume(resume: Path) -> Path:
+    resume = Path(resume)
+    if resume.is_dir():
+        found = latest_checkpoint(resume)
+        if found is None:
+            raise TrainError(f"--resume {resume}: no checkpoint in {resume / 'checkpoints'}")
+        return found
+    return resume
+
+
+def _restore_optimizer(name: str, optimizer, scheduler, saved: dict, hp: dict, epochs_done: int) -> None:
+    """Load a saved optimizer state only if the same optimizer wrote it; never mismatched state."""
+    saved_hp = saved["hyperparameters"]
+    if saved["name"] != hp["optimizer"] or saved_hp.get("use_8bit") != hp["use_8bit"]:
+        logger.warning(
+            "%s: checkpoint was trained with %s%s, this run uses %s%s — starting a fresh %s state "
+            "(the old optimizer state is not loaded)",
+            name,
+            saved["name"],
+            " (8-bit)" * bool(saved_hp.get("use_8bit")),
+            hp["optimizer"],
+            " (8-bit)" * bool(hp["use_8bit"]),
+            name,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # stepping the schedule forward without optimizer steps
+            for _ in range(epochs_done):
+                scheduler.step()
+        return
+    optimizer.load_state_dict(saved["state"])
+    scheduler.load_state_dict(saved["scheduler"])
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------
+def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult:
+    """Train (or continue training) a voice model; returns where the results are."""
+    callbacks = callbacks or _Silent()
+    cfg, device, run_dir = opts.config, torch.device(opts.device), Path(opts.run_dir)
+    resume_from = _resolve_resume(opts.resume) if opts.resume is not None else None
+    checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+    precision = opts.precision or (checkpoint.get("precision", "fp32") if checkpoint else "fp32")
+    if precision not in PRECISIONS:
+        raise TrainError(f"Unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if checkpoint is not None and precision != checkpoint.get("precision", "fp32"):
+        raise TrainError(
+            f"{resume_from} was trained in {checkpoint.get('precision')}; resume it in the same precision"
+        )
+    opts = replace(opts, precision=precision)
+    cfg.validate()
+    hp = _optimizer_hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
+
+    # --- data -------------------------------------------------------------------------------------------
+    dataset = VoiceDataset(opts.data_dir, cfg.data)
+    loader = make_loader(dataset, cfg.train.batch_size, seed=cfg.train.seed, drop_last=True)
+    steps_per_epoch = len(loader)
+
+    # --- models -----------------------------------------------------------------------------------------
+    torch.manual_seed(cfg.train.seed)
+    net_g, net_d = Synthesizer(cfg).to(device), MultiPeriodDiscriminator(cfg).to(device)
+    weight_dtype = torch.bfloat16 if hp["kwargs"].get("use_kahan_summation") and precision == "bf16" else None
+    if weight_dtype is not None:
+        net_g.to(weight_dtype)
+        net_d.to(weight_dtype)
+    g_forward, d_forward = (torch.compile(net_g), torch.compile(net_d)) if opts.compile else (net_g, net_d)
+
+    # --- optimizers and per-epoch schedulers, from the registry ----------------------------------------
+    optim_g, optim_d = _make_optimizer(net_g.parameters(), hp), _make_optimizer(net_d.parameters(), hp)
+    sched_g = build_scheduler(optim_g, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
+    sched_d = build_scheduler(optim_d, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    epoch, step = 0, 0
+    if checkpoint is not None:
+        net_g.load_state_dict(checkpoint["generator"])
+        net_d.load_state_dict(checkpoint["discriminator"])
+        epoch, step = checkpoint["epoch"], checkpoint["step"]
+        _restore_optimizer("generator", optim_g, sched_g, checkpoint["optim_g"], hp, epoch)
+        _restore_optimizer("discriminator", optim_d, sched_d, checkpoint["optim_d"], hp, epoch)
+        scaler.load_state_dict(checkpoint["scaler"])
+        set_rng_state(checkpoint["rng"])
+        logger.info("resumed %s at epoch %d, step %d", resume_from, epoch, step)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    log = RunLog(run_dir, resume_step=step if checkpoint is not None else None)
+
+    def save() -> Path:
+        path = checkpoint_path(run_dir, epoch, step)
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "version": CHECKPOINT_VERSION,
+                "epoch": epoch,
+                "step": step,
+                "config": cfg.to_dict(),
+                "generator": net_g.state_dict(),
+                "discriminator": net_d.state_dict(),
+                "optim_g": {
+                    **optimizer_record(hp["optimizer"], hp, optim_g),
+                    "scheduler": sched_g.state_dict(),
+                },
+                "optim_d": {
+                    **optimizer_record(hp["optimizer"], hp, optim_d),
+                    "scheduler": sched_d.state_dict(),
+                },
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "precision": precision,
+            },
+            path,
+        )
+        if cfg.train.keep_last:
+            prune_checkpoints(run_dir, cfg.train.keep_last)
+        return path
+
+    # --- the loop ---------------------------------------------------------------------------------------
+    d = cfg.data
+    callbacks.on_start(cfg.train.epochs, steps_per_epoch, epoch + 1)
+    last_checkpoint, losses = None, {}
+    stop = False
+    while epoch < cfg.train.epochs and not stop:
+        epoch += 1
+        net_g.train()
+        net_d.train()
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            started = time.perf_counter()
+            batch = batch.to(device)
+            with _autocast(precision, device.type):
+                y_hat, ids_slice, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = g_forward(
+                    batch.phone,
+                    batch.phone_lengths,
+                    batch.pitch,
+                    batch.pitchf,
+                    batch.spec,
+                    batch.spec_lengths,
+                    batch.sid,
+                )
+            wave = slice_segments(batch.wave, ids_slice * d.hop_length, d.segment_size)
+            mel = spec_to_mel(
+                batch.spec.float(), d.filter_length, d.n_mel_channels, d.sampling_rate, d.mel_fmin, d.mel_fmax
+            )
+            y_mel = slice_segments(mel, ids_slice, cfg.segment_frames)
+            y_hat_mel = mel_spectrogram(
+                y_hat.float().squeeze(1),
+                d.filter_length,
+                d.n_mel_channels,
+                d.sampling_rate,
+                d.hop_length,
+                d.win_length,
+                d.mel_fmin,
+                d.mel_fmax,
+            )
+
+            # Discriminator step: real vs detached fake.
+            with _autocast(precision, device.type):
+                real_out, fake_out, _, _ = d_forward(wave.to(y_hat.dtype), y_hat.detach())
+                loss_d, _, _ = discriminator_loss(real_out, fake_out)
+            optim_d.zero_grad(set_to_none=True)
+            scaler.scale(loss_d).backward()
+            scaler.unscale_(optim_d)
+            grad_norm_d = _grad_norm(net_d, cfg.train.grad_clip)
+            scaler.step(optim_d)
+
+            # Generator step: fool the (frozen) discriminator, match features, mel and the prior.
+            with _autocast(precision, device.type), _frozen(net_d):
+                _, fake_out, fmap_real, fmap_fake = d_forward(wave.to(y_hat.dtype), y_hat)
+                loss_adv, _ = generator_adversarial_loss(fake_out)
+                loss_fm = feature_matching_loss(fmap_real, fmap_fake) * cfg.train.c_fm
+                loss_mel = F.l1_loss(y_mel, y_hat_mel[..., : y_mel.shape[-1]]) * cfg.train.c_mel
+                loss_kl = (
+                    kl_loss(z_p.float(), logs_q.float(), m_p.float(), logs_p.float(), z_mask) * cfg.train.c_kl
+                )
+                loss_g = loss_adv + loss_fm + loss_mel + loss_kl
+            optim_g.zero_grad(set_to_none=True)
+            scaler.scale(loss_g).backward()
+            scaler.unscale_(optim_g)
+            grad_norm_g = _grad_norm(net_g, cfg.train.grad_clip)
+            scaler.step(optim_g)
+            scaler.update()
+            step += 1
+
+            losses = {
+                "loss_d": loss_d.item(),
+                "loss_g": loss_g.item(),
+                "loss_mel": loss_mel.item(),
+                "loss_kl": loss_kl.item(),
+                "loss_fm": loss_fm.item(),
+                "loss_adv": loss_adv.item(),
+            }
+            lr_g = optim_g.param_groups[0]["lr"]
+            if step % cfg.train.log_interval == 0 or step == 1:
+                log.log_step(
+                    {
+                        "epoch": epoch,
+                        "step": step,
+                        **losses,
+                        "lr_g": lr_g,
+                        "lr_d": optim_d.param_groups[0]["lr"],
+                        "grad_norm_g": grad_norm_g,
+                        "grad_norm_d": grad_norm_d,
+                        "seconds": round(time.perf_counter() - started, 4),
+                    }
+                )
+            callbacks.on_step(epoch, step, losses, lr_g)
+            if not all(math.isfinite(v) for v in losses.values()):
+                logger.warning("non-finite loss at step %d: %s", step, losses)
+            if opts.max_steps is not None and step >= opts.max_steps:
+                stop = True
+                break
+
+        sched_g.step()
+        sched_d.step()
+        log.log_mels(step, y_mel[0], y_hat_mel[0, :, : y_mel.shape[-1]])
+        log.plot()
+        callbacks.on_epoch(epoch, losses)
+        if epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs or stop:
+            last_checkpoint = save()
+
+    log.close()
+    exports = export_generator(net_g, cfg, run_dir / "export", info=f"arvc {hp['optimizer']} epoch {epoch}")
+    logger.info("done: %d epochs, %d steps; model in %s", epoch, step, run_dir / "export")
+    return TrainResult(epoch, step, last_checkpoint, exports, losses)
