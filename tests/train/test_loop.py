@@ -1,0 +1,153 @@
+"""End-to-end training on the tiny config: every optimizer, the 8-bit switch, exact resume, bad input."""
+
+import csv
+import logging
+
+import pytest
+import torch
+
+from arvc.optim import OPTIMIZERS
+from arvc.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
+from arvc.train.config import apply_overrides, load_config
+from arvc.train.demo import generate_demo_voice
+from arvc.train.loop import TrainError, TrainOptions, train
+from arvc.train.preprocess import DataError, preprocess
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """About 30 s of the demo voice, preprocessed once for the whole module (12 training slices)."""
+    root = tmp_path_factory.mktemp("voice")
+    generate_demo_voice(root / "wav", seconds=30, sr=16000, seed=1)
+    preprocess(root / "wav", root / "data", 16000, "pm", features="mel", feature_dim=80)
+    return root / "data"
+
+
+def tiny(**train):
+    overrides = {"train.batch_size": 4, "train.epochs": 2, "train.save_every": 1, "train.log_interval": 1}
+    overrides.update({f"train.{k}": v for k, v in train.items()})
+    return apply_overrides(load_config("tiny"), overrides)
+
+
+def options(tmp_path, data_dir, name="run", **kwargs):
+    kwargs.setdefault("config", tiny())
+    return TrainOptions(run_dir=tmp_path / name, data_dir=data_dir, **kwargs)
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_each_optimizer_trains_a_few_steps(tmp_path, data_dir, optimizer):
+    result = train(options(tmp_path, data_dir, optimizer=optimizer, max_steps=2))
+    assert result.steps_done == 2
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.final_losses.values())
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    assert checkpoint["optim_g"]["name"] == optimizer
+    assert checkpoint["optim_g"]["hyperparameters"]["lr"] == 1e-3
+    assert checkpoint["optim_g"]["state"]["state"], "the optimizer state was saved"
+    assert (result.exports["safetensors"]).is_file()
+
+
+def test_eight_bit_switch_trains(tmp_path, data_dir):
+    pytest.importorskip("bitsandbytes")
+    result = train(options(tmp_path, data_dir, optimizer="AdaBelief", use_8bit=True, max_steps=2))
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    assert checkpoint["optim_g"]["hyperparameters"]["use_8bit"] is True
+    # bitsandbytes nests its quantized moments; large tensors keep uint8 (8-bit) state.
+    states = [s.get("__bnb_optimizer_quant_state__", s) for s in checkpoint["optim_g"]["state"]["state"].values()]
+    assert any(s.get("state1") is not None and s["state1"].dtype == torch.uint8 for s in states)
+
+
+def test_bf16_anyprecision_uses_bf16_weights_and_kahan(tmp_path, data_dir):
+    result = train(options(tmp_path, data_dir, optimizer="AnyPrecisionAdamW", precision="bf16", max_steps=2))
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    assert checkpoint["generator"]["dec.conv_pre.bias"].dtype == torch.bfloat16
+    state = next(iter(checkpoint["optim_g"]["state"]["state"].values()))
+    assert state["compensation"].dtype == torch.bfloat16 and state["exp_avg_sq"].dtype == torch.bfloat16
+
+
+def _final_generator(run_dir):
+    return load_checkpoint(latest_checkpoint(run_dir))["generator"]
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "AnyPrecisionAdamW"])
+def test_resume_is_bit_identical(tmp_path, data_dir, optimizer):
+    straight = train(options(tmp_path, data_dir, "straight", optimizer=optimizer))
+    assert straight.epochs_done == 2
+
+    train(options(tmp_path, data_dir, "split", optimizer=optimizer, config=tiny(epochs=1)))
+    torch.manual_seed(12345)  # whatever happens in between must not matter
+    resumed = train(options(tmp_path, data_dir, "split", config=tiny(epochs=2), resume=tmp_path / "split"))
+    assert resumed.steps_done == straight.steps_done
+
+    a, b = _final_generator(tmp_path / "straight"), _final_generator(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with (tmp_path / "split" / "metrics.csv").open() as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == sorted(set(steps)), "metrics.csv must not repeat steps after a resume"
+
+
+def test_resume_with_another_optimizer_starts_it_fresh(tmp_path, data_dir, caplog):
+    first = train(options(tmp_path, data_dir, optimizer="AdamW", config=tiny(epochs=1)))
+    with caplog.at_level(logging.WARNING):
+        result = train(options(tmp_path, data_dir, optimizer="RAdam", config=tiny(epochs=2), resume=tmp_path / "run"))
+    assert "starting a fresh" in caplog.text
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    assert checkpoint["optim_g"]["name"] == "RAdam"
+    steps = {float(s["step"]) for s in checkpoint["optim_g"]["state"]["state"].values()}
+    assert steps == {float(result.steps_done - first.steps_done)}, "RAdam counts only the steps since the switch"
+
+
+def test_resume_refuses_changed_hyperparameters(tmp_path, data_dir):
+    train(options(tmp_path, data_dir, config=tiny(epochs=1)))
+    with pytest.raises(TrainError, match="lr"):
+        train(options(tmp_path, data_dir, config=tiny(epochs=2), lr=3e-4, resume=tmp_path / "run"))
+
+
+def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_lost(tmp_path, data_dir):
+    train(options(tmp_path, data_dir, config=tiny(epochs=1)))
+    path = latest_checkpoint(tmp_path / "run")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted"):
+        train(options(tmp_path, data_dir, config=tiny(epochs=2), resume=tmp_path / "run"))
+    assert path.read_bytes() == data[: len(data) // 2]
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, data_dir, monkeypatch):
+    train(options(tmp_path, data_dir, config=tiny(epochs=1)))
+    before = list_checkpoints(tmp_path / "run")
+    real_save = torch.save
+
+    def crash(obj, handle, *args, **kwargs):
+        real_save(obj, handle, *args, **kwargs)
+        handle.truncate(100)  # half-written, then the machine "dies"
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="No space"):
+        train(options(tmp_path, data_dir, config=tiny(epochs=2), resume=tmp_path / "run"))
+    monkeypatch.undo()
+    assert list_checkpoints(tmp_path / "run") == before
+    assert load_checkpoint(before[-1])["epoch"] == 1
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_batch_larger_than_dataset(tmp_path, data_dir):
+    with pytest.raises(DataError, match="batch size 64"):
+        train(options(tmp_path, data_dir, config=tiny(batch_size=64)))
+
+
+def test_outputs_for_the_user(tmp_path, data_dir):
+    result = train(options(tmp_path, data_dir, config=tiny(epochs=1)))
+    run = tmp_path / "run"
+    assert (run / "loss.png").stat().st_size > 1000
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    with (run / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == result.steps_done and rows[0]["lr_g"] and rows[0]["grad_norm_d"]
+    assert (run / "config.json").is_file()
+
+
+def test_unknown_optimizer_fails_before_any_work(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="valid names"):
+        train(options(tmp_path, data_dir, optimizer="Lion"))
+    assert not (tmp_path / "run").exists()
