@@ -65,3 +65,104 @@ def test_recommend():
     assert advice["optimizer"] == "AnyPrecisionAdamW"
     bad = runner.invoke(app, ["recommend", "--precision", "int4"])
     assert bad.exit_code == 2
+
+
+# --- arvc train / preprocess ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    from arvc.train.demo import generate_demo_voice
+
+    folder = tmp_path_factory.mktemp("recordings")
+    generate_demo_voice(folder, seconds=12, sr=16000, seed=2)
+    return folder
+
+
+def train_cli(*args):
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--optimizer", "Lion"], "valid names"),
+        (["--precision", "fp8"], "unknown precision"),
+        (["--f0", "yin"], "unknown f0 method"),
+        (["--features", "hubert"], "--hubert PATH"),
+        (["--betas", "0.9"], "two numbers"),
+        (["--set", "model.nope=1"], "model.nope"),
+    ],
+)
+def test_train_rejects_bad_input_before_any_work(tmp_path, args, message):
+    result = train_cli("--runs-dir", tmp_path, *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not list(tmp_path.iterdir()), "nothing may be written for bad input"
+
+
+def test_train_missing_or_empty_dataset(tmp_path):
+    result = train_cli(tmp_path / "nowhere", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    (tmp_path / "empty").mkdir()
+    result = train_cli(tmp_path / "empty", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "is empty; put recordings" in result.output
+
+
+def test_train_then_refuse_to_overwrite_then_resume(tmp_path, recordings):
+    args = [
+        recordings,
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "alice",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+    ]
+    first = train_cli(*args)
+    assert first.exit_code == 0, first.output
+    run = tmp_path / "alice"
+    assert (run / "export" / "model.safetensors").is_file() and (run / "loss.png").is_file()
+    checkpoints = sorted((run / "checkpoints").iterdir())
+
+    again = train_cli(*args)
+    assert again.exit_code == 1 and "--resume" in again.output
+    assert sorted((run / "checkpoints").iterdir()) == checkpoints
+
+    resumed = train_cli("--resume", run, "--epochs", "2", "--max-steps", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert "trained 2 epochs" in resumed.output
+
+
+def test_preprocess_command(tmp_path, recordings):
+    result = runner.invoke(
+        app,
+        [
+            "preprocess",
+            str(recordings),
+            "--name",
+            "bob",
+            "--runs-dir",
+            str(tmp_path),
+            "--sample-rate",
+            "16000",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "bob" / "data" / "filelist.txt").is_file()
+    bad = runner.invoke(
+        app,
+        [
+            "preprocess",
+            str(recordings),
+            "--name",
+            "bob",
+            "--runs-dir",
+            str(tmp_path),
+            "--sample-rate",
+            "22050",
+        ],
+    )
+    assert bad.exit_code == 1 and "22050" in bad.output

@@ -52,7 +52,9 @@ def test_eight_bit_switch_trains(tmp_path, data_dir):
     checkpoint = load_checkpoint(result.last_checkpoint)
     assert checkpoint["optim_g"]["hyperparameters"]["use_8bit"] is True
     # bitsandbytes nests its quantized moments; large tensors keep uint8 (8-bit) state.
-    states = [s.get("__bnb_optimizer_quant_state__", s) for s in checkpoint["optim_g"]["state"]["state"].values()]
+    states = [
+        s.get("__bnb_optimizer_quant_state__", s) for s in checkpoint["optim_g"]["state"]["state"].values()
+    ]
     assert any(s.get("state1") is not None and s["state1"].dtype == torch.uint8 for s in states)
 
 
@@ -88,12 +90,16 @@ def test_resume_is_bit_identical(tmp_path, data_dir, optimizer):
 def test_resume_with_another_optimizer_starts_it_fresh(tmp_path, data_dir, caplog):
     first = train(options(tmp_path, data_dir, optimizer="AdamW", config=tiny(epochs=1)))
     with caplog.at_level(logging.WARNING):
-        result = train(options(tmp_path, data_dir, optimizer="RAdam", config=tiny(epochs=2), resume=tmp_path / "run"))
+        result = train(
+            options(tmp_path, data_dir, optimizer="RAdam", config=tiny(epochs=2), resume=tmp_path / "run")
+        )
     assert "starting a fresh" in caplog.text
     checkpoint = load_checkpoint(result.last_checkpoint)
     assert checkpoint["optim_g"]["name"] == "RAdam"
     steps = {float(s["step"]) for s in checkpoint["optim_g"]["state"]["state"].values()}
-    assert steps == {float(result.steps_done - first.steps_done)}, "RAdam counts only the steps since the switch"
+    assert steps == {float(result.steps_done - first.steps_done)}, (
+        "RAdam counts only the steps since the switch"
+    )
 
 
 def test_resume_refuses_changed_hyperparameters(tmp_path, data_dir):

@@ -33,19 +33,28 @@ def recommend(epochs: int, precision: str = "fp32") -> Recommendation:
         raise ValueError(f"Invalid precision: {precision!r}; valid: {', '.join(PRECISIONS)}")
     if epochs <= SHORT_RUN_EPOCHS:
         return Recommendation(
-            "RAdam", 1e-3, 8, epochs,
+            "RAdam",
+            1e-3,
+            8,
+            epochs,
             f"{epochs} epochs is a short run (<= {SHORT_RUN_EPOCHS}): RAdam rectifies the early adaptive "
             "steps, so it trains well from the first epoch without a warm-up.",
         )
     if precision == "bf16" and epochs >= LONG_BF16_RUN_EPOCHS:
         return Recommendation(
-            "AnyPrecisionAdamW", 1e-3, 8, epochs,
+            "AnyPrecisionAdamW",
+            1e-3,
+            8,
+            epochs,
             f"A long bf16 run ({epochs} >= {LONG_BF16_RUN_EPOCHS} epochs): bf16 weights lose updates smaller "
             "than half an ulp; Kahan summation keeps them, so the run follows the fp32 trajectory.",
             {"use_kahan_summation": True, "momentum_dtype": "bfloat16", "variance_dtype": "bfloat16"},
         )
     return Recommendation(
-        "AdamW", 1e-3, 8, epochs,
+        "AdamW",
+        1e-3,
+        8,
+        epochs,
         "The guide's default: AdamW is the most reliable general-purpose choice; start with lr 1e-3 and "
         f"batch 8 (the guide's standard run is {GUIDE_EPOCHS} epochs).",
     )
