@@ -164,3 +164,18 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
     uniform = torch.rand(src.shape, device=src.device, generator=generator)
     take_neighbour = (uniform < probability) & torch.isfinite(neighbour)
     dst.copy_(torch.where(take_neighbour, neighbour, nearest))
+
+
+def group_tensors_by_device_and_dtype(tensor_lists: list[list]) -> dict:
+    """Split parallel lists by the (device, dtype) of the first list, for the foreach bodies.
+
+    Returns {(device, dtype): (lists restricted to that group, indices)}; entries of the other lists
+    may be None or live elsewhere (step counters stay on the CPU).
+    """
+    groups: dict = {}
+    for index, leader in enumerate(tensor_lists[0]):
+        groups.setdefault((leader.device, leader.dtype), []).append(index)
+    return {
+        key: ([[values[i] for i in indices] for values in tensor_lists], indices)
+        for key, indices in groups.items()
+    }

@@ -25,6 +25,7 @@ from torch.optim import Optimizer
 
 from arvc.optim._functional import (
     check_common_hyperparameters,
+    group_tensors_by_device_and_dtype,
     load_state_dict_keeping_dtypes,
     params_with_grad,
 )
@@ -41,6 +42,8 @@ class AdaBelief(Optimizer):
         betas: coefficients of the gradient mean and of the belief variance ((0.9, 0.999)).
         eps: added to the belief variance each step and to the denominator (1e-16, as the reference).
         weight_decay: decoupled weight decay, p ← p·(1 − lr·wd) (0).
+        foreach: use the multi-tensor path (one kernel per operation over all tensors). None picks it
+            whenever there is more than one tensor; both paths compute the same update.
     """
 
     amsgrad = False  # AdaBeliefV2 keeps the running maximum of the belief variance
@@ -52,9 +55,12 @@ class AdaBelief(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-16,
         weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
     ) -> None:
         check_common_hyperparameters(lr, betas, eps, weight_decay)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach)
+        super().__init__(params, defaults)
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Moments of bf16/fp16 parameters are float32 and must stay so on resume (pytorch#43706).
@@ -99,6 +105,7 @@ class AdaBelief(Optimizer):
                 beta2=group["betas"][1],
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
+                foreach=group["foreach"] if group["foreach"] is not None else len(params) > 1,
             )
         return loss
 
@@ -117,8 +124,42 @@ def adabelief(
     beta2: float,
     eps: float,
     weight_decay: float,
+    foreach: bool = False,
 ) -> None:
-    """Functional AdaBelief step over a list of parameters (the single-tensor reference path)."""
+    """Functional AdaBelief step over a list of parameters; `foreach` picks the multi-tensor body."""
+    body = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
+    body(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_vars,
+        max_exp_avg_vars,
+        steps,
+        amsgrad=amsgrad,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+    )
+
+
+def _single_tensor_adabelief(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_vars,
+    max_exp_avg_vars,
+    steps,
+    *,
+    amsgrad,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+) -> None:
+    """The readable reference: one parameter at a time."""
     for param, grad, exp_avg, exp_avg_var, max_exp_avg_var, step_t in zip(
         params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, strict=True
     ):
@@ -148,3 +189,66 @@ def adabelief(
         master.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
         if master is not param:
             param.copy_(master)
+
+
+def _multi_tensor_adabelief(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_vars,
+    max_exp_avg_vars,
+    steps,
+    *,
+    amsgrad,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+) -> None:
+    """The same update with torch._foreach_* ops, grouped by device and dtype (as torch.optim does)."""
+    if not params:
+        return
+    tensors = [
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_vars,
+        max_exp_avg_vars if amsgrad else [None] * len(params),
+        steps,
+    ]
+    for (
+        device_params,
+        device_grads,
+        device_m,
+        device_s,
+        device_smax,
+        device_steps,
+    ), _ in group_tensors_by_device_and_dtype(tensors).values():
+        torch._foreach_add_(device_steps, 1)
+        step_values = [int(s.item()) for s in device_steps]
+        buffer_dtype = device_m[0].dtype
+        masters = [p if p.dtype == buffer_dtype else p.to(buffer_dtype) for p in device_params]
+        grads32 = [g if g.dtype == buffer_dtype else g.to(buffer_dtype) for g in device_grads]
+
+        if weight_decay != 0:
+            torch._foreach_mul_(masters, 1 - lr * weight_decay)
+        if beta1 == 0.0:
+            residual = torch._foreach_sub(grads32, device_m)
+            torch._foreach_copy_(device_m, grads32)
+        else:
+            torch._foreach_mul_(device_m, beta1)
+            torch._foreach_add_(device_m, grads32, alpha=1 - beta1)
+            residual = torch._foreach_sub(grads32, device_m)
+        torch._foreach_mul_(device_s, beta2)
+        torch._foreach_addcmul_(device_s, residual, residual, value=1 - beta2)
+        torch._foreach_add_(device_s, eps)
+        if amsgrad:
+            torch._foreach_maximum_(device_smax, device_s)
+        denom = torch._foreach_sqrt(device_smax if amsgrad else device_s)
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in step_values])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(masters, device_m, denom, [-lr / (1 - beta1**t) for t in step_values])
+        low = [(p, m) for p, m in zip(device_params, masters, strict=True) if m is not p]
+        if low:
+            torch._foreach_copy_([p for p, _ in low], [m for _, m in low])

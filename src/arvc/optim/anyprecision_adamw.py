@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from arvc.optim._functional import (
     LOW_PRECISION_DTYPES,
     check_common_hyperparameters,
+    group_tensors_by_device_and_dtype,
     load_state_dict_keeping_dtypes,
     params_with_grad,
     parse_dtype,
@@ -47,6 +48,8 @@ class AnyPrecisionAdamW(Optimizer):
         compensation_buffer_dtype: storage dtype of the Kahan buffer (bf16 keeps 8 more bits than the
             parameter, which is what Kahan needs; it is 2 bytes per parameter).
         seed: seeds the stochastic rounding of low-precision moment buffers.
+        foreach: use the multi-tensor path (one kernel per operation over all tensors). None picks it
+            whenever there is more than one tensor; both paths compute the same update.
     """
 
     def __init__(
@@ -61,6 +64,8 @@ class AnyPrecisionAdamW(Optimizer):
         variance_dtype: torch.dtype | str = torch.float32,
         compensation_buffer_dtype: torch.dtype | str = torch.bfloat16,
         seed: int = 0,
+        *,
+        foreach: bool | None = None,
     ) -> None:
         check_common_hyperparameters(lr, betas, eps, weight_decay)
         if not isinstance(seed, int):
@@ -75,6 +80,7 @@ class AnyPrecisionAdamW(Optimizer):
             variance_dtype=parse_dtype(variance_dtype, "variance_dtype"),
             compensation_buffer_dtype=parse_dtype(compensation_buffer_dtype, "compensation_buffer_dtype"),
             seed=seed,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -139,6 +145,7 @@ class AnyPrecisionAdamW(Optimizer):
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 seed=group["seed"],
+                foreach=group["foreach"] if group["foreach"] is not None else len(params) > 1,
             )
         return loss
 
@@ -167,8 +174,44 @@ def any_precision_adamw(
     eps: float,
     weight_decay: float,
     seed: int,
+    foreach: bool = False,
 ) -> None:
-    """Functional AnyPrecisionAdamW step over a list of parameters (the single-tensor reference path)."""
+    """Functional AnyPrecisionAdamW step over a list of parameters; `foreach` picks the multi-tensor body."""
+    body = _multi_tensor_any_precision_adamw if foreach else _single_tensor_any_precision_adamw
+    body(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        compensations,
+        steps,
+        param_indices,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        seed=seed,
+    )
+
+
+def _single_tensor_any_precision_adamw(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    compensations,
+    steps,
+    param_indices,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    seed,
+) -> None:
+    """The readable reference: one parameter at a time."""
     for param, grad, exp_avg, exp_avg_sq, compensation, step_t, index in zip(
         params, grads, exp_avgs, exp_avg_sqs, compensations, steps, param_indices, strict=True
     ):
@@ -206,3 +249,58 @@ def any_precision_adamw(
         if compensation is not None:
             # What rounding to the parameter's dtype dropped is carried into the next step.
             compensation.copy_(master.sub_(param.to(dtype)))
+
+
+def _multi_tensor_any_precision_adamw(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    compensations,
+    steps,
+    param_indices,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    seed,
+) -> None:
+    """The same update with torch._foreach_* ops per (device, dtype) group; rounding stays per tensor."""
+    if not params:
+        return
+    tensors = [params, grads, exp_avgs, exp_avg_sqs, compensations, steps, param_indices]
+    for (p, g, m, v, c, st, indices), _ in group_tensors_by_device_and_dtype(tensors).values():
+        torch._foreach_add_(st, 1)
+        step_values = [int(t.item()) for t in st]
+        dtype = _compute_dtype(p[0].dtype)
+        g32 = [x if x.dtype == dtype else x.to(dtype) for x in g]
+        m32 = [_as_compute(x, dtype) for x in m]
+        v32 = [_as_compute(x, dtype) for x in v]
+        torch._foreach_lerp_(m32, g32, 1 - beta1)
+        torch._foreach_mul_(v32, beta2)
+        torch._foreach_addcmul_(v32, g32, g32, value=1 - beta2)
+        for stored, fresh, buffer_id in ((m, m32, _MOMENTUM), (v, v32, _VARIANCE)):
+            for x, x32, index, step in zip(stored, fresh, indices, step_values, strict=True):
+                if x32 is not x:
+                    stochastic_round_(x, x32, rounding_seed(seed, index, step, buffer_id))
+
+        denom = torch._foreach_sqrt(v32)
+        torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in step_values])
+        torch._foreach_add_(denom, eps)
+        step_sizes = [-lr / (1 - beta1**t) for t in step_values]
+        if p[0].dtype == dtype:
+            torch._foreach_mul_(p, 1 - lr * weight_decay)
+            torch._foreach_addcdiv_(p, m32, denom, step_sizes)
+            continue
+        master = [x.to(dtype) for x in p]
+        kahan = [x for x in c if x is not None]
+        if kahan:
+            torch._foreach_add_(master, [x.to(dtype) for x in kahan])
+        torch._foreach_mul_(master, 1 - lr * weight_decay)
+        torch._foreach_addcdiv_(master, m32, denom, step_sizes)
+        torch._foreach_copy_(p, master)
+        if kahan:
+            torch._foreach_sub_(master, [x.to(dtype) for x in p])
+            torch._foreach_copy_(kahan, master)
