@@ -133,7 +133,7 @@ def test_train_then_refuse_to_overwrite_then_resume(tmp_path, recordings):
 
     resumed = train_cli("--resume", run, "--epochs", "2", "--max-steps", "2")
     assert resumed.exit_code == 0, resumed.output
-    assert "trained 2 epochs" in resumed.output
+    assert "(2 steps)" in resumed.output
 
 
 def test_preprocess_command(tmp_path, recordings):

@@ -370,6 +370,13 @@ def train(
             result = run_training(options, _ProgressCallbacks(bar))
     except (DataError, TrainError, CheckpointError, ImportError) as error:
         _fail(str(error))
+    if result.stopped_by in ("SIGINT", "SIGTERM"):
+        console.print(
+            f"stopped by {result.stopped_by} after step {result.steps_done}; "
+            f"checkpoint {result.last_checkpoint}\n"
+            f"continue with: arvc train --resume {run_dir}"
+        )
+        return
     console.print(f"trained {result.epochs_done} epochs ({result.steps_done} steps) in {run_dir}")
     for kind, path in result.exports.items():
         console.print(f"  {kind}: {path}")
@@ -422,3 +429,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# Commands defined in their own modules register themselves on `app` when imported.
+from arvc.bench import cli as _bench_cli  # noqa: E402,F401

@@ -129,7 +129,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, data_dir, mo
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(TrainError, match="No space left on device.*is intact"):
         train(options(tmp_path, data_dir, config=tiny(epochs=2), resume=tmp_path / "run"))
     monkeypatch.undo()
     assert list_checkpoints(tmp_path / "run") == before

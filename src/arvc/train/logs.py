@@ -26,6 +26,7 @@ METRIC_FIELDS = (
     "lr_d",
     "grad_norm_g",
     "grad_norm_d",
+    "skipped",
     "seconds",
 )
 
@@ -71,7 +72,7 @@ class RunLog:
             )
         step = int(row["step"])
         for key, value in row.items():
-            if key not in ("epoch", "step") and value is not None:
+            if key not in ("epoch", "step", "skipped") and value is not None:
                 group = "lr" if key.startswith("lr") else "grad_norm" if key.startswith("grad") else "loss"
                 self.writer.add_scalar(f"{group}/{key}", float(value), step)
 

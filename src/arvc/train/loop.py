@@ -7,10 +7,8 @@ as RVC does. Everything needed to continue a run bit for bit is in its checkpoin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch.nn import functional as F
 
 from arvc.optim import build_optimizer, build_scheduler, get_spec
 from arvc.train.checkpoint import (
@@ -36,10 +33,10 @@ from arvc.train.checkpoint import (
 from arvc.train.config import RunConfig
 from arvc.train.data import VoiceDataset, make_loader
 from arvc.train.export import export_generator
+from arvc.train.faults import StopOnSignal
 from arvc.train.logs import RunLog
-from arvc.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, kl_loss
-from arvc.train.mel import mel_spectrogram, spec_to_mel
-from arvc.train.model import MultiPeriodDiscriminator, Synthesizer, slice_segments
+from arvc.train.model import MultiPeriodDiscriminator, Synthesizer
+from arvc.train.step import GanStep
 
 __all__ = ["PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
 
@@ -72,6 +69,7 @@ class TrainOptions:
     resume: Path | None = None  # a run directory (newest checkpoint) or one checkpoint file
     max_steps: int | None = None  # stop early (tests, quick looks); a checkpoint is still written
     device: str = "cpu"
+    max_bad_steps: int = 20  # consecutive non-finite steps before training stops
 
 
 @dataclass
@@ -81,6 +79,7 @@ class TrainResult:
     last_checkpoint: Path | None
     exports: dict[str, Path]
     final_losses: dict[str, float]
+    stopped_by: str | None = None  # "SIGINT"/"SIGTERM" (checkpoint saved, no export) or "max_steps"
 
 
 class Callbacks(Protocol):
@@ -155,31 +154,6 @@ def _make_optimizer(params, hp: dict[str, Any]) -> torch.optim.Optimizer:
         use_8bit=hp["use_8bit"],
         **hp["kwargs"],
     )
-
-
-def _autocast(precision: str, device: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _grad_norm(module: torch.nn.Module, clip: float | None) -> float:
-    """Total gradient norm (measured as RVC does); clipped to `clip` when given."""
-    params = [p for p in module.parameters() if p.grad is not None]
-    max_norm = clip if clip is not None else float("inf")
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-
-
-@contextlib.contextmanager
-def _frozen(module: torch.nn.Module):
-    """D's parameters need no gradient in G's phase: same losses, less work (RVC computes and discards)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
 
 
 def _resolve_resume(resume: Path) -> Path:
@@ -259,156 +233,126 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
     optim_g, optim_d = _make_optimizer(net_g.parameters(), hp), _make_optimizer(net_d.parameters(), hp)
     sched_g = build_scheduler(optim_g, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
     sched_d = build_scheduler(optim_d, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
 
-    epoch, step = 0, 0
+    epochs_done, batches_done, step = 0, 0, 0
     if checkpoint is not None:
         net_g.load_state_dict(checkpoint["generator"])
         net_d.load_state_dict(checkpoint["discriminator"])
-        epoch, step = checkpoint["epoch"], checkpoint["step"]
-        _restore_optimizer("generator", optim_g, sched_g, checkpoint["optim_g"], hp, epoch)
-        _restore_optimizer("discriminator", optim_d, sched_d, checkpoint["optim_d"], hp, epoch)
+        epochs_done, step = checkpoint["epoch"], checkpoint["step"]
+        batches_done = checkpoint.get("batch_in_epoch", 0)
+        _restore_optimizer("generator", optim_g, sched_g, checkpoint["optim_g"], hp, epochs_done)
+        _restore_optimizer("discriminator", optim_d, sched_d, checkpoint["optim_d"], hp, epochs_done)
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
-        logger.info("resumed %s at epoch %d, step %d", resume_from, epoch, step)
+        logger.info(
+            "resumed %s: %d epochs + %d batches done, step %d", resume_from, epochs_done, batches_done, step
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log = RunLog(run_dir, resume_step=step if checkpoint is not None else None)
+    train_step = GanStep(cfg, net_g, net_d, g_forward, d_forward, optim_g, optim_d, scaler, precision)
 
-    def save() -> Path:
-        path = checkpoint_path(run_dir, epoch, step)
-        atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "epoch": epoch,
-                "step": step,
-                "config": cfg.to_dict(),
-                "generator": net_g.state_dict(),
-                "discriminator": net_d.state_dict(),
-                "optim_g": {
-                    **optimizer_record(hp["optimizer"], hp, optim_g),
-                    "scheduler": sched_g.state_dict(),
-                },
-                "optim_d": {
-                    **optimizer_record(hp["optimizer"], hp, optim_d),
-                    "scheduler": sched_d.state_dict(),
-                },
-                "scaler": scaler.state_dict(),
-                "rng": rng_state(),
-                "precision": precision,
-            },
-            path,
-        )
+    def save(epochs_done: int, batches_done: int) -> Path:
+        """Checkpoint after `epochs_done` whole epochs plus `batches_done` batches of the next one."""
+        path = checkpoint_path(run_dir, epochs_done, step)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "epoch": epochs_done,
+            "batch_in_epoch": batches_done,
+            "step": step,
+            "config": cfg.to_dict(),
+            "precision": precision,
+            "generator": net_g.state_dict(),
+            "discriminator": net_d.state_dict(),
+            "optim_g": {**optimizer_record(hp["optimizer"], hp, optim_g), "scheduler": sched_g.state_dict()},
+            "optim_d": {**optimizer_record(hp["optimizer"], hp, optim_d), "scheduler": sched_d.state_dict()},
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+        }
+        try:
+            atomic_save(state, path)
+        except OSError as error:
+            previous = latest_checkpoint(run_dir)
+            raise TrainError(
+                f"could not write checkpoint {path}: {error}. "
+                + (f"The previous checkpoint {previous} is intact; " if previous else "")
+                + "free disk space or fix permissions, then continue with --resume "
+                + str(run_dir)
+            ) from error
         if cfg.train.keep_last:
             prune_checkpoints(run_dir, cfg.train.keep_last)
         return path
 
     # --- the loop ---------------------------------------------------------------------------------------
-    d = cfg.data
-    callbacks.on_start(cfg.train.epochs, steps_per_epoch, epoch + 1)
-    last_checkpoint, losses = None, {}
-    stop = False
-    while epoch < cfg.train.epochs and not stop:
-        epoch += 1
-        net_g.train()
-        net_d.train()
-        loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            started = time.perf_counter()
-            batch = batch.to(device)
-            with _autocast(precision, device.type):
-                y_hat, ids_slice, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = g_forward(
-                    batch.phone,
-                    batch.phone_lengths,
-                    batch.pitch,
-                    batch.pitchf,
-                    batch.spec,
-                    batch.spec_lengths,
-                    batch.sid,
-                )
-            wave = slice_segments(batch.wave, ids_slice * d.hop_length, d.segment_size)
-            mel = spec_to_mel(
-                batch.spec.float(), d.filter_length, d.n_mel_channels, d.sampling_rate, d.mel_fmin, d.mel_fmax
-            )
-            y_mel = slice_segments(mel, ids_slice, cfg.segment_frames)
-            y_hat_mel = mel_spectrogram(
-                y_hat.float().squeeze(1),
-                d.filter_length,
-                d.n_mel_channels,
-                d.sampling_rate,
-                d.hop_length,
-                d.win_length,
-                d.mel_fmin,
-                d.mel_fmax,
-            )
-
-            # Discriminator step: real vs detached fake.
-            with _autocast(precision, device.type):
-                real_out, fake_out, _, _ = d_forward(wave.to(y_hat.dtype), y_hat.detach())
-                loss_d, _, _ = discriminator_loss(real_out, fake_out)
-            optim_d.zero_grad(set_to_none=True)
-            scaler.scale(loss_d).backward()
-            scaler.unscale_(optim_d)
-            grad_norm_d = _grad_norm(net_d, cfg.train.grad_clip)
-            scaler.step(optim_d)
-
-            # Generator step: fool the (frozen) discriminator, match features, mel and the prior.
-            with _autocast(precision, device.type), _frozen(net_d):
-                _, fake_out, fmap_real, fmap_fake = d_forward(wave.to(y_hat.dtype), y_hat)
-                loss_adv, _ = generator_adversarial_loss(fake_out)
-                loss_fm = feature_matching_loss(fmap_real, fmap_fake) * cfg.train.c_fm
-                loss_mel = F.l1_loss(y_mel, y_hat_mel[..., : y_mel.shape[-1]]) * cfg.train.c_mel
-                loss_kl = (
-                    kl_loss(z_p.float(), logs_q.float(), m_p.float(), logs_p.float(), z_mask) * cfg.train.c_kl
-                )
-                loss_g = loss_adv + loss_fm + loss_mel + loss_kl
-            optim_g.zero_grad(set_to_none=True)
-            scaler.scale(loss_g).backward()
-            scaler.unscale_(optim_g)
-            grad_norm_g = _grad_norm(net_g, cfg.train.grad_clip)
-            scaler.step(optim_g)
-            scaler.update()
-            step += 1
-
-            losses = {
-                "loss_d": loss_d.item(),
-                "loss_g": loss_g.item(),
-                "loss_mel": loss_mel.item(),
-                "loss_kl": loss_kl.item(),
-                "loss_fm": loss_fm.item(),
-                "loss_adv": loss_adv.item(),
-            }
-            lr_g = optim_g.param_groups[0]["lr"]
-            if step % cfg.train.log_interval == 0 or step == 1:
-                log.log_step(
-                    {
-                        "epoch": epoch,
-                        "step": step,
-                        **losses,
-                        "lr_g": lr_g,
-                        "lr_d": optim_d.param_groups[0]["lr"],
-                        "grad_norm_g": grad_norm_g,
-                        "grad_norm_d": grad_norm_d,
-                        "seconds": round(time.perf_counter() - started, 4),
-                    }
-                )
-            callbacks.on_step(epoch, step, losses, lr_g)
-            if not all(math.isfinite(v) for v in losses.values()):
-                logger.warning("non-finite loss at step %d: %s", step, losses)
-            if opts.max_steps is not None and step >= opts.max_steps:
-                stop = True
+    callbacks.on_start(cfg.train.epochs, steps_per_epoch, epochs_done + 1)
+    last_checkpoint, losses, bad_steps, stopped_by = None, {}, 0, None
+    with StopOnSignal() as stop_signal:
+        for epoch in range(epochs_done + 1, cfg.train.epochs + 1):
+            net_g.train()
+            net_d.train()
+            loader.sampler.set_epoch(epoch, start=batches_done * cfg.train.batch_size)
+            for batch in loader:
+                started = time.perf_counter()
+                result = train_step(batch.to(device))
+                step, batches_done, losses = step + 1, batches_done + 1, result.losses
+                bad_steps = bad_steps + 1 if result.skipped else 0
+                if result.skipped:
+                    logger.warning(
+                        "step %d: non-finite loss or gradients, %s update skipped (%s)",
+                        step,
+                        " and ".join(result.skipped),
+                        _short(losses),
+                    )
+                lr_g = optim_g.param_groups[0]["lr"]
+                if step % cfg.train.log_interval == 0 or step == 1:
+                    log.log_step(
+                        {
+                            "epoch": epoch,
+                            "step": step,
+                            **losses,
+                            "lr_g": lr_g,
+                            "lr_d": optim_d.param_groups[0]["lr"],
+                            "grad_norm_g": result.grad_norm_g,
+                            "grad_norm_d": result.grad_norm_d,
+                            "skipped": "+".join(result.skipped),
+                            "seconds": round(time.perf_counter() - started, 4),
+                        }
+                    )
+                if bad_steps >= opts.max_bad_steps:
+                    raise TrainError(
+                        f"training diverged: {bad_steps} steps in a row had non-finite losses or gradients "
+                        f"(last: {_short(losses)}). Nothing was saved after the last good checkpoint "
+                        f"({latest_checkpoint(run_dir)}); resume from it with a lower --lr."
+                    )
+                callbacks.on_step(epoch, step, losses, lr_g)
+                if stop_signal.requested or (opts.max_steps is not None and step >= opts.max_steps):
+                    stopped_by = stop_signal.requested or "max_steps"
+                    break
+            if stopped_by and batches_done < steps_per_epoch:
+                last_checkpoint = save(epoch - 1, batches_done)  # mid-epoch: resume continues this epoch
                 break
-
-        sched_g.step()
-        sched_d.step()
-        log.log_mels(step, y_mel[0], y_hat_mel[0, :, : y_mel.shape[-1]])
-        log.plot()
-        callbacks.on_epoch(epoch, losses)
-        if epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs or stop:
-            last_checkpoint = save()
-
+            batches_done = 0
+            sched_g.step()
+            sched_d.step()
+            log.log_mels(step, result.mel_real, result.mel_fake)
+            log.plot()
+            callbacks.on_epoch(epoch, losses)
+            if epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs or stopped_by:
+                last_checkpoint = save(epoch, 0)
+            if stopped_by:
+                break
+    log.plot()
     log.close()
+    epochs_done = epoch if not batches_done else epoch - 1
+    if stopped_by not in (None, "max_steps"):
+        logger.warning("stopped by %s after step %d; continue with --resume %s", stopped_by, step, run_dir)
+        return TrainResult(epochs_done, step, last_checkpoint, {}, losses, stopped_by)
     exports = export_generator(net_g, cfg, run_dir / "export", info=f"arvc {hp['optimizer']} epoch {epoch}")
-    logger.info("done: %d epochs, %d steps; model in %s", epoch, step, run_dir / "export")
-    return TrainResult(epoch, step, last_checkpoint, exports, losses)
+    logger.info("done: %d epochs, %d steps; model in %s", epochs_done, step, run_dir / "export")
+    return TrainResult(epochs_done, step, last_checkpoint, exports, losses, stopped_by)
+
+
+def _short(losses: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in losses.items())

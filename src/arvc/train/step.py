@@ -1,0 +1,145 @@
+"""One RVC training step: generator forward, discriminator update, generator update.
+
+RVC's order and loss weights: LSGAN adversarial + feature matching ×2 + mel L1 ×45 + KL ×1. An update
+whose loss or gradient norm is not finite is skipped for that optimizer (its state stays untouched) and
+reported, so one bad batch cannot poison Adam's moments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from arvc.train.config import RunConfig
+from arvc.train.data import Batch
+from arvc.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, kl_loss
+from arvc.train.mel import mel_spectrogram, spec_to_mel
+from arvc.train.model import slice_segments
+
+__all__ = ["GanStep", "StepResult", "autocast"]
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float]
+    grad_norm_g: float
+    grad_norm_d: float
+    skipped: list[str]  # "generator" / "discriminator" when that update was skipped as non-finite
+    mel_real: torch.Tensor  # one slice, for the TensorBoard image
+    mel_fake: torch.Tensor
+
+
+def autocast(precision: str, device_type: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(
+        device_type=device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
+    )
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module):
+    """D's parameters need no gradient in G's phase: same losses, less work (RVC computes and discards)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _grad_norm(module: torch.nn.Module, clip: float | None) -> float:
+    """Total gradient norm (logged as RVC does); clipped to `clip` when given."""
+    params = [p for p in module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf")))
+
+
+class GanStep:
+    """Holds what every step needs; `__call__(batch)` performs one D update and one G update."""
+
+    def __init__(
+        self, cfg: RunConfig, net_g, net_d, g_forward, d_forward, optim_g, optim_d, scaler, precision
+    ):
+        self.cfg, self.net_g, self.net_d = cfg, net_g, net_d
+        self.g_forward, self.d_forward = g_forward, d_forward
+        self.optim_g, self.optim_d, self.scaler, self.precision = optim_g, optim_d, scaler, precision
+
+    def _update(self, loss: torch.Tensor, optimizer, module) -> tuple[float, bool]:
+        """Backward, unscale, measure; step only if loss and gradients are finite. Returns (norm, stepped)."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+        norm = _grad_norm(module, self.cfg.train.grad_clip)
+        if not math.isfinite(loss.item()):
+            return norm, False
+        if not math.isfinite(norm):
+            # fp16: GradScaler skips overflowing steps itself and lowers its scale (expected, not a fault).
+            if self.scaler.is_enabled():
+                self.scaler.step(optimizer)
+                return norm, True
+            return norm, False
+        self.scaler.step(optimizer)
+        return norm, True
+
+    def __call__(self, batch: Batch) -> StepResult:
+        cfg, d, device_type = self.cfg, self.cfg.data, batch.wave.device.type
+        with autocast(self.precision, device_type):
+            y_hat, ids_slice, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = self.g_forward(
+                batch.phone,
+                batch.phone_lengths,
+                batch.pitch,
+                batch.pitchf,
+                batch.spec,
+                batch.spec_lengths,
+                batch.sid,
+            )
+        wave = slice_segments(batch.wave, ids_slice * d.hop_length, d.segment_size).to(y_hat.dtype)
+        mel = spec_to_mel(
+            batch.spec.float(), d.filter_length, d.n_mel_channels, d.sampling_rate, d.mel_fmin, d.mel_fmax
+        )
+        y_mel = slice_segments(mel, ids_slice, cfg.segment_frames)
+        y_hat_mel = mel_spectrogram(
+            y_hat.float().squeeze(1),
+            d.filter_length,
+            d.n_mel_channels,
+            d.sampling_rate,
+            d.hop_length,
+            d.win_length,
+            d.mel_fmin,
+            d.mel_fmax,
+        )[..., : y_mel.shape[-1]]
+
+        # Discriminator: real vs detached fake.
+        with autocast(self.precision, device_type):
+            real_out, fake_out, _, _ = self.d_forward(wave, y_hat.detach())
+            loss_d, _, _ = discriminator_loss(real_out, fake_out)
+        grad_norm_d, stepped_d = self._update(loss_d, self.optim_d, self.net_d)
+
+        # Generator: fool the (frozen) discriminator, match its features, the mel and the prior.
+        with autocast(self.precision, device_type), _frozen(self.net_d):
+            _, fake_out, fmap_real, fmap_fake = self.d_forward(wave, y_hat)
+            loss_adv, _ = generator_adversarial_loss(fake_out)
+            loss_fm = feature_matching_loss(fmap_real, fmap_fake) * cfg.train.c_fm
+            loss_mel = F.l1_loss(y_mel, y_hat_mel) * cfg.train.c_mel
+            loss_kl = (
+                kl_loss(z_p.float(), logs_q.float(), m_p.float(), logs_p.float(), z_mask) * cfg.train.c_kl
+            )
+            loss_g = loss_adv + loss_fm + loss_mel + loss_kl
+        grad_norm_g, stepped_g = self._update(loss_g, self.optim_g, self.net_g)
+        self.scaler.update()
+
+        losses = {
+            "loss_d": loss_d.item(),
+            "loss_g": loss_g.item(),
+            "loss_mel": loss_mel.item(),
+            "loss_kl": loss_kl.item(),
+            "loss_fm": loss_fm.item(),
+            "loss_adv": loss_adv.item(),
+        }
+        skipped = [name for name, ok in (("discriminator", stepped_d), ("generator", stepped_g)) if not ok]
+        return StepResult(losses, grad_norm_g, grad_norm_d, skipped, y_mel[0].detach(), y_hat_mel[0].detach())

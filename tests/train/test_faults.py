@@ -1,0 +1,138 @@
+"""Faults a run must survive: signals, non-finite steps, and stopping in the middle of an epoch."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
+from arvc.train.config import apply_overrides, load_config
+from arvc.train.demo import generate_demo_voice
+from arvc.train.loop import TrainError, TrainOptions, train
+from arvc.train.preprocess import preprocess
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voice")
+    generate_demo_voice(root / "wav", seconds=30, sr=16000, seed=1)
+    preprocess(root / "wav", root / "data", 16000, "pm", features="mel", feature_dim=80)
+    return root / "data"
+
+
+def tiny(**train):
+    overrides = {"train.batch_size": 2, "train.epochs": 2, "train.save_every": 1, "train.log_interval": 1}
+    overrides.update({f"train.{k}": v for k, v in train.items()})
+    return apply_overrides(load_config("tiny"), overrides)
+
+
+def test_stopping_mid_epoch_then_resuming_is_bit_identical(tmp_path, data_dir):
+    straight = train(TrainOptions(run_dir=tmp_path / "straight", data_dir=data_dir, config=tiny()))
+    steps_per_epoch = straight.steps_done // 2
+    assert steps_per_epoch >= 3
+
+    cut = steps_per_epoch + 2  # in the middle of the second epoch
+    first = train(TrainOptions(run_dir=tmp_path / "split", data_dir=data_dir, config=tiny(), max_steps=cut))
+    checkpoint = load_checkpoint(first.last_checkpoint)
+    assert (checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["step"]) == (1, 2, cut)
+    torch.manual_seed(999)
+    resumed = train(
+        TrainOptions(run_dir=tmp_path / "split", data_dir=data_dir, config=tiny(), resume=tmp_path / "split")
+    )
+    assert resumed.steps_done == straight.steps_done
+    a = load_checkpoint(latest_checkpoint(tmp_path / "straight"))
+    b = load_checkpoint(latest_checkpoint(tmp_path / "split"))
+    for key in ("generator", "discriminator"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, data_dir, monkeypatch):
+    train(TrainOptions(run_dir=tmp_path / "run", data_dir=data_dir, config=tiny(epochs=1)))
+    good = latest_checkpoint(tmp_path / "run")
+
+    import arvc.train.step as step_module
+
+    monkeypatch.setattr(step_module, "kl_loss", lambda *args: torch.tensor(float("nan")))
+    with pytest.raises(TrainError, match="3 steps in a row.*lower --lr"):
+        train(
+            TrainOptions(
+                run_dir=tmp_path / "run",
+                data_dir=data_dir,
+                config=tiny(epochs=2),
+                resume=tmp_path / "run",
+                max_bad_steps=3,
+            )
+        )
+    assert latest_checkpoint(tmp_path / "run") == good, "nothing is saved after divergence"
+    with (tmp_path / "run" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["skipped"] for r in rows[-3:]] == ["generator"] * 3
+    assert all(r["skipped"] == "" for r in rows[:-3])
+
+
+def test_skipped_update_leaves_the_optimizer_state_untouched(tmp_path, data_dir, monkeypatch):
+    import arvc.train.step as step_module
+
+    real_kl = step_module.kl_loss
+    calls = {"n": 0}
+
+    def nan_on_second_call(*args):
+        calls["n"] += 1
+        return torch.tensor(float("nan")) if calls["n"] == 2 else real_kl(*args)
+
+    monkeypatch.setattr(step_module, "kl_loss", nan_on_second_call)
+    result = train(TrainOptions(run_dir=tmp_path / "run", data_dir=data_dir, config=tiny(), max_steps=3))
+    state = load_checkpoint(result.last_checkpoint)["optim_g"]["state"]["state"]
+    assert {float(s["step"]) for s in state.values()} == {2.0}, "the generator stepped twice in three steps"
+    state_d = load_checkpoint(result.last_checkpoint)["optim_d"]["state"]["state"]
+    assert {float(s["step"]) for s in state_d.values()} == {3.0}
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+from arvc.train.config import apply_overrides, load_config
+from arvc.train.loop import TrainOptions, train
+cfg = apply_overrides(load_config("tiny"), {"train.batch_size": 2, "train.epochs": 50, "train.save_every": 50,
+                                            "train.log_interval": 1})
+result = train(TrainOptions(run_dir=Path(sys.argv[1]), data_dir=Path(sys.argv[2]), config=cfg))
+print("STOPPED_BY", result.stopped_by)
+"""
+
+
+def _wait_for_rows(csv_path, rows, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if csv_path.exists() and len(csv_path.read_text().splitlines()) > rows:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no training progress in {csv_path} after {timeout} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_finishes_the_step_saves_and_exits_cleanly(tmp_path, data_dir, signum):
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(run), str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        _wait_for_rows(run / "metrics.csv", 2)
+        process.send_signal(signum)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert f"STOPPED_BY {signal.Signals(signum).name}" in output
+    checkpoint = load_checkpoint(latest_checkpoint(run))
+    with (run / "metrics.csv").open() as handle:
+        last_logged = int(list(csv.DictReader(handle))[-1]["step"])
+    assert checkpoint["step"] == last_logged
