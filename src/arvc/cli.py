@@ -283,6 +283,12 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override KEY=VALUE (repeatable).")
     ] = None,
+    pretrained_g: Annotated[
+        Path | None, typer.Option(help="Pretrained generator to fine-tune from (RVC f0G*.pth or arvc).")
+    ] = None,
+    pretrained_d: Annotated[
+        Path | None, typer.Option(help="Pretrained discriminator (RVC f0D*.pth or arvc).")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after N steps (a quick look).")] = None,
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
@@ -294,6 +300,7 @@ def train(
     from arvc.train.loop import train as run_training
     from arvc.train.prepare import prepare_data
     from arvc.train.preprocess import DataError
+    from arvc.train.pretrained import PretrainedError, read_model_file
 
     try:  # everything the user typed is checked before any work starts
         if optimizer is not None:
@@ -304,6 +311,9 @@ def train(
             raise ValueError(f"unknown f0 method {f0!r}; valid: {', '.join(F0_METHODS)}")
         if features == "hubert" and (hubert is None or not hubert.exists()):
             raise ValueError(f"--features hubert needs --hubert PATH to a local checkpoint (got {hubert})")
+        for path in (pretrained_g, pretrained_d):
+            if path is not None:
+                read_model_file(path)  # a missing, damaged or code-carrying file fails here, before any work
         parsed_betas = _parse_betas(betas)
         overrides = _parse_overrides(set_ or [])
         for key, value in (
@@ -333,7 +343,7 @@ def train(
             if dataset is not None and not dataset.is_dir():
                 raise ValueError(f"dataset folder {dataset} does not exist")
         cfg = apply_overrides(cfg, overrides)
-    except ValueError as error:
+    except (ValueError, PretrainedError) as error:
         _fail(str(error))
 
     try:
@@ -364,11 +374,13 @@ def train(
             precision=precision,
             compile=compile,
             resume=resume,
+            pretrained_g=pretrained_g,
+            pretrained_d=pretrained_d,
             max_steps=max_steps,
         )
         with _progress() as bar:
             result = run_training(options, _ProgressCallbacks(bar))
-    except (DataError, TrainError, CheckpointError, ImportError) as error:
+    except (DataError, TrainError, CheckpointError, PretrainedError, ImportError) as error:
         _fail(str(error))
     if result.stopped_by in ("SIGINT", "SIGTERM"):
         console.print(
@@ -432,4 +444,5 @@ if __name__ == "__main__":
 
 
 # Commands defined in their own modules register themselves on `app` when imported.
+from arvc import cli_models as _cli_models  # noqa: E402,F401
 from arvc.bench import cli as _bench_cli  # noqa: E402,F401

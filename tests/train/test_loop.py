@@ -157,3 +157,38 @@ def test_unknown_optimizer_fails_before_any_work(tmp_path, data_dir):
     with pytest.raises(ValueError, match="valid names"):
         train(options(tmp_path, data_dir, optimizer="Lion"))
     assert not (tmp_path / "run").exists()
+
+
+def test_fine_tune_starts_from_pretrained_weights(tmp_path, data_dir):
+    """With lr 0 nothing moves, so the run must end exactly at the weights it was given."""
+    source = train(options(tmp_path, data_dir, "source", config=tiny(epochs=1)))
+    checkpoint = source.last_checkpoint
+    tuned = train(
+        options(
+            tmp_path,
+            data_dir,
+            "tuned",
+            config=tiny(epochs=1),
+            lr=0.0,
+            weight_decay=0.0,
+            pretrained_g=source.exports["safetensors"],
+            pretrained_d=checkpoint,
+        )
+    )
+    a, b = load_checkpoint(checkpoint), load_checkpoint(tuned.last_checkpoint)
+    for key in ("generator", "discriminator"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key] if not k.startswith("enc_q."))
+
+
+def test_pretrained_mismatch_is_refused(tmp_path, data_dir):
+    from arvc.train.pretrained import PretrainedError
+
+    source = train(options(tmp_path, data_dir, "source", config=tiny(epochs=1)))
+    with pytest.raises(PretrainedError):
+        train(
+            options(
+                tmp_path, data_dir, "wrong", pretrained_g=source.last_checkpoint.parent.parent / "metrics.csv"
+            )
+        )
+    with pytest.raises(PretrainedError, match="discriminator|generator"):
+        train(options(tmp_path, data_dir, "swapped", pretrained_d=source.exports["safetensors"]))

@@ -36,6 +36,7 @@ from arvc.train.export import export_generator
 from arvc.train.faults import StopOnSignal
 from arvc.train.logs import RunLog
 from arvc.train.model import MultiPeriodDiscriminator, Synthesizer
+from arvc.train.pretrained import load_pretrained_discriminator, load_pretrained_generator
 from arvc.train.step import GanStep
 
 __all__ = ["PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
@@ -67,6 +68,8 @@ class TrainOptions:
     precision: str | None = None  # None: fp32, or on resume the run's precision
     compile: bool = False
     resume: Path | None = None  # a run directory (newest checkpoint) or one checkpoint file
+    pretrained_g: Path | None = None  # RVC or arvc generator to start from (fine-tuning)
+    pretrained_d: Path | None = None
     max_steps: int | None = None  # stop early (tests, quick looks); a checkpoint is still written
     device: str = "cpu"
     max_bad_steps: int = 20  # consecutive non-finite steps before training stops
@@ -212,6 +215,10 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
             f"{resume_from} was trained in {checkpoint.get('precision')}; resume it in the same precision"
         )
     opts = replace(opts, precision=precision)
+    if checkpoint is not None and (opts.pretrained_g or opts.pretrained_d):
+        raise TrainError(
+            "--pretrained-g/--pretrained-d start a new run; a resumed run continues from its checkpoint"
+        )
     cfg.validate()
     hp = _optimizer_hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
 
@@ -222,7 +229,13 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
 
     # --- models -----------------------------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)
-    net_g, net_d = Synthesizer(cfg).to(device), MultiPeriodDiscriminator(cfg).to(device)
+    net_g, net_d = Synthesizer(cfg), MultiPeriodDiscriminator(cfg)
+    if checkpoint is None:  # fine-tuning starts from pretrained weights; a resume has its own
+        if opts.pretrained_g is not None:
+            load_pretrained_generator(net_g, opts.pretrained_g, cfg)
+        if opts.pretrained_d is not None:
+            load_pretrained_discriminator(net_d, opts.pretrained_d, cfg)
+    net_g, net_d = net_g.to(device), net_d.to(device)
     weight_dtype = torch.bfloat16 if hp["kwargs"].get("use_kahan_summation") and precision == "bf16" else None
     if weight_dtype is not None:
         net_g.to(weight_dtype)
