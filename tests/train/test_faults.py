@@ -12,17 +12,7 @@ import torch
 
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 from arvc.train.config import apply_overrides, load_config
-from arvc.train.demo import generate_demo_voice
 from arvc.train.loop import TrainError, TrainOptions, train
-from arvc.train.preprocess import preprocess
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("voice")
-    generate_demo_voice(root / "wav", seconds=30, sr=16000, seed=1)
-    preprocess(root / "wav", root / "data", 16000, "pm", features="mel", feature_dim=80)
-    return root / "data"
 
 
 def tiny(**train):

@@ -9,18 +9,8 @@ import torch
 from arvc.optim import OPTIMIZERS
 from arvc.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 from arvc.train.config import apply_overrides, load_config
-from arvc.train.demo import generate_demo_voice
 from arvc.train.loop import TrainError, TrainOptions, train
-from arvc.train.preprocess import DataError, preprocess
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """About 30 s of the demo voice, preprocessed once for the whole module (12 training slices)."""
-    root = tmp_path_factory.mktemp("voice")
-    generate_demo_voice(root / "wav", seconds=30, sr=16000, seed=1)
-    preprocess(root / "wav", root / "data", 16000, "pm", features="mel", feature_dim=80)
-    return root / "data"
+from arvc.train.preprocess import DataError
 
 
 def tiny(**train):
