@@ -126,3 +126,58 @@ def test_signal_finishes_the_step_saves_and_exits_cleanly(tmp_path, data_dir, si
     with (run / "metrics.csv").open() as handle:
         last_logged = int(list(csv.DictReader(handle))[-1]["step"])
     assert checkpoint["step"] == last_logged
+
+
+def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path, data_dir):
+    """Five trials: SIGKILL at a random moment (a checkpoint every epoch), then check the run, resume it."""
+    import random
+
+    from arvc.train.checkpoint import list_checkpoints
+
+    rng = random.Random(7)
+    run = tmp_path / "run"
+    script = SCRIPT.replace('"train.save_every": 50', '"train.save_every": 1')
+    for trial in range(5):
+        args = [str(run), str(data_dir)] + (["resume"] if trial else [])
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILL_SCRIPT.replace("{script}", script), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            rows_before = (
+                len((run / "metrics.csv").read_text().splitlines()) if (run / "metrics.csv").exists() else 1
+            )
+            _wait_for_rows(run / "metrics.csv", rows_before + 1)
+            time.sleep(rng.uniform(0.0, 2.5))
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+        checkpoints = list_checkpoints(run)
+        if checkpoints:
+            load_checkpoint(checkpoints[-1])  # the newest complete checkpoint always loads
+        with (run / "metrics.csv").open() as handle:
+            list(csv.DictReader(handle))  # parseable, even if the last line was torn
+
+    result = train(TrainOptions(run_dir=run, data_dir=data_dir, config=tiny(epochs=3), resume=run))
+    assert result.stopped_by is None
+    assert not list((run / "checkpoints").glob(".*.tmp")), "unfinished saves are cleaned up"
+    with (run / "metrics.csv").open() as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == list(range(1, result.steps_done + 1)), "every step exactly once, in order"
+
+
+KILL_SCRIPT = """
+import sys
+if len(sys.argv) > 3:  # later trials continue the run, as a user would after a crash
+    from arvc.train import loop
+    from arvc.train.checkpoint import latest_checkpoint
+    from pathlib import Path
+    _train = loop.train
+    def train(opts, *a, **k):
+        if latest_checkpoint(Path(sys.argv[1])) is not None:
+            opts = loop.replace(opts, resume=Path(sys.argv[1]))
+        return _train(opts, *a, **k)
+    loop.train = train
+{script}
+"""

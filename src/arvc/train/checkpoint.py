@@ -28,6 +28,7 @@ __all__ = [
     "load_checkpoint",
     "optimizer_record",
     "prune_checkpoints",
+    "remove_stale_temporaries",
     "rng_state",
     "set_rng_state",
 ]
@@ -80,6 +81,17 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete temporary files a killed save left behind (they are never read as checkpoints)."""
+    folder = Path(run_dir) / "checkpoints"
+    stale = sorted(folder.glob(".ckpt_*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d unfinished checkpoint file(s) from an interrupted save", len(stale))
+    return stale
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:

@@ -27,6 +27,7 @@ from arvc.train.checkpoint import (
     load_checkpoint,
     optimizer_record,
     prune_checkpoints,
+    remove_stale_temporaries,
     rng_state,
     set_rng_state,
 )
@@ -262,6 +263,7 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
             "resumed %s: %d epochs + %d batches done, step %d", resume_from, epochs_done, batches_done, step
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log = RunLog(run_dir, resume_step=step if checkpoint is not None else None)
     train_step = GanStep(cfg, net_g, net_d, g_forward, d_forward, optim_g, optim_d, scaler, precision)
