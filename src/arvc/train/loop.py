@@ -138,7 +138,7 @@ def _optimizer_hyperparameters(opts: TrainOptions, cfg: RunConfig, saved: dict |
             kwargs.setdefault(key, value)
     return {
         "optimizer": name,
-        "lr": opts.lr if opts.lr is not None else (cfg.train.learning_rate or DEFAULT_LR),
+        "lr": next(lr for lr in (opts.lr, cfg.train.learning_rate, DEFAULT_LR) if lr is not None),
         "betas": tuple(opts.betas if opts.betas is not None else cfg.train.betas),
         "eps": opts.eps if opts.eps is not None else cfg.train.eps,
         "weight_decay": opts.weight_decay,
