@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from arvc.optim import OPTIMIZERS, get_spec, state_bytes_per_param
 from arvc.optim.recommend import PRECISIONS, recommend
@@ -151,288 +141,9 @@ def recommend_command(
     console.print(advice.reason)
 
 
-# --- training -------------------------------------------------------------------------------------------
-DEMO_EPOCHS = 60  # the no-argument demo: about 10 minutes on a 2-core CPU
-
-
-class _ProgressCallbacks:
-    """A rich progress bar for the training loop: epoch, step, losses, lr, it/s, ETA."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.task = None
-
-    def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
-        self.total_epochs = total_epochs
-        self.task = self.progress.add_task(
-            "train",
-            total=total_epochs * steps_per_epoch,
-            completed=(start_epoch - 1) * steps_per_epoch,
-            epoch=f"{start_epoch}/{total_epochs}",
-            stats="",
-        )
-
-    def on_step(self, epoch: int, step: int, losses: dict, lr: float) -> None:
-        stats = (
-            f"mel {losses['loss_mel']:.2f}  G {losses['loss_g']:.2f}  D {losses['loss_d']:.2f}  lr {lr:.2e}"
-        )
-        self.progress.update(self.task, advance=1, epoch=f"{epoch}/{self.total_epochs}", stats=stats)
-
-    def on_epoch(self, epoch: int, losses: dict) -> None:
-        pass
-
-
-class _SpeedColumn(ProgressColumn):
-    """Steps per second (rich's own speed column counts bytes)."""
-
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        _SpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
-def _preprocess_progress() -> Progress:
-    return Progress(
-        TextColumn("preprocessing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-    )
-
-
-def _parse_overrides(items: list[str]) -> dict[str, str]:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(
-                f"{item!r}: expected KEY=VALUE, e.g. model.hidden_channels=96", param_hint="--set"
-            )
-        overrides[key.strip()] = value.strip()
-    return overrides
-
-
-def _parse_betas(text: str | None) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    try:
-        beta1, beta2 = (float(v) for v in text.split(","))
-    except ValueError as error:
-        raise typer.BadParameter(
-            f"{text!r}: expected two numbers, e.g. 0.8,0.99", param_hint="--betas"
-        ) from error
-    return beta1, beta2
-
-
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
     raise typer.Exit(code=1)
-
-
-@app.command()
-def train(
-    dataset: Annotated[
-        Path | None, typer.Argument(help="Folder of recordings; omit to train the demo voice.")
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option(help="Run name (runs/NAME); default: the dataset folder or 'demo'.")
-    ] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
-    config: Annotated[str, typer.Option(help="tiny, v2-32k, v2-40k, v2-48k or a JSON file.")] = "tiny",
-    optimizer: Annotated[
-        str | None, typer.Option(help="Any name from `arvc optimizers` (default AdamW).")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default 1e-3).")] = None,
-    betas: Annotated[str | None, typer.Option(help="beta1,beta2 (default RVC's 0.8,0.99).")] = None,
-    eps: Annotated[float | None, typer.Option(help="Epsilon (default RVC's 1e-9).")] = None,
-    weight_decay: Annotated[
-        float | None, typer.Option(help="Decoupled weight decay (default: the optimizer's).")
-    ] = None,
-    use_8bit: Annotated[
-        bool | None, typer.Option("--use-8bit", help="bitsandbytes AdamW8bit (arvc[bnb]).")
-    ] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default fp32).")] = None,
-    epochs: Annotated[
-        int | None, typer.Option(min=1, help=f"Epochs (config: 300; the demo: {DEMO_EPOCHS}).")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default 8).")] = None,
-    save_every: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N epochs.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the models (needs a C++ compiler).")
-    ] = False,
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue a run: runs/NAME or one checkpoint file.")
-    ] = None,
-    f0: Annotated[str, typer.Option(help="Pitch extractor: pm, harvest, dio or crepe.")] = "pm",
-    features: Annotated[str, typer.Option(help="Content features: mel (built in) or hubert.")] = "mel",
-    hubert: Annotated[
-        Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint for --features hubert.")
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Config override KEY=VALUE (repeatable).")
-    ] = None,
-    pretrained_g: Annotated[
-        Path | None, typer.Option(help="Pretrained generator to fine-tune from (RVC f0G*.pth or arvc).")
-    ] = None,
-    pretrained_d: Annotated[
-        Path | None, typer.Option(help="Pretrained discriminator (RVC f0D*.pth or arvc).")
-    ] = None,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after N steps (a quick look).")] = None,
-) -> None:
-    """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
-    from arvc.optim import get_spec
-    from arvc.train.checkpoint import CheckpointError, latest_checkpoint
-    from arvc.train.config import RunConfig, apply_overrides, load_config
-    from arvc.train.f0 import F0_METHODS
-    from arvc.train.loop import PRECISIONS, TrainError, TrainOptions
-    from arvc.train.loop import train as run_training
-    from arvc.train.prepare import prepare_data
-    from arvc.train.preprocess import DataError
-    from arvc.train.pretrained import PretrainedError, read_model_file
-
-    try:  # everything the user typed is checked before any work starts
-        if optimizer is not None:
-            get_spec(optimizer)
-        if precision is not None and precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        if f0 not in F0_METHODS:
-            raise ValueError(f"unknown f0 method {f0!r}; valid: {', '.join(F0_METHODS)}")
-        if features == "hubert" and (hubert is None or not hubert.exists()):
-            raise ValueError(f"--features hubert needs --hubert PATH to a local checkpoint (got {hubert})")
-        for path in (pretrained_g, pretrained_d):
-            if path is not None:
-                read_model_file(path)  # a missing, damaged or code-carrying file fails here, before any work
-        parsed_betas = _parse_betas(betas)
-        overrides = _parse_overrides(set_ or [])
-        for key, value in (
-            ("train.epochs", epochs),
-            ("train.batch_size", batch_size),
-            ("train.save_every", save_every),
-            ("train.seed", seed),
-        ):
-            if value is not None:
-                overrides[key] = value
-        if resume is not None:
-            run_dir = resume if resume.is_dir() else resume.parent.parent
-            saved = run_dir / "config.json"
-            if not saved.is_file():
-                raise ValueError(f"--resume {resume}: {saved} not found; is this an arvc run directory?")
-            cfg = RunConfig.from_dict(json.loads(saved.read_text()))
-        else:
-            run_dir = runs_dir / (name or (dataset.name if dataset is not None else "demo"))
-            if latest_checkpoint(run_dir) is not None:
-                raise ValueError(
-                    f"{run_dir} already holds a trained run; continue it with --resume {run_dir}, "
-                    "or choose another --name (nothing was changed)"
-                )
-            cfg = load_config(config)
-            if dataset is None and epochs is None:
-                overrides["train.epochs"] = DEMO_EPOCHS
-            if dataset is not None and not dataset.is_dir():
-                raise ValueError(f"dataset folder {dataset} does not exist")
-        cfg = apply_overrides(cfg, overrides)
-    except (ValueError, PretrainedError) as error:
-        _fail(str(error))
-
-    try:
-        if resume is None or not (run_dir / "data" / "filelist.txt").is_file():
-            with _preprocess_progress() as bar:
-                task = bar.add_task("", total=None)
-                prepare_data(
-                    cfg,
-                    run_dir,
-                    dataset,
-                    f0_method=f0,
-                    features=features,
-                    hubert_path=hubert,
-                    progress=lambda done, total, what: bar.update(
-                        task, completed=done, total=total, description=str(what)
-                    ),
-                )
-        options = TrainOptions(
-            run_dir=run_dir,
-            data_dir=run_dir / "data",
-            config=cfg,
-            optimizer=optimizer,
-            lr=lr,
-            betas=parsed_betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            use_8bit=use_8bit,
-            precision=precision,
-            compile=compile,
-            resume=resume,
-            pretrained_g=pretrained_g,
-            pretrained_d=pretrained_d,
-            max_steps=max_steps,
-        )
-        with _progress() as bar:
-            result = run_training(options, _ProgressCallbacks(bar))
-    except (DataError, TrainError, CheckpointError, PretrainedError, ImportError) as error:
-        _fail(str(error))
-    if result.stopped_by in ("SIGINT", "SIGTERM"):
-        console.print(
-            f"stopped by {result.stopped_by} after step {result.steps_done}; "
-            f"checkpoint {result.last_checkpoint}\n"
-            f"continue with: arvc train --resume {run_dir}"
-        )
-        return
-    console.print(f"trained {result.epochs_done} epochs ({result.steps_done} steps) in {run_dir}")
-    for kind, path in result.exports.items():
-        console.print(f"  {kind}: {path}")
-    console.print(
-        f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}   loss plot: {run_dir / 'loss.png'}"
-    )
-
-
-@app.command()
-def preprocess(
-    dataset: Annotated[Path, typer.Argument(help="Folder of recordings (wav, flac, mp3, ogg).")],
-    name: Annotated[str, typer.Option(help="Run name: data goes to runs/NAME/data.")],
-    runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
-    sample_rate: Annotated[int, typer.Option(help="16000 (tiny), 32000, 40000 or 48000.")] = 40000,
-    f0: Annotated[str, typer.Option(help="pm, harvest, dio or crepe.")] = "pm",
-    features: Annotated[str, typer.Option(help="mel (built in) or hubert.")] = "mel",
-    feature_dim: Annotated[int | None, typer.Option(help="Feature size (mel: 80; hubert: 768).")] = None,
-    hubert: Annotated[Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint.")] = None,
-) -> None:
-    """Slice, resample and analyse recordings for training (re-running skips finished files)."""
-    from arvc.train.preprocess import DataError
-    from arvc.train.preprocess import preprocess as run_preprocess
-
-    dim = feature_dim or (768 if features == "hubert" else 80)
-    try:
-        with _preprocess_progress() as bar:
-            task = bar.add_task("", total=None)
-            result = run_preprocess(
-                dataset,
-                runs_dir / name / "data",
-                sample_rate,
-                f0,
-                features=features,
-                feature_dim=dim,
-                hubert_path=hubert,
-                progress=lambda done, total, what: bar.update(
-                    task, completed=done, total=total, description=str(what)
-                ),
-            )
-    except (DataError, ImportError, FileNotFoundError) as error:
-        _fail(str(error))
-    console.print(
-        f"{result.n_pieces} pieces ({result.seconds:.1f} s) from {result.n_sources} files in {result.run_dir}"
-    )
 
 
 def main() -> None:
@@ -443,6 +154,10 @@ if __name__ == "__main__":
     main()
 
 
-# Commands defined in their own modules register themselves on `app` when imported.
+# Commands defined in their own modules register themselves on `app` when imported, in this order in
+# `arvc --help` (the main job first).
+# isort: off
+from arvc import cli_train as _cli_train  # noqa: E402,F401
 from arvc import cli_models as _cli_models  # noqa: E402,F401
 from arvc.bench import cli as _bench_cli  # noqa: E402,F401
+# isort: on
