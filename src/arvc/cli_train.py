@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -69,14 +70,18 @@ def _progress() -> Progress:
     )
 
 
-def _preprocess_progress() -> Progress:
-    return Progress(
+@contextlib.contextmanager
+def _preprocess_progress():
+    """A progress bar for preprocessing; yields the library's `progress(done, total, name)` callback."""
+    with Progress(
         TextColumn("preprocessing"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.description}"),
         console=console,
-    )
+    ) as bar:
+        task = bar.add_task("", total=None)
+        yield lambda done, total, what: bar.update(task, completed=done, total=total, description=str(what))
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
@@ -211,8 +216,7 @@ def train(
 
     try:
         if resume is None or not (run_dir / "data" / "filelist.txt").is_file():
-            with _preprocess_progress() as bar:
-                task = bar.add_task("", total=None)
+            with _preprocess_progress() as progress:
                 prepare_data(
                     cfg,
                     run_dir,
@@ -220,9 +224,7 @@ def train(
                     f0_method=f0,
                     features=features,
                     hubert_path=hubert,
-                    progress=lambda done, total, what: bar.update(
-                        task, completed=done, total=total, description=str(what)
-                    ),
+                    progress=progress,
                 )
         options = TrainOptions(
             run_dir=run_dir,
@@ -277,8 +279,7 @@ def preprocess(
 
     dim = feature_dim or (768 if features == "hubert" else 80)
     try:
-        with _preprocess_progress() as bar:
-            task = bar.add_task("", total=None)
+        with _preprocess_progress() as progress:
             result = run_preprocess(
                 dataset,
                 runs_dir / name / "data",
@@ -287,9 +288,7 @@ def preprocess(
                 features=features,
                 feature_dim=dim,
                 hubert_path=hubert,
-                progress=lambda done, total, what: bar.update(
-                    task, completed=done, total=total, description=str(what)
-                ),
+                progress=progress,
             )
     except (DataError, ImportError, FileNotFoundError) as error:
         _fail(str(error))

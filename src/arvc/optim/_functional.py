@@ -59,6 +59,14 @@ def check_common_hyperparameters(lr, betas, eps, weight_decay) -> None:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
+def evaluate_closure(closure):
+    """Run an optimizer closure with gradients enabled (step() itself runs under no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def params_with_grad(param_groups: list[dict], optimizer_name: str):
     """Yield (group, [(index, param), ...]) for the params that have a gradient.
 

@@ -25,6 +25,7 @@ from torch.optim import Optimizer
 
 from arvc.optim._functional import (
     check_common_hyperparameters,
+    evaluate_closure,
     group_tensors_by_device_and_dtype,
     load_state_dict_keeping_dtypes,
     params_with_grad,
@@ -84,10 +85,7 @@ class AdaBelief(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
 
         for group, indexed in params_with_grad(self.param_groups, type(self).__name__):
             params = [p for _, p in indexed]

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from arvc.optim._functional import (
     LOW_PRECISION_DTYPES,
     check_common_hyperparameters,
+    evaluate_closure,
     group_tensors_by_device_and_dtype,
     load_state_dict_keeping_dtypes,
     params_with_grad,
@@ -115,10 +116,7 @@ class AnyPrecisionAdamW(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
 
         for group, indexed in params_with_grad(self.param_groups, type(self).__name__):
             params, grads, exp_avgs, exp_avg_sqs, compensations, steps, indices = [], [], [], [], [], [], []
