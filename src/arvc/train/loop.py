@@ -93,6 +93,9 @@ class Callbacks(Protocol):
     def on_step(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None: ...
     def on_epoch(self, epoch: int, losses: dict[str, float]) -> None: ...
 
+    # Optional: `on_optimizers(optim_g, optim_d)` is called once the optimizers exist (e.g. to time their
+    # steps with register_step_pre_hook/register_step_post_hook).
+
 
 class _Silent:
     def on_start(self, *args) -> None: ...
@@ -247,6 +250,8 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
     optim_g, optim_d = _make_optimizer(net_g.parameters(), hp), _make_optimizer(net_d.parameters(), hp)
     sched_g = build_scheduler(optim_g, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
     sched_d = build_scheduler(optim_d, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
+    if hasattr(callbacks, "on_optimizers"):
+        callbacks.on_optimizers(optim_g, optim_d)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
 
     epochs_done, batches_done, step = 0, 0, 0
