@@ -10,6 +10,7 @@ import torch
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from arvc.optim import OPTIMIZERS, get_spec, state_bytes_per_param
@@ -142,7 +143,7 @@ def recommend_command(
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
     raise typer.Exit(code=1)
 
 

@@ -161,6 +161,7 @@ def train(
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
     from arvc.optim import get_spec
+    from arvc.optim.registry import eight_bit_optimizer_class
     from arvc.train.checkpoint import CheckpointError, latest_checkpoint
     from arvc.train.config import RunConfig, apply_overrides, load_config
     from arvc.train.f0 import F0_METHODS
@@ -173,6 +174,8 @@ def train(
     try:  # everything the user typed is checked before any work starts
         if optimizer is not None:
             get_spec(optimizer)
+        if use_8bit:
+            eight_bit_optimizer_class()
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if f0 not in F0_METHODS:
@@ -211,7 +214,7 @@ def train(
             if dataset is not None and not dataset.is_dir():
                 raise ValueError(f"dataset folder {dataset} does not exist")
         cfg = apply_overrides(cfg, overrides)
-    except (ValueError, PretrainedError) as error:
+    except (ValueError, PretrainedError, ImportError) as error:
         _fail(str(error))
 
     try:

@@ -26,6 +26,7 @@ __all__ = [
     "OptimizerSpec",
     "build_from_spec",
     "build_optimizer",
+    "eight_bit_optimizer_class",
     "get_spec",
     "spec_for_optimizer",
     "state_bytes_per_param",
@@ -241,12 +242,17 @@ def build_from_spec(
     return spec.cls(params, lr=lr, **kwargs, **extra)
 
 
-def _build_8bit(params: list, *, lr, betas, eps, weight_decay, requested: str, **extra: Any) -> Optimizer:
+def eight_bit_optimizer_class() -> type[Optimizer]:
+    """bitsandbytes' AdamW8bit, or an ImportError naming the extra (callers check this before any work)."""
     try:
         import bitsandbytes as bnb
     except ImportError as error:
         raise ImportError("The 8-bit optimizer needs bitsandbytes: pip install 'arvc[bnb]'") from error
-    cls = bnb.optim.AdamW8bit
+    return bnb.optim.AdamW8bit
+
+
+def _build_8bit(params: list, *, lr, betas, eps, weight_decay, requested: str, **extra: Any) -> Optimizer:
+    cls = eight_bit_optimizer_class()
     _reject_unknown(cls, extra)
     # Every hyperparameter is passed explicitly, resolved as the AdamW path would resolve it, so
     # bitsandbytes' own defaults (weight_decay=0.01 even when 0 was asked for upstream) never leak in.
