@@ -133,3 +133,21 @@ def test_fp16_params_and_buffers_stay_finite():
         feed(optimizer, [param], [grad])
     assert torch.isfinite(param).all()
     assert all(torch.isfinite(t.float()).all() for t in optimizer.state[param].values())
+
+
+def test_round_to_nearest_option_shows_the_freeze_stochastic_rounding_prevents():
+    """stochastic_rounding=False exists for the precision study: the bf16 variance then stops moving."""
+    exact = 0.999**1000 * (1 - 0.999**500) + 1e-4 * (1 - 0.999**1000)  # v after 500 g=1 then 1000 g=0.01
+    result = {}
+    for stochastic in (True, False):
+        param = torch.nn.Parameter(torch.zeros(512))
+        optimizer = AnyPrecisionAdamW([param], lr=0.0, variance_dtype="bf16", stochastic_rounding=stochastic)
+        for step in range(1500):
+            param.grad = torch.ones(512) * (1.0 if step < 500 else 0.01)
+            optimizer.step()
+            if step == 499:
+                before_decay = optimizer.state[param]["exp_avg_sq"].clone()
+        result[stochastic] = (before_decay, optimizer.state[param]["exp_avg_sq"])
+    frozen_start, frozen_end = result[False]
+    assert torch.equal(frozen_start, frozen_end), "round-to-nearest: 1000 decay steps change nothing"
+    assert result[True][1].float().mean().item() == pytest.approx(exact, rel=0.1)

@@ -49,6 +49,8 @@ class AnyPrecisionAdamW(Optimizer):
         compensation_buffer_dtype: storage dtype of the Kahan buffer (bf16 keeps 8 more bits than the
             parameter, which is what Kahan needs; it is 2 bytes per parameter).
         seed: seeds the stochastic rounding of low-precision moment buffers.
+        stochastic_rounding: round low-precision moments stochastically (True) or to nearest (False —
+            only for studies: a bf16 second moment then stops decaying).
         foreach: use the multi-tensor path (one kernel per operation over all tensors). None picks it
             whenever there is more than one tensor; both paths compute the same update.
     """
@@ -65,6 +67,7 @@ class AnyPrecisionAdamW(Optimizer):
         variance_dtype: torch.dtype | str = torch.float32,
         compensation_buffer_dtype: torch.dtype | str = torch.bfloat16,
         seed: int = 0,
+        stochastic_rounding: bool = True,
         *,
         foreach: bool | None = None,
     ) -> None:
@@ -81,6 +84,7 @@ class AnyPrecisionAdamW(Optimizer):
             variance_dtype=parse_dtype(variance_dtype, "variance_dtype"),
             compensation_buffer_dtype=parse_dtype(compensation_buffer_dtype, "compensation_buffer_dtype"),
             seed=seed,
+            stochastic_rounding=bool(stochastic_rounding),
             foreach=foreach,
         )
         super().__init__(params, defaults)
@@ -143,9 +147,18 @@ class AnyPrecisionAdamW(Optimizer):
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 seed=group["seed"],
+                stochastic_rounding=group["stochastic_rounding"],
                 foreach=group["foreach"] if group["foreach"] is not None else len(params) > 1,
             )
         return loss
+
+
+def _store(buffer, value, stochastic: bool, seed: int, index: int, step: int, buffer_id: int) -> None:
+    """Write an fp32 result into its (possibly low-precision) buffer."""
+    if stochastic:
+        stochastic_round_(buffer, value, rounding_seed(seed, index, step, buffer_id))
+    else:
+        buffer.copy_(value)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -172,6 +185,7 @@ def any_precision_adamw(
     eps: float,
     weight_decay: float,
     seed: int,
+    stochastic_rounding: bool = True,
     foreach: bool = False,
 ) -> None:
     """Functional AnyPrecisionAdamW step over a list of parameters; `foreach` picks the multi-tensor body."""
@@ -190,6 +204,7 @@ def any_precision_adamw(
         eps=eps,
         weight_decay=weight_decay,
         seed=seed,
+        stochastic_rounding=stochastic_rounding,
     )
 
 
@@ -208,6 +223,7 @@ def _single_tensor_any_precision_adamw(
     eps,
     weight_decay,
     seed,
+    stochastic_rounding,
 ) -> None:
     """The readable reference: one parameter at a time."""
     for param, grad, exp_avg, exp_avg_sq, compensation, step_t, index in zip(
@@ -223,9 +239,9 @@ def _single_tensor_any_precision_adamw(
         m.lerp_(grad, 1 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if m is not exp_avg:
-            stochastic_round_(exp_avg, m, rounding_seed(seed, index, step, _MOMENTUM))
+            _store(exp_avg, m, stochastic_rounding, seed, index, step, _MOMENTUM)
         if v is not exp_avg_sq:
-            stochastic_round_(exp_avg_sq, v, rounding_seed(seed, index, step, _VARIANCE))
+            _store(exp_avg_sq, v, stochastic_rounding, seed, index, step, _VARIANCE)
 
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
@@ -264,6 +280,7 @@ def _multi_tensor_any_precision_adamw(
     eps,
     weight_decay,
     seed,
+    stochastic_rounding,
 ) -> None:
     """The same update with torch._foreach_* ops per (device, dtype) group; rounding stays per tensor."""
     if not params:
@@ -282,7 +299,7 @@ def _multi_tensor_any_precision_adamw(
         for stored, fresh, buffer_id in ((m, m32, _MOMENTUM), (v, v32, _VARIANCE)):
             for x, x32, index, step in zip(stored, fresh, indices, step_values, strict=True):
                 if x32 is not x:
-                    stochastic_round_(x, x32, rounding_seed(seed, index, step, buffer_id))
+                    _store(x, x32, stochastic_rounding, seed, index, step, buffer_id)
 
         denom = torch._foreach_sqrt(v32)
         torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in step_values])
