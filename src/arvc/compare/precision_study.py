@@ -129,10 +129,10 @@ def plot_precision_study(runs: list[PrecisionRun], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-    for run in runs[1:]:
-        left.plot(run.steps, run.distance, label=run.name)
-    for run in runs:
-        right.plot(run.steps, run.loss, label=run.name)
+    for index, run in enumerate(runs):  # same colour for a configuration in both panels
+        if index:  # the reference is at distance 0
+            left.plot(run.steps, run.distance, label=run.name, color=f"C{index}")
+        right.plot(run.steps, run.loss, label=run.name, color=f"C{index}")
     left.set(
         title="distance from the fp32 weights", xlabel="step", ylabel="‖θ − θ_fp32‖ / ‖θ_fp32‖", yscale="log"
     )
