@@ -160,5 +160,6 @@ if __name__ == "__main__":
 # isort: off
 from arvc import cli_train as _cli_train  # noqa: E402,F401
 from arvc import cli_models as _cli_models  # noqa: E402,F401
+from arvc.compare import cli as _compare_cli  # noqa: E402,F401
 from arvc.bench import cli as _bench_cli  # noqa: E402,F401
 # isort: on

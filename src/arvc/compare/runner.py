@@ -1,0 +1,347 @@
+"""`arvc compare`: train the same model on the same data with each optimizer, one after another.
+
+Every run shares the seed, the config and one prepared, split dataset; only the optimizer (and, for the
+AnyPrecisionAdamW variants, the precision) differs. Runs are resumable: a finished run leaves
+`result.json` and is skipped; an interrupted one continues from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arvc.compare.evaluate import HeldOutEvaluator, split_filelist
+from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
+from arvc.optim import state_bytes_per_param
+from arvc.train.checkpoint import latest_checkpoint
+from arvc.train.config import apply_overrides, load_config
+from arvc.train.loop import PRECISIONS, TrainOptions, train
+from arvc.train.prepare import prepare_data
+
+__all__ = ["RESULT_FILE", "VARIANTS", "CompareResult", "Variant", "resolve_optimizers", "run_compare"]
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"  # written after a run completes: its presence means "done, skip"
+EPOCHS_FILE = "epochs.jsonl"  # one record per finished epoch, so an interrupted run keeps its history
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    results: dict[str, dict]  # variant name → its result.json content
+    stopped_by: str | None = None  # "SIGINT"/"SIGTERM": the comparison stopped; run it again to go on
+
+
+class _Recorder:
+    """Training callbacks: time each optimizer.step, evaluate after each epoch, persist per-epoch records."""
+
+    def __init__(
+        self, run_dir: Path, evaluator: HeldOutEvaluator, device: str, records: list[dict], progress
+    ):
+        self.run_dir, self.evaluator, self.device, self.progress = run_dir, evaluator, device, progress
+        self.records = records
+        last = records[-1] if records else {}
+        self.wall0 = last.get("wall_s", 0.0)
+        self.opt0 = last.get("optimizer_s", 0.0)
+        self.started = time.perf_counter()
+        self.opt_s, self.eval_s, self.lr, self.step = 0.0, 0.0, None, 0
+        self.nonfinite = last.get("nonfinite", 0)
+        self.optimizers: tuple = ()
+
+    # --- Callbacks ---
+    def on_optimizers(self, optim_g, optim_d) -> None:
+        self.optimizers = (optim_g, optim_d)
+        for optimizer in self.optimizers:
+            optimizer.register_step_pre_hook(self._pre)
+            optimizer.register_step_post_hook(self._post)
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def _pre(self, *_) -> None:
+        self._sync()
+        self._t = time.perf_counter()
+
+    def _post(self, *_) -> None:
+        self._sync()
+        self.opt_s += time.perf_counter() - self._t
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+        self.started = time.perf_counter()  # wall time counts training, not model building or data loading
+        if self.progress:
+            self.progress(
+                "start", total=total_epochs * steps_per_epoch, done=(start_epoch - 1) * steps_per_epoch
+            )
+
+    def on_step(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None:
+        self.step, self.lr = step, lr
+        self.nonfinite += not all(math.isfinite(v) for v in losses.values())
+        if self.progress:
+            self.progress("step", epoch=epoch, step=step, losses=losses, lr=lr)
+
+    def on_epoch(self, epoch: int, losses: dict[str, float]) -> None:
+        self.record(epoch)
+
+    def record(self, epoch: int) -> None:
+        """Evaluate the live generator and append this point to epochs.jsonl."""
+        evaluating = time.perf_counter()
+        mel_l1 = self.evaluator(list(self.optimizers[0].param_groups[0]["params"]))
+        self.eval_s += time.perf_counter() - evaluating
+        record = {
+            "epoch": epoch,
+            "step": self.step,
+            "heldout_mel_l1": mel_l1,
+            "lr": self.lr,
+            "wall_s": self.wall0 + time.perf_counter() - self.started - self.eval_s,  # training only
+            "optimizer_s": self.opt0 + self.opt_s,
+            "nonfinite": self.nonfinite,
+        }
+        self.records.append(record)
+        with (self.run_dir / EPOCHS_FILE).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        logger.info("epoch %d: held-out mel L1 %.4f", epoch, mel_l1)
+
+
+def _state_bytes(optimizers) -> tuple[int, int]:
+    """(bytes of optimizer state, parameters) summed over G and D, from the live objects."""
+    state, params = 0, 0
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            params += sum(p.numel() for p in group["params"])
+        for entry in optimizer.state.values():
+            state += sum(v.numel() * v.element_size() for v in entry.values() if isinstance(v, torch.Tensor))
+    return state, params
+
+
+def _kept_records(run_dir: Path) -> list[dict]:
+    """Epoch records still valid for a resume: those not newer than the newest checkpoint."""
+    path, epoch = run_dir / EPOCHS_FILE, _checkpoint_epoch(run_dir)
+    if epoch is None or not path.is_file():
+        path.unlink(missing_ok=True)
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r["epoch"] <= epoch]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("seconds")]
+
+
+def _checkpoint_epoch(run_dir: Path) -> int | None:
+    checkpoint = latest_checkpoint(run_dir)
+    return None if checkpoint is None else int(checkpoint.name.split("_")[1][1:])
+
+
+def _run_one(
+    variant: Variant, run_dir: Path, train_dir: Path, cfg, evaluator, precision, device, max_steps, progress
+):
+    """Train (or resume) one contestant; returns (result dict, None) or (None, "SIGINT"/"SIGTERM")."""
+    records = _kept_records(run_dir)
+    run_precision = variant.precision or precision
+    saved_epoch = _checkpoint_epoch(run_dir)
+    if (
+        saved_epoch is not None
+        and saved_epoch >= cfg.train.epochs
+        and (run_dir / "export").is_dir()
+        and records
+    ):
+        # Trained to the end but stopped before result.json was written: only the summary is missing.
+        metrics = read_metrics(run_dir)
+        final = {k: float(v) for k, v in metrics[-1].items() if k.startswith("loss_")} if metrics else {}
+        steps = int(metrics[-1]["step"]) if metrics else records[-1]["step"]
+        return _summarize(variant, run_dir, records, run_precision, saved_epoch, steps, final, (), None), None
+    resume = run_dir if saved_epoch is not None else None
+    options = TrainOptions(
+        run_dir=run_dir,
+        data_dir=train_dir,
+        config=cfg,
+        optimizer=variant.optimizer,
+        use_8bit=variant.use_8bit if resume is None else None,
+        optimizer_kwargs=dict(variant.kwargs) if resume is None and variant.kwargs else None,
+        precision=run_precision,
+        resume=resume,
+        max_steps=max_steps,
+        device=device,
+    )
+    if resume is not None:
+        logger.info("%s: resuming from %s", variant.name, latest_checkpoint(run_dir))
+    recorder = _Recorder(run_dir, evaluator, device, records, progress)
+    result = train(options, recorder)
+    if result.stopped_by in ("SIGINT", "SIGTERM"):
+        return None, result.stopped_by
+    if not records or records[-1]["step"] < result.steps_done:  # stopped mid-epoch by max_steps
+        recorder.record(result.epochs_done + (1 if result.stopped_by == "max_steps" else 0))
+    summary = _summarize(
+        variant,
+        run_dir,
+        records,
+        run_precision,
+        result.epochs_done,
+        result.steps_done,
+        result.final_losses,
+        recorder.optimizers,
+        result.stopped_by,
+    )
+    return summary, None
+
+
+def _summarize(
+    variant, run_dir, records, precision, epochs, steps, final_losses, optimizers, stopped_by
+) -> dict:
+    """Everything the report needs about one finished run; also written to its result.json."""
+    metrics = read_metrics(run_dir)
+    if optimizers:
+        state, params = _state_bytes(optimizers)
+        per_param = state / params if params else None
+    else:  # no live optimizer (summary of an already trained run): the registry's measurement
+        dtype = torch.bfloat16 if variant.kwargs.get("use_kahan_summation") and precision == "bf16" else None
+        per_param = state_bytes_per_param(
+            variant.optimizer, param_dtype=dtype or torch.float32, use_8bit=variant.use_8bit, **variant.kwargs
+        )
+        state, params = None, None
+    step_s = sum(float(r["seconds"]) for r in metrics)
+    mel = [r["heldout_mel_l1"] for r in records]
+    last = records[-1]
+    out = {
+        "name": variant.name,
+        "optimizer": variant.optimizer,
+        "use_8bit": variant.use_8bit,
+        "precision": precision,
+        "kwargs": variant.kwargs,
+        "epochs": epochs,
+        "steps": steps,
+        "final_losses": final_losses,
+        "final_heldout_mel_l1": mel[-1],
+        "best_heldout_mel_l1": min(mel),
+        "wall_s": last["wall_s"],
+        "optimizer_s": last["optimizer_s"],
+        "step_s": step_s,
+        "optimizer_share": last["optimizer_s"] / step_s if step_s else None,
+        "state_bytes": state,
+        "params": params,
+        "state_bytes_per_param": per_param,
+        "skipped_steps": sum(1 for r in metrics if r.get("skipped")),
+        "nonfinite_steps": last["nonfinite"],
+        "epoch_records": records,
+        "stopped_by": stopped_by,
+    }
+    (run_dir / RESULT_FILE).write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _check_same_setup(out_dir: Path, setup: dict) -> None:
+    """Finished runs are reused, so a comparison folder must keep one setup (optimizers may be added)."""
+    path = out_dir / "compare.json"
+    setup = json.loads(json.dumps(setup))
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in setup if old.get(k) != setup[k])
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds a comparison with another {', '.join(changed)}; its finished runs would "
+                "not be comparable. Use another --name (nothing was changed)."
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(setup, indent=2))
+
+
+def run_compare(
+    dataset_dir: Path | None,
+    out_dir: Path,
+    optimizers: list[str] | str = "all",
+    epochs: int = 5,
+    config: str = "tiny",
+    seed: int = 1234,
+    precision: str = "fp32",
+    progress: Callable[..., None] | None = None,
+    *,
+    max_steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    holdout_fraction: float = 0.1,
+    flush_denormal: bool = True,
+) -> CompareResult:
+    """Run every optimizer on the same data, seed and config into out_dir/runs/NAME; then write the report.
+
+    `progress(event, **info)` gets "run" (name, index, count), "start" (total, done), "step" (...) and
+    "skip" (name) events. Finished runs are skipped, interrupted ones resumed. A run that raises is
+    recorded as failed (its error in the report) and the others go on.
+    """
+    from arvc.compare.report import write_report
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    variants = resolve_optimizers(optimizers)
+    out_dir = Path(out_dir)
+    cfg = load_config(config)
+    cfg = apply_overrides(
+        cfg,
+        {
+            "train.epochs": epochs,
+            "train.seed": seed,
+            "train.log_interval": 1,  # every step in metrics.csv: curves and skipped steps
+            "train.save_every": 1,  # resume loses at most one epoch
+            **(overrides or {}),
+        },
+    )
+    _check_same_setup(out_dir, {"precision": precision, "max_steps": max_steps, "config": cfg.to_dict()})
+    prepare_data(cfg, out_dir, dataset_dir)
+    train_dir, holdout = split_filelist(out_dir / "data", out_dir, holdout_fraction, seed)
+    evaluator = HeldOutEvaluator(cfg, holdout, seed=seed, device=device)
+    # Denormal floats make some optimizers' first steps (RAdam's un-rectified phase) ~100x slower on CPU,
+    # which would rank a CPU artefact, so they are flushed to zero for every run alike.
+    flushing = flush_denormal and torch.set_flush_denormal(True)
+    try:
+        results, stopped_by = _run_all(
+            variants, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress
+        )
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)
+    write_report(out_dir, results)
+    return CompareResult(out_dir, results, stopped_by)
+
+
+def _run_all(variants, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress):
+    results, stopped_by = {}, None
+    for index, variant in enumerate(variants):
+        run_dir = out_dir / "runs" / variant.name
+        done = run_dir / RESULT_FILE
+        if progress:
+            progress("run", name=variant.name, index=index, count=len(variants))
+        if done.is_file():
+            logger.info("%s: already finished, skipping", variant.name)
+            results[variant.name] = json.loads(done.read_text())
+            if progress:
+                progress("skip", name=variant.name)
+            continue
+        logger.info("%s: training (%d/%d)", variant.name, index + 1, len(variants))
+        try:
+            result, stopped_by = _run_one(
+                variant, run_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress
+            )
+        except Exception as error:  # one failing contestant (e.g. no bitsandbytes) must not end the rest
+            logger.error("%s failed: %s", variant.name, error)
+            results[variant.name] = {"name": variant.name, "error": f"{type(error).__name__}: {error}"}
+            continue
+        if stopped_by:
+            break
+        results[variant.name] = result
+    return results, stopped_by
