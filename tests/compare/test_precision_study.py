@@ -20,3 +20,16 @@ def test_short_study_orders_the_configurations(tmp_path):
 def test_rejects_too_few_steps():
     with pytest.raises(ValueError, match="record_every"):
         precision_study(steps=10, record_every=200)
+
+
+def test_compare_precision_study_flag(tmp_path):
+    from typer.testing import CliRunner
+
+    from arvc.cli import app
+
+    result = CliRunner().invoke(
+        app, ["compare", "--precision-study", "--study-steps", "400", "--out-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "precision-study" / "precision_study.png").is_file()
+    assert "distance from fp32" in result.output
