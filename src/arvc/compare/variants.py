@@ -35,7 +35,7 @@ VARIANTS: dict[str, Variant] = {
         precision="bf16",
         kwargs={"use_kahan_summation": True},
     ),
-    # Without Kahan the loop keeps fp32 weights (it ties bf16 weights to Kahan); moments stay bf16.
+    # bf16 weights and moments like the Kahan variant, but rounding drops what does not fit the weights.
     "AnyPrecisionAdamW-bf16-plain": Variant(
         "AnyPrecisionAdamW-bf16-plain",
         "AnyPrecisionAdamW",

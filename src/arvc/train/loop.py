@@ -241,10 +241,10 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
         if opts.pretrained_d is not None:
             load_pretrained_discriminator(net_d, opts.pretrained_d, cfg)
     net_g, net_d = net_g.to(device), net_d.to(device)
-    weight_dtype = torch.bfloat16 if hp["kwargs"].get("use_kahan_summation") and precision == "bf16" else None
-    if weight_dtype is not None:
-        net_g.to(weight_dtype)
-        net_d.to(weight_dtype)
+    if precision == "bf16" and hp["optimizer"] == "AnyPrecisionAdamW" and not hp["use_8bit"]:
+        # AnyPrecisionAdamW's bf16 mode keeps the weights themselves in bf16 (Kahan on by default).
+        net_g.to(torch.bfloat16)
+        net_d.to(torch.bfloat16)
     g_forward, d_forward = (torch.compile(net_g), torch.compile(net_d)) if opts.compile else (net_g, net_d)
 
     # --- optimizers and per-epoch schedulers, from the registry ----------------------------------------
