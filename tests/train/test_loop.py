@@ -182,3 +182,10 @@ def test_pretrained_mismatch_is_refused(tmp_path, data_dir):
         )
     with pytest.raises(PretrainedError, match="discriminator|generator"):
         train(options(tmp_path, data_dir, "swapped", pretrained_d=source.exports["safetensors"]))
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, data_dir):
+    first = train(options(tmp_path, data_dir, config=tiny(epochs=1)))
+    again = train(options(tmp_path, data_dir, config=tiny(epochs=1), resume=tmp_path / "run"))
+    assert (again.epochs_done, again.steps_done) == (first.epochs_done, first.steps_done)
+    assert again.last_checkpoint == first.last_checkpoint

@@ -308,7 +308,7 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
 
     # --- the loop ---------------------------------------------------------------------------------------
     callbacks.on_start(cfg.train.epochs, steps_per_epoch, epochs_done + 1)
-    last_checkpoint, losses, bad_steps, stopped_by = None, {}, 0, None
+    last_checkpoint, losses, bad_steps, stopped_by = resume_from, {}, 0, None
     with StopOnSignal() as stop_signal, _flush_denormals(device):
         for epoch in range(epochs_done + 1, cfg.train.epochs + 1):
             net_g.train()
@@ -354,7 +354,7 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
             if stopped_by and batches_done < steps_per_epoch:
                 last_checkpoint = save(epoch - 1, batches_done)  # mid-epoch: resume continues this epoch
                 break
-            batches_done = 0
+            batches_done, epochs_done = 0, epoch
             sched_g.step()
             sched_d.step()
             log.log_mels(step, result.mel_real, result.mel_fake)
@@ -366,11 +366,12 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
                 break
     log.plot()
     log.close()
-    epochs_done = epoch if not batches_done else epoch - 1
     if stopped_by not in (None, "max_steps"):
         logger.warning("stopped by %s after step %d; continue with --resume %s", stopped_by, step, run_dir)
         return TrainResult(epochs_done, step, last_checkpoint, {}, losses, stopped_by)
-    exports = export_generator(net_g, cfg, run_dir / "export", info=f"arvc {hp['optimizer']} epoch {epoch}")
+    exports = export_generator(
+        net_g, cfg, run_dir / "export", info=f"arvc {hp['optimizer']} epoch {epochs_done}"
+    )
     logger.info("done: %d epochs, %d steps; model in %s", epochs_done, step, run_dir / "export")
     return TrainResult(epochs_done, step, last_checkpoint, exports, losses, stopped_by)
 
