@@ -95,7 +95,12 @@ def load_state_dict_keeping_dtypes(optimizer: torch.optim.Optimizer, state_dict:
     bf16 parameter would silently become bf16 on resume. Here the saved tensors are put back as they
     were (moved to the parameter's device), so a resumed run continues bit for bit.
     """
+    # `foreach`/`fused` say how this process runs the math, not what the math is: a checkpoint written
+    # with the fused kernel resumes on a machine without a compiler (and vice versa).
+    paths = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
     torch.optim.Optimizer.load_state_dict(optimizer, state_dict)
+    for group, path in zip(optimizer.param_groups, paths, strict=True):
+        group.update(path)
     saved_ids = [pid for group in state_dict["param_groups"] for pid in group["params"]]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for pid, p in zip(saved_ids, params, strict=True):
@@ -111,8 +116,9 @@ def load_state_dict_keeping_dtypes(optimizer: torch.optim.Optimizer, state_dict:
 # A bf16/fp16 buffer updated with round-to-nearest freezes once the update is below half an ulp:
 # with 8 mantissa bits, v * 0.999 rounds back to v. Rounding up or down with probability proportional to
 # the distance keeps the value right in expectation, so slow EMAs still move.
-# The randomness comes from a counter-based seed (optimizer seed, parameter index, step, buffer id), never
-# from torch's global generator: a resumed run draws exactly the bits an uninterrupted run would.
+# The randomness is a hash of (optimizer seed, parameter index, step, buffer id, element index), never
+# torch's global generator: a resumed run draws exactly the bits an uninterrupted run would, and the
+# single-tensor, foreach and fused paths draw the same bits.
 
 _MASK64 = (1 << 64) - 1
 
@@ -132,10 +138,21 @@ def rounding_seed(seed: int, param_index: int, step: int, buffer_id: int) -> int
     return x & ((1 << 63) - 1)
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    return generator
+_MASK32 = (1 << 32) - 1
+_MIX = 0x45D9F3B  # < 2**27: the int64 products below never overflow
+
+
+def random_bits(numel: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """32 random bits per element (int64 tensor), a pure function of (element index, seed).
+
+    A counter-based hash rather than a generator stream: the fused C++ kernel computes exactly the same
+    bits for any block of any tensor in any order (_fused_cpu.cpp, `mix32`), so every path rounds alike.
+    """
+    x = torch.arange(numel, dtype=torch.int64, device=device).bitwise_and_(_MASK32)
+    x.bitwise_xor_(seed & _MASK32)
+    x.bitwise_xor_(x >> 16).mul_(_MIX).bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 16).mul_(_MIX).bitwise_and_(_MASK32)
+    return x.bitwise_xor_(x >> 16)
 
 
 def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
@@ -148,15 +165,12 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
     if dst.dtype not in LOW_PRECISION_DTYPES:
         dst.copy_(src)
         return
-    src = src.to(torch.float32)
-    generator = _generator(src.device, seed)
+    src = src.to(torch.float32).contiguous()
+    bits = random_bits(src.numel(), seed, src.device).view(src.shape)
     if dst.dtype == torch.bfloat16:
-        noise = torch.randint(
-            0, 1 << 16, src.shape, dtype=torch.int32, device=src.device, generator=generator
-        )
-        bits = src.contiguous().view(torch.int32)
+        noise = bits.bitwise_and_(0xFFFF).to(torch.int32)
         finite = torch.isfinite(src)
-        rounded = (bits + noise).bitwise_and_(-65536).view(torch.float32)
+        rounded = (src.view(torch.int32) + noise).bitwise_and_(-65536).view(torch.float32)
         # Keep inf/nan as they are; a finite value next to the max must not round up to inf.
         rounded = torch.where(finite & torch.isfinite(rounded), rounded, src)
         dst.copy_(rounded)
@@ -169,7 +183,7 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
     neighbour = torch.nextafter(nearest, toward)
     gap = (neighbour.to(torch.float32) - nearest.to(torch.float32)).abs()
     probability = torch.where(gap > 0, residual.abs() / gap, torch.zeros_like(gap))
-    uniform = torch.rand(src.shape, device=src.device, generator=generator)
+    uniform = (bits >> 8).to(torch.float32).mul_(2.0**-24)  # 24 bits: exact in float32
     take_neighbour = (uniform < probability) & torch.isfinite(neighbour)
     dst.copy_(torch.where(take_neighbour, neighbour, nearest))
 

@@ -30,6 +30,7 @@ from arvc.optim._functional import (
     load_state_dict_keeping_dtypes,
     params_with_grad,
 )
+from arvc.optim._fused import FUSED_DEVICES, FUSED_DTYPES, fused_kernels, resolve_fused
 
 __all__ = ["AdaBelief", "adabelief"]
 
@@ -45,9 +46,14 @@ class AdaBelief(Optimizer):
         weight_decay: decoupled weight decay, p ← p·(1 − lr·wd) (0).
         foreach: use the multi-tensor path (one kernel per operation over all tensors). None picks it
             whenever there is more than one tensor; both paths compute the same update.
+        fused: use arvc's fused CPU kernel (one pass over memory for all tensors; built on first use,
+            see arvc.optim._fused). The registry switches it on for CPU parameters; if it cannot be
+            built here, the foreach path runs instead, with one warning.
     """
 
     amsgrad = False  # AdaBeliefV2 keeps the running maximum of the belief variance
+    fused_devices = FUSED_DEVICES  # read by the registry to switch `fused` on automatically
+    fused_dtypes = FUSED_DTYPES
 
     def __init__(
         self,
@@ -58,10 +64,18 @@ class AdaBelief(Optimizer):
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         check_common_hyperparameters(lr, betas, eps, weight_decay)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused
+        )
         super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["fused"] = resolve_fused(type(self).__name__, group["fused"], group["foreach"], group["params"])
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Moments of bf16/fp16 parameters are float32 and must stay so on resume (pytorch#43706).
@@ -104,6 +118,7 @@ class AdaBelief(Optimizer):
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 foreach=group["foreach"] if group["foreach"] is not None else len(params) > 1,
+                fused=group.get("fused") or False,
             )
         return loss
 
@@ -123,9 +138,13 @@ def adabelief(
     eps: float,
     weight_decay: float,
     foreach: bool = False,
+    fused: bool = False,
 ) -> None:
-    """Functional AdaBelief step over a list of parameters; `foreach` picks the multi-tensor body."""
-    body = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
+    """Functional AdaBelief step over a list of parameters; `fused`/`foreach` pick the body."""
+    if fused:
+        body = _fused_adabelief
+    else:
+        body = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
     body(
         params,
         grads,
@@ -250,3 +269,37 @@ def _multi_tensor_adabelief(
         low = [(p, m) for p, m in zip(device_params, masters, strict=True) if m is not p]
         if low:
             torch._foreach_copy_([p for p, _ in low], [m for _, m in low])
+
+
+def _fused_adabelief(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_vars,
+    max_exp_avg_vars,
+    steps,
+    *,
+    amsgrad,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+) -> None:
+    """The same update in one C++ pass over all tensors (_fused_cpu.cpp, `adabelief_`)."""
+    if not params:
+        return
+    fused_kernels().adabelief_(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_vars,
+        max_exp_avg_vars if amsgrad else [],
+        steps,
+        amsgrad,
+        float(lr),
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+    )

@@ -30,6 +30,7 @@ from arvc.optim._functional import (
     rounding_seed,
     stochastic_round_,
 )
+from arvc.optim._fused import FUSED_DEVICES, FUSED_DTYPES, fused_kernels, resolve_fused
 
 __all__ = ["AnyPrecisionAdamW", "any_precision_adamw"]
 
@@ -53,7 +54,14 @@ class AnyPrecisionAdamW(Optimizer):
             only for studies: a bf16 second moment then stops decaying).
         foreach: use the multi-tensor path (one kernel per operation over all tensors). None picks it
             whenever there is more than one tensor; both paths compute the same update.
+        fused: use arvc's fused CPU kernel (one pass over memory for all tensors, Kahan and stochastic
+            rounding included; built on first use, see arvc.optim._fused). The registry switches it on
+            for CPU parameters; if it cannot be built here, the foreach path runs instead, with one
+            warning. Buffers must then be float32/bfloat16/float16.
     """
+
+    fused_devices = FUSED_DEVICES  # read by the registry to switch `fused` on automatically
+    fused_dtypes = FUSED_DTYPES
 
     def __init__(
         self,
@@ -70,6 +78,7 @@ class AnyPrecisionAdamW(Optimizer):
         stochastic_rounding: bool = True,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         check_common_hyperparameters(lr, betas, eps, weight_decay)
         if not isinstance(seed, int):
@@ -86,6 +95,7 @@ class AnyPrecisionAdamW(Optimizer):
             seed=seed,
             stochastic_rounding=bool(stochastic_rounding),
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -95,6 +105,14 @@ class AnyPrecisionAdamW(Optimizer):
             if key in param_group:
                 param_group[key] = parse_dtype(param_group[key], key)
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["fused"] = resolve_fused(type(self).__name__, group["fused"], group["foreach"], group["params"])
+        buffer_dtypes = [group[k] for k in ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype")]
+        if group["fused"] and any(dtype not in FUSED_DTYPES for dtype in buffer_dtypes):
+            raise ValueError(
+                "AnyPrecisionAdamW: the fused path keeps buffers in float32, bfloat16 or float16, got "
+                f"{', '.join(str(d).removeprefix('torch.') for d in buffer_dtypes)}; pass fused=False"
+            )
 
     def load_state_dict(self, state_dict: dict) -> None:
         # torch casts floating state to each parameter's dtype (pytorch#43706); the buffers' dtypes are
@@ -149,6 +167,7 @@ class AnyPrecisionAdamW(Optimizer):
                 seed=group["seed"],
                 stochastic_rounding=group["stochastic_rounding"],
                 foreach=group["foreach"] if group["foreach"] is not None else len(params) > 1,
+                fused=group.get("fused") or False,
             )
         return loss
 
@@ -187,9 +206,13 @@ def any_precision_adamw(
     seed: int,
     stochastic_rounding: bool = True,
     foreach: bool = False,
+    fused: bool = False,
 ) -> None:
-    """Functional AnyPrecisionAdamW step over a list of parameters; `foreach` picks the multi-tensor body."""
-    body = _multi_tensor_any_precision_adamw if foreach else _single_tensor_any_precision_adamw
+    """Functional AnyPrecisionAdamW step over a list of parameters; `fused`/`foreach` pick the body."""
+    if fused:
+        body = _fused_any_precision_adamw
+    else:
+        body = _multi_tensor_any_precision_adamw if foreach else _single_tensor_any_precision_adamw
     body(
         params,
         grads,
@@ -319,3 +342,41 @@ def _multi_tensor_any_precision_adamw(
         if kahan:
             torch._foreach_sub_(master, [x.to(dtype) for x in p])
             torch._foreach_copy_(kahan, master)
+
+
+def _fused_any_precision_adamw(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    compensations,
+    steps,
+    param_indices,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    seed,
+    stochastic_rounding,
+) -> None:
+    """The same update in one C++ pass over all tensors (_fused_cpu.cpp, `any_precision_adamw_`)."""
+    if not params:
+        return
+    fused_kernels().any_precision_adamw_(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        compensations,
+        steps,
+        param_indices,
+        float(lr),
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        seed,
+        stochastic_rounding,
+    )

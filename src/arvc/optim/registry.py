@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from arvc.optim.adabelief import AdaBelief
 from arvc.optim.adabelief_v2 import AdaBeliefV2
 from arvc.optim.anyprecision_adamw import AnyPrecisionAdamW
+from arvc.optim.radam import RAdam
 
 __all__ = [
     "OPTIMIZERS",
@@ -73,12 +74,15 @@ def use_fused(cls: type, device_types: Collection[str], dtypes: Collection[torch
     """Whether to switch on `fused=True` for `cls` with parameters on these devices and dtypes.
 
     Pure: no tensors, no GPU needed. True only if the class takes `fused`, every parameter's device
-    type has a fused kernel for it (meta never does) and every parameter is floating point.
+    type has a fused kernel for it (meta never does) and every parameter's dtype is one its kernel
+    handles (the class's own `fused_dtypes`, else any floating point dtype, as torch's).
     """
     if "fused" not in supported_kwargs(cls) or not device_types:
         return False
     supported = set(_fused_devices(cls))
-    return all(d in supported for d in device_types) and all(dt.is_floating_point for dt in dtypes)
+    own_dtypes = getattr(cls, "fused_dtypes", None)
+    dtype_ok = (lambda dt: dt in own_dtypes) if own_dtypes is not None else (lambda dt: dt.is_floating_point)
+    return all(d in supported for d in device_types) and all(dtype_ok(dt) for dt in dtypes)
 
 
 @dataclass(frozen=True)
@@ -119,12 +123,12 @@ _SPECS = (
     ),
     OptimizerSpec(
         name="RAdam",
-        cls=torch.optim.RAdam,
+        cls=RAdam,
         rating=4,
         category="PyTorch built-in",
         best_for="warmup-free training, short runs",
         description="Adam with the variance of the adaptive step rectified in early steps, so no warm-up "
-        "is needed; torch's own implementation.",
+        "is needed; torch's own implementation, plus arvc's fused CPU kernel for float32 parameters.",
         paper="Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020 "
         "(arXiv:1908.03265)",
     ),
