@@ -79,3 +79,27 @@ def test_parse_dtype_accepts_names_and_dtypes(value, expected):
 def test_parse_dtype_rejects_non_float(value):
     with pytest.raises(ValueError, match="x"):
         parse_dtype(value, "x")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lane", [0, 1])
+def test_rounding_bits_are_unbiased_at_every_fraction_and_independent_across_steps(dtype, lane):
+    """The hash behind the rounding: at any fractional position between two neighbours, across many
+    elements and many steps (a new seed each), rounding up happens with exactly that probability; and
+    the two lanes of one hash (the two moments) make independent decisions."""
+    ulp = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-10
+    fractions = torch.linspace(0.05, 0.95, 19).repeat_interleave(2000)
+    value = 1.0 + fractions * ulp
+    ups = []
+    for step in range(20):
+        out = torch.empty_like(value, dtype=dtype)
+        stochastic_round_(out, value, seed=rounding_seed(7, 3, step, 0), lane=lane)
+        ups.append((out.float() > 1.0).float())
+    fraction_up = torch.stack(ups).view(20, 19, 2000).mean(dim=(0, 2))
+    # 40,000 draws per fraction: 4 standard deviations is < 0.01.
+    assert torch.allclose(fraction_up, torch.linspace(0.05, 0.95, 19), atol=0.01)
+    other = torch.empty_like(value, dtype=dtype)
+    stochastic_round_(other, value, seed=rounding_seed(7, 3, 19, 0), lane=1 - lane)
+    agree = ((other.float() > 1.0).float() == ups[-1]).float().mean().item()
+    expected = (fractions**2 + (1 - fractions) ** 2).mean().item()  # if the lanes are independent
+    assert agree == pytest.approx(expected, abs=0.01)

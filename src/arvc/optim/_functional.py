@@ -146,21 +146,29 @@ def random_bits(numel: int, seed: int, device: torch.device | str = "cpu") -> to
     """32 random bits per element (int64 tensor), a pure function of (element index, seed).
 
     A counter-based hash rather than a generator stream: the fused C++ kernel computes exactly the same
-    bits for any block of any tensor in any order (_fused_cpu.cpp, `mix32`), so every path rounds alike.
+    bits for any block of any tensor in any order (_fused_cpu/common.h, `mix32`), so every path rounds alike.
     """
     x = torch.arange(numel, dtype=torch.int64, device=device).bitwise_and_(_MASK32)
-    x.bitwise_xor_(seed & _MASK32)
-    x.bitwise_xor_(x >> 16).mul_(_MIX).bitwise_and_(_MASK32)
+    return _mix32(x.bitwise_xor_(seed & _MASK32))
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding 32-bit values."""
+    x = x.bitwise_xor(x >> 16).mul_(_MIX).bitwise_and_(_MASK32)
     x.bitwise_xor_(x >> 16).mul_(_MIX).bitwise_and_(_MASK32)
     return x.bitwise_xor_(x >> 16)
 
 
-def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
+def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int, lane: int = 0) -> None:
     """Write float32 `src` into `dst`, rounding stochastically when `dst` is bf16/fp16.
 
     bf16 is the top half of an fp32 word: adding uniform random bits to the discarded low 16 bits and
     truncating rounds up with probability equal to the discarded fraction. fp16 has a different exponent
     range, so there we pick between the two neighbouring fp16 values explicitly.
+
+    `lane` (0 or 1) picks independent bits from the same hash, so two buffers of one parameter (the
+    moments) share one hash per element: lane 0 takes the low 16 bits, lane 1 the high 16 (bf16); for
+    fp16, lane 1 hashes the bits once more. The fused kernel does exactly this (_fused_cpu/common.h).
     """
     if dst.dtype not in LOW_PRECISION_DTYPES:
         dst.copy_(src)
@@ -168,7 +176,7 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
     src = src.to(torch.float32).contiguous()
     bits = random_bits(src.numel(), seed, src.device).view(src.shape)
     if dst.dtype == torch.bfloat16:
-        noise = bits.bitwise_and_(0xFFFF).to(torch.int32)
+        noise = (bits >> 16 if lane else bits.bitwise_and_(0xFFFF)).to(torch.int32)
         finite = torch.isfinite(src)
         rounded = (src.view(torch.int32) + noise).bitwise_and_(-65536).view(torch.float32)
         # Keep inf/nan as they are; a finite value next to the max must not round up to inf.
@@ -183,6 +191,8 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int) -> None:
     neighbour = torch.nextafter(nearest, toward)
     gap = (neighbour.to(torch.float32) - nearest.to(torch.float32)).abs()
     probability = torch.where(gap > 0, residual.abs() / gap, torch.zeros_like(gap))
+    if lane:
+        bits = _mix32(bits)
     uniform = (bits >> 8).to(torch.float32).mul_(2.0**-24)  # 24 bits: exact in float32
     take_neighbour = (uniform < probability) & torch.isfinite(neighbour)
     dst.copy_(torch.where(take_neighbour, neighbour, nearest))

@@ -1,4 +1,4 @@
-"""The fused CPU path: arvc's own C++ kernels (_fused_cpu.cpp), compiled once on first use and cached.
+"""The fused CPU path: arvc's own C++ kernels (_fused_cpu/), compiled once on first use and cached.
 
 Why compiled here and not shipped: arvc is a pure-Python wheel; the kernel is ~400 lines of C++ that
 torch's extension builder turns into a shared library in under a minute with the machine's C++
@@ -55,21 +55,24 @@ def _cpu_flags() -> list[str]:
 def _build():
     from torch.utils import cpp_extension
 
-    source = importlib.resources.files("arvc.optim").joinpath("_fused_cpu.cpp").read_text()
+    sources = importlib.resources.files("arvc.optim") / "_fused_cpu"
+    texts = [(f.name, f.read_text()) for f in sorted(sources.iterdir(), key=lambda f: f.name)]
     cpu = _cpu_flags()
     flags = _FLAGS + [f for f in cpu if not f.startswith("#")]
-    key = hashlib.sha256("\n".join([source, *flags, *cpu, torch.__version__]).encode()).hexdigest()[:12]
+    key_parts = [name + text for name, text in texts if name.endswith((".h", ".cpp"))]
+    key = hashlib.sha256("\n".join([*key_parts, *flags, *cpu, torch.__version__]).encode()).hexdigest()[:12]
     started = time.perf_counter()
     logger.info("building arvc's fused CPU optimizer kernels (first use on this machine; cached after)")
-    cpp_extension.load_inline(
-        name=f"arvc_fused_cpu_{key}",
-        cpp_sources=[source],
-        extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
-        is_python_module=False,
-        no_implicit_headers=True,
-        verbose=False,
-    )
+    with importlib.resources.as_file(sources) as folder:
+        cpp_extension.load(
+            name=f"arvc_fused_cpu_{key}",
+            sources=[str(folder / "fused_cpu.cpp")],
+            extra_include_paths=[str(folder)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
     logger.info("arvc fused CPU kernels ready (%.1f s)", time.perf_counter() - started)
     return torch.ops.arvc_fused
 

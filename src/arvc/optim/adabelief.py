@@ -286,7 +286,7 @@ def _fused_adabelief(
     eps,
     weight_decay,
 ) -> None:
-    """The same update in one C++ pass over all tensors (_fused_cpu.cpp, `adabelief_`)."""
+    """The same update in one C++ pass over all tensors (_fused_cpu/adabelief.h)."""
     if not params:
         return
     fused_kernels().adabelief_(

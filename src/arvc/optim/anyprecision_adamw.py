@@ -34,7 +34,7 @@ from arvc.optim._fused import FUSED_DEVICES, FUSED_DTYPES, fused_kernels, resolv
 
 __all__ = ["AnyPrecisionAdamW", "any_precision_adamw"]
 
-_MOMENTUM, _VARIANCE = 0, 1  # buffer ids for the stochastic-rounding seed
+_MOMENTUM, _VARIANCE = 0, 1  # lanes of the stochastic-rounding hash
 
 
 class AnyPrecisionAdamW(Optimizer):
@@ -172,10 +172,14 @@ class AnyPrecisionAdamW(Optimizer):
         return loss
 
 
-def _store(buffer, value, stochastic: bool, seed: int, index: int, step: int, buffer_id: int) -> None:
-    """Write an fp32 result into its (possibly low-precision) buffer."""
+def _store(buffer, value, stochastic: bool, seed: int, index: int, step: int, lane: int) -> None:
+    """Write an fp32 result into its (possibly low-precision) buffer.
+
+    Both moments of a parameter share one rounding hash per step (buffer id 0) and take different
+    bits of it (`lane`), which lets the fused kernel hash each element once.
+    """
     if stochastic:
-        stochastic_round_(buffer, value, rounding_seed(seed, index, step, buffer_id))
+        stochastic_round_(buffer, value, rounding_seed(seed, index, step, 0), lane=lane)
     else:
         buffer.copy_(value)
 
@@ -319,10 +323,10 @@ def _multi_tensor_any_precision_adamw(
         torch._foreach_lerp_(m32, g32, 1 - beta1)
         torch._foreach_mul_(v32, beta2)
         torch._foreach_addcmul_(v32, g32, g32, value=1 - beta2)
-        for stored, fresh, buffer_id in ((m, m32, _MOMENTUM), (v, v32, _VARIANCE)):
+        for stored, fresh, lane in ((m, m32, _MOMENTUM), (v, v32, _VARIANCE)):
             for x, x32, index, step in zip(stored, fresh, indices, step_values, strict=True):
                 if x32 is not x:
-                    _store(x, x32, stochastic_rounding, seed, index, step, buffer_id)
+                    _store(x, x32, stochastic_rounding, seed, index, step, lane)
 
         denom = torch._foreach_sqrt(v32)
         torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in step_values])
@@ -361,7 +365,7 @@ def _fused_any_precision_adamw(
     seed,
     stochastic_rounding,
 ) -> None:
-    """The same update in one C++ pass over all tensors (_fused_cpu.cpp, `any_precision_adamw_`)."""
+    """The same update in one C++ pass over all tensors (_fused_cpu/any_precision_adamw.h)."""
     if not params:
         return
     fused_kernels().any_precision_adamw_(

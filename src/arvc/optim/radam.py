@@ -2,7 +2,7 @@
 
 Why a subclass: torch has no fused RAdam; on CPU its foreach path makes ~10 passes over memory and is
 ~5x slower than its own fused AdamW. `fused=True` runs the identical update (same formulas, same
-Python-side scalars) in one C++ pass over all float32 tensors (_fused_cpu.cpp, `radam_`). Every other
+Python-side scalars) in one C++ pass over all float32 tensors (_fused_cpu/radam.h). Every other
 setting runs torch's own code unchanged, so this *is* torch.optim.RAdam whenever fused is off.
 """
 

@@ -1,0 +1,227 @@
+// AnyPrecisionAdamW (arvc.optim.anyprecision_adamw's single-tensor loop, in one pass).
+#pragma once
+
+#include "common.h"
+
+namespace arvc_fused {
+
+constexpr int kMomentum = 0, kVariance = 1;  // lanes of the rounding hash (anyprecision_adamw.py)
+
+// --- AnyPrecisionAdamW ----------------------------------------------------------------------------------
+struct AdamScalars {
+  float decay, lerp_weight, beta2, one_minus_beta2, eps, bias_correction2_sqrt, step_size;
+  uint32_t rounding_key;
+};
+
+template <bool LOW_WEIGHT>
+void adamw_block(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
+                 float* __restrict__ v, int64_t n, const AdamScalars& k) {
+  const float w = k.lerp_weight, decay = k.decay, beta2 = k.beta2, one_minus_beta2 = k.one_minus_beta2,
+              eps = k.eps, bias_correction2_sqrt = k.bias_correction2_sqrt, step_size = k.step_size;
+  for (int64_t j = 0; j < n; ++j) {
+    // torch.lerp's two formulas, chosen by the weight, so the result matches it exactly.
+    const float momentum = LOW_WEIGHT ? m[j] + w * (g[j] - m[j]) : g[j] - (g[j] - m[j]) * (1.0f - w);
+    float variance = v[j] * beta2;
+    variance = variance + one_minus_beta2 * g[j] * g[j];
+    m[j] = momentum;
+    v[j] = variance;
+    const float denom = std::sqrt(variance) / bias_correction2_sqrt + eps;
+    const float param = p[j] * decay;
+    p[j] = param + step_size * (momentum / denom);
+  }
+}
+
+// The common storage layouts (float32 or bfloat16 parameters, float32 or bfloat16 moments, bfloat16
+// Kahan buffer) in one loop: every element is loaded once, updated in registers, stored once.
+struct Float32Storage {
+  using raw = float;
+  static ARVC_INLINE float load(float x) { return x; }
+};
+
+struct BFloat16Storage {
+  using raw = uint16_t;
+  static ARVC_INLINE float load(uint16_t x) { return bf16_to_float(x); }
+};
+
+ARVC_INLINE uint16_t bf16_stochastic(float value, uint32_t random) {
+  const uint32_t u = float_bits(value);
+  const uint32_t rounded = (u + (random & 0xFFFFu)) & 0xFFFF0000u;
+  const bool finite = (u & 0x7F800000u) != 0x7F800000u && (rounded & 0x7F800000u) != 0x7F800000u;
+  return finite ? static_cast<uint16_t>(rounded >> 16) : bf16_nearest(value);
+}
+
+template <class Storage, bool STOCHASTIC>
+ARVC_INLINE void store_one(typename Storage::raw* dst, float value, uint32_t noise) {
+  if constexpr (std::is_same_v<Storage, Float32Storage>) {
+    *dst = value;
+  } else if constexpr (STOCHASTIC) {
+    *dst = bf16_stochastic(value, noise);
+  } else {
+    *dst = bf16_nearest(value);
+  }
+}
+
+template <class Param, class State, bool KAHAN, bool STOCHASTIC, bool LOW_WEIGHT>
+void adamw_range(typename Param::raw* __restrict__ p, const typename Param::raw* __restrict__ g,
+                 typename State::raw* __restrict__ m, typename State::raw* __restrict__ v,
+                 uint16_t* __restrict__ c, int64_t begin, int64_t end, const AdamScalars& k) {
+  const float w = k.lerp_weight, decay = k.decay, beta2 = k.beta2, one_minus_beta2 = k.one_minus_beta2,
+              eps = k.eps, bias_correction2_sqrt = k.bias_correction2_sqrt, step_size = k.step_size;
+  const uint32_t key = k.rounding_key;
+  for (int64_t j = begin; j < end; ++j) {
+    const float grad = Param::load(g[j]);
+    const float m_old = State::load(m[j]);
+    const float momentum = LOW_WEIGHT ? m_old + w * (grad - m_old) : grad - (grad - m_old) * (1.0f - w);
+    float variance = State::load(v[j]) * beta2;
+    variance = variance + one_minus_beta2 * grad * grad;
+    const uint32_t bits = STOCHASTIC ? mix32(static_cast<uint32_t>(j) ^ key) : 0u;
+    store_one<State, STOCHASTIC>(&m[j], momentum, bf16_noise(bits, kMomentum));
+    store_one<State, STOCHASTIC>(&v[j], variance, bf16_noise(bits, kVariance));
+    const float denom = std::sqrt(variance) / bias_correction2_sqrt + eps;
+    float master = Param::load(p[j]);
+    if constexpr (KAHAN) master = master + bf16_to_float(c[j]);
+    master = master * decay;
+    master = master + step_size * (momentum / denom);
+    if constexpr (std::is_same_v<Param, Float32Storage>) {
+      p[j] = master;
+    } else {
+      const uint16_t rounded = bf16_nearest(master);
+      p[j] = rounded;
+      if constexpr (KAHAN) c[j] = bf16_nearest(master - bf16_to_float(rounded));
+    }
+  }
+}
+
+template <class T>
+inline typename T::raw* raw_ptr(const Tensor& t) {
+  if constexpr (std::is_same_v<T, Float32Storage>) {
+    return t.data_ptr<float>();
+  } else {
+    return bf16_bits_mut(t);
+  }
+}
+
+template <class Param, class State, bool KAHAN>
+void adamw_chunk_typed(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                       const Tensor& c, int64_t begin, int64_t end, const AdamScalars& k, bool stochastic) {
+  auto* p = raw_ptr<Param>(param);
+  auto* g = raw_ptr<Param>(grad);
+  auto* mp = raw_ptr<State>(m);
+  auto* vp = raw_ptr<State>(v);
+  uint16_t* cp = KAHAN ? bf16_bits_mut(c) : nullptr;
+  const bool low = k.lerp_weight < 0.5f;
+  if (stochastic && low) adamw_range<Param, State, KAHAN, true, true>(p, g, mp, vp, cp, begin, end, k);
+  else if (stochastic) adamw_range<Param, State, KAHAN, true, false>(p, g, mp, vp, cp, begin, end, k);
+  else if (low) adamw_range<Param, State, KAHAN, false, true>(p, g, mp, vp, cp, begin, end, k);
+  else adamw_range<Param, State, KAHAN, false, false>(p, g, mp, vp, cp, begin, end, k);
+}
+
+// Runs the one-loop kernel when the layout is a common one; false means "use the blocked path".
+bool adamw_chunk_fast(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                      const Tensor& c, int64_t begin, int64_t end, const AdamScalars& k, bool stochastic) {
+  const auto pt = param.scalar_type(), mt = m.scalar_type(), vt = v.scalar_type();
+  const bool kahan = c.defined();
+  if (mt != vt || (kahan && c.scalar_type() != ScalarType::BFloat16)) return false;
+  const bool state_f32 = mt == ScalarType::Float, state_bf16 = mt == ScalarType::BFloat16;
+  if (pt == ScalarType::Float && state_f32) {
+    adamw_chunk_typed<Float32Storage, Float32Storage, false>(param, grad, m, v, c, begin, end, k, stochastic);
+  } else if (pt == ScalarType::Float && state_bf16) {
+    adamw_chunk_typed<Float32Storage, BFloat16Storage, false>(param, grad, m, v, c, begin, end, k, stochastic);
+  } else if (pt == ScalarType::BFloat16 && state_f32 && kahan) {
+    adamw_chunk_typed<BFloat16Storage, Float32Storage, true>(param, grad, m, v, c, begin, end, k, stochastic);
+  } else if (pt == ScalarType::BFloat16 && state_f32) {
+    adamw_chunk_typed<BFloat16Storage, Float32Storage, false>(param, grad, m, v, c, begin, end, k, stochastic);
+  } else if (pt == ScalarType::BFloat16 && state_bf16 && kahan) {
+    adamw_chunk_typed<BFloat16Storage, BFloat16Storage, true>(param, grad, m, v, c, begin, end, k, stochastic);
+  } else if (pt == ScalarType::BFloat16 && state_bf16) {
+    adamw_chunk_typed<BFloat16Storage, BFloat16Storage, false>(param, grad, m, v, c, begin, end, k, stochastic);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+
+void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                          at::TensorList exp_avg_sqs, const c10::List<std::optional<Tensor>>& compensations,
+                          at::TensorList steps, at::IntArrayRef param_indices, double lr, double beta1,
+                          double beta2, double eps, double weight_decay, int64_t seed,
+                          bool stochastic_rounding) {
+  const size_t count = params.size();
+  TORCH_CHECK(grads.size() == count && exp_avgs.size() == count && exp_avg_sqs.size() == count &&
+                  compensations.size() == count && steps.size() == count && param_indices.size() == count,
+              "arvc fused AnyPrecisionAdamW: tensor lists differ in length");
+  std::vector<Tensor> grads_laid_out(count), kahan(count);
+  std::vector<AdamScalars> scalars(count);
+  for (size_t i = 0; i < count; ++i) {
+    const Tensor& param = params[i];
+    check_param(param);
+    check_tensor(param, param, "parameter");
+    check_tensor(grads[i], param, "gradient", false);
+    check_tensor(exp_avgs[i], param, "exp_avg");
+    check_tensor(exp_avg_sqs[i], param, "exp_avg_sq");
+    const std::optional<Tensor> compensation = compensations.get(i);
+    if (compensation.has_value() && compensation->defined()) {
+      check_tensor(*compensation, param, "compensation");
+      TORCH_CHECK(param.scalar_type() != ScalarType::Float,
+                  "arvc fused AnyPrecisionAdamW: float32 parameters have no compensation buffer");
+      kahan[i] = *compensation;
+    }
+    grads_laid_out[i] = matching_grad(grads[i], param);
+    const int64_t step = advance_step(steps[i]);
+    const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+    scalars[i] = {static_cast<float>(1.0 - lr * weight_decay),
+                  static_cast<float>(1.0 - beta1),
+                  static_cast<float>(beta2),
+                  static_cast<float>(1.0 - beta2),
+                  static_cast<float>(eps),
+                  static_cast<float>(std::pow(1.0 - std::pow(beta2, static_cast<double>(step)), 0.5)),
+                  static_cast<float>(-(lr / bias_correction1)),
+                  rounding_key(seed, param_indices[i], step)};
+  }
+  const std::vector<Chunk> chunks = make_chunks(params);
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
+    alignas(64) float p_scratch[kBlock], g_scratch[kBlock], m_scratch[kBlock], v_scratch[kBlock],
+        c_scratch[kBlock];
+    for (int64_t c = first; c < last; ++c) {
+      const Chunk& chunk = chunks[c];
+      const Tensor& param = params[chunk.tensor];
+      const Tensor& exp_avg = exp_avgs[chunk.tensor];
+      const Tensor& exp_avg_sq = exp_avg_sqs[chunk.tensor];
+      const Tensor& compensation = kahan[chunk.tensor];
+      const AdamScalars& k = scalars[chunk.tensor];
+      const bool low_precision_param = param.scalar_type() != ScalarType::Float;
+      if (adamw_chunk_fast(param, grads_laid_out[chunk.tensor], exp_avg, exp_avg_sq, compensation, chunk.begin,
+                           chunk.end, k, stochastic_rounding)) {
+        continue;
+      }
+      // Other layouts (float16 anywhere, mixed moment dtypes): blocks through float32 scratch.
+      for (int64_t b = chunk.begin; b < chunk.end; b += kBlock) {
+        const int64_t n = std::min(kBlock, chunk.end - b);
+        float* p = block_of(param, b, n, p_scratch);
+        const float* g = block_of(grads_laid_out[chunk.tensor], b, n, g_scratch);
+        float* m = block_of(exp_avg, b, n, m_scratch);
+        float* v = block_of(exp_avg_sq, b, n, v_scratch);
+        if (compensation.defined()) {
+          load_any(compensation, b, n, c_scratch);
+          for (int64_t j = 0; j < n; ++j) p[j] = p[j] + c_scratch[j];
+        }
+        if (k.lerp_weight < 0.5f) adamw_block<true>(p, g, m, v, n, k);
+        else adamw_block<false>(p, g, m, v, n, k);
+        if (m == m_scratch) store_rounded(m, n, exp_avg, b, stochastic_rounding, k.rounding_key, kMomentum);
+        if (v == v_scratch) store_rounded(v, n, exp_avg_sq, b, stochastic_rounding, k.rounding_key, kVariance);
+        if (low_precision_param) {
+          store_nearest(p, n, param, b);
+          if (compensation.defined()) {
+            // What rounding the parameter dropped is carried into the next step.
+            load_any(param, b, n, c_scratch);
+            for (int64_t j = 0; j < n; ++j) c_scratch[j] = p[j] - c_scratch[j];
+            store_nearest(c_scratch, n, compensation, b);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace arvc_fused
