@@ -267,3 +267,53 @@ def test_no_compiler_falls_back_to_foreach_with_one_warning(monkeypatch):
         param.grad = torch.ones(3)
         optimizer.step()  # and it trains on the foreach path
     assert torch.isfinite(param).all()
+
+
+@pytest.mark.parametrize("stochastic", [True, False])
+def test_special_values_take_the_careful_path(stochastic):
+    """NaN/inf gradients and values that round past the largest bf16 take the kernel's rare path; the
+    result must still be the reference's (same NaN/inf positions, finite values within 1 ulp)."""
+    kwargs = dict(
+        use_kahan_summation=True,
+        momentum_dtype="bf16",
+        variance_dtype="bf16",
+        stochastic_rounding=stochastic,
+        lr=1e-3,
+    )
+    start = torch.randn(5000).to(torch.bfloat16)
+    start[:8] = torch.tensor([3.38e38, -3.38e38, 1.0, 0.0, -0.0, 2.0, float("inf"), 5.0])
+    grad = torch.randn(5000)
+    grad[8:16] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e38, -1e38, 3e19, 0.0, 1e-30])
+    results = []
+    for path in ({"foreach": False}, {"fused": True}):
+        param = torch.nn.Parameter(start.clone())
+        optimizer = AnyPrecisionAdamW([param], **path, **kwargs)
+        for _ in range(2):
+            param.grad = grad.to(torch.bfloat16)
+            optimizer.step()
+        results.append([param.detach(), *(optimizer.state[param][k] for k in ("exp_avg", "exp_avg_sq"))])
+    for expected, actual in zip(*results, strict=True):
+        assert torch.equal(expected.isnan(), actual.isnan())
+        assert torch.equal(expected.isinf(), actual.isinf())
+        finite = expected.isfinite()
+        assert torch.equal(expected[~finite & ~expected.isnan()], actual[~finite & ~actual.isnan()])
+        _assert_agree(expected[finite], actual[finite], "finite values")
+
+
+def test_stochastic_rounding_never_rounds_a_finite_moment_up_to_inf():
+    """v = g² just above the largest bf16 (beta2 = 0): adding random low bits would carry a quarter of
+    these into inf; the reference rounds them to nearest (the largest finite bf16), and so must the
+    kernel's careful path. (A kernel without it fails here.)"""
+    g = torch.full((4000,), 1.84201e19)  # g*g = 3.3930e38: above bf16's max 3.3895e38, below the midpoint
+    states = []
+    for path in ({"foreach": False}, {"fused": True}):
+        param = torch.nn.Parameter(torch.zeros(4000))
+        optimizer = AnyPrecisionAdamW(
+            [param], lr=1e-3, betas=(0.9, 0.0), momentum_dtype="bf16", variance_dtype="bf16", **path
+        )
+        param.grad = g.clone()
+        optimizer.step()
+        states.append(optimizer.state[param]["exp_avg_sq"])
+    reference, fused = states
+    assert torch.isfinite(reference).all() and torch.isfinite(fused).all()
+    assert torch.equal(reference, fused)

@@ -50,8 +50,33 @@ ARVC_INLINE uint16_t bf16_stochastic(float value, uint32_t random) {
   return finite ? static_cast<uint16_t>(rounded >> 16) : bf16_nearest(value);
 }
 
+// The bf16 stores without their rare special cases (NaN/inf inputs, a finite value rounding up to inf):
+// they cost as much as the rest of the update, so the loop below uses these, flags a block where a
+// special case could have occurred, and redoes that block's stores carefully from float32 copies.
+ARVC_INLINE bool special(uint32_t bits) { return (bits & 0x7F800000u) == 0x7F800000u; }
+
+ARVC_INLINE uint16_t bf16_nearest_finite(uint32_t u) {
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 template <class Storage, bool STOCHASTIC>
-ARVC_INLINE void store_one(typename Storage::raw* dst, float value, uint32_t noise) {
+ARVC_INLINE void store_fast(typename Storage::raw* dst, float value, uint32_t noise, uint32_t& flag) {
+  if constexpr (std::is_same_v<Storage, Float32Storage>) {
+    *dst = value;
+  } else if constexpr (STOCHASTIC) {
+    const uint32_t u = float_bits(value);
+    const uint32_t rounded = (u + noise) & 0xFFFF0000u;
+    flag |= special(u) | special(rounded);
+    *dst = static_cast<uint16_t>(rounded >> 16);
+  } else {
+    const uint32_t u = float_bits(value);
+    flag |= special(u);
+    *dst = bf16_nearest_finite(u);
+  }
+}
+
+template <class Storage, bool STOCHASTIC>
+ARVC_INLINE void store_careful(typename Storage::raw* dst, float value, uint32_t noise) {
   if constexpr (std::is_same_v<Storage, Float32Storage>) {
     *dst = value;
   } else if constexpr (STOCHASTIC) {
@@ -65,29 +90,60 @@ template <class Param, class State, bool KAHAN, bool STOCHASTIC, bool LOW_WEIGHT
 void adamw_range(typename Param::raw* __restrict__ p, const typename Param::raw* __restrict__ g,
                  typename State::raw* __restrict__ m, typename State::raw* __restrict__ v,
                  uint16_t* __restrict__ c, int64_t begin, int64_t end, const AdamScalars& k) {
+  constexpr bool kLowParam = !std::is_same_v<Param, Float32Storage>;
+  constexpr bool kLowState = !std::is_same_v<State, Float32Storage>;
   const float w = k.lerp_weight, decay = k.decay, beta2 = k.beta2, one_minus_beta2 = k.one_minus_beta2,
               eps = k.eps, bias_correction2_sqrt = k.bias_correction2_sqrt, step_size = k.step_size;
   const uint32_t key = k.rounding_key;
-  for (int64_t j = begin; j < end; ++j) {
-    const float grad = Param::load(g[j]);
-    const float m_old = State::load(m[j]);
-    const float momentum = LOW_WEIGHT ? m_old + w * (grad - m_old) : grad - (grad - m_old) * (1.0f - w);
-    float variance = State::load(v[j]) * beta2;
-    variance = variance + one_minus_beta2 * grad * grad;
-    const uint32_t bits = STOCHASTIC ? mix32(static_cast<uint32_t>(j) ^ key) : 0u;
-    store_one<State, STOCHASTIC>(&m[j], momentum, bf16_noise(bits, kMomentum));
-    store_one<State, STOCHASTIC>(&v[j], variance, bf16_noise(bits, kVariance));
-    const float denom = std::sqrt(variance) / bias_correction2_sqrt + eps;
-    float master = Param::load(p[j]);
-    if constexpr (KAHAN) master = master + bf16_to_float(c[j]);
-    master = master * decay;
-    master = master + step_size * (momentum / denom);
-    if constexpr (std::is_same_v<Param, Float32Storage>) {
-      p[j] = master;
-    } else {
-      const uint16_t rounded = bf16_nearest(master);
-      p[j] = rounded;
-      if constexpr (KAHAN) c[j] = bf16_nearest(master - bf16_to_float(rounded));
+  alignas(64) float m_kept[kBlock], v_kept[kBlock], master_kept[kBlock];
+  for (int64_t b = begin; b < end; b += kBlock) {
+    const int64_t e = std::min(end, b + kBlock);
+    uint32_t flag = 0;
+    for (int64_t j = b; j < e; ++j) {
+      const float grad = Param::load(g[j]);
+      const float m_old = State::load(m[j]);
+      const float momentum = LOW_WEIGHT ? m_old + w * (grad - m_old) : grad - (grad - m_old) * (1.0f - w);
+      float variance = State::load(v[j]) * beta2;
+      variance = variance + one_minus_beta2 * grad * grad;
+      const uint32_t bits = STOCHASTIC ? mix32(static_cast<uint32_t>(j) ^ key) : 0u;
+      store_fast<State, STOCHASTIC>(&m[j], momentum, bf16_noise(bits, kMomentum), flag);
+      store_fast<State, STOCHASTIC>(&v[j], variance, bf16_noise(bits, kVariance), flag);
+      const float denom = std::sqrt(variance) / bias_correction2_sqrt + eps;
+      float master = Param::load(p[j]);
+      if constexpr (KAHAN) master = master + bf16_to_float(c[j]);
+      master = master * decay;
+      master = master + step_size * (momentum / denom);
+      if constexpr (kLowState) {
+        m_kept[j - b] = momentum;
+        v_kept[j - b] = variance;
+      }
+      if constexpr (!kLowParam) {
+        p[j] = master;
+      } else {
+        master_kept[j - b] = master;
+        const uint32_t u = float_bits(master);
+        const uint16_t rounded = bf16_nearest_finite(u);
+        flag |= special(u);
+        p[j] = rounded;
+        if constexpr (KAHAN) {
+          const uint32_t residual = float_bits(master - bf16_to_float(rounded));
+          flag |= special(residual);
+          c[j] = bf16_nearest_finite(residual);
+        }
+      }
+    }
+    if (!(kLowParam || kLowState) || !flag) continue;
+    for (int64_t j = b; j < e; ++j) {  // rare: redo this block's stores with every special case handled
+      const uint32_t bits = STOCHASTIC ? mix32(static_cast<uint32_t>(j) ^ key) : 0u;
+      if constexpr (kLowState) {
+        store_careful<State, STOCHASTIC>(&m[j], m_kept[j - b], bf16_noise(bits, kMomentum));
+        store_careful<State, STOCHASTIC>(&v[j], v_kept[j - b], bf16_noise(bits, kVariance));
+      }
+      if constexpr (kLowParam) {
+        const float master = master_kept[j - b];
+        p[j] = bf16_nearest(master);
+        if constexpr (KAHAN) c[j] = bf16_nearest(master - bf16_to_float(p[j]));
+      }
     }
   }
 }
