@@ -168,17 +168,7 @@ def test_preprocess_command(tmp_path, recordings):
     assert bad.exit_code == 1 and "22050" in bad.output
 
 
-def test_eight_bit_without_bitsandbytes_fails_before_any_work(tmp_path, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_bnb(name, *args, **kwargs):
-        if name == "bitsandbytes" or name.startswith("bitsandbytes."):
-            raise ImportError("No module named 'bitsandbytes'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_bnb)
+def test_eight_bit_without_bitsandbytes_fails_before_any_work(tmp_path, no_bitsandbytes):
     result = train_cli("--runs-dir", tmp_path, "--use-8bit")
     assert result.exit_code == 1
     assert "pip install 'arvc[bnb]'" in result.output  # printed literally, not eaten as markup

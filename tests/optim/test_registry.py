@@ -184,17 +184,7 @@ class TestEightBit:
         assert (p[0].detach() < 0).all()
 
 
-def test_missing_bitsandbytes_names_the_extra(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_bnb(name, *args, **kwargs):
-        if name == "bitsandbytes" or name.startswith("bitsandbytes."):
-            raise ImportError("No module named 'bitsandbytes'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_bnb)
+def test_missing_bitsandbytes_names_the_extra(no_bitsandbytes):
     with pytest.raises(ImportError, match=r"pip install 'arvc\[bnb\]'"):
         build_optimizer("AdamW", params(), lr=1e-3, use_8bit=True)
 
