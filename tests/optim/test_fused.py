@@ -317,3 +317,20 @@ def test_stochastic_rounding_never_rounds_a_finite_moment_up_to_inf():
     reference, fused = states
     assert torch.isfinite(reference).all() and torch.isfinite(fused).all()
     assert torch.equal(reference, fused)
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, caplog):
+    """torch waits forever on a build lock; one left by a killed build must not hang later runs."""
+    import os
+    import time
+
+    stale, fresh = tmp_path / "stale", tmp_path / "fresh"
+    stale.touch()
+    fresh.touch()
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    _fused._remove_stale_lock(stale)
+    _fused._remove_stale_lock(fresh)
+    _fused._remove_stale_lock(tmp_path / "absent")
+    assert not stale.exists() and fresh.exists()
+    assert "stale build lock" in caplog.text

@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import logging
+import os
 import platform
 import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -62,19 +64,40 @@ def _build():
     key_parts = [name + text for name, text in texts if name.endswith((".h", ".cpp"))]
     key = hashlib.sha256("\n".join([*key_parts, *flags, *cpu, torch.__version__]).encode()).hexdigest()[:12]
     started = time.perf_counter()
-    logger.info("building arvc's fused CPU optimizer kernels (first use on this machine; cached after)")
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+    build_directory = root / f"arvc_fused_cpu_{key}"
+    build_directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_lock(build_directory / "lock")
+    if not any(build_directory.glob("*.so")):
+        logger.info("building arvc's fused CPU optimizer kernels (first use on this machine; cached after)")
     with importlib.resources.as_file(sources) as folder:
         cpp_extension.load(
             name=f"arvc_fused_cpu_{key}",
             sources=[str(folder / "fused_cpu.cpp")],
             extra_include_paths=[str(folder)],
+            build_directory=str(build_directory),
             extra_cflags=flags,
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
-    logger.info("arvc fused CPU kernels ready (%.1f s)", time.perf_counter() - started)
+    logger.info("arvc fused CPU kernels ready (%.1f s, %s)", time.perf_counter() - started, build_directory)
     return torch.ops.arvc_fused
+
+
+_STALE_LOCK_SECONDS = 600  # a build takes seconds to a few minutes; an older lock was left by a killed build
+
+
+def _remove_stale_lock(lock: Path) -> None:
+    """torch waits forever on the build lock; one left by an interrupted build (Ctrl-C, kill) would hang
+    every later run, so a lock older than any real build is removed, with a warning."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > _STALE_LOCK_SECONDS:
+        logger.warning("removing a stale build lock %s (%.0f s old, left by an interrupted build)", lock, age)
+        lock.unlink(missing_ok=True)
 
 
 def fused_kernels():
