@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -96,6 +99,44 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
     return overrides
 
 
+def _without_nproc(args: list[str]) -> list[str]:
+    """The command line again, minus --nproc N (what each of the N processes runs)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _check_processes(nproc: int | None, device: str, batch_size: int) -> int:
+    """How many processes will train; a bad --nproc/--device is an error before any work starts."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if nproc is not None and world > 1:
+        raise ValueError(f"--nproc starts the processes itself; under torchrun (WORLD_SIZE={world}) drop it")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; valid: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available to torch on this machine")
+    processes = nproc or world
+    if device == "cuda" and nproc is not None and nproc > torch.cuda.device_count():
+        raise ValueError(
+            f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s), one per process"
+        )
+    if batch_size % processes:
+        raise ValueError(
+            f"batch size {batch_size} cannot be split over {processes} processes (it is the global batch; "
+            f"each process takes batch/processes): use a multiple of {processes}, e.g. --batch-size "
+            f"{processes * max(1, batch_size // processes)}"
+        )
+    return processes
+
+
 def _parse_betas(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None
@@ -158,12 +199,21 @@ def train(
         Path | None, typer.Option(help="Pretrained discriminator (RVC f0D*.pth or arvc).")
     ] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after N steps (a quick look).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (with several processes: one GPU each).")] = "cpu",
+    nproc: Annotated[
+        int | None,
+        typer.Option(min=1, help="Train with N processes on this machine (DDP; see docs/distributed.md)."),
+    ] = None,
+    zero: Annotated[
+        bool, typer.Option("--zero", help="Shard optimizer state over the processes (ZeRO).")
+    ] = False,
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
     from arvc.optim import get_spec
     from arvc.optim.registry import eight_bit_optimizer_class
     from arvc.train.checkpoint import CheckpointError, latest_checkpoint
     from arvc.train.config import RunConfig, apply_overrides, load_config
+    from arvc.train.distributed import DistributedError, launch, process_group
     from arvc.train.f0 import F0_METHODS
     from arvc.train.loop import PRECISIONS, TrainError, TrainOptions
     from arvc.train.loop import train as run_training
@@ -214,10 +264,13 @@ def train(
             if dataset is not None and not dataset.is_dir():
                 raise ValueError(f"dataset folder {dataset} does not exist")
         cfg = apply_overrides(cfg, overrides)
+        _check_processes(nproc, device, cfg.train.batch_size)
+        if zero and use_8bit:
+            raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
     except (ValueError, PretrainedError, ImportError) as error:
         _fail(str(error))
 
-    try:
+    def prepare() -> None:
         if resume is None or not (run_dir / "data" / "filelist.txt").is_file():
             with _preprocess_progress() as progress:
                 prepare_data(
@@ -229,27 +282,41 @@ def train(
                     hubert_path=hubert,
                     progress=progress,
                 )
-        options = TrainOptions(
-            run_dir=run_dir,
-            data_dir=run_dir / "data",
-            config=cfg,
-            optimizer=optimizer,
-            lr=lr,
-            betas=parsed_betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            use_8bit=use_8bit,
-            precision=precision,
-            compile=compile,
-            resume=resume,
-            pretrained_g=pretrained_g,
-            pretrained_d=pretrained_d,
-            max_steps=max_steps,
-        )
-        with _progress() as bar:
-            result = run_training(options, _ProgressCallbacks(bar))
-    except (DataError, TrainError, CheckpointError, PretrainedError, ImportError) as error:
+
+    try:
+        with process_group(device) as ranks:  # under torchrun: join the other processes
+            if not ranks.is_main:
+                logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports for all
+            ranks.on_main(prepare, "prepare the data")  # once, before any process reads it
+            if nproc is not None and nproc > 1:  # start N processes that run this command without --nproc
+                raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
+            result = _run(
+                ranks.is_main,
+                run_training,
+                TrainOptions(
+                    run_dir=run_dir,
+                    data_dir=run_dir / "data",
+                    config=cfg,
+                    optimizer=optimizer,
+                    lr=lr,
+                    betas=parsed_betas,
+                    eps=eps,
+                    weight_decay=weight_decay,
+                    use_8bit=use_8bit,
+                    precision=precision,
+                    compile=compile,
+                    resume=resume,
+                    pretrained_g=pretrained_g,
+                    pretrained_d=pretrained_d,
+                    max_steps=max_steps,
+                    device=device,
+                    zero=zero,
+                ),
+            )
+    except (DataError, TrainError, CheckpointError, PretrainedError, ImportError, DistributedError) as error:
         _fail(str(error))
+    if result is None:  # ranks other than 0: rank 0 reports
+        return
     if result.stopped_by in ("SIGINT", "SIGTERM"):
         console.print(
             f"stopped by {result.stopped_by} after step {result.steps_done}; "
@@ -263,6 +330,15 @@ def train(
     console.print(
         f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}   loss plot: {run_dir / 'loss.png'}"
     )
+
+
+def _run(show: bool, run_training, options):
+    """Train with a progress bar (rank 0 of a multi-process run only); the result, or None elsewhere."""
+    if not show:
+        run_training(options)
+        return None
+    with _progress() as bar:
+        return run_training(options, _ProgressCallbacks(bar))
 
 
 @app.command()

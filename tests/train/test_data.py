@@ -79,6 +79,7 @@ def test_collate_pads_with_zeros_longest_first(run_dir):
         "wave",
         "wave_lengths",
         "sid",
+        "index",
     ]
     b, t = len(items), max(it.spec.shape[1] for it in items)
     assert batch.phone.shape == (b, t, 80) and batch.pitch.shape == (b, t) and batch.pitchf.shape == (b, t)
@@ -102,6 +103,26 @@ def test_sampler_order_is_a_function_of_seed_and_epoch():
     b.set_epoch(3, start=5)
     assert list(b) == a.order(3)[5:] and len(b) == 15
     assert list(EpochSampler(5, shuffle=False)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("start", [0, 8])  # from the epoch's start, and resumed after 2 global batches
+def test_ranks_share_every_global_batch_exactly(start):
+    """With W ranks, global batch j holds the same pieces as with one process; rank r has slice r of it."""
+    one = EpochSampler(23, seed=5, batch_size=4)
+    one.set_epoch(3, start=start)
+    whole = list(one)
+    batches = [sorted(whole[i : i + 4]) for i in range(0, len(whole) - len(whole) % 4, 4)]
+    for world in (2, 4):
+        ranks = [EpochSampler(23, seed=5, batch_size=4, rank=r, world_size=world) for r in range(world)]
+        for sampler in ranks:
+            sampler.set_epoch(3, start=start)
+        shares = [list(sampler) for sampler in ranks]
+        share = 4 // world
+        assert [len(s) for s in shares] == [len(r) for r in ranks] == [len(batches) * share] * world
+        for j, batch in enumerate(batches):
+            assert sorted(i for s in shares for i in s[j * share : (j + 1) * share]) == batch
+    with pytest.raises(ValueError, match="divisible"):
+        EpochSampler(23, batch_size=4, world_size=3)
 
 
 def test_loader_reproducible_and_resumable(run_dir):

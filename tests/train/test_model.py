@@ -247,3 +247,33 @@ def test_count_parameters_trainable_only():
     for p in g.enc_q.parameters():
         p.requires_grad_(False)
     assert count_parameters(g, trainable_only=True) == total - count_parameters(g.enc_q)
+
+
+def test_training_noise_is_per_item_whatever_the_batch_split():
+    """Under per_item_noise an item gets the same window, posterior sample and NSF noise in a batch of 4
+    as in a batch of 2 with less padding (what makes a 2-process run match a 1-process run)."""
+    from arvc.train.model.noise import per_item_noise
+
+    cfg = load_config("tiny")
+    torch.manual_seed(1)
+    g = Synthesizer(cfg)
+    b = _batch(cfg, batch=4, frames=48)  # lengths 48, 43, 43, 43
+    b["sid"] = torch.zeros(4, dtype=torch.long)
+    ids = [10, 11, 12, 13]
+
+    def run(rows, frames):
+        part = {k: v[rows] for k, v in b.items()}
+        for k in ("phone", "pitch", "pitchf"):
+            part[k] = part[k][:, :frames]
+        part["spec"] = part["spec"][..., :frames]
+        with per_item_noise(1234, 7, [ids[r] for r in rows]):
+            audio, slice_ids, _, z_mask, (z, *_) = g(**part)
+        return audio, slice_ids, z * z_mask
+
+    whole = run([0, 1, 2, 3], 48)
+    half = run([2, 3], 43)  # padded to 43 frames instead of 48
+    assert torch.equal(whole[1][2:], half[1])
+    assert torch.allclose(whole[2][2:, :, :43], half[2], atol=1e-5)
+    assert torch.allclose(whole[0][2:], half[0], atol=1e-5)
+    with per_item_noise(1234, 8, ids):  # another step: other noise
+        assert not torch.allclose(g(**b)[0], whole[0], atol=1e-3)

@@ -6,7 +6,9 @@ All streams are cut to their common length, capped at 900 frames like RVC. Batch
 as :class:`Batch`, in RVC's argument order for the synthesizer.
 
 Shuffling is reproducible and resumable: :class:`EpochSampler` draws epoch ``k``'s order from
-``(seed, k)`` alone, so a resumed run replays exactly the order it would have seen.
+``(seed, k)`` alone, so a resumed run replays exactly the order it would have seen. In a multi-process
+run it hands each rank its share of every global batch, so global batch ``j`` holds the same pieces for any
+number of processes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Item(NamedTuple):
     spec: torch.Tensor  # [n_fft // 2 + 1, T] float
     wave: torch.Tensor  # [1, T * hop] float
     sid: int
+    index: int = -1  # position in the dataset (keys the item's training noise, see model/noise.py)
 
 
 class Batch(NamedTuple):
@@ -56,6 +59,7 @@ class Batch(NamedTuple):
     wave: torch.Tensor  # [B, 1, T * hop] float
     wave_lengths: torch.Tensor  # [B] long
     sid: torch.Tensor  # [B] long
+    index: torch.Tensor  # [B] long, dataset index of each row
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move every tensor to ``device``."""
@@ -148,6 +152,7 @@ class VoiceDataset(Dataset):
             spec=spec[:, :n].contiguous(),
             wave=wave[:, : n * hop].contiguous(),
             sid=sid,
+            index=int(index),
         )
 
     def _load_wave(self, path: Path) -> torch.Tensor:
@@ -191,15 +196,17 @@ def collate(batch: Sequence[Item]) -> Batch:
     pitchf = torch.zeros(size, max_t)
     spec = torch.zeros(size, items[0].spec.size(0), max_t)
     wave = torch.zeros(size, 1, max_wave)
-    phone_lengths, spec_lengths, wave_lengths, sid = (torch.zeros(size, dtype=torch.long) for _ in range(4))
+    phone_lengths, spec_lengths, wave_lengths, sid, index = (
+        torch.zeros(size, dtype=torch.long) for _ in range(5)
+    )
     for i, it in enumerate(items):
         t = it.phone.size(0)
         phone[i, :t], pitch[i, :t], pitchf[i, :t] = it.phone, it.pitch, it.pitchf
         spec[i, :, : it.spec.size(1)] = it.spec
         wave[i, :, : it.wave.size(1)] = it.wave
         phone_lengths[i], spec_lengths[i], wave_lengths[i] = t, it.spec.size(1), it.wave.size(1)
-        sid[i] = it.sid
-    return Batch(phone, phone_lengths, pitch, pitchf, spec, spec_lengths, wave, wave_lengths, sid)
+        sid[i], index[i] = it.sid, it.index
+    return Batch(phone, phone_lengths, pitch, pitchf, spec, spec_lengths, wave, wave_lengths, sid, index)
 
 
 class EpochSampler(Sampler[int]):
@@ -207,11 +214,32 @@ class EpochSampler(Sampler[int]):
 
     Call :meth:`set_epoch` before iterating; ``start`` skips the first indices of that epoch's
     order, to resume in the middle of an epoch.
+
+    With ``world_size > 1`` (``batch_size`` = the global batch), rank ``r`` yields, for every complete
+    global batch ``order[j*B:(j+1)*B]``, its slice ``[r*B/W:(r+1)*B/W]``; an incomplete last global batch
+    is dropped, and ``start`` (in pieces, a multiple of ``B``) counts global batches already done.
     """
 
-    def __init__(self, n: int, shuffle: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        batch_size: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.n, self.shuffle, self.seed = int(n), shuffle, int(seed)
         self.epoch, self.start = 0, 0
+        self.rank, self.world_size = int(rank), int(world_size)
+        if self.world_size > 1:
+            if batch_size is None or batch_size % self.world_size:
+                raise ValueError(
+                    f"global batch size {batch_size} must be divisible by the {world_size} processes"
+                )
+            if not 0 <= self.rank < self.world_size:
+                raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.batch_size = batch_size
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = int(epoch), int(start)
@@ -225,10 +253,19 @@ class EpochSampler(Sampler[int]):
         return torch.randperm(self.n, generator=gen).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.epoch)[self.start :])
+        order = self.order(self.epoch)
+        if self.world_size == 1:
+            return iter(order[self.start :])
+        return iter(order[i] for i in self._positions())
+
+    def _positions(self) -> list[int]:
+        """This rank's positions in the epoch's order, global batch after global batch."""
+        size, share = self.batch_size, self.batch_size // self.world_size
+        first = self.rank * share
+        return [j * size + first + i for j in range(self.start // size, self.n // size) for i in range(share)]
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.n - self.start if self.world_size == 1 else len(self._positions())
 
 
 def make_loader(
@@ -239,11 +276,22 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """DataLoader with :func:`collate` and an :class:`EpochSampler` (``loader.sampler.set_epoch(k)``)."""
+    """DataLoader with :func:`collate` and an :class:`EpochSampler` (``loader.sampler.set_epoch(k)``).
+
+    ``batch_size`` is the global batch: with ``world_size`` processes each loads ``batch_size /
+    world_size`` pieces per step (its share of the same global batch a single process would load).
+    """
     n = len(dataset)
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if batch_size % world_size:
+        raise DataError(
+            f"batch size {batch_size} cannot be split evenly over {world_size} processes (the batch size "
+            f"is the global batch, each process takes batch/processes); use a multiple of {world_size}"
+        )
     if batch_size > n:
         raise DataError(
             f"batch size {batch_size} is larger than the dataset ({n} pieces); lower the batch size "
@@ -252,8 +300,8 @@ def make_loader(
     generator = torch.Generator().manual_seed(int(seed))  # seeds worker processes reproducibly
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(n, shuffle=shuffle, seed=seed),
+        batch_size=batch_size // world_size,
+        sampler=EpochSampler(n, shuffle, seed, batch_size, rank, world_size),
         collate_fn=collate,
         num_workers=num_workers,
         drop_last=drop_last,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["METRIC_FIELDS", "RunLog"]
+__all__ = ["METRIC_FIELDS", "NullLog", "RunLog"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,3 +111,12 @@ class RunLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class NullLog:
+    """What ranks other than 0 log to in a multi-process run: nothing (rank 0 writes for all)."""
+
+    def log_step(self, *args, **kwargs) -> None: ...
+    def log_mels(self, *args, **kwargs) -> None: ...
+    def plot(self, *args, **kwargs) -> None: ...
+    def close(self) -> None: ...

@@ -3,6 +3,9 @@
 It reads top to bottom like nanoGPT's train.py. Optimizers come only from the registry
 (`arvc.optim.build_optimizer`), schedulers from `build_scheduler(..., "auto")`, stepped once per epoch
 as RVC does. Everything needed to continue a run bit for bit is in its checkpoints.
+
+Under torchrun each process runs this same loop on its share of every global batch (`distributed.py`
+holds what differs: DDP wrapping, ZeRO, collectives, rank 0 alone writing).
 """
 
 from __future__ import annotations
@@ -11,14 +14,13 @@ import contextlib
 import json
 import logging
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from arvc.optim import build_optimizer, build_scheduler, get_spec
+from arvc.optim import build_scheduler
 from arvc.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -34,23 +36,21 @@ from arvc.train.checkpoint import (
 )
 from arvc.train.config import RunConfig
 from arvc.train.data import VoiceDataset, make_loader
+from arvc.train.distributed import Ranks, process_group
+from arvc.train.errors import TrainError
 from arvc.train.export import export_generator
 from arvc.train.faults import StopOnSignal
-from arvc.train.logs import RunLog
+from arvc.train.logs import NullLog, RunLog
 from arvc.train.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.train.pretrained import load_pretrained_discriminator, load_pretrained_generator
+from arvc.train.run_optimizers import DEFAULT_LR, hyperparameters, make_optimizer, restore_optimizer
 from arvc.train.step import GanStep
 
-__all__ = ["PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
+__all__ = ["DEFAULT_LR", "PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-DEFAULT_LR = 1e-3  # the guide's start; see docs/training.md for the measurement behind it
-
-
-class TrainError(RuntimeError):
-    """Training cannot start or continue as asked; the message says why and what to do."""
 
 
 @dataclass
@@ -73,8 +73,9 @@ class TrainOptions:
     pretrained_g: Path | None = None  # RVC or arvc generator to start from (fine-tuning)
     pretrained_d: Path | None = None
     max_steps: int | None = None  # stop early (tests, quick looks); a checkpoint is still written
-    device: str = "cpu"
+    device: str = "cpu"  # "cuda": under torchrun each rank takes the GPU of its LOCAL_RANK
     max_bad_steps: int = 20  # consecutive non-finite steps before training stops
+    zero: bool = False  # shard optimizer state over the ranks (ZeroRedundancyOptimizer)
 
 
 @dataclass
@@ -105,65 +106,6 @@ class _Silent:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _optimizer_hyperparameters(opts: TrainOptions, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
-    """The optimizer settings of this run, resolved once and stored in every checkpoint.
-
-    On resume (`saved` = the checkpoint's record) every setting not given explicitly is the run's own;
-    asking for another optimizer starts that optimizer fresh from its defaults.
-    """
-    name = get_spec(opts.optimizer or (saved["name"] if saved else "AdamW")).name
-    previous = saved["hyperparameters"] if saved and saved["name"] == name else None
-    if previous is not None:
-        hp = {**previous, "betas": tuple(previous["betas"]), "kwargs": dict(previous["kwargs"])}
-        explicit = {
-            "lr": opts.lr,
-            "betas": None if opts.betas is None else tuple(opts.betas),
-            "eps": opts.eps,
-            "weight_decay": opts.weight_decay,
-            "use_8bit": opts.use_8bit,
-            "kwargs": opts.optimizer_kwargs,
-        }
-        changed = {k: v for k, v in explicit.items() if v is not None and _plain(v) != _plain(hp[k])}
-        if changed:
-            detail = ", ".join(f"{k}: {hp[k]!r} -> {v!r}" for k, v in changed.items())
-            raise TrainError(
-                f"Resuming keeps the run's {name} hyperparameters, but these differ ({detail}). "
-                "Drop those flags to resume as the run was, or start a new run."
-            )
-        return hp
-    kwargs = dict(opts.optimizer_kwargs or {})
-    if opts.precision == "bf16" and name == "AnyPrecisionAdamW" and not opts.use_8bit:
-        # The "brain" mode: bf16 weights, bf16 moments, Kahan-compensated updates.
-        for key, value in (
-            ("use_kahan_summation", True),
-            ("momentum_dtype", "bfloat16"),
-            ("variance_dtype", "bfloat16"),
-        ):
-            kwargs.setdefault(key, value)
-    return {
-        "optimizer": name,
-        "lr": next(lr for lr in (opts.lr, cfg.train.learning_rate, DEFAULT_LR) if lr is not None),
-        "betas": tuple(opts.betas if opts.betas is not None else cfg.train.betas),
-        "eps": opts.eps if opts.eps is not None else cfg.train.eps,
-        "weight_decay": opts.weight_decay,
-        "use_8bit": bool(opts.use_8bit),
-        "kwargs": kwargs,
-    }
-
-
-def _make_optimizer(params, hp: dict[str, Any]) -> torch.optim.Optimizer:
-    return build_optimizer(
-        hp["optimizer"],
-        params,
-        lr=hp["lr"],
-        betas=hp["betas"],
-        eps=hp["eps"],
-        weight_decay=hp["weight_decay"],
-        use_8bit=hp["use_8bit"],
-        **hp["kwargs"],
-    )
-
-
 def _resolve_resume(resume: Path) -> Path:
     resume = Path(resume)
     if resume.is_dir():
@@ -174,42 +116,19 @@ def _resolve_resume(resume: Path) -> Path:
     return resume
 
 
-def _restore_optimizer(name: str, optimizer, scheduler, saved: dict, hp: dict, epochs_done: int) -> None:
-    """Load a saved optimizer state only if the same optimizer wrote it; never mismatched state."""
-    saved_hp = saved["hyperparameters"]
-    if saved["name"] != hp["optimizer"] or saved_hp.get("use_8bit") != hp["use_8bit"]:
-        logger.warning(
-            "%s: checkpoint was trained with %s%s, this run uses %s%s — starting a fresh %s state "
-            "(the old optimizer state is not loaded)",
-            name,
-            saved["name"],
-            " (8-bit)" * bool(saved_hp.get("use_8bit")),
-            hp["optimizer"],
-            " (8-bit)" * bool(hp["use_8bit"]),
-            name,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # stepping the schedule forward without optimizer steps
-            for _ in range(epochs_done):
-                scheduler.step()
-        return
-    optimizer.load_state_dict(saved["state"])
-    scheduler.load_state_dict(saved["scheduler"])
-
-
-def _plain(value):
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 # ---------------------------------------------------------------------------------------------------------
 def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult:
-    """Train (or continue training) a voice model; returns where the results are."""
-    callbacks = callbacks or _Silent()
-    cfg, device, run_dir = opts.config, torch.device(opts.device), Path(opts.run_dir)
+    """Train (or continue training) a voice model; returns where the results are.
+
+    Started by torchrun (RANK, WORLD_SIZE, ... set), each process trains its share of every global batch
+    with DistributedDataParallel and rank 0 alone writes; see docs/distributed.md.
+    """
+    with process_group(opts.device) as ranks:
+        return _train(opts, callbacks if callbacks is not None and ranks.is_main else _Silent(), ranks)
+
+
+def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResult:
+    cfg, device, run_dir = opts.config, ranks.train_device(opts.device), Path(opts.run_dir)
     resume_from = _resolve_resume(opts.resume) if opts.resume is not None else None
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     precision = opts.precision or (checkpoint.get("precision", "fp32") if checkpoint else "fp32")
@@ -225,11 +144,18 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
             "--pretrained-g/--pretrained-d start a new run; a resumed run continues from its checkpoint"
         )
     cfg.validate()
-    hp = _optimizer_hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
+    hp = hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
+    zero = opts.zero and ranks.distributed
+    if opts.zero and not ranks.distributed:
+        logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
+    if zero and hp["use_8bit"]:
+        raise TrainError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
 
-    # --- data -------------------------------------------------------------------------------------------
+    # --- data: this rank's share of every global batch ------------------------------------------------
     dataset = VoiceDataset(opts.data_dir, cfg.data)
-    loader = make_loader(dataset, cfg.train.batch_size, seed=cfg.train.seed, drop_last=True)
+    loader = make_loader(
+        dataset, cfg.train.batch_size, seed=cfg.train.seed, drop_last=True, **ranks.sharding()
+    )
     steps_per_epoch = len(loader)
 
     # --- models -----------------------------------------------------------------------------------------
@@ -245,10 +171,14 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
         # AnyPrecisionAdamW's bf16 mode keeps the weights themselves in bf16 (Kahan on by default).
         net_g.to(torch.bfloat16)
         net_d.to(torch.bfloat16)
-    g_forward, d_forward = (torch.compile(net_g), torch.compile(net_d)) if opts.compile else (net_g, net_d)
 
-    # --- optimizers and per-epoch schedulers, from the registry ----------------------------------------
-    optim_g, optim_d = _make_optimizer(net_g.parameters(), hp), _make_optimizer(net_d.parameters(), hp)
+    # --- optimizers and per-epoch schedulers, from the registry (--zero: each rank steps a shard) ------
+    def build(params) -> torch.optim.Optimizer:
+        if zero:
+            return ranks.zero(params, lambda shard: make_optimizer(shard, hp), hp["lr"])
+        return make_optimizer(params, hp)
+
+    optim_g, optim_d = build(net_g.parameters()), build(net_d.parameters())
     sched_g = build_scheduler(optim_g, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
     sched_d = build_scheduler(optim_d, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
     if hasattr(callbacks, "on_optimizers"):
@@ -261,22 +191,45 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
         net_d.load_state_dict(checkpoint["discriminator"])
         epochs_done, step = checkpoint["epoch"], checkpoint["step"]
         batches_done = checkpoint.get("batch_in_epoch", 0)
-        _restore_optimizer("generator", optim_g, sched_g, checkpoint["optim_g"], hp, epochs_done)
-        _restore_optimizer("discriminator", optim_d, sched_d, checkpoint["optim_d"], hp, epochs_done)
+        restore_optimizer("generator", optim_g, sched_g, checkpoint["optim_g"], hp, epochs_done)
+        restore_optimizer("discriminator", optim_d, sched_d, checkpoint["optim_d"], hp, epochs_done)
         scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"])
+        if not ranks.distributed:
+            set_rng_state(checkpoint["rng"])
         logger.info(
             "resumed %s: %d epochs + %d batches done, step %d", resume_from, epochs_done, batches_done, step
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    log = RunLog(run_dir, resume_step=step if checkpoint is not None else None)
-    train_step = GanStep(cfg, net_g, net_d, g_forward, d_forward, optim_g, optim_d, scaler, precision)
+    if ranks.distributed:
+        ranks.seed(cfg.train.seed, step)  # each rank's own RNG; training noise is per item (model/noise.py)
+
+    def prepare_run_dir() -> RunLog:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        return RunLog(run_dir, resume_step=step if checkpoint is not None else None)
+
+    log = ranks.on_main(prepare_run_dir, f"prepare {run_dir}") or NullLog()
+    # DDP around the models that take gradients; G's phase calls D unwrapped (its parameters are frozen).
+    g_forward, d_forward, d_frozen = ranks.wrap(net_g), ranks.wrap(net_d), net_d
+    if opts.compile:
+        g_forward, d_forward = torch.compile(g_forward), torch.compile(d_forward)
+        d_frozen = torch.compile(net_d) if ranks.distributed else d_forward
+    elif not ranks.distributed:
+        d_frozen = d_forward
+    train_step = GanStep(
+        cfg, net_g, net_d, g_forward, d_forward, optim_g, optim_d, scaler, precision, d_frozen, ranks
+    )
 
     def save(epochs_done: int, batches_done: int) -> Path:
-        """Checkpoint after `epochs_done` whole epochs plus `batches_done` batches of the next one."""
+        """Checkpoint after `epochs_done` whole epochs plus `batches_done` batches of the next one.
+
+        Collective: ZeRO state is gathered on rank 0, which writes while the others wait."""
         path = checkpoint_path(run_dir, epochs_done, step)
+        ranks.consolidate(optim_g, optim_d)
+        ranks.on_main(lambda: write(path, epochs_done, batches_done), "write a checkpoint")
+        return path
+
+    def write(path: Path, epochs_done: int, batches_done: int) -> None:
         state = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -304,7 +257,6 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
             ) from error
         if cfg.train.keep_last:
             prune_checkpoints(run_dir, cfg.train.keep_last)
-        return path
 
     # --- the loop ---------------------------------------------------------------------------------------
     callbacks.on_start(cfg.train.epochs, steps_per_epoch, epochs_done + 1)
@@ -316,7 +268,7 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
             loader.sampler.set_epoch(epoch, start=batches_done * cfg.train.batch_size)
             for batch in loader:
                 started = time.perf_counter()
-                result = train_step(batch.to(device))
+                result = train_step(batch.to(device), step + 1)
                 step, batches_done, losses = step + 1, batches_done + 1, result.losses
                 bad_steps = bad_steps + 1 if result.skipped else 0
                 if result.skipped:
@@ -348,8 +300,9 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
                         f"({latest_checkpoint(run_dir)}); resume from it with a lower --lr."
                     )
                 callbacks.on_step(epoch, step, losses, lr_g)
-                if stop_signal.requested or (opts.max_steps is not None and step >= opts.max_steps):
-                    stopped_by = stop_signal.requested or "max_steps"
+                limit = "max_steps" if opts.max_steps is not None and step >= opts.max_steps else None
+                stopped_by = ranks.stop_reason(stop_signal.requested or limit)  # all ranks stop together
+                if stopped_by:
                     break
             if stopped_by and batches_done < steps_per_epoch:
                 last_checkpoint = save(epoch - 1, batches_done)  # mid-epoch: resume continues this epoch
@@ -367,11 +320,13 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
     log.plot()
     log.close()
     if stopped_by not in (None, "max_steps"):
-        logger.warning("stopped by %s after step %d; continue with --resume %s", stopped_by, step, run_dir)
+        if ranks.is_main:  # the other ranks stopped with it
+            message = "stopped by %s after step %d; continue with --resume %s"
+            logger.warning(message, stopped_by, step, run_dir)
         return TrainResult(epochs_done, step, last_checkpoint, {}, losses, stopped_by)
-    exports = export_generator(
-        net_g, cfg, run_dir / "export", info=f"arvc {hp['optimizer']} epoch {epochs_done}"
-    )
+    info = f"arvc {hp['optimizer']} epoch {epochs_done}"
+    exports = ranks.on_main(lambda: export_generator(net_g, cfg, run_dir / "export", info=info), "export")
+    exports = exports or {}  # the model is exported by rank 0
     logger.info("done: %d epochs, %d steps; model in %s", epochs_done, step, run_dir / "export")
     return TrainResult(epochs_done, step, last_checkpoint, exports, losses, stopped_by)
 

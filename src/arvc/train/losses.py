@@ -63,14 +63,21 @@ def feature_matching_loss(
 
 
 def kl_loss(
-    z_p: torch.Tensor, logs_q: torch.Tensor, m_p: torch.Tensor, logs_p: torch.Tensor, z_mask: torch.Tensor
+    z_p: torch.Tensor,
+    logs_q: torch.Tensor,
+    m_p: torch.Tensor,
+    logs_p: torch.Tensor,
+    z_mask: torch.Tensor,
+    frames: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KL between posterior and prior, estimated at the flowed sample ``z_p`` (VITS/RVC).
 
     Per element ``logs_p - logs_q - 1/2 + (z_p - m_p)^2 / (2 exp(2 logs_p))``, summed under
     ``z_mask`` and divided by the mask's sum (so by valid frames, not frames x channels).
-    All inputs are ``[B, C, T]`` except ``z_mask [B, 1, T]``.
+    All inputs are ``[B, C, T]`` except ``z_mask [B, 1, T]``. ``frames`` replaces the divisor: a
+    multi-process run passes the global batch's valid frames / ranks, so the ranks' mean is the KL of
+    the whole batch.
     """
     z_p, logs_q, m_p, logs_p, z_mask = (t.float() for t in (z_p, logs_q, m_p, logs_p, z_mask))
     kl = logs_p - logs_q - 0.5 + 0.5 * (z_p - m_p) ** 2 * torch.exp(-2.0 * logs_p)
-    return torch.sum(kl * z_mask) / torch.sum(z_mask)
+    return torch.sum(kl * z_mask) / (torch.sum(z_mask) if frames is None else frames)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import noise
+
 __all__ = [
     "count_parameters",
     "gated_activation",
@@ -50,12 +52,13 @@ def rand_slice_segments(
 
     The uniform draw happens on the CPU generator (as in RVC), so the windows do not depend
     on the device.  Items shorter than ``size`` start at 0 (RVC would pick a negative start).
+    In training the draw is per item (:mod:`.noise`).
     """
     batch, _, total = x.shape
     if lengths is None:
         lengths = torch.full((batch,), total, dtype=torch.long)
     max_start = lengths.to("cpu") - size + 1
-    starts = (torch.rand([batch]) * max_start).to(dtype=torch.long).clamp_(min=0).to(x.device)
+    starts = (noise.rand("slice", batch) * max_start).to(dtype=torch.long).clamp_(min=0).to(x.device)
     return slice_segments(x, starts, size), starts
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from . import attentions
+from . import attentions, noise
 from .commons import rand_slice_segments, sequence_mask, slice_segments
 from .modules import WN, Flip, ResidualCouplingLayer
 from .norm import remove_all_weight_norm
@@ -99,7 +99,7 @@ class PosteriorEncoder(nn.Module):
         x = self.enc(self.pre(x) * x_mask, x_mask, g=g)
         stats = self.proj(x) * x_mask
         m, logs = torch.split(stats, self.out_channels, dim=1)
-        z = (m + torch.randn_like(m) * torch.exp(logs)) * x_mask
+        z = (m + noise.randn_like("posterior", m, x_lengths) * torch.exp(logs)) * x_mask
         return z, m, logs, x_mask
 
 

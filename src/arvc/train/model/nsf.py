@@ -2,7 +2,8 @@
 
 The harmonic source makes pitch explicit, so the vocoder only has to shape timbre; it is
 injected at every upsampling stage through strided "noise convs".  Layout and behaviour follow
-RVC's ``GeneratorNSF``; all randomness comes from torch's global RNG, so seeding reproduces a run.
+RVC's ``GeneratorNSF``; randomness comes from torch's global RNG, so seeding reproduces a run (in
+training, from per-item generators: see :mod:`.noise`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import noise
 from .modules import LRELU_SLOPE, ResBlock1, ResBlock2
 from .norm import WNConvTranspose1d, remove_all_weight_norm
 
@@ -51,15 +53,15 @@ class SineGen(nn.Module):
         # Cycles advanced per sample, one value per frame and harmonic: [B, T, H].
         step = (f0.double().unsqueeze(-1) * harmonics / self.sampling_rate) % 1
         # Random start phase for the overtones; the fundamental starts at 0 (drawn like RVC).
-        start = torch.rand(f0.size(0), harmonics.numel(), device=f0.device)
+        start = noise.rand("sine_phase", f0.size(0), harmonics.numel(), device=f0.device)
         start[:, 0] = 0
         step = torch.repeat_interleave(step, upp, dim=1)
         phase = torch.cumsum(step, dim=1) + start.double().unsqueeze(1)
         sine = torch.sin(2 * math.pi * (phase % 1)).to(f0.dtype) * self.sine_amp
         uv = torch.repeat_interleave((f0 > self.voiced_threshold).to(f0.dtype), upp, dim=1).unsqueeze(-1)
         noise_amp = uv * self.noise_std + (1 - uv) * (self.sine_amp / 3)
-        noise = noise_amp * torch.randn_like(sine)
-        return sine * uv + noise, uv, noise
+        draw = noise_amp * noise.randn_like("sine_noise", sine)
+        return sine * uv + draw, uv, draw
 
 
 class SourceModuleHnNSF(nn.Module):

@@ -1,0 +1,328 @@
+"""Multi-process training (DistributedDataParallel, gloo on CPU) against one-process training.
+
+Every multi-process run here is `torchrun --standalone --nproc-per-node 2 ddp_worker.py` (or `arvc train
+--nproc 2`) in a subprocess with a timeout, so a hang fails the test instead of blocking CI. Runs use the
+tiny config with a global batch of 4 on the 11 pieces of the session's demo voice: 2 steps per epoch, so
+stopping at step 3 stops in the middle of epoch 2.
+
+How close is close. The two runs see the same pieces in every global batch and the same per-item noise,
+so their gradients agree to float summation order (~1e-6 relative, measured). Adam then divides each
+element's step by its own gradient scale, which turns float noise in near-zero gradients (an attention
+key bias, for one, has an exactly zero gradient in exact arithmetic) into full-size steps; that leaves
+the generator's weight *changes* about 1% apart after 4 steps (the discriminator's 2e-5). The tolerance
+below is checked against a control in the same test: a one-process run whose only difference is the
+noise (what per-rank noise would give) lands about 80% (generator) and 16% (discriminator) away, 25x
+and 80x beyond the tolerance.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from arvc.cli import app
+from arvc.optim import OPTIMIZERS
+from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
+from arvc.train.config import apply_overrides, load_config
+from arvc.train.model import MultiPeriodDiscriminator, Synthesizer
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+TIMEOUT = 240  # seconds for one torchrun launch; the slowest here takes about 60 on a 2-core CPU
+OVERRIDES = {"train.batch_size": 4, "train.epochs": 2, "train.save_every": 1, "train.log_interval": 1}
+TOLERANCE = {"generator": 0.03, "discriminator": 0.002}  # relative mismatch of weight changes, see above
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def launch(tmp: Path, name: str, specs: list[dict], nproc: int = 2) -> list[list[dict]]:
+    """Run the specs in `nproc` processes; per spec, every rank's outcome."""
+    for i, spec in enumerate(specs):
+        spec["result"] = str(tmp / f"{name}-{i}")
+        spec.setdefault("overrides", OVERRIDES)
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps(specs))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    done = subprocess.run(
+        [*command, str(WORKER), str(path)], env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [[_outcome(spec["result"], rank) for rank in range(nproc)] for spec in specs]
+
+
+def _outcome(result: str, rank: int) -> dict:
+    return json.loads(Path(f"{result}.rank{rank}.json").read_text())
+
+
+def one_process(run_dir: Path, data_dir: Path, noise_seed_offset: int = 0, **options) -> dict:
+    """The same worker code in this process (no torchrun: a one-process run)."""
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import ddp_worker
+    finally:
+        sys.path.pop(0)
+    import arvc.train.step as step
+
+    original = step.per_item_noise
+    spec = {
+        "options": {"run_dir": str(run_dir), "data_dir": str(data_dir), **options},
+        "overrides": OVERRIDES,
+        "noise_seed_offset": noise_seed_offset,
+    }
+    try:
+        return ddp_worker.run(spec)
+    finally:
+        step.per_item_noise = original
+
+
+def initial_weights() -> dict:
+    cfg = apply_overrides(load_config("tiny"), OVERRIDES)
+    torch.manual_seed(cfg.train.seed)  # as the loop builds them
+    generator, discriminator = Synthesizer(cfg), MultiPeriodDiscriminator(cfg)
+    return {"generator": generator.state_dict(), "discriminator": discriminator.state_dict()}
+
+
+def mismatch(run_dir: Path, reference_dir: Path) -> dict[str, float]:
+    """||Δrun − Δref|| / ||Δref|| per network, Δ = final weights − initial weights."""
+    run, ref, init = (
+        load_checkpoint(latest_checkpoint(run_dir)),
+        load_checkpoint(latest_checkpoint(reference_dir)),
+        initial_weights(),
+    )
+    out = {}
+    for net, start in init.items():
+        d_run = torch.cat([(run[net][k].float() - start[k].float()).flatten() for k in start])
+        d_ref = torch.cat([(ref[net][k].float() - start[k].float()).flatten() for k in start])
+        out[net] = float((d_run - d_ref).norm() / d_ref.norm())
+    return out
+
+
+def assert_close(run_dir: Path, reference_dir: Path) -> None:
+    found = mismatch(run_dir, reference_dir)
+    assert all(found[net] < TOLERANCE[net] for net in TOLERANCE), found
+
+
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """One-process reference runs, then one torchrun launch of the 2-process runs they are compared with."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = str(data_dir)
+    one_process(tmp / "one", data_dir, max_steps=4)  # the reference: 2 whole epochs
+    one_process(tmp / "one_3", data_dir, max_steps=3)  # stopped mid-epoch, for 1 -> 2 resume
+    outcomes = launch(
+        tmp,
+        "two",
+        [
+            {"options": {"run_dir": str(tmp / "two"), "data_dir": data, "max_steps": 4}},
+            {"options": {"run_dir": str(tmp / "two_3"), "data_dir": data, "max_steps": 3}},
+            {"options": {"run_dir": str(tmp / "zero_3"), "data_dir": data, "max_steps": 3, "zero": True}},
+            {"options": {"run_dir": str(tmp / "one_3_two"), "data_dir": data, "resume": str(tmp / "one_3")}},
+            {
+                "options": {
+                    "run_dir": str(tmp / "one_3_zero"),
+                    "data_dir": data,
+                    "resume": str(tmp / "one_3"),
+                    "zero": True,
+                }
+            },
+        ],
+    )
+    for outcome in outcomes:
+        assert all("error" not in rank for rank in outcome), outcome
+    one_process(tmp / "two_3_one", data_dir, resume=str(tmp / "two_3"))
+    one_process(tmp / "zero_3_one", data_dir, resume=str(tmp / "zero_3"))
+    return tmp, outcomes
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(runs, data_dir):
+    tmp, outcomes = runs
+    two = outcomes[0]
+    assert [rank["steps_done"] for rank in two] == [4, 4]
+    assert two[0]["losses"] == two[1]["losses"], "logged losses are averaged over the ranks"
+    reference = load_checkpoint(latest_checkpoint(tmp / "one"))
+    mine = load_checkpoint(latest_checkpoint(tmp / "two"))
+    assert mine["generator"].keys() == reference["generator"].keys(), "unwrapped (module.-free) state dicts"
+    assert mine["step"] == reference["step"] == 4
+    assert_close(tmp / "two", tmp / "one")
+
+    one_process(tmp / "control", data_dir, noise_seed_offset=1, max_steps=4)
+    control = mismatch(tmp / "control", tmp / "one")
+    assert all(control[net] > 10 * TOLERANCE[net] for net in TOLERANCE), control
+
+
+@pytest.mark.parametrize(
+    ("run", "what"),
+    [
+        ("one_3_two", "1 process -> 2 processes"),
+        ("two_3_one", "2 processes -> 1 process"),
+        ("one_3_zero", "1 process -> 2 processes with --zero"),
+        ("zero_3_one", "2 processes with --zero -> 1 process"),
+    ],
+)
+def test_resume_mid_epoch_across_world_sizes(runs, run, what):
+    tmp, _ = runs
+    assert load_checkpoint(latest_checkpoint(tmp / run))["step"] == 4, what
+    assert_close(tmp / run, tmp / "one")
+
+
+def test_zero_checkpoint_holds_the_consolidated_optimizer_state(runs):
+    tmp, _ = runs
+    zero, plain = (load_checkpoint(latest_checkpoint(tmp / name)) for name in ("zero_3", "two_3"))
+    assert zero["step"] == plain["step"] == 3 and zero["batch_in_epoch"] == 1
+    for key in ("optim_g", "optim_d"):
+        zs, ps = zero[key]["state"], plain[key]["state"]
+        assert zs["state"].keys() == ps["state"].keys(), "every parameter's state, from both shards"
+        assert [g["lr"] for g in zs["param_groups"]] == [g["lr"] for g in ps["param_groups"]]
+        for index, state in ps["state"].items():
+            assert float(zs["state"][index]["step"]) == float(state["step"]) == 3
+            assert torch.allclose(zs["state"][index]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+SMOKE = [
+    *[(name, {"optimizer": name}) for name in OPTIMIZERS],
+    ("AnyPrecisionAdamW-bf16", {"optimizer": "AnyPrecisionAdamW", "precision": "bf16"}),
+    ("AdamW-8bit", {"optimizer": "AdamW", "use_8bit": True}),
+    ("AdaBeliefV2-zero", {"optimizer": "AdaBeliefV2", "zero": True}),
+    ("AnyPrecisionAdamW-bf16-zero", {"optimizer": "AnyPrecisionAdamW", "precision": "bf16", "zero": True}),
+]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_dir):
+    """Two steps of every registry optimizer in 2 processes (one launch), then a failing save."""
+    pytest.importorskip("bitsandbytes")
+    tmp = tmp_path_factory.mktemp("smoke")
+    specs = [
+        {"options": {"run_dir": str(tmp / name), "data_dir": str(data_dir), "max_steps": 2, **options}}
+        for name, options in SMOKE
+    ]
+    full_disk = {"run_dir": str(tmp / "full_disk"), "data_dir": str(data_dir), "max_steps": 2}
+    specs.append({"options": full_disk, "fail_save": True})
+    outcomes = launch(tmp, "smoke", specs)
+    return tmp, dict(zip([name for name, _ in SMOKE] + ["full_disk"], outcomes, strict=True))
+
+
+@pytest.mark.parametrize("name", [name for name, _ in SMOKE])
+def test_every_registry_optimizer_trains_under_ddp(smoke, name):
+    tmp, outcomes = smoke
+    ranks = outcomes[name]
+    assert all("error" not in rank for rank in ranks), ranks[0].get("traceback") or ranks[1].get("traceback")
+    assert [rank["steps_done"] for rank in ranks] == [2, 2]
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in ranks[0]["losses"].values())
+    checkpoint = load_checkpoint(latest_checkpoint(tmp / name))
+    options = dict(SMOKE)[name]
+    assert checkpoint["optim_g"]["name"] == options["optimizer"]
+    assert checkpoint["optim_g"]["hyperparameters"]["use_8bit"] is bool(options.get("use_8bit"))
+    assert checkpoint["optim_g"]["state"]["state"], "the optimizer state was saved"
+    if options.get("zero"):  # consolidated: as many parameter states as the same optimizer without ZeRO
+        plain = load_checkpoint(latest_checkpoint(tmp / name.removesuffix("-zero")))
+        for key in ("optim_g", "optim_d"):
+            assert checkpoint[key]["state"]["state"].keys() == plain[key]["state"]["state"].keys()
+    if options.get("precision") == "bf16":
+        assert checkpoint["generator"]["dec.conv_pre.bias"].dtype == torch.bfloat16
+
+
+def test_a_failed_save_on_rank_0_stops_every_rank_with_the_error(smoke):
+    _, outcomes = smoke
+    rank0, rank1 = outcomes["full_disk"]
+    assert "could not write checkpoint" in rank0["error"] and "No space left" in rank0["error"]
+    assert "rank 0 could not write a checkpoint" in rank1["error"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, data_dir):
+    run_dir, pids = tmp_path / "run", tmp_path / "pids"
+    pids.mkdir()
+    spec = {
+        "options": {"run_dir": str(run_dir), "data_dir": str(data_dir)},
+        "overrides": {**OVERRIDES, "train.epochs": 200},
+        "pid_dir": str(pids),
+        "result": str(tmp_path / "signal"),
+    }
+    (tmp_path / "spec.json").write_text(json.dumps([spec]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    child = subprocess.Popen(
+        [*command, str(WORKER), str(tmp_path / "spec.json")],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        metrics = run_dir / "metrics.csv"
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+            assert time.monotonic() < deadline and child.poll() is None, "training did not start"
+            time.sleep(0.2)
+        os.kill(int((pids / "rank1.pid").read_text()), signal.SIGTERM)  # rank 1 only
+        output, _ = child.communicate(timeout=TIMEOUT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, output[-3000:]
+    ranks = [_outcome(spec["result"], rank) for rank in range(2)]
+    assert [rank["stopped_by"] for rank in ranks] == ["SIGTERM", "SIGTERM"], ranks
+    assert ranks[0]["steps_done"] == ranks[1]["steps_done"]
+    assert load_checkpoint(latest_checkpoint(run_dir))["step"] == ranks[0]["steps_done"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+def test_nproc_that_does_not_divide_the_batch_is_refused_before_any_work(tmp_path):
+    result = CliRunner().invoke(
+        app, ["train", "--runs-dir", str(tmp_path), "--batch-size", "4", "--nproc", "3", "--max-steps", "1"]
+    )
+    assert result.exit_code == 1
+    assert "batch size 4 cannot be split over 3 processes" in result.output
+    assert not (tmp_path / "demo").exists()
+
+
+def test_arvc_train_nproc_2_ctrl_c_then_resume(tmp_path, data_dir):
+    """`arvc train --nproc 2`: Ctrl-C (to the process group, as a terminal sends it) stops both ranks,
+    rank 0 alone saves and reports, exit status 0; `--resume --nproc 2` continues from there."""
+    import shutil
+
+    run_dir = tmp_path / "runs" / "wav"
+    shutil.copytree(data_dir, run_dir / "data")  # preprocessed already: preparing again skips every file
+    command = [sys.executable, "-m", "arvc", "train", "--runs-dir", str(tmp_path / "runs"), "--nproc", "2"]
+    first = subprocess.Popen(
+        [*command, str(data_dir.parent / "wav"), "--batch-size", "4", "--epochs", "200"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        deadline, metrics = time.monotonic() + TIMEOUT, run_dir / "metrics.csv"
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert time.monotonic() < deadline and first.poll() is None, "training did not start"
+            time.sleep(0.2)
+        os.killpg(first.pid, signal.SIGINT)
+        output, _ = first.communicate(timeout=TIMEOUT)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0, output[-3000:]
+    assert output.count("continue with: arvc") == 1, output[-3000:]  # rank 0 alone reports
+    stopped_at = load_checkpoint(latest_checkpoint(run_dir))["step"]
+
+    resume = [*command, "--resume", str(run_dir), "--max-steps", str(stopped_at + 1)]
+    done = subprocess.run(resume, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count(f"({stopped_at + 1} steps)") == 1, done.stdout
+    assert load_checkpoint(latest_checkpoint(run_dir))["step"] == stopped_at + 1
+    assert (run_dir / "export" / "model.safetensors").is_file()
