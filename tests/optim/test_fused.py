@@ -334,3 +334,18 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, caplog):
     _fused._remove_stale_lock(tmp_path / "absent")
     assert not stale.exists() and fresh.exists()
     assert "stale build lock" in caplog.text
+
+
+@pytest.mark.parametrize("cls", [AdaBelief, AdaBeliefV2, AnyPrecisionAdamW, RAdam])
+def test_a_fused_step_counts_as_an_in_place_change_for_autograd(cls):
+    """Like torch's own optimizers: backward through a graph that saved the old weights fails loudly."""
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    optimizer = cls([weight], lr=1e-2, fused=True)
+    x = torch.randn(2, 4, requires_grad=True)
+    loss = (x @ weight).pow(2).sum()  # saves `weight` for the gradient of x
+    weight.grad = torch.randn(4, 4)
+    version = weight._version
+    optimizer.step()
+    assert weight._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

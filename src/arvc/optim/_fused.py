@@ -22,7 +22,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FUSED_DEVICES", "FUSED_DTYPES", "FusedUnavailable", "fused_kernels", "resolve_fused"]
+__all__ = [
+    "FUSED_DEVICES",
+    "FUSED_DTYPES",
+    "FusedUnavailable",
+    "fused_kernels",
+    "mark_modified",
+    "resolve_fused",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +158,13 @@ def resolve_fused(name: str, fused: bool | None, foreach: bool | None, params: l
         logger.debug("%s: fused unavailable, using foreach", name)
         return False
     return True
+
+
+def mark_modified(*tensor_lists) -> None:
+    """Bump the autograd version of tensors the kernel wrote through raw pointers, as an in-place torch op
+    would: backward through a graph that saved a parameter's old value then fails loudly, as with torch's
+    own optimizers, instead of silently using the new value."""
+    from torch.autograd.graph import increment_version
+
+    for tensors in tensor_lists:
+        increment_version([t for t in tensors if t is not None])

@@ -30,7 +30,7 @@ from arvc.optim._functional import (
     load_state_dict_keeping_dtypes,
     params_with_grad,
 )
-from arvc.optim._fused import FUSED_DEVICES, FUSED_DTYPES, fused_kernels, resolve_fused
+from arvc.optim._fused import FUSED_DEVICES, FUSED_DTYPES, fused_kernels, mark_modified, resolve_fused
 
 __all__ = ["AdaBelief", "adabelief"]
 
@@ -303,3 +303,4 @@ def _fused_adabelief(
         eps,
         weight_decay,
     )
+    mark_modified(params, exp_avgs, exp_avg_vars, max_exp_avg_vars if amsgrad else [])

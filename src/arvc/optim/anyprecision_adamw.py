@@ -30,7 +30,7 @@ from arvc.optim._functional import (
     rounding_seed,
     stochastic_round_,
 )
-from arvc.optim._fused import FUSED_DEVICES, FUSED_DTYPES, fused_kernels, resolve_fused
+from arvc.optim._fused import FUSED_DEVICES, FUSED_DTYPES, fused_kernels, mark_modified, resolve_fused
 
 __all__ = ["AnyPrecisionAdamW", "any_precision_adamw"]
 
@@ -384,3 +384,4 @@ def _fused_any_precision_adamw(
         seed,
         stochastic_rounding,
     )
+    mark_modified(params, exp_avgs, exp_avg_sqs, compensations)

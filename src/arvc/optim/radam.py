@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from arvc.optim._functional import evaluate_closure, load_state_dict_keeping_dtypes
-from arvc.optim._fused import FUSED_DEVICES, fused_kernels, resolve_fused
+from arvc.optim._fused import FUSED_DEVICES, fused_kernels, mark_modified, resolve_fused
 
 __all__ = ["RAdam"]
 
@@ -118,4 +118,5 @@ class RAdam(torch.optim.RAdam):
                 group["decoupled_weight_decay"],
                 group["maximize"],
             )
+            mark_modified(params, exp_avgs, exp_avg_sqs)
         return loss
