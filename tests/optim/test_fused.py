@@ -349,3 +349,95 @@ def test_a_fused_step_counts_as_an_in_place_change_for_autograd(cls):
     assert weight._version > version
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+# --- found by an independent review of the kernels ------------------------------------------------------
+def test_channels_last_parameters_round_with_the_same_bits():
+    """The kernel walks memory in order; the reference hashes each element's memory position too, so a
+    channels_last parameter's stochastically rounded moments agree as a contiguous one's do."""
+    torch.manual_seed(3)
+    start = torch.randn(8, 16, 5, 7).to(memory_format=torch.channels_last)
+    grad = torch.randn(8, 16, 5, 7).to(memory_format=torch.channels_last)
+    states = []
+    for path in ({"foreach": False}, {"fused": True}):
+        param = torch.nn.Parameter(start.clone(memory_format=torch.channels_last))
+        optimizer = AnyPrecisionAdamW([param], lr=1e-3, momentum_dtype="bf16", variance_dtype="bf16", **path)
+        param.grad = grad.clone(memory_format=torch.channels_last)
+        optimizer.step()
+        states.append(optimizer.state[param])
+    for key in ("exp_avg", "exp_avg_sq"):
+        differ = (states[0][key] != states[1][key]).float().mean().item()
+        assert differ <= 0.005, f"{key}: {differ:.1%} of elements differ"
+
+
+def test_amsgrad_maximum_keeps_a_nan_as_torch_maximum_does():
+    runs = []
+    for path in ({"foreach": False}, {"fused": True}):
+        param = torch.nn.Parameter(torch.zeros(2))
+        optimizer = AdaBeliefV2([param], lr=1e-3, **path)
+        for grad in ([0.5, 0.5], [float("inf"), 0.5], [0.5, 0.5]):
+            param.grad = torch.tensor(grad)
+            optimizer.step()
+        runs.append((param.detach().clone(), optimizer.state[param]["max_exp_avg_var"].clone()))
+    (p_ref, m_ref), (p_fused, m_fused) = runs
+    assert torch.equal(p_ref.isnan(), p_fused.isnan()) and torch.equal(m_ref.isnan(), m_fused.isnan())
+    assert m_ref[0].isnan()
+
+
+def test_state_follows_a_parameter_converted_to_channels_last():
+    """State made for a contiguous parameter, then `model.to(memory_format=channels_last)`: the fused step
+    re-lays the state out (same tensor objects) instead of failing, and matches the reference."""
+    runs = []
+    for path in ({"foreach": False}, {"fused": True}):
+        torch.manual_seed(4)
+        param = torch.nn.Parameter(torch.randn(4, 6, 3, 3))
+        optimizer = AdaBelief([param], lr=1e-2, **path)
+        param.grad = torch.randn(4, 6, 3, 3)
+        optimizer.step()
+        buffer = optimizer.state[param]["exp_avg"]
+        param.data = param.data.to(memory_format=torch.channels_last)
+        param.grad = torch.randn(4, 6, 3, 3).to(memory_format=torch.channels_last)
+        optimizer.step()
+        assert optimizer.state[param]["exp_avg"] is buffer
+        runs.append(param.detach().clone())
+    torch.testing.assert_close(runs[1], runs[0], atol=1e-6, rtol=1e-6)
+
+
+def test_a_refused_step_changes_nothing():
+    good = torch.nn.Parameter(torch.zeros(3))
+    bad = torch.nn.Parameter(torch.zeros(3))
+    optimizer = AdaBelief([good, bad], lr=1e-2, fused=True)
+    good.grad, bad.grad = torch.ones(3), torch.ones(3)
+    optimizer.step()
+    optimizer.state[bad]["exp_avg"] = torch.zeros(4)  # corrupt the second parameter's state
+    with pytest.raises(RuntimeError, match="elements"):
+        optimizer.step()
+    assert optimizer.state[good]["step"].item() == 1.0  # the first parameter's counter did not move
+
+
+@pytest.mark.parametrize("seed", [2**63 + 5, -7])
+def test_any_int_seed_rounds_as_the_reference(seed):
+    states = []
+    for path in ({"foreach": False}, {"fused": True}):
+        param = torch.nn.Parameter(torch.linspace(-1, 1, 5000))
+        optimizer = AnyPrecisionAdamW([param], lr=1e-3, variance_dtype="bf16", seed=seed, **path)
+        param.grad = torch.linspace(1, 2, 5000)
+        optimizer.step()
+        states.append(optimizer.state[param]["exp_avg_sq"])
+    assert (states[0] != states[1]).float().mean().item() <= 0.005
+
+
+def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_run(tmp_path):
+    """torch waits forever on its build lock file; a fresh one left by a killed build must not block."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    code = "from arvc.optim import _fused; _fused.fused_kernels(); print('ok')"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)  # build once
+    (build_directory,) = tmp_path.glob("arvc_fused_cpu_*")
+    (build_directory / "lock").touch()  # what a build killed mid-way leaves behind
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr
+    assert not (build_directory / "lock").exists()

@@ -173,8 +173,12 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int, lane: int
     if dst.dtype not in LOW_PRECISION_DTYPES:
         dst.copy_(src)
         return
-    src = src.to(torch.float32).contiguous()
-    bits = random_bits(src.numel(), seed, src.device).view(src.shape)
+    src = src.to(torch.float32)
+    if src.stride() != dst.stride() or not _dense(src):
+        src = src.contiguous()
+    # Each element's bits come from its position in *memory*, as in the fused kernel (which walks memory
+    # in order): for a contiguous tensor that is its index; a channels_last one gets the kernel's bits too.
+    bits = random_bits(src.numel(), seed, src.device).as_strided(src.shape, src.stride())
     if dst.dtype == torch.bfloat16:
         noise = (bits >> 16 if lane else bits.bitwise_and_(0xFFFF)).to(torch.int32)
         finite = torch.isfinite(src)
@@ -196,6 +200,17 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int, lane: int
     uniform = (bits >> 8).to(torch.float32).mul_(2.0**-24)  # 24 bits: exact in float32
     take_neighbour = (uniform < probability) & torch.isfinite(neighbour)
     dst.copy_(torch.where(take_neighbour, neighbour, nearest))
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether `t` covers a block of memory exactly once (contiguous in some dimension order)."""
+    expected = 1
+    dims = sorted(((st, sz) for sz, st in zip(t.shape, t.stride(), strict=True) if sz != 1))
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def group_tensors_by_device_and_dtype(tensor_lists: list[list]) -> dict:

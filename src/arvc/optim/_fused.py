@@ -9,6 +9,7 @@ their foreach path with one warning that says why; nothing else changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import logging
@@ -27,8 +28,11 @@ __all__ = [
     "FUSED_DTYPES",
     "FusedUnavailable",
     "fused_kernels",
+    "kernel_seed",
     "mark_modified",
+    "relayout_state",
     "resolve_fused",
+    "run_kernel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,10 +78,9 @@ def _build():
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     build_directory = root / f"arvc_fused_cpu_{key}"
     build_directory.mkdir(parents=True, exist_ok=True)
-    _remove_stale_lock(build_directory / "lock")
-    if not any(build_directory.glob("*.so")):
-        logger.info("building arvc's fused CPU optimizer kernels (first use on this machine; cached after)")
-    with importlib.resources.as_file(sources) as folder:
+    with _exclusive(build_directory), importlib.resources.as_file(sources) as folder:
+        if not any(build_directory.glob("*.so")):
+            logger.info("building arvc's fused CPU optimizer kernels (first use here; cached after)")
         cpp_extension.load(
             name=f"arvc_fused_cpu_{key}",
             sources=[str(folder / "fused_cpu.cpp")],
@@ -92,12 +95,38 @@ def _build():
     return torch.ops.arvc_fused
 
 
+@contextlib.contextmanager
+def _exclusive(build_directory: Path):
+    """One arvc process at a time builds or loads in `build_directory`.
+
+    torch's own build lock is a plain file it waits on forever; one left by a build that was killed
+    (Ctrl-C during the first run) would hang every later run. arvc holds an OS lock (flock, released by
+    the kernel when its holder dies) around torch's; whoever holds it knows any torch lock file it finds
+    is stale and removes it. Without flock (Windows) a torch lock older than any real build is removed.
+    """
+    torch_lock = build_directory / "lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        _remove_stale_lock(torch_lock)
+        yield
+        return
+    with open(build_directory / "arvc.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            if torch_lock.exists():
+                logger.warning("removing a build lock left by an interrupted build: %s", torch_lock)
+                torch_lock.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
 _STALE_LOCK_SECONDS = 600  # a build takes seconds to a few minutes; an older lock was left by a killed build
 
 
 def _remove_stale_lock(lock: Path) -> None:
-    """torch waits forever on the build lock; one left by an interrupted build (Ctrl-C, kill) would hang
-    every later run, so a lock older than any real build is removed, with a warning."""
+    """Without flock: a torch build lock older than any real build was left by an interrupted one."""
     try:
         age = time.time() - lock.stat().st_mtime
     except FileNotFoundError:
@@ -168,3 +197,39 @@ def mark_modified(*tensor_lists) -> None:
 
     for tensors in tensor_lists:
         increment_version([t for t in tensors if t is not None])
+
+
+def relayout_state(params, *buffer_lists) -> bool:
+    """Give state buffers their parameter's memory layout again (in place, same tensor objects).
+
+    The kernel walks memory in order, so it needs each buffer laid out like its parameter; after
+    `model.to(memory_format=torch.channels_last)` or loading contiguous state into such a model they
+    differ. Returns whether anything was changed.
+    """
+    changed = False
+    for buffers in buffer_lists:
+        for param, buffer in zip(params, buffers, strict=True):
+            if buffer is not None and buffer.stride() != param.stride():
+                relaid = torch.empty_like(param, dtype=buffer.dtype)
+                relaid.copy_(buffer)
+                buffer.set_(relaid)
+                changed = True
+    return changed
+
+
+def run_kernel(kernel, args: tuple, params, *buffer_lists) -> None:
+    """Run `kernel(*args)`; if it refuses a state layout, re-lay the state out like the parameters and
+    run it once more (the kernel checks everything before it changes anything, step counters included)."""
+    try:
+        kernel(*args)
+    except RuntimeError as error:
+        if "memory layout" not in str(error) or not relayout_state(params, *buffer_lists):
+            raise
+        kernel(*args)
+
+
+def kernel_seed(seed: int) -> int:
+    """The seed as the kernel's int64 argument: the same 64 bits as `seed & (2**64 - 1)`, which is what
+    `rounding_seed` hashes (so seeds >= 2**63 or negative ones round exactly as the reference does)."""
+    seed &= (1 << 64) - 1
+    return seed - (1 << 64) if seed >= 1 << 63 else seed

@@ -30,7 +30,14 @@ from arvc.optim._functional import (
     load_state_dict_keeping_dtypes,
     params_with_grad,
 )
-from arvc.optim._fused import FUSED_DEVICES, FUSED_DTYPES, fused_kernels, mark_modified, resolve_fused
+from arvc.optim._fused import (
+    FUSED_DEVICES,
+    FUSED_DTYPES,
+    fused_kernels,
+    mark_modified,
+    resolve_fused,
+    run_kernel,
+)
 
 __all__ = ["AdaBelief", "adabelief"]
 
@@ -289,18 +296,26 @@ def _fused_adabelief(
     """The same update in one C++ pass over all tensors (_fused_cpu/adabelief.h)."""
     if not params:
         return
-    fused_kernels().adabelief_(
+    smax = max_exp_avg_vars if amsgrad else []
+    run_kernel(
+        fused_kernels().adabelief_,
+        (
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_vars,
+            smax,
+            steps,
+            amsgrad,
+            float(lr),
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        ),
         params,
-        grads,
         exp_avgs,
         exp_avg_vars,
-        max_exp_avg_vars if amsgrad else [],
-        steps,
-        amsgrad,
-        float(lr),
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
+        smax or [None] * len(params),
     )
     mark_modified(params, exp_avgs, exp_avg_vars, max_exp_avg_vars if amsgrad else [])

@@ -30,7 +30,15 @@ from arvc.optim._functional import (
     rounding_seed,
     stochastic_round_,
 )
-from arvc.optim._fused import FUSED_DEVICES, FUSED_DTYPES, fused_kernels, mark_modified, resolve_fused
+from arvc.optim._fused import (
+    FUSED_DEVICES,
+    FUSED_DTYPES,
+    fused_kernels,
+    kernel_seed,
+    mark_modified,
+    resolve_fused,
+    run_kernel,
+)
 
 __all__ = ["AnyPrecisionAdamW", "any_precision_adamw"]
 
@@ -368,20 +376,27 @@ def _fused_any_precision_adamw(
     """The same update in one C++ pass over all tensors (_fused_cpu/any_precision_adamw.h)."""
     if not params:
         return
-    fused_kernels().any_precision_adamw_(
+    run_kernel(
+        fused_kernels().any_precision_adamw_,
+        (
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            compensations,
+            steps,
+            param_indices,
+            float(lr),
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            kernel_seed(seed),
+            stochastic_rounding,
+        ),
         params,
-        grads,
         exp_avgs,
         exp_avg_sqs,
         compensations,
-        steps,
-        param_indices,
-        float(lr),
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        seed,
-        stochastic_rounding,
     )
     mark_modified(params, exp_avgs, exp_avg_sqs, compensations)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from arvc.optim._functional import evaluate_closure, load_state_dict_keeping_dtypes
-from arvc.optim._fused import FUSED_DEVICES, fused_kernels, mark_modified, resolve_fused
+from arvc.optim._fused import FUSED_DEVICES, fused_kernels, mark_modified, resolve_fused, run_kernel
 
 __all__ = ["RAdam"]
 
@@ -104,19 +104,25 @@ class RAdam(torch.optim.RAdam):
                     decoupled_weight_decay=group["decoupled_weight_decay"],
                 )
                 continue
-            fused_kernels().radam_(
+            run_kernel(
+                fused_kernels().radam_,
+                (
+                    params,
+                    grads,
+                    exp_avgs,
+                    exp_avg_sqs,
+                    steps,
+                    float(group["lr"]),
+                    beta1,
+                    beta2,
+                    group["eps"],
+                    group["weight_decay"],
+                    group["decoupled_weight_decay"],
+                    group["maximize"],
+                ),
                 params,
-                grads,
                 exp_avgs,
                 exp_avg_sqs,
-                steps,
-                float(group["lr"]),
-                beta1,
-                beta2,
-                group["eps"],
-                group["weight_decay"],
-                group["decoupled_weight_decay"],
-                group["maximize"],
             )
             mark_modified(params, exp_avgs, exp_avg_sqs)
         return loss

@@ -34,7 +34,8 @@ void adabelief_block(float* __restrict__ p, const float* __restrict__ g, float* 
     m[j] = momentum;
     s[j] = belief;
     if (AMSGRAD) {
-      belief = std::max(smax[j], belief);
+      const float previous = smax[j];  // torch.maximum: a NaN on either side wins (std::max would drop it)
+      belief = std::isnan(previous) ? previous : (previous > belief ? previous : belief);
       smax[j] = belief;
     }
     const float denom = std::sqrt(belief) / bias_correction2_sqrt + eps;
@@ -62,7 +63,7 @@ void adabelief_(at::TensorList params, at::TensorList grads, at::TensorList exp_
     }
     if (amsgrad) check_tensor(max_exp_avg_vars[i], param, "state");
     grads_laid_out[i] = matching_grad(grads[i], param);
-    const double step = static_cast<double>(advance_step(steps[i]));
+    const double step = static_cast<double>(next_step(steps[i]));
     scalars[i] = {static_cast<float>(1.0 - lr * weight_decay),
                   static_cast<float>(beta1),
                   static_cast<float>(1.0 - beta1),
@@ -72,6 +73,7 @@ void adabelief_(at::TensorList params, at::TensorList grads, at::TensorList exp_
                   static_cast<float>(std::sqrt(1.0 - std::pow(beta2, step))),
                   static_cast<float>(-lr / (1.0 - std::pow(beta1, step)))};
   }
+  commit_steps(steps);
   const std::vector<Chunk> chunks = make_chunks(params);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
     alignas(64) float p_scratch[kBlock], g_scratch[kBlock];

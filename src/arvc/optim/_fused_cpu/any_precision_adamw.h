@@ -224,7 +224,7 @@ void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::Tenso
       kahan[i] = *compensation;
     }
     grads_laid_out[i] = matching_grad(grads[i], param);
-    const int64_t step = advance_step(steps[i]);
+    const int64_t step = next_step(steps[i]);
     const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
     scalars[i] = {static_cast<float>(1.0 - lr * weight_decay),
                   static_cast<float>(1.0 - beta1),
@@ -235,6 +235,7 @@ void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::Tenso
                   static_cast<float>(-(lr / bias_correction1)),
                   rounding_key(seed, param_indices[i], step)};
   }
+  commit_steps(steps);
   const std::vector<Chunk> chunks = make_chunks(params);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
     alignas(64) float p_scratch[kBlock], g_scratch[kBlock], m_scratch[kBlock], v_scratch[kBlock],

@@ -224,12 +224,16 @@ Tensor matching_grad(const Tensor& grad, const Tensor& param) {
   return at::empty_like(param, grad.options()).copy_(grad);
 }
 
-int64_t advance_step(const Tensor& step) {
+// The step each parameter is about to take. Counters are only read while the arguments are checked and
+// advanced by commit_steps once every check has passed, so an error leaves the optimizer untouched.
+int64_t next_step(const Tensor& step) {
   TORCH_CHECK(step.device().is_cpu() && step.scalar_type() == ScalarType::Float && step.numel() == 1,
               "arvc fused step: step counters must be float32 scalars on the CPU");
-  float* value = step.data_ptr<float>();
-  *value += 1.0f;
-  return static_cast<int64_t>(*value);
+  return static_cast<int64_t>(*step.const_data_ptr<float>() + 1.0f);
+}
+
+void commit_steps(at::TensorList steps) {
+  for (const Tensor& step : steps) *step.data_ptr<float>() += 1.0f;
 }
 
 }  // namespace arvc_fused

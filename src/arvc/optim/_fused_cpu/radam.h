@@ -69,7 +69,7 @@ void radam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs
       TORCH_CHECK(t->scalar_type() == ScalarType::Float, "arvc fused RAdam: float32 tensors only");
     }
     grads_laid_out[i] = matching_grad(grads[i], param);
-    const double step = static_cast<double>(advance_step(steps[i]));
+    const double step = static_cast<double>(next_step(steps[i]));
     // The scalars exactly as torch.optim.radam computes them in Python (double precision).
     const double bias_correction1 = 1.0 - std::pow(beta1, step);
     const double bias_correction2 = 1.0 - std::pow(beta2, step);
@@ -91,6 +91,7 @@ void radam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs
                   static_cast<float>(rect),
                   rectified};
   }
+  commit_steps(steps);
   const std::vector<Chunk> chunks = make_chunks(params);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
