@@ -142,6 +142,12 @@ def runs(tmp_path_factory, data_dir):
         assert all("error" not in rank for rank in outcome), outcome
     one_process(tmp / "two_3_one", data_dir, resume=str(tmp / "two_3"))
     one_process(tmp / "zero_3_one", data_dir, resume=str(tmp / "zero_3"))
+    (resumed,) = launch(  # 2 -> 2: a second launch continues the stopped 2-process run
+        tmp,
+        "two_again",
+        [{"options": {"run_dir": str(tmp / "two_3_two"), "data_dir": data, "resume": str(tmp / "two_3")}}],
+    )
+    assert all("error" not in rank for rank in resumed), resumed
     return tmp, outcomes
 
 
@@ -174,6 +180,17 @@ def test_resume_mid_epoch_across_world_sizes(runs, run, what):
     tmp, _ = runs
     assert load_checkpoint(latest_checkpoint(tmp / run))["step"] == 4, what
     assert_close(tmp / run, tmp / "one")
+
+
+def test_resume_in_the_same_number_of_processes_is_bit_identical(runs):
+    """Stopped mid-epoch in 2 processes and continued in 2: exactly the uninterrupted 2-process run
+    (same data order, same per-item noise, restored optimizer state; gloo's 2-rank sums are deterministic)."""
+    tmp, _ = runs
+    resumed, straight = (load_checkpoint(latest_checkpoint(tmp / name)) for name in ("two_3_two", "two"))
+    assert resumed["step"] == straight["step"] == 4
+    for net in ("generator", "discriminator"):
+        for key, value in straight[net].items():
+            assert torch.equal(resumed[net][key], value), f"{net}.{key}"
 
 
 def test_zero_checkpoint_holds_the_consolidated_optimizer_state(runs):
