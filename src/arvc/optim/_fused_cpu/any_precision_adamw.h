@@ -53,7 +53,11 @@ ARVC_INLINE uint16_t bf16_stochastic(float value, uint32_t random) {
 // The bf16 stores without their rare special cases (NaN/inf inputs, a finite value rounding up to inf):
 // they cost as much as the rest of the update, so the loop below uses these, flags a block where a
 // special case could have occurred, and redoes that block's stores carefully from float32 copies.
-ARVC_INLINE bool special(uint32_t bits) { return (bits & 0x7F800000u) == 0x7F800000u; }
+// A block needs the careful redo if any value's exponent is all ones (inf/NaN): the flag keeps the largest
+// exponent field seen (a max is cheaper in the loop than compare-and-or).
+constexpr uint32_t kExponent = 0x7F800000u;
+
+ARVC_INLINE void note_exponent(uint32_t bits, uint32_t& flag) { flag = std::max(flag, bits & kExponent); }
 
 ARVC_INLINE uint16_t bf16_nearest_finite(uint32_t u) {
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
@@ -66,11 +70,12 @@ ARVC_INLINE void store_fast(typename Storage::raw* dst, float value, uint32_t no
   } else if constexpr (STOCHASTIC) {
     const uint32_t u = float_bits(value);
     const uint32_t rounded = (u + noise) & 0xFFFF0000u;
-    flag |= special(u) | special(rounded);
+    note_exponent(u, flag);
+    note_exponent(rounded, flag);
     *dst = static_cast<uint16_t>(rounded >> 16);
   } else {
     const uint32_t u = float_bits(value);
-    flag |= special(u);
+    note_exponent(u, flag);
     *dst = bf16_nearest_finite(u);
   }
 }
@@ -123,16 +128,14 @@ void adamw_range(typename Param::raw* __restrict__ p, const typename Param::raw*
         master_kept[j - b] = master;
         const uint32_t u = float_bits(master);
         const uint16_t rounded = bf16_nearest_finite(u);
-        flag |= special(u);
+        note_exponent(u, flag);
         p[j] = rounded;
-        if constexpr (KAHAN) {
-          const uint32_t residual = float_bits(master - bf16_to_float(rounded));
-          flag |= special(residual);
-          c[j] = bf16_nearest_finite(residual);
-        }
+        // The residual is NaN only if the master value is inf/NaN (noted above); a finite master that
+        // rounds to inf leaves -inf, which both roundings store alike.
+        if constexpr (KAHAN) c[j] = bf16_nearest_finite(float_bits(master - bf16_to_float(rounded)));
       }
     }
-    if (!(kLowParam || kLowState) || !flag) continue;
+    if (!(kLowParam || kLowState) || flag != kExponent) continue;
     for (int64_t j = b; j < e; ++j) {  // rare: redo this block's stores with every special case handled
       const uint32_t bits = STOCHASTIC ? mix32(static_cast<uint32_t>(j) ^ key) : 0u;
       if constexpr (kLowState) {
