@@ -53,16 +53,17 @@ _failure: str | None = None  # why loading failed (remembered: we try, and warn,
 builds = 0  # how many times this process compiled or loaded the extension (tests check it is <= 1)
 
 
-def _cpu_flags() -> list[str]:
-    """-march=native where we can name the CPU in the cache key (a cached build must not move CPUs)."""
+def _cpu_flags() -> tuple[list[str], str]:
+    """-march=native, and the CPU's feature flags to key the cache with (a cached build must not move
+    to another CPU); no flags where the CPU cannot be named."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return []
+        return [], ""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+            features = next((line for line in cpuinfo if line.startswith("flags")), "")
     except OSError:
-        return []
-    return ["-march=native", "#" + hashlib.sha256(flags.encode()).hexdigest()[:8]] if flags else []
+        return [], ""
+    return (["-march=native"], features) if features else ([], "")
 
 
 def _build():
@@ -70,10 +71,12 @@ def _build():
 
     sources = importlib.resources.files("arvc.optim") / "_fused_cpu"
     texts = [(f.name, f.read_text()) for f in sorted(sources.iterdir(), key=lambda f: f.name)]
-    cpu = _cpu_flags()
-    flags = _FLAGS + [f for f in cpu if not f.startswith("#")]
+    cpu_flags, cpu_features = _cpu_flags()
+    flags = _FLAGS + cpu_flags
     key_parts = [name + text for name, text in texts if name.endswith((".h", ".cpp"))]
-    key = hashlib.sha256("\n".join([*key_parts, *flags, *cpu, torch.__version__]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        "\n".join([*key_parts, *flags, cpu_features, torch.__version__]).encode()
+    ).hexdigest()[:12]
     started = time.perf_counter()
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     build_directory = root / f"arvc_fused_cpu_{key}"
@@ -160,21 +163,23 @@ def fused_kernels():
 _warned = False
 
 
-def resolve_fused(name: str, fused: bool | None, foreach: bool | None, params: list[torch.Tensor]) -> bool:
-    """Decide, at construction, whether an optimizer runs its fused path.
+def resolve_fused(cls: type, fused: bool | None, foreach: bool | None, params: list[torch.Tensor]) -> bool:
+    """Decide, at construction, whether an optimizer of class `cls` runs its fused path.
 
-    `fused=True` needs CPU parameters of a supported dtype (a clear error otherwise, as torch.optim).
-    If the kernels cannot be built here, the optimizer falls back to foreach with one warning per process.
+    `fused=True` needs parameters on the class's `fused_devices` with one of its `fused_dtypes` (a clear
+    error otherwise, as torch.optim). If the kernels cannot be built here, the optimizer falls back to
+    foreach with one warning per process.
     """
     if not fused:
         return False
+    name = cls.__name__
     if foreach:
         raise RuntimeError(f"{name}: `fused` and `foreach` cannot both be True")
     for p in params:
-        if p.device.type not in FUSED_DEVICES or p.dtype not in FUSED_DTYPES:
+        if p.device.type not in cls.fused_devices or p.dtype not in cls.fused_dtypes:
             raise RuntimeError(
-                f"{name}: `fused=True` requires parameters on {', '.join(FUSED_DEVICES)} with dtype "
-                f"{', '.join(str(d).removeprefix('torch.') for d in FUSED_DTYPES)}; got a {p.dtype} "
+                f"{name}: `fused=True` requires parameters on {', '.join(cls.fused_devices)} with dtype "
+                f"{', '.join(str(d).removeprefix('torch.') for d in cls.fused_dtypes)}; got a {p.dtype} "
                 f"parameter on {p.device}. Use foreach=True instead."
             )
     try:

@@ -82,7 +82,7 @@ class AdaBelief(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group["fused"] = resolve_fused(type(self).__name__, group["fused"], group["foreach"], group["params"])
+        group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Moments of bf16/fp16 parameters are float32 and must stay so on resume (pytorch#43706).

@@ -114,13 +114,13 @@ class AnyPrecisionAdamW(Optimizer):
                 param_group[key] = parse_dtype(param_group[key], key)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group["fused"] = resolve_fused(type(self).__name__, group["fused"], group["foreach"], group["params"])
         buffer_dtypes = [group[k] for k in ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype")]
         if group["fused"] and any(dtype not in FUSED_DTYPES for dtype in buffer_dtypes):
             raise ValueError(
                 "AnyPrecisionAdamW: the fused path keeps buffers in float32, bfloat16 or float16, got "
                 f"{', '.join(str(d).removeprefix('torch.') for d in buffer_dtypes)}; pass fused=False"
             )
+        group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
 
     def load_state_dict(self, state_dict: dict) -> None:
         # torch casts floating state to each parameter's dtype (pytorch#43706); the buffers' dtypes are

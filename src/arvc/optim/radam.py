@@ -62,12 +62,7 @@ class RAdam(torch.optim.RAdam):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         requested = group.get("fused", getattr(self, "_requested_fused", None))
-        for p in group["params"]:
-            if requested and p.dtype not in self.fused_dtypes:
-                raise RuntimeError(
-                    f"RAdam: `fused=True` requires float32 parameters, got {p.dtype}; use foreach=True"
-                )
-        group["fused"] = resolve_fused("RAdam", requested, group["foreach"], group["params"])
+        group["fused"] = resolve_fused(type(self), requested, group["foreach"], group["params"])
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Keeps this process's fused/foreach choice (how the math runs, not what it is).

@@ -13,24 +13,6 @@ struct AdamScalars {
   uint32_t rounding_key;
 };
 
-template <bool LOW_WEIGHT>
-void adamw_block(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
-                 float* __restrict__ v, int64_t n, const AdamScalars& k) {
-  const float w = k.lerp_weight, decay = k.decay, beta2 = k.beta2, one_minus_beta2 = k.one_minus_beta2,
-              eps = k.eps, bias_correction2_sqrt = k.bias_correction2_sqrt, step_size = k.step_size;
-  for (int64_t j = 0; j < n; ++j) {
-    // torch.lerp's two formulas, chosen by the weight, so the result matches it exactly.
-    const float momentum = LOW_WEIGHT ? m[j] + w * (g[j] - m[j]) : g[j] - (g[j] - m[j]) * (1.0f - w);
-    float variance = v[j] * beta2;
-    variance = variance + one_minus_beta2 * g[j] * g[j];
-    m[j] = momentum;
-    v[j] = variance;
-    const float denom = std::sqrt(variance) / bias_correction2_sqrt + eps;
-    const float param = p[j] * decay;
-    p[j] = param + step_size * (momentum / denom);
-  }
-}
-
 // The common storage layouts (float32 or bfloat16 parameters, float32 or bfloat16 moments, bfloat16
 // Kahan buffer) in one loop: every element is loaded once, updated in registers, stored once.
 struct Float32Storage {
@@ -266,8 +248,10 @@ void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::Tenso
           load_any(compensation, b, n, c_scratch);
           for (int64_t j = 0; j < n; ++j) p[j] = p[j] + c_scratch[j];
         }
-        if (k.lerp_weight < 0.5f) adamw_block<true>(p, g, m, v, n, k);
-        else adamw_block<false>(p, g, m, v, n, k);
+        // The one-pass loop itself, on the float32 views of this block.
+        using F32 = Float32Storage;
+        if (k.lerp_weight < 0.5f) adamw_range<F32, F32, false, false, true>(p, g, m, v, nullptr, 0, n, k);
+        else adamw_range<F32, F32, false, false, false>(p, g, m, v, nullptr, 0, n, k);
         if (m == m_scratch) store_rounded(m, n, exp_avg, b, stochastic_rounding, k.rounding_key, kMomentum);
         if (v == v_scratch) store_rounded(v, n, exp_avg_sq, b, stochastic_rounding, k.rounding_key, kVariance);
         if (low_precision_param) {
