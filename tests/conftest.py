@@ -14,15 +14,23 @@ def _seed_and_threads():
 
 
 @pytest.fixture
-def no_bitsandbytes(monkeypatch):
-    """Make `import bitsandbytes` fail as on a machine without the extra (it is installed for the tests)."""
+def block_import(monkeypatch):
+    """`block_import("pkg")` makes `import pkg` fail as on a machine without it (tests check the error
+    that names the extra to install, though the dev install has every extra)."""
     import builtins
 
     real_import = builtins.__import__
+    blocked = set()
 
-    def blocked(name, *args, **kwargs):
-        if name == "bitsandbytes" or name.startswith("bitsandbytes."):
-            raise ImportError("No module named 'bitsandbytes'")
+    def guarded(name, *args, **kwargs):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"No module named '{name}'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", blocked)
+    monkeypatch.setattr(builtins, "__import__", guarded)
+    return blocked.add
+
+
+@pytest.fixture
+def no_bitsandbytes(block_import):
+    block_import("bitsandbytes")

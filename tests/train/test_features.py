@@ -1,4 +1,3 @@
-import builtins
 import importlib.util
 
 import numpy as np
@@ -55,16 +54,9 @@ def test_hubert_rejects_fairseq_checkpoint_file(tmp_path):
         get_extractor("hubert", 768, hubert_path=ckpt)
 
 
-def test_hubert_without_transformers_names_the_extra(tmp_path, monkeypatch):
+def test_hubert_without_transformers_names_the_extra(tmp_path, block_import):
     (tmp_path / "config.json").write_text("{}")
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "transformers" or name.startswith("transformers."):
-            raise ImportError("No module named 'transformers'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+    block_import("transformers")
     with pytest.raises(ImportError, match=r"arvc\[hubert\]"):
         features.HubertFeatures(tmp_path, 768)
 
