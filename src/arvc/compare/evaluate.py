@@ -15,7 +15,7 @@ import torch
 
 from arvc.train.config import RunConfig
 from arvc.train.data import VoiceDataset
-from arvc.train.mel import mel_spectrogram, spec_to_mel
+from arvc.train.mel import spec_to_mel_of, wave_to_mel_of
 from arvc.train.model import Synthesizer
 from arvc.train.preprocess import FILELIST, DataError
 
@@ -99,24 +99,8 @@ class HeldOutEvaluator:
                     item.pitchf[None],
                     torch.tensor([item.sid], device=self.device),
                 )
-                fake = mel_spectrogram(
-                    wave.float().squeeze(1),
-                    d.filter_length,
-                    d.n_mel_channels,
-                    d.sampling_rate,
-                    d.hop_length,
-                    d.win_length,
-                    d.mel_fmin,
-                    d.mel_fmax,
-                )
-                real = spec_to_mel(
-                    item.spec[None],
-                    d.filter_length,
-                    d.n_mel_channels,
-                    d.sampling_rate,
-                    d.mel_fmin,
-                    d.mel_fmax,
-                )
+                fake = wave_to_mel_of(wave.float().squeeze(1), d)
+                real = spec_to_mel_of(item.spec[None], d)
                 frames = min(fake.size(-1), real.size(-1))
                 total += torch.nn.functional.l1_loss(fake[..., :frames], real[..., :frames]).item()
         return total / len(self.items)

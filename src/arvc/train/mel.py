@@ -22,6 +22,8 @@ __all__ = [
     "mel_spectrogram",
     "mel_to_hz",
     "spec_to_mel",
+    "spec_to_mel_of",
+    "wave_to_mel_of",
 ]
 
 # Slaney's auditory-toolbox mel scale: linear below 1 kHz, logarithmic above.
@@ -163,3 +165,25 @@ def mel_spectrogram(
     """Log-mel spectrogram of a wave, ``[B, T] -> [B, n_mels, frames]`` (RVC's mel_spectrogram_torch)."""
     spec = linear_spectrogram(wave, n_fft, hop, win, center=center)
     return spec_to_mel(spec, n_fft, n_mels, sr, fmin, fmax)
+
+
+def wave_to_mel_of(wave: torch.Tensor, data) -> torch.Tensor:
+    """:func:`mel_spectrogram` with a run's framing (`data`: a config's DataConfig) — the mel of a
+    generated wave that the mel loss and the held-out evaluation compare."""
+    return mel_spectrogram(
+        wave,
+        data.filter_length,
+        data.n_mel_channels,
+        data.sampling_rate,
+        data.hop_length,
+        data.win_length,
+        data.mel_fmin,
+        data.mel_fmax,
+    )
+
+
+def spec_to_mel_of(spec: torch.Tensor, data) -> torch.Tensor:
+    """:func:`spec_to_mel` with a run's settings — the target mel of a preprocessed linear spectrogram."""
+    return spec_to_mel(
+        spec, data.filter_length, data.n_mel_channels, data.sampling_rate, data.mel_fmin, data.mel_fmax
+    )

@@ -23,7 +23,7 @@ from arvc.train.config import RunConfig
 from arvc.train.data import Batch
 from arvc.train.distributed import Ranks
 from arvc.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, kl_loss
-from arvc.train.mel import mel_spectrogram, spec_to_mel
+from arvc.train.mel import spec_to_mel_of, wave_to_mel_of
 from arvc.train.model import slice_segments
 from arvc.train.model.noise import per_item_noise
 
@@ -127,20 +127,8 @@ class GanStep:
                 batch.sid,
             )
         wave = slice_segments(batch.wave, ids_slice * d.hop_length, d.segment_size).to(y_hat.dtype)
-        mel = spec_to_mel(
-            batch.spec.float(), d.filter_length, d.n_mel_channels, d.sampling_rate, d.mel_fmin, d.mel_fmax
-        )
-        y_mel = slice_segments(mel, ids_slice, cfg.segment_frames)
-        y_hat_mel = mel_spectrogram(
-            y_hat.float().squeeze(1),
-            d.filter_length,
-            d.n_mel_channels,
-            d.sampling_rate,
-            d.hop_length,
-            d.win_length,
-            d.mel_fmin,
-            d.mel_fmax,
-        )[..., : y_mel.shape[-1]]
+        y_mel = slice_segments(spec_to_mel_of(batch.spec.float(), d), ids_slice, cfg.segment_frames)
+        y_hat_mel = wave_to_mel_of(y_hat.float().squeeze(1), d)[..., : y_mel.shape[-1]]
 
         # Discriminator: real vs detached fake.
         with autocast(self.precision, device_type):
