@@ -66,13 +66,18 @@ LOW_PRECISION_CASES = [
 ]
 
 
-def _run(cls, kwargs, path, dtype=torch.float32, steps=20, lr=1e-2):
-    """`steps` steps over SHAPES in two param groups; path: "single" (the loop), "foreach" or "fused"."""
-    torch.manual_seed(1)
-    params = [torch.nn.Parameter(torch.randn(s).to(dtype)) for s in SHAPES]
+def _optimizer(cls, kwargs, path, start, lr):
+    """Parameters cloned from `start`, in two param groups; path: "single" (the loop), "foreach", "fused"."""
+    params = [torch.nn.Parameter(t.clone()) for t in start]
     groups = [{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "lr": lr / 3}]
     choice = {"foreach": False} if path == "single" else {path: True}
-    optimizer = cls(groups, lr=lr, **choice, **kwargs)
+    return params, cls(groups, lr=lr, **choice, **kwargs)
+
+
+def _run(cls, kwargs, path, dtype=torch.float32, steps=20, lr=1e-2):
+    """`steps` steps over SHAPES."""
+    torch.manual_seed(1)
+    params, optimizer = _optimizer(cls, kwargs, path, [torch.randn(s).to(dtype) for s in SHAPES], lr)
     for step, grads in enumerate(gradient_stream(SHAPES, steps, seed=3)):
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             p.grad = None if (step % 7 == 3 and i == 0) else g.to(dtype)  # a param without grad
@@ -132,12 +137,7 @@ def _step_by_step(cls, kwargs, dtype, steps=20, lr=1e-3):
     buffer would grow into an honest but larger divergence, which would say nothing about the kernel.)"""
     torch.manual_seed(1)
     start = [torch.randn(s).to(dtype) for s in SHAPES]
-    runs = []
-    for path in ("single", "fused"):
-        params = [torch.nn.Parameter(t.clone()) for t in start]
-        groups = [{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "lr": lr / 3}]
-        choice = {"foreach": False} if path == "single" else {"fused": True}
-        runs.append((params, cls(groups, lr=lr, **choice, **kwargs)))
+    runs = [_optimizer(cls, kwargs, path, start, lr) for path in ("single", "fused")]
     (reference_params, reference), (fused_params, fused) = runs
     for grads in gradient_stream(SHAPES, steps, seed=3):
         for params, optimizer in runs:
