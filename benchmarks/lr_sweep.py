@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from arvc.train.config import apply_overrides, load_config
+from arvc.config import apply_overrides, load_config
+from arvc.data.prepare import prepare_data
 from arvc.train.loop import TrainOptions, train
-from arvc.train.prepare import prepare_data
 
 
 class _Recorder:

@@ -120,7 +120,7 @@ def test_sizes_keep_every_rvc_tensor():
 
 
 def test_cli_bench_json(tmp_path):
-    import arvc.bench.cli  # noqa: F401  (registers the command, as arvc.cli does)
+    import arvc.cli.bench  # noqa: F401  (registers the command, as arvc.cli does)
     from arvc.cli import app
 
     runner = CliRunner()

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from arvc.compare import VARIANTS, resolve_optimizers, run_compare
 from arvc.compare.evaluate import HOLDOUT_FILE
 from arvc.compare.report import COLUMNS, FIGURES
-from arvc.train.demo import generate_demo_voice
+from arvc.data.demo import generate_demo_voice
 
 SMALL = {"train.batch_size": 2}
 
@@ -140,7 +140,7 @@ def test_optimizer_names():
 
 def test_cli_refuses_bad_input_before_any_work(tmp_path):
     import arvc.cli
-    import arvc.compare.cli  # noqa: F401  (registers the command)
+    import arvc.cli.compare  # noqa: F401  (registers the command)
 
     runner = CliRunner()
     result = runner.invoke(arvc.cli.app, ["compare", "--optimizers", "Nope", "--out-dir", str(tmp_path)])

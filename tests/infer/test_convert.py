@@ -11,13 +11,13 @@ import pytest
 import soundfile as sf
 import torch
 
+from arvc.config import load_config, rvc_config_list
 from arvc.infer.convert import ConvertError, _aligned_start, convert, load_voice_model
 from arvc.infer.index import FeatureIndexError
-from arvc.train.config import load_config, rvc_config_list
-from arvc.train.export import export_generator
-from arvc.train.model import MultiPeriodDiscriminator, Synthesizer
-from arvc.train.model.nsf import SineGen
-from arvc.train.pretrained import PretrainedError
+from arvc.model import MultiPeriodDiscriminator, Synthesizer
+from arvc.model.nsf import SineGen
+from arvc.modelfile.export import export_generator
+from arvc.modelfile.read import PretrainedError
 
 SR = 16000
 

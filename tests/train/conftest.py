@@ -1,7 +1,7 @@
 import pytest
 
-from arvc.train.demo import generate_demo_voice
-from arvc.train.preprocess import preprocess
+from arvc.data.demo import generate_demo_voice
+from arvc.data.preprocess import preprocess
 
 
 @pytest.fixture(scope="session")

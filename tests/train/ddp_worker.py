@@ -17,9 +17,9 @@ from pathlib import Path
 
 import arvc.train.loop as loop
 import arvc.train.step as step
-from arvc.train.config import apply_overrides, load_config
+from arvc.config import apply_overrides, load_config
+from arvc.model.noise import per_item_noise
 from arvc.train.distributed import process_group
-from arvc.train.model.noise import per_item_noise
 
 
 def run(spec: dict) -> dict:

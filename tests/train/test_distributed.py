@@ -28,10 +28,10 @@ import torch
 from typer.testing import CliRunner
 
 from arvc.cli import app
+from arvc.config import apply_overrides, load_config
+from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.optim import OPTIMIZERS
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
-from arvc.train.config import apply_overrides, load_config
-from arvc.train.model import MultiPeriodDiscriminator, Synthesizer
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TIMEOUT = 240  # seconds for one torchrun launch; the slowest here takes about 60 on a 2-core CPU

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
+from arvc.config import apply_overrides, load_config
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
-from arvc.train.config import apply_overrides, load_config
 from arvc.train.loop import TrainError, TrainOptions, train
 
 
@@ -86,7 +86,7 @@ def test_skipped_update_leaves_the_optimizer_state_untouched(tmp_path, data_dir,
 SCRIPT = """
 import sys
 from pathlib import Path
-from arvc.train.config import apply_overrides, load_config
+from arvc.config import apply_overrides, load_config
 from arvc.train.loop import TrainOptions, train
 cfg = apply_overrides(load_config("tiny"), {"train.batch_size": 2, "train.epochs": 50, "train.save_every": 50,
                                             "train.log_interval": 1})

@@ -6,11 +6,11 @@ import logging
 import pytest
 import torch
 
+from arvc.config import apply_overrides, load_config
+from arvc.data.preprocess import DataError
 from arvc.optim import OPTIMIZERS
 from arvc.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
-from arvc.train.config import apply_overrides, load_config
 from arvc.train.loop import TrainError, TrainOptions, train
-from arvc.train.preprocess import DataError
 
 
 def tiny(**train):
@@ -171,7 +171,7 @@ def test_fine_tune_starts_from_pretrained_weights(tmp_path, data_dir):
 
 
 def test_pretrained_mismatch_is_refused(tmp_path, data_dir):
-    from arvc.train.pretrained import PretrainedError
+    from arvc.modelfile.read import PretrainedError
 
     source = train(options(tmp_path, data_dir, "source", config=tiny(epochs=1)))
     with pytest.raises(PretrainedError):

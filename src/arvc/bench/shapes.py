@@ -48,8 +48,8 @@ def format_size(n: int) -> str:
 @functools.cache
 def rvc_shapes(config: str = BASE_CONFIG) -> tuple[tuple[int, ...], ...]:
     """Shapes of every generator parameter, built on the meta device (no memory, no weights)."""
-    from arvc.train.config import load_config
-    from arvc.train.model import Synthesizer
+    from arvc.config import load_config
+    from arvc.model import Synthesizer
 
     with torch.device("meta"):
         model = Synthesizer(load_config(config))

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from arvc.train.config import RunConfig
-from arvc.train.data import VoiceDataset
-from arvc.train.mel import spec_to_mel_of, wave_to_mel_of
-from arvc.train.model import Synthesizer
-from arvc.train.preprocess import FILELIST, DataError
+from arvc.audio.mel import spec_to_mel_of, wave_to_mel_of
+from arvc.config import RunConfig
+from arvc.data.dataset import VoiceDataset
+from arvc.data.preprocess import FILELIST, DataError
+from arvc.model import Synthesizer
 
 __all__ = ["HOLDOUT_FILE", "HeldOutEvaluator", "split_filelist"]
 

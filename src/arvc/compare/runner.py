@@ -21,11 +21,11 @@ import torch
 
 from arvc.compare.evaluate import HeldOutEvaluator, split_filelist
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
+from arvc.config import apply_overrides, load_config
+from arvc.data.prepare import prepare_data
 from arvc.optim import state_bytes_per_param
 from arvc.train.checkpoint import latest_checkpoint
-from arvc.train.config import apply_overrides, load_config
 from arvc.train.loop import PRECISIONS, TrainOptions, train
-from arvc.train.prepare import prepare_data
 
 __all__ = ["RESULT_FILE", "VARIANTS", "CompareResult", "Variant", "resolve_optimizers", "run_compare"]
 

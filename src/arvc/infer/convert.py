@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arvc.audio.f0 import F0_METHODS, coarse_f0, extract_f0
+from arvc.audio.features import FEATURE_SR, get_extractor
+from arvc.audio.io import AudioLoadError, highpass, load_audio, write_wav
+from arvc.config import RunConfig
 from arvc.infer.index import FeatureIndex, blend_features, load_index
-from arvc.train.audio import AudioLoadError, highpass, load_audio, write_wav
-from arvc.train.config import RunConfig
-from arvc.train.f0 import F0_METHODS, coarse_f0, extract_f0
-from arvc.train.features import FEATURE_SR, get_extractor
-from arvc.train.model import Synthesizer
-from arvc.train.pretrained import PretrainedError, load_state_strict, read_model_file
+from arvc.model import Synthesizer
+from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
 
 __all__ = ["CHUNK_SECONDS", "ConvertError", "convert", "load_voice_model"]
 

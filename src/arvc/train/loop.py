@@ -20,6 +20,11 @@ from typing import Any, Protocol
 
 import torch
 
+from arvc.config import RunConfig
+from arvc.data.dataset import VoiceDataset, make_loader
+from arvc.model import MultiPeriodDiscriminator, Synthesizer
+from arvc.modelfile.export import export_generator
+from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
 from arvc.optim import build_scheduler
 from arvc.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -34,16 +39,11 @@ from arvc.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from arvc.train.config import RunConfig
-from arvc.train.data import VoiceDataset, make_loader
 from arvc.train.distributed import Ranks, process_group
 from arvc.train.errors import TrainError
-from arvc.train.export import export_generator
 from arvc.train.faults import StopOnSignal
 from arvc.train.logs import NullLog, RunLog
-from arvc.train.model import MultiPeriodDiscriminator, Synthesizer
-from arvc.train.pretrained import load_pretrained_discriminator, load_pretrained_generator
-from arvc.train.run_optimizers import DEFAULT_LR, hyperparameters, make_optimizer, restore_optimizer
+from arvc.train.optimizers import DEFAULT_LR, hyperparameters, make_optimizer, restore_optimizer
 from arvc.train.step import GanStep
 
 __all__ = ["DEFAULT_LR", "PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
@@ -58,7 +58,7 @@ class TrainOptions:
     """What `arvc train` decides; None means "the config's value" (or the checkpoint's, on resume)."""
 
     run_dir: Path
-    data_dir: Path  # preprocessed data (arvc.train.prepare)
+    data_dir: Path  # preprocessed data (arvc.data.prepare)
     config: RunConfig
     optimizer: str | None = None  # None: AdamW, or on resume the optimizer that wrote the checkpoint
     lr: float | None = None

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from arvc.train.config import RunConfig
-from arvc.train.data import Batch
+from arvc.audio.mel import spec_to_mel_of, wave_to_mel_of
+from arvc.config import RunConfig
+from arvc.data.dataset import Batch
+from arvc.model import slice_segments
+from arvc.model.noise import per_item_noise
 from arvc.train.distributed import Ranks
 from arvc.train.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, kl_loss
-from arvc.train.mel import spec_to_mel_of, wave_to_mel_of
-from arvc.train.model import slice_segments
-from arvc.train.model.noise import per_item_noise
 
 __all__ = ["GanStep", "StepResult", "autocast"]
 

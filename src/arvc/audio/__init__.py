@@ -1,0 +1,2 @@
+"""Signal processing, no model: audio in and out (`io`), spectrograms (`mel`), pitch (`f0`) and
+content features (`features`)."""

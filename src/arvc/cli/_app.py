@@ -1,0 +1,43 @@
+"""The `arvc` Typer app, its console and `fail`; every command module registers on this app.
+
+This module imports no command, so command modules can import it without a cycle; the package
+(:mod:`arvc.cli`) imports the command modules in the order `arvc --help` lists them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+
+app = typer.Typer(
+    help="arvc: train RVC voice models with a rated, reference-tested optimizer system.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,
+    )
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    _setup_logging(verbose)
+
+
+def fail(message: str) -> None:
+    """Print `error: message` and exit with status 1 (the CLI's one way to report bad input)."""
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    raise typer.Exit(code=1)

@@ -1,0 +1,128 @@
+"""`arvc compare`: flags in, `run_compare` called, a progress bar per optimizer, the report's path out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from arvc.cli._app import app, console, fail
+
+
+class _Bar:
+    """Turns run_compare's progress events into one rich task per optimizer."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.task, self.name = progress, None, ""
+
+    def __call__(self, event: str, **info) -> None:
+        if event == "run":
+            self.name = f"{info['index'] + 1}/{info['count']} {info['name']}"
+            self.task = self.progress.add_task(self.name, total=None, stats="")
+        elif event == "skip":
+            self.progress.update(self.task, total=1, completed=1, stats="already done")
+        elif event == "start":
+            self.progress.update(self.task, total=info["total"], completed=info["done"])
+        elif event == "step":
+            losses = info["losses"]
+            stats = f"epoch {info['epoch']}  mel {losses['loss_mel']:.2f}  lr {info['lr']:.2e}"
+            self.progress.update(self.task, advance=1, stats=stats)
+
+
+@app.command()
+def compare(
+    dataset: Annotated[
+        Path | None, typer.Argument(help="Folder of recordings; omit to compare on the demo voice.")
+    ] = None,
+    optimizers: Annotated[
+        str, typer.Option(help="'all' or comma-separated names (see `arvc optimizers`, plus variants).")
+    ] = "all",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per optimizer.")] = 5,
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    name: Annotated[
+        str | None, typer.Option(help="Comparison name (OUT_DIR/NAME); default: dataset or 'demo'.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where comparisons are kept.")] = Path("compare"),
+    config: Annotated[str, typer.Option(help="tiny, v2-32k, v2-40k, v2-48k or a JSON file.")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Random seed shared by every run.")] = 1234,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default: the config's).")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop each run after N steps.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    precision_study: Annotated[
+        bool,
+        typer.Option("--precision-study", help="Run the bf16 precision study instead (20k cheap steps)."),
+    ] = False,
+    study_steps: Annotated[int, typer.Option(min=200, help="Steps of the precision study.")] = 20_000,
+) -> None:
+    """Train the same voice with each optimizer (same data, seed and config); report how they compare."""
+    if precision_study:
+        _run_precision_study(out_dir / (name or "precision-study"), study_steps)
+        return
+    from arvc.compare.runner import run_compare
+    from arvc.compare.variants import resolve_optimizers
+    from arvc.data.preprocess import DataError
+    from arvc.train.checkpoint import CheckpointError
+    from arvc.train.loop import PRECISIONS, TrainError
+
+    try:
+        resolve_optimizers(optimizers)
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if dataset is not None and not dataset.is_dir():
+            raise ValueError(f"dataset folder {dataset} does not exist")
+    except ValueError as error:
+        fail(str(error))
+    target = out_dir / (name or (dataset.name if dataset is not None else "demo"))
+    overrides = {"train.batch_size": batch_size} if batch_size is not None else None
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=console) as progress:
+            result = run_compare(
+                dataset,
+                target,
+                optimizers,
+                epochs,
+                config=config,
+                seed=seed,
+                precision=precision,
+                progress=_Bar(progress),
+                max_steps=max_steps,
+                overrides=overrides,
+                device=device,
+            )
+    except (DataError, TrainError, CheckpointError, ValueError) as error:
+        fail(str(error))
+    if result.stopped_by:
+        console.print(f"stopped by {result.stopped_by}; run the same command again to continue")
+        return
+    failed = [n for n, r in result.results.items() if "error" in r]
+    for failure in failed:
+        console.print(
+            f"[yellow]{failure} failed:[/yellow] {result.results[failure]['error']}", highlight=False
+        )
+    console.print(f"report: {target / 'report.md'} and {target / 'report.html'}")
+
+
+def _run_precision_study(folder: Path, steps: int) -> None:
+    """fp32 AdamW vs AnyPrecisionAdamW bf16 with/without Kahan and stochastic rounding (see the docs)."""
+    import json
+    from dataclasses import asdict
+
+    from arvc.compare.precision_study import plot_precision_study, precision_study
+
+    console.print(f"precision study: 5 configurations x {steps} steps (about 2 minutes per 20k on a CPU)")
+    runs = precision_study(steps=steps)
+    folder.mkdir(parents=True, exist_ok=True)
+    plot = plot_precision_study(runs, folder / "precision_study.png")
+    (folder / "precision_study.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    for run in runs:
+        console.print(f"  {run.name:40s} distance from fp32 {run.distance[-1]:.3e}  loss {run.loss[-1]:.3e}")
+    console.print(f"figure: {plot}")

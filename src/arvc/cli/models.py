@@ -1,0 +1,158 @@
+"""`arvc inspect`, `arvc export`, `arvc index` and `arvc infer`: models in and out of arvc.
+
+Registered on the main app when :mod:`arvc.cli` imports this module. The console is looked up
+on :mod:`arvc.cli._app` at call time, so tests that swap it see this module's output too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from arvc.cli import _app
+from arvc.cli._app import app, fail
+
+DEFAULT_INDEX_RATE = 0.75  # RVC WebUI's default when an index is given
+
+
+def _format(key: str, value) -> str:
+    if key == "parameters" and isinstance(value, int):
+        return f"{value:,} ({value / 1e6:.1f} M)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_format(k, v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return "-" if value is None else str(value)
+
+
+@app.command(name="inspect")
+def inspect_command(
+    file: Annotated[Path, typer.Argument(help="Model file: .pth (RVC), ckpt_*.pt, model.safetensors/json.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Say what a model file is: format, version, sample rate, f0, size, training state."""
+    from arvc.modelfile.describe import describe_model_file
+    from arvc.modelfile.read import PretrainedError
+
+    try:
+        info = describe_model_file(file)
+    except PretrainedError as error:
+        fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    table = Table(title=str(file), show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in info.items():
+        if key != "path":
+            table.add_row(key.replace("_", " "), _format(key, value))
+    _app.console.print(table)
+
+
+@app.command(name="export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, runs/NAME.")],
+) -> None:
+    """Export the run's newest checkpoint to RUN/export (safetensors + json, and RVC's .pth if RVC-sized)."""
+    from arvc.model import Synthesizer
+    from arvc.modelfile.export import export_generator
+    from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
+    from arvc.train.checkpoint import latest_checkpoint
+
+    if not run_dir.is_dir():
+        fail(f"run folder {run_dir} does not exist; pass runs/NAME of a trained run")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        fail(f"no checkpoint in {run_dir / 'checkpoints'}; train first (arvc train) or check the folder")
+    try:
+        mf = read_model_file(checkpoint)
+        net = Synthesizer(mf.config)
+        load_state_strict(net, mf.generator, source=mf, cfg=mf.config)
+    except PretrainedError as error:
+        fail(str(error))
+    written = export_generator(
+        net, mf.config, run_dir / "export", info=f"arvc {mf.optimizer} epoch {mf.epoch}"
+    )
+    _app.console.print(f"exported {checkpoint.name} (epoch {mf.epoch}, step {mf.step})")
+    for kind, path in written.items():
+        _app.console.print(f"  {kind}: {path}", highlight=False)
+
+
+@app.command(name="index")
+def index_command(
+    run_dir: Annotated[Path, typer.Argument(help="A preprocessed run folder, runs/NAME.")],
+) -> None:
+    """Build the retrieval index RUN/export/added.index from the run's features (needs faiss-cpu)."""
+    from arvc.infer.index import FeatureIndexError, build_index
+
+    try:
+        path = build_index(run_dir)
+    except (FeatureIndexError, ImportError) as error:
+        fail(str(error))
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    _app.console.print(
+        f"index {path}: {meta['factory']} over {meta['n_vectors']:,} vectors of {meta['feature_dim']} dims",
+        highlight=False,
+    )
+
+
+@app.command(name="infer")
+def infer_command(
+    model: Annotated[
+        Path, typer.Argument(help="model.safetensors/json, export folder, ckpt_*.pt or RVC .pth.")
+    ],
+    input_wav: Annotated[Path, typer.Argument(metavar="INPUT", help="Recording to convert.")],
+    output_wav: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Where to write the converted WAV.")],
+    pitch: Annotated[float, typer.Option(help="Transpose by N semitones (12 = an octave up).")] = 0.0,
+    f0: Annotated[str, typer.Option(help="Pitch extractor: pm, harvest, dio, crepe, crepe-tiny.")] = "pm",
+    index: Annotated[Path | None, typer.Option(help="Retrieval index (added.index) of the voice.")] = None,
+    index_rate: Annotated[
+        float | None,
+        typer.Option(help=f"0..1, how much retrieval (default {DEFAULT_INDEX_RATE} with --index)."),
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="Content features: mel or hubert (default: hubert if --hubert is given)."),
+    ] = None,
+    hubert: Annotated[
+        Path | None, typer.Option(help="Local HuBERT/ContentVec folder for --features hubert.")
+    ] = None,
+    chunk_seconds: Annotated[float, typer.Option(help="Convert long inputs in chunks of about N s.")] = 10.0,
+) -> None:
+    """Convert a recording into the model's voice."""
+    from arvc.infer.convert import convert, load_voice_model
+
+    if not input_wav.is_file():
+        fail(f"input audio {input_wav} does not exist")
+    if output_wav.resolve() == input_wav.resolve():
+        fail(f"output {output_wav} is the input file; choose another output path")
+    rate = index_rate if index_rate is not None else (DEFAULT_INDEX_RATE if index is not None else 0.0)
+    kind = features or ("hubert" if hubert is not None else "mel")
+    columns = (TextColumn("converting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        net, cfg = load_voice_model(model)
+        with Progress(*columns, console=_app.console) as bar:
+            task = bar.add_task("", total=None)
+            convert(
+                net,
+                cfg,
+                input_wav,
+                output_wav,
+                pitch=pitch,
+                f0_method=f0,
+                index=index,
+                index_rate=rate,
+                features=kind,
+                hubert_path=hubert,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                chunk_seconds=chunk_seconds,
+            )
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        fail(str(error))
+    _app.console.print(f"wrote {output_wav} ({cfg.data.sampling_rate} Hz)", highlight=False)

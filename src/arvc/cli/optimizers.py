@@ -1,0 +1,121 @@
+"""`arvc optimizers` and `arvc recommend`: the optimizer registry and the guide's advice, printed.
+
+The console is looked up on :mod:`arvc.cli._app` at call time, so tests that swap it see this output.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import torch
+import typer
+from rich.table import Table
+
+from arvc.cli import _app
+from arvc.cli._app import app
+from arvc.optim import OPTIMIZERS, get_spec, state_bytes_per_param
+from arvc.optim.recommend import PRECISIONS, recommend
+
+
+def _devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _stars(rating: int) -> str:
+    return "★" * rating + "☆" * (5 - rating)
+
+
+def _spec_summary(spec) -> dict:
+    return {"rating": spec.rating, "name": spec.name, "category": spec.category, "best_for": spec.best_for}
+
+
+def _spec_details(spec) -> dict:
+    bytes_per_param = {"float32 params": round(state_bytes_per_param(spec.name), 2)}
+    if spec.name == "AnyPrecisionAdamW":
+        bytes_per_param["bfloat16 params, bf16 buffers + Kahan"] = round(
+            state_bytes_per_param(
+                spec.name,
+                param_dtype=torch.bfloat16,
+                use_kahan_summation=True,
+                momentum_dtype="bfloat16",
+                variance_dtype="bfloat16",
+            ),
+            2,
+        )
+    return {
+        **_spec_summary(spec),
+        "description": spec.description,
+        "paper": spec.paper,
+        "class": f"{spec.cls.__module__}.{spec.cls.__qualname__}",
+        "supported_kwargs": list(spec.supported_kwargs),
+        "paired_scheduler": spec.paired_scheduler or "exponential (RVC default)",
+        "fused_available": {device: spec.fused_on(device) for device in _devices()},
+        "state_bytes_per_param": bytes_per_param,
+    }
+
+
+@app.command()
+def optimizers(
+    name: Annotated[str | None, typer.Argument(help="Show one optimizer in detail.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the rated optimizers, or describe one."""
+    if name is not None:
+        try:
+            details = _spec_details(get_spec(name))
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="NAME") from error
+        if as_json:
+            typer.echo(json.dumps(details, indent=2))
+            return
+        table = Table(title=f"{details['name']}  {_stars(details['rating'])}", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for key, value in details.items():
+            if key in ("name", "rating"):
+                continue
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}: {v}" for k, v in value.items())
+            elif isinstance(value, list):
+                value = ", ".join(value)
+            table.add_row(key.replace("_", " "), str(value))
+        _app.console.print(table)
+        return
+    rows = [_spec_summary(spec) for spec in OPTIMIZERS.values()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="arvc optimizers")
+    for column in ("rating", "name", "category", "best for"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(_stars(row["rating"]), row["name"], row["category"], row["best_for"])
+    _app.console.print(table)
+
+
+@app.command(name="recommend")
+def recommend_command(
+    epochs: Annotated[int, typer.Option(min=1, help="Planned number of epochs.")] = 300,
+    precision: Annotated[str, typer.Option(help=f"One of {', '.join(PRECISIONS)}.")] = "fp32",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Print the guide's recommended optimizer and settings for a run, with the reason."""
+    try:
+        advice = recommend(epochs, precision)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    if as_json:
+        typer.echo(json.dumps(advice.__dict__, indent=2))
+        return
+    options = ", ".join(f"{k}={v}" for k, v in advice.options.items())
+    _app.console.print(
+        f"[bold]{advice.optimizer}[/bold]  lr {advice.lr:g}, batch {advice.batch_size}, "
+        f"{advice.epochs} epochs" + (f" ({options})" if options else "")
+    )
+    command = (
+        f"arvc train --optimizer {advice.optimizer} --lr {advice.lr:g} --batch-size {advice.batch_size} "
+        f"--epochs {advice.epochs} --precision {precision}"
+    )
+    _app.console.print(f"  {command}", soft_wrap=True, highlight=False)
+    _app.console.print(advice.reason)

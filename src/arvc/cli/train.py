@@ -1,0 +1,376 @@
+"""`arvc train` and `arvc preprocess`: flags in, the training library called, progress and results out."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from arvc.cli._app import app, console, fail
+
+# --- training -------------------------------------------------------------------------------------------
+DEMO_EPOCHS = 60  # the no-argument demo: about 10 minutes on a 2-core CPU
+
+
+class _ProgressCallbacks:
+    """A rich progress bar for the training loop: epoch, step, losses, lr, it/s, ETA."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = None
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+        self.total_epochs = total_epochs
+        self.task = self.progress.add_task(
+            "train",
+            total=total_epochs * steps_per_epoch,
+            completed=(start_epoch - 1) * steps_per_epoch,
+            epoch=f"{start_epoch}/{total_epochs}",
+            stats="",
+        )
+
+    def on_step(self, epoch: int, step: int, losses: dict, lr: float) -> None:
+        stats = (
+            f"mel {losses['loss_mel']:.2f}  G {losses['loss_g']:.2f}  D {losses['loss_d']:.2f}  lr {lr:.2e}"
+        )
+        self.progress.update(self.task, advance=1, epoch=f"{epoch}/{self.total_epochs}", stats=stats)
+
+    def on_epoch(self, epoch: int, losses: dict) -> None:
+        pass
+
+
+class _SpeedColumn(ProgressColumn):
+    """Steps per second (rich's own speed column counts bytes)."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        _SpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+@contextlib.contextmanager
+def _preprocess_progress():
+    """A progress bar for preprocessing; yields the library's `progress(done, total, name)` callback."""
+    with Progress(
+        TextColumn("preprocessing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    ) as bar:
+        task = bar.add_task("", total=None)
+        yield lambda done, total, what: bar.update(task, completed=done, total=total, description=str(what))
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(
+                f"{item!r}: expected KEY=VALUE, e.g. model.hidden_channels=96", param_hint="--set"
+            )
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    """The command line again, minus --nproc N (what each of the N processes runs)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _check_processes(nproc: int | None, device: str, batch_size: int) -> int:
+    """How many processes will train; a bad --nproc/--device is an error before any work starts."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if nproc is not None and world > 1:
+        raise ValueError(f"--nproc starts the processes itself; under torchrun (WORLD_SIZE={world}) drop it")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; valid: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available to torch on this machine")
+    processes = nproc or world
+    if device == "cuda" and nproc is not None and nproc > torch.cuda.device_count():
+        raise ValueError(
+            f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s), one per process"
+        )
+    if batch_size % processes:
+        raise ValueError(
+            f"batch size {batch_size} cannot be split over {processes} processes (it is the global batch; "
+            f"each process takes batch/processes): use a multiple of {processes}, e.g. --batch-size "
+            f"{processes * max(1, batch_size // processes)}"
+        )
+    return processes
+
+
+def _parse_betas(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        beta1, beta2 = (float(v) for v in text.split(","))
+    except ValueError as error:
+        raise typer.BadParameter(
+            f"{text!r}: expected two numbers, e.g. 0.8,0.99", param_hint="--betas"
+        ) from error
+    return beta1, beta2
+
+
+@app.command()
+def train(
+    dataset: Annotated[
+        Path | None, typer.Argument(help="Folder of recordings; omit to train the demo voice.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Run name (runs/NAME); default: the dataset folder or 'demo'.")
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
+    config: Annotated[str, typer.Option(help="tiny, v2-32k, v2-40k, v2-48k or a JSON file.")] = "tiny",
+    optimizer: Annotated[
+        str | None, typer.Option(help="Any name from `arvc optimizers` (default AdamW).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 1e-3).")] = None,
+    betas: Annotated[str | None, typer.Option(help="beta1,beta2 (default RVC's 0.8,0.99).")] = None,
+    eps: Annotated[float | None, typer.Option(help="Epsilon (default RVC's 1e-9).")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Decoupled weight decay (default: the optimizer's).")
+    ] = None,
+    use_8bit: Annotated[
+        bool | None, typer.Option("--use-8bit", help="bitsandbytes AdamW8bit (arvc[bnb]).")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default fp32).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help=f"Epochs (config: 300; the demo: {DEMO_EPOCHS}).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default 8).")] = None,
+    save_every: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the models (needs a C++ compiler).")
+    ] = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue a run: runs/NAME or one checkpoint file.")
+    ] = None,
+    f0: Annotated[str, typer.Option(help="Pitch extractor: pm, harvest, dio or crepe.")] = "pm",
+    features: Annotated[str, typer.Option(help="Content features: mel (built in) or hubert.")] = "mel",
+    hubert: Annotated[
+        Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint for --features hubert.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override KEY=VALUE (repeatable).")
+    ] = None,
+    pretrained_g: Annotated[
+        Path | None, typer.Option(help="Pretrained generator to fine-tune from (RVC f0G*.pth or arvc).")
+    ] = None,
+    pretrained_d: Annotated[
+        Path | None, typer.Option(help="Pretrained discriminator (RVC f0D*.pth or arvc).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after N steps (a quick look).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (with several processes: one GPU each).")] = "cpu",
+    nproc: Annotated[
+        int | None,
+        typer.Option(min=1, help="Train with N processes on this machine (DDP; see docs/distributed.md)."),
+    ] = None,
+    zero: Annotated[
+        bool, typer.Option("--zero", help="Shard optimizer state over the processes (ZeRO).")
+    ] = False,
+) -> None:
+    """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
+    from arvc.audio.f0 import F0_METHODS
+    from arvc.config import RunConfig, apply_overrides, load_config
+    from arvc.data.prepare import prepare_data
+    from arvc.data.preprocess import DataError
+    from arvc.modelfile.read import PretrainedError, read_model_file
+    from arvc.optim import get_spec
+    from arvc.optim.registry import eight_bit_optimizer_class
+    from arvc.train.checkpoint import CheckpointError, latest_checkpoint
+    from arvc.train.distributed import DistributedError, launch, process_group
+    from arvc.train.loop import PRECISIONS, TrainError, TrainOptions
+    from arvc.train.loop import train as run_training
+
+    try:  # everything the user typed is checked before any work starts
+        if optimizer is not None:
+            get_spec(optimizer)
+        if use_8bit:
+            eight_bit_optimizer_class()
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if f0 not in F0_METHODS:
+            raise ValueError(f"unknown f0 method {f0!r}; valid: {', '.join(F0_METHODS)}")
+        if features == "hubert" and (hubert is None or not hubert.exists()):
+            raise ValueError(f"--features hubert needs --hubert PATH to a local checkpoint (got {hubert})")
+        for path in (pretrained_g, pretrained_d):
+            if path is not None:
+                read_model_file(path)  # a missing, damaged or code-carrying file fails here, before any work
+        parsed_betas = _parse_betas(betas)
+        overrides = _parse_overrides(set_ or [])
+        for key, value in (
+            ("train.epochs", epochs),
+            ("train.batch_size", batch_size),
+            ("train.save_every", save_every),
+            ("train.seed", seed),
+        ):
+            if value is not None:
+                overrides[key] = value
+        if resume is not None:
+            run_dir = resume if resume.is_dir() else resume.parent.parent
+            saved = run_dir / "config.json"
+            if not saved.is_file():
+                raise ValueError(f"--resume {resume}: {saved} not found; is this an arvc run directory?")
+            cfg = RunConfig.from_dict(json.loads(saved.read_text()))
+        else:
+            run_dir = runs_dir / (name or (dataset.name if dataset is not None else "demo"))
+            if latest_checkpoint(run_dir) is not None:
+                raise ValueError(
+                    f"{run_dir} already holds a trained run; continue it with --resume {run_dir}, "
+                    "or choose another --name (nothing was changed)"
+                )
+            cfg = load_config(config)
+            if dataset is None and epochs is None:
+                overrides["train.epochs"] = DEMO_EPOCHS
+            if dataset is not None and not dataset.is_dir():
+                raise ValueError(f"dataset folder {dataset} does not exist")
+        cfg = apply_overrides(cfg, overrides)
+        _check_processes(nproc, device, cfg.train.batch_size)
+        if zero and use_8bit:
+            raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
+    except (ValueError, PretrainedError, ImportError) as error:
+        fail(str(error))
+
+    def prepare() -> None:
+        if resume is None or not (run_dir / "data" / "filelist.txt").is_file():
+            with _preprocess_progress() as progress:
+                prepare_data(
+                    cfg,
+                    run_dir,
+                    dataset,
+                    f0_method=f0,
+                    features=features,
+                    hubert_path=hubert,
+                    progress=progress,
+                )
+
+    try:
+        with process_group(device) as ranks:  # under torchrun: join the other processes
+            if not ranks.is_main:
+                logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports for all
+            ranks.on_main(prepare, "prepare the data")  # once, before any process reads it
+            if nproc is not None and nproc > 1:  # start N processes that run this command without --nproc
+                raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
+            result = _run(
+                ranks.is_main,
+                run_training,
+                TrainOptions(
+                    run_dir=run_dir,
+                    data_dir=run_dir / "data",
+                    config=cfg,
+                    optimizer=optimizer,
+                    lr=lr,
+                    betas=parsed_betas,
+                    eps=eps,
+                    weight_decay=weight_decay,
+                    use_8bit=use_8bit,
+                    precision=precision,
+                    compile=compile,
+                    resume=resume,
+                    pretrained_g=pretrained_g,
+                    pretrained_d=pretrained_d,
+                    max_steps=max_steps,
+                    device=device,
+                    zero=zero,
+                ),
+            )
+    except (DataError, TrainError, CheckpointError, PretrainedError, ImportError, DistributedError) as error:
+        fail(str(error))
+    if result is None:  # ranks other than 0: rank 0 reports
+        return
+    if result.stopped_by in ("SIGINT", "SIGTERM"):
+        console.print(
+            f"stopped by {result.stopped_by} after step {result.steps_done}; "
+            f"checkpoint {result.last_checkpoint}\n"
+            f"continue with: arvc train --resume {run_dir}"
+        )
+        return
+    console.print(f"trained {result.epochs_done} epochs ({result.steps_done} steps) in {run_dir}")
+    for kind, path in result.exports.items():
+        console.print(f"  {kind}: {path}")
+    console.print(
+        f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}   loss plot: {run_dir / 'loss.png'}"
+    )
+
+
+def _run(show: bool, run_training, options):
+    """Train with a progress bar (rank 0 of a multi-process run only); the result, or None elsewhere."""
+    if not show:
+        run_training(options)
+        return None
+    with _progress() as bar:
+        return run_training(options, _ProgressCallbacks(bar))
+
+
+@app.command()
+def preprocess(
+    dataset: Annotated[Path, typer.Argument(help="Folder of recordings (wav, flac, mp3, ogg).")],
+    name: Annotated[str, typer.Option(help="Run name: data goes to runs/NAME/data.")],
+    runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
+    sample_rate: Annotated[int, typer.Option(help="16000 (tiny), 32000, 40000 or 48000.")] = 40000,
+    f0: Annotated[str, typer.Option(help="pm, harvest, dio or crepe.")] = "pm",
+    features: Annotated[str, typer.Option(help="mel (built in) or hubert.")] = "mel",
+    feature_dim: Annotated[int | None, typer.Option(help="Feature size (mel: 80; hubert: 768).")] = None,
+    hubert: Annotated[Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint.")] = None,
+) -> None:
+    """Slice, resample and analyse recordings for training (re-running skips finished files)."""
+    from arvc.data.preprocess import DataError
+    from arvc.data.preprocess import preprocess as run_preprocess
+
+    dim = feature_dim or (768 if features == "hubert" else 80)
+    try:
+        with _preprocess_progress() as progress:
+            result = run_preprocess(
+                dataset,
+                runs_dir / name / "data",
+                sample_rate,
+                f0,
+                features=features,
+                feature_dim=dim,
+                hubert_path=hubert,
+                progress=progress,
+            )
+    except (DataError, ImportError, FileNotFoundError) as error:
+        fail(str(error))
+    console.print(
+        f"{result.n_pieces} pieces ({result.seconds:.1f} s) from {result.n_sources} files in {result.run_dir}"
+    )

@@ -1,0 +1,82 @@
+"""Export a trained generator for inference: safetensors + config, and RVC's own inference file.
+
+RVC WebUI / Applio load `{"weight": fp16 state dict without enc_q, "config": [18 values], "sr": "40k",
+"f0": 1, "version": "v2", "info": ...}`; for the RVC-sized configs arvc writes exactly that beside the
+safetensors file, so the model drops into the tools users already have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from arvc.config import RunConfig, rvc_config_list
+from arvc.train.checkpoint import atomic_save
+
+__all__ = ["export_generator", "inference_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+RVC_SAMPLE_RATES = {32000: "32k", 40000: "40k", 48000: "48k"}
+
+
+def inference_state_dict(generator: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The generator's weights without the posterior encoder, which only training uses."""
+    return {
+        key: value.detach().cpu().contiguous().clone()
+        for key, value in generator.state_dict().items()
+        if not key.startswith("enc_q.")
+    }
+
+
+def _is_rvc_compatible(cfg: RunConfig) -> bool:
+    return (
+        cfg.data.sampling_rate in RVC_SAMPLE_RATES
+        and cfg.data.feature_dim == 768
+        and cfg.name.startswith("v2")
+    )
+
+
+def export_generator(
+    generator: torch.nn.Module, cfg: RunConfig, out_dir: Path, info: str = ""
+) -> dict[str, Path]:
+    """Write `model.safetensors` + `model.json` (and `model_rvc.pth` for RVC-sized configs) to out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.float() for k, v in inference_state_dict(generator).items()}
+    written = {}
+
+    safetensors_path = out_dir / "model.safetensors"
+    tmp = out_dir / ".model.safetensors.tmp"
+    save_file(weights, str(tmp), metadata={"format": "arvc-generator", "config": json.dumps(cfg.to_dict())})
+    os.replace(tmp, safetensors_path)
+    written["safetensors"] = safetensors_path
+
+    config_path = out_dir / "model.json"
+    tmp = out_dir / ".model.json.tmp"
+    tmp.write_text(json.dumps({"format": "arvc-generator", "info": info, "config": cfg.to_dict()}, indent=2))
+    os.replace(tmp, config_path)
+    written["config"] = config_path
+
+    if _is_rvc_compatible(cfg):
+        rvc = {
+            "weight": {k: v.half() for k, v in weights.items()},
+            "config": rvc_config_list(cfg),
+            "sr": RVC_SAMPLE_RATES[cfg.data.sampling_rate],
+            "f0": 1,
+            "version": cfg.version,
+            "info": info,
+        }
+        rvc_path = out_dir / "model_rvc.pth"
+        atomic_save(rvc, rvc_path)
+        written["rvc"] = rvc_path
+    else:
+        logger.info(
+            "config %s is not RVC-sized (needs 32k/40k/48k and 768-d features): no RVC .pth written", cfg.name
+        )
+    return written

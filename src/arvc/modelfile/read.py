@@ -1,0 +1,397 @@
+"""Read every model file arvc meets — RVC's and its own — and load pretrained weights strictly.
+
+Four kinds: RVC training files (``{"model": state_dict, ...}``: pretrained ``f0G40k.pth``/``f0D40k.pth``,
+``G_*.pth``/``D_*.pth`` from RVC's logs), RVC inference files (``{"weight", "config", "sr", "f0",
+"version", "info"}``), arvc checkpoints and arvc exports (``model.safetensors`` or its ``model.json``).
+Files are opened with ``weights_only=True``: a model is data, and a pickle that needs code is refused.
+
+Loading is strict on purpose: a pretrained file that only half fits (another sample rate, v1
+features, a discriminator given as generator) would otherwise train from a silently wrong start.
+The one tolerated gap is the posterior encoder ``enc_q``, which inference files leave out.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from arvc.config import RunConfig, config_from_rvc_list, load_config
+from arvc.train.checkpoint import CHECKPOINT_FORMAT
+
+__all__ = [
+    "ModelFile",
+    "PretrainedError",
+    "load_pretrained_discriminator",
+    "load_pretrained_generator",
+    "load_state_strict",
+    "read_model_file",
+]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "arvc-generator"
+_SR_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}
+_VERSION_BY_FEATURE_DIM = {768: "v2", 256: "v1"}
+_VERSION_BY_DISCRIMINATORS = {9: "v2", 7: "v1"}  # DiscriminatorS + 8 (v2) or 6 (v1) period discriminators
+_PITCH_KEY = "enc_p.emb_pitch.weight"
+_PHONE_KEY = "enc_p.emb_phone.weight"
+_SHOWN = 4  # keys named per kind of mismatch in an error
+
+
+class PretrainedError(ValueError):
+    """A model file that cannot be read or does not fit; the message says what it is and what to do."""
+
+
+@dataclass
+class ModelFile:
+    """What a model file holds, as far as it can be told from the file alone."""
+
+    kind: str
+    path: Path
+    generator: dict[str, torch.Tensor] | None = None
+    discriminator: dict[str, torch.Tensor] | None = None
+    sample_rate: int | None = None
+    version: str | None = None
+    f0: int | None = None
+    n_params: int = 0
+    config: RunConfig | None = None
+    dtype: str | None = None
+    info: str | None = None
+    optimizer: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    epoch: int | None = None
+    step: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def contents(self) -> list[str]:
+        return [n for n, sd in (("generator", self.generator), ("discriminator", self.discriminator)) if sd]
+
+    def summary(self) -> str:
+        """One line for messages: kind, contents, sample rate, version, f0."""
+        sr = f"{self.sample_rate} Hz" if self.sample_rate else "sample rate unknown"
+        f0 = "f0 unknown" if self.f0 is None else f"f0={self.f0}"
+        what = " + ".join(self.contents) or "no weights"
+        return f"{self.kind} ({what}), {sr}, {self.version or 'version unknown'}, {f0}"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Open and classify a model file (or a folder holding ``model.safetensors``, or a run's ``export/``)."""
+    path = _resolve(Path(path).expanduser())
+    if path.suffix == ".safetensors":
+        return _read_export(path, path)
+    if path.suffix == ".json":
+        return _read_export_json(path)
+    data = _torch_load(path)
+    if not isinstance(data, dict):
+        raise PretrainedError(f"{path} holds a {type(data).__name__}, not a model; {_KNOWN}")
+    if data.get("format") == CHECKPOINT_FORMAT:
+        return _from_checkpoint(path, data)
+    if isinstance(data.get("weight"), dict):
+        return _from_rvc_inference(path, data)
+    if isinstance(data.get("model"), dict):
+        return _from_rvc_train(path, data)
+    keys = ", ".join(map(str, list(data)[:8]))
+    raise PretrainedError(
+        f"{path} is a dict with keys [{keys}], none of the model formats arvc knows; {_KNOWN}"
+    )
+
+
+_KNOWN = (
+    "arvc reads RVC training files (f0G40k.pth, G_*.pth, D_*.pth), RVC inference .pth files, "
+    "arvc checkpoints (ckpt_*.pt) and arvc exports (model.safetensors / model.json)"
+)
+
+
+def _resolve(path: Path) -> Path:
+    if not path.exists():
+        raise PretrainedError(f"model file {path} does not exist; check the path")
+    if path.is_dir():
+        for candidate in (path / "model.safetensors", path / "export" / "model.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise PretrainedError(f"{path} is a folder without model.safetensors or export/; pass a model file")
+    return path
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        if "Unsupported global" not in str(error) or found is None:
+            raise PretrainedError(
+                f"{path} is damaged or not a model file (it does not unpickle as plain data); {_KNOWN}"
+            ) from error
+        raise PretrainedError(
+            f"{path} is a pickle that needs code to load (an object of class {found[1]}). arvc only loads "
+            "plain data (tensors, numbers, strings, lists, dicts): unpickling objects can run any code. "
+            "If you trust the file, re-save it once as plain data: torch.load(path, weights_only=False), "
+            "replace custom objects by plain values (a model by {'model': net.state_dict()}), torch.save."
+        ) from error
+    except Exception as error:  # truncated zip, text file, random bytes, ...
+        raise PretrainedError(
+            f"{path} is damaged or not a model file ({type(error).__name__}: {error}); is it complete? "
+            f"{_KNOWN}"
+        ) from error
+
+
+def _state_dict(path: Path, value: Any, what: str) -> dict[str, torch.Tensor]:
+    tensors = isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values())
+    if not tensors:
+        raise PretrainedError(f"{path}: {what} is not a state dict of tensors; the file is damaged")
+    return dict(value)
+
+
+def _fill(mf: ModelFile) -> ModelFile:
+    """Derive version, f0, parameter count and dtype from the weights themselves."""
+    g, d = mf.generator, mf.discriminator
+    tensors = [t for sd in (g, d) if sd for t in sd.values()]
+    mf.n_params = sum(t.numel() for t in tensors)
+    floats = [t.dtype for t in tensors if t.is_floating_point()]
+    mf.dtype = str(floats[0]).removeprefix("torch.") if floats else None
+    if g is not None:
+        if _PHONE_KEY in g:
+            mf.version = _VERSION_BY_FEATURE_DIM.get(g[_PHONE_KEY].shape[-1], mf.version)
+        mf.f0 = int(_PITCH_KEY in g)
+    elif d is not None and mf.version is None:
+        n = len({k.split(".")[1] for k in d})
+        mf.version = _VERSION_BY_DISCRIMINATORS.get(n)
+    return mf
+
+
+def _from_checkpoint(path: Path, data: dict) -> ModelFile:
+    try:
+        cfg = RunConfig.from_dict(data.get("config") or {})
+    except ValueError as error:
+        raise PretrainedError(f"{path}: the checkpoint's config is invalid ({error})") from error
+    optim = data.get("optim_g") if isinstance(data.get("optim_g"), dict) else {}
+    disc = data.get("discriminator")
+    mf = ModelFile(
+        kind="arvc-checkpoint",
+        path=path,
+        generator=_state_dict(path, data.get("generator"), "'generator'"),
+        discriminator=None if disc is None else _state_dict(path, disc, "'discriminator'"),
+        sample_rate=cfg.data.sampling_rate,
+        version=cfg.version,
+        config=cfg,
+        optimizer=optim.get("name"),
+        hyperparameters=optim.get("hyperparameters"),
+        epoch=data.get("epoch"),
+        step=data.get("step"),
+        extra={"precision": data.get("precision")} if data.get("precision") else {},
+    )
+    return _fill(mf)
+
+
+def _from_rvc_inference(path: Path, data: dict) -> ModelFile:
+    weights = _state_dict(path, data["weight"], "'weight'")
+    sr = _SR_NAMES.get(data.get("sr"), data.get("sr"))
+    sr = int(sr) if isinstance(sr, (int, float)) else None
+    mf = _fill(ModelFile(kind="rvc-inference", path=path, generator=weights, sample_rate=sr))
+    mf.version = mf.version or str(data.get("version", "v1"))  # v1 files predate the "version" key
+    mf.f0, mf.info = int(data.get("f0", mf.f0)), data.get("info")
+    values = data.get("config")
+    if isinstance(values, (list, tuple)):
+        dim = weights[_PHONE_KEY].shape[-1] if _PHONE_KEY in weights else None
+        try:
+            mf.config = config_from_rvc_list(list(values), version=mf.version or "v2", feature_dim=dim)
+        except (ValueError, TypeError) as error:
+            raise PretrainedError(f"{path}: the RVC 'config' list is invalid ({error})") from error
+        mf.sample_rate = mf.sample_rate or mf.config.data.sampling_rate
+    return mf
+
+
+def _from_rvc_train(path: Path, data: dict) -> ModelFile:
+    sd = _state_dict(path, data["model"], "'model'")
+    role = "discriminator" if all(k.startswith("discriminators.") for k in sd) else "generator"
+    mf = ModelFile(kind="rvc-train", path=path, **{role: sd})
+    mf.epoch = data.get("iteration")  # RVC counts epochs as "iteration"
+    if "learning_rate" in data:
+        mf.hyperparameters = {"lr": data["learning_rate"]}
+    mf = _fill(mf)
+    if role == "generator":  # RVC training files carry no config: recognise the preset by shape
+        mf.config = _match_preset(sd)
+        mf.sample_rate = mf.config.data.sampling_rate if mf.config else None
+    return mf
+
+
+def _read_export(path: Path, weights_path: Path, info: str | None = None) -> ModelFile:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise PretrainedError(f"{weights_path} is not a readable safetensors file ({error})") from error
+    if meta.get("format") != EXPORT_FORMAT:
+        raise PretrainedError(
+            f"{weights_path} has no arvc metadata (format={meta.get('format')!r}, expected "
+            f"{EXPORT_FORMAT!r}); arvc reads the safetensors files it exported itself"
+        )
+    try:
+        cfg = RunConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, ValueError) as error:
+        raise PretrainedError(f"{weights_path}: the config in its metadata is invalid ({error})") from error
+    mf = ModelFile(
+        "arvc-export", path, weights, None, cfg.data.sampling_rate, cfg.version, config=cfg, info=info
+    )
+    return _fill(mf)
+
+
+def _read_export_json(path: Path) -> ModelFile:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PretrainedError(f"{path} is not a readable JSON file ({error})") from error
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise PretrainedError(f'{path} is not an arvc model.json (no "format": "{EXPORT_FORMAT}")')
+    weights = path.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise PretrainedError(f"{path}: {weights.name} is missing beside it; export the run again")
+    return _read_export(path, weights, info=meta.get("info"))
+
+
+@functools.lru_cache(maxsize=16)
+def _generator_shapes(cfg_json: str) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of a generator built on the meta device (no memory, no initialisation cost)."""
+    from arvc.model import Synthesizer
+
+    with torch.device("meta"):
+        net = Synthesizer(RunConfig.from_dict(json.loads(cfg_json)))
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _match_preset(sd: dict[str, torch.Tensor]) -> RunConfig | None:
+    """The built-in RVC preset whose generator has exactly these keys and shapes, if any."""
+    if _PHONE_KEY not in sd:
+        return None
+    dim = sd[_PHONE_KEY].shape[-1]
+    have = {k: tuple(v.shape) for k, v in sd.items()}
+    for name in ("v2-40k", "v2-32k", "v2-48k"):
+        cfg = load_config(name)
+        cfg.data.feature_dim = dim
+        if dim != 768:
+            cfg.name, cfg.version, cfg.model.disc_periods = (
+                name.replace("v2", "v1"),
+                "v1",
+                [2, 3, 5, 7, 11, 17],
+            )
+        if _generator_shapes(json.dumps(cfg.to_dict())) == have:
+            return cfg
+    return None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_pretrained_generator(net_g: nn.Module, path: str | Path, cfg: RunConfig) -> ModelFile:
+    """Load a generator from any known model file into ``net_g``, strictly (enc_q may be absent)."""
+    mf = read_model_file(path)
+    if mf.generator is None:
+        raise PretrainedError(
+            f"{mf.path} is a discriminator (D) file, not a generator: pass it as --pretrained-d, and the "
+            "matching generator file (e.g. f0G40k.pth) as --pretrained-g"
+        )
+    if _PITCH_KEY not in mf.generator:
+        raise PretrainedError(
+            f"{mf.path} is a model without pitch guidance (f0=0, e.g. G40k.pth); arvc trains pitch-guided "
+            "models: use the f0 variant of the pretrained file (e.g. f0G40k.pth)"
+        )
+    load_state_strict(net_g, mf.generator, source=mf, cfg=cfg, part="generator", optional=("enc_q.",))
+    return mf
+
+
+def load_pretrained_discriminator(net_d: nn.Module, path: str | Path, cfg: RunConfig) -> ModelFile:
+    """Load a multi-period discriminator from an RVC D file or an arvc checkpoint into ``net_d``, strictly."""
+    mf = read_model_file(path)
+    if mf.discriminator is None:
+        if mf.kind == "rvc-train":
+            hint = "pass it as --pretrained-g, and the matching D file (e.g. f0D40k.pth) as --pretrained-d"
+        else:
+            hint = "it has no discriminator; use RVC's pretrained D (e.g. f0D40k.pth) or an arvc checkpoint"
+        raise PretrainedError(f"{mf.path} is a generator-only {mf.kind} file: {hint}")
+    load_state_strict(net_d, mf.discriminator, source=mf, cfg=cfg, part="discriminator")
+    return mf
+
+
+def load_state_strict(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: ModelFile | str | Path,
+    cfg: RunConfig | None = None,
+    part: str = "generator",
+    optional: tuple[str, ...] = (),
+    absent_level: int = logging.INFO,
+) -> None:
+    """Copy ``state`` into ``module`` (dtypes converted to the module's) only if every key and shape fits
+    and, when both are known, the file's sample rate is the config's.
+
+    Keys under an ``optional`` prefix may be missing as a whole group (an inference file's enc_q);
+    they keep their fresh initialisation, logged at ``absent_level``. Anything else raises PretrainedError.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    absent_groups = [p for p in optional if not any(k.startswith(p) for k in state)]
+    missing = [k for k in missing if not any(k.startswith(p) for p in absent_groups)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    file_sr = getattr(source, "sample_rate", None)
+    other_sr = bool(cfg and file_sr and file_sr != cfg.data.sampling_rate)
+    if missing or unexpected or shapes or other_sr:
+        raise PretrainedError(_mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes))
+    converted = {k: v.to(dtype=own[k].dtype) for k, v in state.items()}
+    module.load_state_dict(converted, strict=False)  # keys checked above; only absent groups stay fresh
+    where = getattr(source, "path", source)
+    for group in (p.rstrip(".") for p in absent_groups):
+        note = "%s has no %s weights (inference files omit it): %s keeps its fresh initialisation"
+        logger.log(absent_level, note, where, group, group)
+    logger.info("loaded %s weights from %s", part, where)
+
+
+def _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes) -> str:
+    def listing(keys: list[str], sd: dict) -> str:
+        return f"{len(keys)}, e.g. " + "; ".join(f"{k} {list(sd[k].shape)}" for k in keys[:_SHOWN])
+
+    lines = [
+        f"{getattr(source, 'path', source)} does not fit the {part} of config '{getattr(cfg, 'name', '?')}'"
+    ]
+    if isinstance(source, ModelFile):
+        lines.append(f"  file: {source.summary()}, {source.n_params:,} parameters")
+    if cfg is not None:
+        d = cfg.data
+        lines.append(f"  config: {d.sampling_rate} Hz, {cfg.version}, {d.feature_dim}-d features, f0=1")
+    if shapes:
+        shown = "; ".join(
+            f"{k} file {list(state[k].shape)} vs model {list(own[k].shape)}" for k in shapes[:_SHOWN]
+        )
+        lines.append(f"  keys with other shapes: {len(shapes)}, e.g. {shown}")
+    if missing:
+        lines.append(f"  keys missing from the file: {listing(missing, own)}")
+    if unexpected:
+        lines.append(f"  unexpected keys in the file: {listing(unexpected, state)}")
+    file_sr = getattr(source, "sample_rate", None)
+    if cfg is not None and file_sr and file_sr != cfg.data.sampling_rate:
+        preset = {32000: "v2-32k", 40000: "v2-40k", 48000: "v2-48k"}.get(file_sr, "a config")
+        lines.append(
+            f"  the file is {file_sr} Hz, not {cfg.data.sampling_rate} Hz: a {file_sr} Hz file needs {preset}"
+        )
+    lines.append(
+        "Nothing was loaded. Use the pretrained file that matches the config (same sample rate, version "
+        "and sizes), or choose the config that matches the file."
+    )
+    return "\n".join(lines)

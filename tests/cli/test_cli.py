@@ -1,0 +1,175 @@
+"""The CLI is thin: these tests check what a user sees and that errors exit non-zero."""
+
+import json
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import arvc.cli._app
+from arvc.cli import app
+from arvc.optim import OPTIMIZERS
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Rich wraps to the terminal width; a wide console keeps the strings under test on one line."""
+    monkeypatch.setattr(arvc.cli._app, "console", Console(width=200))
+
+
+def test_optimizers_table_lists_every_optimizer_in_rating_order():
+    result = runner.invoke(app, ["optimizers"])
+    assert result.exit_code == 0, result.output
+    positions = [result.output.index(name + " ") for name in OPTIMIZERS]
+    assert positions == sorted(positions)
+    assert "★★★★★" in result.output and "Mixed-precision" in result.output
+
+
+def test_optimizers_json():
+    result = runner.invoke(app, ["optimizers", "--json"])
+    rows = json.loads(result.stdout)
+    assert [(r["name"], r["rating"]) for r in rows] == [(s.name, s.rating) for s in OPTIMIZERS.values()]
+
+
+def test_optimizer_details_json():
+    result = runner.invoke(app, ["optimizers", "anyprecisionadamw", "--json"])
+    assert result.exit_code == 0, result.output
+    details = json.loads(result.stdout)
+    assert "use_kahan_summation" in details["supported_kwargs"]
+    assert details["state_bytes_per_param"]["bfloat16 params, bf16 buffers + Kahan"] <= 6.0
+    assert details["fused_available"]["cpu"] is True  # arvc's own fused CPU kernel
+    adamw = json.loads(runner.invoke(app, ["optimizers", "AdamW", "--json"]).stdout)
+    assert adamw["fused_available"]["cpu"] is True
+    assert adamw["state_bytes_per_param"]["float32 params"] == 8.0
+
+
+def test_optimizer_details_table():
+    result = runner.invoke(app, ["optimizers", "AdaBeliefV2"])
+    assert result.exit_code == 0, result.output
+    assert "inverse_sqrt" in result.output and "arXiv:2010.07468" in result.output
+
+
+def test_unknown_optimizer_is_a_clear_error():
+    result = runner.invoke(app, ["optimizers", "Lion"])
+    assert result.exit_code == 2
+    assert "AdaBeliefV2" in result.output
+
+
+def test_recommend():
+    result = runner.invoke(app, ["recommend", "--epochs", "100"])
+    assert result.exit_code == 0 and "RAdam" in result.output
+    result = runner.invoke(app, ["recommend", "--epochs", "900", "--precision", "bf16", "--json"])
+    advice = json.loads(result.stdout)
+    assert advice["optimizer"] == "AnyPrecisionAdamW"
+    bad = runner.invoke(app, ["recommend", "--precision", "int4"])
+    assert bad.exit_code == 2
+
+
+# --- arvc train / preprocess ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    from arvc.data.demo import generate_demo_voice
+
+    folder = tmp_path_factory.mktemp("recordings")
+    generate_demo_voice(folder, seconds=12, sr=16000, seed=2)
+    return folder
+
+
+def train_cli(*args):
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--optimizer", "Lion"], "valid names"),
+        (["--precision", "fp8"], "unknown precision"),
+        (["--f0", "yin"], "unknown f0 method"),
+        (["--features", "hubert"], "--hubert PATH"),
+        (["--betas", "0.9"], "two numbers"),
+        (["--set", "model.nope=1"], "model.nope"),
+    ],
+)
+def test_train_rejects_bad_input_before_any_work(tmp_path, args, message):
+    result = train_cli("--runs-dir", tmp_path, *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not list(tmp_path.iterdir()), "nothing may be written for bad input"
+
+
+def test_train_missing_or_empty_dataset(tmp_path):
+    result = train_cli(tmp_path / "nowhere", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    (tmp_path / "empty").mkdir()
+    result = train_cli(tmp_path / "empty", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "is empty; put recordings" in result.output
+
+
+def test_train_then_refuse_to_overwrite_then_resume(tmp_path, recordings):
+    args = [
+        recordings,
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "alice",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+    ]
+    first = train_cli(*args)
+    assert first.exit_code == 0, first.output
+    run = tmp_path / "alice"
+    assert (run / "export" / "model.safetensors").is_file() and (run / "loss.png").is_file()
+    checkpoints = sorted((run / "checkpoints").iterdir())
+
+    again = train_cli(*args)
+    assert again.exit_code == 1 and "--resume" in again.output
+    assert sorted((run / "checkpoints").iterdir()) == checkpoints
+
+    resumed = train_cli("--resume", run, "--epochs", "2", "--max-steps", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert "(2 steps)" in resumed.output
+
+
+def test_preprocess_command(tmp_path, recordings):
+    result = runner.invoke(
+        app,
+        [
+            "preprocess",
+            str(recordings),
+            "--name",
+            "bob",
+            "--runs-dir",
+            str(tmp_path),
+            "--sample-rate",
+            "16000",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "bob" / "data" / "filelist.txt").is_file()
+    bad = runner.invoke(
+        app,
+        [
+            "preprocess",
+            str(recordings),
+            "--name",
+            "bob",
+            "--runs-dir",
+            str(tmp_path),
+            "--sample-rate",
+            "22050",
+        ],
+    )
+    assert bad.exit_code == 1 and "22050" in bad.output
+
+
+def test_eight_bit_without_bitsandbytes_fails_before_any_work(tmp_path, no_bitsandbytes):
+    result = train_cli("--runs-dir", tmp_path, "--use-8bit")
+    assert result.exit_code == 1
+    assert "pip install 'arvc[bnb]'" in result.output  # printed literally, not eaten as markup
+    assert not list(tmp_path.iterdir())
