@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy import signal
+
+from arvc._files import atomic_file
 
 __all__ = [
     "AudioLoadError",
@@ -124,16 +125,8 @@ def load_audio(path: str | os.PathLike, sr: int | None = None) -> np.ndarray:
 
 def write_wav(path: str | os.PathLike, wave: np.ndarray, sr: int) -> None:
     """Write a float32 WAV atomically (temp file + rename) so an interrupted run leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".wav", prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, np.asarray(wave, dtype=np.float32), sr, subtype="FLOAT")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, suffix=".wav") as temporary:
+        sf.write(temporary, np.asarray(wave, dtype=np.float32), sr, subtype="FLOAT")
 
 
 @functools.lru_cache(maxsize=8)

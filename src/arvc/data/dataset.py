@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,6 +24,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from arvc._files import atomic_file
 from arvc.audio.mel import linear_spectrogram
 from arvc.data.preprocess import FILELIST, DataError
 
@@ -174,13 +174,10 @@ class VoiceDataset(Dataset):
                 log.debug("ignoring unreadable %s: %s", cache, exc)
         spec = linear_spectrogram(wave, cfg.filter_length, cfg.hop_length, cfg.win_length)[0]
         if self.cache_spec:
-            fd, tmp = tempfile.mkstemp(suffix=".pt", prefix=f".{cache.stem}.", dir=cache.parent)
-            os.close(fd)
             try:
-                torch.save(spec, tmp)
-                os.replace(tmp, cache)
+                with atomic_file(cache) as temporary, open(temporary, "wb") as handle:
+                    torch.save(spec, handle)
             except OSError as exc:  # read-only run dir: fine, just slower
-                Path(tmp).unlink(missing_ok=True)
                 log.debug("could not cache %s: %s", cache, exc)
         return spec
 

@@ -28,6 +28,8 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
+from arvc._files import atomic_file, write_text
+
 __all__ = ["DEMO_MANIFEST", "generate_demo_voice", "synthesize_speech"]
 
 log = logging.getLogger(__name__)
@@ -297,12 +299,9 @@ def generate_demo_voice(
     hashes = {}
     for i, (path, length) in enumerate(zip(paths, lengths, strict=True)):
         wave = synthesize_speech(length, sr, np.random.default_rng([seed, i]))
-        tmp = path.with_name(f".{path.name}.tmp")
-        sf.write(tmp, wave, sr, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
+        with atomic_file(path) as temporary:
+            sf.write(temporary, wave, sr, subtype="PCM_16", format="WAV")
         hashes[path.name] = _sha256(path)
-    tmp = manifest_path.with_name(f".{manifest_path.name}.tmp")
-    tmp.write_text(json.dumps({"params": params, "files": hashes}, indent=2, sort_keys=True))
-    os.replace(tmp, manifest_path)
+    write_text(manifest_path, json.dumps({"params": params, "files": hashes}, indent=2, sort_keys=True))
     log.info("generated %d demo voice files (%.0f s) in %s", len(paths), seconds, out)
     return paths

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from arvc._files import atomic_file, write_text
 from arvc.audio.f0 import F0_METHODS, coarse_f0, crepe_weights_path, extract_f0
 from arvc.audio.features import FEATURE_EXTRACTORS, get_extractor
 from arvc.audio.io import (
@@ -109,20 +109,12 @@ def _source_key(rel: str) -> str:
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     """np.save via temp file + rename: a crash never leaves a truncated array behind."""
-    fd, tmp = tempfile.mkstemp(suffix=".npy", prefix=f".{path.stem}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temporary, temporary.open("wb") as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _validate(

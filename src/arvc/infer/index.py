@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from arvc._files import atomic_file, write_text
+
 __all__ = [
     "FeatureIndex",
     "FeatureIndexError",
@@ -159,13 +161,10 @@ def build_index(run_dir: str | os.PathLike) -> Path:
     }
     out = run_dir / "export" / INDEX_FILENAME
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, out)
+    with atomic_file(out) as temporary:
+        faiss.write_index(index, str(temporary))
     meta_path = out.with_name(out.name + ".json")
-    tmp = meta_path.with_name(f".{meta_path.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, meta_path)
+    write_text(meta_path, json.dumps(meta, indent=2))
     logger.info("index %s: %s over %d vectors of %d dims", out, factory, n, dim)
     return out
 

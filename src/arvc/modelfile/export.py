@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from arvc._files import atomic_file, write_text
 from arvc.config import RunConfig, rvc_config_list
-from arvc.train.checkpoint import atomic_save
 
 __all__ = ["export_generator", "inference_state_dict"]
 
@@ -52,15 +51,18 @@ def export_generator(
     written = {}
 
     safetensors_path = out_dir / "model.safetensors"
-    tmp = out_dir / ".model.safetensors.tmp"
-    save_file(weights, str(tmp), metadata={"format": "arvc-generator", "config": json.dumps(cfg.to_dict())})
-    os.replace(tmp, safetensors_path)
+    with atomic_file(safetensors_path) as temporary:
+        save_file(
+            weights,
+            str(temporary),
+            metadata={"format": "arvc-generator", "config": json.dumps(cfg.to_dict())},
+        )
     written["safetensors"] = safetensors_path
 
     config_path = out_dir / "model.json"
-    tmp = out_dir / ".model.json.tmp"
-    tmp.write_text(json.dumps({"format": "arvc-generator", "info": info, "config": cfg.to_dict()}, indent=2))
-    os.replace(tmp, config_path)
+    write_text(
+        config_path, json.dumps({"format": "arvc-generator", "info": info, "config": cfg.to_dict()}, indent=2)
+    )
     written["config"] = config_path
 
     if _is_rvc_compatible(cfg):
@@ -73,7 +75,8 @@ def export_generator(
             "info": info,
         }
         rvc_path = out_dir / "model_rvc.pth"
-        atomic_save(rvc, rvc_path)
+        with atomic_file(rvc_path) as temporary:
+            torch.save(rvc, temporary)
         written["rvc"] = rvc_path
     else:
         logger.info(

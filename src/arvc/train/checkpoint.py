@@ -2,21 +2,22 @@
 
 One file per checkpoint, `runs/RUN/checkpoints/ckpt_E{epoch:05d}_S{step:08d}.pt`, holding the generator,
 discriminator, both optimizers *with their registry name and hyperparameters*, schedulers, grad scaler,
-epoch, step, RNG states and the resolved config. Written to a temporary file in the same directory, fsynced
-and renamed over, so a crash mid-save leaves the previous checkpoint as it was. Loaded with
+epoch, step, RNG states and the resolved config. Written with :func:`arvc._files.atomic_file` (a temporary
+file in the same directory, fsynced and renamed over), so a crash mid-save leaves the previous checkpoint as
+it was. Loaded with
 `weights_only=True`: a checkpoint is data, never code.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from arvc._files import atomic_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -64,23 +65,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to `path` so that `path` is either the old file or the complete new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    with atomic_file(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:

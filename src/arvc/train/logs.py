@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 
 import torch
+
+from arvc._files import atomic_file
 
 __all__ = ["METRIC_FIELDS", "NullLog", "RunLog"]
 
@@ -56,14 +57,10 @@ class RunLog:
             ]  # a torn last line is dropped
 
     def _rewrite(self, rows: list[dict]) -> None:
-        tmp = self.csv_path.with_name(".metrics.csv.tmp")
-        with tmp.open("w", newline="") as handle:
+        with atomic_file(self.csv_path) as temporary, temporary.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.csv_path)
 
     def log_step(self, row: dict) -> None:
         with self.csv_path.open("a", newline="") as handle:
@@ -104,10 +101,11 @@ class RunLog:
             axis.legend()
             axis.grid(alpha=0.3)
         fig.tight_layout()
-        tmp = self.plot_path.with_name(".loss.png.tmp.png")
-        fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        os.replace(tmp, self.plot_path)
+        try:
+            with atomic_file(self.plot_path, suffix=".png") as temporary:
+                fig.savefig(temporary, dpi=90)
+        finally:
+            plt.close(fig)
 
     def close(self) -> None:
         self.writer.close()
