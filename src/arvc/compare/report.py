@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from arvc.compare.runner import read_metrics
+from arvc.train.logs import read_metrics
 
 __all__ = ["COLUMNS", "FIGURES", "table_rows", "write_report"]
 

@@ -7,7 +7,6 @@ AnyPrecisionAdamW variants, the precision) differs. Runs are resumable: a finish
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -24,7 +23,8 @@ from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
 from arvc.optim import state_bytes_per_param
-from arvc.train.checkpoint import latest_checkpoint
+from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
+from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, TrainOptions, train
 
 __all__ = ["RESULT_FILE", "VARIANTS", "CompareResult", "Variant", "resolve_optimizers", "run_compare"]
@@ -136,17 +136,9 @@ def _kept_records(run_dir: Path) -> list[dict]:
     return records
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return [row for row in csv.DictReader(handle) if row.get("seconds")]
-
-
 def _checkpoint_epoch(run_dir: Path) -> int | None:
     checkpoint = latest_checkpoint(run_dir)
-    return None if checkpoint is None else int(checkpoint.name.split("_")[1][1:])
+    return None if checkpoint is None else checkpoint_position(checkpoint)[0]
 
 
 def _run_one(

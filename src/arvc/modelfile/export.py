@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from arvc._files import atomic_file, write_text
 from arvc.config import RunConfig, rvc_config_list
+from arvc.modelfile.formats import EXPORT_FORMAT
 
 __all__ = ["export_generator", "inference_state_dict"]
 
@@ -55,13 +56,13 @@ def export_generator(
         save_file(
             weights,
             str(temporary),
-            metadata={"format": "arvc-generator", "config": json.dumps(cfg.to_dict())},
+            metadata={"format": EXPORT_FORMAT, "config": json.dumps(cfg.to_dict())},
         )
     written["safetensors"] = safetensors_path
 
     config_path = out_dir / "model.json"
     write_text(
-        config_path, json.dumps({"format": "arvc-generator", "info": info, "config": cfg.to_dict()}, indent=2)
+        config_path, json.dumps({"format": EXPORT_FORMAT, "info": info, "config": cfg.to_dict()}, indent=2)
     )
     written["config"] = config_path
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from arvc.config import RunConfig, config_from_rvc_list, load_config
-from arvc.train.checkpoint import CHECKPOINT_FORMAT
+from arvc.modelfile.formats import CHECKPOINT_FORMAT, EXPORT_FORMAT
 
 __all__ = [
     "ModelFile",
@@ -38,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "arvc-generator"
 _SR_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}
 _VERSION_BY_FEATURE_DIM = {768: "v2", 256: "v1"}
 _VERSION_BY_DISCRIMINATORS = {9: "v2", 7: "v1"}  # DiscriminatorS + 8 (v2) or 6 (v1) period discriminators

@@ -18,12 +18,14 @@ from typing import Any
 import torch
 
 from arvc._files import atomic_file
+from arvc.modelfile.formats import CHECKPOINT_FORMAT
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "atomic_save",
     "checkpoint_path",
+    "checkpoint_position",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -36,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "arvc-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^ckpt_E(\d{5,})_S(\d{8,})\.pt$")
 
@@ -49,13 +50,19 @@ def checkpoint_path(run_dir: Path, epoch: int, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"ckpt_E{epoch:05d}_S{step:08d}.pt"
 
 
+def checkpoint_position(path: Path) -> tuple[int, int] | None:
+    """(epoch, step) from a checkpoint's file name (`ckpt_E00003_S00000120.pt`); None for other names."""
+    match = _NAME.match(Path(path).name)
+    return None if match is None else (int(match[1]), int(match[2]))
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints of a run, oldest first (temporary files of an interrupted save are not listed)."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [(int(m[1]), int(m[2]), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, _, p in sorted(found)]
+    found = [(position, p) for p in folder.iterdir() if (position := checkpoint_position(p)) is not None]
+    return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

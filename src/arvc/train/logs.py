@@ -10,7 +10,7 @@ import torch
 
 from arvc._files import atomic_file
 
-__all__ = ["METRIC_FIELDS", "NullLog", "RunLog"]
+__all__ = ["METRIC_FIELDS", "NullLog", "RunLog", "read_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,16 @@ METRIC_FIELDS = (
 )
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of `run_dir/metrics.csv` as dicts of strings ([] if there is none); a torn last line
+    (a run killed mid-write) is dropped."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("seconds")]
+
+
 class RunLog:
     """Appends one metrics row per logged step, mirrors it to TensorBoard, redraws loss.png per epoch.
 
@@ -51,10 +61,7 @@ class RunLog:
         self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=resume_step)
 
     def rows(self) -> list[dict]:
-        with self.csv_path.open(newline="") as handle:
-            return [
-                row for row in csv.DictReader(handle) if row.get("seconds")
-            ]  # a torn last line is dropped
+        return read_metrics(self.run_dir)
 
     def _rewrite(self, rows: list[dict]) -> None:
         with atomic_file(self.csv_path) as temporary, temporary.open("w", newline="") as handle:
