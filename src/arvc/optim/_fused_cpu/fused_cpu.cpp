@@ -7,7 +7,7 @@
 //
 // The arithmetic mirrors the single-tensor Python reference op for op (same float32 operations in the
 // same order; no FMA contraction: built with -ffp-contract=off), and stochastic rounding uses the same
-// counter-based hash as arvc.optim._functional, so the paths agree to float32 rounding — up to torch's own
+// counter-based hash as arvc.optim._rounding, so the paths agree to float32 rounding — up to torch's own
 // vectorized lerp_/add_(alpha=) using fused multiply-adds, which moves the reference's last bit.
 //
 // Registered as torch ops (torch.ops.arvc_fused.*) so no pybind11 headers are needed: builds in seconds.
