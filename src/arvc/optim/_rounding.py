@@ -70,7 +70,7 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int, lane: int
         dst.copy_(src)
         return
     src = src.to(torch.float32)
-    if src.stride() != dst.stride() or not _dense(src):
+    if src.stride() != dst.stride() or not is_dense(src):
         src = src.contiguous()
     # Each element's bits come from its position in *memory*, as in the fused kernel (which walks memory
     # in order): for a contiguous tensor that is its index; a channels_last one gets the kernel's bits too.
@@ -98,7 +98,7 @@ def stochastic_round_(dst: torch.Tensor, src: torch.Tensor, seed: int, lane: int
     dst.copy_(torch.where(take_neighbour, neighbour, nearest))
 
 
-def _dense(t: torch.Tensor) -> bool:
+def is_dense(t: torch.Tensor) -> bool:
     """Whether `t` covers a block of memory exactly once (contiguous in some dimension order)."""
     expected = 1
     dims = sorted(((st, sz) for sz, st in zip(t.shape, t.stride(), strict=True) if sz != 1))
@@ -107,5 +107,3 @@ def _dense(t: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
-
-

@@ -11,6 +11,8 @@
 // vectorized lerp_/add_(alpha=) using fused multiply-adds, which moves the reference's last bit.
 //
 // Registered as torch ops (torch.ops.arvc_fused.*) so no pybind11 headers are needed: builds in seconds.
+// The schemas mark what each op writes (Tensor(a!)[]), and arvc.optim._fused registers fake
+// implementations, so torch.compile can trace a step that calls them.
 
 #include <torch/library.h>
 
@@ -22,18 +24,23 @@ using namespace arvc_fused;
 
 TORCH_LIBRARY(arvc_fused, m) {
   m.def(
-      "adabelief_(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_vars, "
-      "Tensor[] max_exp_avg_vars, Tensor[] steps, bool amsgrad, float lr, float beta1, float beta2, "
-      "float eps, float weight_decay) -> ()",
-      adabelief_);
+      "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_vars, "
+      "Tensor(d!)[] max_exp_avg_vars, Tensor(e!)[] steps, bool amsgrad, float lr, float beta1, float beta2, "
+      "float eps, float weight_decay) -> ()");
   m.def(
-      "any_precision_adamw_(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
-      "Tensor?[] compensations, Tensor[] steps, int[] param_indices, float lr, float beta1, float beta2, "
-      "float eps, float weight_decay, int seed, bool stochastic_rounding) -> ()",
-      any_precision_adamw_);
+      "any_precision_adamw_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)?[] compensations, Tensor(e!)[] steps, int[] param_indices, float lr, float beta1, float beta2, "
+      "float eps, float weight_decay, int seed, bool stochastic_rounding) -> ()");
   m.def(
-      "radam_(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, Tensor[] steps, "
+      "radam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, "
       "float lr, float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
-      "bool maximize) -> ()",
-      radam_);
+      "bool maximize) -> ()");
+}
+
+// The CPU implementations, registered for the CPU key only (not as composite kernels), so the fake
+// implementations registered from Python are what torch.compile traces.
+TORCH_LIBRARY_IMPL(arvc_fused, CPU, m) {
+  m.impl("adabelief_", adabelief_);
+  m.impl("any_precision_adamw_", any_precision_adamw_);
+  m.impl("radam_", radam_);
 }
