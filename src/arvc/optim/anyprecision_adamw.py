@@ -390,6 +390,10 @@ def _fused_any_precision_adamw(
     """The same update in one C++ pass over all tensors (_fused_cpu/any_precision_adamw.h)."""
     if not params:
         return
+    compensation_of, count = [], 0
+    for compensation in compensations:
+        compensation_of.append(-1 if compensation is None else count)
+        count += compensation is not None
     run_kernel(
         fused_kernels().any_precision_adamw_,
         (
@@ -397,7 +401,8 @@ def _fused_any_precision_adamw(
             grads,
             exp_avgs,
             exp_avg_sqs,
-            compensations,
+            [c for c in compensations if c is not None],
+            compensation_of,
             steps,
             param_indices,
             float(lr),
