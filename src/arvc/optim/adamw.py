@@ -2,8 +2,9 @@
 
 torch 2.13's fused CPU AdamW walks a gradient's memory as if it were laid out like its parameter: an
 expanded gradient (`torch.ones(1).expand(3)`) is read past its storage and a transposed or differently
-strided one updates the wrong elements. This class gives the fused kernel, for exactly those
-gradients, a copy laid out like the parameter; the gradient the user holds is not touched. Everything
+strided one updates the wrong elements, and so is a parameter that is a strided (non-dense) view. This
+class gives the fused kernel, for exactly those tensors, a copy laid out as it expects (the gradient the
+user holds is not touched; a parameter copy is written back). Everything
 else is torch's own code: same state, same state dicts, same paths and numbers.
 
 `step` is written out (the body of torch.optim.Adam.step) rather than calling the parent's, which
@@ -48,10 +49,14 @@ class AdamW(torch.optim.AdamW):
             has_complex = self._init_group(
                 group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
             )
+            stepped = params
             if group["fused"]:
-                grads = [fused_safe_grad(p, g) for p, g in zip(params, grads, strict=True)]
+                # A non-dense parameter (a strided view) is stepped through a dense copy, which its
+                # state buffers already match (zeros_like gives a non-dense tensor contiguous strides).
+                stepped = [p if is_dense(p) else p.contiguous() for p in params]
+                grads = [fused_safe_grad(p, g) for p, g in zip(stepped, grads, strict=True)]
             adam(
-                params,
+                stepped,
                 grads,
                 exp_avgs,
                 exp_avg_sqs,
@@ -73,4 +78,7 @@ class AdamW(torch.optim.AdamW):
                 found_inf=getattr(self, "found_inf", None),
                 decoupled_weight_decay=group["decoupled_weight_decay"],
             )
+            for param, copy in zip(params, stepped, strict=True):
+                if copy is not param:
+                    param.copy_(copy)
         return loss
