@@ -55,6 +55,14 @@ def test_named_parameters_behave_as_in_torch(name, grouped):
     _step(optimizer, list(model.parameters()))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_bare_tensor_is_refused_as_torch_refuses_it(name):
+    with pytest.raises(TypeError, match="iterable of Tensors"):
+        torch.optim.AdamW(torch.zeros(2, requires_grad=True))
+    with pytest.raises(TypeError, match="iterable of Tensors"):
+        build_optimizer(name, torch.zeros(2, requires_grad=True), lr=1e-3)
+
+
 # 2. An explicit path is honoured; the automatic choice only picks fused where it works.
 @pytest.mark.parametrize("name", NAMES)
 def test_foreach_false_runs_the_for_loop_not_fused(name):

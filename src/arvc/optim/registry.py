@@ -216,7 +216,7 @@ def _materialize(params: Iterable) -> list:
     path from that list and passes the same list on, so the optimizer sees exactly what torch's would.
     """
     if isinstance(params, torch.Tensor):
-        return [params]
+        return params  # torch.optim's own TypeError says what to pass instead
     items = list(params)
     return [
         {**item, "params": _group_params(item["params"])}
@@ -232,6 +232,8 @@ def _group_params(params) -> list:
 
 def _tensors(params: list) -> list[torch.Tensor]:
     """Every tensor in a materialized params list: plain, named ((name, tensor) pairs) or in groups."""
+    if isinstance(params, torch.Tensor):
+        return []
     tensors = []
     for item in params:
         entries = item["params"] if isinstance(item, Mapping) else [item]
