@@ -1,9 +1,8 @@
 """arvc's optimizer system: five rated optimizers, one registry, paired schedulers."""
 
-from torch.optim import AdamW
-
 from arvc.optim.adabelief import AdaBelief
 from arvc.optim.adabelief_v2 import AdaBeliefV2
+from arvc.optim.adamw import AdamW
 from arvc.optim.anyprecision_adamw import AnyPrecisionAdamW
 from arvc.optim.radam import RAdam
 from arvc.optim.registry import (

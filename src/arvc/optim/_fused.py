@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from arvc.optim._rounding import is_dense
+
 __all__ = [
     "FUSED_DEVICES",
     "FUSED_DTYPES",
@@ -95,7 +97,19 @@ def _build():
             verbose=False,
         )
     logger.info("arvc fused CPU kernels ready (%.1f s, %s)", time.perf_counter() - started, build_directory)
+    _register_fakes()
     return torch.ops.arvc_fused
+
+
+def _no_output(*args, **kwargs) -> None:
+    """Fake (meta) implementation of the in-place kernels: they return nothing and their schemas say
+    which inputs they write, which is all torch.compile needs to trace a step through them."""
+    return None
+
+
+def _register_fakes() -> None:
+    for op in ("adabelief_", "any_precision_adamw_", "radam_"):
+        torch.library.register_fake(f"arvc_fused::{op}")(_no_output)
 
 
 @contextlib.contextmanager
@@ -161,6 +175,7 @@ def fused_kernels():
 
 
 _warned = False
+_REAL_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
 def resolve_fused(cls: type, fused: bool | None, foreach: bool | None, params: list[torch.Tensor]) -> bool:
@@ -176,11 +191,18 @@ def resolve_fused(cls: type, fused: bool | None, foreach: bool | None, params: l
     if foreach:
         raise RuntimeError(f"{name}: `fused` and `foreach` cannot both be True")
     for p in params:
-        if p.device.type not in cls.fused_devices or p.dtype not in cls.fused_dtypes:
+        # A complex parameter is stepped as its real view: its real dtype is what the kernel sees.
+        dtype = _REAL_DTYPES.get(p.dtype, p.dtype)
+        if p.device.type not in cls.fused_devices or dtype not in cls.fused_dtypes:
             raise RuntimeError(
                 f"{name}: `fused=True` requires parameters on {', '.join(cls.fused_devices)} with dtype "
                 f"{', '.join(str(d).removeprefix('torch.') for d in cls.fused_dtypes)}; got a {p.dtype} "
                 f"parameter on {p.device}. Use foreach=True instead."
+            )
+        if not is_dense(p):
+            raise RuntimeError(
+                f"{name}: `fused=True` requires dense parameters (each covering its memory exactly once); "
+                f"got one of shape {tuple(p.shape)} with strides {p.stride()}. Use foreach=True instead."
             )
     try:
         fused_kernels()

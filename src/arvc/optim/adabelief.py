@@ -23,12 +23,16 @@ import math
 import torch
 from torch.optim import Optimizer
 
-from arvc.optim._functional import (
+from arvc.optim._checks import (
     check_common_hyperparameters,
+    check_lr,
+    check_param_dtypes,
+    default_foreach,
     evaluate_closure,
     group_tensors_by_device_and_dtype,
-    load_state_dict_keeping_dtypes,
+    lr_value,
     params_with_grad,
+    real_view,
 )
 from arvc.optim._fused import (
     FUSED_DEVICES,
@@ -38,6 +42,7 @@ from arvc.optim._fused import (
     resolve_fused,
     run_kernel,
 )
+from arvc.optim._state import load_state_dict_keeping_dtypes
 
 __all__ = ["AdaBelief", "adabelief"]
 
@@ -74,6 +79,7 @@ class AdaBelief(Optimizer):
         fused: bool | None = None,
     ) -> None:
         check_common_hyperparameters(lr, betas, eps, weight_decay)
+        check_lr(lr, foreach, type(self).__name__)
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused
         )
@@ -82,14 +88,26 @@ class AdaBelief(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        check_param_dtypes(group["params"], type(self).__name__)
         group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Moments of bf16/fp16 parameters are float32 and must stay so on resume (pytorch#43706).
         load_state_dict_keeping_dtypes(self, state_dict)
+        # AdaBelief <-> AdaBeliefV2 (and adabelief-pytorch with either amsgrad): the buffers agree but
+        # for AMSGrad's running maximum. Starting that maximum at the loaded variance continues the run
+        # as if AMSGrad had been on from here; without AMSGrad the maximum is dropped.
+        for state in self.state.values():
+            if self.amsgrad and "exp_avg_var" in state and "max_exp_avg_var" not in state:
+                state["max_exp_avg_var"] = state["exp_avg_var"].clone(memory_format=torch.preserve_format)
+            elif not self.amsgrad:
+                state.pop("max_exp_avg_var", None)
 
-    def _init_state(self, p: torch.Tensor) -> dict:
-        state = self.state[p]
+    def _init_state(self, param: torch.Tensor) -> dict:
+        """The state of `param`, created on first use; its buffers are laid out like the tensor the
+        update sees (the real view of a complex parameter)."""
+        state = self.state[param]
+        p = real_view(param)
         if len(state) == 0:
             buffer_dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -109,22 +127,23 @@ class AdaBelief(Optimizer):
         loss = evaluate_closure(closure)
 
         for group, indexed in params_with_grad(self.param_groups, type(self).__name__):
-            params = [p for _, p in indexed]
-            states = [self._init_state(p) for p in params]
+            states = [self._init_state(p) for _, p in indexed]
+            # Complex parameters are stepped as their real view, as torch's Adam does.
+            params = [real_view(p) for _, p in indexed]
             adabelief(
                 params,
-                [p.grad for p in params],
+                [real_view(p.grad) for _, p in indexed],
                 [s["exp_avg"] for s in states],
                 [s["exp_avg_var"] for s in states],
                 [s.get("max_exp_avg_var") for s in states],
                 [s["step"] for s in states],
                 amsgrad=self.amsgrad,
-                lr=group["lr"],
+                lr=lr_value(group["lr"]),
                 beta1=group["betas"][0],
                 beta2=group["betas"][1],
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
-                foreach=group["foreach"] if group["foreach"] is not None else len(params) > 1,
+                foreach=default_foreach(group["foreach"], group["lr"], len(params)),
                 fused=group.get("fused") or False,
             )
         return loss

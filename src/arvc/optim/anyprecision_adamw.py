@@ -19,16 +19,18 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
-from arvc.optim._functional import (
+from arvc.optim._checks import (
     LOW_PRECISION_DTYPES,
     check_common_hyperparameters,
+    check_lr,
+    check_param_dtypes,
+    default_foreach,
     evaluate_closure,
     group_tensors_by_device_and_dtype,
-    load_state_dict_keeping_dtypes,
+    lr_value,
     params_with_grad,
     parse_dtype,
-    rounding_seed,
-    stochastic_round_,
+    real_view,
 )
 from arvc.optim._fused import (
     FUSED_DEVICES,
@@ -39,6 +41,8 @@ from arvc.optim._fused import (
     resolve_fused,
     run_kernel,
 )
+from arvc.optim._rounding import rounding_seed, stochastic_round_
+from arvc.optim._state import load_state_dict_keeping_dtypes
 
 __all__ = ["AnyPrecisionAdamW", "any_precision_adamw"]
 
@@ -89,6 +93,7 @@ class AnyPrecisionAdamW(Optimizer):
         fused: bool | None = None,
     ) -> None:
         check_common_hyperparameters(lr, betas, eps, weight_decay)
+        check_lr(lr, foreach, type(self).__name__)
         if not isinstance(seed, int):
             raise ValueError(f"Invalid seed: {seed!r}; expected an int")
         defaults = dict(
@@ -114,6 +119,7 @@ class AnyPrecisionAdamW(Optimizer):
                 param_group[key] = parse_dtype(param_group[key], key)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        check_param_dtypes(group["params"], type(self).__name__)
         buffer_dtypes = [group[k] for k in ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype")]
         if group["fused"] and any(dtype not in FUSED_DTYPES for dtype in buffer_dtypes):
             raise ValueError(
@@ -127,8 +133,11 @@ class AnyPrecisionAdamW(Optimizer):
         # part of this optimizer's contract, so they are restored exactly as saved.
         load_state_dict_keeping_dtypes(self, state_dict)
 
-    def _init_state(self, p: torch.Tensor, group: dict) -> dict:
-        state = self.state[p]
+    def _init_state(self, param: torch.Tensor, group: dict) -> dict:
+        """The state of `param`, created on first use; its buffers are laid out like the tensor the
+        update sees (the real view of a complex parameter)."""
+        state = self.state[param]
+        p = real_view(param)
         if len(state) == 0:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(
@@ -152,8 +161,9 @@ class AnyPrecisionAdamW(Optimizer):
             params, grads, exp_avgs, exp_avg_sqs, compensations, steps, indices = [], [], [], [], [], [], []
             for index, p in indexed:
                 state = self._init_state(p, group)
-                params.append(p)
-                grads.append(p.grad)
+                # Complex parameters are stepped as their real view, as torch's Adam does.
+                params.append(real_view(p))
+                grads.append(real_view(p.grad))
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 compensations.append(state.get("compensation"))
@@ -167,14 +177,14 @@ class AnyPrecisionAdamW(Optimizer):
                 compensations,
                 steps,
                 indices,
-                lr=group["lr"],
+                lr=lr_value(group["lr"]),
                 beta1=group["betas"][0],
                 beta2=group["betas"][1],
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 seed=group["seed"],
                 stochastic_rounding=group["stochastic_rounding"],
-                foreach=group["foreach"] if group["foreach"] is not None else len(params) > 1,
+                foreach=default_foreach(group["foreach"], group["lr"], len(params)),
                 fused=group.get("fused") or False,
             )
         return loss
@@ -345,15 +355,19 @@ def _multi_tensor_any_precision_adamw(
             torch._foreach_addcdiv_(p, m32, denom, step_sizes)
             continue
         master = [x.to(dtype) for x in p]
-        kahan = [x for x in c if x is not None]
+        # Only some parameters of a (device, dtype) group may carry a Kahan buffer (use_kahan_summation
+        # differs between param groups, or state was loaded): each buffer pairs with its own parameter.
+        with_kahan = [i for i, x in enumerate(c) if x is not None]
+        kahan = [c[i] for i in with_kahan]
         if kahan:
-            torch._foreach_add_(master, [x.to(dtype) for x in kahan])
+            torch._foreach_add_([master[i] for i in with_kahan], [x.to(dtype) for x in kahan])
         torch._foreach_mul_(master, 1 - lr * weight_decay)
         torch._foreach_addcdiv_(master, m32, denom, step_sizes)
         torch._foreach_copy_(p, master)
         if kahan:
-            torch._foreach_sub_(master, [x.to(dtype) for x in p])
-            torch._foreach_copy_(kahan, master)
+            residual = [master[i] for i in with_kahan]
+            torch._foreach_sub_(residual, [p[i].to(dtype) for i in with_kahan])
+            torch._foreach_copy_(kahan, residual)
 
 
 def _fused_any_precision_adamw(
@@ -376,6 +390,10 @@ def _fused_any_precision_adamw(
     """The same update in one C++ pass over all tensors (_fused_cpu/any_precision_adamw.h)."""
     if not params:
         return
+    compensation_of, count = [], 0
+    for compensation in compensations:
+        compensation_of.append(-1 if compensation is None else count)
+        count += compensation is not None
     run_kernel(
         fused_kernels().any_precision_adamw_,
         (
@@ -383,7 +401,8 @@ def _fused_any_precision_adamw(
             grads,
             exp_avgs,
             exp_avg_sqs,
-            compensations,
+            [c for c in compensations if c is not None],
+            compensation_of,
             steps,
             param_indices,
             float(lr),

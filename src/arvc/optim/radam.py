@@ -3,15 +3,22 @@
 Why a subclass: torch has no fused RAdam; on CPU its foreach path makes ~10 passes over memory and is
 ~5x slower than its own fused AdamW. `fused=True` runs the identical update (same formulas, same
 Python-side scalars) in one C++ pass over all float32 tensors (_fused_cpu/radam.h). Every other
-setting runs torch's own code unchanged, so this *is* torch.optim.RAdam whenever fused is off.
+setting runs torch's own functional update unchanged, so this *is* torch.optim.RAdam whenever fused
+is off.
+
+`step` is written out here rather than calling `torch.optim.RAdam.step`: torch wraps every optimizer
+class's `step` with its hook runner, so calling the parent's would fire step hooks twice once any torch
+RAdam exists. Each group runs its own path (fused or torch's), so groups may differ.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.optim.radam import radam
 
-from arvc.optim._functional import evaluate_closure, load_state_dict_keeping_dtypes
+from arvc.optim._checks import check_param_dtypes, evaluate_closure, lr_value, real_view
 from arvc.optim._fused import FUSED_DEVICES, fused_kernels, mark_modified, resolve_fused, run_kernel
+from arvc.optim._state import load_state_dict_keeping_dtypes
 
 __all__ = ["RAdam"]
 
@@ -19,8 +26,10 @@ __all__ = ["RAdam"]
 class RAdam(torch.optim.RAdam):
     """torch.optim.RAdam with a `fused` CPU path (float32 parameters; not with capturable/differentiable).
 
-    The registry switches `fused` on for float32 CPU parameters; if the kernel cannot be built here,
-    torch's foreach path runs instead, with one warning.
+    The registry switches `fused` on for float32 CPU parameters, and passes
+    `decoupled_weight_decay=True` (AdamW-style decay, as the CLI states) unless told otherwise; the
+    class itself keeps torch's default (coupled L2). If the kernel cannot be built here, torch's
+    foreach path runs instead, with one warning.
     """
 
     fused_devices = FUSED_DEVICES  # read by the registry to switch `fused` on automatically
@@ -61,7 +70,10 @@ class RAdam(torch.optim.RAdam):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        check_param_dtypes(group["params"], type(self).__name__)
         requested = group.get("fused", getattr(self, "_requested_fused", None))
+        if requested and (group["capturable"] or group["differentiable"]):
+            raise RuntimeError("RAdam: `fused=True` does not support capturable or differentiable")
         group["fused"] = resolve_fused(type(self), requested, group["foreach"], group["params"])
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -71,17 +83,16 @@ class RAdam(torch.optim.RAdam):
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
-        if not any(group.get("fused") for group in self.param_groups):
-            return super().step(closure)
+        self._accelerator_graph_capture_health_check()
         loss = evaluate_closure(closure)
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
-            self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps)
+            has_complex = self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps)
             if not params:
                 continue
             beta1, beta2 = group["betas"]
             if not group.get("fused"):
-                torch.optim.radam.radam(
+                radam(
                     params,
                     grads,
                     exp_avgs,
@@ -97,8 +108,13 @@ class RAdam(torch.optim.RAdam):
                     capturable=group["capturable"],
                     differentiable=group["differentiable"],
                     decoupled_weight_decay=group["decoupled_weight_decay"],
+                    has_complex=has_complex,
                 )
                 continue
+            # The kernel sees complex tensors as their real views, as torch's own paths do.
+            params, grads, exp_avgs, exp_avg_sqs = (
+                [real_view(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
+            )
             run_kernel(
                 fused_kernels().radam_,
                 (
@@ -107,7 +123,7 @@ class RAdam(torch.optim.RAdam):
                     exp_avgs,
                     exp_avg_sqs,
                     steps,
-                    float(group["lr"]),
+                    lr_value(group["lr"]),
                     beta1,
                     beta2,
                     group["eps"],

@@ -10,15 +10,17 @@ import functools
 import inspect
 import logging
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
+from arvc.optim._rounding import is_dense
 from arvc.optim.adabelief import AdaBelief
 from arvc.optim.adabelief_v2 import AdaBeliefV2
+from arvc.optim.adamw import AdamW
 from arvc.optim.anyprecision_adamw import AnyPrecisionAdamW
 from arvc.optim.radam import RAdam
 
@@ -37,6 +39,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_REAL_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 _COMMON_HYPERPARAMETERS = ("betas", "eps", "weight_decay")
 _NOT_KWARGS = ("self", "params")
 
@@ -81,7 +84,16 @@ def use_fused(cls: type, device_types: Collection[str], dtypes: Collection[torch
         return False
     supported = set(_fused_devices(cls))
     own_dtypes = getattr(cls, "fused_dtypes", None)
-    dtype_ok = (lambda dt: dt in own_dtypes) if own_dtypes is not None else (lambda dt: dt.is_floating_point)
+    if own_dtypes is not None:  # arvc's kernels step a complex parameter as its real view
+
+        def dtype_ok(dt):
+            return _REAL_DTYPES.get(dt, dt) in own_dtypes
+
+    else:
+
+        def dtype_ok(dt):
+            return dt.is_floating_point
+
     return all(d in supported for d in device_types) and all(dtype_ok(dt) for dt in dtypes)
 
 
@@ -96,7 +108,10 @@ class OptimizerSpec:
     best_for: str
     description: str
     paper: str
+    weight_decay: str  # how `weight_decay` is applied, as `arvc optimizers NAME` states it
     paired_scheduler: str | None = None
+    # Constructor arguments the registry passes unless the caller gives them (what arvc means by the name).
+    default_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def supported_kwargs(self) -> tuple[str, ...]:
@@ -110,16 +125,20 @@ class OptimizerSpec:
         return use_fused(self.cls, {device_type}, {torch.float32})
 
 
+_DECOUPLED = "decoupled, as AdamW: p <- p*(1 - lr*wd) before the update"
+
 _SPECS = (
     OptimizerSpec(
         name="AdamW",
-        cls=torch.optim.AdamW,
+        cls=AdamW,
         rating=5,
         category="PyTorch built-in",
         best_for="general purpose, most reliable (default)",
         description="Adam with decoupled weight decay; torch's own implementation with fused CPU/CUDA "
-        "kernels. RVC's optimizer, and the safest choice.",
+        "kernels (arvc hands the fused CPU kernel only gradient layouts it reads correctly). RVC's "
+        "optimizer, and the safest choice.",
         paper="Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019 (arXiv:1711.05101)",
+        weight_decay=_DECOUPLED + " (torch's default 0.01)",
     ),
     OptimizerSpec(
         name="RAdam",
@@ -131,6 +150,9 @@ _SPECS = (
         "is needed; torch's own implementation, plus arvc's fused CPU kernel for float32 parameters.",
         paper="Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020 "
         "(arXiv:1908.03265)",
+        weight_decay=_DECOUPLED + " (default 0); the registry passes decoupled_weight_decay=True, "
+        "torch.optim.RAdam's own default is coupled L2 (g += wd*p)",
+        default_kwargs=MappingProxyType({"decoupled_weight_decay": True}),
     ),
     OptimizerSpec(
         name="AnyPrecisionAdamW",
@@ -141,6 +163,7 @@ _SPECS = (
         description="AdamW with bf16/fp16/fp32 storage per buffer, Kahan-compensated low-precision "
         "weights and stochastically rounded moments; all math in fp32.",
         paper="torchdistx AnyPrecisionAdamW; Zamirai et al., Revisiting BFloat16 Training (arXiv:2010.06192)",
+        weight_decay=_DECOUPLED + " (default 0)",
     ),
     OptimizerSpec(
         name="AdaBelief",
@@ -151,6 +174,7 @@ _SPECS = (
         description="Adam that divides by the variance of the gradient around its prediction (the "
         "'belief'); paired with cosine annealing.",
         paper="Zhuang et al., AdaBelief Optimizer, NeurIPS 2020 (arXiv:2010.07468)",
+        weight_decay=_DECOUPLED + " (default 0; adabelief-pytorch's weight_decouple=True)",
         paired_scheduler="cosine",
     ),
     OptimizerSpec(
@@ -163,6 +187,7 @@ _SPECS = (
         "linear warm-up + inverse-square-root schedule.",
         paper="Zhuang et al., AdaBelief Optimizer, NeurIPS 2020 (arXiv:2010.07468); Reddi et al., On the "
         "Convergence of Adam and Beyond, ICLR 2018 (arXiv:1904.09237)",
+        weight_decay=_DECOUPLED + " (default 0; adabelief-pytorch's weight_decouple=True)",
         paired_scheduler="inverse_sqrt",
     ),
 )
@@ -184,18 +209,55 @@ def spec_for_optimizer(optimizer: Optimizer) -> OptimizerSpec | None:
     return next((s for s in OPTIMIZERS.values() if type(optimizer) is s.cls), None)
 
 
+def _materialize(params: Iterable) -> list:
+    """The params argument as a list, each group's "params" as a list too (a copy of the group dict).
+
+    Generators (`model.parameters()`) can be read only once: the registry reads them here, decides the
+    path from that list and passes the same list on, so the optimizer sees exactly what torch's would.
+    """
+    if isinstance(params, torch.Tensor):
+        return params  # torch.optim's own TypeError says what to pass instead
+    items = list(params)
+    return [
+        {**item, "params": _group_params(item["params"])}
+        if isinstance(item, Mapping) and "params" in item
+        else item
+        for item in items
+    ]
+
+
+def _group_params(params) -> list:
+    return [params] if isinstance(params, torch.Tensor) else list(params)
+
+
 def _tensors(params: list) -> list[torch.Tensor]:
+    """Every tensor in a materialized params list: plain, named ((name, tensor) pairs) or in groups."""
+    if isinstance(params, torch.Tensor):
+        return []
     tensors = []
     for item in params:
-        if isinstance(item, Mapping):
-            tensors.extend(
-                item["params"] if not isinstance(item["params"], torch.Tensor) else [item["params"]]
-            )
-        elif isinstance(item, tuple):  # named parameters
-            tensors.append(item[1])
-        else:
-            tensors.append(item)
-    return tensors
+        entries = item["params"] if isinstance(item, Mapping) else [item]
+        for entry in entries:
+            tensors.append(entry[1] if isinstance(entry, tuple) else entry)
+    return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
+def _auto_fused(spec: OptimizerSpec, tensors: list[torch.Tensor], extra: Mapping[str, Any]) -> bool | None:
+    """fused=True where the fused path will work, None (the class's own choice) otherwise.
+
+    Never when the caller chose a path (`foreach`/`fused`), asked for what fused kernels lack
+    (capturable, differentiable), or a parameter is one the kernel cannot step (device, dtype,
+    a non-dense view).
+    """
+    if not spec.supports_fused or "fused" in extra or extra.get("foreach") is not None:
+        return None
+    if extra.get("capturable") or extra.get("differentiable"):
+        return None
+    if not tensors or not all(is_dense(t) for t in tensors):
+        return None
+    if not use_fused(spec.cls, {t.device.type for t in tensors}, {t.dtype for t in tensors}):
+        return None
+    return True
 
 
 def _common_kwargs(cls: type, **values: Any) -> dict[str, Any]:
@@ -230,19 +292,14 @@ def build_from_spec(
     **extra: Any,
 ) -> Optimizer:
     """Build `spec.cls`, forwarding only what it accepts and switching fused kernels on where possible."""
-    params = list(params)
+    params = _materialize(params)
     _reject_unknown(spec.cls, extra)
+    extra = {**spec.default_kwargs, **extra}
     kwargs = _common_kwargs(spec.cls, betas=betas, eps=eps, weight_decay=weight_decay)
-    if (
-        spec.supports_fused
-        and "fused" not in extra
-        and not extra.get("foreach")
-        and not extra.get("differentiable")
-    ):
-        tensors = _tensors(params)
-        fused = use_fused(spec.cls, {t.device.type for t in tensors}, {t.dtype for t in tensors})
+    fused = _auto_fused(spec, _tensors(params), extra)
+    if fused is not None:
         kwargs["fused"] = fused
-        logger.debug("%s: fused=%s", spec.name, fused)
+    logger.debug("%s: fused=%s", spec.name, fused if fused is not None else extra.get("fused"))
     return spec.cls(params, lr=lr, **kwargs, **extra)
 
 
@@ -255,12 +312,16 @@ def eight_bit_optimizer_class() -> type[Optimizer]:
     return bnb.optim.AdamW8bit
 
 
-def _build_8bit(params: list, *, lr, betas, eps, weight_decay, requested: str, **extra: Any) -> Optimizer:
+def _build_8bit(
+    params: list, *, lr, betas, eps, weight_decay, spec: OptimizerSpec, **extra: Any
+) -> Optimizer:
     cls = eight_bit_optimizer_class()
     _reject_unknown(cls, extra)
-    # Every hyperparameter is passed explicitly, resolved as the AdamW path would resolve it, so
-    # bitsandbytes' own defaults (weight_decay=0.01 even when 0 was asked for upstream) never leak in.
-    defaults = _signature_defaults(torch.optim.AdamW)
+    requested = spec.name
+    # Every hyperparameter is passed explicitly, resolved as the requested optimizer would resolve it
+    # (AdaBelief: eps 1e-16, weight_decay 0), so bitsandbytes' own defaults (weight_decay=0.01) and
+    # AdamW's never stand in for another optimizer's.
+    defaults = _signature_defaults(spec.cls)
     resolved = dict(
         betas=tuple(betas) if betas is not None else defaults["betas"],
         eps=eps if eps is not None else defaults["eps"],
@@ -292,13 +353,14 @@ def build_optimizer(
 
     betas/eps/weight_decay are forwarded only to classes that accept them (None keeps the class
     default). Unknown extra keyword arguments raise TypeError. Fused kernels are switched on wherever
-    torch has them for the class and the parameters' device, unless `fused`/`foreach` is given.
+    they will work for the class and the parameters (device, dtype, dense layout; not with
+    capturable/differentiable), unless `fused` or `foreach` is given: an explicit choice is honoured.
     `use_8bit=True` replaces the choice with bitsandbytes' AdamW8bit (needs `arvc[bnb]`).
     """
     spec = get_spec(name)
     if use_8bit:
         return _build_8bit(
-            list(params), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, requested=spec.name, **extra
+            _materialize(params), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, spec=spec, **extra
         )
     return build_from_spec(spec, params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **extra)
 

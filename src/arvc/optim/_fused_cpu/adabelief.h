@@ -61,7 +61,12 @@ void adabelief_(at::TensorList params, at::TensorList grads, at::TensorList exp_
       check_tensor(*buffer, param, "state");
       TORCH_CHECK(buffer->scalar_type() == ScalarType::Float, "arvc fused AdaBelief: state must be float32");
     }
-    if (amsgrad) check_tensor(max_exp_avg_vars[i], param, "state");
+    if (amsgrad) {
+      check_tensor(max_exp_avg_vars[i], param, "state");
+      // Checked here, before any step counter moves: an error must leave the state as it was.
+      TORCH_CHECK(max_exp_avg_vars[i].scalar_type() == ScalarType::Float,
+                  "arvc fused AdaBelief: state must be float32");
+    }
     grads_laid_out[i] = matching_grad(grads[i], param);
     const double step = static_cast<double>(next_step(steps[i]));
     scalars[i] = {static_cast<float>(1.0 - lr * weight_decay),

@@ -27,7 +27,7 @@ using c10::ScalarType;
 constexpr int64_t kChunk = 1 << 15;  // elements per parallel work item
 constexpr int64_t kBlock = 1024;     // elements per register/L1 block inside a chunk
 
-// --- counter-based random bits (same as arvc.optim._functional.rounding_seed / random_bits) -----------
+// --- counter-based random bits (same as arvc.optim._rounding.rounding_seed / random_bits) -----------
 inline uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;

@@ -7,10 +7,12 @@
 //
 // The arithmetic mirrors the single-tensor Python reference op for op (same float32 operations in the
 // same order; no FMA contraction: built with -ffp-contract=off), and stochastic rounding uses the same
-// counter-based hash as arvc.optim._functional, so the paths agree to float32 rounding — up to torch's own
+// counter-based hash as arvc.optim._rounding, so the paths agree to float32 rounding — up to torch's own
 // vectorized lerp_/add_(alpha=) using fused multiply-adds, which moves the reference's last bit.
 //
 // Registered as torch ops (torch.ops.arvc_fused.*) so no pybind11 headers are needed: builds in seconds.
+// The schemas mark what each op writes (Tensor(a!)[]), and arvc.optim._fused registers fake
+// implementations, so torch.compile can trace a step that calls them.
 
 #include <torch/library.h>
 
@@ -20,20 +22,49 @@
 
 using namespace arvc_fused;
 
+namespace {
+
+// The op takes the Kahan buffers that exist as a plain list plus, per parameter, the index of its buffer
+// in that list (-1: none): torch.compile can trace an op that writes a Tensor[] but not a Tensor?[].
+void any_precision_adamw_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                            at::TensorList exp_avg_sqs, at::TensorList compensations,
+                            at::IntArrayRef compensation_of, at::TensorList steps, at::IntArrayRef param_indices,
+                            double lr, double beta1, double beta2, double eps, double weight_decay, int64_t seed,
+                            bool stochastic_rounding) {
+  TORCH_CHECK(compensation_of.size() == params.size(),
+              "arvc fused AnyPrecisionAdamW: tensor lists differ in length");
+  c10::List<std::optional<Tensor>> optional_compensations;
+  for (const int64_t index : compensation_of) {
+    TORCH_CHECK(index < static_cast<int64_t>(compensations.size()),
+                "arvc fused AnyPrecisionAdamW: compensation index out of range");
+    optional_compensations.push_back(index < 0 ? std::optional<Tensor>() : std::optional<Tensor>(compensations[index]));
+  }
+  any_precision_adamw_(params, grads, exp_avgs, exp_avg_sqs, optional_compensations, steps, param_indices, lr,
+                       beta1, beta2, eps, weight_decay, seed, stochastic_rounding);
+}
+
+}  // namespace
+
 TORCH_LIBRARY(arvc_fused, m) {
   m.def(
-      "adabelief_(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_vars, "
-      "Tensor[] max_exp_avg_vars, Tensor[] steps, bool amsgrad, float lr, float beta1, float beta2, "
-      "float eps, float weight_decay) -> ()",
-      adabelief_);
+      "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_vars, "
+      "Tensor(d!)[] max_exp_avg_vars, Tensor(e!)[] steps, bool amsgrad, float lr, float beta1, float beta2, "
+      "float eps, float weight_decay) -> ()");
   m.def(
-      "any_precision_adamw_(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
-      "Tensor?[] compensations, Tensor[] steps, int[] param_indices, float lr, float beta1, float beta2, "
-      "float eps, float weight_decay, int seed, bool stochastic_rounding) -> ()",
-      any_precision_adamw_);
+      "any_precision_adamw_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] compensations, int[] compensation_of, Tensor(e!)[] steps, int[] param_indices, "
+      " float lr, float beta1, float beta2, "
+      "float eps, float weight_decay, int seed, bool stochastic_rounding) -> ()");
   m.def(
-      "radam_(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, Tensor[] steps, "
+      "radam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, "
       "float lr, float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
-      "bool maximize) -> ()",
-      radam_);
+      "bool maximize) -> ()");
+}
+
+// The CPU implementations, registered for the CPU key only (not as composite kernels), so the fake
+// implementations registered from Python are what torch.compile traces.
+TORCH_LIBRARY_IMPL(arvc_fused, CPU, m) {
+  m.impl("adabelief_", adabelief_);
+  m.impl("any_precision_adamw_", any_precision_adamw_op);
+  m.impl("radam_", radam_);
 }

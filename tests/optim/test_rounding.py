@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from arvc.optim._functional import parse_dtype, rounding_seed, stochastic_round_
+from arvc.optim._checks import parse_dtype
+from arvc.optim._rounding import rounding_seed, stochastic_round_
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

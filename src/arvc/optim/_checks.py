@@ -1,0 +1,147 @@
+"""Argument validation and step plumbing shared by arvc's optimizers (one place, optimi's layout)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
+}
+
+
+def parse_dtype(value: torch.dtype | str, name: str) -> torch.dtype:
+    """Turn a torch dtype or its name ("bfloat16", "bf16", ...) into a floating torch dtype."""
+    if isinstance(value, torch.dtype):
+        if not value.is_floating_point:
+            raise ValueError(f"Invalid {name}: {value} is not a floating-point dtype")
+        return value
+    if isinstance(value, str):
+        key = value.lower().removeprefix("torch.")
+        if key in _DTYPE_NAMES:
+            return _DTYPE_NAMES[key]
+    valid = ", ".join(sorted({"float32", "bfloat16", "float16", "float64"}))
+    raise ValueError(f"Invalid {name}: {value!r}; use a torch dtype or one of {valid}")
+
+
+def check_common_hyperparameters(lr, betas, eps, weight_decay) -> None:
+    """Validate the Adam-family hyperparameters up front, naming the bad one (torch.optim's messages)."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        lr = lr.item()
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr)) or lr < 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
+    for index, beta in enumerate(betas):
+        if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps)) or eps < 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)) or weight_decay < 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def evaluate_closure(closure):
+    """Run an optimizer closure with gradients enabled (step() itself runs under no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def params_with_grad(param_groups: list[dict], optimizer_name: str):
+    """Yield (group, [(index, param), ...]) for the params that have a gradient.
+
+    The index counts every parameter across all groups in order, so it names a parameter stably
+    (it seeds stochastic rounding). Sparse gradients are refused with a clear error.
+    """
+    offset = 0
+    for group in param_groups:
+        indexed = []
+        for i, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"{optimizer_name} does not support sparse gradients; use torch.optim.SparseAdam"
+                )
+            indexed.append((offset + i, p))
+        offset += len(group["params"])
+        yield group, indexed
+
+
+def group_tensors_by_device_and_dtype(tensor_lists: list[list]) -> dict:
+    """Split parallel lists by the (device, dtype) of the first list, for the foreach bodies.
+
+    Returns {(device, dtype): (lists restricted to that group, indices)}; entries of the other lists
+    may be None or live elsewhere (step counters stay on the CPU).
+    """
+    groups: dict = {}
+    for index, leader in enumerate(tensor_lists[0]):
+        groups.setdefault((leader.device, leader.dtype), []).append(index)
+    return {
+        key: ([[values[i] for i in indices] for values in tensor_lists], indices)
+        for key, indices in groups.items()
+    }
+
+
+def check_lr(lr, foreach: bool | None, name: str) -> None:
+    """torch.optim.AdamW's rules for a tensor learning rate, applied at construction.
+
+    A 1-element tensor works on the single-tensor and fused paths; torch refuses it with an explicit
+    `foreach=True` (without capturable), and so does arvc, with torch's message.
+    """
+    if isinstance(lr, torch.Tensor):
+        if foreach:
+            raise ValueError(
+                f"{name}: lr as a Tensor is not supported for capturable=False and foreach=True; "
+                "pass a float lr or leave foreach unset"
+            )
+        if lr.numel() != 1:
+            raise ValueError(f"{name}: Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
+
+
+def lr_value(lr) -> float:
+    """The learning rate as a Python float (a tensor lr is read once per step)."""
+    return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
+
+
+def default_foreach(foreach: bool | None, lr, count: int) -> bool:
+    """The path a group runs when `foreach` is unset: foreach for more than one tensor, except with a
+    tensor lr, where torch's AdamW also keeps the single-tensor path."""
+    if foreach is not None:
+        return foreach
+    return count > 1 and not isinstance(lr, torch.Tensor)
+
+
+def check_param_dtypes(params, name: str) -> None:
+    """Refuse, at construction, parameters no path of arvc's optimizers can step.
+
+    Complex parameters are stepped as their real view (torch.view_as_real, as torch's Adam does), which
+    needs a real floating dtype underneath: complex32 has none that arvc's buffers support.
+    """
+    for p in params:
+        if p.dtype == torch.complex32:
+            raise ValueError(f"{name}: complex32 parameters are not supported; use complex64 or complex128")
+        if not (p.is_floating_point() or p.is_complex()):
+            raise ValueError(f"{name}: parameters must be floating point or complex tensors, got {p.dtype}")
+
+
+def real_view(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A complex tensor as its real view (last dimension of size 2); anything else unchanged."""
+    return torch.view_as_real(t) if t is not None and t.is_complex() else t
