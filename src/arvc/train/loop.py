@@ -1,8 +1,9 @@
 """The training loop: config → data → models → optimizers → for each epoch: D step, G step, log, save.
 
 It reads top to bottom like nanoGPT's train.py. Optimizers come only from the registry
-(`arvc.optim.build_optimizer`), schedulers from `build_scheduler(..., "auto")`, stepped once per epoch
-as RVC does. Everything needed to continue a run bit for bit is in its checkpoints.
+(`arvc.optim.build_optimizer`); the lr of each epoch is a pure function of the epoch and the run's plan
+(`arvc.optim.schedulers.Schedule`, "auto" = the registry's pairing), set once per epoch as RVC steps its
+scheduler. Everything needed to continue a run bit for bit is in its checkpoints.
 
 Under torchrun each process runs this same loop on its share of every global batch (`distributed.py`
 holds what differs: DDP wrapping, ZeRO, collectives, rank 0 alone writing).
@@ -25,11 +26,13 @@ from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.modelfile.export import export_generator
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
-from arvc.optim import build_scheduler
+from arvc.optim.schedulers import Schedule
 from arvc.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    abandon_later_checkpoints,
     atomic_save,
+    check_resume_config,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
@@ -43,7 +46,13 @@ from arvc.train.distributed import Ranks, process_group
 from arvc.train.errors import TrainError
 from arvc.train.faults import StopOnSignal
 from arvc.train.logs import NullLog, RunLog
-from arvc.train.optimizers import DEFAULT_LR, hyperparameters, make_optimizer, restore_optimizer
+from arvc.train.optimizers import (
+    DEFAULT_LR,
+    hyperparameters,
+    make_optimizer,
+    plan_schedule,
+    restore_optimizer,
+)
 from arvc.train.step import GanStep
 
 __all__ = ["DEFAULT_LR", "PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
@@ -124,7 +133,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
     if hasattr(callbacks, "on_optimizers"):
         callbacks.on_optimizers(run.optim_g, run.optim_d)
     progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
-    _start_writing(run, progress, resumed=checkpoint is not None, compile=opts.compile)
+    _start_writing(run, progress, resume_from, compile=opts.compile)
     progress.last_checkpoint = resume_from
 
     cfg = run.cfg
@@ -137,8 +146,6 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
                 progress.last_checkpoint = _save(run, progress, epoch - 1, progress.batches_done)
                 break
             progress.batches_done, progress.epochs_done = 0, epoch
-            run.sched_g.step()
-            run.sched_d.step()
             run.log.log_mels(progress.step, result.mel_real, result.mel_fake)
             run.log.plot()
             callbacks.on_epoch(epoch, progress.losses)
@@ -168,8 +175,7 @@ class _Run:
     net_d: torch.nn.Module
     optim_g: torch.optim.Optimizer
     optim_d: torch.optim.Optimizer
-    sched_g: Any
-    sched_d: Any
+    schedule: Schedule  # the lr of every epoch, for both optimizers
     scaler: torch.amp.GradScaler
     train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
@@ -215,6 +221,8 @@ def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | Non
             "--pretrained-g/--pretrained-d start a new run; a resumed run continues from its checkpoint"
         )
     cfg.validate()
+    if checkpoint is not None:
+        check_resume_config(checkpoint.get("config", {}), cfg, resume_from)
     hp = hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
     if opts.zero and not ranks.distributed:
         logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
@@ -248,15 +256,14 @@ def _build_run(opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint:
         net_g.to(torch.bfloat16)
         net_d.to(torch.bfloat16)
 
-    # Optimizers from the registry (--zero: each rank steps a shard), schedules stepped once per epoch.
+    # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
     zero = opts.zero and ranks.distributed
     optim_g, optim_d = (_optimizer(net.parameters(), hp, ranks, zero) for net in (net_g, net_d))
-    sched_g = build_scheduler(optim_g, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
-    sched_d = build_scheduler(optim_d, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
+    schedule = plan_schedule(cfg, hp, checkpoint)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
     return _Run(
         cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
-        net_g, net_d, optim_g, optim_d, sched_g, sched_d, scaler,
+        net_g, net_d, optim_g, optim_d, schedule, scaler,
     )  # fmt: skip
 
 
@@ -275,11 +282,11 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
         batches_done=checkpoint.get("batch_in_epoch", 0),
         step=checkpoint["step"],
     )
-    for name, optimizer, scheduler, key in (
-        ("generator", run.optim_g, run.sched_g, "optim_g"),
-        ("discriminator", run.optim_d, run.sched_d, "optim_d"),
+    for name, optimizer, key in (
+        ("generator", run.optim_g, "optim_g"),
+        ("discriminator", run.optim_d, "optim_d"),
     ):
-        restore_optimizer(name, optimizer, scheduler, checkpoint[key], run.hp, progress.epochs_done)
+        restore_optimizer(name, optimizer, checkpoint[key], run.hp)
     run.scaler.load_state_dict(checkpoint["scaler"])
     if not run.ranks.distributed:
         set_rng_state(checkpoint["rng"])
@@ -293,7 +300,7 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
     return progress
 
 
-def _start_writing(run: _Run, progress: _Progress, resumed: bool, compile: bool) -> None:
+def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, compile: bool) -> None:
     """Seed the ranks, prepare the run folder and its logs, wrap the models and make the train step."""
     cfg, ranks = run.cfg, run.ranks
     if ranks.distributed:
@@ -302,8 +309,10 @@ def _start_writing(run: _Run, progress: _Progress, resumed: bool, compile: bool)
     def prepare_run_dir() -> RunLog:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run.run_dir)
+        if resume_from is not None:  # from an older checkpoint: the later ones are another continuation
+            abandon_later_checkpoints(run.run_dir, resume_from)
         (run.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        return RunLog(run.run_dir, resume_step=progress.step if resumed else None)
+        return RunLog(run.run_dir, resume_step=progress.step if resume_from is not None else None)
 
     run.log = ranks.on_main(prepare_run_dir, f"prepare {run.run_dir}") or NullLog()
     # DDP around the models that take gradients; G's phase calls D unwrapped (its parameters are frozen).
@@ -331,6 +340,9 @@ def _start_writing(run: _Run, progress: _Progress, resumed: bool, compile: bool)
 def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, callbacks, stop_signal):
     """Train the (rest of the) epoch; returns the last step's result. Stops early when asked to."""
     cfg, optim_g, optim_d = run.cfg, run.optim_g, run.optim_d
+    lr = run.schedule.lr(epoch - 1)  # epoch is 1-based, the schedule counts epochs done
+    for group in (*optim_g.param_groups, *optim_d.param_groups):
+        group["lr"] = lr
     run.net_g.train()
     run.net_d.train()
     run.loader.sampler.set_epoch(epoch, start=progress.batches_done * cfg.train.batch_size)
@@ -401,14 +413,9 @@ def _checkpoint_state(run: _Run, epochs_done: int, batches_done: int, step: int)
         "precision": run.precision,
         "generator": run.net_g.state_dict(),
         "discriminator": run.net_d.state_dict(),
-        "optim_g": {
-            **optimizer_record(hp["optimizer"], hp, run.optim_g),
-            "scheduler": run.sched_g.state_dict(),
-        },
-        "optim_d": {
-            **optimizer_record(hp["optimizer"], hp, run.optim_d),
-            "scheduler": run.sched_d.state_dict(),
-        },
+        "optim_g": optimizer_record(hp["optimizer"], hp, run.optim_g),
+        "optim_d": optimizer_record(hp["optimizer"], hp, run.optim_d),
+        "schedule": run.schedule.to_dict(),  # the lr plan: a pure function of the epoch
         "scaler": run.scaler.state_dict(),
         "rng": rng_state(),
     }
@@ -426,7 +433,7 @@ def _write(run: _Run, path: Path, state: dict) -> None:
             + str(run.run_dir)
         ) from error
     if run.cfg.train.keep_last:
-        prune_checkpoints(run.run_dir, run.cfg.train.keep_last)
+        prune_checkpoints(run.run_dir, run.cfg.train.keep_last, written=path)
 
 
 def _finish(run: _Run, progress: _Progress) -> TrainResult:
