@@ -355,9 +355,13 @@ def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, c
         progress.bad_steps = progress.bad_steps + 1 if result.skipped else 0
         step = progress.step
         if result.skipped:
+            reason = "non-finite loss or gradients"
+            if run.scaler.is_enabled():  # usually the loss scale overflowing fp16; update() lowered it
+                reason += f" (fp16 loss scale now {run.scaler.get_scale():g})"
             logger.warning(
-                "step %d: non-finite loss or gradients, %s update skipped (%s)",
+                "step %d: %s, %s update skipped (%s)",
                 step,
+                reason,
                 " and ".join(result.skipped),
                 _short(losses),
             )
