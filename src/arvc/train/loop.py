@@ -11,7 +11,6 @@ holds what differs: DDP wrapping, ZeRO, collectives, rank 0 alone writing).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.modelfile.export import export_generator
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
+from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import Schedule
 from arvc.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -138,7 +138,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
 
     cfg = run.cfg
     callbacks.on_start(cfg.train.epochs, run.steps_per_epoch, progress.epochs_done + 1)
-    with StopOnSignal() as stop_signal, _flush_denormals(run.device):
+    with StopOnSignal() as stop_signal, flush_denormals(run.device.type == "cpu"):
         for epoch in range(progress.epochs_done + 1, cfg.train.epochs + 1):
             result = _one_epoch(run, progress, epoch, opts, callbacks, stop_signal)
             if progress.stopped_by and progress.batches_done < run.steps_per_epoch:
@@ -462,17 +462,6 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
         "done: %d epochs, %d steps; model in %s", progress.epochs_done, progress.step, run.run_dir / "export"
     )
     return result
-
-
-@contextlib.contextmanager
-def _flush_denormals(device: torch.device):
-    """On CPU, denormal floats (early RAdam/Adam moments) can make a step ~100x slower; flush them to 0."""
-    flushed = device.type == "cpu" and torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
 
 
 def _short(losses: dict[str, float]) -> str:

@@ -16,6 +16,7 @@
 
 #include "adabelief.h"
 #include "any_precision_adamw.h"
+#include "denormals.h"
 #include "radam.h"
 
 using namespace arvc_fused;
@@ -36,4 +37,6 @@ TORCH_LIBRARY(arvc_fused, m) {
       "float lr, float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
       "bool maximize) -> ()",
       radam_);
+  m.def("set_flush_denormal_all(bool on) -> int[]", set_flush_denormal_all);
+  m.def("restore_flush_denormal_all(int[] previous) -> ()", restore_flush_denormal_all);
 }
