@@ -161,7 +161,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
 # --- the phases of a run, in the order _train calls them ---------------------------------------------------
 @dataclass
 class _Run:
-    """What a run is made of; built once by `_build_run`, never rebound afterwards."""
+    """What a run is made of: built by `_build_run` (train step and log by `_start_writing`), then fixed."""
 
     cfg: RunConfig
     precision: str
