@@ -103,6 +103,12 @@ class TrainConfig:
     log_interval: int = 200  # steps
     save_every: int = 5  # epochs
     keep_last: int = 3  # checkpoints kept; 0 keeps all
+    # The lr schedule (arvc.optim.schedulers): "auto" = the optimizer's pairing in the registry (AdaBelief
+    # cosine, AdaBeliefV2 inverse_sqrt, others RVC's exponential), or one of cosine, inverse_sqrt,
+    # exponential, constant.
+    scheduler: str = "auto"
+    # Warm-up of inverse_sqrt, in epochs; None: clamp(epochs // 10, 1, 10) (schedulers.default_warmup_epochs)
+    warmup_epochs: int | None = None
 
 
 @dataclass
@@ -200,8 +206,22 @@ class RunConfig:
             errors.append("model.disc_channel_div must be a power of two between 1 and 16")
         if not m.disc_periods or any(p < 1 for p in m.disc_periods):
             errors.append("model.disc_periods must be a non-empty list of positive periods")
+        errors += _schedule_errors(self.train)
         if errors:
             raise ValueError("invalid config: " + "; ".join(errors))
+
+
+def _schedule_errors(t: TrainConfig) -> list[str]:
+    from arvc.optim.schedulers import SCHEDULERS
+
+    errors = []
+    if t.scheduler not in SCHEDULERS:
+        errors.append(f"train.scheduler must be one of {', '.join(SCHEDULERS)}, got {t.scheduler!r}")
+    if t.warmup_epochs is not None and t.warmup_epochs < 1:
+        errors.append(
+            f"train.warmup_epochs must be at least 1 (or null for the default), got {t.warmup_epochs}"
+        )
+    return errors
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

@@ -7,6 +7,7 @@ import torch
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, ExponentialLR
 
 from arvc.optim import InverseSqrt, build_optimizer, build_scheduler
+from arvc.optim.schedulers import Schedule, default_warmup_epochs
 
 
 def optimizer_for(name, lr=1e-3):
@@ -90,3 +91,63 @@ def test_unknown_scheduler_and_bad_epochs():
         build_scheduler(optimizer_for("AdamW"), "linear", total_epochs=5)
     with pytest.raises(ValueError, match="total_epochs"):
         build_scheduler(optimizer_for("AdamW"), total_epochs=0)
+
+
+# --- the pure functions a run uses (Schedule / scheduled_lr) ---------------------------------------------
+@pytest.mark.parametrize(
+    "name, scheduler",
+    [
+        ("cosine", lambda o: CosineAnnealingLR(o, T_max=12, eta_min=1e-6)),
+        ("exponential", lambda o: ExponentialLR(o, gamma=0.999875)),
+        ("inverse_sqrt", lambda o: InverseSqrt(o, warmup=4)),
+        ("constant", lambda o: ConstantLR(o, factor=1.0, total_iters=0)),
+    ],
+)
+def test_pure_schedule_matches_torch_scheduler(name, scheduler):
+    """torch's schedulers accumulate the lr step by step; the pure function computes it. rel 1e-12 allows
+    for that float32-free, float64 summation-order difference over 12 epochs."""
+    torch_lrs = lrs(scheduler(optimizer_for("AdamW", lr=1e-3)), 12)
+    plan = Schedule(name, 1e-3, total_epochs=12, warmup_epochs=4)
+    assert [plan.lr(e) for e in range(12)] == pytest.approx(torch_lrs, rel=1e-12)
+
+
+def test_replanned_cosine_continues_from_the_lr_reached_and_never_rises():
+    plan = Schedule("cosine", 1e-3, total_epochs=3, warmup_epochs=1)
+    longer = plan.replanned(6, last_epoch=2)
+    assert longer.lr(2) == pytest.approx(plan.lr(2), rel=1e-12)
+    seq = [longer.lr(e) for e in range(2, 7)]
+    assert all(b < a for a, b in zip(seq, seq[1:], strict=False)) and seq[-1] == pytest.approx(1e-6)
+    assert longer.lr(10) == pytest.approx(1e-6), "past its end the cosine stays at eta_min"
+    # Shorter runs decay faster, still from where the run is; other schedules do not depend on the length.
+    shorter = Schedule("cosine", 1e-3, total_epochs=10, warmup_epochs=1).replanned(5, last_epoch=3)
+    assert shorter.lr(4) < shorter.lr(3)
+    exponential = Schedule("exponential", 1e-3, total_epochs=3, warmup_epochs=1)
+    assert [exponential.replanned(9, 2).lr(e) for e in range(9)] == [exponential.lr(e) for e in range(9)]
+
+
+def test_schedule_scales_with_a_new_base_lr_and_round_trips():
+    plan = Schedule("cosine", 1e-3, total_epochs=4, warmup_epochs=1, eta_min=0.0).replanned(8, last_epoch=1)
+    lower = plan.with_base_lr(1e-4)  # (eta_min is absolute; 0 here so that the whole curve scales)
+    assert [lower.lr(e) for e in range(1, 8)] == pytest.approx(
+        [plan.lr(e) / 10 for e in range(1, 8)], rel=1e-12
+    )
+    assert Schedule.from_dict(lower.to_dict()) == lower
+
+
+def test_default_warmup_fits_the_run_length():
+    assert [default_warmup_epochs(n) for n in (1, 5, 19, 20, 99, 100, 1000)] == [1, 1, 1, 2, 9, 10, 10]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "auto"}, "Unknown schedule"),
+        ({"total_epochs": 0}, "total_epochs"),
+        ({"warmup_epochs": 0}, "warmup_epochs"),
+        ({"name": "exponential", "gamma": 1.5}, "gamma"),
+    ],
+)
+def test_schedule_rejects_bad_values(kwargs, message):
+    values = {"name": "cosine", "base_lr": 1e-3, "total_epochs": 5, "warmup_epochs": 1, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        Schedule(**values)

@@ -93,9 +93,10 @@ def test_resume_with_another_optimizer_starts_it_fresh(tmp_path, data_dir, caplo
 
 
 def test_resume_refuses_changed_hyperparameters(tmp_path, data_dir):
+    """Only --lr may change on resume (tests/train/test_resume.py); eps, betas, ... stay the run's."""
     train(options(tmp_path, data_dir, config=tiny(epochs=1)))
-    with pytest.raises(TrainError, match="lr"):
-        train(options(tmp_path, data_dir, config=tiny(epochs=2), lr=3e-4, resume=tmp_path / "run"))
+    with pytest.raises(TrainError, match="eps"):
+        train(options(tmp_path, data_dir, config=tiny(epochs=2), eps=1e-6, resume=tmp_path / "run"))
 
 
 def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_lost(tmp_path, data_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -216,9 +215,14 @@ def train(
     from arvc.modelfile.read import PretrainedError, read_model_file
     from arvc.optim import get_spec
     from arvc.optim.registry import eight_bit_optimizer_class
-    from arvc.train.checkpoint import CheckpointError, latest_checkpoint
+    from arvc.train.checkpoint import (
+        CheckpointError,
+        check_resume_config,
+        latest_checkpoint,
+        load_checkpoint,
+    )
     from arvc.train.distributed import DistributedError, launch, process_group
-    from arvc.train.loop import PRECISIONS, TrainError, TrainOptions
+    from arvc.train.loop import PRECISIONS, TrainError, TrainOptions, resolve_resume
     from arvc.train.loop import train as run_training
 
     try:  # everything the user typed is checked before any work starts
@@ -245,12 +249,11 @@ def train(
         ):
             if value is not None:
                 overrides[key] = value
-        if resume is not None:
-            run_dir = resume if resume.is_dir() else resume.parent.parent
-            saved = run_dir / "config.json"
-            if not saved.is_file():
-                raise ValueError(f"--resume {resume}: {saved} not found; is this an arvc run directory?")
-            cfg = RunConfig.from_dict(json.loads(saved.read_text()))
+        if resume is not None:  # the checkpoint is the truth: its config, changed only where allowed
+            resume_file = resolve_resume(resume)
+            run_dir = resume if resume.is_dir() else resume_file.parent.parent
+            saved_config = load_checkpoint(resume_file, mmap=True).get("config", {})
+            cfg = RunConfig.from_dict(saved_config)
         else:
             run_dir = runs_dir / (name or (dataset.name if dataset is not None else "demo"))
             if latest_checkpoint(run_dir) is not None:
@@ -264,10 +267,12 @@ def train(
             if dataset is not None and not dataset.is_dir():
                 raise ValueError(f"dataset folder {dataset} does not exist")
         cfg = apply_overrides(cfg, overrides)
+        if resume is not None:
+            check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
         _check_processes(nproc, device, cfg.train.batch_size)
         if zero and use_8bit:
             raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
-    except (ValueError, PretrainedError, ImportError) as error:
+    except (ValueError, PretrainedError, ImportError, TrainError, CheckpointError) as error:
         fail(str(error))
 
     def prepare() -> None:

@@ -23,6 +23,7 @@ from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
 from arvc.optim import state_bytes_per_param
+from arvc.optim.denormals import flush_denormals
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, TrainOptions, train
@@ -299,14 +300,10 @@ def run_compare(
     evaluator = HeldOutEvaluator(cfg, holdout, seed=seed, device=device)
     # Denormal floats make some optimizers' first steps (RAdam's un-rectified phase) ~100x slower on CPU,
     # which would rank a CPU artefact, so they are flushed to zero for every run alike.
-    flushing = flush_denormal and torch.set_flush_denormal(True)
-    try:
+    with flush_denormals(flush_denormal):  # on every intra-op thread (arvc.optim.denormals)
         results, stopped_by = _run_all(
             variants, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress
         )
-    finally:
-        if flushing:
-            torch.set_flush_denormal(False)
     write_report(out_dir, results)
     return CompareResult(out_dir, results, stopped_by)
 

@@ -1,11 +1,13 @@
 """Checkpoints that survive crashes and say what wrote them.
 
 One file per checkpoint, `runs/RUN/checkpoints/ckpt_E{epoch:05d}_S{step:08d}.pt`, holding the generator,
-discriminator, both optimizers *with their registry name and hyperparameters*, schedulers, grad scaler,
-epoch, step, RNG states and the resolved config. Written with :func:`arvc._files.atomic_file` (a temporary
-file in the same directory, fsynced and renamed over), so a crash mid-save leaves the previous checkpoint as
-it was. Loaded with
-`weights_only=True`: a checkpoint is data, never code.
+discriminator, both optimizers *with their registry name and hyperparameters*, the lr schedule, grad
+scaler, epoch, step, RNG states and the resolved config. Written with :func:`arvc._files.atomic_file` (a
+temporary file in the same directory, fsynced and renamed over), so a crash mid-save leaves the previous
+checkpoint as it was. Loaded with `weights_only=True`: a checkpoint is data, never code.
+
+The checkpoint is the truth on resume: only the settings in `RESUMABLE_CHANGES` may differ from its
+config (`check_resume_config`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from arvc.modelfile.formats import CHECKPOINT_FORMAT
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "RESUMABLE_CHANGES",
+    "abandon_later_checkpoints",
     "atomic_save",
+    "check_resume_config",
     "checkpoint_path",
     "checkpoint_position",
     "latest_checkpoint",
@@ -87,21 +92,90 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
-def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` checkpoints (only after a new one was written)."""
+def prune_checkpoints(run_dir: Path, keep_last: int, written: Path | None = None) -> None:
+    """Delete all but the newest `keep_last` checkpoints (only after a new one was written).
+
+    `written`, the checkpoint just written, is always kept (it counts as one of the `keep_last`), even
+    where older-named ones exist: the newest written checkpoint is never deleted."""
     if keep_last < 1:
         raise ValueError(f"Invalid keep_last: {keep_last}; keep at least one checkpoint")
-    for old in list_checkpoints(run_dir)[:-keep_last]:
+    others = [p for p in list_checkpoints(run_dir) if written is None or p != Path(written)]
+    for old in others[: len(others) - (keep_last - (written is not None))]:
         old.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load and sanity-check a checkpoint; any problem is a CheckpointError naming the file."""
+def abandon_later_checkpoints(run_dir: Path, resume_from: Path) -> list[Path]:
+    """Resuming from an older checkpoint of the run: move the run's later checkpoints aside.
+
+    They belong to the continuation this resume replaces; left in place they would sort after the new
+    checkpoints (by epoch and step), so `--resume RUN` would pick them and pruning would delete what the
+    resumed run writes. They go to checkpoints/abandoned/ (not deleted; move them back to use them)."""
+    resume_from = Path(resume_from)
+    later = [p for p in list_checkpoints(run_dir) if _order(p) > _order(resume_from)]
+    if not later or resume_from.parent.resolve() != (Path(run_dir) / "checkpoints").resolve():
+        return []
+    folder = Path(run_dir) / "checkpoints" / "abandoned"
+    folder.mkdir(exist_ok=True)
+    for path in later:
+        os.replace(path, folder / path.name)
+    logger.warning(
+        "resuming from %s, an older checkpoint of this run: its %d later checkpoint(s) (%s) were moved "
+        "to %s, since this run replaces them",
+        resume_from.name,
+        len(later),
+        ", ".join(p.name for p in later),
+        folder,
+    )
+    return later
+
+
+def _order(path: Path) -> tuple[int, int]:
+    return checkpoint_position(path) or (-1, -1)
+
+
+# Settings a resumed run may change: the run length (the schedule is re-planned), how often it logs and
+# saves, and how many checkpoints it keeps. Everything else would not continue the run as trained.
+RESUMABLE_CHANGES = ("train.epochs", "train.log_interval", "train.save_every", "train.keep_last")
+
+
+def check_resume_config(saved: dict, cfg, source: Path) -> None:
+    """Refuse a resume whose config differs from the checkpoint's in a setting that cannot change.
+
+    `saved` is the checkpoint's config (a dict), `cfg` the RunConfig asked for. A CheckpointError names
+    every such setting, old -> new, and what to do."""
+    from arvc.config import RunConfig
+
+    old, new = _flat(RunConfig.from_dict(saved).to_dict()), _flat(cfg.to_dict())
+    changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
+    if changed:
+        detail = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise CheckpointError(
+            f"cannot resume {source} with changed settings ({detail}): a resumed run continues exactly as "
+            f"it was trained (batch size, seed, model and data settings included). Drop those flags to "
+            f"resume it, or start a new run with --name. On resume only {', '.join(RESUMABLE_CHANGES)} "
+            "(and --lr, --max-steps) may change."
+        )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """Load and sanity-check a checkpoint; any problem is a CheckpointError naming the file.
+
+    `mmap=True` maps the tensors instead of reading them (cheap, e.g. to read only the config)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # truncated zip, bit rot, a pickle that needs code, ...
         raise CheckpointError(
             f"Checkpoint {path} is corrupted or not a plain-data checkpoint "

@@ -1,8 +1,9 @@
 """The training loop: config → data → models → optimizers → for each epoch: D step, G step, log, save.
 
 It reads top to bottom like nanoGPT's train.py. Optimizers come only from the registry
-(`arvc.optim.build_optimizer`), schedulers from `build_scheduler(..., "auto")`, stepped once per epoch
-as RVC does. Everything needed to continue a run bit for bit is in its checkpoints.
+(`arvc.optim.build_optimizer`); the lr of each epoch is a pure function of the epoch and the run's plan
+(`arvc.optim.schedulers.Schedule`, "auto" = the registry's pairing), set once per epoch as RVC steps its
+scheduler. Everything needed to continue a run bit for bit is in its checkpoints.
 
 Under torchrun each process runs this same loop on its share of every global batch (`distributed.py`
 holds what differs: DDP wrapping, ZeRO, collectives, rank 0 alone writing).
@@ -10,11 +11,10 @@ holds what differs: DDP wrapping, ZeRO, collectives, rank 0 alone writing).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,11 +25,14 @@ from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.modelfile.export import export_generator
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
-from arvc.optim import build_scheduler
+from arvc.optim.denormals import flush_denormals
+from arvc.optim.schedulers import Schedule
 from arvc.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    abandon_later_checkpoints,
     atomic_save,
+    check_resume_config,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
@@ -43,7 +46,13 @@ from arvc.train.distributed import Ranks, process_group
 from arvc.train.errors import TrainError
 from arvc.train.faults import StopOnSignal
 from arvc.train.logs import NullLog, RunLog
-from arvc.train.optimizers import DEFAULT_LR, hyperparameters, make_optimizer, restore_optimizer
+from arvc.train.optimizers import (
+    DEFAULT_LR,
+    hyperparameters,
+    make_optimizer,
+    plan_schedule,
+    restore_optimizer,
+)
 from arvc.train.step import GanStep
 
 __all__ = ["DEFAULT_LR", "PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
@@ -106,17 +115,6 @@ class _Silent:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _resolve_resume(resume: Path) -> Path:
-    resume = Path(resume)
-    if resume.is_dir():
-        found = latest_checkpoint(resume)
-        if found is None:
-            raise TrainError(f"--resume {resume}: no checkpoint in {resume / 'checkpoints'}")
-        return found
-    return resume
-
-
-# ---------------------------------------------------------------------------------------------------------
 def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult:
     """Train (or continue training) a voice model; returns where the results are.
 
@@ -128,9 +126,88 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
 
 
 def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResult:
-    cfg, device, run_dir = opts.config, ranks.train_device(opts.device), Path(opts.run_dir)
-    resume_from = _resolve_resume(opts.resume) if opts.resume is not None else None
+    resume_from = resolve_resume(opts.resume) if opts.resume is not None else None
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+    opts, hp = _settle(opts, checkpoint, resume_from, ranks)  # every check before any work
+    run = _build_run(opts, hp, ranks, checkpoint)
+    if hasattr(callbacks, "on_optimizers"):
+        callbacks.on_optimizers(run.optim_g, run.optim_d)
+    progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
+    _start_writing(run, progress, resume_from, compile=opts.compile)
+    progress.last_checkpoint = resume_from
+
+    cfg = run.cfg
+    callbacks.on_start(cfg.train.epochs, run.steps_per_epoch, progress.epochs_done + 1)
+    with StopOnSignal() as stop_signal, flush_denormals(run.device.type == "cpu"):
+        for epoch in range(progress.epochs_done + 1, cfg.train.epochs + 1):
+            result = _one_epoch(run, progress, epoch, opts, callbacks, stop_signal)
+            if progress.stopped_by and progress.batches_done < run.steps_per_epoch:
+                # mid-epoch: the checkpoint says how far into this epoch, resume continues it
+                progress.last_checkpoint = _save(run, progress, epoch - 1, progress.batches_done)
+                break
+            progress.batches_done, progress.epochs_done = 0, epoch
+            run.log.log_mels(progress.step, result.mel_real, result.mel_fake)
+            run.log.plot()
+            callbacks.on_epoch(epoch, progress.losses)
+            if epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs or progress.stopped_by:
+                progress.last_checkpoint = _save(run, progress, epoch, 0)
+            if progress.stopped_by:
+                break
+    run.log.plot()
+    run.log.close()
+    return _finish(run, progress)
+
+
+# --- the phases of a run, in the order _train calls them ---------------------------------------------------
+@dataclass
+class _Run:
+    """What a run is made of: built by `_build_run` (train step and log by `_start_writing`), then fixed."""
+
+    cfg: RunConfig
+    precision: str
+    hp: dict[str, Any]
+    ranks: Ranks
+    device: torch.device
+    run_dir: Path
+    loader: Any
+    steps_per_epoch: int
+    net_g: torch.nn.Module
+    net_d: torch.nn.Module
+    optim_g: torch.optim.Optimizer
+    optim_d: torch.optim.Optimizer
+    schedule: Schedule  # the lr of every epoch, for both optimizers
+    scaler: torch.amp.GradScaler
+    train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
+    log: RunLog | NullLog = field(default_factory=NullLog)
+
+
+@dataclass
+class _Progress:
+    """How far the run is; the only state the loop changes as it goes."""
+
+    epochs_done: int = 0
+    batches_done: int = 0  # batches of the epoch in progress
+    step: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+    bad_steps: int = 0  # consecutive steps with a skipped update
+    stopped_by: str | None = None
+    last_checkpoint: Path | None = None
+
+
+def resolve_resume(resume: Path) -> Path:
+    """The checkpoint `--resume` means: a run directory's newest one, or the file given."""
+    resume = Path(resume)
+    if resume.is_dir():
+        found = latest_checkpoint(resume)
+        if found is None:
+            raise TrainError(f"--resume {resume}: no checkpoint in {resume / 'checkpoints'}")
+        return found
+    return resume
+
+
+def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
+    """Check the options against each other and the checkpoint; resolve precision and hyperparameters."""
+    cfg = opts.config
     precision = opts.precision or (checkpoint.get("precision", "fp32") if checkpoint else "fp32")
     if precision not in PRECISIONS:
         raise TrainError(f"Unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
@@ -144,21 +221,28 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
             "--pretrained-g/--pretrained-d start a new run; a resumed run continues from its checkpoint"
         )
     cfg.validate()
+    if checkpoint is not None:
+        check_resume_config(checkpoint.get("config", {}), cfg, resume_from)
     hp = hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
-    zero = opts.zero and ranks.distributed
     if opts.zero and not ranks.distributed:
         logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
-    if zero and hp["use_8bit"]:
+    if opts.zero and ranks.distributed and hp["use_8bit"]:
         raise TrainError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
+    return opts, hp
 
-    # --- data: this rank's share of every global batch ------------------------------------------------
-    dataset = VoiceDataset(opts.data_dir, cfg.data)
+
+def _build_run(opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint: dict | None) -> _Run:
+    """Data (this rank's share of every global batch), models, optimizers, schedules, loss scaler."""
+    cfg, precision = opts.config, opts.precision
+    device = ranks.train_device(opts.device)
     loader = make_loader(
-        dataset, cfg.train.batch_size, seed=cfg.train.seed, drop_last=True, **ranks.sharding()
+        VoiceDataset(opts.data_dir, cfg.data),
+        cfg.train.batch_size,
+        seed=cfg.train.seed,
+        drop_last=True,
+        **ranks.sharding(),
     )
-    steps_per_epoch = len(loader)
 
-    # --- models -----------------------------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)
     net_g, net_d = Synthesizer(cfg), MultiPeriodDiscriminator(cfg)
     if checkpoint is None:  # fine-tuning starts from pretrained weights; a resume has its own
@@ -172,174 +256,212 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
         net_g.to(torch.bfloat16)
         net_d.to(torch.bfloat16)
 
-    # --- optimizers and per-epoch schedulers, from the registry (--zero: each rank steps a shard) ------
-    def build(params) -> torch.optim.Optimizer:
-        if zero:
-            return ranks.zero(params, lambda shard: make_optimizer(shard, hp), hp["lr"])
-        return make_optimizer(params, hp)
-
-    optim_g, optim_d = build(net_g.parameters()), build(net_d.parameters())
-    sched_g = build_scheduler(optim_g, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
-    sched_d = build_scheduler(optim_d, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
-    if hasattr(callbacks, "on_optimizers"):
-        callbacks.on_optimizers(optim_g, optim_d)
+    # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
+    zero = opts.zero and ranks.distributed
+    optim_g, optim_d = (_optimizer(net.parameters(), hp, ranks, zero) for net in (net_g, net_d))
+    schedule = plan_schedule(cfg, hp, checkpoint)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
+    return _Run(
+        cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
+        net_g, net_d, optim_g, optim_d, schedule, scaler,
+    )  # fmt: skip
 
-    epochs_done, batches_done, step = 0, 0, 0
-    if checkpoint is not None:
-        net_g.load_state_dict(checkpoint["generator"])
-        net_d.load_state_dict(checkpoint["discriminator"])
-        epochs_done, step = checkpoint["epoch"], checkpoint["step"]
-        batches_done = checkpoint.get("batch_in_epoch", 0)
-        restore_optimizer("generator", optim_g, sched_g, checkpoint["optim_g"], hp, epochs_done)
-        restore_optimizer("discriminator", optim_d, sched_d, checkpoint["optim_d"], hp, epochs_done)
-        scaler.load_state_dict(checkpoint["scaler"])
-        if not ranks.distributed:
-            set_rng_state(checkpoint["rng"])
-        logger.info(
-            "resumed %s: %d epochs + %d batches done, step %d", resume_from, epochs_done, batches_done, step
-        )
+
+def _optimizer(params, hp: dict[str, Any], ranks: Ranks, zero: bool) -> torch.optim.Optimizer:
+    if zero:
+        return ranks.zero(params, lambda shard: make_optimizer(shard, hp), hp["lr"])
+    return make_optimizer(params, hp)
+
+
+def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
+    """Load weights, optimizer and scaler states and RNG: the run continues as if never stopped."""
+    run.net_g.load_state_dict(checkpoint["generator"])
+    run.net_d.load_state_dict(checkpoint["discriminator"])
+    progress = _Progress(
+        epochs_done=checkpoint["epoch"],
+        batches_done=checkpoint.get("batch_in_epoch", 0),
+        step=checkpoint["step"],
+    )
+    for name, optimizer, key in (
+        ("generator", run.optim_g, "optim_g"),
+        ("discriminator", run.optim_d, "optim_d"),
+    ):
+        restore_optimizer(name, optimizer, checkpoint[key], run.hp)
+    run.scaler.load_state_dict(checkpoint["scaler"])
+    if not run.ranks.distributed:
+        set_rng_state(checkpoint["rng"])
+    logger.info(
+        "resumed %s: %d epochs + %d batches done, step %d",
+        resume_from,
+        progress.epochs_done,
+        progress.batches_done,
+        progress.step,
+    )
+    return progress
+
+
+def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, compile: bool) -> None:
+    """Seed the ranks, prepare the run folder and its logs, wrap the models and make the train step."""
+    cfg, ranks = run.cfg, run.ranks
     if ranks.distributed:
-        ranks.seed(cfg.train.seed, step)  # each rank's own RNG; training noise is per item (model/noise.py)
+        ranks.seed(cfg.train.seed, progress.step)  # each rank's own RNG; training noise is per item
 
     def prepare_run_dir() -> RunLog:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        return RunLog(run_dir, resume_step=step if checkpoint is not None else None)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run.run_dir)
+        if resume_from is not None:  # from an older checkpoint: the later ones are another continuation
+            abandon_later_checkpoints(run.run_dir, resume_from)
+        (run.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        return RunLog(run.run_dir, resume_step=progress.step if resume_from is not None else None)
 
-    log = ranks.on_main(prepare_run_dir, f"prepare {run_dir}") or NullLog()
+    run.log = ranks.on_main(prepare_run_dir, f"prepare {run.run_dir}") or NullLog()
     # DDP around the models that take gradients; G's phase calls D unwrapped (its parameters are frozen).
-    g_forward, d_forward, d_frozen = ranks.wrap(net_g), ranks.wrap(net_d), net_d
-    if opts.compile:
+    g_forward, d_forward, d_frozen = ranks.wrap(run.net_g), ranks.wrap(run.net_d), run.net_d
+    if compile:
         g_forward, d_forward = torch.compile(g_forward), torch.compile(d_forward)
-        d_frozen = torch.compile(net_d) if ranks.distributed else d_forward
+        d_frozen = torch.compile(run.net_d) if ranks.distributed else d_forward
     elif not ranks.distributed:
         d_frozen = d_forward
-    train_step = GanStep(
-        cfg, net_g, net_d, g_forward, d_forward, optim_g, optim_d, scaler, precision, d_frozen, ranks
+    run.train_step = GanStep(
+        cfg,
+        run.net_g,
+        run.net_d,
+        g_forward,
+        d_forward,
+        run.optim_g,
+        run.optim_d,
+        run.scaler,
+        run.precision,
+        d_frozen,
+        ranks,
     )
 
-    def save(epochs_done: int, batches_done: int) -> Path:
-        """Checkpoint after `epochs_done` whole epochs plus `batches_done` batches of the next one.
 
-        Collective: ZeRO state is gathered on rank 0, which writes while the others wait."""
-        path = checkpoint_path(run_dir, epochs_done, step)
-        ranks.consolidate(optim_g, optim_d)
-        ranks.on_main(lambda: write(path, epochs_done, batches_done), "write a checkpoint")
-        return path
-
-    def write(path: Path, epochs_done: int, batches_done: int) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "epoch": epochs_done,
-            "batch_in_epoch": batches_done,
-            "step": step,
-            "config": cfg.to_dict(),
-            "precision": precision,
-            "generator": net_g.state_dict(),
-            "discriminator": net_d.state_dict(),
-            "optim_g": {**optimizer_record(hp["optimizer"], hp, optim_g), "scheduler": sched_g.state_dict()},
-            "optim_d": {**optimizer_record(hp["optimizer"], hp, optim_d), "scheduler": sched_d.state_dict()},
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(),
-        }
-        try:
-            atomic_save(state, path)
-        except OSError as error:
-            previous = latest_checkpoint(run_dir)
+def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, callbacks, stop_signal):
+    """Train the (rest of the) epoch; returns the last step's result. Stops early when asked to."""
+    cfg, optim_g, optim_d = run.cfg, run.optim_g, run.optim_d
+    lr = run.schedule.lr(epoch - 1)  # epoch is 1-based, the schedule counts epochs done
+    for group in (*optim_g.param_groups, *optim_d.param_groups):
+        group["lr"] = lr
+    run.net_g.train()
+    run.net_d.train()
+    run.loader.sampler.set_epoch(epoch, start=progress.batches_done * cfg.train.batch_size)
+    result = None
+    for batch in run.loader:
+        started = time.perf_counter()
+        result = run.train_step(batch.to(run.device), progress.step + 1)
+        progress.step, progress.batches_done = progress.step + 1, progress.batches_done + 1
+        progress.losses = losses = result.losses
+        progress.bad_steps = progress.bad_steps + 1 if result.skipped else 0
+        step = progress.step
+        if result.skipped:
+            reason = "non-finite loss or gradients"
+            if run.scaler.is_enabled():  # usually the loss scale overflowing fp16; update() lowered it
+                reason += f" (fp16 loss scale now {run.scaler.get_scale():g})"
+            logger.warning(
+                "step %d: %s, %s update skipped (%s)",
+                step,
+                reason,
+                " and ".join(result.skipped),
+                _short(losses),
+            )
+        lr_g = optim_g.param_groups[0]["lr"]
+        if step % cfg.train.log_interval == 0 or step == 1:
+            run.log.log_step(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    **losses,
+                    "lr_g": lr_g,
+                    "lr_d": optim_d.param_groups[0]["lr"],
+                    "grad_norm_g": result.grad_norm_g,
+                    "grad_norm_d": result.grad_norm_d,
+                    "skipped": "+".join(result.skipped),
+                    "seconds": round(time.perf_counter() - started, 4),
+                }
+            )
+        if progress.bad_steps >= opts.max_bad_steps:
             raise TrainError(
-                f"could not write checkpoint {path}: {error}. "
-                + (f"The previous checkpoint {previous} is intact; " if previous else "")
-                + "free disk space or fix permissions, then continue with --resume "
-                + str(run_dir)
-            ) from error
-        if cfg.train.keep_last:
-            prune_checkpoints(run_dir, cfg.train.keep_last)
-
-    # --- the loop ---------------------------------------------------------------------------------------
-    callbacks.on_start(cfg.train.epochs, steps_per_epoch, epochs_done + 1)
-    last_checkpoint, losses, bad_steps, stopped_by = resume_from, {}, 0, None
-    with StopOnSignal() as stop_signal, _flush_denormals(device):
-        for epoch in range(epochs_done + 1, cfg.train.epochs + 1):
-            net_g.train()
-            net_d.train()
-            loader.sampler.set_epoch(epoch, start=batches_done * cfg.train.batch_size)
-            for batch in loader:
-                started = time.perf_counter()
-                result = train_step(batch.to(device), step + 1)
-                step, batches_done, losses = step + 1, batches_done + 1, result.losses
-                bad_steps = bad_steps + 1 if result.skipped else 0
-                if result.skipped:
-                    logger.warning(
-                        "step %d: non-finite loss or gradients, %s update skipped (%s)",
-                        step,
-                        " and ".join(result.skipped),
-                        _short(losses),
-                    )
-                lr_g = optim_g.param_groups[0]["lr"]
-                if step % cfg.train.log_interval == 0 or step == 1:
-                    log.log_step(
-                        {
-                            "epoch": epoch,
-                            "step": step,
-                            **losses,
-                            "lr_g": lr_g,
-                            "lr_d": optim_d.param_groups[0]["lr"],
-                            "grad_norm_g": result.grad_norm_g,
-                            "grad_norm_d": result.grad_norm_d,
-                            "skipped": "+".join(result.skipped),
-                            "seconds": round(time.perf_counter() - started, 4),
-                        }
-                    )
-                if bad_steps >= opts.max_bad_steps:
-                    raise TrainError(
-                        f"training diverged: {bad_steps} steps in a row had non-finite losses or gradients "
-                        f"(last: {_short(losses)}). Nothing was saved after the last good checkpoint "
-                        f"({latest_checkpoint(run_dir)}); resume from it with a lower --lr."
-                    )
-                callbacks.on_step(epoch, step, losses, lr_g)
-                limit = "max_steps" if opts.max_steps is not None and step >= opts.max_steps else None
-                stopped_by = ranks.stop_reason(stop_signal.requested or limit)  # all ranks stop together
-                if stopped_by:
-                    break
-            if stopped_by and batches_done < steps_per_epoch:
-                last_checkpoint = save(epoch - 1, batches_done)  # mid-epoch: resume continues this epoch
-                break
-            batches_done, epochs_done = 0, epoch
-            sched_g.step()
-            sched_d.step()
-            log.log_mels(step, result.mel_real, result.mel_fake)
-            log.plot()
-            callbacks.on_epoch(epoch, losses)
-            if epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs or stopped_by:
-                last_checkpoint = save(epoch, 0)
-            if stopped_by:
-                break
-    log.plot()
-    log.close()
-    if stopped_by not in (None, "max_steps"):
-        if ranks.is_main:  # the other ranks stopped with it
-            message = "stopped by %s after step %d; continue with --resume %s"
-            logger.warning(message, stopped_by, step, run_dir)
-        return TrainResult(epochs_done, step, last_checkpoint, {}, losses, stopped_by)
-    info = f"arvc {hp['optimizer']} epoch {epochs_done}"
-    exports = ranks.on_main(lambda: export_generator(net_g, cfg, run_dir / "export", info=info), "export")
-    exports = exports or {}  # the model is exported by rank 0
-    logger.info("done: %d epochs, %d steps; model in %s", epochs_done, step, run_dir / "export")
-    return TrainResult(epochs_done, step, last_checkpoint, exports, losses, stopped_by)
+                f"training diverged: {progress.bad_steps} steps in a row had non-finite losses or "
+                f"gradients (last: {_short(losses)}). Nothing was saved after the last good checkpoint "
+                f"({latest_checkpoint(run.run_dir)}); resume from it with a lower --lr."
+            )
+        callbacks.on_step(epoch, step, losses, lr_g)
+        limit = "max_steps" if opts.max_steps is not None and step >= opts.max_steps else None
+        progress.stopped_by = run.ranks.stop_reason(stop_signal.requested or limit)  # all ranks together
+        if progress.stopped_by:
+            break
+    return result
 
 
-@contextlib.contextmanager
-def _flush_denormals(device: torch.device):
-    """On CPU, denormal floats (early RAdam/Adam moments) can make a step ~100x slower; flush them to 0."""
-    flushed = device.type == "cpu" and torch.set_flush_denormal(True)
+def _save(run: _Run, progress: _Progress, epochs_done: int, batches_done: int) -> Path:
+    """Checkpoint after `epochs_done` whole epochs plus `batches_done` batches of the next one.
+
+    Collective: ZeRO state is gathered on rank 0, which writes while the others wait."""
+    path = checkpoint_path(run.run_dir, epochs_done, progress.step)
+    run.ranks.consolidate(run.optim_g, run.optim_d)
+    write = lambda: _write(run, path, _checkpoint_state(run, epochs_done, batches_done, progress.step))  # noqa: E731
+    run.ranks.on_main(write, "write a checkpoint")
+    return path
+
+
+def _checkpoint_state(run: _Run, epochs_done: int, batches_done: int, step: int) -> dict:
+    hp = run.hp
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": epochs_done,
+        "batch_in_epoch": batches_done,
+        "step": step,
+        "config": run.cfg.to_dict(),
+        "precision": run.precision,
+        "generator": run.net_g.state_dict(),
+        "discriminator": run.net_d.state_dict(),
+        "optim_g": optimizer_record(hp["optimizer"], hp, run.optim_g),
+        "optim_d": optimizer_record(hp["optimizer"], hp, run.optim_d),
+        "schedule": run.schedule.to_dict(),  # the lr plan: a pure function of the epoch
+        "scaler": run.scaler.state_dict(),
+        "rng": rng_state(),
+    }
+
+
+def _write(run: _Run, path: Path, state: dict) -> None:
     try:
-        yield
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
+        atomic_save(state, path)
+    except OSError as error:
+        previous = latest_checkpoint(run.run_dir)
+        raise TrainError(
+            f"could not write checkpoint {path}: {error}. "
+            + (f"The previous checkpoint {previous} is intact; " if previous else "")
+            + "free disk space or fix permissions, then continue with --resume "
+            + str(run.run_dir)
+        ) from error
+    if run.cfg.train.keep_last:
+        prune_checkpoints(run.run_dir, run.cfg.train.keep_last, written=path)
+
+
+def _finish(run: _Run, progress: _Progress) -> TrainResult:
+    """Export the generator (unless a signal stopped the run: then say how to continue)."""
+    result = TrainResult(
+        progress.epochs_done,
+        progress.step,
+        progress.last_checkpoint,
+        {},
+        progress.losses,
+        progress.stopped_by,
+    )
+    if progress.stopped_by not in (None, "max_steps"):
+        if run.ranks.is_main:  # the other ranks stopped with it
+            message = "stopped by %s after step %d; continue with --resume %s"
+            logger.warning(message, progress.stopped_by, progress.step, run.run_dir)
+        return result
+    info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}"
+    export = lambda: export_generator(run.net_g, run.cfg, run.run_dir / "export", info=info)  # noqa: E731
+    result.exports = run.ranks.on_main(export, "export") or {}  # the model is exported by rank 0
+    logger.info(
+        "done: %d epochs, %d steps; model in %s", progress.epochs_done, progress.step, run.run_dir / "export"
+    )
+    return result
 
 
 def _short(losses: dict[str, float]) -> str:

@@ -1,23 +1,30 @@
 """The optimizers of a run: hyperparameters resolved once (and kept on resume), built from the registry.
 
 `hyperparameters` decides the settings stored in every checkpoint; `restore_optimizer` loads a saved state
-only into the optimizer that wrote it. A ZeRO-sharded optimizer saves and loads the same layout
-(`distributed.Ranks.zero`), so these work for it unchanged.
+only into the optimizer that wrote it; `plan_schedule` decides the run's lr schedule (a pure function of
+the epoch, recorded in every checkpoint and re-planned explicitly when a resume changes the run length).
+A ZeRO-sharded optimizer saves and loads the same layout (`distributed.Ranks.zero`), so these work for it
+unchanged.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import torch
 
 from arvc.config import RunConfig
 from arvc.optim import build_optimizer, get_spec
+from arvc.optim.schedulers import (
+    INVERSE_SQRT_WARMUP,
+    Schedule,
+    default_warmup_epochs,
+    paired_schedule_for,
+)
 from arvc.train.errors import TrainError
 
-__all__ = ["DEFAULT_LR", "hyperparameters", "make_optimizer", "restore_optimizer"]
+__all__ = ["DEFAULT_LR", "hyperparameters", "make_optimizer", "plan_schedule", "restore_optimizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +50,14 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
             "kwargs": opts.optimizer_kwargs,
         }
         changed = {k: v for k, v in explicit.items() if v is not None and _plain(v) != _plain(hp[k])}
+        if "lr" in changed:  # a diverged run continues with a lower lr (the schedule scales from it)
+            hp["lr"] = changed.pop("lr")
         if changed:
             detail = ", ".join(f"{k}: {hp[k]!r} -> {v!r}" for k, v in changed.items())
             raise TrainError(
                 f"Resuming keeps the run's {name} hyperparameters, but these differ ({detail}). "
-                "Drop those flags to resume as the run was, or start a new run."
+                "Drop those flags to resume as the run was (only --lr may change on resume), or start a "
+                "new run with --name."
             )
         return hp
     kwargs = dict(opts.optimizer_kwargs or {})
@@ -83,8 +93,11 @@ def make_optimizer(params, hp: dict[str, Any]) -> torch.optim.Optimizer:
     )
 
 
-def restore_optimizer(name: str, optimizer, scheduler, saved: dict, hp: dict, epochs_done: int) -> None:
-    """Load a saved optimizer state only if the same optimizer wrote it; never mismatched state."""
+def restore_optimizer(name: str, optimizer, saved: dict, hp: dict) -> None:
+    """Load a saved optimizer state only if the same optimizer wrote it; never mismatched state.
+
+    The lr is not part of what is restored: the loop sets every epoch's lr from the run's schedule
+    (an old checkpoint's "scheduler" state is ignored; the epoch defines the lr)."""
     saved_hp = saved["hyperparameters"]
     if saved["name"] != hp["optimizer"] or saved_hp.get("use_8bit") != hp["use_8bit"]:
         logger.warning(
@@ -97,13 +110,72 @@ def restore_optimizer(name: str, optimizer, scheduler, saved: dict, hp: dict, ep
             " (8-bit)" * bool(hp["use_8bit"]),
             name,
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # stepping the schedule forward without optimizer steps
-            for _ in range(epochs_done):
-                scheduler.step()
         return
     optimizer.load_state_dict(saved["state"])
-    scheduler.load_state_dict(saved["scheduler"])
+
+
+def plan_schedule(cfg: RunConfig, hp: dict[str, Any], checkpoint: dict | None) -> Schedule:
+    """The run's lr schedule: a new plan from the config, or on resume the checkpoint's own plan.
+
+    On resume the checkpoint is the truth: its plan continues, scaled to an explicit new --lr, and
+    re-planned (logged) when `train.epochs` changed (`Schedule.replanned`: the lr never jumps up). A
+    resume that switches optimizer starts the new optimizer's own plan at the run's epoch.
+    """
+    saved = checkpoint["optim_g"] if checkpoint is not None else None
+    if (
+        saved is None
+        or saved["name"] != hp["optimizer"]
+        or saved["hyperparameters"].get("use_8bit") != hp["use_8bit"]
+    ):
+        return _new_schedule(cfg, hp)
+    if "schedule" in checkpoint:
+        schedule = Schedule.from_dict(checkpoint["schedule"])
+    else:  # written before plans were recorded: the plan that run followed (its scheduler state is unused)
+        old = RunConfig.from_dict(checkpoint["config"])
+        warmup = old.train.warmup_epochs or INVERSE_SQRT_WARMUP  # the fixed warm-up of those versions
+        schedule = _new_schedule(old, saved["hyperparameters"] | {"optimizer": saved["name"]}, warmup)
+    if hp["lr"] != schedule.base_lr:
+        logger.info(
+            "resume with --lr %g (was %g), recorded in the next checkpoints: the %s schedule now "
+            "scales from it",
+            hp["lr"],
+            schedule.base_lr,
+            schedule.name,
+        )
+        schedule = schedule.with_base_lr(hp["lr"])
+    if cfg.train.epochs != schedule.total_epochs:
+        epochs_done, in_progress = checkpoint["epoch"], checkpoint.get("batch_in_epoch", 0) > 0
+        last = epochs_done if in_progress else max(epochs_done - 1, 0)  # the last epoch given an lr
+        was, schedule = schedule.total_epochs, schedule.replanned(cfg.train.epochs, last)
+        if schedule.name == "cosine":
+            logger.info(
+                "resume: %d epochs instead of %d; cosine now ends at epoch %d, decaying from lr %.3g "
+                "(epoch %d) to %.3g",
+                cfg.train.epochs, was, cfg.train.epochs, schedule.lr(last), last + 1, schedule.eta_min,
+            )  # fmt: skip
+        else:
+            logger.info(
+                "resume: %d epochs instead of %d; the %s schedule does not depend on the run length and "
+                "continues unchanged",
+                cfg.train.epochs, was, schedule.name,
+            )  # fmt: skip
+    return schedule
+
+
+def _new_schedule(cfg: RunConfig, hp: dict[str, Any], warmup: int | None = None) -> Schedule:
+    t = cfg.train
+    name = t.scheduler if t.scheduler != "auto" else paired_schedule_for(hp["optimizer"], hp["use_8bit"])
+    warmup = warmup or t.warmup_epochs or default_warmup_epochs(t.epochs)
+    schedule = Schedule(name, hp["lr"], t.epochs, warmup, gamma=t.lr_decay)
+    if name == "inverse_sqrt" and t.epochs < warmup:
+        logger.warning(
+            "the run has %d epochs, fewer than its %d-epoch warm-up: the lr never reaches its peak %g "
+            "(set train.warmup_epochs to at most %d, or leave it unset for a warm-up that fits)",
+            t.epochs, warmup, hp["lr"], t.epochs,
+        )  # fmt: skip
+    elif name != "inverse_sqrt" and t.warmup_epochs is not None:
+        logger.info("train.warmup_epochs is used by inverse_sqrt only; %s has no warm-up", name)
+    return schedule
 
 
 def _plain(value):

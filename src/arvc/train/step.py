@@ -35,7 +35,9 @@ class StepResult:
     losses: dict[str, float]
     grad_norm_g: float
     grad_norm_d: float
-    skipped: list[str]  # "generator" / "discriminator" when that update was skipped as non-finite
+    skipped: list[
+        str
+    ]  # "generator" / "discriminator" when that update was skipped (non-finite, fp16 overflow)
     mel_real: torch.Tensor  # one slice, for the TensorBoard image
     mel_fake: torch.Tensor
 
@@ -101,13 +103,9 @@ class GanStep:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(optimizer)
         norm = _grad_norm(module, self.cfg.train.grad_clip)  # gradients are all-reduced: same on all ranks
-        if not self.ranks.all_true(math.isfinite(loss.item())):
-            return norm, False
-        if not math.isfinite(norm):
-            # fp16: GradScaler skips overflowing steps itself and lowers its scale (expected, not a fault).
-            if self.scaler.is_enabled():
-                self.scaler.step(optimizer)
-                return norm, True
+        if not self.ranks.all_true(math.isfinite(loss.item())) or not math.isfinite(norm):
+            # Skipped, and reported so. fp16: unscale_ saw the overflow, so scaler.update() lowers the
+            # scale (scaler.step would not have stepped either: that is no update either).
             return norm, False
         self.scaler.step(optimizer)
         return norm, True

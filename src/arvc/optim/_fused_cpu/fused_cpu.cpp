@@ -18,6 +18,7 @@
 
 #include "adabelief.h"
 #include "any_precision_adamw.h"
+#include "denormals.h"
 #include "radam.h"
 
 using namespace arvc_fused;
@@ -59,6 +60,9 @@ TORCH_LIBRARY(arvc_fused, m) {
       "radam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, "
       "float lr, float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
       "bool maximize) -> ()");
+  // Not optimizer steps: set / restore denormal flushing on every intra-op thread (see optim/denormals.py).
+  m.def("set_flush_denormal_all(bool on) -> int[]", set_flush_denormal_all);
+  m.def("restore_flush_denormal_all(int[] previous) -> ()", restore_flush_denormal_all);
 }
 
 // The CPU implementations, registered for the CPU key only (not as composite kernels), so the fake

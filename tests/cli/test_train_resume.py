@@ -1,0 +1,44 @@
+"""`arvc train --resume`: settings that cannot continue the run are refused before any work."""
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from arvc.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from arvc.data.demo import generate_demo_voice
+
+    root = tmp_path_factory.mktemp("resume")
+    generate_demo_voice(root / "wav", seconds=12, sr=16000, seed=2)
+    args = ["train", str(root / "wav"), "--runs-dir", str(root / "runs"), "--name", "alice"]
+    result = runner.invoke(app, [*args, "--batch-size", "2", "--epochs", "1", "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "alice"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "model.hidden_channels=96"], "model.hidden_channels: 64 -> 96"),
+        (["--batch-size", "4"], "train.batch_size: 2 -> 4"),
+        (["--seed", "7"], "train.seed: 1234 -> 7"),
+        (["--set", "data.sampling_rate=32000"], "data.sampling_rate: 16000 -> 32000"),
+    ],
+)
+def test_resume_refuses_changes_that_cannot_continue_the_run(trained_run, tmp_path, args, message):
+    run = tmp_path / "alice"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("data"))  # would be preprocessed again
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", *args])
+    assert result.exit_code == 1, result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert output.startswith("error: cannot resume") and message in output and "--name" in output
+    assert result.exception is None or isinstance(result.exception, SystemExit), "no traceback"
+    assert not (run / "data").exists(), "refused before preprocessing"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
