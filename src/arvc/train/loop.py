@@ -179,8 +179,10 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
         return make_optimizer(params, hp)
 
     optim_g, optim_d = build(net_g.parameters()), build(net_d.parameters())
-    sched_g = build_scheduler(optim_g, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
-    sched_d = build_scheduler(optim_d, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
+    warmup = cfg.train.warmup_epochs or min(max(cfg.train.epochs // 10, 1), 10)
+    sched = {"total_epochs": cfg.train.epochs, "warmup_epochs": warmup, "gamma": cfg.train.lr_decay}
+    sched_g = build_scheduler(optim_g, cfg.train.scheduler, **sched)
+    sched_d = build_scheduler(optim_d, cfg.train.scheduler, **sched)
     if hasattr(callbacks, "on_optimizers"):
         callbacks.on_optimizers(optim_g, optim_d)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
