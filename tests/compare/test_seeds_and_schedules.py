@@ -120,7 +120,10 @@ def test_warning_when_a_run_ends_before_its_warm_up():
     assert warmup_warnings(variants, _cfg(epochs=60), 5, 26) == []
     assert len(warmup_warnings(variants, _cfg(epochs=60), 5, 25)) == 1
     # one schedule for all: every contestant on inverse_sqrt is warned, none on exponential
-    assert len(warmup_warnings(variants, _cfg(epochs=3, warmup_epochs=4, scheduler="inverse_sqrt"), 5, None)) == 2
+    assert (
+        len(warmup_warnings(variants, _cfg(epochs=3, warmup_epochs=4, scheduler="inverse_sqrt"), 5, None))
+        == 2
+    )
     assert warmup_warnings(variants, _cfg(epochs=3, warmup_epochs=4, scheduler="exponential"), 5, None) == []
 
 
@@ -130,30 +133,31 @@ def test_cli_defaults_match_the_runner_and_a_bad_schedule_is_refused(tmp_path):
 
     assert (cli_compare.DEFAULT_EPOCHS, cli_compare.DEFAULT_SEEDS) == (DEFAULT_EPOCHS, DEFAULT_SEEDS)
     assert DEFAULT_EPOCHS * 5 >= 300  # the demo voice has 5 steps per epoch at batch 8
-    result = CliRunner().invoke(
-        arvc.cli.app, ["compare", "--schedule", "warmup", "--out-dir", str(tmp_path)]
-    )
+    result = CliRunner().invoke(arvc.cli.app, ["compare", "--schedule", "warmup", "--out-dir", str(tmp_path)])
     assert result.exit_code == 1 and "unknown schedule 'warmup'" in result.output
     assert not any(tmp_path.iterdir())
 
 
-def test_same_schedule_puts_every_contestant_on_it(tmp_path, voice):
+def test_one_schedule_for_all_and_the_warm_up_warning(tmp_path, voice):
+    """--schedule inverse_sqrt --warmup-epochs 3 on AdamW (paired: exponential), 4 steps of 3 per epoch."""
     from arvc.compare import run_compare
 
     result = run_compare(
         voice,
         tmp_path,
-        "AdaBeliefV2",
+        "AdamW",
         epochs=2,
         seeds=1,
-        schedule="same",
+        schedule="inverse_sqrt",
+        warmup_epochs=3,
         max_steps=4,
         overrides={"train.batch_size": 2},
     )
-    (run,) = result.results["AdaBeliefV2"]["runs"]
-    assert run["schedule"] == "exponential"
+    (run,) = result.results["AdamW"]["runs"]
+    assert run["schedule"] == "inverse_sqrt"
     lrs = [r["lr"] for r in run["epoch_records"]]
-    # paired, AdaBeliefV2 would follow inverse_sqrt (warm-up 1 here): lr x sqrt(1/2) in epoch 2
-    assert lrs[1] == pytest.approx(lrs[0] * 0.999875)
-    assert "| AdaBeliefV2 | exponential | 1 |" in (tmp_path / "report.md").read_text()
-    assert "One seed: no spread" in (tmp_path / "report.md").read_text()
+    assert lrs[1] == pytest.approx(2 * lrs[0])  # 1/3, then 2/3 of the peak (exponential: x 0.999875)
+    report = (tmp_path / "report.md").read_text()
+    assert "| AdamW | inverse_sqrt | 1 |" in report and "Schedule: same: inverse_sqrt" in report
+    assert "One seed: no spread" in report
+    assert "Warning: AdamW's inverse_sqrt schedule warms up over 3 epochs (7 steps to its peak lr)" in report

@@ -47,7 +47,8 @@ def compare(
         int, typer.Option(min=1, help="Epochs per run (60: 300 steps on the demo voice at batch 8).")
     ] = DEFAULT_EPOCHS,
     seeds: Annotated[
-        int, typer.Option(min=1, help="Seeds per optimizer (seed, seed+1, ...); the table shows their spread.")
+        int,
+        typer.Option(min=1, help="Seeds per optimizer (seed, seed+1, ...); the table shows their spread."),
     ] = DEFAULT_SEEDS,
     schedule: Annotated[
         str,

@@ -13,7 +13,18 @@ from pathlib import Path
 
 from arvc.train.logs import read_metrics
 
-__all__ = ["COLUMNS", "FIGURES", "collect_results", "spread", "summarize", "table_rows", "ties", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "FIGURES",
+    "TIE_RULE",
+    "collect_results",
+    "ranking",
+    "spread",
+    "summarize",
+    "table_rows",
+    "ties",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 

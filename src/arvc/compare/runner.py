@@ -234,7 +234,9 @@ def _run_one(
         metrics = read_metrics(run_dir)
         final = {k: float(v) for k, v in metrics[-1].items() if k.startswith("loss_")} if metrics else {}
         steps = int(metrics[-1]["step"]) if metrics else records[-1]["step"]
-        return _summarize(variant, run_dir, cfg, records, run_precision, saved_epoch, steps, final, (), None), None
+        return _summarize(
+            variant, run_dir, cfg, records, run_precision, saved_epoch, steps, final, (), None
+        ), None
     resume = run_dir if saved_epoch is not None else None
     options = TrainOptions(
         run_dir=run_dir,
