@@ -8,10 +8,11 @@ from typer.testing import CliRunner
 
 from arvc.compare import VARIANTS, resolve_optimizers, run_compare
 from arvc.compare.evaluate import HOLDOUT_FILE
-from arvc.compare.report import COLUMNS, FIGURES
+from arvc.compare.report import COLUMNS, FIGURES, summarize
 from arvc.data.demo import generate_demo_voice
 
 SMALL = {"train.batch_size": 2}
+SETUP = {"epochs": 2, "seeds": 2, "warmup_epochs": 2, "overrides": SMALL}
 
 
 @pytest.fixture(scope="module")
@@ -23,65 +24,97 @@ def voice(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def compared(voice, tmp_path_factory):
-    """Two optimizers, 2 epochs; the second run is interrupted by SIGTERM mid-epoch, then continued."""
+    """Two optimizers x 2 seeds, 2 epochs, paired schedules with a 2-epoch warm-up; the last run
+    (AdaBeliefV2, seed 1235) is interrupted by SIGTERM mid-epoch, then continued."""
     out = tmp_path_factory.mktemp("compare") / "run"
     events = []
 
     def interrupt(event, **info):
-        events.append((event, info.get("name"), info.get("step")))
-        if event == "step" and info["step"] == 4 and any(e[1] == "RAdam" for e in events):
+        events.append((event, info.get("name"), info.get("seed"), info.get("step")))
+        last = [e for e in events if e[0] == "run"][-1]
+        if event == "step" and info["step"] == 4 and last[1:3] == ("AdaBeliefV2", 1235):
             signal.raise_signal(signal.SIGTERM)
 
-    first = run_compare(voice, out, ["AdamW", "RAdam"], epochs=2, overrides=SMALL, progress=interrupt)
+    first = run_compare(voice, out, ["AdamW", "AdaBeliefV2"], progress=interrupt, **SETUP)
     assert first.stopped_by == "SIGTERM"
-    assert (out / "runs" / "AdamW" / "result.json").is_file()
-    assert not (out / "runs" / "RAdam" / "result.json").exists()
-    stamp = (out / "runs" / "AdamW" / "result.json").stat().st_mtime_ns
+    assert (out / "runs" / "AdamW" / "seed-1235" / "result.json").is_file()
+    assert not (out / "runs" / "AdaBeliefV2" / "seed-1235" / "result.json").exists()
+    stamp = (out / "runs" / "AdamW" / "seed-1234" / "result.json").stat().st_mtime_ns
 
     second_events = []
     second = run_compare(
-        voice,
-        out,
-        "AdamW,RAdam",
-        epochs=2,
-        overrides=SMALL,
-        progress=lambda e, **i: second_events.append((e, i)),
+        voice, out, "AdamW,AdaBeliefV2", progress=lambda e, **i: second_events.append((e, i)), **SETUP
     )
     return out, second, stamp, second_events
 
 
 def test_report_has_table_and_figures(compared):
     out, result, _, _ = compared
-    assert result.stopped_by is None and set(result.results) == {"AdamW", "RAdam"}
+    assert result.stopped_by is None and set(result.results) == {"AdamW", "AdaBeliefV2"}
     md = (out / "report.md").read_text()
     assert "| " + " | ".join(COLUMNS) + " |" in md
-    for name in ("AdamW", "RAdam"):
-        assert f"| {name} |" in md
+    for name, entry in result.results.items():
+        s = summarize(entry)
+        # the row shows mean (min-max) over both seeds, recomputed here from the per-seed results
+        finals = [r["final_heldout_mel_l1"] for r in entry["runs"]]
+        assert s["final"] == (sum(finals) / 2, min(finals), max(finals))
+        row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| {s['schedule']} | 2 | {s['final'][0]:.4g} ({min(finals):.4g}–{max(finals):.4g}) |" in row
+    assert "Ranked by mean final held-out mel L1" in md and "overlap" in md
     for figure in FIGURES:
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FIGURES) and "<table>" in page
 
 
+def test_every_contestant_runs_every_seed(compared):
+    out, result, _, _ = compared
+    for name, entry in result.results.items():
+        assert [r["seed"] for r in entry["runs"]] == [1234, 1235]
+        for r in entry["runs"]:
+            assert (out / "runs" / name / f"seed-{r['seed']}" / "result.json").is_file()
+            saved = json.loads((out / "runs" / name / f"seed-{r['seed']}" / "config.json").read_text())
+            assert saved["train"]["seed"] == r["seed"]
+        # another seed: other initial weights and batches, so another held-out value
+        assert entry["runs"][0]["final_heldout_mel_l1"] != entry["runs"][1]["final_heldout_mel_l1"]
+    setup = json.loads((out / "compare.json").read_text())
+    assert setup["seeds"] == [1234, 1235] and setup["schedule"] == "paired"
+    assert setup["config"]["train"]["scheduler"] == "auto"
+    assert setup["config"]["train"]["warmup_epochs"] == 2
+
+
 def test_results_hold_every_measurement(compared):
     _, result, _, _ = compared
-    for r in result.results.values():
-        assert r["epochs"] == 2 and len(r["epoch_records"]) == 2
-        assert [x["epoch"] for x in r["epoch_records"]] == [1, 2]
-        assert 0 < r["final_heldout_mel_l1"] and r["best_heldout_mel_l1"] <= r["final_heldout_mel_l1"]
-        assert 0 < r["optimizer_share"] < 1 and r["wall_s"] > 0
-        assert r["state_bytes_per_param"] == pytest.approx(8, abs=0.1)  # two fp32 moments (+ step counters)
-        assert r["skipped_steps"] == 0 and r["nonfinite_steps"] == 0
-        assert r["epoch_records"][1]["lr"] < r["epoch_records"][0]["lr"]  # RVC's exponential decay
+    for entry in result.results.values():
+        for r in entry["runs"]:
+            assert r["epochs"] == 2 and len(r["epoch_records"]) == 2
+            assert [x["epoch"] for x in r["epoch_records"]] == [1, 2]
+            assert 0 < r["final_heldout_mel_l1"] and r["best_heldout_mel_l1"] <= r["final_heldout_mel_l1"]
+            assert 0 < r["optimizer_share"] < 1 and r["wall_s"] > 0
+            assert r["skipped_steps"] == 0 and r["nonfinite_steps"] == 0
+        assert entry["runs"][0]["state_bytes_per_param"] == pytest.approx(
+            {"AdamW": 8, "AdaBeliefV2": 12}[entry["name"]], abs=0.1
+        )
+
+
+def test_each_optimizer_follows_its_paired_schedule(compared):
+    _, result, _, _ = compared
+    adamw, v2 = (result.results[n]["runs"][0]["epoch_records"] for n in ("AdamW", "AdaBeliefV2"))
+    assert result.results["AdamW"]["schedule"] == "exponential"
+    assert adamw[1]["lr"] == pytest.approx(adamw[0]["lr"] * 0.999875)
+    # inverse_sqrt with --warmup-epochs 2: half the peak in epoch 1, the peak in epoch 2
+    assert result.results["AdaBeliefV2"]["schedule"] == "inverse_sqrt"
+    assert v2[0]["lr"] == pytest.approx(adamw[0]["lr"] / 2)  # same base lr; the default warm-up is 10
+    assert v2[1]["lr"] == pytest.approx(adamw[0]["lr"])
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(compared):
     out, result, stamp, events = compared
-    assert (out / "runs" / "AdamW" / "result.json").stat().st_mtime_ns == stamp
-    assert ("skip", {"name": "AdamW"}) in events
+    assert (out / "runs" / "AdamW" / "seed-1234" / "result.json").stat().st_mtime_ns == stamp
+    assert [i["name"] for e, i in events if e == "skip"] == ["AdamW", "AdaBeliefV2", "AdamW"]
     steps = [i["step"] for e, i in events if e == "step"]
-    assert steps and steps[0] == 5  # RAdam continued after the step it was stopped at
-    assert result.results["RAdam"]["steps"] == 6
+    assert steps and steps[0] == 5  # AdaBeliefV2 seed 1235 continued after the step it was stopped at
+    assert result.results["AdaBeliefV2"]["runs"][1]["steps"] == 6
 
 
 def test_held_out_pieces_are_never_trained_on(compared):
@@ -95,18 +128,21 @@ def test_held_out_pieces_are_never_trained_on(compared):
 def test_third_call_redoes_nothing(compared, voice):
     out, _, _, _ = compared
     events = []
-    run_compare(
-        voice, out, ["AdamW", "RAdam"], epochs=2, overrides=SMALL, progress=lambda e, **i: events.append(e)
-    )
-    assert "step" not in events and events.count("skip") == 2
-    assert json.loads((out / "runs" / "RAdam" / "result.json").read_text())["steps"] == 6
+    run_compare(voice, out, ["AdamW", "AdaBeliefV2"], progress=lambda e, **i: events.append(e), **SETUP)
+    assert "step" not in events and events.count("skip") == 4
+    path = out / "runs" / "AdaBeliefV2" / "seed-1235" / "result.json"
+    assert json.loads(path.read_text())["steps"] == 6
 
 
 def test_another_setup_in_the_same_folder_is_refused(compared, voice):
     out, _, _, _ = compared
     before = (out / "compare.json").read_text()
     with pytest.raises(ValueError, match="config"):
-        run_compare(voice, out, ["AdamW"], epochs=3, overrides=SMALL)
+        run_compare(voice, out, ["AdamW"], **{**SETUP, "epochs": 3})
+    with pytest.raises(ValueError, match="config, schedule"):  # train.scheduler is in the config too
+        run_compare(voice, out, ["AdamW"], **{**SETUP, "schedule": "same"})
+    with pytest.raises(ValueError, match="config"):
+        run_compare(voice, out, ["AdamW"], **{**SETUP, "warmup_epochs": 3})
     assert (out / "compare.json").read_text() == before
 
 
@@ -121,10 +157,11 @@ def test_a_failing_optimizer_does_not_stop_the_others(voice, tmp_path, monkeypat
         return real_train(options, callbacks)
 
     monkeypatch.setattr(runner, "train", train)
-    result = run_compare(voice, tmp_path, "AdaBelief,AdamW", epochs=1, overrides=SMALL, max_steps=1)
-    assert result.results["AdaBelief"] == {"name": "AdaBelief", "error": "ImportError: no such kernel"}
-    assert result.results["AdamW"]["steps"] == 1
-    assert "| AdaBelief | failed: ImportError: no such kernel |" in (tmp_path / "report.md").read_text()
+    result = run_compare(voice, tmp_path, "AdaBelief,AdamW", epochs=1, seeds=1, overrides=SMALL, max_steps=1)
+    assert result.results["AdaBelief"]["runs"] == [{"seed": 1234, "error": "ImportError: no such kernel"}]
+    assert result.results["AdamW"]["runs"][0]["steps"] == 1
+    report = (tmp_path / "report.md").read_text()
+    assert "| AdaBelief | failed: ImportError: no such kernel (seed 1234) |" in report
 
 
 def test_optimizer_names():

@@ -10,6 +10,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from arvc.cli._app import app, console, fail
 
+# arvc.compare.runner's DEFAULT_EPOCHS / DEFAULT_SEEDS, written out so `arvc --help` need not import the
+# training engine (tests/compare/test_compare.py checks they agree).
+DEFAULT_EPOCHS, DEFAULT_SEEDS = 60, 3
+
 
 class _Bar:
     """Turns run_compare's progress events into one rich task per optimizer."""
@@ -19,7 +23,7 @@ class _Bar:
 
     def __call__(self, event: str, **info) -> None:
         if event == "run":
-            self.name = f"{info['index'] + 1}/{info['count']} {info['name']}"
+            self.name = f"{info['index'] + 1}/{info['count']} {info['name']} seed {info['seed']}"
             self.task = self.progress.add_task(self.name, total=None, stats="")
         elif event == "skip":
             self.progress.update(self.task, total=1, completed=1, stats="already done")
@@ -39,14 +43,33 @@ def compare(
     optimizers: Annotated[
         str, typer.Option(help="'all' or comma-separated names (see `arvc optimizers`, plus variants).")
     ] = "all",
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs per optimizer.")] = 5,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Epochs per run (60: 300 steps on the demo voice at batch 8).")
+    ] = DEFAULT_EPOCHS,
+    seeds: Annotated[
+        int,
+        typer.Option(min=1, help="Seeds per optimizer (seed, seed+1, ...); the table shows their spread."),
+    ] = DEFAULT_SEEDS,
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="paired (each optimizer's own schedule), same (all on RVC's exponential) or one of "
+            "cosine, inverse_sqrt, exponential, constant for all."
+        ),
+    ] = "paired",
+    warmup_epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Warm-up of inverse_sqrt, in epochs (default: a tenth of the run, 1-10)."),
+    ] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
     name: Annotated[
         str | None, typer.Option(help="Comparison name (OUT_DIR/NAME); default: dataset or 'demo'.")
     ] = None,
     out_dir: Annotated[Path, typer.Option(help="Where comparisons are kept.")] = Path("compare"),
     config: Annotated[str, typer.Option(help="tiny, v2-32k, v2-40k, v2-48k or a JSON file.")] = "tiny",
-    seed: Annotated[int, typer.Option(help="Random seed shared by every run.")] = 1234,
+    seed: Annotated[
+        int, typer.Option(help="First seed (runs use seed ... seed+seeds-1); also makes the held-out split.")
+    ] = 1234,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default: the config's).")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop each run after N steps.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
@@ -60,7 +83,7 @@ def compare(
     if precision_study:
         _run_precision_study(out_dir / (name or "precision-study"), study_steps)
         return
-    from arvc.compare.runner import run_compare
+    from arvc.compare.runner import run_compare, schedule_setting
     from arvc.compare.variants import resolve_optimizers
     from arvc.data.preprocess import DataError
     from arvc.train.checkpoint import CheckpointError
@@ -68,6 +91,7 @@ def compare(
 
     try:
         resolve_optimizers(optimizers)
+        schedule_setting(schedule)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if dataset is not None and not dataset.is_dir():
@@ -94,6 +118,9 @@ def compare(
                 seed=seed,
                 precision=precision,
                 progress=_Bar(progress),
+                seeds=seeds,
+                schedule=schedule,
+                warmup_epochs=warmup_epochs,
                 max_steps=max_steps,
                 overrides=overrides,
                 device=device,
@@ -103,11 +130,12 @@ def compare(
     if result.stopped_by:
         console.print(f"stopped by {result.stopped_by}; run the same command again to continue")
         return
-    failed = [n for n, r in result.results.items() if "error" in r]
-    for failure in failed:
-        console.print(
-            f"[yellow]{failure} failed:[/yellow] {result.results[failure]['error']}", highlight=False
-        )
+    for name, entry in result.results.items():
+        for run in entry["runs"]:
+            if "error" in run:
+                console.print(
+                    f"[yellow]{name} seed {run['seed']} failed:[/yellow] {run['error']}", highlight=False
+                )
     console.print(f"report: {target / 'report.md'} and {target / 'report.html'}")
 
 

@@ -13,14 +13,28 @@ from pathlib import Path
 
 from arvc.train.logs import read_metrics
 
-__all__ = ["COLUMNS", "FIGURES", "table_rows", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "FIGURES",
+    "TIE_RULE",
+    "collect_results",
+    "ranking",
+    "spread",
+    "summarize",
+    "table_rows",
+    "ties",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = (
     "optimizer",
-    "final held-out mel L1",
-    "best held-out mel L1",
+    "schedule",
+    "seeds",
+    "final held-out mel L1: mean (min–max)",
+    "best held-out mel L1: mean (min–max)",
+    "ties with (final)",
     "final loss G",
     "final loss D",
     "wall time (s)",
@@ -29,10 +43,80 @@ COLUMNS = (
     "NaN / skipped steps",
 )
 FIGURES = {
-    "loss_curves.png": "Training losses (mel ×45, G, D) per step, trailing mean over 2 % of the run",
+    "loss_curves.png": "Training losses (mel ×45, G, D) per step, trailing mean over 2 % of the run; "
+    "line: mean over seeds, band: min–max",
     "lr_schedule.png": "Learning rate each epoch",
-    "mel_vs_time.png": "Held-out mel L1 against training wall time",
+    "mel_vs_time.png": "Held-out mel L1 against training wall time; line: mean over seeds, band: min–max",
 }
+TIE_RULE = (
+    "Two contestants tie when the min–max ranges over seeds of their final held-out mel L1 overlap "
+    "(a ≤ d and c ≤ b for ranges [a, b] and [c, d]): the difference of their means is then no larger than "
+    "what changing the seed alone does."
+)
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(mean, min, max) of per-seed values; the table's "mean (min–max)"."""
+    if not values:
+        raise ValueError("spread of no values")
+    return sum(values) / len(values), min(values), max(values)
+
+
+def summarize(entry: dict) -> dict:
+    """One contestant's seeds → what its table row shows; {"error": ...} when any seed failed.
+
+    A contestant with a failed seed is not ranked: its remaining seeds would not be like for like.
+    """
+    runs = entry["runs"]
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return {"name": entry["name"], "error": f"{failed[0]['error']} (seed {failed[0]['seed']})"}
+    if not runs:
+        return {"name": entry["name"], "error": "no finished seed (the comparison was stopped)"}
+
+    def mean(key):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    def loss(key):
+        values = [r["final_losses"][key] for r in runs if key in r["final_losses"]]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "name": entry["name"],
+        "schedule": entry.get("schedule") or runs[0].get("schedule"),
+        "seeds": [r["seed"] for r in runs],
+        "final": spread([r["final_heldout_mel_l1"] for r in runs]),
+        "best": spread([r["best_heldout_mel_l1"] for r in runs]),
+        "loss_g": loss("loss_g"),
+        "loss_d": loss("loss_d"),
+        "wall_s": mean("wall_s"),
+        "optimizer_share": mean("optimizer_share"),
+        "state_bytes_per_param": mean("state_bytes_per_param"),
+        "nonfinite_steps": sum(r["nonfinite_steps"] for r in runs),
+        "skipped_steps": sum(r["skipped_steps"] for r in runs),
+    }
+
+
+def ties(summaries: dict[str, dict], key: str = "final") -> dict[str, list[str]]:
+    """name → the other ranked contestants it ties with (see TIE_RULE), in the summaries' order."""
+    ranked = {n: s[key] for n, s in summaries.items() if "error" not in s}
+    return {
+        name: [o for o, (_, lo2, hi2) in ranked.items() if o != name and lo <= hi2 and lo2 <= hi]
+        for name, (_, lo, hi) in ranked.items()
+    }
+
+
+def ranking(summaries: dict[str, dict]) -> list[str]:
+    """The ranked contestants, best (lowest mean final held-out mel L1) first, each with its ties."""
+    tied = ties(summaries)
+    ranked = sorted((s["final"][0], n) for n, s in summaries.items() if "error" not in s)
+    lines = []
+    for place, (_, name) in enumerate(ranked, 1):
+        mean, lo, hi = summaries[name]["final"]
+        with_ = f"ties with {', '.join(tied[name])}" if tied[name] else "no tie"
+        lines.append(f"{place}. {name}: {mean:.4g} ({lo:.4g}–{hi:.4g}), {with_}")
+    return lines
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -43,28 +127,67 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+def _range(triple) -> str:
+    mean, lo, hi = triple
+    return f"{mean:.4g} ({lo:.4g}–{hi:.4g})"
+
+
 def table_rows(results: dict[str, dict]) -> list[list[str]]:
-    """One row per optimizer, in COLUMNS order; a failed run shows its error."""
+    """One row per contestant, in COLUMNS order; a failed one shows its error."""
+    summaries = {name: summarize(entry) for name, entry in results.items()}
+    tied = ties(summaries)
     rows = []
-    for name, r in results.items():
-        if "error" in r:
-            rows.append([name, f"failed: {r['error']}", *[""] * (len(COLUMNS) - 2)])
+    for name, s in summaries.items():
+        if "error" in s:
+            rows.append([name, f"failed: {s['error']}", *[""] * (len(COLUMNS) - 2)])
             continue
-        share = r.get("optimizer_share")
+        share = s["optimizer_share"]
         rows.append(
             [
                 name,
-                _fmt(r["final_heldout_mel_l1"]),
-                _fmt(r["best_heldout_mel_l1"]),
-                _fmt(r["final_losses"].get("loss_g")),
-                _fmt(r["final_losses"].get("loss_d")),
-                _fmt(r["wall_s"], 3),
+                _fmt(s["schedule"]),
+                str(len(s["seeds"])),
+                _range(s["final"]),
+                _range(s["best"]),
+                ", ".join(tied[name]) or "none",
+                _fmt(s["loss_g"]),
+                _fmt(s["loss_d"]),
+                _fmt(s["wall_s"], 3),
                 "–" if share is None else f"{100 * share:.1f} %",
-                _fmt(r["state_bytes_per_param"], 3),
-                f"{r['nonfinite_steps']} / {r['skipped_steps']}",
+                _fmt(s["state_bytes_per_param"], 3),
+                f"{s['nonfinite_steps']} / {s['skipped_steps']}",
             ]
         )
     return rows
+
+
+def collect_results(out_dir: Path, names: list[str] | None = None) -> dict[str, dict]:
+    """The finished runs under out_dir/runs (NAME/seed-K/result.json), in run_compare's results shape;
+    for a report while a comparison is still running, or of one that was stopped."""
+    out_dir = Path(out_dir)
+    names = names or sorted(p.name for p in (out_dir / "runs").iterdir() if p.is_dir())
+    results = {}
+    for name in names:
+        runs = [
+            json.loads(path.read_text())
+            for path in sorted((out_dir / "runs" / name).glob("seed-*/result.json"), key=_seed_of)
+        ]
+        schedule = runs[0].get("schedule") if runs else None
+        results[name] = {"name": name, "schedule": schedule, "runs": runs}
+    return results
+
+
+def _seed_of(path: Path) -> int:
+    return int(path.parent.name.removeprefix("seed-"))
+
+
+def _band(curves: list[list[float]]):
+    """Mean, min and max over seeds, point by point, over the length all curves share."""
+    import numpy as np
+
+    n = min(len(c) for c in curves)
+    stack = np.asarray([c[:n] for c in curves], dtype=float)
+    return stack.mean(axis=0), stack.min(axis=0), stack.max(axis=0)
 
 
 def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
@@ -73,15 +196,22 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = {name: r for name, r in results.items() if "error" not in r}
+    done = {
+        name: entry["runs"]
+        for name, entry in results.items()
+        if entry["runs"] and not any("error" in r for r in entry["runs"])
+    }
     paths = {}
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name in done:
-        rows = read_metrics(out_dir / "runs" / name)
-        steps = [int(row["step"]) for row in rows]
+    for name, runs in done.items():
+        tables = [read_metrics(out_dir / "runs" / name / f"seed-{r['seed']}") for r in runs]
+        steps = [int(row["step"]) for row in tables[0]]
         for ax, key in zip(axes, ("loss_mel", "loss_g", "loss_d"), strict=True):
-            ax.plot(steps, _smooth([float(row[key]) for row in rows]), label=name, linewidth=1)
+            mean, lo, hi = _band([_smooth([float(row[key]) for row in rows]) for rows in tables])
+            n = min(len(steps), len(mean))
+            (line,) = ax.plot(steps[:n], mean[:n], label=name, linewidth=1)
+            ax.fill_between(steps[:n], lo[:n], hi[:n], color=line.get_color(), alpha=0.2, linewidth=0)
     for ax, title in zip(axes, ("mel L1 ×45", "generator", "discriminator"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -89,18 +219,24 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
     paths["loss_curves.png"] = _save(fig, out_dir / "loss_curves.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, r in done.items():
-        recs = r["epoch_records"]
-        ax.plot([x["epoch"] for x in recs], [x["lr"] for x in recs], marker="o", label=name)
+    for name, runs in done.items():
+        recs = runs[0]["epoch_records"]  # the schedule does not depend on the seed
+        ax.plot([x["epoch"] for x in recs], [x["lr"] for x in recs], marker=".", label=name)
     ax.set(xlabel="epoch", ylabel="learning rate (generator)", title="lr schedule followed")
     ax.legend(fontsize="small")
     paths["lr_schedule.png"] = _save(fig, out_dir / "lr_schedule.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, r in done.items():
-        recs = r["epoch_records"]
-        ax.plot([x["wall_s"] for x in recs], [x["heldout_mel_l1"] for x in recs], marker="o", label=name)
-    ax.set(xlabel="training wall time (s)", ylabel="held-out mel L1", title="held-out mel L1 vs wall time")
+    for name, runs in done.items():
+        wall, _, _ = _band([[x["wall_s"] for x in r["epoch_records"]] for r in runs])
+        mean, lo, hi = _band([[x["heldout_mel_l1"] for x in r["epoch_records"]] for r in runs])
+        (line,) = ax.plot(wall, mean, marker=".", label=name)
+        ax.fill_between(wall, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set(
+        xlabel="training wall time (s), mean over seeds",
+        ylabel="held-out mel L1",
+        title="held-out mel L1 vs wall time",
+    )
     ax.legend(fontsize="small")
     paths["mel_vs_time.png"] = _save(fig, out_dir / "mel_vs_time.png")
     plt.close("all")
@@ -127,22 +263,45 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _notes(out_dir: Path) -> list[str]:
+def _notes(out_dir: Path, results: dict[str, dict]) -> list[str]:
     setup = out_dir / "compare.json"
     info = json.loads(setup.read_text()) if setup.is_file() else {}
     train = info.get("config", {}).get("train", {})
-    return [
-        f"Config `{info.get('config', {}).get('name', '?')}`, seed {train.get('seed')}, "
-        f"batch {train.get('batch_size')}, {train.get('epochs')} epochs, precision {info.get('precision')} "
+    seeds = info.get("seeds") or [train.get("seed")]
+    warmup = train.get("warmup_epochs")
+    schedule = info.get("schedule", "?")
+    done = [len(e["runs"]) for e in results.values()]
+    notes = [
+        f"Config `{info.get('config', {}).get('name', '?')}`, batch {train.get('batch_size')}, "
+        f"{train.get('epochs')} epochs, precision {info.get('precision')} "
         "(the AnyPrecisionAdamW-bf16-* variants always run in bf16).",
+        f"Seeds {', '.join(map(str, seeds))} for every contestant (same seed: same initial weights and batch "
+        "order); one held-out split for the whole comparison (made with the first seed), the same pieces "
+        "for every seed and contestant. Mean (min–max): over the seeds each contestant finished.",
+        f"Schedule: {schedule}"
+        + (
+            " (each optimizer with its registry pairing: AdaBelief cosine, AdaBeliefV2 inverse_sqrt, "
+            "the others RVC's exponential)"
+            if schedule == "paired"
+            else " (every contestant on this one schedule)"
+        )
+        + f"; inverse_sqrt warm-up: {warmup if warmup else 'default, a tenth of the run (1–10)'} epochs.",
+        TIE_RULE,
         "Held-out mel L1: plain L1 of log-mel spectrograms (not ×45) between held-out recordings never seen "
         "in training and the generator's conversion of them (eval mode, fixed seed).",
         "Optimizer share: time inside `optimizer.step` (G and D) over the time of the training steps. "
         "Wall time excludes evaluation. State bytes/param: measured from the optimizers' buffers at the end.",
-        "NaN / skipped: steps with a non-finite loss / updates skipped as non-finite (metrics.csv).",
+        "NaN / skipped: steps with a non-finite loss / updates skipped as non-finite (metrics.csv), summed "
+        "over seeds.",
         "Denormal floats are flushed to zero during a comparison (on CPU they slow RAdam's first steps "
         "~100x, an artefact of the machine, not of the optimizer).",
     ]
+    if len(seeds) == 1:
+        notes.append("One seed: no spread, so ties mean equal values only; the order may be noise.")
+    if done and min(done) < len(seeds):
+        notes.append(f"Incomplete: some contestants finished fewer than {len(seeds)} seeds (column 'seeds').")
+    notes += [f"Warning: {w}." for w in info.get("warnings", [])]
+    return notes
 
 
 def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
@@ -150,12 +309,15 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     figures = _plot(out_dir, results)
     rows = table_rows(results)
-    notes = _notes(out_dir)
+    notes = _notes(out_dir, results)
+    ranked = ranking({name: summarize(entry) for name, entry in results.items()})
 
     md = ["# arvc compare", ""]
     md += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
-    md += ["", *[f"- {note}" for note in notes], ""]
+    md += ["", "Ranked by mean final held-out mel L1 (lower is better):", ""]
+    md += [*ranked, ""]
+    md += [*[f"- {note}" for note in notes], ""]
     for file, title in FIGURES.items():
         md += [f"## {title}", "", f"![{title}]({file})", ""]
     md_path = out_dir / "report.md"
@@ -168,12 +330,14 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
         f"{base64.b64encode(figures[file].read_bytes()).decode()}'>\n"
         for file, title in FIGURES.items()
     )
+    ranked_html = "".join(f"<li>{html.escape(line.split('. ', 1)[1])}</li>" for line in ranked)
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     page = (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>arvc compare</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
         f"</style></head><body><h1>arvc compare</h1>\n<table><tr>{cells}</tr>\n{body}</table>\n"
+        f"<p>Ranked by mean final held-out mel L1 (lower is better):</p>\n<ol>{ranked_html}</ol>\n"
         f"<ul>{notes_html}</ul>\n{images}</body></html>\n"
     )
     html_path = out_dir / "report.html"

@@ -1,8 +1,12 @@
 """`arvc compare`: train the same model on the same data with each optimizer, one after another.
 
-Every run shares the seed, the config and one prepared, split dataset; only the optimizer (and, for the
-AnyPrecisionAdamW variants, the precision) differs. Runs are resumable: a finished run leaves
-`result.json` and is skipped; an interrupted one continues from its newest checkpoint.
+Every contestant runs `seeds` seeds (seed, seed + 1, …) into runs/NAME/seed-K; for a given seed every
+contestant shares the config, the initial weights and the batch order, and all of them share one prepared
+dataset and one held-out split (made with the first seed). Only the optimizer (and, for the
+AnyPrecisionAdamW variants, the precision) differs; the schedule is a controlled variable: "paired"
+(each optimizer with the schedule its registry entry pairs it with) or one schedule for all.
+Runs are resumable: a finished run leaves `result.json` and is skipped; an interrupted one continues from
+its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -24,22 +28,92 @@ from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
 from arvc.optim import state_bytes_per_param
 from arvc.optim.denormals import flush_denormals
+from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, TrainOptions, train
 
-__all__ = ["RESULT_FILE", "VARIANTS", "CompareResult", "Variant", "resolve_optimizers", "run_compare"]
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "DEFAULT_SEEDS",
+    "RESULT_FILE",
+    "SAME_SCHEDULE",
+    "SCHEDULE_CHOICES",
+    "VARIANTS",
+    "CompareResult",
+    "Variant",
+    "resolve_optimizers",
+    "run_compare",
+    "schedule_setting",
+]
 
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"  # written after a run completes: its presence means "done, skip"
 EPOCHS_FILE = "epochs.jsonl"  # one record per finished epoch, so an interrupted run keeps its history
 
+# 60 epochs: 300 steps per run on the demo voice (5 steps per epoch at batch 8), enough for every
+# paired schedule to take its shape (AdaBeliefV2's default warm-up is then 6 epochs, the cosine spans 60).
+DEFAULT_EPOCHS = 60
+DEFAULT_SEEDS = 3
+# `--schedule same`: RVC's exponential decay, the schedule the Adam family already gets when paired.
+SAME_SCHEDULE = "exponential"
+SCHEDULE_CHOICES = ("paired", "same", *(name for name in SCHEDULERS if name != "auto"))
+
+
+def schedule_setting(schedule: str) -> str:
+    """`--schedule` → the runs' `train.scheduler`: paired → "auto" (the registry's pairing), same →
+    SAME_SCHEDULE for every contestant, a scheduler name → that one for every contestant."""
+    key = schedule.strip().lower().replace("-", "_")
+    if key == "paired":
+        return "auto"
+    if key == "same":
+        return SAME_SCHEDULE
+    if key in SCHEDULE_CHOICES:
+        return key
+    raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULE_CHOICES)}")
+
+
+def contestant_schedule(variant: Variant, scheduler: str) -> str:
+    """The schedule one contestant follows under `train.scheduler` (what "auto" resolves to)."""
+    return scheduler if scheduler != "auto" else paired_schedule_for(variant.optimizer, variant.use_8bit)
+
+
+def warmup_epochs_of(cfg) -> int:
+    """The inverse_sqrt warm-up a run gets: `train.warmup_epochs`, else the training loop's default
+    (`default_warmup_epochs`: clamp(epochs // 10, 1, 10))."""
+    return cfg.train.warmup_epochs or default_warmup_epochs(cfg.train.epochs)
+
+
+def warmup_warnings(variants, cfg, steps_per_epoch: int, max_steps: int | None) -> list[str]:
+    """One sentence per contestant whose run ends before its warm-up does (it never reaches its peak lr).
+
+    The warm-up peaks in epoch `warmup` (inverse_sqrt's factor is 1 there), i.e. after
+    (warmup - 1) * steps_per_epoch + 1 steps; a run shorter than that, in epochs or by --max-steps,
+    ranks a schedule that never got going.
+    """
+    warmup = warmup_epochs_of(cfg)
+    peak_step = (warmup - 1) * steps_per_epoch + 1
+    steps = cfg.train.epochs * steps_per_epoch
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    out = []
+    for variant in variants:
+        if contestant_schedule(variant, cfg.train.scheduler) != "inverse_sqrt" or steps >= peak_step:
+            continue
+        out.append(
+            f"{variant.name}'s inverse_sqrt schedule warms up over {warmup} epochs ({peak_step} steps to its "
+            f"peak lr) but the run has {steps} steps: it never reaches its peak; use more --epochs or a "
+            "smaller --warmup-epochs"
+        )
+    return out
+
 
 @dataclass
 class CompareResult:
     out_dir: Path
-    results: dict[str, dict]  # variant name → its result.json content
+    # variant name → {"name", "schedule", "runs": [one result.json content (or {"seed", "error"}) per seed]}
+    results: dict[str, dict]
     stopped_by: str | None = None  # "SIGINT"/"SIGTERM": the comparison stopped; run it again to go on
 
 
@@ -144,7 +218,7 @@ def _checkpoint_epoch(run_dir: Path) -> int | None:
 
 def _run_one(
     variant: Variant, run_dir: Path, train_dir: Path, cfg, evaluator, precision, device, max_steps, progress
-):
+):  # cfg: this seed's config
     """Train (or resume) one contestant; returns (result dict, None) or (None, "SIGINT"/"SIGTERM")."""
     records = _kept_records(run_dir)
     run_precision = variant.precision or precision
@@ -159,7 +233,9 @@ def _run_one(
         metrics = read_metrics(run_dir)
         final = {k: float(v) for k, v in metrics[-1].items() if k.startswith("loss_")} if metrics else {}
         steps = int(metrics[-1]["step"]) if metrics else records[-1]["step"]
-        return _summarize(variant, run_dir, records, run_precision, saved_epoch, steps, final, (), None), None
+        return _summarize(
+            variant, run_dir, cfg, records, run_precision, saved_epoch, steps, final, (), None
+        ), None
     resume = run_dir if saved_epoch is not None else None
     options = TrainOptions(
         run_dir=run_dir,
@@ -184,6 +260,7 @@ def _run_one(
     summary = _summarize(
         variant,
         run_dir,
+        cfg,
         records,
         run_precision,
         result.epochs_done,
@@ -196,9 +273,10 @@ def _run_one(
 
 
 def _summarize(
-    variant, run_dir, records, precision, epochs, steps, final_losses, optimizers, stopped_by
+    variant, run_dir, cfg, records, precision, epochs, steps, final_losses, optimizers, stopped_by
 ) -> dict:
     """Everything the report needs about one finished run; also written to its result.json."""
+    seed, scheduler = cfg.train.seed, cfg.train.scheduler
     metrics = read_metrics(run_dir)
     if optimizers:
         state, params = _state_bytes(optimizers)
@@ -214,6 +292,8 @@ def _summarize(
     last = records[-1]
     out = {
         "name": variant.name,
+        "seed": seed,
+        "schedule": contestant_schedule(variant, scheduler),
         "optimizer": variant.optimizer,
         "use_8bit": variant.use_8bit,
         "precision": precision,
@@ -239,8 +319,9 @@ def _summarize(
     return out
 
 
-def _check_same_setup(out_dir: Path, setup: dict) -> None:
-    """Finished runs are reused, so a comparison folder must keep one setup (optimizers may be added)."""
+def _check_same_setup(out_dir: Path, setup: dict, extra: dict | None = None) -> None:
+    """Finished runs are reused, so a comparison folder must keep one setup (optimizers and seeds may be
+    added). `extra` (seeds, warnings) is recorded in compare.json for the report but not compared."""
     path = out_dir / "compare.json"
     setup = json.loads(json.dumps(setup))
     if path.is_file():
@@ -252,36 +333,48 @@ def _check_same_setup(out_dir: Path, setup: dict) -> None:
                 "not be comparable. Use another --name (nothing was changed)."
             )
     out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(setup, indent=2))
+    path.write_text(json.dumps({**setup, **(extra or {})}, indent=2))
 
 
 def run_compare(
     dataset_dir: Path | None,
     out_dir: Path,
     optimizers: list[str] | str = "all",
-    epochs: int = 5,
+    epochs: int = DEFAULT_EPOCHS,
     config: str = "tiny",
     seed: int = 1234,
     precision: str = "fp32",
     progress: Callable[..., None] | None = None,
     *,
+    seeds: int = DEFAULT_SEEDS,
+    schedule: str = "paired",
+    warmup_epochs: int | None = None,
     max_steps: int | None = None,
     overrides: dict[str, Any] | None = None,
     device: str = "cpu",
     holdout_fraction: float = 0.1,
     flush_denormal: bool = True,
 ) -> CompareResult:
-    """Run every optimizer on the same data, seed and config into out_dir/runs/NAME; then write the report.
+    """Run every optimizer with seeds seed … seed+seeds-1 on the same data and config into
+    out_dir/runs/NAME/seed-K; then write the report.
 
-    `progress(event, **info)` gets "run" (name, index, count), "start" (total, done), "step" (...) and
-    "skip" (name) events. Finished runs are skipped, interrupted ones resumed. A run that raises is
-    recorded as failed (its error in the report) and the others go on.
+    `schedule`: "paired" (each optimizer's registry pairing), "same" (SAME_SCHEDULE for all) or a
+    scheduler name for all; `warmup_epochs`: inverse_sqrt's warm-up (None: a tenth of the run, 1–10).
+    The held-out split is made once, with `seed`, and is the same for every seed and contestant.
+
+    `progress(event, **info)` gets "run" (name, seed, index, count), "start" (total, done), "step" (...)
+    and "skip" (name, seed) events. Runs go seed by seed (every contestant's first seed, then the second…),
+    so a comparison stopped early has whole seeds. Finished runs are skipped, interrupted ones resumed. A
+    run that raises is recorded as failed (its error in the report) and the others go on.
     """
     from arvc.compare.report import write_report
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     variants = resolve_optimizers(optimizers)
+    scheduler = schedule_setting(schedule)
     out_dir = Path(out_dir)
     cfg = load_config(config)
     cfg = apply_overrides(
@@ -289,48 +382,76 @@ def run_compare(
         {
             "train.epochs": epochs,
             "train.seed": seed,
+            "train.scheduler": scheduler,
+            "train.warmup_epochs": warmup_epochs,
             "train.log_interval": 1,  # every step in metrics.csv: curves and skipped steps
             "train.save_every": 1,  # resume loses at most one epoch
             **(overrides or {}),
         },
     )
-    _check_same_setup(out_dir, {"precision": precision, "max_steps": max_steps, "config": cfg.to_dict()})
+    setup = {
+        "precision": precision,
+        "max_steps": max_steps,
+        "schedule": "paired" if scheduler == "auto" else f"same: {scheduler}",
+        "config": cfg.to_dict(),
+    }
+    run_seeds = list(range(cfg.train.seed, cfg.train.seed + seeds))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_setup(out_dir, setup)  # before any work: a refused folder stays as it was
     prepare_data(cfg, out_dir, dataset_dir)
     train_dir, holdout = split_filelist(out_dir / "data", out_dir, holdout_fraction, seed)
+    pieces = sum(1 for line in (train_dir / "filelist.txt").read_text().splitlines() if line.strip())
+    warnings = warmup_warnings(variants, cfg, pieces // cfg.train.batch_size, max_steps)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    _check_same_setup(out_dir, setup, {"seeds": run_seeds, "warnings": warnings})
     evaluator = HeldOutEvaluator(cfg, holdout, seed=seed, device=device)
     # Denormal floats make some optimizers' first steps (RAdam's un-rectified phase) ~100x slower on CPU,
     # which would rank a CPU artefact, so they are flushed to zero for every run alike.
     with flush_denormals(flush_denormal):  # on every intra-op thread (arvc.optim.denormals)
         results, stopped_by = _run_all(
-            variants, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress
+            variants, run_seeds, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress
         )
     write_report(out_dir, results)
     return CompareResult(out_dir, results, stopped_by)
 
 
-def _run_all(variants, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress):
-    results, stopped_by = {}, None
-    for index, variant in enumerate(variants):
-        run_dir = out_dir / "runs" / variant.name
-        done = run_dir / RESULT_FILE
-        if progress:
-            progress("run", name=variant.name, index=index, count=len(variants))
-        if done.is_file():
-            logger.info("%s: already finished, skipping", variant.name)
-            results[variant.name] = json.loads(done.read_text())
+def run_folder(out_dir: Path, name: str, seed: int) -> Path:
+    """Where one contestant's run with one seed lives."""
+    return Path(out_dir) / "runs" / name / f"seed-{seed}"
+
+
+def _run_all(variants, run_seeds, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress):
+    results = {
+        v.name: {"name": v.name, "schedule": contestant_schedule(v, cfg.train.scheduler), "runs": []}
+        for v in variants
+    }
+    count, index = len(variants) * len(run_seeds), 0
+    for run_seed in run_seeds:
+        seed_cfg = apply_overrides(cfg, {"train.seed": run_seed})
+        for variant in variants:
+            run_dir = run_folder(out_dir, variant.name, run_seed)
+            done = run_dir / RESULT_FILE
             if progress:
-                progress("skip", name=variant.name)
-            continue
-        logger.info("%s: training (%d/%d)", variant.name, index + 1, len(variants))
-        try:
-            result, stopped_by = _run_one(
-                variant, run_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress
-            )
-        except Exception as error:  # one failing contestant (e.g. no bitsandbytes) must not end the rest
-            logger.error("%s failed: %s", variant.name, error)
-            results[variant.name] = {"name": variant.name, "error": f"{type(error).__name__}: {error}"}
-            continue
-        if stopped_by:
-            break
-        results[variant.name] = result
-    return results, stopped_by
+                progress("run", name=variant.name, seed=run_seed, index=index, count=count)
+            index += 1
+            runs = results[variant.name]["runs"]
+            if done.is_file():
+                logger.info("%s seed %d: already finished, skipping", variant.name, run_seed)
+                runs.append(json.loads(done.read_text()))
+                if progress:
+                    progress("skip", name=variant.name, seed=run_seed)
+                continue
+            logger.info("%s seed %d: training (%d/%d)", variant.name, run_seed, index, count)
+            try:
+                result, stopped_by = _run_one(
+                    variant, run_dir, train_dir, seed_cfg, evaluator, precision, device, max_steps, progress
+                )
+            except Exception as error:  # one failing contestant (e.g. no bitsandbytes) must not end the rest
+                logger.error("%s seed %d failed: %s", variant.name, run_seed, error)
+                runs.append({"seed": run_seed, "error": f"{type(error).__name__}: {error}"})
+                continue
+            if stopped_by:
+                return results, stopped_by
+            runs.append(result)
+    return results, None
