@@ -13,6 +13,7 @@ config (`check_resume_config`).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
