@@ -43,7 +43,7 @@ from arvc.train.distributed import Ranks, process_group
 from arvc.train.errors import TrainError
 from arvc.train.faults import StopOnSignal
 from arvc.train.logs import NullLog, RunLog
-from arvc.train.optimizers import DEFAULT_LR, hyperparameters, make_optimizer, restore_optimizer
+from arvc.train.optimizers import DEFAULT_LR, bf16_weights, hyperparameters, restore_optimizer, run_optimizer
 from arvc.train.step import GanStep
 
 __all__ = ["DEFAULT_LR", "PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
@@ -167,18 +167,13 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
         if opts.pretrained_d is not None:
             load_pretrained_discriminator(net_d, opts.pretrained_d, cfg)
     net_g, net_d = net_g.to(device), net_d.to(device)
-    if precision == "bf16" and hp["optimizer"] == "AnyPrecisionAdamW" and not hp["use_8bit"]:
-        # AnyPrecisionAdamW's bf16 mode keeps the weights themselves in bf16 (Kahan on by default).
+    if bf16_weights(precision, hp):  # the optimizer's bf16 mode keeps the weights themselves in bf16
         net_g.to(torch.bfloat16)
         net_d.to(torch.bfloat16)
 
     # --- optimizers and per-epoch schedulers, from the registry (--zero: each rank steps a shard) ------
-    def build(params) -> torch.optim.Optimizer:
-        if zero:
-            return ranks.zero(params, lambda shard: make_optimizer(shard, hp), hp["lr"])
-        return make_optimizer(params, hp)
-
-    optim_g, optim_d = build(net_g.parameters()), build(net_d.parameters())
+    optim_g = run_optimizer(net_g.parameters(), hp, "generator", cfg.train.seed, ranks if zero else None)
+    optim_d = run_optimizer(net_d.parameters(), hp, "discriminator", cfg.train.seed, ranks if zero else None)
     sched_g = build_scheduler(optim_g, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
     sched_d = build_scheduler(optim_d, "auto", total_epochs=cfg.train.epochs, gamma=cfg.train.lr_decay)
     if hasattr(callbacks, "on_optimizers"):
