@@ -94,6 +94,7 @@ class TrainConfig:
     learning_rate: float | None = None  # None: the training loop picks one for the optimizer
     betas: tuple[float, float] = (0.8, 0.99)
     eps: float = 1e-9
+    weight_decay: float = 0.01  # RVC's: torch AdamW's default, which RVC leaves as is (decoupled everywhere)
     lr_decay: float = 0.999875  # per-epoch exponential decay (RVC's ExponentialLR gamma)
     c_mel: float = 45.0
     c_kl: float = 1.0

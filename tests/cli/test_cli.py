@@ -38,7 +38,7 @@ def test_optimizer_details_json():
     assert result.exit_code == 0, result.output
     details = json.loads(result.stdout)
     assert "use_kahan_summation" in details["supported_kwargs"]
-    assert details["state_bytes_per_param"]["bfloat16 params, bf16 buffers + Kahan"] <= 6.0
+    assert details["state_bytes_per_param"]["bfloat16 params, bf16-weights mode"] <= 6.0
     assert details["fused_available"]["cpu"] is True  # arvc's own fused CPU kernel
     adamw = json.loads(runner.invoke(app, ["optimizers", "AdamW", "--json"]).stdout)
     assert adamw["fused_available"]["cpu"] is True
@@ -173,3 +173,14 @@ def test_eight_bit_without_bitsandbytes_fails_before_any_work(tmp_path, no_bitsa
     assert result.exit_code == 1
     assert "pip install 'arvc[bnb]'" in result.output  # printed literally, not eaten as markup
     assert not list(tmp_path.iterdir())
+
+
+def test_optimizer_details_show_the_values_a_run_uses():
+    # What `arvc train --optimizer NAME` builds the optimizer with from RVC's Adam values (config).
+    belief = json.loads(runner.invoke(app, ["optimizers", "AdaBelief", "--json"]).stdout)
+    assert belief["run_hyperparameters"] == {"betas": [0.8, 0.99], "eps": 1e-18, "weight_decay": 0.01}
+    assert "squared" in belief["run_eps"]
+    adamw = json.loads(runner.invoke(app, ["optimizers", "AdamW", "--json"]).stdout)
+    assert adamw["run_hyperparameters"] == {"betas": [0.8, 0.99], "eps": 1e-9, "weight_decay": 0.01}
+    table = runner.invoke(app, ["optimizers", "AdaBeliefV2"])
+    assert "eps: 1e-18" in table.output

@@ -343,3 +343,28 @@ def test_arvc_train_nproc_2_ctrl_c_then_resume(tmp_path, data_dir):
     assert done.stdout.count(f"({stopped_at + 1} steps)") == 1, done.stdout
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == stopped_at + 1
     assert (run_dir / "export" / "model.safetensors").is_file()
+
+
+def test_zero_shards_round_stochastically_as_one_process(tmp_path):
+    """Stochastic rounding is keyed by (seed, parameter index, ...): under --zero every shard numbers its
+    parameters by their place in the whole model, so 2 ranks draw exactly the bits 1 process draws
+    (before, every shard counted from 0 and ranks drew each other's bits)."""
+    worker = Path(__file__).with_name("zero_rounding_worker.py")
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    for out, launcher in (
+        (one, [sys.executable]),
+        (two, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]),
+    ):
+        done = subprocess.run(
+            [*launcher, str(worker), str(out)], env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    single, sharded = torch.load(one), torch.load(two)
+    assert len(single["state"]["state"]) == len(sharded["state"]["state"]) == 6
+    for index, state in single["state"]["state"].items():
+        other = sharded["state"]["state"][index]
+        assert state["exp_avg"].dtype == torch.bfloat16
+        for key in ("exp_avg", "exp_avg_sq", "compensation"):
+            assert torch.equal(state[key], other[key]), (index, key)
+    for a, b in zip(single["params"], sharded["params"], strict=True):
+        assert torch.equal(a, b)

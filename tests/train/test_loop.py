@@ -11,6 +11,7 @@ from arvc.data.preprocess import DataError
 from arvc.optim import OPTIMIZERS
 from arvc.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 from arvc.train.loop import TrainError, TrainOptions, train
+from arvc.train.optimizers import optimizer_seed
 
 
 def tiny(**train):
@@ -54,6 +55,12 @@ def test_bf16_anyprecision_uses_bf16_weights_and_kahan(tmp_path, data_dir):
     assert checkpoint["generator"]["dec.conv_pre.bias"].dtype == torch.bfloat16
     state = next(iter(checkpoint["optim_g"]["state"]["state"].values()))
     assert state["compensation"].dtype == torch.bfloat16 and state["exp_avg_sq"].dtype == torch.bfloat16
+    # Stochastic rounding seeds: from the run's seed, one per optimizer (before: 0 for G and D alike).
+    seeds = {key: checkpoint[key]["state"]["param_groups"][0]["seed"] for key in ("optim_g", "optim_d")}
+    assert seeds == {
+        "optim_g": optimizer_seed(tiny().train.seed, "generator"),
+        "optim_d": optimizer_seed(tiny().train.seed, "discriminator"),
+    }
 
 
 def _final_generator(run_dir):
@@ -190,3 +197,66 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, data_dir):
     again = train(options(tmp_path, data_dir, config=tiny(epochs=1), resume=tmp_path / "run"))
     assert (again.epochs_done, again.steps_done) == (first.epochs_done, first.steps_done)
     assert again.last_checkpoint == first.last_checkpoint
+
+
+def _used(checkpoint, key="optim_g"):
+    """(recorded hyperparameters, the optimizer's own param group) of one optimizer in a checkpoint."""
+    return checkpoint[key]["hyperparameters"], checkpoint[key]["state"]["param_groups"][0]
+
+
+@pytest.mark.parametrize("optimizer", ["AdaBelief", "AdaBeliefV2"])
+def test_belief_optimizers_get_their_eps_not_adams(tmp_path, data_dir, optimizer, caplog):
+    # The config holds RVC's Adam eps 1e-9; AdaBelief adds eps into its variance every step, so its
+    # equivalent is eps_adam**2 (docs/optimizers.md). Old code passed 1e-9 as is.
+    with caplog.at_level(logging.INFO, logger="arvc.train.optimizers"):
+        result = train(options(tmp_path, data_dir, optimizer=optimizer, max_steps=1))
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    for key in ("optim_g", "optim_d"):
+        hp, group = _used(checkpoint, key)
+        assert hp["eps"] == group["eps"] == pytest.approx(1e-18, rel=1e-12)
+        assert hp["weight_decay"] == group["weight_decay"] == 0.01  # the config's, recorded (not None)
+        assert tuple(hp["betas"]) == tuple(group["betas"]) == (0.8, 0.99)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("optimizer ")]
+    assert len(lines) == 1 and f"optimizer {optimizer}:" in lines[0]
+    assert "eps=1e-18" in lines[0] and "betas=(0.8, 0.99)" in lines[0] and "weight_decay=0.01" in lines[0]
+
+
+def test_explicit_eps_betas_weight_decay_are_used_as_given(tmp_path, data_dir):
+    result = train(
+        options(
+            tmp_path,
+            data_dir,
+            optimizer="AdaBelief",
+            eps=1e-9,
+            betas=(0.9, 0.999),
+            weight_decay=0.0,
+            max_steps=1,
+        )
+    )
+    hp, group = _used(load_checkpoint(result.last_checkpoint))
+    assert hp["eps"] == group["eps"] == 1e-9
+    assert tuple(group["betas"]) == (0.9, 0.999) and group["weight_decay"] == 0.0
+
+
+def test_adam_family_gets_the_config_eps_as_is(tmp_path, data_dir):
+    result = train(options(tmp_path, data_dir, optimizer="RAdam", config=tiny(eps=1e-8), max_steps=1))
+    hp, group = _used(load_checkpoint(result.last_checkpoint))
+    assert hp["eps"] == group["eps"] == 1e-8 and group["decoupled_weight_decay"] is True
+
+
+def test_old_checkpoint_resumes_with_the_eps_it_recorded(tmp_path, data_dir, caplog):
+    # Checkpoints written before the per-optimizer eps recorded the Adam eps for AdaBelief (and
+    # weight_decay None = class default); resuming one keeps exactly those values.
+    first = train(options(tmp_path, data_dir, optimizer="AdaBelief", config=tiny(epochs=1)))
+    checkpoint = load_checkpoint(first.last_checkpoint)
+    for key in ("optim_g", "optim_d"):
+        checkpoint[key]["hyperparameters"].update(eps=1e-9, weight_decay=None)
+        for group in checkpoint[key]["state"]["param_groups"]:
+            group.update(eps=1e-9, weight_decay=0.0)
+    torch.save(checkpoint, first.last_checkpoint)
+    with caplog.at_level(logging.INFO, logger="arvc.train.optimizers"):
+        result = train(options(tmp_path, data_dir, config=tiny(epochs=2), resume=tmp_path / "run"))
+    assert result.epochs_done == 2
+    hp, group = _used(load_checkpoint(result.last_checkpoint))
+    assert hp["eps"] == group["eps"] == 1e-9 and group["weight_decay"] == 0.0
+    assert "eps=1e-09" in caplog.text and "as recorded in the checkpoint" in caplog.text

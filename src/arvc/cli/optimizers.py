@@ -14,6 +14,7 @@ from rich.table import Table
 
 from arvc.cli import _app
 from arvc.cli._app import app
+from arvc.config import TrainConfig
 from arvc.optim import OPTIMIZERS, get_spec, state_bytes_per_param
 from arvc.optim.recommend import PRECISIONS, recommend
 
@@ -32,17 +33,14 @@ def _spec_summary(spec) -> dict:
 
 def _spec_details(spec) -> dict:
     bytes_per_param = {"float32 params": round(state_bytes_per_param(spec.name), 2)}
-    if spec.name == "AnyPrecisionAdamW":
-        bytes_per_param["bfloat16 params, bf16 buffers + Kahan"] = round(
-            state_bytes_per_param(
-                spec.name,
-                param_dtype=torch.bfloat16,
-                use_kahan_summation=True,
-                momentum_dtype="bfloat16",
-                variance_dtype="bfloat16",
-            ),
-            2,
+    if spec.bf16_weights_kwargs is not None:
+        bytes_per_param["bfloat16 params, bf16-weights mode"] = round(
+            state_bytes_per_param(spec.name, param_dtype=torch.bfloat16, **spec.bf16_weights_kwargs), 2
         )
+    config = TrainConfig()  # the Adam-family values every shipped config holds (RVC's)
+    in_a_run = spec.run_hyperparameters(
+        config_betas=config.betas, config_eps=config.eps, config_weight_decay=config.weight_decay
+    )
     return {
         **_spec_summary(spec),
         "description": spec.description,
@@ -53,6 +51,9 @@ def _spec_details(spec) -> dict:
         "paired_scheduler": spec.paired_scheduler or "exponential (RVC default)",
         "fused_available": {device: spec.fused_on(device) for device in _devices()},
         "state_bytes_per_param": bytes_per_param,
+        # What `arvc train --optimizer NAME` builds it with unless --betas/--eps/--weight-decay are given.
+        "run_hyperparameters": {**in_a_run, "betas": list(in_a_run["betas"])},
+        "run_eps": spec.eps_rule,
     }
 
 

@@ -26,12 +26,13 @@ from arvc.compare.evaluate import HeldOutEvaluator, split_filelist
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
-from arvc.optim import state_bytes_per_param
+from arvc.optim import get_spec, state_bytes_per_param
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, TrainOptions, train
+from arvc.train.optimizers import bf16_weights
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -282,9 +283,12 @@ def _summarize(
         state, params = _state_bytes(optimizers)
         per_param = state / params if params else None
     else:  # no live optimizer (summary of an already trained run): the registry's measurement
-        dtype = torch.bfloat16 if variant.kwargs.get("use_kahan_summation") and precision == "bf16" else None
+        bf16 = bf16_weights(precision, {"optimizer": variant.optimizer, "use_8bit": variant.use_8bit})
         per_param = state_bytes_per_param(
-            variant.optimizer, param_dtype=dtype or torch.float32, use_8bit=variant.use_8bit, **variant.kwargs
+            variant.optimizer,
+            param_dtype=torch.bfloat16 if bf16 else torch.float32,
+            use_8bit=variant.use_8bit,
+            **{**((get_spec(variant.optimizer).bf16_weights_kwargs or {}) if bf16 else {}), **variant.kwargs},
         )
         state, params = None, None
     step_s = sum(float(r["seconds"]) for r in metrics)

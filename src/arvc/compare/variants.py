@@ -25,24 +25,19 @@ class Variant:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-VARIANTS: dict[str, Variant] = {
-    **{name: Variant(name, name) for name in OPTIMIZERS},
-    "AdamW+8bit": Variant("AdamW+8bit", "AdamW", use_8bit=True),
-    # bf16 weights + bf16 moments with Kahan-compensated updates (the loop's "brain" mode).
-    "AnyPrecisionAdamW-bf16-kahan": Variant(
-        "AnyPrecisionAdamW-bf16-kahan",
-        "AnyPrecisionAdamW",
-        precision="bf16",
-        kwargs={"use_kahan_summation": True},
-    ),
-    # bf16 weights and moments like the Kahan variant, but rounding drops what does not fit the weights.
-    "AnyPrecisionAdamW-bf16-plain": Variant(
-        "AnyPrecisionAdamW-bf16-plain",
-        "AnyPrecisionAdamW",
-        precision="bf16",
-        kwargs={"use_kahan_summation": False},
-    ),
-}
+def _variants() -> dict[str, Variant]:
+    variants = {name: Variant(name, name) for name in OPTIMIZERS}
+    variants["AdamW+8bit"] = Variant("AdamW+8bit", "AdamW", use_8bit=True)
+    # Each optimizer's bf16-weights settings worth comparing, from its registry spec
+    # (AnyPrecisionAdamW-bf16-kahan: the loop's bf16 mode; -plain: the same without Kahan summation).
+    for spec in OPTIMIZERS.values():
+        for suffix, kwargs in spec.bf16_variants.items():
+            name = f"{spec.name}-bf16-{suffix}"
+            variants[name] = Variant(name, spec.name, precision="bf16", kwargs=dict(kwargs))
+    return variants
+
+
+VARIANTS: dict[str, Variant] = _variants()
 
 
 def resolve_optimizers(names: list[str] | str) -> list[Variant]:

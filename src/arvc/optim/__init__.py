@@ -8,6 +8,7 @@ from arvc.optim.radam import RAdam
 from arvc.optim.registry import (
     OPTIMIZERS,
     OptimizerSpec,
+    bf16_weights_spec,
     build_from_spec,
     build_optimizer,
     get_spec,
@@ -24,6 +25,7 @@ __all__ = [
     "InverseSqrt",
     "OptimizerSpec",
     "RAdam",
+    "bf16_weights_spec",
     "build_from_spec",
     "build_optimizer",
     "build_scheduler",

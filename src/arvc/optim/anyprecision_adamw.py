@@ -62,6 +62,9 @@ class AnyPrecisionAdamW(Optimizer):
         compensation_buffer_dtype: storage dtype of the Kahan buffer (bf16 keeps 8 more bits than the
             parameter, which is what Kahan needs; it is 2 bytes per parameter).
         seed: seeds the stochastic rounding of low-precision moment buffers.
+        param_indices: the number each parameter (in constructor order, across groups) has in the
+            rounding hash; default its position here. A shard of a larger optimizer (ZeRO) passes the
+            parameters' positions in the whole model, so every rank draws the bits one process would.
         stochastic_rounding: round low-precision moments stochastically (True) or to nearest (False —
             only for studies: a bf16 second moment then stops decaying).
         foreach: use the multi-tensor path (one kernel per operation over all tensors). None picks it
@@ -89,6 +92,7 @@ class AnyPrecisionAdamW(Optimizer):
         seed: int = 0,
         stochastic_rounding: bool = True,
         *,
+        param_indices=None,
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
@@ -111,6 +115,16 @@ class AnyPrecisionAdamW(Optimizer):
             fused=fused,
         )
         super().__init__(params, defaults)
+        self._param_index = None  # id(param) -> its number in the rounding hash (None: its position)
+        if param_indices is not None:
+            params = [p for group in self.param_groups for p in group["params"]]
+            param_indices = [int(i) for i in param_indices]
+            if len(param_indices) != len(params) or len(set(param_indices)) != len(param_indices):
+                raise ValueError(
+                    f"param_indices must give {len(params)} distinct numbers, one per parameter; "
+                    f"got {len(param_indices)} ({len(set(param_indices))} distinct)"
+                )
+            self._param_index = {id(p): i for p, i in zip(params, param_indices, strict=True)}
 
     def add_param_group(self, param_group: dict) -> None:
         # Dtypes given per group (possibly as strings) are parsed and checked like the constructor's.
@@ -157,6 +171,7 @@ class AnyPrecisionAdamW(Optimizer):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
         loss = evaluate_closure(closure)
 
+        numbers = getattr(self, "_param_index", None)  # (torch's pickling keeps only groups and state)
         for group, indexed in params_with_grad(self.param_groups, type(self).__name__):
             params, grads, exp_avgs, exp_avg_sqs, compensations, steps, indices = [], [], [], [], [], [], []
             for index, p in indexed:
@@ -168,7 +183,7 @@ class AnyPrecisionAdamW(Optimizer):
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 compensations.append(state.get("compensation"))
                 steps.append(state["step"])
-                indices.append(index)
+                indices.append(index if numbers is None else numbers[id(p)])
             any_precision_adamw(
                 params,
                 grads,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from arvc.optim import registry
+
 __all__ = ["PRECISIONS", "Recommendation", "recommend"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -40,15 +42,17 @@ def recommend(epochs: int, precision: str = "fp32") -> Recommendation:
             f"{epochs} epochs is a short run (<= {SHORT_RUN_EPOCHS}): RAdam rectifies the early adaptive "
             "steps, so it trains well from the first epoch without a warm-up.",
         )
-    if precision == "bf16" and epochs >= LONG_BF16_RUN_EPOCHS:
+    bf16_spec = registry.bf16_weights_spec()
+    if precision == "bf16" and epochs >= LONG_BF16_RUN_EPOCHS and bf16_spec is not None:
         return Recommendation(
-            "AnyPrecisionAdamW",
+            bf16_spec.name,
             1e-3,
             8,
             epochs,
             f"A long bf16 run ({epochs} >= {LONG_BF16_RUN_EPOCHS} epochs): bf16 weights lose updates smaller "
-            "than half an ulp; Kahan summation keeps them, so the run follows the fp32 trajectory.",
-            {"use_kahan_summation": True, "momentum_dtype": "bfloat16", "variance_dtype": "bfloat16"},
+            f"than half an ulp; {bf16_spec.name}'s bf16 mode compensates them (Kahan summation), so the run "
+            "follows the fp32 trajectory.",
+            dict(bf16_spec.bf16_weights_kwargs),
         )
     return Recommendation(
         "AdamW",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -27,6 +27,7 @@ from arvc.optim.radam import RAdam
 __all__ = [
     "OPTIMIZERS",
     "OptimizerSpec",
+    "bf16_weights_spec",
     "build_from_spec",
     "build_optimizer",
     "eight_bit_optimizer_class",
@@ -112,6 +113,17 @@ class OptimizerSpec:
     paired_scheduler: str | None = None
     # Constructor arguments the registry passes unless the caller gives them (what arvc means by the name).
     default_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # A run's config holds Adam-family values (RVC's betas 0.8,0.99, eps 1e-9, weight decay 0.01).
+    # eps_from_adam turns the config's Adam eps into this optimizer's equivalent; None: eps means what
+    # Adam's means and is passed as is. betas and (decoupled) weight decay mean the same in every
+    # optimizer here. An explicit --eps/--betas/--weight-decay is always passed as given.
+    eps_from_adam: Callable[[float], float] | None = None
+    eps_rule: str = "the config's Adam eps as is (added to sqrt(v), as in Adam)"
+    # Extra constructor arguments of the mode that keeps the *weights themselves* in bf16 (a bf16 run with
+    # this optimizer converts the models to bf16 and passes these unless given); None: no such mode.
+    bf16_weights_kwargs: Mapping[str, Any] | None = None
+    # Settings of that mode worth comparing in `arvc compare` (variant suffix -> kwargs).
+    bf16_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def supported_kwargs(self) -> tuple[str, ...]:
@@ -124,8 +136,47 @@ class OptimizerSpec:
     def fused_on(self, device_type: str) -> bool:
         return use_fused(self.cls, {device_type}, {torch.float32})
 
+    def run_hyperparameters(
+        self,
+        *,
+        config_betas: tuple[float, float],
+        config_eps: float,
+        config_weight_decay: float,
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
+        weight_decay: float | None = None,
+        use_8bit: bool = False,
+    ) -> dict[str, Any]:
+        """betas/eps/weight_decay this optimizer trains with in a run.
+
+        `config_*` are the run config's Adam-family values; `betas`/`eps`/`weight_decay` the user's explicit
+        ones (None: not given), always used as given. With `use_8bit` the optimizer is bitsandbytes'
+        AdamW8bit, an Adam: the config's eps is its own.
+        """
+        if eps is None:
+            convert = None if use_8bit else self.eps_from_adam
+            eps = float(convert(config_eps)) if convert is not None else float(config_eps)
+        return {
+            "betas": tuple(float(b) for b in (betas if betas is not None else config_betas)),
+            "eps": float(eps),
+            "weight_decay": float(weight_decay if weight_decay is not None else config_weight_decay),
+        }
+
 
 _DECOUPLED = "decoupled, as AdamW: p <- p*(1 - lr*wd) before the update"
+
+
+def _adam_eps_squared(eps: float) -> float:
+    """AdaBelief's equivalent of Adam's eps (adabelief-pytorch issue #38): eps_adabelief = eps_adam**2."""
+    return eps * eps
+
+
+# AdaBelief adds eps into its variance every step: s >= eps/(1-beta2) at steady state. Adam's 1e-9 with
+# beta2 0.99 floors s at 1e-7 (sqrt ~3e-4), so residuals below ~3e-4 would get SGD-like steps.
+_BELIEF_EPS_RULE = (
+    "the config's Adam eps squared (1e-9 -> 1e-18): AdaBelief adds eps into its variance every step, "
+    "so Adam's value would floor it at eps/(1-beta2); its author's rule eps_adabelief = eps_adam**2"
+)
 
 _SPECS = (
     OptimizerSpec(
@@ -150,7 +201,7 @@ _SPECS = (
         "is needed; torch's own implementation, plus arvc's fused CPU kernel for float32 parameters.",
         paper="Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020 "
         "(arXiv:1908.03265)",
-        weight_decay=_DECOUPLED + " (default 0); the registry passes decoupled_weight_decay=True, "
+        weight_decay=_DECOUPLED + " (class default 0); the registry passes decoupled_weight_decay=True, "
         "torch.optim.RAdam's own default is coupled L2 (g += wd*p)",
         default_kwargs=MappingProxyType({"decoupled_weight_decay": True}),
     ),
@@ -163,7 +214,18 @@ _SPECS = (
         description="AdamW with bf16/fp16/fp32 storage per buffer, Kahan-compensated low-precision "
         "weights and stochastically rounded moments; all math in fp32.",
         paper="torchdistx AnyPrecisionAdamW; Zamirai et al., Revisiting BFloat16 Training (arXiv:2010.06192)",
-        weight_decay=_DECOUPLED + " (default 0)",
+        weight_decay=_DECOUPLED + " (class default 0)",
+        bf16_weights_kwargs=MappingProxyType(
+            {"use_kahan_summation": True, "momentum_dtype": "bfloat16", "variance_dtype": "bfloat16"}
+        ),
+        bf16_variants=MappingProxyType(
+            {
+                # bf16 weights + bf16 moments with Kahan-compensated updates (a bf16 run's mode).
+                "kahan": MappingProxyType({"use_kahan_summation": True}),
+                # the same, but rounding drops what does not fit the weights.
+                "plain": MappingProxyType({"use_kahan_summation": False}),
+            }
+        ),
     ),
     OptimizerSpec(
         name="AdaBelief",
@@ -174,8 +236,10 @@ _SPECS = (
         description="Adam that divides by the variance of the gradient around its prediction (the "
         "'belief'); paired with cosine annealing.",
         paper="Zhuang et al., AdaBelief Optimizer, NeurIPS 2020 (arXiv:2010.07468)",
-        weight_decay=_DECOUPLED + " (default 0; adabelief-pytorch's weight_decouple=True)",
+        weight_decay=_DECOUPLED + " (class default 0; adabelief-pytorch's weight_decouple=True)",
         paired_scheduler="cosine",
+        eps_from_adam=_adam_eps_squared,
+        eps_rule=_BELIEF_EPS_RULE,
     ),
     OptimizerSpec(
         name="AdaBeliefV2",
@@ -187,8 +251,10 @@ _SPECS = (
         "linear warm-up + inverse-square-root schedule.",
         paper="Zhuang et al., AdaBelief Optimizer, NeurIPS 2020 (arXiv:2010.07468); Reddi et al., On the "
         "Convergence of Adam and Beyond, ICLR 2018 (arXiv:1904.09237)",
-        weight_decay=_DECOUPLED + " (default 0; adabelief-pytorch's weight_decouple=True)",
+        weight_decay=_DECOUPLED + " (class default 0; adabelief-pytorch's weight_decouple=True)",
         paired_scheduler="inverse_sqrt",
+        eps_from_adam=_adam_eps_squared,
+        eps_rule=_BELIEF_EPS_RULE,
     ),
 )
 
@@ -202,6 +268,11 @@ def get_spec(name: str) -> OptimizerSpec:
             if spec.name.lower() == name.strip().lower():
                 return spec
     raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+
+
+def bf16_weights_spec() -> OptimizerSpec | None:
+    """The first registered optimizer with a bf16-weights mode (what a long bf16 run should use)."""
+    return next((s for s in OPTIMIZERS.values() if s.bf16_weights_kwargs is not None), None)
 
 
 def spec_for_optimizer(optimizer: Optimizer) -> OptimizerSpec | None:

@@ -136,18 +136,26 @@ class Ranks:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids)
 
-    def zero(self, params, build: Callable[[Any], torch.optim.Optimizer], lr: float) -> torch.optim.Optimizer:
-        """ZeroRedundancyOptimizer: each rank keeps and steps `build(its shard)`; weights are broadcast.
+    def zero(
+        self, params, build: Callable[[Any, list[int]], torch.optim.Optimizer], lr: float
+    ) -> torch.optim.Optimizer:
+        """ZeroRedundancyOptimizer: each rank keeps and steps `build(its shard, global indices)`; weights are
+        broadcast. The indices are the shard's parameters' positions in `params` (stochastic rounding is
+        keyed by them, so a sharded run draws the same bits as one process).
 
         Its state_dict (after :meth:`consolidate`) has the same layout as the unsharded optimizer's, so
         checkpoints load either way. Scheduler and GradScaler work on its (global) `param_groups`.
         """
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
-        def local_optimizer(shard, **_defaults):
-            return build(shard)
+        params = list(params)
+        position = {id(p): i for i, p in enumerate(params)}  # the unsharded optimizer's numbering
 
-        return ZeroRedundancyOptimizer(list(params), optimizer_class=local_optimizer, lr=lr)
+        def local_optimizer(shard, **_defaults):
+            flat = [p for group in shard for p in (group["params"] if isinstance(group, dict) else [group])]
+            return build(shard, [position[id(p)] for p in flat])
+
+        return ZeroRedundancyOptimizer(params, optimizer_class=local_optimizer, lr=lr)
 
     def consolidate(self, *optimizers: torch.optim.Optimizer) -> None:
         """Gather sharded (ZeRO) optimizer state on rank 0 before saving; must run on every rank."""

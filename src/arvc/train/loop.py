@@ -48,10 +48,11 @@ from arvc.train.faults import StopOnSignal
 from arvc.train.logs import NullLog, RunLog
 from arvc.train.optimizers import (
     DEFAULT_LR,
+    bf16_weights,
     hyperparameters,
-    make_optimizer,
     plan_schedule,
     restore_optimizer,
+    run_optimizer,
 )
 from arvc.train.step import GanStep
 
@@ -251,26 +252,20 @@ def _build_run(opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint:
         if opts.pretrained_d is not None:
             load_pretrained_discriminator(net_d, opts.pretrained_d, cfg)
     net_g, net_d = net_g.to(device), net_d.to(device)
-    if precision == "bf16" and hp["optimizer"] == "AnyPrecisionAdamW" and not hp["use_8bit"]:
-        # AnyPrecisionAdamW's bf16 mode keeps the weights themselves in bf16 (Kahan on by default).
+    if bf16_weights(precision, hp):  # the optimizer's bf16 mode keeps the weights themselves in bf16
         net_g.to(torch.bfloat16)
         net_d.to(torch.bfloat16)
 
     # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
     zero = opts.zero and ranks.distributed
-    optim_g, optim_d = (_optimizer(net.parameters(), hp, ranks, zero) for net in (net_g, net_d))
+    optim_g = run_optimizer(net_g.parameters(), hp, "generator", cfg.train.seed, ranks if zero else None)
+    optim_d = run_optimizer(net_d.parameters(), hp, "discriminator", cfg.train.seed, ranks if zero else None)
     schedule = plan_schedule(cfg, hp, checkpoint)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
     return _Run(
         cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
         net_g, net_d, optim_g, optim_d, schedule, scaler,
     )  # fmt: skip
-
-
-def _optimizer(params, hp: dict[str, Any], ranks: Ranks, zero: bool) -> torch.optim.Optimizer:
-    if zero:
-        return ranks.zero(params, lambda shard: make_optimizer(shard, hp), hp["lr"])
-    return make_optimizer(params, hp)
 
 
 def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from arvc.config import RunConfig
@@ -24,7 +25,16 @@ from arvc.optim.schedulers import (
 )
 from arvc.train.errors import TrainError
 
-__all__ = ["DEFAULT_LR", "hyperparameters", "make_optimizer", "plan_schedule", "restore_optimizer"]
+__all__ = [
+    "DEFAULT_LR",
+    "bf16_weights",
+    "hyperparameters",
+    "make_optimizer",
+    "optimizer_seed",
+    "plan_schedule",
+    "restore_optimizer",
+    "run_optimizer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,28 +69,84 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
                 "Drop those flags to resume as the run was (only --lr may change on resume), or start a "
                 "new run with --name."
             )
+        _log_resolved(hp, resumed=True)  # an old checkpoint's values (e.g. Adam's eps for AdaBelief) stay
         return hp
+    spec = get_spec(name)
     kwargs = dict(opts.optimizer_kwargs or {})
-    if opts.precision == "bf16" and name == "AnyPrecisionAdamW" and not opts.use_8bit:
-        # The "brain" mode: bf16 weights, bf16 moments, Kahan-compensated updates.
-        for key, value in (
-            ("use_kahan_summation", True),
-            ("momentum_dtype", "bfloat16"),
-            ("variance_dtype", "bfloat16"),
-        ):
+    if opts.precision == "bf16" and spec.bf16_weights_kwargs is not None and not opts.use_8bit:
+        for key, value in spec.bf16_weights_kwargs.items():  # e.g. AnyPrecisionAdamW: bf16 + Kahan
             kwargs.setdefault(key, value)
-    return {
+    hp = {
         "optimizer": name,
         "lr": next(lr for lr in (opts.lr, cfg.train.learning_rate, DEFAULT_LR) if lr is not None),
-        "betas": tuple(opts.betas if opts.betas is not None else cfg.train.betas),
-        "eps": opts.eps if opts.eps is not None else cfg.train.eps,
-        "weight_decay": opts.weight_decay,
+        **spec.run_hyperparameters(
+            config_betas=cfg.train.betas,
+            config_eps=cfg.train.eps,
+            config_weight_decay=cfg.train.weight_decay,
+            betas=None if opts.betas is None else tuple(opts.betas),
+            eps=opts.eps,
+            weight_decay=opts.weight_decay,
+            use_8bit=bool(opts.use_8bit),
+        ),
         "use_8bit": bool(opts.use_8bit),
         "kwargs": kwargs,
     }
+    _log_resolved(hp, spec if opts.eps is None and not opts.use_8bit else None, cfg.train.eps)
+    return hp
 
 
-def make_optimizer(params, hp: dict[str, Any]) -> torch.optim.Optimizer:
+def _log_resolved(
+    hp: dict[str, Any], converted_by=None, config_eps: float | None = None, resumed=False
+) -> None:
+    """One INFO line: the values the optimizers are built with (and where eps came from)."""
+    eps_note = ""
+    if converted_by is not None and converted_by.eps_from_adam is not None:
+        eps_note = f" (the config's Adam eps {config_eps:g}, converted for {hp['optimizer']}: eps_adam**2)"
+    logger.info(
+        "optimizer %s%s%s: lr=%g, betas=(%g, %g), eps=%g%s, weight_decay=%s%s",
+        hp["optimizer"],
+        " (as bitsandbytes AdamW8bit)" if hp["use_8bit"] else "",
+        " as recorded in the checkpoint" if resumed else "",
+        hp["lr"],
+        *hp["betas"],
+        hp["eps"],
+        eps_note,
+        "class default" if hp["weight_decay"] is None else f"{hp['weight_decay']:g}",
+        f", {hp['kwargs']}" if hp["kwargs"] else "",
+    )
+
+
+def bf16_weights(precision: str, hp: dict[str, Any]) -> bool:
+    """Whether this run keeps the model weights themselves in bf16: a bf16 run whose optimizer has a
+    bf16-weights mode in the registry (AnyPrecisionAdamW: bf16 weights + Kahan), not under --use-8bit."""
+    return (
+        precision == "bf16"
+        and not hp["use_8bit"]
+        and get_spec(hp["optimizer"]).bf16_weights_kwargs is not None
+    )
+
+
+_ROLES = {"generator": 1, "discriminator": 2}
+
+
+def optimizer_seed(run_seed: int, role: str) -> int:
+    """The stochastic-rounding seed of a run's optimizer: from the run's seed, distinct for G and D."""
+    words = np.random.SeedSequence([int(run_seed) & (2**64 - 1), _ROLES[role]]).generate_state(2)
+    return (int(words[0]) << 31) ^ int(words[1])  # 63 bits, non-negative
+
+
+def make_optimizer(
+    params, hp: dict[str, Any], seed: int | None = None, param_indices=None
+) -> torch.optim.Optimizer:
+    """Build the run's optimizer from `hp`. `seed` seeds stochastic rounding and `param_indices` numbers the
+    parameters for it (a ZeRO shard: their global positions), for classes that take them."""
+    extra = {}
+    if not hp["use_8bit"]:
+        accepted = get_spec(hp["optimizer"]).supported_kwargs
+        if seed is not None and "seed" in accepted and "seed" not in hp["kwargs"]:
+            extra["seed"] = seed
+        if param_indices is not None and "param_indices" in accepted:
+            extra["param_indices"] = param_indices
     return build_optimizer(
         hp["optimizer"],
         params,
@@ -90,7 +156,17 @@ def make_optimizer(params, hp: dict[str, Any]) -> torch.optim.Optimizer:
         weight_decay=hp["weight_decay"],
         use_8bit=hp["use_8bit"],
         **hp["kwargs"],
+        **extra,
     )
+
+
+def run_optimizer(params, hp: dict[str, Any], role: str, run_seed: int, ranks=None) -> torch.optim.Optimizer:
+    """The optimizer of `role` ("generator"/"discriminator") of a run; `ranks` (a distributed.Ranks) to
+    shard it with ZeRO, each shard numbering its parameters by their place in the whole model."""
+    seed = optimizer_seed(run_seed, role)
+    if ranks is None:
+        return make_optimizer(params, hp, seed)
+    return ranks.zero(params, lambda shard, indices: make_optimizer(shard, hp, seed, indices), hp["lr"])
 
 
 def restore_optimizer(name: str, optimizer, saved: dict, hp: dict) -> None:
