@@ -250,7 +250,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
         except OSError as error:
             previous = latest_checkpoint(run_dir)
             raise TrainError(
-                f"could not write checkpoint {path}: {error}. "
+                f"checkpoint not saved: {error}. "
                 + (f"The previous checkpoint {previous} is intact; " if previous else "")
                 + "free disk space or fix permissions, then continue with --resume "
                 + str(run_dir)
