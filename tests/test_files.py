@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from arvc._files import atomic_file, write_text
+from arvc._files import WriteError, atomic_file, write_text
 from arvc.config import load_config
 from arvc.model import Synthesizer
 from arvc.modelfile import export as export_module
@@ -57,7 +57,11 @@ def test_mode_follows_the_umask_like_a_plain_open(tmp_path, umask):
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "metrics.csv"
     target.write_text("old\n")
-    with pytest.raises(RuntimeError, match="disk full"), atomic_file(target) as temporary:
+    # what the writer raised (a RuntimeError, like torch's zip writer) becomes a WriteError naming the file
+    with (
+        pytest.raises(WriteError, match=r"could not write .*metrics.csv: RuntimeError: disk full"),
+        atomic_file(target) as temporary,
+    ):
         temporary.write_text("half a fi")
         raise RuntimeError("disk full")
     assert target.read_text() == "old\n"

@@ -12,6 +12,10 @@ the temporary file is removed and `path` is left as it was.
   022), not the 0600 of `tempfile.mkstemp`. The kernel applies the umask when the temporary file is
   created; that mode is set again before the rename, because some writers (safetensors' `save_file`)
   replace the file they are given with a 0600 one of their own.
+- A write that fails (a full disk, a file size limit, a read-only folder) is a :class:`WriteError` naming
+  the file, the cause and what to do, whatever the writer raised: Python's OSError, torch's zip writer's
+  RuntimeError ("unexpected pos ..."), soundfile's LibsndfileError ("System error"), safetensors'
+  SafetensorError. It is an OSError, so callers that catch OSError keep working.
 - Temporary names start with a dot and end with `.tmp` (plus `suffix`, for writers that pick the format
   from the extension), so stale ones from a killed process are easy to find and never look like results.
 """
@@ -25,7 +29,33 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_file", "write_bytes", "write_text"]
+__all__ = ["WriteError", "atomic_file", "write_bytes", "write_text"]
+
+
+class WriteError(OSError):
+    """A file could not be written; `path` is as it was (old content, or absent) and no temporary is left."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        self.path = Path(path)
+        detail = str(cause) or type(cause).__name__
+        if isinstance(cause, OSError) and cause.strerror and cause.strerror not in detail:
+            detail = f"{detail} ({cause.strerror})"
+        super().__init__(
+            getattr(cause, "errno", None),
+            f"could not write {self.path}: {type(cause).__name__}: {detail}. The disk may be full, or the "
+            f"folder read-only or over a file size limit; free space or fix that and try again "
+            f"({self.path.name} was left as it was)",
+        )
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _is_write_failure(error: BaseException) -> bool:
+    """What writers raise when the bytes do not reach the disk (besides OSError)."""
+    names = {klass.__name__ for klass in type(error).__mro__}
+    return isinstance(error, (OSError, RuntimeError)) or "SafetensorError" in names
+
 
 _TEMP_MODE = 0o666  # the umask is applied by the kernel, as for any newly created file
 
@@ -73,17 +103,22 @@ def atomic_file(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     (matplotlib's savefig, soundfile). The folder of `path` is created if missing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _create_temporary(path, suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = _create_temporary(path, suffix)
+    except OSError as error:
+        raise WriteError(path, error) from error
     try:
         mode = stat.S_IMODE(os.stat(temporary).st_mode)
         yield temporary
         os.chmod(temporary, mode)
         _fsync_file(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
-        raise
+        if isinstance(error, WriteError) or not _is_write_failure(error):
+            raise
+        raise WriteError(path, error) from error
     _fsync_folder(path.parent)
 
 

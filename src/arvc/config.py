@@ -29,6 +29,7 @@ __all__ = [
     "apply_overrides",
     "config_from_rvc_list",
     "load_config",
+    "optimizer_value_errors",
     "rvc_config_list",
 ]
 
@@ -207,7 +208,7 @@ class RunConfig:
             errors.append("model.disc_channel_div must be a power of two between 1 and 16")
         if not m.disc_periods or any(p < 1 for p in m.disc_periods):
             errors.append("model.disc_periods must be a non-empty list of positive periods")
-        errors += _schedule_errors(self.train)
+        errors += _schedule_errors(self.train) + _train_errors(self.train)
         if errors:
             raise ValueError("invalid config: " + "; ".join(errors))
 
@@ -222,6 +223,79 @@ def _schedule_errors(t: TrainConfig) -> list[str]:
         errors.append(
             f"train.warmup_epochs must be at least 1 (or null for the default), got {t.warmup_epochs}"
         )
+    return errors
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def optimizer_value_errors(
+    *,
+    lr: float | None = None,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
+    weight_decay: float | None = None,
+    names: dict[str, str] | None = None,
+) -> list[str]:
+    """What is wrong with these optimizer settings (None: not given), one message per value.
+
+    The ranges every optimizer of the registry needs: lr > 0, each beta in [0, 1), eps > 0 (AdaBelief and
+    Adam divide by sqrt(v) + eps; eps = 0 turns a zero gradient into 0/0 = NaN weights), weight decay >= 0;
+    all finite. `names` says how the caller spells each value (``{"lr": "--lr"}``).
+    """
+    names = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "weight_decay", **(names or {})}
+    betas_name = names["betas"]
+    names = {k: v if v.startswith("-") else f"{v} =" for k, v in names.items()}  # "--lr -1", "lr = -1"
+    errors = []
+    if lr is not None and not (_finite(lr) and lr > 0):
+        errors.append(f"{names['lr']} {lr!r} must be a finite number > 0 (RVC trains with 1e-4 to 1e-3)")
+    if betas is not None:
+        for index, beta in enumerate(betas):
+            if not (_finite(beta) and 0 <= beta < 1):
+                errors.append(
+                    f"{betas_name}: beta{index + 1} = {beta!r} must be in [0, 1) (RVC's are 0.8,0.99)"
+                )
+    if eps is not None and not (_finite(eps) and eps > 0):
+        errors.append(f"{names['eps']} {eps!r} must be a finite number > 0 (Adam's usual 1e-8; RVC's 1e-9)")
+    if weight_decay is not None and not (_finite(weight_decay) and weight_decay >= 0):
+        errors.append(f"{names['weight_decay']} {weight_decay!r} must be a finite number >= 0 (0: none)")
+    return errors
+
+
+def _train_errors(t: TrainConfig) -> list[str]:
+    """The valid range of every numeric train.* setting, one message per value out of it."""
+    errors = optimizer_value_errors(
+        lr=t.learning_rate,
+        betas=t.betas,
+        eps=t.eps,
+        weight_decay=t.weight_decay,
+        names={
+            "lr": "train.learning_rate",
+            "betas": "train.betas",
+            "eps": "train.eps",
+            "weight_decay": "train.weight_decay",
+        },
+    )
+    at_least_one = {  # (epochs and batch_size are checked first, with the sizes the checks divide by)
+        "train.log_interval": t.log_interval,
+        "train.save_every": t.save_every,
+    }
+    errors += [
+        f"{key} = {value!r} must be an integer >= 1" for key, value in at_least_one.items() if value < 1
+    ]
+    if t.keep_last < 0:
+        errors.append(f"train.keep_last = {t.keep_last!r} must be >= 0 (0 keeps every checkpoint)")
+    if not (_finite(t.lr_decay) and 0 < t.lr_decay <= 1):
+        errors.append(f"train.lr_decay = {t.lr_decay!r} must be in (0, 1] (RVC's 0.999875; 1: no decay)")
+    for key in ("c_mel", "c_kl", "c_fm"):
+        value = getattr(t, key)
+        if not (_finite(value) and value >= 0):
+            errors.append(f"train.{key} = {value!r} must be a finite number >= 0")
+    if t.grad_clip is not None and not (_finite(t.grad_clip) and t.grad_clip > 0):
+        errors.append(f"train.grad_clip = {t.grad_clip!r} must be a finite number > 0, or null (no clipping)")
+    if not 0 <= t.seed < 2**64:
+        errors.append(f"train.seed = {t.seed!r} must be in [0, 2**64)")
     return errors
 
 

@@ -441,3 +441,19 @@ def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_run(tmp_path
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr
     assert not (build_directory / "lock").exists()
+
+
+def test_the_build_cache_is_keyed_by_install(tmp_path):
+    """build.ninja holds one install's absolute paths: two installs (two clones) sharing one build folder
+    rebuilt on every alternation. The folder key now differs per source location and is stable for one."""
+    from arvc.optim._fused import _FLAGS, _cache_key
+
+    texts = [("fused_cpu.cpp", "int main() {}"), ("kernels.h", "#pragma once")]
+    one, two = tmp_path / "clone-1" / "_fused_cpu", tmp_path / "clone-2" / "_fused_cpu"
+    for folder in (one, two):
+        folder.mkdir(parents=True)
+    key_one = _cache_key(texts, _FLAGS, "flags: avx2", one)
+    assert key_one != _cache_key(texts, _FLAGS, "flags: avx2", two)
+    assert key_one == _cache_key(texts, _FLAGS, "flags: avx2", one)
+    assert key_one == _cache_key(texts, _FLAGS, "flags: avx2", one.parent / ".." / "clone-1" / "_fused_cpu")
+    assert key_one != _cache_key([("fused_cpu.cpp", "int main() { return 1; }")], _FLAGS, "", one)

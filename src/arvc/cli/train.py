@@ -183,8 +183,14 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue a run: runs/NAME or one checkpoint file.")
     ] = None,
-    f0: Annotated[str, typer.Option(help="Pitch extractor: pm, harvest, dio or crepe.")] = "pm",
-    features: Annotated[str, typer.Option(help="Content features: mel (built in) or hubert.")] = "mel",
+    f0: Annotated[
+        str | None,
+        typer.Option(help="Pitch: pm, harvest, dio or crepe (default: the preprocessed data's, else pm)."),
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="Content features: mel or hubert (default: the preprocessed data's, else mel)."),
+    ] = None,
     hubert: Annotated[
         Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint for --features hubert.")
     ] = None,
@@ -208,17 +214,19 @@ def train(
     ] = False,
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
+    from arvc._files import WriteError
     from arvc.audio.f0 import F0_METHODS
-    from arvc.config import RunConfig, apply_overrides, load_config
-    from arvc.data.prepare import prepare_data
+    from arvc.config import RunConfig, apply_overrides, load_config, optimizer_value_errors
+    from arvc.data.outputs import check_run_name, run_products
+    from arvc.data.prepare import data_settings, prepare_data
     from arvc.data.preprocess import DataError
+    from arvc.modelfile.export import ExportError
     from arvc.modelfile.read import PretrainedError, read_model_file
     from arvc.optim import get_spec
     from arvc.optim.registry import eight_bit_optimizer_class
     from arvc.train.checkpoint import (
         CheckpointError,
         check_resume_config,
-        latest_checkpoint,
         load_checkpoint,
     )
     from arvc.train.distributed import DistributedError, launch, process_group
@@ -232,7 +240,7 @@ def train(
             eight_bit_optimizer_class()
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        if f0 not in F0_METHODS:
+        if f0 is not None and f0 not in F0_METHODS:
             raise ValueError(f"unknown f0 method {f0!r}; valid: {', '.join(F0_METHODS)}")
         if features == "hubert" and (hubert is None or not hubert.exists()):
             raise ValueError(f"--features hubert needs --hubert PATH to a local checkpoint (got {hubert})")
@@ -240,6 +248,15 @@ def train(
             if path is not None:
                 read_model_file(path)  # a missing, damaged or code-carrying file fails here, before any work
         parsed_betas = _parse_betas(betas)
+        bad_values = optimizer_value_errors(
+            lr=lr,
+            betas=parsed_betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            names={"lr": "--lr", "betas": "--betas", "eps": "--eps", "weight_decay": "--weight-decay"},
+        )
+        if bad_values:
+            raise ValueError("; ".join(bad_values))
         overrides = _parse_overrides(set_ or [])
         for key, value in (
             ("train.epochs", epochs),
@@ -255,11 +272,16 @@ def train(
             saved_config = load_checkpoint(resume_file, mmap=True).get("config", {})
             cfg = RunConfig.from_dict(saved_config)
         else:
-            run_dir = runs_dir / (name or (dataset.name if dataset is not None else "demo"))
-            if latest_checkpoint(run_dir) is not None:
+            if name is not None:
+                check_run_name(name)
+            # `arvc train .` is named after the folder itself (Path(".").name is "")
+            default = dataset.resolve().name if dataset is not None else "demo"
+            run_dir = runs_dir / (name if name is not None else check_run_name(default))
+            products = run_products(run_dir)
+            if products:
                 raise ValueError(
-                    f"{run_dir} already holds a trained run; continue it with --resume {run_dir}, "
-                    "or choose another --name (nothing was changed)"
+                    f"{run_dir} already holds a run ({', '.join(p.name for p in products)}); continue it "
+                    f"with --resume {run_dir}, or choose another --name (nothing was changed)"
                 )
             cfg = load_config(config)
             if dataset is None and epochs is None:
@@ -269,10 +291,13 @@ def train(
         cfg = apply_overrides(cfg, overrides)
         if resume is not None:
             check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
+        settings = data_settings(run_dir / "data", cfg, f0, features)  # data already there is reused
+        if settings.features == "hubert" and (hubert is None or not hubert.exists()):
+            raise ValueError(f"{run_dir / 'data'} holds hubert features: pass --hubert PATH (got {hubert})")
         _check_processes(nproc, device, cfg.train.batch_size)
         if zero and use_8bit:
             raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
-    except (ValueError, PretrainedError, ImportError, TrainError, CheckpointError) as error:
+    except (ValueError, PretrainedError, ImportError, TrainError, CheckpointError) as error:  # DataError too
         fail(str(error))
 
     def prepare() -> None:
@@ -282,8 +307,8 @@ def train(
                     cfg,
                     run_dir,
                     dataset,
-                    f0_method=f0,
-                    features=features,
+                    f0_method=settings.f0_method,
+                    features=settings.features,
                     hubert_path=hubert,
                     progress=progress,
                 )
@@ -318,7 +343,16 @@ def train(
                     zero=zero,
                 ),
             )
-    except (DataError, TrainError, CheckpointError, PretrainedError, ImportError, DistributedError) as error:
+    except (
+        DataError,
+        TrainError,
+        CheckpointError,
+        PretrainedError,
+        ExportError,
+        WriteError,
+        ImportError,
+        DistributedError,
+    ) as error:
         fail(str(error))
     if result is None:  # ranks other than 0: rank 0 reports
         return
@@ -358,11 +392,12 @@ def preprocess(
     hubert: Annotated[Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint.")] = None,
 ) -> None:
     """Slice, resample and analyse recordings for training (re-running skips finished files)."""
-    from arvc.data.preprocess import DataError
+    from arvc.data.outputs import check_run_name
     from arvc.data.preprocess import preprocess as run_preprocess
 
     dim = feature_dim or (768 if features == "hubert" else 80)
     try:
+        check_run_name(name)
         with _preprocess_progress() as progress:
             result = run_preprocess(
                 dataset,
@@ -374,7 +409,7 @@ def preprocess(
                 hubert_path=hubert,
                 progress=progress,
             )
-    except (DataError, ImportError, FileNotFoundError) as error:
+    except (ValueError, ImportError, OSError) as error:  # DataError is a ValueError, WriteError an OSError
         fail(str(error))
     console.print(
         f"{result.n_pieces} pieces ({result.seconds:.1f} s) from {result.n_sources} files in {result.run_dir}"

@@ -2,19 +2,88 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from arvc.config import RunConfig
 from arvc.data.demo import generate_demo_voice
-from arvc.data.preprocess import DataError, PreprocessResult, Progress, preprocess
+from arvc.data.preprocess import MANIFEST, DataError, PreprocessResult, Progress, preprocess
 
-__all__ = ["DEMO_SECONDS", "cache_dir", "prepare_data"]
+__all__ = ["DEMO_SECONDS", "DataSettings", "cache_dir", "data_settings", "prepare_data"]
 
 logger = logging.getLogger(__name__)
 
 DEMO_SECONDS = 150.0
+DEFAULT_F0 = "pm"
+DEFAULT_FEATURES = "mel"
+_CONFIG_FOR_RATE = {16000: "tiny", 32000: "v2-32k", 40000: "v2-40k", 48000: "v2-48k"}
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """How a run's data is (or will be) made: the f0 method and content features preprocessing uses."""
+
+    f0_method: str
+    features: str
+    reused: bool  # True: they are the settings recorded by an earlier `arvc preprocess` of this run
+
+
+def data_settings(
+    data_dir: Path, cfg: RunConfig, f0_method: str | None = None, features: str | None = None
+) -> DataSettings:
+    """The settings to preprocess `data_dir` with, so that data already there is reused, never redone.
+
+    `f0_method`/`features` are what the user asked for (None: not asked). If `data_dir` holds data made by
+    `arvc preprocess`, its recorded settings win where the user asked for nothing; a setting that differs
+    from what the user (or the config) asks for is a DataError saying what differs and how to keep the data,
+    because preprocessing would otherwise silently recompute it (the README flow `arvc preprocess DIR
+    --f0 harvest` then `arvc train DIR` used to throw the harvest pitch away).
+    """
+    manifest = Path(data_dir) / MANIFEST
+    try:
+        recorded = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ValueError) as error:
+        raise DataError(f"{manifest} is unreadable ({error}); remove {data_dir} to start over") from error
+    if not isinstance(recorded, dict):
+        return DataSettings(f0_method or DEFAULT_F0, features or DEFAULT_FEATURES, reused=False)
+    keep = "(nothing was changed)"
+    problems = []
+    rate = recorded.get("sample_rate")
+    if rate != cfg.data.sampling_rate:
+        other = _CONFIG_FOR_RATE.get(rate)
+        problems.append(
+            f"it was preprocessed at {rate} Hz but config {cfg.name} trains at {cfg.data.sampling_rate} Hz: "
+            + (f"train with --config {other} to use it, " if other else "")
+            + f"or preprocess again with --sample-rate {cfg.data.sampling_rate}"
+        )
+    dim = recorded.get("feature_dim")
+    if dim != cfg.data.feature_dim:
+        problems.append(
+            f"its features are {dim}-d but config {cfg.name} expects {cfg.data.feature_dim}-d: train with "
+            f"--set data.feature_dim={dim} to use them, or preprocess again with --feature-dim "
+            f"{cfg.data.feature_dim}"
+        )
+    for flag, asked, key in (("--f0", f0_method, "f0_method"), ("--features", features, "features")):
+        if asked is not None and asked != recorded.get(key):
+            problems.append(
+                f"it holds {key.replace('_', ' ')} {recorded.get(key)!r} but {flag} {asked} was asked for: "
+                f"drop {flag} to use the data as it is, or preprocess again with {flag} {asked}"
+            )
+    if problems:
+        raise DataError(f"{data_dir} already holds preprocessed data, and {'; '.join(problems)} {keep}")
+    logger.info(
+        "reusing the preprocessed data in %s (%d Hz, f0 %s, %s features)",
+        data_dir,
+        rate,
+        recorded.get("f0_method"),
+        recorded.get("features"),
+    )
+    return DataSettings(recorded.get("f0_method"), recorded.get("features"), reused=True)
 
 
 def cache_dir() -> Path:

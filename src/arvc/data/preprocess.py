@@ -42,6 +42,7 @@ from arvc.audio.io import (
     split_for_training,
     write_wav,
 )
+from arvc.data.outputs import find_arvc_outputs
 
 __all__ = [
     "DataError",
@@ -142,8 +143,17 @@ def _validate(
         raise DataError(
             f"dataset folder {dataset_dir} is empty; put recordings ({', '.join(SUPPORTED_EXTENSIONS)}) in it"
         )
-    # A run directory inside the dataset folder must not feed its own outputs back in.
-    files = [f for f in find_audio_files(dataset_dir) if not f.resolve().is_relative_to(run_dir.resolve())]
+    # arvc's own outputs inside the dataset folder (this run's data, other runs in recordings/runs/,
+    # comparisons) must never be read back in as recordings.
+    outputs = find_arvc_outputs(dataset_dir)
+    excluded = [run_dir.resolve(), *(path.resolve() for path, _ in outputs)]
+    for path, kind in outputs:
+        message = f"skipping {path}: it is arvc's own output ({kind}), not recordings"
+        log.warning(message)
+        warnings.warn(message, DataWarning, stacklevel=3)
+    files = [
+        f for f in find_audio_files(dataset_dir) if not any(f.resolve().is_relative_to(e) for e in excluded)
+    ]
     if not files:
         others = sorted({p.suffix.lower() or p.name for p in entries})
         raise DataError(

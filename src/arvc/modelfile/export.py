@@ -18,11 +18,27 @@ from arvc._files import atomic_file, write_text
 from arvc.config import RunConfig, rvc_config_list
 from arvc.modelfile.formats import EXPORT_FORMAT
 
-__all__ = ["export_generator", "inference_state_dict"]
+__all__ = ["ExportError", "export_generator", "inference_state_dict"]
 
 logger = logging.getLogger(__name__)
 
 RVC_SAMPLE_RATES = {32000: "32k", 40000: "40k", 48000: "48k"}
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked; nothing was written, the message says what to do."""
+
+
+def _check_finite(weights: dict[str, torch.Tensor], out_dir: Path) -> None:
+    """A model with NaN/inf weights is no model: refuse it before anything is written."""
+    bad = [name for name, tensor in weights.items() if not bool(torch.isfinite(tensor).all())]
+    if bad:
+        listing = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise ExportError(
+            f"refusing to export: {len(bad)} of {len(weights)} generator tensors hold non-finite values "
+            f"(NaN or inf): {listing}. Training diverged; train again with a lower --lr, or continue from an "
+            f"earlier checkpoint with --resume. Nothing was written to {out_dir}."
+        )
 
 
 def inference_state_dict(generator: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -47,8 +63,9 @@ def export_generator(
 ) -> dict[str, Path]:
     """Write `model.safetensors` + `model.json` (and `model_rvc.pth` for RVC-sized configs) to out_dir."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.float() for k, v in inference_state_dict(generator).items()}
+    _check_finite(weights, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
 
     safetensors_path = out_dir / "model.safetensors"

@@ -68,6 +68,19 @@ def _cpu_flags() -> tuple[list[str], str]:
     return (["-march=native"], features) if features else ([], "")
 
 
+def _cache_key(texts: list[tuple[str, str]], flags: list[str], cpu_features: str, source_dir: Path) -> str:
+    """The build folder's key: kernel sources, flags, CPU, torch, and *which install* builds them.
+
+    torch's build.ninja holds the absolute source and include paths of the install that wrote it, so two
+    installs (two clones, two venvs) sharing one folder would each see the other's paths and rebuild every
+    time; keyed by the source folder and the interpreter prefix, each install keeps its own build."""
+    key_parts = [name + text for name, text in texts if name.endswith((".h", ".cpp"))]
+    install = [str(Path(source_dir).resolve()), sys.prefix]
+    return hashlib.sha256(
+        "\n".join([*key_parts, *flags, cpu_features, torch.__version__, *install]).encode()
+    ).hexdigest()[:12]
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -75,10 +88,7 @@ def _build():
     texts = [(f.name, f.read_text()) for f in sorted(sources.iterdir(), key=lambda f: f.name)]
     cpu_flags, cpu_features = _cpu_flags()
     flags = _FLAGS + cpu_flags
-    key_parts = [name + text for name, text in texts if name.endswith((".h", ".cpp"))]
-    key = hashlib.sha256(
-        "\n".join([*key_parts, *flags, cpu_features, torch.__version__]).encode()
-    ).hexdigest()[:12]
+    key = _cache_key(texts, flags, cpu_features, Path(str(sources)))
     started = time.perf_counter()
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     build_directory = root / f"arvc_fused_cpu_{key}"

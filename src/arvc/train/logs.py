@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from arvc._files import atomic_file
+from arvc._files import WriteError, atomic_file
 
 __all__ = ["METRIC_FIELDS", "NullLog", "RunLog", "read_metrics"]
 
@@ -70,10 +70,13 @@ class RunLog:
             writer.writerows(rows)
 
     def log_step(self, row: dict) -> None:
-        with self.csv_path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=METRIC_FIELDS).writerow(
-                {k: row.get(k, "") for k in METRIC_FIELDS}
-            )
+        try:  # a torn last line (the disk filled mid-row) is dropped by read_metrics
+            with self.csv_path.open("a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=METRIC_FIELDS).writerow(
+                    {k: row.get(k, "") for k in METRIC_FIELDS}
+                )
+        except OSError as error:
+            raise WriteError(self.csv_path, error) from error
         step = int(row["step"])
         for key, value in row.items():
             if key not in ("epoch", "step", "skipped") and value is not None:

@@ -426,7 +426,7 @@ def _write(run: _Run, path: Path, state: dict) -> None:
     except OSError as error:
         previous = latest_checkpoint(run.run_dir)
         raise TrainError(
-            f"could not write checkpoint {path}: {error}. "
+            f"checkpoint not saved: {error}. "
             + (f"The previous checkpoint {previous} is intact; " if previous else "")
             + "free disk space or fix permissions, then continue with --resume "
             + str(run.run_dir)

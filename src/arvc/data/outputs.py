@@ -1,0 +1,72 @@
+"""What arvc itself writes into a folder, so that it is never mistaken for input or silently replaced.
+
+A *run folder* (`runs/NAME/`) holds `data/` (what `arvc preprocess` writes, with its `preprocess.json`)
+and the products of training: `checkpoints/`, `export/`, `metrics.csv`, `tensorboard/`, `loss.png`.
+A comparison folder holds `compare.json`. Preprocessing skips every such folder inside a dataset (a run
+kept in `recordings/runs/` would otherwise feed its own slices back in as recordings), and a new run
+refuses a folder that already holds a product.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["RUN_PRODUCTS", "arvc_output_kind", "check_run_name", "find_arvc_outputs", "run_products"]
+
+RUN_PRODUCTS = ("checkpoints", "export", "metrics.csv", "tensorboard", "loss.png")
+_DATA_MANIFEST = "preprocess.json"  # data/preprocess.py writes it first, before any slice
+_COMPARE_MARKER = "compare.json"  # compare/runner.py writes it before any run
+
+
+def run_products(run_dir: str | os.PathLike) -> list[Path]:
+    """The products of training already in `run_dir` (files, or folders that are not empty)."""
+    run_dir = Path(run_dir)
+    found = []
+    for name in RUN_PRODUCTS:
+        path = run_dir / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            found.append(path)
+    return found
+
+
+def arvc_output_kind(folder: str | os.PathLike) -> str | None:
+    """What arvc output `folder` is ("preprocessed data", "a comparison", "a training run"), or None."""
+    folder = Path(folder)
+    if (folder / _DATA_MANIFEST).is_file():
+        return "preprocessed data"
+    if (folder / _COMPARE_MARKER).is_file():
+        return "a comparison"
+    if (folder / "data" / _DATA_MANIFEST).is_file() or (
+        (folder / "config.json").is_file() and run_products(folder)
+    ):
+        return "a training run"
+    return None
+
+
+def find_arvc_outputs(root: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Every arvc output folder inside `root` (not `root` itself), outermost only, with its kind."""
+    root = Path(root)
+    found = []
+    for folder, subfolders, _ in os.walk(root):
+        kept = []
+        for name in sorted(subfolders):
+            path = Path(folder) / name
+            kind = arvc_output_kind(path)
+            if kind is None:
+                kept.append(name)
+            else:
+                found.append((path, kind))
+        subfolders[:] = kept  # never look inside an output folder
+    return found
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder name inside the runs folder; anything else is a ValueError saying so."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    if not name or name in (".", "..") or any(s in name for s in separators) or "\0" in name:
+        raise ValueError(
+            f"run name {name!r} is not one folder name: a run lives in RUNS_DIR/NAME, so NAME may not be "
+            "empty, '.' or '..', nor contain '/'; e.g. --name alice (use --runs-dir for another folder)"
+        )
+    return name
