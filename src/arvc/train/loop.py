@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
+from arvc._files import WriteError
 from arvc.config import RunConfig
 from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
@@ -423,10 +424,11 @@ def _checkpoint_state(run: _Run, epochs_done: int, batches_done: int, step: int)
 def _write(run: _Run, path: Path, state: dict) -> None:
     try:
         atomic_save(state, path)
-    except OSError as error:
+    except OSError as error:  # a WriteError names the file itself; any other OSError gets it named here
         previous = latest_checkpoint(run.run_dir)
+        what = error if isinstance(error, WriteError) else f"could not write checkpoint {path}: {error}"
         raise TrainError(
-            f"checkpoint not saved: {error}. "
+            f"checkpoint not saved: {what}. "
             + (f"The previous checkpoint {previous} is intact; " if previous else "")
             + "free disk space or fix permissions, then continue with --resume "
             + str(run.run_dir)
