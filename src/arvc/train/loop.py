@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from arvc._files import WriteError
+from arvc._files import WriteError, write_text
 from arvc.config import RunConfig
 from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
@@ -307,7 +307,7 @@ def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, com
         remove_stale_temporaries(run.run_dir)
         if resume_from is not None:  # from an older checkpoint: the later ones are another continuation
             abandon_later_checkpoints(run.run_dir, resume_from)
-        (run.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        write_text(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
         return RunLog(run.run_dir, resume_step=progress.step if resume_from is not None else None)
 
     run.log = ranks.on_main(prepare_run_dir, f"prepare {run.run_dir}") or NullLog()
