@@ -172,7 +172,7 @@ def test_train_reports_a_checkpoint_it_cannot_write_and_the_previous_one_is_inta
     from arvc.train.checkpoint import list_checkpoints
 
     generate_demo_voice(tmp_path / "wav", seconds=8, sr=16000, seed=3)
-    common = ["--batch-size", "2", "--max-steps"]
+    common = ["--batch-size", "2", "--val-fraction", "0", "--max-steps"]
     first = run_limited(
         2**40, ["-m", "arvc", "train", "wav", "--name", "r", "--epochs", "1", *common, "1"], tmp_path
     )

@@ -111,6 +111,14 @@ class TrainConfig:
     scheduler: str = "auto"
     # Warm-up of inverse_sqrt, in epochs; None: clamp(epochs // 10, 1, 10) (schedulers.default_warmup_epochs)
     warmup_epochs: int | None = None
+    # Held-out validation (arvc.data.split, arvc.train.validation): the fraction of pieces never trained on
+    # (at least 2, at most 20; 0: no validation), evaluated every `val_every` epochs. `early_stop`: stop
+    # after that many evaluations without an improvement of held-out mel L1 by more than `min_delta`
+    # (None: never stop early).
+    val_fraction: float = 0.1
+    val_every: int = 1
+    early_stop: int | None = None
+    min_delta: float = 0.0
 
 
 @dataclass
@@ -280,10 +288,19 @@ def _train_errors(t: TrainConfig) -> list[str]:
     at_least_one = {  # (epochs and batch_size are checked first, with the sizes the checks divide by)
         "train.log_interval": t.log_interval,
         "train.save_every": t.save_every,
+        "train.val_every": t.val_every,
     }
     errors += [
         f"{key} = {value!r} must be an integer >= 1" for key, value in at_least_one.items() if value < 1
     ]
+    if not (_finite(t.val_fraction) and 0 <= t.val_fraction <= 0.5):
+        errors.append(f"train.val_fraction = {t.val_fraction!r} must be between 0 (no validation) and 0.5")
+    if t.early_stop is not None and t.early_stop < 1:
+        errors.append(f"train.early_stop = {t.early_stop!r} must be an integer >= 1 (evaluations), or null")
+    if not (_finite(t.min_delta) and t.min_delta >= 0):
+        errors.append(f"train.min_delta = {t.min_delta!r} must be a finite number >= 0")
+    if t.early_stop is not None and t.val_fraction == 0:
+        errors.append("train.early_stop needs held-out validation: train.val_fraction must be > 0")
     if t.keep_last < 0:
         errors.append(f"train.keep_last = {t.keep_last!r} must be >= 0 (0 keeps every checkpoint)")
     if not (_finite(t.lr_decay) and 0 < t.lr_decay <= 1):

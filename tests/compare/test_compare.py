@@ -2,12 +2,13 @@
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from arvc.compare import VARIANTS, resolve_optimizers, run_compare
-from arvc.compare.evaluate import HOLDOUT_FILE
+from arvc.compare.evaluate import SPLIT_FILE
 from arvc.compare.report import COLUMNS, FIGURES, summarize
 from arvc.data.demo import generate_demo_voice
 
@@ -119,8 +120,9 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(compared):
 
 def test_held_out_pieces_are_never_trained_on(compared):
     out, _, _, _ = compared
-    held = set((out / HOLDOUT_FILE).read_text().split())
-    trained = set((out / "train_data" / "filelist.txt").read_text().split())
+    pieces = lambda lines: {Path(line.split("|")[0]).name for line in lines if line.strip()}  # noqa: E731
+    held = pieces(json.loads((out / SPLIT_FILE).read_text())["held"])
+    trained = pieces((out / "train_data" / "filelist.txt").read_text().splitlines())
     assert held and trained and not held & trained
     assert len(held) + len(trained) == len((out / "data" / "filelist.txt").read_text().split())
 

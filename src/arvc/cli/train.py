@@ -212,6 +212,20 @@ def train(
     zero: Annotated[
         bool, typer.Option("--zero", help="Shard optimizer state over the processes (ZeRO).")
     ] = False,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(help="Pieces held out for validation (default 0.1; at least 2, at most 20; 0: none)."),
+    ] = None,
+    val_every: Annotated[
+        int | None, typer.Option(min=1, help="Evaluate on the held-out pieces every K epochs (default 1).")
+    ] = None,
+    early_stop: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="PATIENCE", help="Stop after PATIENCE evaluations without improvement."),
+    ] = None,
+    min_delta: Annotated[
+        float | None, typer.Option(min=0.0, help="Early stopping: smallest held-out mel L1 gain that counts.")
+    ] = None,
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
     from arvc._files import WriteError
@@ -263,6 +277,10 @@ def train(
             ("train.batch_size", batch_size),
             ("train.save_every", save_every),
             ("train.seed", seed),
+            ("train.val_fraction", val_fraction),
+            ("train.val_every", val_every),
+            ("train.early_stop", early_stop),
+            ("train.min_delta", min_delta),
         ):
             if value is not None:
                 overrides[key] = value

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from arvc.compare.evaluate import HeldOutEvaluator, split_filelist
+from arvc.compare.evaluate import split_dataset
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
@@ -33,6 +33,7 @@ from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, TrainOptions, train
 from arvc.train.optimizers import bf16_weights
+from arvc.train.validation import Validator
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -121,9 +122,7 @@ class CompareResult:
 class _Recorder:
     """Training callbacks: time each optimizer.step, evaluate after each epoch, persist per-epoch records."""
 
-    def __init__(
-        self, run_dir: Path, evaluator: HeldOutEvaluator, device: str, records: list[dict], progress
-    ):
+    def __init__(self, run_dir: Path, evaluator: Validator, device: str, records: list[dict], progress):
         self.run_dir, self.evaluator, self.device, self.progress = run_dir, evaluator, device, progress
         self.records = records
         last = records[-1] if records else {}
@@ -172,12 +171,14 @@ class _Recorder:
     def record(self, epoch: int) -> None:
         """Evaluate the live generator and append this point to epochs.jsonl."""
         evaluating = time.perf_counter()
-        mel_l1 = self.evaluator(list(self.optimizers[0].param_groups[0]["params"]))
+        scores = self.evaluator(list(self.optimizers[0].param_groups[0]["params"]))
+        mel_l1 = scores.mel_l1
         self.eval_s += time.perf_counter() - evaluating
         record = {
             "epoch": epoch,
             "step": self.step,
             "heldout_mel_l1": mel_l1,
+            "heldout_stft": scores.stft,
             "lr": self.lr,
             "wall_s": self.wall0 + time.perf_counter() - self.started - self.eval_s,  # training only
             "optimizer_s": self.opt0 + self.opt_s,
@@ -390,6 +391,7 @@ def run_compare(
             "train.warmup_epochs": warmup_epochs,
             "train.log_interval": 1,  # every step in metrics.csv: curves and skipped steps
             "train.save_every": 1,  # resume loses at most one epoch
+            "train.val_fraction": 0,  # the comparison holds out its own pieces and scores every run itself
             **(overrides or {}),
         },
     )
@@ -403,13 +405,13 @@ def run_compare(
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_same_setup(out_dir, setup)  # before any work: a refused folder stays as it was
     prepare_data(cfg, out_dir, dataset_dir)
-    train_dir, holdout = split_filelist(out_dir / "data", out_dir, holdout_fraction, seed)
+    train_dir, split = split_dataset(out_dir / "data", out_dir, holdout_fraction, seed)
     pieces = sum(1 for line in (train_dir / "filelist.txt").read_text().splitlines() if line.strip())
     warnings = warmup_warnings(variants, cfg, pieces // cfg.train.batch_size, max_steps)
     for warning in warnings:
         logger.warning("%s", warning)
     _check_same_setup(out_dir, setup, {"seeds": run_seeds, "warnings": warnings})
-    evaluator = HeldOutEvaluator(cfg, holdout, seed=seed, device=device)
+    evaluator = Validator(cfg, out_dir / "data", split.held, seed=seed, device=device)
     # Denormal floats make some optimizers' first steps (RAdam's un-rectified phase) ~100x slower on CPU,
     # which would rank a CPU artefact, so they are flushed to zero for every run alike.
     with flush_denormals(flush_denormal):  # on every intra-op thread (arvc.optim.denormals)

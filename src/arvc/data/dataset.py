@@ -82,19 +82,18 @@ class VoiceDataset(Dataset):
         filelist: str | os.PathLike | None = None,
         max_frames: int = MAX_FRAMES,
         cache_spec: bool = True,
+        lines: list[str] | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.cfg = data_cfg
         self.max_frames = int(max_frames)
         self.cache_spec = cache_spec
         path = Path(filelist) if filelist is not None else self.run_dir / FILELIST
-        if not path.is_file():
-            raise DataError(f"{path} not found; run preprocessing for this run directory first")
-        self.entries = [
-            self._parse(line, path, n)
-            for n, line in enumerate(path.read_text().splitlines(), 1)
-            if line.strip()
-        ]
+        if lines is None:  # `lines`: a part of `path`'s lines (a validation split); paths still from run_dir
+            if not path.is_file():
+                raise DataError(f"{path} not found; run preprocessing for this run directory first")
+            lines = path.read_text().splitlines()
+        self.entries = [self._parse(line, path, n) for n, line in enumerate(lines, 1) if line.strip()]
         if not self.entries:
             raise DataError(f"{path} lists no training pieces; re-run preprocessing")
         missing = [str(p) for entry in self.entries for p in entry[:4] if not p.is_file()]

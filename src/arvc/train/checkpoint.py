@@ -93,14 +93,18 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
-def prune_checkpoints(run_dir: Path, keep_last: int, written: Path | None = None) -> None:
+def prune_checkpoints(
+    run_dir: Path, keep_last: int, written: Path | None = None, protect: Path | None = None
+) -> None:
     """Delete all but the newest `keep_last` checkpoints (only after a new one was written).
 
     `written`, the checkpoint just written, is always kept (it counts as one of the `keep_last`), even
-    where older-named ones exist: the newest written checkpoint is never deleted."""
+    where older-named ones exist: the newest written checkpoint is never deleted. `protect` (the best
+    model's checkpoint) is never deleted either, and does not count."""
     if keep_last < 1:
         raise ValueError(f"Invalid keep_last: {keep_last}; keep at least one checkpoint")
-    others = [p for p in list_checkpoints(run_dir) if written is None or p != Path(written)]
+    kept = {Path(p) for p in (written, protect) if p is not None}
+    others = [p for p in list_checkpoints(run_dir) if p not in kept]
     for old in others[: len(others) - (keep_last - (written is not None))]:
         old.unlink(missing_ok=True)
 
@@ -134,9 +138,18 @@ def _order(path: Path) -> tuple[int, int]:
     return checkpoint_position(path) or (-1, -1)
 
 
-# Settings a resumed run may change: the run length (the schedule is re-planned), how often it logs and
-# saves, and how many checkpoints it keeps. Everything else would not continue the run as trained.
-RESUMABLE_CHANGES = ("train.epochs", "train.log_interval", "train.save_every", "train.keep_last")
+# Settings a resumed run may change: the run length (the schedule is re-planned), how often it logs,
+# saves and validates, how many checkpoints it keeps and when it stops early. Everything else would not
+# continue the run as trained.
+RESUMABLE_CHANGES = (
+    "train.epochs",
+    "train.log_interval",
+    "train.save_every",
+    "train.keep_last",
+    "train.val_every",
+    "train.early_stop",
+    "train.min_delta",
+)
 
 
 def check_resume_config(saved: dict, cfg, source: Path) -> None:

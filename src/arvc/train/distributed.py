@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waiting longer than this fails instead of hanging
 FAILURE_GRACE = 30.0  # seconds `launch` lets the other ranks stop on their own after one failed
-STOP_CODES = {None: 0, "max_steps": 1, "SIGINT": 2, "SIGTERM": 3}
+STOP_CODES = {None: 0, "max_steps": 1, "early_stop": 2, "SIGINT": 3, "SIGTERM": 4}
 T = TypeVar("T")
 
 

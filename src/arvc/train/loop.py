@@ -23,6 +23,8 @@ import torch
 from arvc._files import WriteError, write_text
 from arvc.config import RunConfig
 from arvc.data.dataset import VoiceDataset, make_loader
+from arvc.data.preprocess import FILELIST
+from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.modelfile.export import export_generator
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
@@ -56,12 +58,14 @@ from arvc.train.optimizers import (
     run_optimizer,
 )
 from arvc.train.step import GanStep
+from arvc.train.validation import Evaluation, Validator
 
-__all__ = ["DEFAULT_LR", "PRECISIONS", "TrainError", "TrainOptions", "TrainResult", "train"]
+__all__ = ["DEFAULT_LR", "PRECISIONS", "SAMPLE_CLIPS", "TrainError", "TrainOptions", "TrainResult", "train"]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+SAMPLE_CLIPS = 4  # held-out pieces converted into listening samples at every save
 
 
 @dataclass
@@ -96,7 +100,12 @@ class TrainResult:
     last_checkpoint: Path | None
     exports: dict[str, Path]
     final_losses: dict[str, float]
-    stopped_by: str | None = None  # "SIGINT"/"SIGTERM" (checkpoint saved, no export) or "max_steps"
+    stopped_by: str | None = (
+        None  # "SIGINT"/"SIGTERM" (checkpoint saved, no export), "max_steps", "early_stop"
+    )
+    best: dict | None = None  # the best held-out evaluation: epoch, step, mel_l1, stft, checkpoint
+    last_validation: dict | None = None  # the last one
+    samples_dir: Path | None = None  # runs/RUN/samples (held-out originals and conversions)
 
 
 class Callbacks(Protocol):
@@ -148,11 +157,19 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
                 progress.last_checkpoint = _save(run, progress, epoch - 1, progress.batches_done)
                 break
             progress.batches_done, progress.epochs_done = 0, epoch
-            run.log.log_mels(progress.step, result.mel_real, result.mel_fake)
+            evaluation = _validate(run, progress, epoch)  # held-out scores, best model, early stop
+            if evaluation is None and run.validator is None:
+                run.log.log_mel_figure("mel/train_slice", progress.step, result.mel_real, result.mel_fake)
             run.log.plot()
             callbacks.on_epoch(epoch, progress.losses)
-            if epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs or progress.stopped_by:
+            scheduled = epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs or progress.stopped_by
+            new_best = progress.best is not None and progress.best["epoch"] == epoch
+            if scheduled or new_best:  # the best model's checkpoint is always written (and never pruned)
                 progress.last_checkpoint = _save(run, progress, epoch, 0)
+            if new_best:
+                _export_best(run, progress)
+            if scheduled:
+                _write_samples(run, progress, epoch, evaluation)
             if progress.stopped_by:
                 break
     run.log.plot()
@@ -179,6 +196,8 @@ class _Run:
     optim_d: torch.optim.Optimizer
     schedule: Schedule  # the lr of every epoch, for both optimizers
     scaler: torch.amp.GradScaler
+    split: Split  # the held-out validation pieces (none: validation off)
+    validator: Validator | None
     train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
 
@@ -194,6 +213,10 @@ class _Progress:
     bad_steps: int = 0  # consecutive steps with a skipped update
     stopped_by: str | None = None
     last_checkpoint: Path | None = None
+    best: dict | None = None  # the best evaluation so far: epoch, step, mel_l1, stft, checkpoint (a name)
+    reference: float | None = None  # early stopping: held-out mel L1 at the last improvement by > min_delta
+    stale: int = 0  # evaluations since then
+    last_validation: dict | None = None
 
 
 def resolve_resume(resume: Path) -> Path:
@@ -237,8 +260,9 @@ def _build_run(opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint:
     """Data (this rank's share of every global batch), models, optimizers, schedules, loss scaler."""
     cfg, precision = opts.config, opts.precision
     device = ranks.train_device(opts.device)
+    split = _split(opts, checkpoint)
     loader = make_loader(
-        VoiceDataset(opts.data_dir, cfg.data),
+        VoiceDataset(opts.data_dir, cfg.data, lines=split.train),
         cfg.train.batch_size,
         seed=cfg.train.seed,
         drop_last=True,
@@ -263,10 +287,36 @@ def _build_run(opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint:
     optim_d = run_optimizer(net_d.parameters(), hp, "discriminator", cfg.train.seed, ranks if zero else None)
     schedule = plan_schedule(cfg, hp, checkpoint)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
+    validator = Validator(cfg, opts.data_dir, split.held, cfg.train.seed, device) if split.held else None
     return _Run(
         cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
-        net_g, net_d, optim_g, optim_d, schedule, scaler,
+        net_g, net_d, optim_g, optim_d, schedule, scaler, split, validator,
     )  # fmt: skip
+
+
+def _split(opts: TrainOptions, checkpoint: dict | None) -> Split:
+    """The validation split: made for a new run (seeded), the checkpoint's own on resume."""
+    cfg = opts.config
+    filelist = Path(opts.data_dir) / FILELIST
+    try:
+        lines = [line for line in filelist.read_text().splitlines() if line.strip()]
+    except OSError as error:
+        raise TrainError(
+            f"cannot read the training data's {filelist} ({error}); preprocess it first"
+        ) from error
+    if checkpoint is None:
+        split = split_pieces(lines, cfg.train.val_fraction, cfg.train.seed)
+    elif "validation" not in checkpoint:  # written before arvc validated: the run goes on as it was
+        logger.warning("%s was trained without held-out validation; it continues without it", opts.resume)
+        return Split(lines, [], "no validation (the run started without it)", 0.0, cfg.train.seed)
+    else:
+        record = checkpoint["validation"]
+        held = set(record["held"])
+        split = Split([line for line in lines if line not in held], list(record["held"]), record["how"],
+                      cfg.train.val_fraction, cfg.train.seed)  # fmt: skip
+    if split.held:
+        logger.info("%s", split.how)
+    return split
 
 
 def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
@@ -284,6 +334,9 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
     ):
         restore_optimizer(name, optimizer, checkpoint[key], run.hp)
     run.scaler.load_state_dict(checkpoint["scaler"])
+    record = checkpoint.get("validation") or {}
+    progress.best, progress.reference = record.get("best"), record.get("reference")
+    progress.stale, progress.last_validation = record.get("stale", 0), record.get("last")
     if not run.ranks.distributed:
         set_rng_state(checkpoint["rng"])
     logger.info(
@@ -308,7 +361,10 @@ def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, com
         if resume_from is not None:  # from an older checkpoint: the later ones are another continuation
             abandon_later_checkpoints(run.run_dir, resume_from)
         write_text(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-        return RunLog(run.run_dir, resume_step=progress.step if resume_from is not None else None)
+        if run.split.held:  # for the user to read; the checkpoint keeps it too
+            write_split(run.split, run.run_dir / SPLIT_FILE)
+        resume_step = progress.step if resume_from is not None else None
+        return RunLog(run.run_dir, resume_step=resume_step, validation=run.validator is not None)
 
     run.log = ranks.on_main(prepare_run_dir, f"prepare {run.run_dir}") or NullLog()
     # DDP around the models that take gradients; G's phase calls D unwrapped (its parameters are frozen).
@@ -390,19 +446,104 @@ def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, c
     return result
 
 
+def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
+    """Score the generator on the held-out pieces (when due); track the best and decide an early stop.
+
+    The best is the lowest held-out mel L1 so far; early stopping counts evaluations since held-out mel
+    L1 last improved by more than `min_delta`. Every rank evaluates the same weights on the same pieces,
+    so they agree; rank 0 writes the log."""
+    t = run.cfg.train
+    if run.validator is None or (epoch % t.val_every and epoch != t.epochs):
+        return None
+    evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS)
+    record = {"epoch": epoch, "step": progress.step, "mel_l1": evaluation.mel_l1, "stft": evaluation.stft}
+    improved = evaluation.finite and (progress.best is None or evaluation.mel_l1 < progress.best["mel_l1"])
+    if improved:
+        name = checkpoint_path(run.run_dir, epoch, progress.step).name
+        progress.best = {**record, "checkpoint": name}
+    if evaluation.finite and (
+        progress.reference is None or evaluation.mel_l1 < progress.reference - t.min_delta
+    ):
+        progress.reference, progress.stale = evaluation.mel_l1, 0
+    else:
+        progress.stale += 1
+    progress.last_validation = record
+    run.ranks.on_main(lambda: run.log.log_validation(record, evaluation, improved), "log validation")
+    best = progress.best
+    note = (
+        " (best so far)"
+        if improved
+        else f" (best {best['mel_l1']:.4f}, epoch {best['epoch']})"
+        if best
+        else ""
+    )
+    logger.info(
+        "epoch %d: held-out mel L1 %.4f, STFT %.4f%s", epoch, evaluation.mel_l1, evaluation.stft, note
+    )
+    patience_spent = t.early_stop is not None and progress.stale >= t.early_stop
+    if run.ranks.stop_reason("early_stop" if patience_spent else None) and progress.stopped_by is None:
+        progress.stopped_by = "early_stop"
+        logger.warning(
+            "stopping early after epoch %d: held-out mel L1 has not improved by more than %g for %d "
+            "evaluations (best %.4f at epoch %d)",
+            epoch,
+            t.min_delta,
+            progress.stale,
+            progress.best["mel_l1"] if progress.best else float("nan"),
+            progress.best["epoch"] if progress.best else 0,
+        )
+    return evaluation
+
+
+def _export_best(run: _Run, progress: _Progress) -> None:
+    """Export the generator as it is now (the best so far) to export/best/, with best.json saying which."""
+    best = progress.best
+    folder = run.run_dir / "export" / "best"
+
+    def export() -> None:
+        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
+        export_generator(run.net_g, run.cfg, folder, info=info)
+        write_text(folder / "best.json", json.dumps(best, indent=2))
+
+    run.ranks.on_main(export, "export the best model")
+
+
+SAMPLES_DIR = "samples"
+
+
+def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evaluation | None) -> None:
+    """Listening samples: the first held-out pieces converted by the model as it is now (and once, the
+    recordings themselves), as wav files under samples/ and as TensorBoard audio."""
+    if run.validator is None:
+        return
+    if evaluation is None:  # a save between evaluations: convert (the scores are not recorded)
+        evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS)
+    names = run.validator.names[:SAMPLE_CLIPS]
+    originals = run.validator.originals(SAMPLE_CLIPS)
+    sample_rate = run.cfg.data.sampling_rate
+    folder = run.run_dir / SAMPLES_DIR
+
+    def write() -> None:
+        run.log.log_samples(folder / "original", names, originals, sample_rate, step=0, once=True)
+        converted = folder / f"epoch_{epoch:04d}"
+        run.log.log_samples(converted, names, evaluation.waves, sample_rate, progress.step)
+
+    run.ranks.on_main(write, "write listening samples")
+
+
 def _save(run: _Run, progress: _Progress, epochs_done: int, batches_done: int) -> Path:
     """Checkpoint after `epochs_done` whole epochs plus `batches_done` batches of the next one.
 
     Collective: ZeRO state is gathered on rank 0, which writes while the others wait."""
     path = checkpoint_path(run.run_dir, epochs_done, progress.step)
     run.ranks.consolidate(run.optim_g, run.optim_d)
-    write = lambda: _write(run, path, _checkpoint_state(run, epochs_done, batches_done, progress.step))  # noqa: E731
+    write = lambda: _write(run, path, _checkpoint_state(run, progress, epochs_done, batches_done))  # noqa: E731
     run.ranks.on_main(write, "write a checkpoint")
     return path
 
 
-def _checkpoint_state(run: _Run, epochs_done: int, batches_done: int, step: int) -> dict:
-    hp = run.hp
+def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_done: int) -> dict:
+    hp, step = run.hp, progress.step
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -418,10 +559,19 @@ def _checkpoint_state(run: _Run, epochs_done: int, batches_done: int, step: int)
         "schedule": run.schedule.to_dict(),  # the lr plan: a pure function of the epoch
         "scaler": run.scaler.state_dict(),
         "rng": rng_state(),
+        "validation": {
+            "held": run.split.held,
+            "how": run.split.how,
+            "best": progress.best,
+            "reference": progress.reference,
+            "stale": progress.stale,
+            "last": progress.last_validation,
+        },
     }
 
 
 def _write(run: _Run, path: Path, state: dict) -> None:
+    best = (state["validation"]["best"] or {}).get("checkpoint")
     try:
         atomic_save(state, path)
     except OSError as error:  # a WriteError names the file itself; any other OSError gets it named here
@@ -434,7 +584,8 @@ def _write(run: _Run, path: Path, state: dict) -> None:
             + str(run.run_dir)
         ) from error
     if run.cfg.train.keep_last:
-        prune_checkpoints(run.run_dir, run.cfg.train.keep_last, written=path)
+        protect = run.run_dir / "checkpoints" / best if best else None
+        prune_checkpoints(run.run_dir, run.cfg.train.keep_last, written=path, protect=protect)
 
 
 def _finish(run: _Run, progress: _Progress) -> TrainResult:
@@ -446,8 +597,11 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
         {},
         progress.losses,
         progress.stopped_by,
+        progress.best,
+        progress.last_validation,
+        run.run_dir / SAMPLES_DIR if run.validator is not None else None,
     )
-    if progress.stopped_by not in (None, "max_steps"):
+    if progress.stopped_by not in (None, "max_steps", "early_stop"):
         if run.ranks.is_main:  # the other ranks stopped with it
             message = "stopped by %s after step %d; continue with --resume %s"
             logger.warning(message, progress.stopped_by, progress.step, run.run_dir)
@@ -455,6 +609,8 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
     info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}"
     export = lambda: export_generator(run.net_g, run.cfg, run.run_dir / "export", info=info)  # noqa: E731
     result.exports = run.ranks.on_main(export, "export") or {}  # the model is exported by rank 0
+    if progress.best is not None:
+        result.exports["best"] = run.run_dir / "export" / "best"
     logger.info(
         "done: %d epochs, %d steps; model in %s", progress.epochs_done, progress.step, run.run_dir / "export"
     )

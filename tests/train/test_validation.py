@@ -1,0 +1,89 @@
+"""Held-out validation through `train()`: the split it records, the best export, early stop, samples."""
+
+import json
+
+import torch
+
+from arvc.compare import runner
+from arvc.config import apply_overrides, load_config
+from arvc.train import validation
+from arvc.train.checkpoint import list_checkpoints, load_checkpoint
+from arvc.train.logs import read_validation
+from arvc.train.loop import SAMPLE_CLIPS, TrainOptions, train
+from arvc.train.validation import Evaluation, Validator, multi_resolution_stft_loss
+
+
+def tiny(**train):
+    overrides = {"train.batch_size": 4, "train.epochs": 2, "train.save_every": 1, "train.log_interval": 1}
+    overrides.update({f"train.{k}": v for k, v in train.items()})
+    return apply_overrides(load_config("tiny"), overrides)
+
+
+def options(tmp_path, data_dir, name="run", **kwargs):
+    kwargs.setdefault("config", tiny())
+    return TrainOptions(run_dir=tmp_path / name, data_dir=data_dir, **kwargs)
+
+
+def _scripted(monkeypatch, values):
+    """Validator calls return `values` in turn (a synthetic held-out curve), waves from the real model."""
+    real_call, calls = Validator.__call__, iter(values)
+
+    def call(self, params=None, keep=0):
+        out = real_call(self, params, keep)
+        return Evaluation(next(calls), 1.0, out.waves, out.mel_real, out.mel_fake)
+
+    monkeypatch.setattr(Validator, "__call__", call)
+
+
+def test_best_export_is_the_best_and_its_checkpoint_is_kept(tmp_path, data_dir, monkeypatch):
+    _scripted(monkeypatch, [3.0, 1.0, 2.0, 2.5])  # best at epoch 2
+    cfg = tiny(epochs=4, save_every=4, keep_last=1)
+    result = train(options(tmp_path, data_dir, config=cfg))
+    assert result.best["epoch"] == 2 and result.best["mel_l1"] == 1.0
+    best = json.loads((tmp_path / "run" / "export" / "best" / "best.json").read_text())
+    assert best["epoch"] == 2
+    names = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert best["checkpoint"] in names, "the best model's checkpoint is never pruned"
+    path = tmp_path / "run" / "checkpoints" / best["checkpoint"]
+    exported = torch.load(path, weights_only=True)["generator"]
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "run" / "export" / "best" / "model.safetensors")
+    key = "dec.conv_pre.bias"
+    assert torch.equal(weights[key], exported[key].float()), "export/best holds the epoch-2 weights"
+    rows = read_validation(tmp_path / "run")
+    assert [float(r["val_mel_l1"]) for r in rows] == [3.0, 1.0, 2.0, 2.5]
+
+
+def test_early_stop_on_a_plateau_saves_and_exports(tmp_path, data_dir, monkeypatch, caplog):
+    _scripted(monkeypatch, [2.0, 1.0, 1.0, 1.0, 0.9, 0.8])
+    cfg = tiny(epochs=6, save_every=10, early_stop=2, min_delta=0.05)
+    result = train(options(tmp_path, data_dir, config=cfg))
+    assert result.stopped_by == "early_stop" and result.epochs_done == 4
+    assert "stopping early after epoch 4" in caplog.text
+    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+    assert load_checkpoint(result.last_checkpoint)["epoch"] == 4
+
+
+def test_samples_split_and_resume(tmp_path, data_dir):
+    result = train(options(tmp_path, data_dir, config=tiny(epochs=1)))
+    run = tmp_path / "run"
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["held"]) >= 2 and not set(split["held"]) & set(split["train"])
+    originals = sorted((run / "samples" / "original").glob("*.wav"))
+    converted = sorted((run / "samples" / "epoch_0001").glob("*.wav"))
+    assert len(originals) == len(converted) == min(SAMPLE_CLIPS, len(split["held"]))
+    assert load_checkpoint(result.last_checkpoint)["validation"]["held"] == split["held"]
+    resumed = train(options(tmp_path, data_dir, config=tiny(epochs=2), resume=run))
+    assert load_checkpoint(resumed.last_checkpoint)["validation"]["held"] == split["held"]
+    assert len(read_validation(run)) == 2
+
+
+def test_train_and_compare_share_the_evaluator():
+    assert runner.Validator is validation.Validator
+
+
+def test_stft_loss_is_zero_for_equal_waves_and_positive_otherwise():
+    wave = torch.randn(8000)
+    assert multi_resolution_stft_loss(wave, wave) == 0.0
+    assert multi_resolution_stft_loss(wave * 0.5, wave) > 0.1
