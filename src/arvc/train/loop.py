@@ -100,9 +100,8 @@ class TrainResult:
     last_checkpoint: Path | None
     exports: dict[str, Path]
     final_losses: dict[str, float]
-    stopped_by: str | None = (
-        None  # "SIGINT"/"SIGTERM" (checkpoint saved, no export), "max_steps", "early_stop"
-    )
+    # "SIGINT"/"SIGTERM" (checkpoint saved, no export), "max_steps" or "early_stop"
+    stopped_by: str | None = None
     best: dict | None = None  # the best held-out evaluation: epoch, step, mel_l1, stft, checkpoint
     last_validation: dict | None = None  # the last one
     samples_dir: Path | None = None  # runs/RUN/samples (held-out originals and conversions)
@@ -158,7 +157,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
                 break
             progress.batches_done, progress.epochs_done = 0, epoch
             evaluation = _validate(run, progress, epoch)  # held-out scores, best model, early stop
-            if evaluation is None and run.validator is None:
+            if run.validator is None:  # no held-out piece: the mel figure of the last training slice
                 run.log.log_mel_figure("mel/train_slice", progress.step, result.mel_real, result.mel_fake)
             run.log.plot()
             callbacks.on_epoch(epoch, progress.losses)
