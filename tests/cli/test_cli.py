@@ -1,6 +1,9 @@
 """The CLI is thin: these tests check what a user sees and that errors exit non-zero."""
 
+import csv
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -134,6 +137,32 @@ def test_train_then_refuse_to_overwrite_then_resume(tmp_path, recordings):
     resumed = train_cli("--resume", run, "--epochs", "2", "--max-steps", "2")
     assert resumed.exit_code == 0, resumed.output
     assert "(2 steps)" in resumed.output
+
+
+def test_train_ends_with_the_best_epoch_and_a_command_that_converts_with_it(tmp_path):
+    """The end of a run says which epoch was best on held-out data, beside the last, and prints an
+    `arvc infer` command that works as printed (a held-out recording through export/best)."""
+    from arvc.data.demo import generate_demo_voice
+
+    generate_demo_voice(tmp_path / "voice", seconds=24, sr=16000, seed=3)  # 7 pieces: 2 held out
+    args = ["--runs-dir", tmp_path / "runs", "--name", "bob", "--batch-size", "2", "--epochs", "2"]
+    result = train_cli(tmp_path / "voice", *args, "--f0", "harvest")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "bob"
+    best = json.loads((run / "export" / "best" / "best.json").read_text())
+    last = list(csv.DictReader((run / "validation.csv").open()))[-1]
+    assert (
+        f"held-out mel L1: best {best['mel_l1']:.4f} at epoch {best['epoch']} (export/best), "
+        f"last {float(last['val_mel_l1']):.4f} at epoch {last['epoch']}"
+    ) in result.output
+
+    (line,) = [line for line in result.output.splitlines() if line.strip().startswith("listen: ")]
+    words = shlex.split(line.split("listen: ", 1)[1])
+    assert words[:3] == ["arvc", "infer", str(run / "export" / "best")]
+    assert Path(words[3]).parent == run / "samples" / "original" and words[-2:] == ["--f0", "harvest"]
+    converted = runner.invoke(app, words[1:])  # what follows "arvc"
+    assert converted.exit_code == 0, converted.output
+    assert Path(words[4]).is_file()
 
 
 def test_preprocess_command(tmp_path, recordings):

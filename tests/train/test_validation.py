@@ -1,6 +1,7 @@
 """Held-out validation through `train()`: the split it records, the best export, early stop, samples."""
 
 import json
+import logging
 
 import torch
 
@@ -56,11 +57,14 @@ def test_best_export_is_the_best_and_its_checkpoint_is_kept(tmp_path, data_dir, 
 
 
 def test_early_stop_on_a_plateau_saves_and_exports(tmp_path, data_dir, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="arvc")
     _scripted(monkeypatch, [2.0, 1.0, 1.0, 1.0, 0.9, 0.8])
     cfg = tiny(epochs=6, save_every=10, early_stop=2, min_delta=0.05)
     result = train(options(tmp_path, data_dir, config=cfg))
     assert result.stopped_by == "early_stop" and result.epochs_done == 4
     assert "stopping early after epoch 4" in caplog.text
+    # two best exports and the final one; why there is no RVC .pth is said once, not at every improvement
+    assert caplog.text.count("is not RVC-sized") == 1
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
     assert load_checkpoint(result.last_checkpoint)["epoch"] == 4
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -381,12 +382,37 @@ def train(
             f"continue with: arvc train --resume {run_dir}"
         )
         return
-    console.print(f"trained {result.epochs_done} epochs ({result.steps_done} steps) in {run_dir}")
+    early = ", stopped early (held-out mel L1 stopped improving)" if result.stopped_by == "early_stop" else ""
+    console.print(f"trained {result.epochs_done} epochs ({result.steps_done} steps) in {run_dir}{early}")
     for kind, path in result.exports.items():
         console.print(f"  {kind}: {path}")
+    best, last = result.best, result.last_validation
+    if best is not None and last is not None:
+        console.print(
+            f"  held-out mel L1: best {best['mel_l1']:.4f} at epoch {best['epoch']} (export/best), "
+            f"last {last['mel_l1']:.4f} at epoch {last['epoch']}"
+        )
     console.print(
         f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}   loss plot: {run_dir / 'loss.png'}"
     )
+    command = listen_command(run_dir, result, settings.f0_method, settings.features, hubert)
+    console.print(f"  listen: {command}", soft_wrap=True, markup=False, highlight=False)  # one line to copy
+
+
+def listen_command(run_dir: Path, result, f0_method: str, features: str, hubert: Path | None) -> str:
+    """The `arvc infer` command that converts a held-out recording (or the user's own) with the best model.
+
+    The held-out originals under samples/original are pieces the model never trained on; without them
+    (no validation) the input is the user's to fill in."""
+
+    model = run_dir / "export" / ("best" if "best" in result.exports else "")
+    originals = sorted((result.samples_dir / "original").glob("*.wav")) if result.samples_dir else []
+    source = originals[0] if originals else Path("YOUR_RECORDING.wav")
+    output = run_dir / "samples" / f"{source.stem}_converted.wav"
+    words = ["arvc", "infer", str(model), str(source), str(output), "--f0", f0_method]
+    if features == "hubert":
+        words += ["--features", "hubert", "--hubert", str(hubert)]
+    return shlex.join(words)
 
 
 def _run(show: bool, run_training, options):

@@ -59,9 +59,11 @@ def _is_rvc_compatible(cfg: RunConfig) -> bool:
 
 
 def export_generator(
-    generator: torch.nn.Module, cfg: RunConfig, out_dir: Path, info: str = ""
+    generator: torch.nn.Module, cfg: RunConfig, out_dir: Path, info: str = "", explain: bool = True
 ) -> dict[str, Path]:
-    """Write `model.safetensors` + `model.json` (and `model_rvc.pth` for RVC-sized configs) to out_dir."""
+    """Write `model.safetensors` + `model.json` (and `model_rvc.pth` for RVC-sized configs) to out_dir.
+
+    `explain=False` skips the info line on why no `.pth` was written (for repeated exports of one run)."""
     out_dir = Path(out_dir)
     weights = {k: v.float() for k, v in inference_state_dict(generator).items()}
     _check_finite(weights, out_dir)
@@ -96,7 +98,7 @@ def export_generator(
         with atomic_file(rvc_path) as temporary:
             torch.save(rvc, temporary)
         written["rvc"] = rvc_path
-    else:
+    elif explain:
         logger.info(
             "config %s is not RVC-sized (needs 32k/40k/48k and 768-d features): no RVC .pth written", cfg.name
         )

@@ -501,7 +501,7 @@ def _export_best(run: _Run, progress: _Progress) -> None:
 
     def export() -> None:
         info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
-        export_generator(run.net_g, run.cfg, folder, info=info)
+        export_generator(run.net_g, run.cfg, folder, info=info, explain=False)  # the final export says it
         write_text(folder / "best.json", json.dumps(best, indent=2))
 
     run.ranks.on_main(export, "export the best model")
