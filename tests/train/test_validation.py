@@ -3,6 +3,7 @@
 import json
 import logging
 
+import soundfile
 import torch
 
 from arvc.compare import runner
@@ -77,6 +78,9 @@ def test_samples_split_and_resume(tmp_path, data_dir):
     originals = sorted((run / "samples" / "original").glob("*.wav"))
     converted = sorted((run / "samples" / "epoch_0001").glob("*.wav"))
     assert len(originals) == len(converted) == min(SAMPLE_CLIPS, len(split["held"]))
+    for path in converted:  # as `arvc infer` gives them: without the generator's DC offset
+        wave, _ = soundfile.read(path)
+        assert abs(wave.mean()) < 0.01 * wave.std()
     assert load_checkpoint(result.last_checkpoint)["validation"]["held"] == split["held"]
     resumed = train(options(tmp_path, data_dir, config=tiny(epochs=2), resume=run))
     assert load_checkpoint(resumed.last_checkpoint)["validation"]["held"] == split["held"]

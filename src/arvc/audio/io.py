@@ -134,10 +134,19 @@ def _highpass_coeffs(sr: int) -> tuple[np.ndarray, np.ndarray]:
     return signal.butter(N=5, Wn=HIGHPASS_HZ, btype="high", fs=sr)
 
 
-def highpass(wave: np.ndarray, sr: int) -> np.ndarray:
-    """5th-order 48 Hz Butterworth high-pass, causal like RVC (zero-phase filtering pre-rings)."""
+def highpass(wave: np.ndarray, sr: int, settle: bool = False) -> np.ndarray:
+    """5th-order 48 Hz Butterworth high-pass, causal like RVC (zero-phase filtering pre-rings).
+
+    `settle` starts the filter as if the wave had held its opening level (the mean of its first 20 ms)
+    forever, so a constant offset is gone from the first sample on instead of decaying over ~50 ms: the
+    form for generator output, which can carry DC (see arvc.infer.convert)."""
     b, a = _highpass_coeffs(int(sr))
-    return signal.lfilter(b, a, wave).astype(np.float32)
+    wave = np.asarray(wave)
+    if not settle or wave.size == 0:
+        return signal.lfilter(b, a, wave).astype(np.float32)
+    level = float(np.mean(wave[: max(1, int(sr) // 50)]))
+    filtered, _ = signal.lfilter(b, a, wave, zi=signal.lfilter_zi(b, a) * level)
+    return filtered.astype(np.float32)
 
 
 def normalize_peak(piece: np.ndarray, peak: float = NORM_MAX, alpha: float = NORM_ALPHA) -> np.ndarray | None:

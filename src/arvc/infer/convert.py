@@ -2,7 +2,8 @@
 
 The pipeline is RVC's: 16 kHz input, 48 Hz high-pass, pitch on the whole (reflect-padded) input,
 content features at 50 frames/s repeated to the model's 100 frames/s, optional retrieval from the
-voice's index, then ``Synthesizer.infer`` with speaker 0.
+voice's index, then ``Synthesizer.infer`` with speaker 0. Unlike RVC, the output is high-passed at
+48 Hz as well, which removes the DC offset generators emit (training hardly constrains it).
 
 Long inputs are converted in chunks of about ``chunk_seconds`` so memory stays bounded. Seams are
 made inaudible in three ways: each chunk is cut at the quietest point near its nominal end (as
@@ -237,7 +238,11 @@ def convert(
             if progress:
                 progress(i + 1, total)
 
-    out = out[: round(len(wave) / FEATURE_SR * sr)]
+    # The generator's output carries DC and sub-48 Hz drift that training hardly constrains (the targets
+    # are high-passed, the mel loss gives 0 Hz no weight, the discriminators barely look): up to a third of
+    # full scale early in training. The training data's own 48 Hz high-pass removes it before the level
+    # is checked.
+    out = highpass(out[: round(len(wave) / FEATURE_SR * sr)], sr, settle=True).astype(np.float64)
     peak = float(np.abs(out).max()) if len(out) else 0.0
     if peak > PEAK:
         logger.info("output peak %.2f: scaled down to %.2f to avoid clipping", peak, PEAK)

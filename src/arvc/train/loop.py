@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from arvc._files import WriteError, write_text
+from arvc.audio.io import highpass
 from arvc.config import RunConfig
 from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.data.preprocess import FILELIST
@@ -521,11 +522,16 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
     originals = run.validator.originals(SAMPLE_CLIPS)
     sample_rate = run.cfg.data.sampling_rate
     folder = run.run_dir / SAMPLES_DIR
+    # as `arvc infer` gives them: without the generator's DC offset (see arvc.infer.convert)
+    waves = [
+        torch.from_numpy(highpass(w.detach().float().cpu().reshape(-1).numpy(), sample_rate, settle=True))
+        for w in evaluation.waves
+    ]
 
     def write() -> None:
         run.log.log_samples(folder / "original", names, originals, sample_rate, step=0, once=True)
         converted = folder / f"epoch_{epoch:04d}"
-        run.log.log_samples(converted, names, evaluation.waves, sample_rate, progress.step)
+        run.log.log_samples(converted, names, waves, sample_rate, progress.step)
 
     run.ranks.on_main(write, "write listening samples")
 
