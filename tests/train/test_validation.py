@@ -81,6 +81,15 @@ def test_samples_split_and_resume(tmp_path, data_dir):
     for path in converted:  # as `arvc infer` gives them: without the generator's DC offset
         wave, _ = soundfile.read(path)
         assert abs(wave.mean()) < 0.01 * wave.std()
+    # TensorBoard: the held-out mel figure shows the clip at full resolution (issue 15: it was 32x160 px)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    (image,) = events.Images("mel/heldout")
+    data = tiny().data
+    frames = min(400, min(soundfile.info(p).frames for p in originals) // data.hop_length)  # Validator's cap
+    bands = data.n_mel_channels
+    assert image.width >= frames and image.height >= 2 * bands, (image.width, image.height, frames)
     assert load_checkpoint(result.last_checkpoint)["validation"]["held"] == split["held"]
     resumed = train(options(tmp_path, data_dir, config=tiny(epochs=2), resume=run))
     assert load_checkpoint(resumed.last_checkpoint)["validation"]["held"] == split["held"]

@@ -117,7 +117,7 @@ class RunLog:
 
     def log_mel_figure(self, tag: str, step: int, real: torch.Tensor, generated: torch.Tensor) -> None:
         """Log-mel spectrograms, real above generated, one pixel per frame and band, on a shared colour
-        scale, as a TensorBoard figure (with axes: seconds are readable)."""
+        scale, as a TensorBoard figure (axes in frames and mel bands)."""
         plt = _pyplot()
         real, generated = real.detach().float().cpu().numpy(), generated.detach().float().cpu().numpy()
         low, high = float(min(real.min(), generated.min())), float(max(real.max(), generated.max()))
