@@ -6,19 +6,16 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
 import torch
+import trainkit
 
-from arvc.config import apply_overrides, load_config
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 from arvc.train.loop import TrainError, TrainOptions, train
 
-
-def tiny(**train):
-    overrides = {"train.batch_size": 2, "train.epochs": 2, "train.save_every": 1, "train.log_interval": 1}
-    overrides.update({f"train.{k}": v for k, v in train.items()})
-    return apply_overrides(load_config("tiny"), overrides)
+tiny = partial(trainkit.tiny, batch_size=2)
 
 
 def test_stopping_mid_epoch_then_resuming_is_bit_identical(tmp_path, data_dir):

@@ -5,24 +5,13 @@ import logging
 
 import pytest
 import torch
+from trainkit import options, tiny
 
-from arvc.config import apply_overrides, load_config
 from arvc.data.preprocess import DataError
 from arvc.optim import OPTIMIZERS
 from arvc.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
-from arvc.train.loop import TrainError, TrainOptions, train
+from arvc.train.loop import TrainError, train
 from arvc.train.optimizers import optimizer_seed
-
-
-def tiny(**train):
-    overrides = {"train.batch_size": 4, "train.epochs": 2, "train.save_every": 1, "train.log_interval": 1}
-    overrides.update({f"train.{k}": v for k, v in train.items()})
-    return apply_overrides(load_config("tiny"), overrides)
-
-
-def options(tmp_path, data_dir, name="run", **kwargs):
-    kwargs.setdefault("config", tiny())
-    return TrainOptions(run_dir=tmp_path / name, data_dir=data_dir, **kwargs)
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))

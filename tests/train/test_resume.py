@@ -4,10 +4,11 @@ pruning never deletes what the run just wrote."""
 import csv
 import logging
 import math
+from functools import partial
 
 import pytest
+import trainkit
 
-from arvc.config import apply_overrides, load_config
 from arvc.optim.schedulers import COSINE_ETA_MIN, RVC_LR_DECAY
 from arvc.train.checkpoint import (
     CheckpointError,
@@ -16,19 +17,11 @@ from arvc.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
 )
-from arvc.train.loop import TrainOptions, train
+from arvc.train.loop import train
 
-
-def tiny(**train):
-    # 11 pieces of demo voice: batch 8 gives one step per epoch, the fastest way to many epochs.
-    overrides = {"train.batch_size": 8, "train.epochs": 2, "train.save_every": 1, "train.log_interval": 1}
-    overrides.update({f"train.{k}": v for k, v in train.items()})
-    return apply_overrides(load_config("tiny"), overrides)
-
-
-def options(tmp_path, data_dir, name="run", **kwargs):
-    kwargs.setdefault("config", tiny())
-    return TrainOptions(run_dir=tmp_path / name, data_dir=data_dir, **kwargs)
+# 11 pieces of demo voice: batch 8 gives one step per epoch, the fastest way to many epochs.
+tiny = partial(trainkit.tiny, batch_size=8)
+options = partial(trainkit.options, batch_size=8)
 
 
 def epoch_lrs(run_dir) -> dict[int, float]:

@@ -5,25 +5,14 @@ import logging
 
 import soundfile
 import torch
+from trainkit import options, tiny
 
 from arvc.compare import runner
-from arvc.config import apply_overrides, load_config
 from arvc.train import validation
 from arvc.train.checkpoint import list_checkpoints, load_checkpoint
 from arvc.train.logs import read_validation
-from arvc.train.loop import SAMPLE_CLIPS, TrainOptions, train
+from arvc.train.loop import SAMPLE_CLIPS, train
 from arvc.train.validation import Evaluation, Validator, multi_resolution_stft_loss
-
-
-def tiny(**train):
-    overrides = {"train.batch_size": 4, "train.epochs": 2, "train.save_every": 1, "train.log_interval": 1}
-    overrides.update({f"train.{k}": v for k, v in train.items()})
-    return apply_overrides(load_config("tiny"), overrides)
-
-
-def options(tmp_path, data_dir, name="run", **kwargs):
-    kwargs.setdefault("config", tiny())
-    return TrainOptions(run_dir=tmp_path / name, data_dir=data_dir, **kwargs)
 
 
 def _scripted(monkeypatch, values):
