@@ -171,7 +171,13 @@ def train(
     use_8bit: Annotated[
         bool | None, typer.Option("--use-8bit", help="bitsandbytes AdamW8bit (arvc[bnb]).")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default fp32).")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (default: the device's safe choice, see docs/training.md; on resume the run's), "
+            "fp32, bf16 or fp16."
+        ),
+    ] = None,
     epochs: Annotated[
         int | None, typer.Option(min=1, help=f"Epochs (config: 300; the demo: {DEMO_EPOCHS}).")
     ] = None,
@@ -247,14 +253,15 @@ def train(
     from arvc.train.distributed import DistributedError, launch, process_group
     from arvc.train.loop import PRECISIONS, TrainError, TrainOptions, resolve_resume
     from arvc.train.loop import train as run_training
+    from arvc.train.precision import AUTO
 
     try:  # everything the user typed is checked before any work starts
         if optimizer is not None:
             get_spec(optimizer)
         if use_8bit:
             eight_bit_optimizer_class()
-        if precision is not None and precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if precision is not None and precision not in (AUTO, *PRECISIONS):
+            raise ValueError(f"unknown precision {precision!r}; valid: {AUTO}, {', '.join(PRECISIONS)}")
         if f0 is not None and f0 not in F0_METHODS:
             raise ValueError(f"unknown f0 method {f0!r}; valid: {', '.join(F0_METHODS)}")
         if features == "hubert" and (hubert is None or not hubert.exists()):

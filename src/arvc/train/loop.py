@@ -58,6 +58,7 @@ from arvc.train.optimizers import (
     restore_optimizer,
     run_optimizer,
 )
+from arvc.train.precision import AUTO, device_precision, tf32_matmuls
 from arvc.train.step import GanStep
 from arvc.train.validation import Evaluation, Validator
 
@@ -83,7 +84,9 @@ class TrainOptions:
     weight_decay: float | None = None
     use_8bit: bool | None = None
     optimizer_kwargs: dict[str, Any] | None = None
-    precision: str | None = None  # None: fp32, or on resume the run's precision
+    precision: str | None = (
+        AUTO  # fp32/bf16/fp16; auto (or None): the device's safe choice, on resume the run's
+    )
     compile: bool = False
     resume: Path | None = None  # a run directory (newest checkpoint) or one checkpoint file
     pretrained_g: Path | None = None  # RVC or arvc generator to start from (fine-tuning)
@@ -139,8 +142,8 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
 def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResult:
     resume_from = resolve_resume(opts.resume) if opts.resume is not None else None
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-    opts, hp = _settle(opts, checkpoint, resume_from, ranks)  # every check before any work
-    run = _build_run(opts, hp, ranks, checkpoint)
+    opts, hp, tf32 = _settle(opts, checkpoint, resume_from, ranks)  # every check before any work
+    run = _build_run(opts, hp, ranks, checkpoint, tf32)
     if hasattr(callbacks, "on_optimizers"):
         callbacks.on_optimizers(run.optim_g, run.optim_d)
     progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
@@ -149,7 +152,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
 
     cfg = run.cfg
     callbacks.on_start(cfg.train.epochs, run.steps_per_epoch, progress.epochs_done + 1)
-    with StopOnSignal() as stop_signal, flush_denormals(run.device.type == "cpu"):
+    with StopOnSignal() as stop_signal, flush_denormals(run.device.type == "cpu"), tf32_matmuls(run.tf32):
         for epoch in range(progress.epochs_done + 1, cfg.train.epochs + 1):
             result = _one_epoch(run, progress, epoch, opts, callbacks, stop_signal)
             if progress.stopped_by and progress.batches_done < run.steps_per_epoch:
@@ -198,6 +201,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     split: Split  # the held-out validation pieces (none: validation off)
     validator: Validator | None
+    tf32: bool  # TF32 matmuls (auto precision on Ampere and newer)
     train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
 
@@ -233,13 +237,7 @@ def resolve_resume(resume: Path) -> Path:
 def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
     """Check the options against each other and the checkpoint; resolve precision and hyperparameters."""
     cfg = opts.config
-    precision = opts.precision or (checkpoint.get("precision", "fp32") if checkpoint else "fp32")
-    if precision not in PRECISIONS:
-        raise TrainError(f"Unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if checkpoint is not None and precision != checkpoint.get("precision", "fp32"):
-        raise TrainError(
-            f"{resume_from} was trained in {checkpoint.get('precision')}; resume it in the same precision"
-        )
+    precision, tf32 = _precision(opts, checkpoint, resume_from, ranks)
     opts = replace(opts, precision=precision)
     if checkpoint is not None and (opts.pretrained_g or opts.pretrained_d):
         raise TrainError(
@@ -253,10 +251,30 @@ def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | Non
         logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
     if opts.zero and ranks.distributed and hp["use_8bit"]:
         raise TrainError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
-    return opts, hp
+    return opts, hp, tf32
 
 
-def _build_run(opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint: dict | None) -> _Run:
+def _precision(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
+    """(precision, tf32): as asked; `auto`, the device's safe choice; on resume, the run's own."""
+    asked = AUTO if opts.precision is None else opts.precision
+    if asked != AUTO and asked not in PRECISIONS:
+        raise TrainError(f"Unknown precision {asked!r}; valid: {AUTO}, {', '.join(PRECISIONS)}")
+    if checkpoint is not None:
+        recorded = checkpoint.get("precision", "fp32")
+        if asked not in (AUTO, recorded):
+            raise TrainError(f"{resume_from} was trained in {recorded}; resume it in the same precision")
+        return recorded, bool(checkpoint.get("tf32", False))
+    if asked != AUTO:
+        return asked, False
+    choice = device_precision(ranks.train_device(opts.device))
+    if ranks.is_main:
+        logger.info("precision %s (auto): %s", choice.precision, choice.reason)
+    return choice.precision, choice.tf32
+
+
+def _build_run(
+    opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint: dict | None, tf32: bool
+) -> _Run:
     """Data (this rank's share of every global batch), models, optimizers, schedules, loss scaler."""
     cfg, precision = opts.config, opts.precision
     device = ranks.train_device(opts.device)
@@ -290,7 +308,7 @@ def _build_run(opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint:
     validator = Validator(cfg, opts.data_dir, split.held, cfg.train.seed, device) if split.held else None
     return _Run(
         cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
-        net_g, net_d, optim_g, optim_d, schedule, scaler, split, validator,
+        net_g, net_d, optim_g, optim_d, schedule, scaler, split, validator, tf32,
     )  # fmt: skip
 
 
@@ -557,6 +575,7 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
         "step": step,
         "config": run.cfg.to_dict(),
         "precision": run.precision,
+        "tf32": run.tf32,
         "generator": run.net_g.state_dict(),
         "discriminator": run.net_d.state_dict(),
         "optim_g": optimizer_record(hp["optimizer"], hp, run.optim_g),
