@@ -192,6 +192,34 @@ def test_discriminator_joint_pass_equals_separate_passes():
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(joint[3][i], ff, strict=True))
 
 
+def test_generator_phase_scores_the_real_wave_without_a_graph():
+    """G's phase (D frozen): the real wave scored under no_grad in its own pass gives the same losses and
+    the same gradient for the generated wave as the joint pass, without the real half in the graph.
+    Tolerance: convolutions over a batch of B and of 2B may sum in another order (FMA-sized, 1e-6)."""
+    from arvc.train.losses import feature_matching_loss, generator_adversarial_loss
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    d = MultiPeriodDiscriminator(cfg).requires_grad_(False)
+    y = torch.randn(2, 1, 4000)
+
+    def phase(real_graph):
+        y_hat = torch.randn(2, 1, 4000, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        _, fake, fmap_real, fmap_fake = d(y, y_hat, real_graph=real_graph)
+        loss = generator_adversarial_loss(fake)[0] + feature_matching_loss(fmap_real, fmap_fake)
+        loss.backward()
+        return loss.detach(), y_hat.grad, fmap_real
+
+    loss_joint, grad_joint, fmap_joint = phase(True)
+    loss_split, grad_split, fmap_split = phase(False)
+    assert torch.allclose(loss_split, loss_joint, rtol=1e-6)
+    assert torch.allclose(grad_split, grad_joint, rtol=1e-5, atol=1e-6 * grad_joint.abs().max().item())
+    assert any(f.requires_grad for fmaps in fmap_joint for f in fmaps), (
+        "the joint pass keeps real in the graph"
+    )
+    assert not any(f.requires_grad for fmaps in fmap_split for f in fmaps)
+
+
 def test_relative_position_skews_match_brute_force():
     length, window = 7, 3
     rel = torch.randn(2, length, 2 * window + 1)

@@ -116,12 +116,19 @@ class MultiPeriodDiscriminator(nn.Module):
         self.discriminators = nn.ModuleList(discs)
 
     def forward(
-        self, y: torch.Tensor, y_hat: torch.Tensor
+        self, y: torch.Tensor, y_hat: torch.Tensor, real_graph: bool = True
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[list[torch.Tensor]], list[list[torch.Tensor]]]:
         """Score real ``y`` and generated ``y_hat`` (``[B, 1, T]``) with every sub-discriminator.
 
-        Returns ``(y_d_rs, y_d_gs, fmap_rs, fmap_gs)`` as RVC does.
+        Returns ``(y_d_rs, y_d_gs, fmap_rs, fmap_gs)`` as RVC does. ``real_graph=False`` scores ``y`` under
+        ``no_grad`` in a pass of its own: for the generator's phase, where D is frozen and nothing needs the
+        real half's gradient, which in a joint pass would sit in the backward graph and be computed anyway.
         """
+        if not real_graph:
+            with torch.no_grad():
+                real = [disc(y) for disc in self.discriminators]
+            fake = [disc(y_hat) for disc in self.discriminators]
+            return [r[0] for r in real], [f[0] for f in fake], [r[1] for r in real], [f[1] for f in fake]
         y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
         # Both waves go through in one batch (half the kernel launches and weight-norm
         # evaluations); nothing mixes batch items, so this equals two separate passes.

@@ -63,9 +63,12 @@ def _frozen(module: torch.nn.Module):
 
 
 def _grad_norm(module: torch.nn.Module, clip: float | None) -> float:
-    """Total gradient norm (logged as RVC does); clipped to `clip` when given."""
+    """Total gradient norm (logged as RVC does); clipped to `clip` when given. Without a clip the norm is
+    only measured (clip_grad_norm_ with an infinite clip would also multiply every gradient by 1)."""
     params = [p for p in module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf")))
+    if clip is None:
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    return float(torch.nn.utils.clip_grad_norm_(params, clip))
 
 
 class GanStep:
@@ -137,7 +140,7 @@ class GanStep:
         # Generator: fool the (frozen) discriminator, match its features, the mel and the prior.
         frames = self.ranks.mean(z_mask.float().sum())  # KL per frame of the global batch, times ranks
         with autocast(self.precision, device_type), _frozen(self.net_d):
-            _, fake_out, fmap_real, fmap_fake = self.d_frozen(wave, y_hat)
+            _, fake_out, fmap_real, fmap_fake = self.d_frozen(wave, y_hat, real_graph=False)
             loss_adv, _ = generator_adversarial_loss(fake_out)
             loss_fm = feature_matching_loss(fmap_real, fmap_fake) * cfg.train.c_fm
             loss_mel = F.l1_loss(y_mel, y_hat_mel) * cfg.train.c_mel
