@@ -1,6 +1,6 @@
 """Run the bf16 precision study and write its figure and numbers (docs/precision-study.md uses them).
 
-    python benchmarks/precision_study.py --steps 20000 --out benchmarks/results/precision_study
+python benchmarks/precision_study.py --steps 20000 --out benchmarks/results/precision_study
 """
 
 from __future__ import annotations

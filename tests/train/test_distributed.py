@@ -368,3 +368,32 @@ def test_zero_shards_round_stochastically_as_one_process(tmp_path):
             assert torch.equal(state[key], other[key]), (index, key)
     for a, b in zip(single["params"], sharded["params"], strict=True):
         assert torch.equal(a, b)
+
+
+def test_launched_ranks_split_the_cores_and_wait_passively(monkeypatch):
+    """`--nproc N` ranks share the machine: each gets cores/N threads and passive OpenMP waiting
+    (benchmarks/threads.py: spin-waiting ranks took 1.7x longer per step), unless the user set them."""
+    from arvc.train import distributed
+
+    started = []
+
+    class Finished:
+        def __init__(self, command, env):
+            started.append(env)
+
+        def poll(self):
+            return 0
+
+        wait = poll
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", Finished)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert distributed.launch(2, ["train"]) == 0
+    assert [env["RANK"] for env in started] == ["0", "1"]
+    assert all(env["OMP_WAIT_POLICY"] == "PASSIVE" for env in started)
+    assert all(env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)) for env in started)
+    started.clear()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stands
+    distributed.launch(2, ["train"])
+    assert all(env["OMP_WAIT_POLICY"] == "ACTIVE" for env in started)

@@ -212,11 +212,11 @@ def launch(nproc: int, args: list[str]) -> int:
     """Run `python -m arvc ARGS` as `nproc` ranks on this machine; wait and return their exit status.
 
     Each process gets the environment torchrun would give it (RANK, LOCAL_RANK, WORLD_SIZE,
-    LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free MASTER_PORT; OMP_NUM_THREADS = cores / nproc unless
-    set). They stay in this process group, so Ctrl-C in the terminal reaches each of them once, exactly as
-    with one process (finish the step, rank 0 saves, exit 0; again: exit at once); a SIGTERM sent to this
-    process is passed on to each. If one rank fails, the others get FAILURE_GRACE seconds to stop on
-    their own (a failed save stops them all), then are killed.
+    LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free MASTER_PORT; OMP_NUM_THREADS = cores / nproc and
+    OMP_WAIT_POLICY=PASSIVE unless set). They stay in this process group, so Ctrl-C in the terminal
+    reaches each of them once, exactly as with one process (finish the step, rank 0 saves, exit 0; again:
+    exit at once); a SIGTERM sent to this process is passed on to each. If one rank fails, the others get
+    FAILURE_GRACE seconds to stop on their own (a failed save stops them all), then are killed.
     """
     if nproc < 1:
         raise DistributedError(f"--nproc {nproc}: need at least 1 process")
@@ -228,6 +228,9 @@ def launch(nproc: int, args: list[str]) -> int:
         "MASTER_PORT": str(_free_port()),
     }
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # Ranks share the machine: OpenMP's default spin-wait lets one rank's idle threads take the cores the
+    # others need (benchmarks/threads.py --concurrent 2: 1.7x slower median steps, 5x slower worst steps).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = [sys.executable, "-m", "arvc", *args]
     logger.info("starting %d processes: %s", nproc, " ".join(command))
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is for the ranks
