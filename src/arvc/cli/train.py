@@ -137,6 +137,16 @@ def _check_processes(nproc: int | None, device: str, batch_size: int) -> int:
     return processes
 
 
+def _parse_batch_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"--batch-size {text!r}: use a whole number >= 1, or auto")
+    return value
+
+
 def _parse_betas(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None
@@ -181,7 +191,10 @@ def train(
     epochs: Annotated[
         int | None, typer.Option(min=1, help=f"Epochs (config: 300; the demo: {DEMO_EPOCHS}).")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default 8).")] = None,
+    batch_size: Annotated[
+        str | None,
+        typer.Option(help="Batch size (default 8), or auto: the largest that fits the device's free memory."),
+    ] = None,
     save_every: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     compile: Annotated[
@@ -270,6 +283,10 @@ def train(
             if path is not None:
                 read_model_file(path)  # a missing, damaged or code-carrying file fails here, before any work
         parsed_betas = _parse_betas(betas)
+        auto_batch = batch_size == "auto"
+        batch = None if batch_size is None or auto_batch else _parse_batch_size(batch_size)
+        if auto_batch and ((nproc or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+            raise ValueError("--batch-size auto fits one process; with several, pass --batch-size N")
         bad_values = optimizer_value_errors(
             lr=lr,
             betas=parsed_betas,
@@ -282,7 +299,7 @@ def train(
         overrides = _parse_overrides(set_ or [])
         for key, value in (
             ("train.epochs", epochs),
-            ("train.batch_size", batch_size),
+            ("train.batch_size", batch),
             ("train.save_every", save_every),
             ("train.seed", seed),
             ("train.val_fraction", val_fraction),
@@ -367,6 +384,7 @@ def train(
                     max_steps=max_steps,
                     device=device,
                     zero=zero,
+                    auto_batch_size=auto_batch,
                 ),
             )
     except (

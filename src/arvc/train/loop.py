@@ -22,7 +22,7 @@ import torch
 
 from arvc._files import WriteError, write_text
 from arvc.audio.io import highpass
-from arvc.config import RunConfig
+from arvc.config import RunConfig, apply_overrides
 from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.data.preprocess import FILELIST
 from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
@@ -50,6 +50,15 @@ from arvc.train.distributed import Ranks, process_group
 from arvc.train.errors import TrainError
 from arvc.train.faults import StopOnSignal
 from arvc.train.logs import NullLog, RunLog
+from arvc.train.memory import (
+    GIB,
+    HEADROOM,
+    MAX_AUTO_BATCH,
+    auto_batch_size,
+    estimate_memory,
+    free_memory,
+    probe_activations,
+)
 from arvc.train.optimizers import (
     DEFAULT_LR,
     bf16_weights,
@@ -57,9 +66,10 @@ from arvc.train.optimizers import (
     plan_schedule,
     restore_optimizer,
     run_optimizer,
+    run_state_bytes_per_param,
 )
 from arvc.train.precision import AUTO, device_precision, tf32_matmuls
-from arvc.train.step import GanStep
+from arvc.train.step import GanStep, autocast
 from arvc.train.validation import Evaluation, Validator
 
 __all__ = ["DEFAULT_LR", "PRECISIONS", "SAMPLE_CLIPS", "TrainError", "TrainOptions", "TrainResult", "train"]
@@ -95,6 +105,7 @@ class TrainOptions:
     device: str = "cpu"  # "cuda": under torchrun each rank takes the GPU of its LOCAL_RANK
     max_bad_steps: int = 20  # consecutive non-finite steps before training stops
     zero: bool = False  # shard optimizer state over the ranks (ZeroRedundancyOptimizer)
+    auto_batch_size: bool = False  # a new run picks the largest batch that fits (config's otherwise)
 
 
 @dataclass
@@ -279,13 +290,7 @@ def _build_run(
     cfg, precision = opts.config, opts.precision
     device = ranks.train_device(opts.device)
     split = _split(opts, checkpoint)
-    loader = make_loader(
-        VoiceDataset(opts.data_dir, cfg.data, lines=split.train),
-        cfg.train.batch_size,
-        seed=cfg.train.seed,
-        drop_last=True,
-        **ranks.sharding(),
-    )
+    dataset = VoiceDataset(opts.data_dir, cfg.data, lines=split.train)
 
     torch.manual_seed(cfg.train.seed)
     net_g, net_d = Synthesizer(cfg), MultiPeriodDiscriminator(cfg)
@@ -299,8 +304,14 @@ def _build_run(
         net_g.to(torch.bfloat16)
         net_d.to(torch.bfloat16)
 
-    # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
+    # The memory a step needs (and with --batch-size auto, the batch that fits), then the data in batches.
     zero = opts.zero and ranks.distributed
+    cfg = _fit_memory(opts, cfg, hp, device, net_g, net_d, dataset, checkpoint, ranks, zero)
+    loader = make_loader(
+        dataset, cfg.train.batch_size, seed=cfg.train.seed, drop_last=True, **ranks.sharding()
+    )
+
+    # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
     optim_g = run_optimizer(net_g.parameters(), hp, "generator", cfg.train.seed, ranks if zero else None)
     optim_d = run_optimizer(net_d.parameters(), hp, "discriminator", cfg.train.seed, ranks if zero else None)
     schedule = plan_schedule(cfg, hp, checkpoint)
@@ -310,6 +321,49 @@ def _build_run(
         cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
         net_g, net_d, optim_g, optim_d, schedule, scaler, split, validator, tf32,
     )  # fmt: skip
+
+
+def _fit_memory(opts, cfg, hp, device, net_g, net_d, dataset, checkpoint, ranks, zero) -> RunConfig:
+    """Log what a step will need beside the free memory; `--batch-size auto` (a new run) picks the largest
+    batch that fits (see arvc.train.memory). Returns the config, with the chosen batch size."""
+    frames = max(dataset.lengths)  # the longest training piece
+    per_item = probe_activations(cfg, net_g, net_d, frames, lambda: autocast(opts.precision, device.type))
+    state = run_state_bytes_per_param(hp, next(net_g.parameters()).dtype) / (ranks.world_size if zero else 1)
+    free, what = free_memory(device)
+    fixed = estimate_memory(net_g, net_d, state, per_item, 0).total
+    if opts.auto_batch_size and checkpoint is not None:
+        logger.info("--batch-size auto: a resumed run keeps its batch size %d", cfg.train.batch_size)
+    elif opts.auto_batch_size:
+        if ranks.distributed:
+            raise TrainError("--batch-size auto fits one process; with several, pass --batch-size N")
+        if free is None:
+            raise TrainError(
+                f"--batch-size auto: the free {what} of {device} cannot be read; pass --batch-size N"
+            )
+        limit = min(MAX_AUTO_BATCH, len(dataset))
+        batch = auto_batch_size(fixed, per_item, free, limit)
+        if batch == 0:
+            need = estimate_memory(net_g, net_d, state, per_item, 1)
+            raise TrainError(
+                f"not even batch 1 fits: a step needs {need.describe()}, but only {free / GIB:.2f} GiB of "
+                f"{what} is free; close other programs, use a smaller --config, or train on another device"
+            )
+        cfg = apply_overrides(cfg, {"train.batch_size": batch})
+        logger.info(
+            "batch size %d (auto: the largest up to %d that keeps a step within %d%% of the %s)",
+            batch, limit, round(HEADROOM * 100), what,
+        )  # fmt: skip
+    estimate = estimate_memory(net_g, net_d, state, per_item, cfg.train.batch_size // ranks.world_size)
+    if ranks.is_main:
+        room = f"{free / GIB:.2f} GiB {what}" if free is not None else f"{what} unknown"
+        logger.info("memory per step: %s; %s", estimate.describe(), room)
+        if free is not None and estimate.total > free:
+            logger.warning(
+                "batch %d likely does not fit: it needs more than the %s (%.2f GiB) and may spill into "
+                "shared memory (several times slower) or run out; try a smaller --batch-size or auto",
+                cfg.train.batch_size, what, free / GIB,
+            )  # fmt: skip
+    return cfg
 
 
 def _split(opts: TrainOptions, checkpoint: dict | None) -> Split:

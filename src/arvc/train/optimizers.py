@@ -160,6 +160,17 @@ def make_optimizer(
     )
 
 
+def run_state_bytes_per_param(hp: dict[str, Any], dtype: torch.dtype, numel: int = 1 << 16) -> float:
+    """Bytes of optimizer state per parameter of the run's optimizer as the run builds it (its kwargs, its
+    weights' dtype): the real buffers after one step on a dummy parameter, as the registry measures."""
+    param = torch.nn.Parameter(torch.zeros(numel, dtype=dtype))
+    optimizer = make_optimizer([param], hp, seed=0)
+    param.grad = torch.full_like(param, 1e-3)
+    optimizer.step()
+    state = optimizer.state[param].values()
+    return sum(v.numel() * v.element_size() for v in state if isinstance(v, torch.Tensor)) / numel
+
+
 def run_optimizer(params, hp: dict[str, Any], role: str, run_seed: int, ranks=None) -> torch.optim.Optimizer:
     """The optimizer of `role` ("generator"/"discriminator") of a run; `ranks` (a distributed.Ranks) to
     shard it with ZeRO, each shard numbering its parameters by their place in the whole model."""
