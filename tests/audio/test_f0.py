@@ -57,7 +57,7 @@ def test_frame_count_follows_hop():
 
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(ValueError) as info:
-        extract_f0(np.zeros(1600, np.float32), "rmvpe")
+        extract_f0(np.zeros(1600, np.float32), "yin")
     for name in F0_METHODS:
         assert name in str(info.value)
 

