@@ -40,3 +40,22 @@ def block_import(monkeypatch):
 @pytest.fixture
 def no_bitsandbytes(block_import):
     block_import("bitsandbytes")
+
+
+@pytest.fixture(scope="session")
+def rmvpe_weights(tmp_path_factory):
+    """Random weights saved as RVC ships rmvpe.pt (a plain state dict in fp16), with non-trivial batch-norm
+    statistics: a stand-in for the real file, which is never downloaded. (path, state dict)"""
+    from arvc.audio.rmvpe import RMVPENet
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = RMVPENet().eval()
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    path = tmp_path_factory.mktemp("rmvpe") / "rmvpe.pt"
+    torch.save(state, path)
+    return path, state

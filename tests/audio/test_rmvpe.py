@@ -17,21 +17,6 @@ from arvc.audio.rmvpe import RMVPEError, RMVPENet, decode_salience, load_rmvpe, 
 FIXTURE = Path(__file__).with_name("fixtures") / "rmvpe_keys.json"
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Random weights saved as RVC ships rmvpe.pt (a plain state dict, fp16), and the net they came from."""
-    torch.manual_seed(0)
-    net = RMVPENet().eval()
-    for module in net.modules():  # non-trivial batch-norm statistics, so loading them is tested too
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
-    path = tmp_path_factory.mktemp("rmvpe") / "rmvpe.pt"
-    torch.save(state, path)
-    return path, state
-
-
 def test_the_network_has_the_layout_of_rvcs_rmvpe_pt():
     layout = {k: list(v.shape) for k, v in RMVPENet().state_dict().items()}
     assert layout == json.loads(FIXTURE.read_text())
@@ -47,8 +32,8 @@ def test_the_network_has_the_layout_of_rvcs_rmvpe_pt():
     assert layout["fc.0.gru.weight_ih_l0_reverse"] == [768, 384] and layout["fc.1.weight"] == [360, 512]
 
 
-def test_rvc_layout_weights_load_strictly_and_run(weights):
-    path, state = weights
+def test_rvc_layout_weights_load_strictly_and_run(rmvpe_weights):
+    path, state = rmvpe_weights
     net = load_rmvpe(path)
     assert not net.training
     assert all(torch.equal(v.float(), state[k].float()) for k, v in net.state_dict().items())
@@ -57,8 +42,8 @@ def test_rvc_layout_weights_load_strictly_and_run(weights):
     assert salience.shape == (1, 64, 360) and bool(((salience >= 0) & (salience <= 1)).all())
 
 
-def test_bad_files_are_clear_errors(weights, tmp_path):
-    path, state = weights
+def test_bad_files_are_clear_errors(rmvpe_weights, tmp_path):
+    path, state = rmvpe_weights
     with pytest.raises(RMVPEError, match="does not exist"):
         load_rmvpe(tmp_path / "nowhere.pt")
     missing = dict(state)
@@ -75,7 +60,9 @@ def test_bad_files_are_clear_errors(weights, tmp_path):
     )
     with pytest.raises(RMVPEError, match="not an RMVPE state dict .*weight, config"):
         load_rmvpe(tmp_path / "voice.pth")  # an RVC voice model given as the pitch model
-    (tmp_path / "code.pt").write_bytes(pickle.dumps(Path("x"), protocol=2))  # unpickling it would need arvc-foreign code
+    (tmp_path / "code.pt").write_bytes(
+        pickle.dumps(Path("x"), protocol=2)
+    )  # unpickling it would need arvc-foreign code
     with pytest.raises(RMVPEError, match="not a readable RMVPE state dict"):
         load_rmvpe(tmp_path / "code.pt")
 
@@ -140,8 +127,8 @@ def test_front_end_is_rmvpes_log_mel():
     assert edges[band] <= 440 <= edges[band + 2]  # the loudest band is one whose triangle holds 440 Hz
 
 
-def test_extract_f0_runs_rmvpe_on_the_users_file(weights):
-    path, _ = weights
+def test_extract_f0_runs_rmvpe_on_the_users_file(rmvpe_weights):
+    path, _ = rmvpe_weights
     wave = (0.3 * np.sin(2 * np.pi * 220 * np.arange(8000) / 16000)).astype(np.float32)
     with pytest.raises(ValueError, match="--f0 rmvpe needs --rmvpe PATH"):
         extract_f0(wave, "rmvpe")

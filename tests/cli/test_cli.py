@@ -213,3 +213,22 @@ def test_optimizer_details_show_the_values_a_run_uses():
     assert adamw["run_hyperparameters"] == {"betas": [0.8, 0.99], "eps": 1e-9, "weight_decay": 0.01}
     table = runner.invoke(app, ["optimizers", "AdaBeliefV2"])
     assert "eps: 1e-18" in table.output
+
+
+def test_preprocess_and_train_with_rmvpe_pitch(tmp_path, recordings, rmvpe_weights):
+    """The data's pitch comes from the user's rmvpe.pt, recorded as rmvpe; a later train reuses it without
+    --rmvpe, and its listen command asks for the file the conversion needs."""
+    args = ["--name", "carol", "--runs-dir", tmp_path, "--sample-rate", "16000", "--f0", "rmvpe"]
+    missing = runner.invoke(app, ["preprocess", str(recordings), *map(str, args)])
+    assert missing.exit_code == 1 and "--f0 rmvpe needs --rmvpe PATH" in missing.output
+    assert not (tmp_path / "carol").exists()
+    done = runner.invoke(
+        app, ["preprocess", str(recordings), *map(str, args), "--rmvpe", str(rmvpe_weights[0])]
+    )
+    assert done.exit_code == 0, done.output
+    data = tmp_path / "carol" / "data"
+    assert json.loads((data / "preprocess.json").read_text())["f0_method"] == "rmvpe"
+    trained = train_cli(recordings, "--runs-dir", tmp_path, "--name", "carol", "--batch-size", "2",
+                        "--epochs", "1", "--max-steps", "1", "--val-fraction", "0")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert "--f0 rmvpe --rmvpe RMVPE.pt" in trained.output

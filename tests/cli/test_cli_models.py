@@ -131,3 +131,17 @@ def test_infer_errors(run_dir, exported, tmp_path):
     faiss.write_index(wrong, str(tmp_path / "v2.index"))
     args = ["infer", model, run_dir / "in.wav", tmp_path / "o.wav", "--index", tmp_path / "v2.index"]
     _fails(args, "768-d features", "model uses 80-d features")
+
+
+def test_infer_with_rmvpe_pitch(run_dir, exported, tmp_path, rmvpe_weights):
+    """`--f0 rmvpe --rmvpe PATH` converts with the user's rmvpe.pt; without a usable file, a clear error
+    before anything is written."""
+    model, source, out = run_dir / "export", run_dir / "in.wav", tmp_path / "rmvpe.wav"
+    _fails(["infer", model, source, out, "--f0", "rmvpe"], "--f0 rmvpe needs --rmvpe PATH", "rmvpe.pt")
+    _fails(
+        ["infer", model, source, out, "--f0", "rmvpe", "--rmvpe", run_dir / "config.json"], "not a readable"
+    )
+    assert not out.exists()
+    _ok(["infer", model, source, out, "--f0", "rmvpe", "--rmvpe", rmvpe_weights[0]])
+    audio, sr = sf.read(out)
+    assert sr == 16000 and len(audio) == 16000 and np.isfinite(audio).all()

@@ -110,7 +110,12 @@ def infer_command(
     input_wav: Annotated[Path, typer.Argument(metavar="INPUT", help="Recording to convert.")],
     output_wav: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Where to write the converted WAV.")],
     pitch: Annotated[float, typer.Option(help="Transpose by N semitones (12 = an octave up).")] = 0.0,
-    f0: Annotated[str, typer.Option(help="Pitch extractor: pm, harvest, dio, crepe, crepe-tiny.")] = "pm",
+    f0: Annotated[
+        str, typer.Option(help="Pitch extractor: pm, harvest, dio, crepe, crepe-tiny, rmvpe.")
+    ] = "pm",
+    rmvpe: Annotated[
+        Path | None, typer.Option(help="RVC's rmvpe.pt for --f0 rmvpe (RVC WebUI: assets/rmvpe/rmvpe.pt).")
+    ] = None,
     index: Annotated[Path | None, typer.Option(help="Retrieval index (added.index) of the voice.")] = None,
     index_rate: Annotated[
         float | None,
@@ -150,6 +155,7 @@ def infer_command(
                 index_rate=rate,
                 features=kind,
                 hubert_path=hubert,
+                rmvpe_path=rmvpe,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 chunk_seconds=chunk_seconds,
             )

@@ -205,7 +205,12 @@ def train(
     ] = None,
     f0: Annotated[
         str | None,
-        typer.Option(help="Pitch: pm, harvest, dio or crepe (default: the preprocessed data's, else pm)."),
+        typer.Option(
+            help="Pitch: pm, harvest, dio, crepe or rmvpe (default: the preprocessed data's, else pm)."
+        ),
+    ] = None,
+    rmvpe: Annotated[
+        Path | None, typer.Option(help="RVC's rmvpe.pt for --f0 rmvpe (RVC WebUI: assets/rmvpe/rmvpe.pt).")
     ] = None,
     features: Annotated[
         str | None,
@@ -249,7 +254,7 @@ def train(
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
     from arvc._files import WriteError
-    from arvc.audio.f0 import F0_METHODS
+    from arvc.audio.f0 import F0_METHODS, rmvpe_model
     from arvc.config import RunConfig, apply_overrides, load_config, optimizer_value_errors
     from arvc.data.outputs import check_run_name, run_products
     from arvc.data.prepare import data_settings, prepare_data
@@ -335,6 +340,15 @@ def train(
         if resume is not None:
             check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
         settings = data_settings(run_dir / "data", cfg, f0, features)  # data already there is reused
+        if settings.f0_method == "rmvpe":
+            if rmvpe is not None:
+                rmvpe_model(
+                    rmvpe
+                )  # a missing or wrong file fails here (loaded once, reused by preprocessing)
+            elif not (run_dir / "data" / "filelist.txt").is_file():
+                raise ValueError(
+                    "--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)"
+                )
         if settings.features == "hubert" and (hubert is None or not hubert.exists()):
             raise ValueError(f"{run_dir / 'data'} holds hubert features: pass --hubert PATH (got {hubert})")
         _check_processes(nproc, device, cfg.train.batch_size)
@@ -354,6 +368,7 @@ def train(
                     features=settings.features,
                     hubert_path=hubert,
                     progress=progress,
+                    rmvpe_path=rmvpe,
                 )
 
     try:
@@ -420,11 +435,13 @@ def train(
     console.print(
         f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}   loss plot: {run_dir / 'loss.png'}"
     )
-    command = listen_command(run_dir, result, settings.f0_method, settings.features, hubert)
+    command = listen_command(run_dir, result, settings.f0_method, settings.features, hubert, rmvpe)
     console.print(f"  listen: {command}", soft_wrap=True, markup=False, highlight=False)  # one line to copy
 
 
-def listen_command(run_dir: Path, result, f0_method: str, features: str, hubert: Path | None) -> str:
+def listen_command(
+    run_dir: Path, result, f0_method: str, features: str, hubert: Path | None, rmvpe: Path | None = None
+) -> str:
     """The `arvc infer` command that converts a held-out recording (or the user's own) with the best model.
 
     The held-out originals under samples/original are pieces the model never trained on; without them
@@ -435,6 +452,8 @@ def listen_command(run_dir: Path, result, f0_method: str, features: str, hubert:
     source = originals[0] if originals else Path("YOUR_RECORDING.wav")
     output = run_dir / "samples" / f"{source.stem}_converted.wav"
     words = ["arvc", "infer", str(model), str(source), str(output), "--f0", f0_method]
+    if f0_method == "rmvpe":
+        words += ["--rmvpe", str(rmvpe) if rmvpe is not None else "RMVPE.pt"]
     if features == "hubert":
         words += ["--features", "hubert", "--hubert", str(hubert)]
     return shlex.join(words)
@@ -455,7 +474,10 @@ def preprocess(
     name: Annotated[str, typer.Option(help="Run name: data goes to runs/NAME/data.")],
     runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
     sample_rate: Annotated[int, typer.Option(help="16000 (tiny), 32000, 40000 or 48000.")] = 40000,
-    f0: Annotated[str, typer.Option(help="pm, harvest, dio or crepe.")] = "pm",
+    f0: Annotated[str, typer.Option(help="pm, harvest, dio, crepe or rmvpe.")] = "pm",
+    rmvpe: Annotated[
+        Path | None, typer.Option(help="RVC's rmvpe.pt for --f0 rmvpe (RVC WebUI: assets/rmvpe/rmvpe.pt).")
+    ] = None,
     features: Annotated[str, typer.Option(help="mel (built in) or hubert.")] = "mel",
     feature_dim: Annotated[int | None, typer.Option(help="Feature size (mel: 80; hubert: 768).")] = None,
     hubert: Annotated[Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint.")] = None,
@@ -467,6 +489,10 @@ def preprocess(
     dim = feature_dim or (768 if features == "hubert" else 80)
     try:
         check_run_name(name)
+        if f0 == "rmvpe" and rmvpe is None:
+            raise ValueError(
+                "--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)"
+            )
         with _preprocess_progress() as progress:
             result = run_preprocess(
                 dataset,
@@ -477,6 +503,7 @@ def preprocess(
                 feature_dim=dim,
                 hubert_path=hubert,
                 progress=progress,
+                rmvpe_path=rmvpe,
             )
     except (ValueError, ImportError, OSError) as error:  # DataError is a ValueError, WriteError an OSError
         fail(str(error))

@@ -100,6 +100,7 @@ def prepare_data(
     features: str = "mel",
     hubert_path: Path | None = None,
     progress: Progress | None = None,
+    rmvpe_path: Path | None = None,
 ) -> PreprocessResult:
     """Preprocess `dataset_dir` (or the generated demo voice) into `run_dir/data`; finished files are kept."""
     if features == "mel" and cfg.data.feature_dim != 80 and cfg.name != "tiny":
@@ -122,4 +123,5 @@ def prepare_data(
         feature_dim=cfg.data.feature_dim,
         hubert_path=hubert_path,
         progress=progress,
+        rmvpe_path=rmvpe_path,
     )

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from arvc._files import atomic_file, write_text
-from arvc.audio.f0 import F0_METHODS, coarse_f0, crepe_weights_path, extract_f0
+from arvc.audio.f0 import F0_METHODS, coarse_f0, crepe_weights_path, extract_f0, rmvpe_model
 from arvc.audio.features import FEATURE_EXTRACTORS, get_extractor
 from arvc.audio.io import (
     SUPPORTED_EXTENSIONS,
@@ -42,6 +42,7 @@ from arvc.audio.io import (
     split_for_training,
     write_wav,
 )
+from arvc.audio.rmvpe import RMVPEError
 from arvc.data.outputs import find_arvc_outputs
 
 __all__ = [
@@ -190,13 +191,15 @@ def preprocess(
     hubert_path: str | os.PathLike | None = None,
     progress: Progress | None = None,
     device: str = "cpu",
+    rmvpe_path: str | os.PathLike | None = None,
 ) -> PreprocessResult:
     """Cut, resample and analyse every recording in ``dataset_dir`` into ``run_dir``.
 
     ``progress(done, total, name)`` is called with ``done=0`` first and after each source file.
     Raises :class:`DataError` before doing any work when the dataset is unusable; unreadable or
     too-short files are skipped with a :class:`DataWarning` listing them. ``device`` runs the
-    neural analysers (crepe, hubert) on a GPU when given one.
+    neural analysers (crepe, rmvpe, hubert) on a GPU when given one; ``rmvpe_path`` is the user's
+    ``rmvpe.pt`` for ``f0_method="rmvpe"``.
     """
     dataset_dir, run_dir = Path(dataset_dir).expanduser(), Path(run_dir).expanduser()
     files = _validate(dataset_dir, run_dir, int(sample_rate), f0_method, features)
@@ -222,6 +225,11 @@ def preprocess(
         raise DataError(f"none of the {len(files)} audio files in {dataset_dir} could be read ({detail})")
     if f0_method.startswith("crepe"):
         crepe_weights_path("tiny" if f0_method == "crepe-tiny" else "full")  # fail now, not mid-run
+    if f0_method == "rmvpe" and rmvpe_path is not None:
+        try:
+            rmvpe_model(rmvpe_path, device)  # a wrong file fails now, not mid-run
+        except RMVPEError as error:
+            raise DataError(str(error)) from error
     extractor = get_extractor(features, feature_dim, hubert_path, device=device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +277,14 @@ def preprocess(
             save_manifest()
             try:
                 pieces = _process_source(
-                    path, run_dir, _source_key(rel), settings, extractor, reuse=trusted, device=device
+                    path,
+                    run_dir,
+                    _source_key(rel),
+                    settings,
+                    extractor,
+                    reuse=trusted,
+                    device=device,
+                    rmvpe_path=rmvpe_path,
                 )
                 sources[rel] = {**signature, "pieces": pieces, "complete": True}
             except AudioLoadError as exc:
@@ -330,7 +345,7 @@ def _filelist_line(name: str) -> str:
 
 
 def _process_source(
-    path: Path, run_dir: Path, key: str, settings: dict, extractor, reuse: bool, device: str
+    path: Path, run_dir: Path, key: str, settings: dict, extractor, reuse: bool, device: str, rmvpe_path=None
 ) -> list:
     """Cut one recording into pieces and write every missing stage output; return [(name, seconds)]."""
     sr = settings["sample_rate"]
@@ -350,7 +365,13 @@ def _process_source(
             if wave16k is None:
                 wave16k = load_audio(out["16k"])
             if not (have["f0"] and have["f0nsf"]):
-                f0 = extract_f0(wave16k, settings["f0_method"], device=device).astype(np.float32)
+                if settings["f0_method"] == "rmvpe" and rmvpe_path is None:  # data made before lacks it
+                    raise DataError(
+                        f"{path} needs its pitch analysed: --f0 rmvpe needs --rmvpe PATH, RVC's rmvpe.pt "
+                        "(the pieces done so far are kept)"
+                    )
+                f0 = extract_f0(wave16k, settings["f0_method"], device=device, rmvpe_path=rmvpe_path)
+                f0 = f0.astype(np.float32)
                 _save_npy(out["f0nsf"], f0)
                 _save_npy(out["f0"], coarse_f0(f0))  # from the stored values, so the two always agree
             if not have["feature"]:

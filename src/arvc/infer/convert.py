@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arvc.audio.f0 import F0_METHODS, coarse_f0, extract_f0
+from arvc.audio.f0 import F0_METHODS, coarse_f0, extract_f0, rmvpe_model
 from arvc.audio.features import FEATURE_SR, get_extractor
 from arvc.audio.io import AudioLoadError, highpass, load_audio, write_wav
 from arvc.config import RunConfig
@@ -160,6 +160,7 @@ def convert(
     hubert_path: str | os.PathLike | None = None,
     progress: Progress | None = None,
     *,
+    rmvpe_path: str | os.PathLike | None = None,
     chunk_seconds: float = CHUNK_SECONDS,
     seed: int = 0,
 ) -> Path:
@@ -171,6 +172,12 @@ def convert(
     Returns the output path.
     """
     _check_options(cfg, pitch, f0_method, index_rate, features)
+    if f0_method == "rmvpe":
+        if rmvpe_path is None:
+            raise ConvertError(
+                "--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)"
+            )
+        rmvpe_model(rmvpe_path, next(model.parameters()).device)  # a wrong file fails before any work
     if chunk_seconds < 0.5:
         raise ConvertError(f"chunk_seconds {chunk_seconds} is too short; use at least 0.5 (default 10)")
     input_wav, output_wav = Path(input_wav).expanduser(), Path(output_wav).expanduser()
@@ -195,7 +202,9 @@ def convert(
     n_frames = math.ceil(len(wave) / FRAME)
     ctx = CONTEXT_FRAMES
     padded = np.pad(wave, (ctx * FRAME, ctx * FRAME + n_frames * FRAME - len(wave)), mode="reflect")
-    f0 = extract_f0(padded, f0_method)[: n_frames + 2 * ctx] * 2.0 ** (pitch / 12.0)
+    device = next(model.parameters()).device
+    f0 = extract_f0(padded, f0_method, device=device, rmvpe_path=rmvpe_path)[: n_frames + 2 * ctx]
+    f0 = f0 * 2.0 ** (pitch / 12.0)
     f0 = f0.astype(np.float32)
     coarse = coarse_f0(f0)
     # Sine phase (cycles) the decoder accumulates per frame, as SineGen computes it.
@@ -205,7 +214,6 @@ def convert(
     total = len(bounds) - 1
     fade = min(int(CROSSFADE_SECONDS * sr), 2 * ctx * hop) // 2 * 2
     out = np.zeros(n_frames * hop, dtype=np.float64)
-    device = next(model.parameters()).device
     if progress:
         progress(0, total)
     start = 0
