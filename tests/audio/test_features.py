@@ -114,3 +114,75 @@ def test_preprocess_with_hubert_features(tiny_hubert, tmp_path):
     feature = tmp_path / "run" / result.filelist.read_text().split("|")[1]
     feats = np.load(feature)
     assert feats.ndim == 2 and feats.shape[1] == 32 and len(feats) > 20
+
+
+@pytest.fixture(scope="module")
+def tiny_contentvec(tmp_path_factory):
+    """A 10-layer HuBERT with ContentVec's final_proj (32 -> 8), saved as safetensors and as a .bin folder,
+    and the same network without final_proj: the layouts users have."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    class WithFinalProj(
+        transformers.HubertModel
+    ):  # the layout of RVC's assets/hubert_base, Applio's contentvec
+        def __init__(self, config):
+            super().__init__(config)
+            self.final_proj = torch.nn.Linear(config.hidden_size, config.classifier_proj_size)
+
+    torch.manual_seed(0)
+    config = transformers.HubertConfig(
+        hidden_size=32, num_hidden_layers=10, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, classifier_proj_size=8,
+    )  # fmt: skip
+    model = WithFinalProj(config).eval()
+    root = tmp_path_factory.mktemp("contentvec")
+    model.save_pretrained(root / "safetensors")
+    model.save_pretrained(root / "bin", safe_serialization=False)
+    plain = transformers.HubertModel(config)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("final_proj")})
+    plain.save_pretrained(root / "plain")
+    return root, model
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (arvc[hubert]) not installed")
+@pytest.mark.parametrize("layout", ["safetensors", "bin"])
+def test_hubert_layer_follows_the_model_v2_last_v1_ninth_through_final_proj(tiny_contentvec, layout):
+    import torch
+
+    root, model = tiny_contentvec
+    wave = _wave(1.0)
+    with torch.inference_mode():
+        states = model(torch.from_numpy(wave)[None], output_hidden_states=True).hidden_states
+        v1 = model.final_proj(states[9])[0].numpy()
+    v2_features = get_extractor("hubert", 32, hubert_path=root / layout)(wave)  # 768-d in RVC v2: the last
+    np.testing.assert_allclose(v2_features, states[10][0].numpy(), rtol=1e-5, atol=1e-6)
+    v1_features = get_extractor("hubert", 8, hubert_path=root / layout)(wave)  # 256-d in RVC v1
+    np.testing.assert_allclose(v1_features, v1, rtol=1e-5, atol=1e-6)
+    third = get_extractor("hubert", 32, hubert_path=root / layout, layer=3)(wave)  # --embedder-layer 3
+    np.testing.assert_allclose(third, states[3][0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (arvc[hubert]) not installed")
+def test_hubert_folder_without_final_proj_serves_v2_and_explains_v1(tiny_contentvec):
+    root, _ = tiny_contentvec
+    assert get_extractor("hubert", 32, hubert_path=root / "plain")(_wave(0.5)).shape[1] == 32
+    with pytest.raises(ValueError, match="outputs 32-dim features but the config expects feature_dim=8"):
+        get_extractor("hubert", 8, hubert_path=root / "plain")
+    with pytest.raises(ValueError, match="has layers 1..10"):
+        get_extractor("hubert", 32, hubert_path=root / "plain", layer=11)
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (arvc[hubert]) not installed")
+def test_hubert_folder_missing_weights_is_an_error_not_random_layers(tiny_contentvec, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    root, _ = tiny_contentvec
+    shutil.copytree(root / "plain", tmp_path / "broken")
+    weights = load_file(tmp_path / "broken" / "model.safetensors")
+    del weights["encoder.layers.3.attention.k_proj.weight"]
+    save_file(weights, tmp_path / "broken" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks 1 weights .*encoder.layers.3.attention.k_proj.weight"):
+        get_extractor("hubert", 32, hubert_path=tmp_path / "broken")
