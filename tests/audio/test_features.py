@@ -186,3 +186,25 @@ def test_hubert_folder_missing_weights_is_an_error_not_random_layers(tiny_conten
     save_file(weights, tmp_path / "broken" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="lacks 1 weights .*encoder.layers.3.attention.k_proj.weight"):
         get_extractor("hubert", 32, hubert_path=tmp_path / "broken")
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (arvc[hubert]) not installed")
+def test_embedder_layer_is_recorded_with_the_data_and_kept(tiny_contentvec, tmp_path):
+    """Preprocessing with --embedder-layer records it; training reuses it; asking for another is refused."""
+    import json
+
+    from arvc.config import apply_overrides, load_config
+    from arvc.data.demo import generate_demo_voice
+    from arvc.data.prepare import data_settings
+    from arvc.data.preprocess import MANIFEST, DataError, preprocess
+
+    root, _ = tiny_contentvec
+    generate_demo_voice(tmp_path / "demo", seconds=4, sr=16000)
+    data = tmp_path / "run"
+    preprocess(tmp_path / "demo", data, 16000, "pm", features="hubert", feature_dim=32,
+               hubert_path=root / "plain", embedder_layer=4)  # fmt: skip
+    assert json.loads((data / MANIFEST).read_text())["embedder_layer"] == 4
+    cfg = apply_overrides(load_config("tiny"), {"data.feature_dim": 32})
+    assert data_settings(data, cfg).embedder_layer == 4
+    with pytest.raises(DataError, match="come from layer 4 but --embedder-layer 6 was asked for"):
+        data_settings(data, cfg, embedder_layer=6)

@@ -211,3 +211,36 @@ def test_output_has_no_dc_offset_though_the_generator_emits_one(model, tmp_path)
         assert abs(out.mean()) < 0.01 * out.std() and abs(head.mean()) < 0.05 * out.std()
     kept = np.sqrt(np.mean(_read(folder / "one.wav") ** 2))
     assert kept > 0.5 * float(raw.std()), "the high-pass leaves the voice band"
+
+
+def test_rvc_v1_model_converts_with_layer_9_through_final_proj(tmp_path):
+    """An RVC v1 voice (256-d content features) converts with a ContentVec folder that has final_proj:
+    its features are layer 9 through final_proj, as RVC v1 computes them."""
+    transformers = pytest.importorskip("transformers")
+
+    class WithFinalProj(transformers.HubertModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.final_proj = torch.nn.Linear(config.hidden_size, config.classifier_proj_size)
+
+    torch.manual_seed(0)
+    hubert = transformers.HubertConfig(
+        hidden_size=32, num_hidden_layers=9, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, classifier_proj_size=256,
+    )  # fmt: skip
+    WithFinalProj(hubert).save_pretrained(tmp_path / "contentvec")
+    from arvc.config import apply_overrides
+
+    cfg = apply_overrides(load_config("tiny"), {"data.feature_dim": 256})
+    weights = {k: v.half() for k, v in Synthesizer(cfg).state_dict().items() if not k.startswith("enc_q.")}
+    rvc = {"weight": weights, "config": rvc_config_list(cfg), "sr": 16000, "f0": 1, "version": "v1"}
+    torch.save(rvc, tmp_path / "v1.pth")
+    net, loaded = load_voice_model(tmp_path / "v1.pth")
+    assert loaded.data.feature_dim == 256
+    sf.write(tmp_path / "in.wav", _voice(1.0), SR)
+    with pytest.raises(ConvertError, match="256-d HuBERT/ContentVec features"):
+        convert(net, loaded, tmp_path / "in.wav", tmp_path / "out.wav")  # mel would not fit a v1 model
+    convert(net, loaded, tmp_path / "in.wav", tmp_path / "out.wav", features="hubert",
+            hubert_path=tmp_path / "contentvec")  # fmt: skip
+    out = _read(tmp_path / "out.wav")
+    assert len(out) == SR and np.isfinite(out).all()

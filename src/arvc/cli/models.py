@@ -128,6 +128,13 @@ def infer_command(
     hubert: Annotated[
         Path | None, typer.Option(help="Local HuBERT/ContentVec folder for --features hubert.")
     ] = None,
+    embedder_layer: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="HuBERT layer (default: the model's; v2: last, v1: 9th through final_proj).",
+        ),
+    ] = None,
     chunk_seconds: Annotated[float, typer.Option(help="Convert long inputs in chunks of about N s.")] = 10.0,
 ) -> None:
     """Convert a recording into the model's voice."""
@@ -156,6 +163,7 @@ def infer_command(
                 features=kind,
                 hubert_path=hubert,
                 rmvpe_path=rmvpe,
+                embedder_layer=embedder_layer,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 chunk_seconds=chunk_seconds,
             )

@@ -219,6 +219,13 @@ def train(
     hubert: Annotated[
         Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint for --features hubert.")
     ] = None,
+    embedder_layer: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="HuBERT layer (default: the model's; v2: last, v1: 9th through final_proj).",
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override KEY=VALUE (repeatable).")
     ] = None,
@@ -339,7 +346,9 @@ def train(
         cfg = apply_overrides(cfg, overrides)
         if resume is not None:
             check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
-        settings = data_settings(run_dir / "data", cfg, f0, features)  # data already there is reused
+        settings = data_settings(
+            run_dir / "data", cfg, f0, features, embedder_layer
+        )  # data already there is reused
         if settings.f0_method == "rmvpe":
             if rmvpe is not None:
                 rmvpe_model(
@@ -369,6 +378,7 @@ def train(
                     hubert_path=hubert,
                     progress=progress,
                     rmvpe_path=rmvpe,
+                    embedder_layer=settings.embedder_layer,
                 )
 
     try:
@@ -435,12 +445,20 @@ def train(
     console.print(
         f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}   loss plot: {run_dir / 'loss.png'}"
     )
-    command = listen_command(run_dir, result, settings.f0_method, settings.features, hubert, rmvpe)
+    command = listen_command(
+        run_dir, result, settings.f0_method, settings.features, hubert, rmvpe, settings.embedder_layer
+    )
     console.print(f"  listen: {command}", soft_wrap=True, markup=False, highlight=False)  # one line to copy
 
 
 def listen_command(
-    run_dir: Path, result, f0_method: str, features: str, hubert: Path | None, rmvpe: Path | None = None
+    run_dir: Path,
+    result,
+    f0_method: str,
+    features: str,
+    hubert: Path | None,
+    rmvpe: Path | None = None,
+    embedder_layer: int | None = None,
 ) -> str:
     """The `arvc infer` command that converts a held-out recording (or the user's own) with the best model.
 
@@ -456,6 +474,8 @@ def listen_command(
         words += ["--rmvpe", str(rmvpe) if rmvpe is not None else "RMVPE.pt"]
     if features == "hubert":
         words += ["--features", "hubert", "--hubert", str(hubert)]
+        if embedder_layer is not None:
+            words += ["--embedder-layer", str(embedder_layer)]
     return shlex.join(words)
 
 
@@ -481,6 +501,13 @@ def preprocess(
     features: Annotated[str, typer.Option(help="mel (built in) or hubert.")] = "mel",
     feature_dim: Annotated[int | None, typer.Option(help="Feature size (mel: 80; hubert: 768).")] = None,
     hubert: Annotated[Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint.")] = None,
+    embedder_layer: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="HuBERT layer (default: the model's; v2: last, v1: 9th through final_proj).",
+        ),
+    ] = None,
 ) -> None:
     """Slice, resample and analyse recordings for training (re-running skips finished files)."""
     from arvc.data.outputs import check_run_name
@@ -504,6 +531,7 @@ def preprocess(
                 hubert_path=hubert,
                 progress=progress,
                 rmvpe_path=rmvpe,
+                embedder_layer=embedder_layer,
             )
     except (ValueError, ImportError, OSError) as error:  # DataError is a ValueError, WriteError an OSError
         fail(str(error))

@@ -29,10 +29,15 @@ class DataSettings:
     f0_method: str
     features: str
     reused: bool  # True: they are the settings recorded by an earlier `arvc preprocess` of this run
+    embedder_layer: int | None = None  # HuBERT layer (None: the model's default)
 
 
 def data_settings(
-    data_dir: Path, cfg: RunConfig, f0_method: str | None = None, features: str | None = None
+    data_dir: Path,
+    cfg: RunConfig,
+    f0_method: str | None = None,
+    features: str | None = None,
+    embedder_layer: int | None = None,
 ) -> DataSettings:
     """The settings to preprocess `data_dir` with, so that data already there is reused, never redone.
 
@@ -50,7 +55,7 @@ def data_settings(
     except (OSError, ValueError) as error:
         raise DataError(f"{manifest} is unreadable ({error}); remove {data_dir} to start over") from error
     if not isinstance(recorded, dict):
-        return DataSettings(f0_method or DEFAULT_F0, features or DEFAULT_FEATURES, reused=False)
+        return DataSettings(f0_method or DEFAULT_F0, features or DEFAULT_FEATURES, False, embedder_layer)
     keep = "(nothing was changed)"
     problems = []
     rate = recorded.get("sample_rate")
@@ -74,6 +79,12 @@ def data_settings(
                 f"it holds {key.replace('_', ' ')} {recorded.get(key)!r} but {flag} {asked} was asked for: "
                 f"drop {flag} to use the data as it is, or preprocess again with {flag} {asked}"
             )
+    if embedder_layer is not None and embedder_layer != recorded.get("embedder_layer"):
+        problems.append(
+            f"its HuBERT features come from layer {recorded.get('embedder_layer') or 'default'} but "
+            f"--embedder-layer {embedder_layer} was asked for: drop it to use the data as it is, or "
+            "preprocess again"
+        )
     if problems:
         raise DataError(f"{data_dir} already holds preprocessed data, and {'; '.join(problems)} {keep}")
     logger.info(
@@ -83,7 +94,9 @@ def data_settings(
         recorded.get("f0_method"),
         recorded.get("features"),
     )
-    return DataSettings(recorded.get("f0_method"), recorded.get("features"), reused=True)
+    return DataSettings(
+        recorded.get("f0_method"), recorded.get("features"), True, recorded.get("embedder_layer")
+    )
 
 
 def cache_dir() -> Path:
@@ -101,6 +114,7 @@ def prepare_data(
     hubert_path: Path | None = None,
     progress: Progress | None = None,
     rmvpe_path: Path | None = None,
+    embedder_layer: int | None = None,
 ) -> PreprocessResult:
     """Preprocess `dataset_dir` (or the generated demo voice) into `run_dir/data`; finished files are kept."""
     if features == "mel" and cfg.data.feature_dim != 80 and cfg.name != "tiny":
@@ -124,4 +138,5 @@ def prepare_data(
         hubert_path=hubert_path,
         progress=progress,
         rmvpe_path=rmvpe_path,
+        embedder_layer=embedder_layer,
     )

@@ -192,6 +192,7 @@ def preprocess(
     progress: Progress | None = None,
     device: str = "cpu",
     rmvpe_path: str | os.PathLike | None = None,
+    embedder_layer: int | None = None,
 ) -> PreprocessResult:
     """Cut, resample and analyse every recording in ``dataset_dir`` into ``run_dir``.
 
@@ -230,7 +231,7 @@ def preprocess(
             rmvpe_model(rmvpe_path, device)  # a wrong file fails now, not mid-run
         except RMVPEError as error:
             raise DataError(str(error)) from error
-    extractor = get_extractor(features, feature_dim, hubert_path, device=device)
+    extractor = get_extractor(features, feature_dim, hubert_path, device=device, layer=embedder_layer)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -240,6 +241,8 @@ def preprocess(
         "features": features,
         "feature_dim": int(feature_dim),
     }
+    if features == "hubert" and embedder_layer is not None:
+        settings["embedder_layer"] = int(embedder_layer)
     try:
         old = json.loads((run_dir / MANIFEST).read_text())
     except (OSError, ValueError):

@@ -161,6 +161,7 @@ def convert(
     progress: Progress | None = None,
     *,
     rmvpe_path: str | os.PathLike | None = None,
+    embedder_layer: int | None = None,
     chunk_seconds: float = CHUNK_SECONDS,
     seed: int = 0,
 ) -> Path:
@@ -195,7 +196,7 @@ def convert(
         raise ConvertError(
             f"{input_wav} is {len(wave) / FEATURE_SR:.3f} s long; need at least {MIN_SECONDS} s"
         )
-    extractor = get_extractor(features, cfg.data.feature_dim, hubert_path)
+    extractor = get_extractor(features, cfg.data.feature_dim, hubert_path, layer=embedder_layer)
     wave = highpass(wave, FEATURE_SR)
 
     sr, hop = cfg.data.sampling_rate, cfg.data.hop_length
