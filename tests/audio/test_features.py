@@ -47,11 +47,16 @@ def test_unknown_extractor_and_missing_hubert_path():
         get_extractor("hubert", 768, hubert_path="/nonexistent/hubert")
 
 
-def test_hubert_rejects_fairseq_checkpoint_file(tmp_path):
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (arvc[hubert]) not installed")
+def test_hubert_file_of_the_wrong_kind_is_a_clear_error(tmp_path, rmvpe_weights):
     ckpt = tmp_path / "hubert_base.pt"
     ckpt.write_bytes(b"\0")
-    with pytest.raises(FileNotFoundError, match="converted"):
+    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
         get_extractor("hubert", 768, hubert_path=ckpt)
+    with pytest.raises(
+        ValueError, match="is not a fairseq HuBERT checkpoint .*an RMVPE pitch model: pass it as --rmvpe"
+    ):
+        get_extractor("hubert", 768, hubert_path=rmvpe_weights[0])  # rmvpe.pt given as the content encoder
 
 
 def test_hubert_without_transformers_names_the_extra(tmp_path, block_import):

@@ -160,7 +160,7 @@ def test_bad_settings(demo_dir, tmp_path, kwargs, match):
 
 
 def test_missing_hubert_fails_before_work(demo_dir, tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="HuBERT model not found"):  # a DataError: the CLI's clear error
         preprocess(
             demo_dir,
             tmp_path / "run",

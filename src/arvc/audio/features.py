@@ -99,8 +99,9 @@ class HubertFeatures:
     beside it (RVC's converted ``assets/hubert_base``, Applio's contentvec folder). The layer follows the
     model the features are for, as RVC does: ``feature_dim`` equal to the model's width (768 for a base
     model, RVC v2) takes the last transformer layer; equal to ``final_proj``'s output (256, RVC v1) takes
-    layer 9 through ``final_proj``. ``layer`` overrides which transformer layer (1 = the first). fairseq
-    ``.pt`` checkpoints (RVC WebUI's classic ``hubert_base.pt``) must be converted first.
+    layer 9 through ``final_proj``. ``layer`` overrides which transformer layer (1 = the first). A fairseq
+    checkpoint file (RVC WebUI's classic ``hubert_base.pt``) is converted to such a folder once, in arvc's
+    cache, without fairseq and without running code from its pickle (arvc.audio.fairseq_hubert).
     """
 
     name = "hubert"
@@ -118,12 +119,17 @@ class HubertFeatures:
                 f"HuBERT model not found at {path}; pass the local directory of a Hugging Face "
                 "HubertModel (config.json + weights). arvc never downloads it."
             )
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{path} is not a Hugging Face model directory (no config.json). fairseq .pt checkpoints "
-                "must be converted to Hugging Face format first."
-            )
         HubertModel = _import_hubert()
+        if path.is_file():  # RVC WebUI's classic hubert_base.pt: a fairseq checkpoint, converted once
+            from arvc.audio.fairseq_hubert import convert_fairseq_hubert
+            from arvc.data.prepare import cache_dir
+
+            path = convert_fairseq_hubert(path, cache_dir() / "hubert")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is not a Hugging Face model directory (no config.json) nor a fairseq HuBERT "
+                "checkpoint file (RVC WebUI's hubert_base.pt)"
+            )
         self.device = torch.device(device)
         model = _load_quietly(HubertModel, path)
         hidden, layers = int(model.config.hidden_size), int(model.config.num_hidden_layers)

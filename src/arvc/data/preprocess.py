@@ -231,7 +231,10 @@ def preprocess(
             rmvpe_model(rmvpe_path, device)  # a wrong file fails now, not mid-run
         except RMVPEError as error:
             raise DataError(str(error)) from error
-    extractor = get_extractor(features, feature_dim, hubert_path, device=device, layer=embedder_layer)
+    try:  # a missing or wrong HuBERT file, a layer it lacks: said before any work
+        extractor = get_extractor(features, feature_dim, hubert_path, device=device, layer=embedder_layer)
+    except (ValueError, FileNotFoundError) as error:
+        raise DataError(str(error)) from error
 
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {
