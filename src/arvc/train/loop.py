@@ -94,9 +94,8 @@ class TrainOptions:
     weight_decay: float | None = None
     use_8bit: bool | None = None
     optimizer_kwargs: dict[str, Any] | None = None
-    precision: str | None = (
-        AUTO  # fp32/bf16/fp16; auto (or None): the device's safe choice, on resume the run's
-    )
+    # fp32, bf16 or fp16; auto (or None): the device's safe choice (arvc.train.precision), on resume the run's
+    precision: str | None = AUTO
     compile: bool = False
     resume: Path | None = None  # a run directory (newest checkpoint) or one checkpoint file
     pretrained_g: Path | None = None  # RVC or arvc generator to start from (fine-tuning)
