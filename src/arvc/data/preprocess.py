@@ -76,6 +76,7 @@ _STALE_ON = {
     "f0_method": ("f0", "f0nsf"),
     "features": ("feature",),
     "feature_dim": ("feature",),
+    "embedder_layer": ("feature",),
 }
 
 Progress = Callable[[int, int, str], None]
@@ -170,7 +171,10 @@ def _clear_stale(run_dir: Path, old: dict, settings: dict) -> dict:
         stale = set(STAGE_DIRS)
     else:
         stale = {
-            stage for key, stages in _STALE_ON.items() if old.get(key) != settings[key] for stage in stages
+            stage
+            for key, stages in _STALE_ON.items()
+            if old.get(key) != settings.get(key)
+            for stage in stages
         }
     for stage in sorted(stale):
         folder = run_dir / STAGE_DIRS[stage]
@@ -236,6 +240,12 @@ def preprocess(
     except (ValueError, FileNotFoundError) as error:
         raise DataError(str(error)) from error
 
+    try:
+        old = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        old = {}
+    if f0_method == "rmvpe" and rmvpe_path is None and old.get("f0_method") != "rmvpe":  # new rmvpe pitch
+        raise DataError("--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)")
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         "version": _MANIFEST_VERSION,
@@ -246,10 +256,6 @@ def preprocess(
     }
     if features == "hubert" and embedder_layer is not None:
         settings["embedder_layer"] = int(embedder_layer)
-    try:
-        old = json.loads((run_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        old = {}
     sources = _clear_stale(run_dir, old, settings) if old else {}
     for stage_dir in STAGE_DIRS.values():
         (run_dir / stage_dir).mkdir(exist_ok=True)
