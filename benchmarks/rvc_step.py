@@ -121,7 +121,7 @@ class RVCStep:
         loss_gen_all.backward()
         self.commons.clip_grad_value_(self.net_g.parameters(), None)
         self.optim_g.step()
-        return float(loss_gen_all)
+        return float(loss_gen_all.detach())
 
 
 def arvc_step(cfg):
