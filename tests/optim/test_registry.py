@@ -207,3 +207,17 @@ def test_supported_kwargs_excludes_self_and_params():
     assert "self" not in supported_kwargs(torch.optim.AdamW) and "params" not in supported_kwargs(
         torch.optim.AdamW
     )
+
+
+def test_float64_anyprecision_state_through_the_registry_takes_the_non_fused_path():
+    """Known edge of issue 15: the registry switched fused=True on for CPU AnyPrecisionAdamW without
+    seeing its buffer dtypes, so float64 moments needed an explicit fused=False."""
+    param = torch.nn.Parameter(torch.ones(8))
+    opt = build_optimizer("AnyPrecisionAdamW", [param], lr=1e-3, momentum_dtype=torch.float64,
+                          variance_dtype="float64", use_kahan_summation=False)  # fmt: skip
+    assert not opt.param_groups[0]["fused"]
+    param.grad = torch.full_like(param, 0.5)
+    opt.step()
+    assert opt.state[param]["exp_avg"].dtype == torch.float64
+    default = build_optimizer("AnyPrecisionAdamW", [torch.nn.Parameter(torch.ones(8))], lr=1e-3)
+    assert default.param_groups[0]["fused"], "float32 buffers still get the fused kernel"

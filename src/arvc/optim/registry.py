@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from arvc.optim._checks import parse_dtype
 from arvc.optim._rounding import is_dense
 from arvc.optim.adabelief import AdaBelief
 from arvc.optim.adabelief_v2 import AdaBeliefV2
@@ -317,12 +318,17 @@ def _auto_fused(spec: OptimizerSpec, tensors: list[torch.Tensor], extra: Mapping
     """fused=True where the fused path will work, None (the class's own choice) otherwise.
 
     Never when the caller chose a path (`foreach`/`fused`), asked for what fused kernels lack
-    (capturable, differentiable), or a parameter is one the kernel cannot step (device, dtype,
+    (capturable, differentiable, a state buffer dtype outside the class's `fused_dtypes`, e.g.
+    AnyPrecisionAdamW's float64 moments), or a parameter is one the kernel cannot step (device, dtype,
     a non-dense view).
     """
     if not spec.supports_fused or "fused" in extra or extra.get("foreach") is not None:
         return None
     if extra.get("capturable") or extra.get("differentiable"):
+        return None
+    own_dtypes = getattr(spec.cls, "fused_dtypes", None)
+    buffer_dtypes = [parse_dtype(v, k) for k, v in extra.items() if k.endswith("_dtype") and v is not None]
+    if own_dtypes is not None and any(dtype not in own_dtypes for dtype in buffer_dtypes):
         return None
     if not tensors or not all(is_dense(t) for t in tensors):
         return None
