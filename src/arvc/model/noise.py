@@ -56,6 +56,9 @@ def _rows(keys: _Keys, batch: int) -> range:
     return range(batch)
 
 
+# torch.compile runs the draws eagerly: Dynamo cannot trace a seeded torch.Generator, and tracing them made
+# it recompile every step (grad mode, new seeds) until its recompile limit.
+@torch.compiler.disable
 def rand(site: str, batch: int, *shape: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Uniform ``[batch, *shape]`` in [0, 1): per item inside :func:`per_item_noise`, else global RNG."""
     keys = _KEYS.get()
@@ -65,6 +68,7 @@ def rand(site: str, batch: int, *shape: int, device: torch.device | str = "cpu")
     return torch.stack(rows).to(device)
 
 
+@torch.compiler.disable
 def randn_like(site: str, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Standard normal like ``x [B, ..., T]``; per item inside :func:`per_item_noise`, else global RNG.
 
