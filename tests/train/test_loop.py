@@ -249,3 +249,17 @@ def test_old_checkpoint_resumes_with_the_eps_it_recorded(tmp_path, data_dir, cap
     hp, group = _used(load_checkpoint(result.last_checkpoint))
     assert hp["eps"] == group["eps"] == 1e-9 and group["weight_decay"] == 0.0
     assert "eps=1e-09" in caplog.text and "as recorded in the checkpoint" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": -1.0}, "lr = -1.0 must be"),
+        ({"betas": (0.9, 1.5)}, "beta2 = 1.5"),
+        ({"eps": 0.0}, "eps = 0.0"),
+    ],
+)
+def test_bad_optimizer_values_from_python_fail_before_any_work(tmp_path, data_dir, kwargs, message):
+    with pytest.raises(TrainError, match=message):
+        train(options(tmp_path, data_dir, **kwargs))
+    assert not (tmp_path / "run").exists()

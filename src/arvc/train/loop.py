@@ -22,7 +22,7 @@ import torch
 
 from arvc._files import WriteError, write_text
 from arvc.audio.io import highpass
-from arvc.config import RunConfig, apply_overrides
+from arvc.config import RunConfig, apply_overrides, optimizer_value_errors
 from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.data.preprocess import FILELIST
 from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
@@ -247,6 +247,9 @@ def resolve_resume(resume: Path) -> Path:
 def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
     """Check the options against each other and the checkpoint; resolve precision and hyperparameters."""
     cfg = opts.config
+    bad = optimizer_value_errors(lr=opts.lr, betas=opts.betas, eps=opts.eps, weight_decay=opts.weight_decay)
+    if bad:  # the CLI checks its flags; a caller from Python gets the same checks here, before any work
+        raise TrainError("; ".join(bad))
     precision, tf32 = _precision(opts, checkpoint, resume_from, ranks)
     opts = replace(opts, precision=precision)
     if checkpoint is not None and (opts.pretrained_g or opts.pretrained_d):
