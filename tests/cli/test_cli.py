@@ -232,3 +232,28 @@ def test_preprocess_and_train_with_rmvpe_pitch(tmp_path, recordings, rmvpe_weigh
                         "--epochs", "1", "--max-steps", "1", "--val-fraction", "0")  # fmt: skip
     assert trained.exit_code == 0, trained.output
     assert "--f0 rmvpe --rmvpe RMVPE.pt" in trained.output
+
+
+def test_listen_command_carries_what_the_conversion_needs(tmp_path):
+    """The printed `arvc infer` line names the best model when there is one, a held-out recording when
+    there are samples, and the pitch/content files the voice needs; paths with spaces stay one word."""
+    from types import SimpleNamespace
+
+    from arvc.cli.train import listen_command
+
+    run = tmp_path / "my run"
+    (run / "samples" / "original").mkdir(parents=True)
+    (run / "samples" / "original" / "a_1.wav").write_bytes(b"")
+    result = SimpleNamespace(exports={"best": run / "export" / "best"}, samples_dir=run / "samples")
+    words = shlex.split(
+        listen_command(run, result, "rmvpe", "hubert", Path("/m/hubert_base.pt"), Path("/m/rmvpe.pt"), 9)
+    )
+    assert words[:5] == ["arvc", "infer", str(run / "export" / "best"), str(run / "samples" / "original" /
+                         "a_1.wav"), str(run / "samples" / "a_1_converted.wav")]  # fmt: skip
+    assert words[5:] == ["--f0", "rmvpe", "--rmvpe", "/m/rmvpe.pt", "--features", "hubert", "--hubert",
+                         "/m/hubert_base.pt", "--embedder-layer", "9"]  # fmt: skip
+    plain = SimpleNamespace(exports={}, samples_dir=None)  # no validation: the last export, your recording
+    assert shlex.split(listen_command(run, plain, "pm", "mel", None))[2:4] == [
+        str(run / "export"),
+        "YOUR_RECORDING.wav",
+    ]
