@@ -139,7 +139,7 @@ def test_third_call_redoes_nothing(compared, voice):
 def test_another_setup_in_the_same_folder_is_refused(compared, voice):
     out, _, _, _ = compared
     before = (out / "compare.json").read_text()
-    with pytest.raises(ValueError, match="config"):
+    with pytest.raises(ValueError, match=r"another config \(train.epochs: \d+ -> 3\)"):  # names what differs
         run_compare(voice, out, ["AdamW"], **{**SETUP, "epochs": 3})
     with pytest.raises(ValueError, match="config, schedule"):  # train.scheduler is in the config too
         run_compare(voice, out, ["AdamW"], **{**SETUP, "schedule": "same"})

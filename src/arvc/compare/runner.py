@@ -324,6 +324,22 @@ def _summarize(
     return out
 
 
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf that differs between two nested dicts (absent where missing)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [
+            d for k in keys for d in _differences(old.get(k, _ABSENT), new.get(k, _ABSENT), f"{prefix}{k}.")
+        ]
+    if old == new:
+        return []
+    show = lambda v: "absent" if v is _ABSENT else repr(v)  # noqa: E731
+    return [f"{prefix.rstrip('.')}: {show(old)} -> {show(new)}"]
+
+
+_ABSENT = object()
+
+
 def _check_same_setup(out_dir: Path, setup: dict, extra: dict | None = None) -> None:
     """Finished runs are reused, so a comparison folder must keep one setup (optimizers and seeds may be
     added). `extra` (seeds, warnings) is recorded in compare.json for the report but not compared."""
@@ -333,9 +349,12 @@ def _check_same_setup(out_dir: Path, setup: dict, extra: dict | None = None) -> 
         old = json.loads(path.read_text())
         changed = sorted(k for k in setup if old.get(k) != setup[k])
         if changed:
+            detail = _differences(old.get("config"), setup["config"]) if "config" in changed else []
+            more = f" ({'; '.join(detail[:4])}{'; ...' if len(detail) > 4 else ''})" if detail else ""
             raise ValueError(
-                f"{out_dir} holds a comparison with another {', '.join(changed)}; its finished runs would "
-                "not be comparable. Use another --name (nothing was changed)."
+                f"{out_dir} holds a comparison with another {', '.join(changed)}{more}; its finished runs "
+                "would not be comparable (a folder made by an older arvc differs in the settings it did not "
+                "have yet). Use another --name (nothing was changed)."
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**setup, **(extra or {})}, indent=2))
