@@ -87,7 +87,7 @@ RVC_LISTS = {
 @pytest.mark.parametrize("name", BUILTIN_CONFIGS)
 def test_builtins_load_and_validate(name):
     cfg = load_config(name)
-    assert cfg.name == name and cfg.version == "v2"
+    assert cfg.name == name and cfg.version == ("v1" if name.startswith("v1") else "v2")
     cfg.validate()
     assert cfg.segment_frames * cfg.data.hop_length == cfg.data.segment_size
 

@@ -3,7 +3,8 @@
 The ``data`` and ``model`` sections of the built-in ``v2-32k``/``v2-40k``/``v2-48k`` presets
 are exactly RVC's ``configs/v2/32k.json``, ``configs/v1/40k.json`` (RVC trains v2 40k models
 with the v1 40k file) and ``configs/v2/48k.json``, so models built from them share RVC's
-state-dict layout and pretrained weights.  ``tiny`` keeps the architecture but shrinks
+state-dict layout and pretrained weights; ``v1-32k``/``v1-40k``/``v1-48k`` are RVC's ``configs/v1`` files
+(256-d content features, the 6-period discriminator).  ``tiny`` keeps the architecture but shrinks
 every width so a training step runs in well under a second on a laptop CPU.
 """
 
@@ -33,7 +34,7 @@ __all__ = [
     "rvc_config_list",
 ]
 
-BUILTIN_CONFIGS = ("tiny", "v2-32k", "v2-40k", "v2-48k")
+BUILTIN_CONFIGS = ("tiny", "v2-32k", "v2-40k", "v2-48k", "v1-32k", "v1-40k", "v1-48k")
 
 # RVC's export code (process_ckpt.savee / extract_small_model) always writes 32 as the second
 # entry of an inference file's "config" list; inference passes it as ``segment_size`` but never
@@ -400,8 +401,8 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], parse_strings: bo
 
 
 def load_config(name_or_path: str | Path) -> RunConfig:
-    """Load a built-in preset (``tiny``, ``v2-32k``, ``v2-40k``, ``v2-48k``) or a JSON file
-    written by :meth:`RunConfig.to_dict`."""
+    """Load a built-in preset (``tiny``, ``v2-32k``/``40k``/``48k``, ``v1-32k``/``40k``/``48k``) or a JSON
+    file written by :meth:`RunConfig.to_dict`."""
     text: str
     if str(name_or_path) in BUILTIN_CONFIGS:
         text = (resources.files("arvc") / "configs" / f"{name_or_path}.json").read_text()

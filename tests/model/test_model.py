@@ -1,8 +1,9 @@
 """Generator/discriminator: RVC state-dict layout, shapes, determinism, weight-norm folding.
 
 The fixtures list every state-dict key and shape (in order) of RVC's
-``SynthesizerTrnMs768NSFsid`` / ``MultiPeriodDiscriminatorV2``, dumped by instantiating RVC's
-own model code (RVC-Project/Retrieval-based-Voice-Conversion-WebUI, infer/module/models.py).
+``SynthesizerTrnMs768NSFsid`` / ``MultiPeriodDiscriminatorV2`` (v2) and ``SynthesizerTrnMs256NSFsid`` /
+``MultiPeriodDiscriminator`` (v1), dumped by instantiating RVC's own model code
+(RVC-Project/Retrieval-based-Voice-Conversion-WebUI, infer/module/models.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from arvc.train.losses import discriminator_loss, feature_matching_loss, generat
 
 FIXTURES = Path(__file__).parent / "fixtures"
 V2 = ["v2-32k", "v2-40k", "v2-48k"]
+RVC_PRESETS = [*V2, "v1-32k", "v1-40k", "v1-48k"]  # fixtures dumped from RVC's own model classes
 
 
 def _fixture(name: str, tag: str) -> dict:
@@ -57,7 +59,7 @@ def _batch(cfg, batch: int = 2, frames: int = 48):
     )
 
 
-@pytest.mark.parametrize("name", V2)
+@pytest.mark.parametrize("name", RVC_PRESETS)
 @pytest.mark.parametrize("tag", ["G", "D"])
 def test_state_dict_layout_equals_rvc(name, tag):
     g, d = _meta_models(name)
@@ -68,7 +70,7 @@ def test_state_dict_layout_equals_rvc(name, tag):
     assert mine == expected  # same shapes and same order (so RVC optimizer states line up too)
 
 
-@pytest.mark.parametrize("name", V2)
+@pytest.mark.parametrize("name", RVC_PRESETS)
 def test_strict_load_of_rvc_layout(name):
     g, d = _meta_models(name)
     for model, tag in ((g, "G"), (d, "D")):

@@ -223,3 +223,19 @@ def test_plain_data_that_is_no_model(tmp_path):
     torch.save({"model": {"w": "not a tensor"}}, tmp_path / "broken.pth")
     with pytest.raises(PretrainedError, match="not a state dict of tensors"):
         read_model_file(tmp_path / "broken.pth")
+
+
+@pytest.mark.parametrize("name", ["v2-32k", "v2-40k", "v2-48k", "v1-32k", "v1-40k", "v1-48k"])
+def test_rvc_presets_export_rvc_files_and_are_recognised_from_their_weights(name):
+    """Every RVC preset (v1 too) gets an RVC .pth on export, and a bare generator state dict of its shapes
+    is recognised as that preset (RVC v1 32k/48k have their own upsampling, not v2's)."""
+    from arvc.modelfile.export import _is_rvc_compatible
+    from arvc.modelfile.read import _match_preset
+
+    cfg = load_config(name)
+    assert _is_rvc_compatible(cfg)
+    with torch.device("meta"):
+        state = Synthesizer(cfg).state_dict()
+    matched = _match_preset(state)
+    assert matched is not None and matched.name == name and matched.version == name[:2]
+    assert not _is_rvc_compatible(load_config("tiny"))

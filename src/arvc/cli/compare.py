@@ -66,7 +66,9 @@ def compare(
         str | None, typer.Option(help="Comparison name (OUT_DIR/NAME); default: dataset or 'demo'.")
     ] = None,
     out_dir: Annotated[Path, typer.Option(help="Where comparisons are kept.")] = Path("compare"),
-    config: Annotated[str, typer.Option(help="tiny, v2-32k, v2-40k, v2-48k or a JSON file.")] = "tiny",
+    config: Annotated[
+        str, typer.Option(help="tiny, v2-32k/40k/48k, v1-32k/40k/48k or a JSON file.")
+    ] = "tiny",
     seed: Annotated[
         int, typer.Option(help="First seed (runs use seed ... seed+seeds-1); also makes the held-out split.")
     ] = 1234,

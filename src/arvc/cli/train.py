@@ -168,7 +168,9 @@ def train(
         str | None, typer.Option(help="Run name (runs/NAME); default: the dataset folder or 'demo'.")
     ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
-    config: Annotated[str, typer.Option(help="tiny, v2-32k, v2-40k, v2-48k or a JSON file.")] = "tiny",
+    config: Annotated[
+        str, typer.Option(help="tiny, v2-32k/40k/48k, v1-32k/40k/48k or a JSON file.")
+    ] = "tiny",
     optimizer: Annotated[
         str | None, typer.Option(help="Any name from `arvc optimizers` (default AdamW).")
     ] = None,

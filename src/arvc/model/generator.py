@@ -154,8 +154,20 @@ class Synthesizer(nn.Module):
         self.segment_size = cfg.segment_frames
         self.hop_length = d.hop_length
         self.sampling_rate = d.sampling_rate
-        # Registration order follows RVC's v2 class, which deletes and re-creates enc_p last;
+        # Registration order follows RVC's classes: v2 deletes and re-creates enc_p last, v1 builds it first;
         # parameters then enumerate in RVC's order, so RVC optimizer states line up too.
+        text_encoder = lambda: TextEncoder(  # noqa: E731
+            d.feature_dim,
+            m.inter_channels,
+            m.hidden_channels,
+            m.filter_channels,
+            m.n_heads,
+            m.n_layers,
+            m.kernel_size,
+            m.p_dropout,
+        )
+        if cfg.version == "v1":
+            self.enc_p = text_encoder()
         self.dec = GeneratorNSF(
             m.inter_channels,
             m.resblock,
@@ -186,16 +198,8 @@ class Synthesizer(nn.Module):
             gin_channels=m.gin_channels,
         )
         self.emb_g = nn.Embedding(m.spk_embed_dim, m.gin_channels)
-        self.enc_p = TextEncoder(
-            d.feature_dim,
-            m.inter_channels,
-            m.hidden_channels,
-            m.filter_channels,
-            m.n_heads,
-            m.n_layers,
-            m.kernel_size,
-            m.p_dropout,
-        )
+        if cfg.version != "v1":
+            self.enc_p = text_encoder()
 
     def forward(
         self,

@@ -51,10 +51,9 @@ def inference_state_dict(generator: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _is_rvc_compatible(cfg: RunConfig) -> bool:
-    return (
-        cfg.data.sampling_rate in RVC_SAMPLE_RATES
-        and cfg.data.feature_dim == 768
-        and cfg.name.startswith("v2")
+    return cfg.data.sampling_rate in RVC_SAMPLE_RATES and (cfg.data.feature_dim, cfg.name[:2]) in (
+        (768, "v2"),
+        (256, "v1"),
     )
 
 
@@ -100,6 +99,7 @@ def export_generator(
         written["rvc"] = rvc_path
     elif explain:
         logger.info(
-            "config %s is not RVC-sized (needs 32k/40k/48k and 768-d features): no RVC .pth written", cfg.name
+            "config %s is not RVC-sized (needs a v2/v1 preset's 32k/40k/48k, 768/256-d): no RVC .pth written",
+            cfg.name,
         )
     return written

@@ -281,7 +281,11 @@ def _match_preset(sd: dict[str, torch.Tensor]) -> RunConfig | None:
         return None
     dim = sd[_PHONE_KEY].shape[-1]
     have = {k: tuple(v.shape) for k, v in sd.items()}
-    for name in ("v2-40k", "v2-32k", "v2-48k"):
+    for name in ("v2-40k", "v2-32k", "v2-48k", "v1-40k", "v1-32k", "v1-48k"):  # RVC's own presets first
+        cfg = load_config(name)
+        if cfg.data.feature_dim == dim and _generator_shapes(json.dumps(cfg.to_dict())) == have:
+            return cfg
+    for name in ("v2-40k", "v2-32k", "v2-48k"):  # another feature size on a v2 body
         cfg = load_config(name)
         cfg.data.feature_dim = dim
         if dim != 768:
