@@ -29,7 +29,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["WriteError", "atomic_file", "write_bytes", "write_text"]
+__all__ = ["WriteError", "atomic_file", "cache_dir", "write_bytes", "write_text"]
 
 
 class WriteError(OSError):
@@ -130,3 +130,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     with atomic_file(path) as temporary:
         temporary.write_text(text, encoding=encoding)
+
+
+def cache_dir() -> Path:
+    """Where arvc keeps what it makes once and reuses (generated demo audio, converted HuBERT checkpoints):
+    $ARVC_CACHE_DIR, else ~/.cache/arvc."""
+    return Path(os.environ.get("ARVC_CACHE_DIR", Path.home() / ".cache" / "arvc")).expanduser()

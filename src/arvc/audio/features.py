@@ -121,8 +121,8 @@ class HubertFeatures:
             )
         HubertModel = _import_hubert()
         if path.is_file():  # RVC WebUI's classic hubert_base.pt: a fairseq checkpoint, converted once
+            from arvc._files import cache_dir
             from arvc.audio.fairseq_hubert import convert_fairseq_hubert
-            from arvc.data.prepare import cache_dir
 
             path = convert_fairseq_hubert(path, cache_dir() / "hubert")
         if not (path / "config.json").is_file():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from arvc._files import cache_dir
 from arvc.config import RunConfig
 from arvc.data.demo import generate_demo_voice
 from arvc.data.preprocess import MANIFEST, DataError, PreprocessResult, Progress, preprocess
@@ -97,11 +97,6 @@ def data_settings(
     return DataSettings(
         recorded.get("f0_method"), recorded.get("features"), True, recorded.get("embedder_layer")
     )
-
-
-def cache_dir() -> Path:
-    """Where generated demo audio is kept between runs ($ARVC_CACHE_DIR, else ~/.cache/arvc)."""
-    return Path(os.environ.get("ARVC_CACHE_DIR", Path.home() / ".cache" / "arvc")).expanduser()
 
 
 def prepare_data(

@@ -247,8 +247,11 @@ def resolve_resume(resume: Path) -> Path:
 def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
     """Check the options against each other and the checkpoint; resolve precision and hyperparameters."""
     cfg = opts.config
-    bad = optimizer_value_errors(lr=opts.lr, betas=opts.betas, eps=opts.eps, weight_decay=opts.weight_decay)
-    if bad:  # the CLI checks its flags; a caller from Python gets the same checks here, before any work
+    # The CLI checks its flags; a caller from Python gets the same checks here, before any work, except that
+    # lr 0 (frozen weights, as torch.optim allows) is not refused.
+    lr = None if opts.lr == 0 else opts.lr
+    bad = optimizer_value_errors(lr=lr, betas=opts.betas, eps=opts.eps, weight_decay=opts.weight_decay)
+    if bad:
         raise TrainError("; ".join(bad))
     precision, tf32 = _precision(opts, checkpoint, resume_from, ranks)
     opts = replace(opts, precision=precision)
