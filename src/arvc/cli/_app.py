@@ -7,6 +7,7 @@ This module imports no command, so command modules can import it without a cycle
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,6 +22,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+
+# Options several commands take, spelt once.
+RmvpeOption = Annotated[
+    Path | None, typer.Option(help="RVC's rmvpe.pt for --f0 rmvpe (RVC WebUI: assets/rmvpe/rmvpe.pt).")
+]
+EmbedderLayerOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="HuBERT layer (default: the model's; v2: last, v1: 9th through final_proj)."),
+]
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from arvc.cli import _app
-from arvc.cli._app import app, fail
+from arvc.cli._app import EmbedderLayerOption, RmvpeOption, app, fail
 
 DEFAULT_INDEX_RATE = 0.75  # RVC WebUI's default when an index is given
 
@@ -113,9 +113,7 @@ def infer_command(
     f0: Annotated[
         str, typer.Option(help="Pitch extractor: pm, harvest, dio, crepe, crepe-tiny, rmvpe.")
     ] = "pm",
-    rmvpe: Annotated[
-        Path | None, typer.Option(help="RVC's rmvpe.pt for --f0 rmvpe (RVC WebUI: assets/rmvpe/rmvpe.pt).")
-    ] = None,
+    rmvpe: RmvpeOption = None,
     index: Annotated[Path | None, typer.Option(help="Retrieval index (added.index) of the voice.")] = None,
     index_rate: Annotated[
         float | None,
@@ -128,13 +126,7 @@ def infer_command(
     hubert: Annotated[
         Path | None, typer.Option(help="Local HuBERT/ContentVec folder for --features hubert.")
     ] = None,
-    embedder_layer: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="HuBERT layer (default: the model's; v2: last, v1: 9th through final_proj).",
-        ),
-    ] = None,
+    embedder_layer: EmbedderLayerOption = None,
     chunk_seconds: Annotated[float, typer.Option(help="Convert long inputs in chunks of about N s.")] = 10.0,
 ) -> None:
     """Convert a recording into the model's voice."""

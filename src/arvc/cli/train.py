@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from arvc.cli._app import app, console, fail
+from arvc.cli._app import EmbedderLayerOption, RmvpeOption, app, console, fail
 
 # --- training -------------------------------------------------------------------------------------------
 DEMO_EPOCHS = 60  # the no-argument demo: about 10 minutes on a 2-core CPU
@@ -211,9 +211,7 @@ def train(
             help="Pitch: pm, harvest, dio, crepe or rmvpe (default: the preprocessed data's, else pm)."
         ),
     ] = None,
-    rmvpe: Annotated[
-        Path | None, typer.Option(help="RVC's rmvpe.pt for --f0 rmvpe (RVC WebUI: assets/rmvpe/rmvpe.pt).")
-    ] = None,
+    rmvpe: RmvpeOption = None,
     features: Annotated[
         str | None,
         typer.Option(help="Content features: mel or hubert (default: the preprocessed data's, else mel)."),
@@ -221,13 +219,7 @@ def train(
     hubert: Annotated[
         Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint for --features hubert.")
     ] = None,
-    embedder_layer: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="HuBERT layer (default: the model's; v2: last, v1: 9th through final_proj).",
-        ),
-    ] = None,
+    embedder_layer: EmbedderLayerOption = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override KEY=VALUE (repeatable).")
     ] = None,
@@ -263,7 +255,7 @@ def train(
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
     from arvc._files import WriteError
-    from arvc.audio.f0 import F0_METHODS, rmvpe_model
+    from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
     from arvc.config import RunConfig, apply_overrides, load_config, optimizer_value_errors
     from arvc.data.outputs import check_run_name, run_products
     from arvc.data.prepare import data_settings, prepare_data
@@ -357,9 +349,7 @@ def train(
                     rmvpe
                 )  # a missing or wrong file fails here (loaded once, reused by preprocessing)
             elif not (run_dir / "data" / "filelist.txt").is_file():
-                raise ValueError(
-                    "--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)"
-                )
+                raise ValueError(RMVPE_NEEDED)
         if settings.features == "hubert" and (hubert is None or not hubert.exists()):
             raise ValueError(f"{run_dir / 'data'} holds hubert features: pass --hubert PATH (got {hubert})")
         _check_processes(nproc, device, cfg.train.batch_size)
@@ -497,19 +487,11 @@ def preprocess(
     runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
     sample_rate: Annotated[int, typer.Option(help="16000 (tiny), 32000, 40000 or 48000.")] = 40000,
     f0: Annotated[str, typer.Option(help="pm, harvest, dio, crepe or rmvpe.")] = "pm",
-    rmvpe: Annotated[
-        Path | None, typer.Option(help="RVC's rmvpe.pt for --f0 rmvpe (RVC WebUI: assets/rmvpe/rmvpe.pt).")
-    ] = None,
+    rmvpe: RmvpeOption = None,
     features: Annotated[str, typer.Option(help="mel (built in) or hubert.")] = "mel",
     feature_dim: Annotated[int | None, typer.Option(help="Feature size (mel: 80; hubert: 768).")] = None,
     hubert: Annotated[Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint.")] = None,
-    embedder_layer: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="HuBERT layer (default: the model's; v2: last, v1: 9th through final_proj).",
-        ),
-    ] = None,
+    embedder_layer: EmbedderLayerOption = None,
 ) -> None:
     """Slice, resample and analyse recordings for training (re-running skips finished files)."""
     from arvc.data.outputs import check_run_name
@@ -517,11 +499,7 @@ def preprocess(
 
     dim = feature_dim or (768 if features == "hubert" else 80)
     try:
-        check_run_name(name)
-        if f0 == "rmvpe" and rmvpe is None:
-            raise ValueError(
-                "--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)"
-            )
+        check_run_name(name)  # --f0 rmvpe without --rmvpe: preprocess refuses it before any work
         with _preprocess_progress() as progress:
             result = run_preprocess(
                 dataset,

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from arvc._files import atomic_file, write_text
-from arvc.audio.f0 import F0_METHODS, coarse_f0, crepe_weights_path, extract_f0, rmvpe_model
+from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, coarse_f0, crepe_weights_path, extract_f0, rmvpe_model
 from arvc.audio.features import FEATURE_EXTRACTORS, get_extractor
 from arvc.audio.io import (
     SUPPORTED_EXTENSIONS,
@@ -245,7 +245,7 @@ def preprocess(
     except (OSError, ValueError):
         old = {}
     if f0_method == "rmvpe" and rmvpe_path is None and old.get("f0_method") != "rmvpe":  # new rmvpe pitch
-        raise DataError("--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)")
+        raise DataError(RMVPE_NEEDED)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         "version": _MANIFEST_VERSION,
@@ -378,10 +378,7 @@ def _process_source(
                 wave16k = load_audio(out["16k"])
             if not (have["f0"] and have["f0nsf"]):
                 if settings["f0_method"] == "rmvpe" and rmvpe_path is None:  # data made before lacks it
-                    raise DataError(
-                        f"{path} needs its pitch analysed: --f0 rmvpe needs --rmvpe PATH, RVC's rmvpe.pt "
-                        "(the pieces done so far are kept)"
-                    )
+                    raise DataError(f"{path} needs its pitch analysed: {RMVPE_NEEDED} (pieces done are kept)")
                 f0 = extract_f0(wave16k, settings["f0_method"], device=device, rmvpe_path=rmvpe_path)
                 f0 = f0.astype(np.float32)
                 _save_npy(out["f0nsf"], f0)

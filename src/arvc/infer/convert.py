@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arvc.audio.f0 import F0_METHODS, coarse_f0, extract_f0, rmvpe_model
+from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, coarse_f0, extract_f0, rmvpe_model
 from arvc.audio.features import FEATURE_SR, get_extractor
 from arvc.audio.io import AudioLoadError, highpass, load_audio, write_wav
 from arvc.config import RunConfig
@@ -175,9 +175,7 @@ def convert(
     _check_options(cfg, pitch, f0_method, index_rate, features)
     if f0_method == "rmvpe":
         if rmvpe_path is None:
-            raise ConvertError(
-                "--f0 rmvpe needs --rmvpe PATH: RVC's rmvpe.pt (RVC WebUI: assets/rmvpe/rmvpe.pt)"
-            )
+            raise ConvertError(RMVPE_NEEDED)
         rmvpe_model(rmvpe_path, next(model.parameters()).device)  # a wrong file fails before any work
     if chunk_seconds < 0.5:
         raise ConvertError(f"chunk_seconds {chunk_seconds} is too short; use at least 0.5 (default 10)")
