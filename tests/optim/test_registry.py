@@ -104,7 +104,12 @@ def test_unknown_extra_kwargs_raise_naming_them():
         (torch.optim.AdamW, {"cpu"}, {torch.int64}, False),
         (torch.optim.AdamW, set(), set(), False),
         (torch.optim.RAdam, {"cuda"}, {torch.float32}, False),
-        (OPTIMIZERS["AdaBelief"].cls, {"cuda"}, {torch.float32}, False),  # arvc's kernels are CPU-only
+        (OPTIMIZERS["AdaBelief"].cls, {"cuda"}, {torch.float32, torch.bfloat16}, True),  # Triton
+        (OPTIMIZERS["AdaBelief"].cls, {"cpu", "cuda"}, {torch.float32}, False),  # one device type a group
+        (OPTIMIZERS["RAdam"].cls, {"cuda"}, {torch.float32}, True),
+        (OPTIMIZERS["RAdam"].cls, {"cuda"}, {torch.float16}, False),
+        (OPTIMIZERS["AnyPrecisionAdamW"].cls, {"cuda"}, {torch.bfloat16}, True),
+        (OPTIMIZERS["AnyPrecisionAdamW"].cls, {"cuda"}, {torch.float64}, False),
         (OPTIMIZERS["AdaBelief"].cls, {"cpu"}, {torch.float32, torch.bfloat16}, True),
         (OPTIMIZERS["AdaBelief"].cls, {"cpu"}, {torch.float64}, False),
         (OPTIMIZERS["RAdam"].cls, {"cpu"}, {torch.float32}, True),

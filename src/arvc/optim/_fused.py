@@ -1,15 +1,18 @@
-"""The fused CPU path: arvc's own C++ kernels (_fused_cpu/), compiled once on first use and cached.
+"""The fused paths: arvc's own C++ kernels for CPU tensors (_fused_cpu/), compiled once on first use and
+cached, and its Triton kernels for CUDA tensors (_fused_triton/), with the same ops and semantics.
 
 Why compiled here and not shipped: arvc is a pure-Python wheel; the kernel is ~400 lines of C++ that
 torch's extension builder turns into a shared library in under a minute with the machine's C++
 compiler, cached under TORCH_EXTENSIONS_DIR (~/.cache/torch_extensions) so later runs only load it.
 Where that is impossible (no compiler, no ninja, unsupported platform) the optimizers fall back to
-their foreach path with one warning that says why; nothing else changes.
+their foreach path with one warning that says why; nothing else changes. On CUDA the kernels need triton
+(it comes with torch's CUDA wheels); without it, the same fallback and warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.resources
 import logging
@@ -26,10 +29,13 @@ import torch
 from arvc.optim._rounding import is_dense
 
 __all__ = [
+    "AmpScaling",
     "FUSED_DEVICES",
     "FUSED_DTYPES",
     "FusedUnavailable",
+    "amp_step",
     "fused_kernels",
+    "fused_op",
     "kernel_seed",
     "mark_modified",
     "relayout_state",
@@ -39,7 +45,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FUSED_DEVICES = ("cpu",)
+FUSED_DEVICES = ("cpu", "cuda")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
@@ -184,6 +190,61 @@ def fused_kernels():
         return _loaded
 
 
+def _uses_triton(device) -> bool:
+    """Whether tensors on `device` step through the Triton kernels (CUDA) rather than the C++ ones (CPU).
+    The tests point it at CPU tensors under TRITON_INTERPRET=1 to run the Triton path without a GPU."""
+    return torch.device(device).type == "cuda"
+
+
+def triton_kernels():
+    """arvc.optim._fused_triton (the GPU ops), imported on first use; FusedUnavailable without triton."""
+    try:
+        import arvc.optim._fused_triton as kernels
+    except ImportError as error:
+        raise FusedUnavailable(
+            f"arvc's fused GPU kernels need triton, which could not be imported ({error}). It comes with "
+            "torch's CUDA wheels; otherwise: pip install 'arvc[gpu]'."
+        ) from error
+    return kernels
+
+
+def fused_op(name: str, device, grad_scale: float | None = None):
+    """The fused step `name` ("adabelief_", "any_precision_adamw_", "radam_") for tensors on `device`:
+    the C++ op on CPU, the Triton one on CUDA. With `grad_scale` the gradients are divided by it first
+    (GradScaler's scale: inside the Triton kernel, as torch's fused Adam; on the CPU, into a copy)."""
+    if _uses_triton(device):
+        kernel = getattr(triton_kernels(), name)
+        return kernel if grad_scale is None else functools.partial(kernel, grad_scale=grad_scale)
+    kernel = getattr(fused_kernels(), name)
+    if grad_scale is None:
+        return kernel
+
+    def unscaled(params, grads, *rest):
+        return kernel(params, torch._foreach_div(list(grads), grad_scale), *rest)
+
+    return unscaled
+
+
+def amp_step(optimizer) -> tuple[bool, float | None]:
+    """(skip, grad_scale) from what GradScaler hands an optimizer whose `_step_supports_amp_scaling` is
+    true: skip the whole step (no counter moves) when it found inf/NaN gradients; else divide the
+    gradients by `grad_scale` (None: they are unscaled already, e.g. after `scaler.unscale_`)."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    if found_inf is not None and float(found_inf) != 0.0:
+        return True, None
+    grad_scale = getattr(optimizer, "grad_scale", None)
+    return False, None if grad_scale is None else float(grad_scale)
+
+
+class AmpScaling:
+    """Mixin: GradScaler gives a fused optimizer its scale and overflow flag instead of unscaling the
+    gradients in a pass of its own (torch's fused Adam does the same); true once every group is fused."""
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        return bool(self.param_groups) and all(group.get("fused") for group in self.param_groups)
+
+
 _warned = False
 _REAL_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
@@ -200,6 +261,12 @@ def resolve_fused(cls: type, fused: bool | None, foreach: bool | None, params: l
     name = cls.__name__
     if foreach:
         raise RuntimeError(f"{name}: `fused` and `foreach` cannot both be True")
+    device_types = {p.device.type for p in params}
+    if len(device_types) > 1:
+        raise RuntimeError(
+            f"{name}: `fused=True` steps one device type per param group; this group has parameters on "
+            f"{', '.join(sorted(device_types))}. Put them in separate groups, or use foreach=True."
+        )
     for p in params:
         # A complex parameter is stepped as its real view: its real dtype is what the kernel sees.
         dtype = _REAL_DTYPES.get(p.dtype, p.dtype)
@@ -215,7 +282,8 @@ def resolve_fused(cls: type, fused: bool | None, foreach: bool | None, params: l
                 f"got one of shape {tuple(p.shape)} with strides {p.stride()}. Use foreach=True instead."
             )
     try:
-        fused_kernels()
+        for device in {p.device for p in params}:
+            triton_kernels() if _uses_triton(device) else fused_kernels()
     except FusedUnavailable as error:
         global _warned
         if not _warned:

@@ -18,6 +18,7 @@ Two deliberate differences, both documented in docs/optimizers.md:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -37,7 +38,9 @@ from arvc.optim._checks import (
 from arvc.optim._fused import (
     FUSED_DEVICES,
     FUSED_DTYPES,
-    fused_kernels,
+    AmpScaling,
+    amp_step,
+    fused_op,
     mark_modified,
     resolve_fused,
     run_kernel,
@@ -47,7 +50,7 @@ from arvc.optim._state import load_state_dict_keeping_dtypes
 __all__ = ["AdaBelief", "adabelief"]
 
 
-class AdaBelief(Optimizer):
+class AdaBelief(AmpScaling, Optimizer):
     """AdaBelief with decoupled weight decay and per-parameter step counters.
 
     Args:
@@ -58,9 +61,9 @@ class AdaBelief(Optimizer):
         weight_decay: decoupled weight decay, p ← p·(1 − lr·wd) (0).
         foreach: use the multi-tensor path (one kernel per operation over all tensors). None picks it
             whenever there is more than one tensor; both paths compute the same update.
-        fused: use arvc's fused CPU kernel (one pass over memory for all tensors; built on first use,
-            see arvc.optim._fused). The registry switches it on for CPU parameters; if it cannot be
-            built here, the foreach path runs instead, with one warning.
+        fused: use arvc's fused kernel (one pass over memory for all tensors: C++ on CPU, built on
+            first use, Triton on CUDA; see arvc.optim._fused). The registry switches it on for CPU and
+            CUDA parameters; where it cannot run, the foreach path runs instead, with one warning.
     """
 
     amsgrad = False  # AdaBeliefV2 keeps the running maximum of the belief variance
@@ -125,6 +128,9 @@ class AdaBelief(Optimizer):
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
         loss = evaluate_closure(closure)
+        skip, grad_scale = amp_step(self)  # GradScaler's, when every group is fused
+        if skip:
+            return loss
 
         for group, indexed in params_with_grad(self.param_groups, type(self).__name__):
             states = [self._init_state(p) for _, p in indexed]
@@ -145,6 +151,7 @@ class AdaBelief(Optimizer):
                 weight_decay=group["weight_decay"],
                 foreach=default_foreach(group["foreach"], group["lr"], len(params)),
                 fused=group.get("fused") or False,
+                grad_scale=grad_scale,
             )
         return loss
 
@@ -165,12 +172,16 @@ def adabelief(
     weight_decay: float,
     foreach: bool = False,
     fused: bool = False,
+    grad_scale: float | None = None,
 ) -> None:
-    """Functional AdaBelief step over a list of parameters; `fused`/`foreach` pick the body."""
+    """Functional AdaBelief step over a list of parameters; `fused`/`foreach` pick the body.
+    `grad_scale`: the gradients are divided by it first (in the fused kernel itself where it can)."""
     if fused:
-        body = _fused_adabelief
+        body = functools.partial(_fused_adabelief, grad_scale=grad_scale)
     else:
         body = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
+        if grad_scale is not None:
+            grads = torch._foreach_div(grads, grad_scale)
     body(
         params,
         grads,
@@ -311,13 +322,15 @@ def _fused_adabelief(
     beta2,
     eps,
     weight_decay,
+    grad_scale=None,
 ) -> None:
-    """The same update in one C++ pass over all tensors (_fused_cpu/adabelief.h)."""
+    """The same update in one pass over all tensors: C++ on CPU (_fused_cpu/adabelief.h), Triton on CUDA
+    (_fused_triton/adabelief.py)."""
     if not params:
         return
     smax = max_exp_avg_vars if amsgrad else []
     run_kernel(
-        fused_kernels().adabelief_,
+        fused_op("adabelief_", params[0].device, grad_scale),
         (
             params,
             grads,

@@ -16,6 +16,8 @@ With float32 parameters and float32 buffers the update is exactly torch.optim.Ad
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.optim import Optimizer
 
@@ -35,7 +37,9 @@ from arvc.optim._checks import (
 from arvc.optim._fused import (
     FUSED_DEVICES,
     FUSED_DTYPES,
-    fused_kernels,
+    AmpScaling,
+    amp_step,
+    fused_op,
     kernel_seed,
     mark_modified,
     resolve_fused,
@@ -49,7 +53,7 @@ __all__ = ["AnyPrecisionAdamW", "any_precision_adamw"]
 _MOMENTUM, _VARIANCE = 0, 1  # lanes of the stochastic-rounding hash
 
 
-class AnyPrecisionAdamW(Optimizer):
+class AnyPrecisionAdamW(AmpScaling, Optimizer):
     """AdamW with per-buffer storage dtypes, Kahan-compensated parameters and stochastic rounding.
 
     Args:
@@ -69,10 +73,10 @@ class AnyPrecisionAdamW(Optimizer):
             only for studies: a bf16 second moment then stops decaying).
         foreach: use the multi-tensor path (one kernel per operation over all tensors). None picks it
             whenever there is more than one tensor; both paths compute the same update.
-        fused: use arvc's fused CPU kernel (one pass over memory for all tensors, Kahan and stochastic
-            rounding included; built on first use, see arvc.optim._fused). The registry switches it on
-            for CPU parameters; if it cannot be built here, the foreach path runs instead, with one
-            warning. Buffers must then be float32/bfloat16/float16.
+        fused: use arvc's fused kernel (one pass over memory for all tensors, Kahan and stochastic
+            rounding included: C++ on CPU, built on first use, Triton on CUDA; see arvc.optim._fused).
+            The registry switches it on for CPU and CUDA parameters; where it cannot run, the foreach
+            path runs instead, with one warning. Buffers must then be float32/bfloat16/float16.
     """
 
     fused_devices = FUSED_DEVICES  # read by the registry to switch `fused` on automatically
@@ -170,6 +174,9 @@ class AnyPrecisionAdamW(Optimizer):
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
         loss = evaluate_closure(closure)
+        skip, grad_scale = amp_step(self)  # GradScaler's, when every group is fused
+        if skip:
+            return loss
 
         numbers = getattr(self, "_param_index", None)  # (torch's pickling keeps only groups and state)
         for group, indexed in params_with_grad(self.param_groups, type(self).__name__):
@@ -201,6 +208,7 @@ class AnyPrecisionAdamW(Optimizer):
                 stochastic_rounding=group["stochastic_rounding"],
                 foreach=default_foreach(group["foreach"], group["lr"], len(params)),
                 fused=group.get("fused") or False,
+                grad_scale=grad_scale,
             )
         return loss
 
@@ -244,12 +252,16 @@ def any_precision_adamw(
     stochastic_rounding: bool = True,
     foreach: bool = False,
     fused: bool = False,
+    grad_scale: float | None = None,
 ) -> None:
-    """Functional AnyPrecisionAdamW step over a list of parameters; `fused`/`foreach` pick the body."""
+    """Functional AnyPrecisionAdamW step over a list of parameters; `fused`/`foreach` pick the body.
+    `grad_scale`: the gradients are divided by it first (in the fused kernel itself where it can)."""
     if fused:
-        body = _fused_any_precision_adamw
+        body = functools.partial(_fused_any_precision_adamw, grad_scale=grad_scale)
     else:
         body = _multi_tensor_any_precision_adamw if foreach else _single_tensor_any_precision_adamw
+        if grad_scale is not None:
+            grads = torch._foreach_div(grads, grad_scale)
     body(
         params,
         grads,
@@ -401,8 +413,10 @@ def _fused_any_precision_adamw(
     weight_decay,
     seed,
     stochastic_rounding,
+    grad_scale=None,
 ) -> None:
-    """The same update in one C++ pass over all tensors (_fused_cpu/any_precision_adamw.h)."""
+    """The same update in one pass over all tensors: C++ on CPU (_fused_cpu/any_precision_adamw.h),
+    Triton on CUDA (_fused_triton/any_precision_adamw.py)."""
     if not params:
         return
     compensation_of, count = [], 0
@@ -410,7 +424,7 @@ def _fused_any_precision_adamw(
         compensation_of.append(-1 if compensation is None else count)
         count += compensation is not None
     run_kernel(
-        fused_kernels().any_precision_adamw_,
+        fused_op("any_precision_adamw_", params[0].device, grad_scale),
         (
             params,
             grads,

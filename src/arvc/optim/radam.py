@@ -2,7 +2,8 @@
 
 Why a subclass: torch has no fused RAdam; on CPU its foreach path makes ~10 passes over memory and is
 ~5x slower than its own fused AdamW. `fused=True` runs the identical update (same formulas, same
-Python-side scalars) in one C++ pass over all float32 tensors (_fused_cpu/radam.h). Every other
+Python-side scalars) in one pass over all float32 tensors: C++ on CPU (_fused_cpu/radam.h), Triton on
+CUDA (_fused_triton/radam.py), which also takes GradScaler's scale in the kernel. Every other
 setting runs torch's own functional update unchanged, so this *is* torch.optim.RAdam whenever fused
 is off.
 
@@ -17,13 +18,21 @@ import torch
 from torch.optim.radam import radam
 
 from arvc.optim._checks import check_param_dtypes, evaluate_closure, lr_value, real_view
-from arvc.optim._fused import FUSED_DEVICES, fused_kernels, mark_modified, resolve_fused, run_kernel
+from arvc.optim._fused import (
+    FUSED_DEVICES,
+    AmpScaling,
+    amp_step,
+    fused_op,
+    mark_modified,
+    resolve_fused,
+    run_kernel,
+)
 from arvc.optim._state import load_state_dict_keeping_dtypes
 
 __all__ = ["RAdam"]
 
 
-class RAdam(torch.optim.RAdam):
+class RAdam(AmpScaling, torch.optim.RAdam):
     """torch.optim.RAdam with a `fused` CPU path (float32 parameters; not with capturable/differentiable).
 
     The registry switches `fused` on for float32 CPU parameters, and passes
@@ -85,6 +94,9 @@ class RAdam(torch.optim.RAdam):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
         self._accelerator_graph_capture_health_check()
         loss = evaluate_closure(closure)
+        skip, grad_scale = amp_step(self)  # GradScaler's, when every group is fused
+        if skip:
+            return loss
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
             has_complex = self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps)
@@ -116,7 +128,7 @@ class RAdam(torch.optim.RAdam):
                 [real_view(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
             )
             run_kernel(
-                fused_kernels().radam_,
+                fused_op("radam_", params[0].device, grad_scale),
                 (
                     params,
                     grads,

@@ -80,9 +80,12 @@ def use_fused(cls: type, device_types: Collection[str], dtypes: Collection[torch
 
     Pure: no tensors, no GPU needed. True only if the class takes `fused`, every parameter's device
     type has a fused kernel for it (meta never does) and every parameter's dtype is one its kernel
-    handles (the class's own `fused_dtypes`, else any floating point dtype, as torch's).
+    handles (the class's own `fused_dtypes`, else any floating point dtype, as torch's). arvc's own
+    kernels (C++ on CPU, Triton on CUDA) step one device type per group, so a mix of both is not fused.
     """
     if "fused" not in supported_kwargs(cls) or not device_types:
+        return False
+    if getattr(cls, "fused_devices", None) is not None and len(set(device_types)) > 1:
         return False
     supported = set(_fused_devices(cls))
     own_dtypes = getattr(cls, "fused_dtypes", None)

@@ -1,0 +1,165 @@
+"""AdaBelief / AdaBeliefV2 in Triton: _fused_cpu/adabelief.h operation for operation, one launch per
+(device, parameter dtype, gradient dtype) group."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from arvc.optim._fused_triton.common import (
+    KINDS,
+    Launch,
+    block_of,
+    check_lengths,
+    check_param,
+    check_tensor,
+    commit_steps,
+    float32,
+    groups,
+    launch_blocks,
+    load_f32,
+    matching_grad,
+    next_step,
+    store_f32,
+)
+
+__all__ = ["adabelief_"]
+
+_WIDTH = tl.constexpr(6)  # numel, param, grad, exp_avg, exp_avg_var, max_exp_avg_var
+
+
+@triton.jit
+def _update(row, scalars, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, MASKED, ALIGNED):
+    decay = tl.load(scalars)
+    beta1 = tl.load(scalars + 1)
+    one_minus_beta1 = tl.load(scalars + 2)
+    beta2 = tl.load(scalars + 3)
+    one_minus_beta2 = tl.load(scalars + 4)
+    eps = tl.load(scalars + 5)
+    bias_correction2_sqrt = tl.load(scalars + 6)
+    step_size = tl.load(scalars + 7)
+    p_address = tl.load(row + 1)
+    m_address = tl.load(row + 3)
+    s_address = tl.load(row + 4)
+    param = load_f32(p_address, offsets, mask, P_KIND, MASKED, ALIGNED) * decay
+    grad = load_f32(tl.load(row + 2), offsets, mask, G_KIND, MASKED, ALIGNED)
+    if HAS_SCALE:
+        grad = tl.div_rn(grad, tl.load(scalars + 8))
+    m_old = load_f32(m_address, offsets, mask, 0, MASKED, ALIGNED)
+    if ZERO_BETA1:
+        residual = grad - m_old  # against the previous momentum (see adabelief.py)
+        momentum = grad
+    else:
+        momentum = m_old * beta1
+        momentum = momentum + one_minus_beta1 * grad
+        residual = grad - momentum
+    belief = load_f32(s_address, offsets, mask, 0, MASKED, ALIGNED) * beta2
+    belief = belief + one_minus_beta2 * residual * residual
+    belief = belief + eps
+    store_f32(m_address, offsets, mask, momentum, 0, MASKED, ALIGNED, False, 0, 0)
+    store_f32(s_address, offsets, mask, belief, 0, MASKED, ALIGNED, False, 0, 0)
+    if AMSGRAD:
+        smax_address = tl.load(row + 5)
+        previous = load_f32(smax_address, offsets, mask, 0, MASKED, ALIGNED)
+        # torch.maximum: a NaN on either side wins
+        belief = tl.where(previous != previous, previous, tl.where(previous > belief, previous, belief))
+        store_f32(smax_address, offsets, mask, belief, 0, MASKED, ALIGNED, False, 0, 0)
+    denom = tl.div_rn(tl.sqrt_rn(belief), bias_correction2_sqrt) + eps
+    param = param + step_size * tl.div_rn(momentum, denom)
+    store_f32(p_address, offsets, mask, param, P_KIND, MASKED, ALIGNED, False, 0, 0)
+
+
+@triton.jit
+def _adabelief_kernel(
+    rows,
+    scalars,
+    blocks,
+    AMSGRAD: tl.constexpr,
+    ZERO_BETA1: tl.constexpr,
+    P_KIND: tl.constexpr,
+    G_KIND: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    tensor, row, offsets, mask, full = block_of(blocks, rows, _WIDTH, BLOCK)
+    k = scalars + tensor * 9
+    if full:
+        _update(row, k, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, False, ALIGNED)
+    else:
+        _update(row, k, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, True, ALIGNED)
+
+
+def adabelief_(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_vars,
+    max_exp_avg_vars,
+    steps,
+    amsgrad: bool,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    grad_scale: float | None = None,
+) -> None:
+    """The CPU op's signature and semantics (torch.ops.arvc_fused.adabelief_), on the tensors' device;
+    `grad_scale`: divide every gradient by it first (GradScaler's scale, AMP without an unscale pass)."""
+    count = len(params)
+    check_lengths(
+        "AdaBelief", count, grads, exp_avgs, exp_avg_vars, steps, *([max_exp_avg_vars] if amsgrad else [])
+    )
+    laid_out, scalars = [], []
+    for i, param in enumerate(params):
+        check_param(param)
+        check_tensor(param, param, "parameter")
+        check_tensor(grads[i], param, "gradient", False)
+        for buffer in (exp_avgs[i], exp_avg_vars[i], *([max_exp_avg_vars[i]] if amsgrad else [])):
+            check_tensor(buffer, param, "state")
+            if buffer.dtype != torch.float32:
+                raise RuntimeError("arvc fused AdaBelief: state must be float32")
+        laid_out.append(matching_grad(grads[i], param))
+        step = float(next_step(steps[i]))
+        scalars.append(
+            [
+                1.0 - lr * weight_decay,
+                beta1,
+                1.0 - beta1,
+                beta2,
+                1.0 - beta2,
+                eps,
+                math.sqrt(1.0 - beta2**step),
+                -lr / (1.0 - beta1**step),
+                1.0 if grad_scale is None else float(grad_scale),
+            ]
+        )
+    commit_steps(steps)
+    keys = [(p.device, KINDS[p.dtype], KINDS[g.dtype]) for p, g in zip(params, laid_out, strict=True)]
+    for (device, p_kind, g_kind), members in groups(keys).items():
+        addresses = [
+            [
+                params[i].data_ptr(),
+                laid_out[i].data_ptr(),
+                exp_avgs[i].data_ptr(),
+                exp_avg_vars[i].data_ptr(),
+                max_exp_avg_vars[i].data_ptr() if amsgrad else 0,
+            ]
+            for i in members
+        ]
+        launch = Launch(
+            device, [params[i].numel() for i in members], addresses, [scalars[i] for i in members]
+        )
+        launch_blocks(
+            _adabelief_kernel,
+            launch,
+            AMSGRAD=bool(amsgrad),
+            ZERO_BETA1=float32(beta1) == 0.0,  # the CPU kernel tests its float32 beta1
+            P_KIND=p_kind,
+            G_KIND=g_kind,
+            HAS_SCALE=grad_scale is not None,
+        )

@@ -1,0 +1,258 @@
+"""AnyPrecisionAdamW in Triton: _fused_cpu/any_precision_adamw.h operation for operation — float32,
+bfloat16 or float16 parameters and moments, Kahan compensation, stochastic rounding with the CPU kernel's
+hash — one launch per (device, storage dtypes) group."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from arvc.optim._fused_triton.common import (
+    KINDS,
+    Launch,
+    bf16_nearest,
+    block_of,
+    check_lengths,
+    check_param,
+    check_tensor,
+    commit_steps,
+    float32,
+    groups,
+    launch_blocks,
+    load_f32,
+    matching_grad,
+    mix32,
+    next_step,
+    store_f32,
+)
+from arvc.optim._rounding import rounding_seed
+
+__all__ = ["any_precision_adamw_"]
+
+_WIDTH = tl.constexpr(7)  # numel, param, grad, exp_avg, exp_avg_sq, compensation (0: none), rounding key
+_MOMENTUM, _VARIANCE = 0, 1  # lanes of the rounding hash
+
+
+@triton.jit
+def _rounded(value, KIND: tl.constexpr):
+    """The float32 value of `value` once stored in KIND to nearest (what the parameter now holds)."""
+    if KIND == 0:
+        return value
+    elif KIND == 1:
+        return (bf16_nearest(value) << 16).to(tl.float32, bitcast=True)
+    else:
+        return value.to(tl.float16).to(tl.float32)
+
+
+@triton.jit
+def _update(
+    row,
+    k,
+    offsets,
+    mask,
+    P_KIND,
+    G_KIND,
+    M_KIND,
+    V_KIND,
+    C_KIND,
+    LOW_WEIGHT,
+    STOCHASTIC,
+    HAS_SCALE,
+    MASKED,
+    ALIGNED,
+):
+    decay = tl.load(k)
+    w = tl.load(k + 1)
+    beta2 = tl.load(k + 2)
+    one_minus_beta2 = tl.load(k + 3)
+    eps = tl.load(k + 4)
+    bias_correction2_sqrt = tl.load(k + 5)
+    step_size = tl.load(k + 6)
+    p_address = tl.load(row + 1)
+    m_address = tl.load(row + 3)
+    v_address = tl.load(row + 4)
+    grad = load_f32(tl.load(row + 2), offsets, mask, G_KIND, MASKED, ALIGNED)
+    if HAS_SCALE:
+        grad = tl.div_rn(grad, tl.load(k + 7))
+    m_old = load_f32(m_address, offsets, mask, M_KIND, MASKED, ALIGNED)
+    if LOW_WEIGHT:
+        momentum = m_old + w * (grad - m_old)
+    else:
+        momentum = grad - (grad - m_old) * (1.0 - w)
+    variance = load_f32(v_address, offsets, mask, V_KIND, MASKED, ALIGNED) * beta2
+    variance = variance + one_minus_beta2 * grad * grad
+    if STOCHASTIC:
+        bits = mix32(offsets.to(tl.uint32) ^ tl.load(row + 6).to(tl.uint32))
+    else:
+        bits = offsets.to(tl.uint32) * 0
+    store_f32(m_address, offsets, mask, momentum, M_KIND, MASKED, ALIGNED, STOCHASTIC, bits, 0)
+    store_f32(v_address, offsets, mask, variance, V_KIND, MASKED, ALIGNED, STOCHASTIC, bits, 1)
+    denom = tl.div_rn(tl.sqrt_rn(variance), bias_correction2_sqrt) + eps
+    master = load_f32(p_address, offsets, mask, P_KIND, MASKED, ALIGNED)
+    if C_KIND >= 0:
+        c_address = tl.load(row + 5)
+        master = master + load_f32(c_address, offsets, mask, C_KIND, MASKED, ALIGNED)
+    master = master * decay
+    master = master + step_size * tl.div_rn(momentum, denom)
+    store_f32(p_address, offsets, mask, master, P_KIND, MASKED, ALIGNED, False, bits, 0)
+    if C_KIND >= 0:
+        # What rounding the parameter dropped is carried into the next step.
+        residual = master - _rounded(master, P_KIND)
+        store_f32(c_address, offsets, mask, residual, C_KIND, MASKED, ALIGNED, False, bits, 0)
+
+
+@triton.jit
+def _any_precision_adamw_kernel(
+    rows,
+    scalars,
+    blocks,
+    P_KIND: tl.constexpr,
+    G_KIND: tl.constexpr,
+    M_KIND: tl.constexpr,
+    V_KIND: tl.constexpr,
+    C_KIND: tl.constexpr,
+    LOW_WEIGHT: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    tensor, row, offsets, mask, full = block_of(blocks, rows, _WIDTH, BLOCK)
+    k = scalars + tensor * 8
+    if full:
+        _update(
+            row,
+            k,
+            offsets,
+            mask,
+            P_KIND,
+            G_KIND,
+            M_KIND,
+            V_KIND,
+            C_KIND,
+            LOW_WEIGHT,
+            STOCHASTIC,
+            HAS_SCALE,
+            False,
+            ALIGNED,
+        )
+    else:
+        _update(
+            row,
+            k,
+            offsets,
+            mask,
+            P_KIND,
+            G_KIND,
+            M_KIND,
+            V_KIND,
+            C_KIND,
+            LOW_WEIGHT,
+            STOCHASTIC,
+            HAS_SCALE,
+            True,
+            ALIGNED,
+        )
+
+
+def any_precision_adamw_(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    compensations,
+    compensation_of,
+    steps,
+    param_indices,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    seed: int,
+    stochastic_rounding: bool,
+    grad_scale: float | None = None,
+) -> None:
+    """torch.ops.arvc_fused.any_precision_adamw_ on the tensors' device (the Kahan buffers that exist as a
+    list plus, per parameter, the index of its own, -1: none); `grad_scale` divides every gradient first."""
+    count = len(params)
+    check_lengths(
+        "AnyPrecisionAdamW", count, grads, exp_avgs, exp_avg_sqs, compensation_of, steps, param_indices
+    )
+    if any(index >= len(compensations) for index in compensation_of):
+        raise RuntimeError("arvc fused AnyPrecisionAdamW: compensation index out of range")
+    kahan = [compensations[index] if index >= 0 else None for index in compensation_of]
+    laid_out, scalars, keys = [], [], []
+    for i, param in enumerate(params):
+        check_param(param)
+        check_tensor(param, param, "parameter")
+        check_tensor(grads[i], param, "gradient", False)
+        check_tensor(exp_avgs[i], param, "exp_avg")
+        check_tensor(exp_avg_sqs[i], param, "exp_avg_sq")
+        if kahan[i] is not None:
+            check_tensor(kahan[i], param, "compensation")
+            if param.dtype == torch.float32:
+                raise RuntimeError(
+                    "arvc fused AnyPrecisionAdamW: float32 parameters have no compensation buffer"
+                )
+        laid_out.append(matching_grad(grads[i], param))
+        step = next_step(steps[i])
+        bias_correction1 = 1.0 - beta1 ** float(step)
+        scalars.append(
+            [
+                1.0 - lr * weight_decay,
+                1.0 - beta1,
+                beta2,
+                1.0 - beta2,
+                eps,
+                (1.0 - beta2 ** float(step)) ** 0.5,
+                -(lr / bias_correction1),
+                1.0 if grad_scale is None else float(grad_scale),
+            ]
+        )
+        # rounding_key of _fused_cpu/common.h: the low 32 bits of the 63-bit seed for buffer id 0
+        keys.append(rounding_seed(seed, param_indices[i], step, 0) & 0xFFFFFFFF)
+    commit_steps(steps)
+    low_weight = float32(1.0 - beta1) < 0.5
+    group_keys = [
+        (
+            p.device,
+            KINDS[p.dtype],
+            KINDS[g.dtype],
+            KINDS[m.dtype],
+            KINDS[v.dtype],
+            KINDS[c.dtype] if c is not None else -1,
+        )
+        for p, g, m, v, c in zip(params, laid_out, exp_avgs, exp_avg_sqs, kahan, strict=True)
+    ]
+    for (device, p_kind, g_kind, m_kind, v_kind, c_kind), members in groups(group_keys).items():
+        addresses = [
+            [
+                params[i].data_ptr(),
+                laid_out[i].data_ptr(),
+                exp_avgs[i].data_ptr(),
+                exp_avg_sqs[i].data_ptr(),
+                kahan[i].data_ptr() if kahan[i] is not None else 0,
+            ]
+            for i in members
+        ]
+        launch = Launch(
+            device,
+            [params[i].numel() for i in members],
+            addresses,
+            [scalars[i] for i in members],
+            [[keys[i]] for i in members],
+        )
+        launch_blocks(
+            _any_precision_adamw_kernel,
+            launch,
+            P_KIND=p_kind,
+            G_KIND=g_kind,
+            M_KIND=m_kind,
+            V_KIND=v_kind,
+            C_KIND=c_kind,
+            LOW_WEIGHT=low_weight,
+            STOCHASTIC=bool(stochastic_rounding),
+            HAS_SCALE=grad_scale is not None,
+        )

@@ -1,0 +1,259 @@
+"""arvc's Triton kernels (the fused path on CUDA) equal its fused C++ CPU kernels, bit for bit.
+
+Without a GPU (CI) the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below before the
+kernels are imported) on CPU tensors, through the optimizers as built by the registry: the Triton side
+is pointed at CPU tensors by patching `_fused._uses_triton`. The kernels are written so that the
+interpreter's result stands for the GPU's (correctly rounded `tl.div_rn` / `tl.sqrt_rn`, bf16 conversions
+as integer bit operations, no a*b+c fusion; see _fused_triton/common.py), and compile-only checks on the
+PTX for sm_80 / sm_90 (test_the_ptx_...) hold the compiled code to that. On a GPU machine,
+ARVC_TRITON_GPU=1 runs the same comparisons with the Triton side on CUDA (benchmarks/gpu_check.sh).
+
+Tolerance: none. Every comparison is of raw bits (NaN equals NaN, whatever its payload), for float32 as
+for bf16/fp16 storage: both kernels perform the same IEEE float32 operations in the same order.
+"""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed (pip install 'arvc[gpu]' or the dev extra)")
+
+GPU = os.environ.get("ARVC_TRITON_GPU") == "1" and torch.cuda.is_available()
+if not GPU:
+    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined: @triton.jit reads it then
+
+from arvc.optim import _fused, build_optimizer  # noqa: E402
+from arvc.optim._fused_triton import common  # noqa: E402
+
+TRITON_DEVICE = "cuda" if GPU else "cpu"
+# The interpreter computes with numpy, which warns about the NaN/inf the special-value cases feed it.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+SHAPES = [(3000,), (33, 40), (1024,), (1,), (0,), (5, 7)]  # several blocks, a partial one, one element, empty
+NAN, INF = float("nan"), float("inf")
+
+
+@contextlib.contextmanager
+def triton_path():
+    """CPU tensors step through the Triton kernels (in the interpreter) while this is active."""
+    if GPU:
+        yield
+        return
+    original, cpu_kernels = _fused._uses_triton, _fused.fused_kernels
+
+    def not_here():
+        raise AssertionError("the C++ kernels were called inside triton_path()")
+
+    _fused._uses_triton, _fused.fused_kernels = (lambda device: True), not_here
+    try:
+        yield
+    finally:
+        _fused._uses_triton, _fused.fused_kernels = original, cpu_kernels
+
+
+def _params(dtype, device):
+    generator = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(s, generator=generator).to(dtype).to(device)) for s in SHAPES]
+
+
+def _grads(step, dtype):
+    generator = torch.Generator().manual_seed(100 + step)
+    grads = [torch.randn(s, generator=generator) * (1 + step) for s in SHAPES]
+    if step == 2:  # special values: NaN, inf, and (in bf16/fp16) a value that overflows the moments
+        grads[0][5], grads[0][7], grads[0][9] = NAN, INF, 6e4
+    grads[1] = grads[1].t().contiguous().t()  # laid out unlike its parameter: the kernel gets a copy
+    return [g.to(dtype) for g in grads]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().cpu()
+    raw = t.view(torch.int32 if t.dtype == torch.float32 else torch.int16).to(torch.int64)
+    return torch.where(torch.isnan(t.float()), torch.full_like(raw, -1), raw)  # any NaN equals any NaN
+
+
+def _assert_identical(a, b, what):
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    differ = (_bits(a) != _bits(b)).sum().item()
+    assert differ == 0, f"{what}: {differ} of {a.numel()} elements differ"
+
+
+CASES = [
+    ("AdaBelief", torch.float32, {}),
+    ("AdaBelief", torch.float32, {"betas": (0.0, 0.99)}),
+    ("AdaBelief", torch.bfloat16, {}),
+    ("AdaBelief", torch.float16, {"weight_decay": 0.1}),
+    ("AdaBeliefV2", torch.float32, {}),
+    ("AdaBeliefV2", torch.bfloat16, {}),
+    ("RAdam", torch.float32, {}),
+    ("RAdam", torch.float32, {"decoupled_weight_decay": False, "betas": (0.3, 0.9)}),
+    ("RAdam", torch.float32, {"maximize": True}),
+    ("AnyPrecisionAdamW", torch.float32, {}),
+    ("AnyPrecisionAdamW", torch.float32, {"momentum_dtype": "bf16", "variance_dtype": "bf16"}),
+    ("AnyPrecisionAdamW", torch.float32, {"betas": (0.6, 0.95)}),  # the lerp's other branch
+    (
+        "AnyPrecisionAdamW",
+        torch.bfloat16,
+        {"use_kahan_summation": True, "momentum_dtype": "bf16", "variance_dtype": "bf16", "seed": 77},
+    ),
+    ("AnyPrecisionAdamW", torch.bfloat16, {"use_kahan_summation": True, "stochastic_rounding": False}),
+    (
+        "AnyPrecisionAdamW",
+        torch.float16,
+        {"use_kahan_summation": True, "momentum_dtype": "fp16", "variance_dtype": "fp16", "seed": -3},
+    ),
+    ("AnyPrecisionAdamW", torch.bfloat16, {"momentum_dtype": "fp16", "variance_dtype": "bf16"}),  # mixed
+]
+
+
+def _build(name, params, kwargs):
+    optimizer = build_optimizer(name, [{"params": params[:3]}, {"params": params[3:], "lr": 3e-4}], **kwargs)
+    assert all(group["fused"] for group in optimizer.param_groups), "the registry chose the fused path"
+    return optimizer
+
+
+def _run_both(name, dtype, kwargs, steps=4, amp=None):
+    kwargs = {"lr": 1e-2, "weight_decay": 0.01, **kwargs}
+    cpu_params, triton_params = _params(dtype, "cpu"), _params(dtype, TRITON_DEVICE)
+    cpu = _build(name, cpu_params, kwargs)
+    with triton_path():
+        triton = _build(name, triton_params, kwargs)
+    for step in range(steps):
+        grads = _grads(step, dtype)
+        for optimizer, params in ((cpu, cpu_params), (triton, triton_params)):
+            optimizer.param_groups[0]["lr"] = 1e-2 / (1 + step)  # a changing lr
+            for p, g in zip(params, grads, strict=True):
+                p.grad = None if (step == 1 and p is params[2]) else g.to(p.device)  # one without grad
+        cpu.step()
+        with triton_path():
+            triton.step()
+    return cpu, cpu_params, triton, triton_params
+
+
+@pytest.mark.parametrize("name, dtype, kwargs", CASES, ids=lambda v: str(v).removeprefix("torch."))
+def test_the_triton_step_equals_the_cpu_kernel_bit_for_bit(name, dtype, kwargs):
+    cpu, cpu_params, triton, triton_params = _run_both(name, dtype, kwargs)
+    for i, (p, q) in enumerate(zip(cpu_params, triton_params, strict=True)):
+        _assert_identical(p, q, f"parameter {i}")
+        assert cpu.state[p].keys() == triton.state[q].keys()
+        for key, value in cpu.state[p].items():
+            _assert_identical(value, triton.state[q][key], f"parameter {i} {key}")
+
+
+def test_a_changing_learning_rate_never_recompiles(monkeypatch):
+    """lr (like every per-step number) travels in the launch's scalar table, never as a compile-time
+    constant: while lr changes every step, no launch asks for a kernel variant the first step did not."""
+    launches = []
+    launch_blocks = common.launch_blocks
+
+    def spy(kernel, launch, **constants):
+        launches.append((kernel, tuple(sorted(constants.items()))))
+        launch_blocks(kernel, launch, **constants)
+
+    for module in ("adabelief", "radam", "any_precision_adamw"):
+        monkeypatch.setattr(f"arvc.optim._fused_triton.{module}.launch_blocks", spy)
+    for name in ("AdaBelief", "RAdam", "AnyPrecisionAdamW"):
+        launches.clear()
+        _run_both(name, torch.float32, {}, steps=1)
+        first = set(launches)
+        _run_both(name, torch.float32, {}, steps=4)
+        assert first and set(launches) == first, name
+
+
+def test_a_refused_step_changes_nothing():
+    params = _params(torch.float32, TRITON_DEVICE)[:2]
+    with triton_path():
+        optimizer = build_optimizer("AdaBelief", params, lr=1e-2)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        before = [p.detach().clone() for p in params]
+        optimizer.state[params[1]]["exp_avg"] = torch.zeros(4, device=TRITON_DEVICE)  # corrupt the second
+        with pytest.raises(RuntimeError, match="elements"):
+            optimizer.step()
+    assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]  # no counter moved
+    for p, b in zip(params, before, strict=True):
+        _assert_identical(p, b, "a parameter of a refused step")
+
+
+@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+def test_a_triton_step_counts_as_an_in_place_change_for_autograd(name):
+    param = torch.nn.Parameter(torch.ones(3, device=TRITON_DEVICE))
+    with triton_path():
+        optimizer = build_optimizer(name, [param], lr=1e-2)
+        loss = (param * param).sum()  # saves param for backward
+        param.grad = torch.ones(3, device=TRITON_DEVICE)
+        optimizer.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+def test_grad_scaler_hands_its_scale_to_the_kernel(name):
+    """With every group fused, GradScaler passes its scale and overflow flag to step() (as to torch's
+    fused Adam) instead of unscaling in a pass of its own: the kernel divides by the scale, the C++ path
+    divides a copy, and both equal the usual unscale-then-step; an overflow skips the step entirely."""
+    scale = 2.0**12
+
+    def run(use_triton, hand_scale):
+        params = _params(torch.float32, TRITON_DEVICE if use_triton else "cpu")[:3]
+        context = triton_path() if use_triton else contextlib.nullcontext()
+        with context:
+            optimizer = build_optimizer(name, params, lr=1e-2)
+            assert optimizer._step_supports_amp_scaling
+            for step in range(3):
+                for p, g in zip(params, _grads(step, torch.float32)[:3], strict=True):
+                    g = torch.nan_to_num(g, nan=0.0, posinf=1.0)
+                    p.grad = (g * scale).to(p.device) if hand_scale else g.to(p.device)
+                if hand_scale:  # what GradScaler.step sets before calling step()
+                    optimizer.grad_scale = torch.tensor(scale)
+                    optimizer.found_inf = torch.tensor(0.0)
+                optimizer.step()
+            optimizer.found_inf = torch.tensor(1.0)  # an overflow: nothing moves
+            before = [p.detach().clone() for p in params]
+            steps = [optimizer.state[p]["step"].item() for p in params]
+            optimizer.step()
+            assert [optimizer.state[p]["step"].item() for p in params] == steps
+            for p, b in zip(params, before, strict=True):
+                _assert_identical(p, b, "a parameter after a skipped step")
+        return params
+
+    expected = run(use_triton=False, hand_scale=False)
+    for use_triton in (False, True):
+        for p, q in zip(expected, run(use_triton, hand_scale=True), strict=True):
+            _assert_identical(p, q, f"scaled step ({'Triton' if use_triton else 'C++'})")
+
+
+def test_without_triton_the_gpu_path_is_unavailable_with_a_message_naming_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "arvc.optim._fused_triton", None)  # as if triton were missing
+    with pytest.raises(_fused.FusedUnavailable, match=r"need triton.*arvc\[gpu\]"):
+        _fused.triton_kernels()
+
+
+@pytest.mark.skipif(GPU, reason="compile-only checks are for machines without a GPU")
+def test_the_ptx_is_exact_vectorised_and_does_not_spill():
+    """Compile every kernel variant for sm_80 and sm_90 without a GPU (a subprocess: the kernels must
+    not be the interpreter's): no approximate division / sqrt / exp, no flush-to-zero, no fused
+    multiply-add, vectorised global loads on the full-block path, no spills (cuobjdump)."""
+    script = Path(__file__).with_name("triton_ptx.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = json.loads(done.stdout)
+    assert {r["target"] for r in reports} == {80, 90}
+    assert {r["kernel"] for r in reports} == {
+        "_adabelief_kernel",
+        "_radam_kernel",
+        "_any_precision_adamw_kernel",
+    }
+    for r in reports:
+        what = f"{r['kernel']} {r['variant']} sm_{r['target']}"
+        assert r["approximate"] == [], f"{what}: approximate instructions {r['approximate']}"
+        assert not r["ftz"], f"{what}: flush-to-zero"
+        assert not r["fma"], f"{what}: fused multiply-add"
+        assert r["vector_loads"] > 0, f"{what}: no vectorised loads"
+        assert r["local_bytes"] == 0 and r["stack_bytes"] == 0, f"{what}: spills ({r['resources']})"

@@ -1,0 +1,85 @@
+"""Compile arvc's Triton kernels for sm_80 and sm_90 without a GPU and report what the code does
+(run by test_fused_triton.py in a subprocess; prints one JSON list). Each report: the approximate
+instructions found (div/sqrt/rsqrt/ex2/lg2/sin/cos .approx), flush-to-zero, float fma, vectorised
+global loads, and cuobjdump's resource usage (registers, local memory and stack = spills)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from arvc.optim._fused_triton.adabelief import _adabelief_kernel
+from arvc.optim._fused_triton.any_precision_adamw import _any_precision_adamw_kernel
+from arvc.optim._fused_triton.radam import _radam_kernel
+
+COMMON = {"ALIGNED": True, "BLOCK": 1024, "HAS_SCALE": True}
+VARIANTS = [
+    (_adabelief_kernel, "fp32", {"AMSGRAD": False, "ZERO_BETA1": False, "P_KIND": 0, "G_KIND": 0}),
+    (_adabelief_kernel, "bf16 amsgrad", {"AMSGRAD": True, "ZERO_BETA1": False, "P_KIND": 1, "G_KIND": 1}),
+    (_radam_kernel, "fp32", {"LOW_WEIGHT": True, "COUPLED_DECAY": False, "MAXIMIZE": False}),
+    (_any_precision_adamw_kernel, "fp32", {"P_KIND": 0, "G_KIND": 0, "M_KIND": 0, "V_KIND": 0, "C_KIND": -1}),
+    (
+        _any_precision_adamw_kernel,
+        "bf16 kahan sr",
+        {"P_KIND": 1, "G_KIND": 1, "M_KIND": 1, "V_KIND": 1, "C_KIND": 1},
+    ),
+    (
+        _any_precision_adamw_kernel,
+        "fp16 kahan sr",
+        {"P_KIND": 2, "G_KIND": 2, "M_KIND": 2, "V_KIND": 2, "C_KIND": 2},
+    ),
+]
+APPROXIMATE = re.compile(r"\b(?:div|sqrt|rsqrt|rcp|ex2|lg2|sin|cos|tanh)\.approx[.\w]*")
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def report(kernel, variant, constants, target):
+    names = list(kernel.arg_names)
+    constants = {**COMMON, **constants}
+    if kernel is _any_precision_adamw_kernel:
+        constants = {"LOW_WEIGHT": True, "STOCHASTIC": True, **constants}
+    signature = {
+        name: "constexpr" if name in constants else ("*fp32" if name == "scalars" else "*i64")
+        for name in names
+    }
+    source = ASTSource(
+        fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constants.items()}
+    )
+    compiled = triton.compile(
+        source, target=GPUTarget("cuda", target, 32), options={"enable_fp_fusion": False}
+    )
+    ptx = compiled.asm["ptx"]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        usage = subprocess.run(
+            [CUOBJDUMP, "--dump-resource-usage", path], capture_output=True, text=True
+        ).stdout
+    resources = next((line.strip() for line in usage.splitlines() if "REG:" in line), "")
+    field = dict(re.findall(r"(\w+):(\d+)", resources))
+    return {
+        "kernel": kernel.__name__,
+        "variant": variant,
+        "target": target,
+        "approximate": sorted(set(APPROXIMATE.findall(ptx))),
+        "ftz": ".ftz" in ptx,
+        "fma": bool(re.search(r"\bfma\.rn\.f32\b", ptx)),
+        "vector_loads": len(re.findall(r"\bld\.global(?:\.\w+)*\.v[248]\b", ptx)),
+        "registers": int(field.get("REG", -1)),
+        "local_bytes": int(field.get("LOCAL", -1)),
+        "stack_bytes": int(field.get("STACK", -1)),
+        "resources": resources,
+    }
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("triton_ptx.py compiles real kernels: run it without TRITON_INTERPRET=1")
+    print(json.dumps([report(k, v, c, t) for k, v, c in VARIANTS for t in (80, 90)], indent=1))
