@@ -5,8 +5,8 @@ kernels are imported) on CPU tensors, through the optimizers as built by the reg
 is pointed at CPU tensors by patching `_fused._uses_triton`. The kernels are written so that the
 interpreter's result stands for the GPU's (correctly rounded `tl.div_rn` / `tl.sqrt_rn`, bf16 conversions
 as integer bit operations, no a*b+c fusion; see _fused_triton/common.py), and compile-only checks on the
-PTX for sm_80 / sm_90 (test_the_ptx_...) hold the compiled code to that. On a GPU machine,
-ARVC_TRITON_GPU=1 runs the same comparisons with the Triton side on CUDA (benchmarks/gpu_check.sh).
+PTX for sm_75 to sm_90 (test_the_ptx_...) hold the compiled code to that. On a GPU machine,
+ARVC_TRITON_GPU=1 runs the same comparisons with the Triton side on CUDA (benchmarks/gpu_check.py).
 
 Tolerance: none. Every comparison is of raw bits (NaN equals NaN, whatever its payload), for float32 as
 for bf16/fp16 storage: both kernels perform the same IEEE float32 operations in the same order.
@@ -144,6 +144,25 @@ def test_the_triton_step_equals_the_cpu_kernel_bit_for_bit(name, dtype, kwargs):
             _assert_identical(value, triton.state[q][key], f"parameter {i} {key}")
 
 
+@pytest.mark.parametrize("name", ["AdaBelief", "AnyPrecisionAdamW"])
+def test_a_complex_parameter_steps_as_its_real_view_on_both_kernels(name):
+    generator = torch.Generator().manual_seed(3)
+    start = torch.randn(50, dtype=torch.complex64, generator=generator)
+    cpu_param = torch.nn.Parameter(start.clone())
+    triton_param = torch.nn.Parameter(start.clone().to(TRITON_DEVICE))
+    cpu = build_optimizer(name, [cpu_param], lr=1e-2)
+    with triton_path():
+        triton = build_optimizer(name, [triton_param], lr=1e-2)
+    assert cpu.param_groups[0]["fused"] and triton.param_groups[0]["fused"]
+    for _ in range(3):
+        grad = torch.randn(50, dtype=torch.complex64, generator=generator)
+        cpu_param.grad, triton_param.grad = grad.clone(), grad.to(TRITON_DEVICE)
+        cpu.step()
+        with triton_path():
+            triton.step()
+    _assert_identical(torch.view_as_real(cpu_param), torch.view_as_real(triton_param), "complex parameter")
+
+
 def test_a_changing_learning_rate_never_recompiles(monkeypatch):
     """lr (like every per-step number) travels in the launch's scalar table, never as a compile-time
     constant: while lr changes every step, no launch asks for a kernel variant the first step did not."""
@@ -236,15 +255,15 @@ def test_without_triton_the_gpu_path_is_unavailable_with_a_message_naming_it(mon
 
 @pytest.mark.skipif(GPU, reason="compile-only checks are for machines without a GPU")
 def test_the_ptx_is_exact_vectorised_and_does_not_spill():
-    """Compile every kernel variant for sm_80 and sm_90 without a GPU (a subprocess: the kernels must
-    not be the interpreter's): no approximate division / sqrt / exp, no flush-to-zero, no fused
-    multiply-add, vectorised global loads on the full-block path, no spills (cuobjdump)."""
+    """Compile every kernel variant for sm_75 to sm_90 (RTX 20xx to H100) without a GPU (a subprocess:
+    the kernels must not be the interpreter's): no approximate division / sqrt / exp, no flush-to-zero,
+    no fused multiply-add, vectorised global loads on the full-block path, no spills (cuobjdump)."""
     script = Path(__file__).with_name("triton_ptx.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     reports = json.loads(done.stdout)
-    assert {r["target"] for r in reports} == {80, 90}
+    assert {r["target"] for r in reports} == {75, 80, 86, 89, 90}
     assert {r["kernel"] for r in reports} == {
         "_adabelief_kernel",
         "_radam_kernel",
