@@ -253,6 +253,19 @@ def test_without_triton_the_gpu_path_is_unavailable_with_a_message_naming_it(mon
         _fused.triton_kernels()
 
 
+def test_without_triton_the_registry_falls_back_to_foreach_with_one_warning(monkeypatch):
+    """What a user with CUDA parameters but no triton gets from the registry: the foreach path (the
+    same update), and one warning that names the fix — not an error, not silence."""
+    monkeypatch.setitem(sys.modules, "arvc.optim._fused_triton", None)
+    monkeypatch.setattr(_fused, "_warned", False)
+    monkeypatch.setattr(_fused, "_uses_triton", lambda device: True)  # these CPU tensors stand for CUDA ones
+    with pytest.warns(RuntimeWarning, match=r"arvc\[gpu\].*foreach path instead") as caught:
+        first = build_optimizer("AdaBelief", _params(torch.float32, "cpu")[:2], lr=1e-3)
+        second = build_optimizer("RAdam", _params(torch.float32, "cpu")[:2], lr=1e-3)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert not first.param_groups[0]["fused"] and not second.param_groups[0]["fused"]
+
+
 @pytest.mark.skipif(GPU, reason="compile-only checks are for machines without a GPU")
 def test_the_ptx_is_exact_vectorised_and_does_not_spill():
     """Compile every kernel variant for sm_75 to sm_90 (RTX 20xx to H100) without a GPU (a subprocess:
