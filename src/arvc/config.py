@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "BUILTIN_CONFIGS",
+    "DEMO_EPOCHS",
     "DataConfig",
     "ModelConfig",
     "RunConfig",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 BUILTIN_CONFIGS = ("tiny", "v2-32k", "v2-40k", "v2-48k", "v1-32k", "v1-40k", "v1-48k")
+DEMO_EPOCHS = 60  # a new run on the demo voice (no dataset) without epochs given: ~10 min on a 2-core CPU
 
 # RVC's export code (process_ckpt.savee / extract_small_model) always writes 32 as the second
 # entry of an inference file's "config" list; inference passes it as ``segment_size`` but never

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -22,9 +21,9 @@ from rich.progress import (
 from rich.text import Text
 
 from arvc.cli._app import EmbedderLayerOption, RmvpeOption, app, console, fail
+from arvc.config import DEMO_EPOCHS
 
 # --- training -------------------------------------------------------------------------------------------
-DEMO_EPOCHS = 60  # the no-argument demo: about 10 minutes on a 2-core CPU
 
 
 class _ProgressCallbacks:
@@ -110,41 +109,6 @@ def _without_nproc(args: list[str]) -> list[str]:
         elif not arg.startswith("--nproc="):
             out.append(arg)
     return out
-
-
-def _check_processes(nproc: int | None, device: str, batch_size: int) -> int:
-    """How many processes will train; a bad --nproc/--device is an error before any work starts."""
-    import torch
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if nproc is not None and world > 1:
-        raise ValueError(f"--nproc starts the processes itself; under torchrun (WORLD_SIZE={world}) drop it")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; valid: cpu, cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is available to torch on this machine")
-    processes = nproc or world
-    if device == "cuda" and nproc is not None and nproc > torch.cuda.device_count():
-        raise ValueError(
-            f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s), one per process"
-        )
-    if batch_size % processes:
-        raise ValueError(
-            f"batch size {batch_size} cannot be split over {processes} processes (it is the global batch; "
-            f"each process takes batch/processes): use a multiple of {processes}, e.g. --batch-size "
-            f"{processes * max(1, batch_size // processes)}"
-        )
-    return processes
-
-
-def _parse_batch_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"--batch-size {text!r}: use a whole number >= 1, or auto")
-    return value
 
 
 def _parse_betas(text: str | None) -> tuple[float, float] | None:
@@ -255,123 +219,61 @@ def train(
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
     from arvc._files import WriteError
-    from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
-    from arvc.config import RunConfig, apply_overrides, load_config, optimizer_value_errors
-    from arvc.data.outputs import check_run_name, run_products
-    from arvc.data.prepare import data_settings, prepare_data
     from arvc.data.preprocess import DataError
     from arvc.modelfile.export import ExportError
-    from arvc.modelfile.read import PretrainedError, read_model_file
-    from arvc.optim import get_spec
-    from arvc.optim.registry import eight_bit_optimizer_class
-    from arvc.train.checkpoint import (
-        CheckpointError,
-        check_resume_config,
-        load_checkpoint,
-    )
+    from arvc.modelfile.read import PretrainedError
+    from arvc.train.checkpoint import CheckpointError
     from arvc.train.distributed import DistributedError, launch, process_group
-    from arvc.train.loop import PRECISIONS, TrainError, TrainOptions, resolve_resume
+    from arvc.train.loop import TrainError
     from arvc.train.loop import train as run_training
-    from arvc.train.precision import AUTO
+    from arvc.train.request import TrainRequest, plan_training
+    from arvc.train.request import prepare as prepare_run
 
     try:  # everything the user typed is checked before any work starts
-        if optimizer is not None:
-            get_spec(optimizer)
-        if use_8bit:
-            eight_bit_optimizer_class()
-        if precision is not None and precision not in (AUTO, *PRECISIONS):
-            raise ValueError(f"unknown precision {precision!r}; valid: {AUTO}, {', '.join(PRECISIONS)}")
-        if f0 is not None and f0 not in F0_METHODS:
-            raise ValueError(f"unknown f0 method {f0!r}; valid: {', '.join(F0_METHODS)}")
-        if features == "hubert" and (hubert is None or not hubert.exists()):
-            raise ValueError(f"--features hubert needs --hubert PATH to a local checkpoint (got {hubert})")
-        for path in (pretrained_g, pretrained_d):
-            if path is not None:
-                read_model_file(path)  # a missing, damaged or code-carrying file fails here, before any work
-        parsed_betas = _parse_betas(betas)
-        auto_batch = batch_size == "auto"
-        batch = None if batch_size is None or auto_batch else _parse_batch_size(batch_size)
-        if auto_batch and ((nproc or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
-            raise ValueError("--batch-size auto fits one process; with several, pass --batch-size N")
-        bad_values = optimizer_value_errors(
-            lr=lr,
-            betas=parsed_betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            names={"lr": "--lr", "betas": "--betas", "eps": "--eps", "weight_decay": "--weight-decay"},
+        plan = plan_training(
+            TrainRequest(
+                dataset=dataset,
+                name=name,
+                runs_dir=runs_dir,
+                config=config,
+                optimizer=optimizer,
+                lr=lr,
+                betas=_parse_betas(betas),
+                eps=eps,
+                weight_decay=weight_decay,
+                use_8bit=use_8bit,
+                precision=precision,
+                epochs=epochs,
+                batch_size=batch_size,
+                save_every=save_every,
+                seed=seed,
+                compile=compile,
+                resume=resume,
+                f0=f0,
+                rmvpe=rmvpe,
+                features=features,
+                hubert=hubert,
+                embedder_layer=embedder_layer,
+                overrides=_parse_overrides(set_ or []),
+                pretrained_g=pretrained_g,
+                pretrained_d=pretrained_d,
+                max_steps=max_steps,
+                device=device,
+                nproc=nproc,
+                zero=zero,
+                val_fraction=val_fraction,
+                val_every=val_every,
+                early_stop=early_stop,
+                min_delta=min_delta,
+            )
         )
-        if bad_values:
-            raise ValueError("; ".join(bad_values))
-        overrides = _parse_overrides(set_ or [])
-        for key, value in (
-            ("train.epochs", epochs),
-            ("train.batch_size", batch),
-            ("train.save_every", save_every),
-            ("train.seed", seed),
-            ("train.val_fraction", val_fraction),
-            ("train.val_every", val_every),
-            ("train.early_stop", early_stop),
-            ("train.min_delta", min_delta),
-        ):
-            if value is not None:
-                overrides[key] = value
-        if resume is not None:  # the checkpoint is the truth: its config, changed only where allowed
-            resume_file = resolve_resume(resume)
-            run_dir = resume if resume.is_dir() else resume_file.parent.parent
-            saved_config = load_checkpoint(resume_file, mmap=True).get("config", {})
-            cfg = RunConfig.from_dict(saved_config)
-        else:
-            if name is not None:
-                check_run_name(name)
-            # `arvc train .` is named after the folder itself (Path(".").name is "")
-            default = dataset.resolve().name if dataset is not None else "demo"
-            run_dir = runs_dir / (name if name is not None else check_run_name(default))
-            products = run_products(run_dir)
-            if products:
-                raise ValueError(
-                    f"{run_dir} already holds a run ({', '.join(p.name for p in products)}); continue it "
-                    f"with --resume {run_dir}, or choose another --name (nothing was changed)"
-                )
-            cfg = load_config(config)
-            if dataset is None and epochs is None:
-                overrides["train.epochs"] = DEMO_EPOCHS
-            if dataset is not None and not dataset.is_dir():
-                raise ValueError(f"dataset folder {dataset} does not exist")
-        cfg = apply_overrides(cfg, overrides)
-        if resume is not None:
-            check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
-        settings = data_settings(
-            run_dir / "data", cfg, f0, features, embedder_layer
-        )  # data already there is reused
-        if settings.f0_method == "rmvpe":
-            if rmvpe is not None:
-                rmvpe_model(
-                    rmvpe
-                )  # a missing or wrong file fails here (loaded once, reused by preprocessing)
-            elif not (run_dir / "data" / "filelist.txt").is_file():
-                raise ValueError(RMVPE_NEEDED)
-        if settings.features == "hubert" and (hubert is None or not hubert.exists()):
-            raise ValueError(f"{run_dir / 'data'} holds hubert features: pass --hubert PATH (got {hubert})")
-        _check_processes(nproc, device, cfg.train.batch_size)
-        if zero and use_8bit:
-            raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
     except (ValueError, PretrainedError, ImportError, TrainError, CheckpointError) as error:  # DataError too
         fail(str(error))
+    run_dir, settings = plan.run_dir, plan.settings
 
     def prepare() -> None:
-        if resume is None or not (run_dir / "data" / "filelist.txt").is_file():
-            with _preprocess_progress() as progress:
-                prepare_data(
-                    cfg,
-                    run_dir,
-                    dataset,
-                    f0_method=settings.f0_method,
-                    features=settings.features,
-                    hubert_path=hubert,
-                    progress=progress,
-                    rmvpe_path=rmvpe,
-                    embedder_layer=settings.embedder_layer,
-                )
+        with _preprocess_progress() as progress:
+            prepare_run(plan, progress)
 
     try:
         with process_group(device) as ranks:  # under torchrun: join the other processes
@@ -380,30 +282,7 @@ def train(
             ranks.on_main(prepare, "prepare the data")  # once, before any process reads it
             if nproc is not None and nproc > 1:  # start N processes that run this command without --nproc
                 raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
-            result = _run(
-                ranks.is_main,
-                run_training,
-                TrainOptions(
-                    run_dir=run_dir,
-                    data_dir=run_dir / "data",
-                    config=cfg,
-                    optimizer=optimizer,
-                    lr=lr,
-                    betas=parsed_betas,
-                    eps=eps,
-                    weight_decay=weight_decay,
-                    use_8bit=use_8bit,
-                    precision=precision,
-                    compile=compile,
-                    resume=resume,
-                    pretrained_g=pretrained_g,
-                    pretrained_d=pretrained_d,
-                    max_steps=max_steps,
-                    device=device,
-                    zero=zero,
-                    auto_batch_size=auto_batch,
-                ),
-            )
+            result = _run(ranks.is_main, run_training, plan.options)
     except (
         DataError,
         TrainError,

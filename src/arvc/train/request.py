@@ -1,0 +1,233 @@
+"""What a user asks of a training run — `arvc train`'s flags or the web UI's fields — checked before any work.
+
+`plan_training(request)` does every check that can be done without touching data (names, values, the
+resume checkpoint's config, preprocessed data already in the run, devices) and returns the plan:
+the run folder, the config and the `TrainOptions` for `arvc.train.loop.train`. `prepare(plan)` then
+preprocesses the data when the run has none yet. Both front ends call these two, so a value refused by
+one is refused by the other with the same words.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
+from arvc.config import DEMO_EPOCHS, RunConfig, apply_overrides, load_config, optimizer_value_errors
+from arvc.data.outputs import check_run_name, run_products
+from arvc.data.prepare import DataSettings, data_settings, prepare_data
+from arvc.modelfile.read import read_model_file
+from arvc.optim import get_spec
+from arvc.optim.registry import eight_bit_optimizer_class
+from arvc.train.checkpoint import check_resume_config, load_checkpoint
+from arvc.train.loop import PRECISIONS, TrainOptions, resolve_resume
+from arvc.train.precision import AUTO
+
+__all__ = ["TrainPlan", "TrainRequest", "check_processes", "plan_training", "prepare"]
+
+
+@dataclass
+class TrainRequest:
+    """A training run as asked for; None means "not asked" (the config's value, or on resume the run's)."""
+
+    dataset: Path | None = None  # folder of recordings; None: the embedded demo voice
+    name: str | None = None  # runs/NAME; default: the dataset folder's name or "demo"
+    runs_dir: Path = Path("runs")
+    config: str = "tiny"
+    optimizer: str | None = None
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    use_8bit: bool | None = None
+    precision: str | None = None
+    epochs: int | None = None
+    batch_size: int | str | None = None  # a number, or "auto"
+    save_every: int | None = None
+    seed: int | None = None
+    compile: bool = False
+    resume: Path | None = None  # runs/NAME or one checkpoint file
+    f0: str | None = None
+    rmvpe: Path | None = None
+    features: str | None = None
+    hubert: Path | None = None
+    embedder_layer: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # config KEY -> value (--set)
+    pretrained_g: Path | None = None
+    pretrained_d: Path | None = None
+    max_steps: int | None = None
+    device: str = "cpu"
+    nproc: int | None = None
+    zero: bool = False
+    val_fraction: float | None = None
+    val_every: int | None = None
+    early_stop: int | None = None
+    min_delta: float | None = None
+
+
+@dataclass
+class TrainPlan:
+    request: TrainRequest
+    run_dir: Path
+    cfg: RunConfig
+    settings: DataSettings  # how the data is (or will be) made
+    options: TrainOptions
+
+
+def _batch_size(value: int | str | None) -> int | None:
+    """None, or the number; "auto" is handled by the caller."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or (isinstance(value, float) and value != number):
+        raise ValueError(f"--batch-size {value!r}: use a whole number >= 1, or auto")
+    return number
+
+
+def check_processes(nproc: int | None, device: str, batch_size: int) -> int:
+    """How many processes will train; a bad --nproc/--device is an error before any work starts."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if nproc is not None and world > 1:
+        raise ValueError(f"--nproc starts the processes itself; under torchrun (WORLD_SIZE={world}) drop it")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; valid: cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available to torch on this machine")
+    processes = nproc or world
+    if device == "cuda" and nproc is not None and nproc > torch.cuda.device_count():
+        raise ValueError(
+            f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s), one per process"
+        )
+    if batch_size % processes:
+        raise ValueError(
+            f"batch size {batch_size} cannot be split over {processes} processes (it is the global batch; "
+            f"each process takes batch/processes): use a multiple of {processes}, e.g. --batch-size "
+            f"{processes * max(1, batch_size // processes)}"
+        )
+    return processes
+
+
+def plan_training(request: TrainRequest) -> TrainPlan:
+    """Every check of `request` that needs no work done; raises ValueError (or PretrainedError, ImportError,
+    TrainError, CheckpointError, DataError) with a message for the user. Nothing is written."""
+    r = request
+    if r.optimizer is not None:
+        get_spec(r.optimizer)
+    if r.use_8bit:
+        eight_bit_optimizer_class()
+    if r.precision is not None and r.precision not in (AUTO, *PRECISIONS):
+        raise ValueError(f"unknown precision {r.precision!r}; valid: {AUTO}, {', '.join(PRECISIONS)}")
+    if r.f0 is not None and r.f0 not in F0_METHODS:
+        raise ValueError(f"unknown f0 method {r.f0!r}; valid: {', '.join(F0_METHODS)}")
+    if r.features == "hubert" and (r.hubert is None or not r.hubert.exists()):
+        raise ValueError(f"--features hubert needs --hubert PATH to a local checkpoint (got {r.hubert})")
+    for path in (r.pretrained_g, r.pretrained_d):
+        if path is not None:
+            read_model_file(path)  # a missing, damaged or code-carrying file fails here, before any work
+    auto_batch = r.batch_size == "auto"
+    batch = None if auto_batch else _batch_size(r.batch_size)
+    if auto_batch and ((r.nproc or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        raise ValueError("--batch-size auto fits one process; with several, pass --batch-size N")
+    bad_values = optimizer_value_errors(
+        lr=r.lr,
+        betas=r.betas,
+        eps=r.eps,
+        weight_decay=r.weight_decay,
+        names={"lr": "--lr", "betas": "--betas", "eps": "--eps", "weight_decay": "--weight-decay"},
+    )
+    if bad_values:
+        raise ValueError("; ".join(bad_values))
+    overrides = dict(r.overrides)
+    for key, value in (
+        ("train.epochs", r.epochs),
+        ("train.batch_size", batch),
+        ("train.save_every", r.save_every),
+        ("train.seed", r.seed),
+        ("train.val_fraction", r.val_fraction),
+        ("train.val_every", r.val_every),
+        ("train.early_stop", r.early_stop),
+        ("train.min_delta", r.min_delta),
+    ):
+        if value is not None:
+            overrides[key] = value
+    if r.resume is not None:  # the checkpoint is the truth: its config, changed only where allowed
+        resume_file = resolve_resume(r.resume)
+        run_dir = r.resume if r.resume.is_dir() else resume_file.parent.parent
+        saved_config = load_checkpoint(resume_file, mmap=True).get("config", {})
+        cfg = RunConfig.from_dict(saved_config)
+    else:
+        if r.name is not None:
+            check_run_name(r.name)
+        # `arvc train .` is named after the folder itself (Path(".").name is "")
+        default = r.dataset.resolve().name if r.dataset is not None else "demo"
+        run_dir = r.runs_dir / (r.name if r.name is not None else check_run_name(default))
+        products = run_products(run_dir)
+        if products:
+            raise ValueError(
+                f"{run_dir} already holds a run ({', '.join(p.name for p in products)}); continue it "
+                f"with --resume {run_dir}, or choose another --name (nothing was changed)"
+            )
+        cfg = load_config(r.config)
+        if r.dataset is None and r.epochs is None:
+            overrides["train.epochs"] = DEMO_EPOCHS
+        if r.dataset is not None and not r.dataset.is_dir():
+            raise ValueError(f"dataset folder {r.dataset} does not exist")
+    cfg = apply_overrides(cfg, overrides)
+    if r.resume is not None:
+        check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
+    settings = data_settings(run_dir / "data", cfg, r.f0, r.features, r.embedder_layer)  # reuses data there
+    if settings.f0_method == "rmvpe":
+        if r.rmvpe is not None:
+            rmvpe_model(r.rmvpe)  # a missing or wrong file fails here (loaded once, reused by preprocessing)
+        elif not (run_dir / "data" / "filelist.txt").is_file():
+            raise ValueError(RMVPE_NEEDED)
+    if settings.features == "hubert" and (r.hubert is None or not r.hubert.exists()):
+        raise ValueError(f"{run_dir / 'data'} holds hubert features: pass --hubert PATH (got {r.hubert})")
+    check_processes(r.nproc, r.device, cfg.train.batch_size)
+    if r.zero and r.use_8bit:
+        raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
+    options = TrainOptions(
+        run_dir=run_dir,
+        data_dir=run_dir / "data",
+        config=cfg,
+        optimizer=r.optimizer,
+        lr=r.lr,
+        betas=r.betas,
+        eps=r.eps,
+        weight_decay=r.weight_decay,
+        use_8bit=r.use_8bit,
+        precision=r.precision,
+        compile=r.compile,
+        resume=r.resume,
+        pretrained_g=r.pretrained_g,
+        pretrained_d=r.pretrained_d,
+        max_steps=r.max_steps,
+        device=r.device,
+        zero=r.zero,
+        auto_batch_size=auto_batch,
+    )
+    return TrainPlan(request, run_dir, cfg, settings, options)
+
+
+def prepare(plan: TrainPlan, progress=None) -> None:
+    """Preprocess the run's data unless a resumed run has it already (finished files are kept anyway)."""
+    r = plan.request
+    if r.resume is None or not (plan.run_dir / "data" / "filelist.txt").is_file():
+        prepare_data(
+            plan.cfg,
+            plan.run_dir,
+            r.dataset,
+            f0_method=plan.settings.f0_method,
+            features=plan.settings.features,
+            hubert_path=r.hubert,
+            progress=progress,
+            rmvpe_path=r.rmvpe,
+            embedder_layer=plan.settings.embedder_layer,
+        )
