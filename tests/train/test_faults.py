@@ -13,7 +13,7 @@ import torch
 import trainkit
 
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
-from arvc.train.loop import TrainError, TrainOptions, train
+from arvc.train.loop import STOP_REQUEST, TrainError, TrainOptions, train
 
 tiny = partial(trainkit.tiny, batch_size=2)
 
@@ -99,6 +99,30 @@ def _wait_for_rows(csv_path, rows, timeout=120):
             return
         time.sleep(0.2)
     raise AssertionError(f"no training progress in {csv_path} after {timeout} s")
+
+
+def test_a_stop_request_from_another_thread_saves_like_ctrl_c(tmp_path, data_dir):
+    """TrainOptions.stop (the web UI's Stop button): set from another thread while training runs, the
+    step finishes, a checkpoint of exactly that step is written, nothing is exported, resume continues."""
+    import threading
+
+    stop = threading.Event()
+
+    class SetAfterTwoSteps:
+        def on_start(self, *_): ...
+        def on_epoch(self, *_): ...
+
+        def on_step(self, epoch, step, losses, lr):
+            if step == 2:
+                threading.Thread(target=stop.set).start()  # another thread, as the UI's server is
+                time.sleep(0.2)
+
+    run = tmp_path / "run"
+    result = train(TrainOptions(run_dir=run, data_dir=data_dir, config=tiny(), stop=stop), SetAfterTwoSteps())
+    assert result.stopped_by == STOP_REQUEST and result.exports == {}
+    assert load_checkpoint(result.last_checkpoint)["step"] == result.steps_done == 2
+    resumed = train(TrainOptions(run_dir=run, data_dir=data_dir, config=tiny(), resume=run, max_steps=3))
+    assert resumed.steps_done == 3
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,11 +73,21 @@ from arvc.train.precision import AUTO, device_precision, tf32_matmuls
 from arvc.train.step import GanStep, autocast
 from arvc.train.validation import Evaluation, Validator
 
-__all__ = ["DEFAULT_LR", "PRECISIONS", "SAMPLE_CLIPS", "TrainError", "TrainOptions", "TrainResult", "train"]
+__all__ = [
+    "DEFAULT_LR",
+    "PRECISIONS",
+    "SAMPLE_CLIPS",
+    "STOP_REQUEST",
+    "TrainError",
+    "TrainOptions",
+    "TrainResult",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+STOP_REQUEST = "stop request"  # TrainResult.stopped_by when TrainOptions.stop was set
 SAMPLE_CLIPS = 4  # held-out pieces converted into listening samples at every save
 
 
@@ -105,6 +116,8 @@ class TrainOptions:
     max_bad_steps: int = 20  # consecutive non-finite steps before training stops
     zero: bool = False  # shard optimizer state over the ranks (ZeroRedundancyOptimizer)
     auto_batch_size: bool = False  # a new run picks the largest batch that fits (config's otherwise)
+    # Set from another thread (the web UI's Stop): the same graceful stop as Ctrl-C, at a step boundary.
+    stop: threading.Event | None = None
 
 
 @dataclass
@@ -114,7 +127,7 @@ class TrainResult:
     last_checkpoint: Path | None
     exports: dict[str, Path]
     final_losses: dict[str, float]
-    # "SIGINT"/"SIGTERM" (checkpoint saved, no export), "max_steps" or "early_stop"
+    # "SIGINT"/"SIGTERM"/STOP_REQUEST (checkpoint saved, no export), "max_steps" or "early_stop"
     stopped_by: str | None = None
     best: dict | None = None  # the best held-out evaluation: epoch, step, mel_l1, stft, checkpoint
     last_validation: dict | None = None  # the last one
@@ -517,7 +530,8 @@ def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, c
             )
         callbacks.on_step(epoch, step, losses, lr_g)
         limit = "max_steps" if opts.max_steps is not None and step >= opts.max_steps else None
-        progress.stopped_by = run.ranks.stop_reason(stop_signal.requested or limit)  # all ranks together
+        asked = STOP_REQUEST if opts.stop is not None and opts.stop.is_set() else None
+        progress.stopped_by = run.ranks.stop_reason(stop_signal.requested or asked or limit)  # all ranks
         if progress.stopped_by:
             break
     return result
