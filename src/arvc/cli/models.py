@@ -60,27 +60,15 @@ def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, runs/NAME.")],
 ) -> None:
     """Export the run's newest checkpoint to RUN/export (safetensors + json, and RVC's .pth if RVC-sized)."""
-    from arvc.model import Synthesizer
-    from arvc.modelfile.export import export_generator
-    from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
-    from arvc.train.checkpoint import latest_checkpoint
+    from arvc.modelfile.read import PretrainedError
+    from arvc.train.export import export_run
 
-    if not run_dir.is_dir():
-        fail(f"run folder {run_dir} does not exist; pass runs/NAME of a trained run")
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        fail(f"no checkpoint in {run_dir / 'checkpoints'}; train first (arvc train) or check the folder")
     try:
-        mf = read_model_file(checkpoint)
-        net = Synthesizer(mf.config)
-        load_state_strict(net, mf.generator, source=mf, cfg=mf.config)
+        done = export_run(run_dir)
     except PretrainedError as error:
         fail(str(error))
-    written = export_generator(
-        net, mf.config, run_dir / "export", info=f"arvc {mf.optimizer} epoch {mf.epoch}"
-    )
-    _app.console.print(f"exported {checkpoint.name} (epoch {mf.epoch}, step {mf.step})")
-    for kind, path in written.items():
+    _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step})")
+    for kind, path in done.written.items():
         _app.console.print(f"  {kind}: {path}", highlight=False)
 
 

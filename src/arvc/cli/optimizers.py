@@ -48,7 +48,7 @@ def _spec_details(spec) -> dict:
         "class": f"{spec.cls.__module__}.{spec.cls.__qualname__}",
         "supported_kwargs": list(spec.supported_kwargs),
         "weight_decay": spec.weight_decay,
-        "paired_scheduler": spec.paired_scheduler or "exponential (RVC default)",
+        "paired_scheduler": spec.scheduler_label,
         "fused_available": {device: spec.fused_on(device) for device in _devices()},
         "state_bytes_per_param": bytes_per_param,
         # What `arvc train --optimizer NAME` builds it with unless --betas/--eps/--weight-decay are given.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.logs import read_metrics
-from arvc.train.loop import PRECISIONS, TrainOptions, train
+from arvc.train.loop import PRECISIONS, STOP_REQUEST, TrainOptions, train
 from arvc.train.optimizers import bf16_weights
 from arvc.train.validation import Validator
 
@@ -116,7 +117,7 @@ class CompareResult:
     out_dir: Path
     # variant name → {"name", "schedule", "runs": [one result.json content (or {"seed", "error"}) per seed]}
     results: dict[str, dict]
-    stopped_by: str | None = None  # "SIGINT"/"SIGTERM": the comparison stopped; run it again to go on
+    stopped_by: str | None = None  # "SIGINT"/"SIGTERM"/STOP_REQUEST: stopped; run it again to go on
 
 
 class _Recorder:
@@ -219,9 +220,19 @@ def _checkpoint_epoch(run_dir: Path) -> int | None:
 
 
 def _run_one(
-    variant: Variant, run_dir: Path, train_dir: Path, cfg, evaluator, precision, device, max_steps, progress
+    variant: Variant,
+    run_dir: Path,
+    train_dir: Path,
+    cfg,
+    evaluator,
+    precision,
+    device,
+    max_steps,
+    progress,
+    stop=None,
 ):  # cfg: this seed's config
-    """Train (or resume) one contestant; returns (result dict, None) or (None, "SIGINT"/"SIGTERM")."""
+    """Train (or resume) one contestant; returns (result dict, None) or (None, "SIGINT"/"SIGTERM"/
+    STOP_REQUEST)."""
     records = _kept_records(run_dir)
     run_precision = variant.precision or precision
     saved_epoch = _checkpoint_epoch(run_dir)
@@ -250,12 +261,13 @@ def _run_one(
         resume=resume,
         max_steps=max_steps,
         device=device,
+        stop=stop,
     )
     if resume is not None:
         logger.info("%s: resuming from %s", variant.name, latest_checkpoint(run_dir))
     recorder = _Recorder(run_dir, evaluator, device, records, progress)
     result = train(options, recorder)
-    if result.stopped_by in ("SIGINT", "SIGTERM"):
+    if result.stopped_by in ("SIGINT", "SIGTERM", STOP_REQUEST):
         return None, result.stopped_by
     if not records or records[-1]["step"] < result.steps_done:  # stopped mid-epoch by max_steps
         recorder.record(result.epochs_done + (1 if result.stopped_by == "max_steps" else 0))
@@ -378,6 +390,7 @@ def run_compare(
     device: str = "cpu",
     holdout_fraction: float = 0.1,
     flush_denormal: bool = True,
+    stop: threading.Event | None = None,
 ) -> CompareResult:
     """Run every optimizer with seeds seed … seed+seeds-1 on the same data and config into
     out_dir/runs/NAME/seed-K; then write the report.
@@ -389,7 +402,8 @@ def run_compare(
     `progress(event, **info)` gets "run" (name, seed, index, count), "start" (total, done), "step" (...)
     and "skip" (name, seed) events. Runs go seed by seed (every contestant's first seed, then the second…),
     so a comparison stopped early has whole seeds. Finished runs are skipped, interrupted ones resumed. A
-    run that raises is recorded as failed (its error in the report) and the others go on.
+    run that raises is recorded as failed (its error in the report) and the others go on. `stop` (set
+    from another thread, e.g. the web UI) stops the running contestant as Ctrl-C does.
     """
     from arvc.compare.report import write_report
 
@@ -435,7 +449,17 @@ def run_compare(
     # which would rank a CPU artefact, so they are flushed to zero for every run alike.
     with flush_denormals(flush_denormal):  # on every intra-op thread (arvc.optim.denormals)
         results, stopped_by = _run_all(
-            variants, run_seeds, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress
+            variants,
+            run_seeds,
+            out_dir,
+            train_dir,
+            cfg,
+            evaluator,
+            precision,
+            device,
+            max_steps,
+            progress,
+            stop,
         )
     write_report(out_dir, results)
     return CompareResult(out_dir, results, stopped_by)
@@ -446,7 +470,9 @@ def run_folder(out_dir: Path, name: str, seed: int) -> Path:
     return Path(out_dir) / "runs" / name / f"seed-{seed}"
 
 
-def _run_all(variants, run_seeds, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress):
+def _run_all(
+    variants, run_seeds, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress, stop=None
+):
     results = {
         v.name: {"name": v.name, "schedule": contestant_schedule(v, cfg.train.scheduler), "runs": []}
         for v in variants
@@ -470,7 +496,16 @@ def _run_all(variants, run_seeds, out_dir, train_dir, cfg, evaluator, precision,
             logger.info("%s seed %d: training (%d/%d)", variant.name, run_seed, index, count)
             try:
                 result, stopped_by = _run_one(
-                    variant, run_dir, train_dir, seed_cfg, evaluator, precision, device, max_steps, progress
+                    variant,
+                    run_dir,
+                    train_dir,
+                    seed_cfg,
+                    evaluator,
+                    precision,
+                    device,
+                    max_steps,
+                    progress,
+                    stop,
                 )
             except Exception as error:  # one failing contestant (e.g. no bitsandbytes) must not end the rest
                 logger.error("%s seed %d failed: %s", variant.name, run_seed, error)

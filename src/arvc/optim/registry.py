@@ -130,6 +130,11 @@ class OptimizerSpec:
     bf16_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
+    def scheduler_label(self) -> str:
+        """The paired scheduler as the CLI and UI show it (no pairing: RVC's exponential decay)."""
+        return self.paired_scheduler or "exponential (RVC default)"
+
+    @property
     def supported_kwargs(self) -> tuple[str, ...]:
         return supported_kwargs(self.cls)
 

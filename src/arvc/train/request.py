@@ -131,6 +131,13 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     for path in (r.pretrained_g, r.pretrained_d):
         if path is not None:
             read_model_file(path)  # a missing, damaged or code-carrying file fails here, before any work
+    for label, value in (
+        ("--max-steps", r.max_steps),
+        ("--epochs", r.epochs),
+        ("--save-every", r.save_every),
+    ):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{label} {value!r}: use a whole number >= 1")
     auto_batch = r.batch_size == "auto"
     batch = None if auto_batch else _batch_size(r.batch_size)
     if auto_batch and ((r.nproc or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):

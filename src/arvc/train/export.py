@@ -1,0 +1,41 @@
+"""Export a run's newest checkpoint (`arvc export`, the web UI's Models tab)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from arvc.model import Synthesizer
+from arvc.modelfile.export import export_generator
+from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
+from arvc.train.checkpoint import latest_checkpoint
+
+__all__ = ["RunExport", "export_run"]
+
+
+@dataclass
+class RunExport:
+    checkpoint: Path
+    epoch: int
+    step: int
+    written: dict[str, Path]  # kind (safetensors, config, pth) -> file
+
+
+def export_run(run_dir: Path) -> RunExport:
+    """Write RUN/export (safetensors + json, and RVC's .pth if RVC-sized) from the newest checkpoint.
+    Raises PretrainedError (a ValueError) naming what is missing or wrong."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PretrainedError(f"run folder {run_dir} does not exist; pass runs/NAME of a trained run")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise PretrainedError(
+            f"no checkpoint in {run_dir / 'checkpoints'}; train first (arvc train) or check the folder"
+        )
+    mf = read_model_file(checkpoint)
+    net = Synthesizer(mf.config)
+    load_state_strict(net, mf.generator, source=mf, cfg=mf.config)
+    written = export_generator(
+        net, mf.config, run_dir / "export", info=f"arvc {mf.optimizer} epoch {mf.epoch}"
+    )
+    return RunExport(checkpoint, mf.epoch, mf.step, written)
