@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("arvc.data", "arvc.modelfile"),
     ("arvc.train",),
     ("arvc.infer", "arvc.compare", "arvc.bench"),
+    ("arvc.ui",),
     ("arvc.cli", "arvc.__main__"),
 ]
 

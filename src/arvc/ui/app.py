@@ -1,0 +1,393 @@
+"""`arvc ui`: a Gradio page over the library functions the CLI calls (train, compare, convert, models).
+
+The page holds no logic of its own: each button calls what the matching `arvc` command calls, and shows
+its message (the same words) when it refuses. Every path typed or uploaded must lie inside the server's
+folder (`root`); one outside is refused. One job (a training or a comparison) runs at a time per server,
+in a thread that outlives the browser tab (`arvc.ui.jobs`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from arvc.config import BUILTIN_CONFIGS
+from arvc.optim import OPTIMIZERS
+from arvc.ui.jobs import Busy, Jobs
+
+__all__ = ["build_app", "inside", "optimizer_rows", "runs_of"]
+
+logger = logging.getLogger(__name__)
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+F0_CHOICES = ("pm", "harvest", "dio", "crepe", "crepe-tiny", "rmvpe")
+SERIES = ("loss_mel", "loss_g", "loss_d", "held-out mel ×45")
+OPTIMIZER_HEADERS = ["rating", "name", "category", "best for", "paired scheduler"]
+
+
+class PathRefused(ValueError):
+    """A path outside the server's folder."""
+
+
+def inside(root: Path, text: str | Path | None, what: str) -> Path | None:
+    """`text` as a path inside `root` (relative paths are taken from root); None for an empty field."""
+    if text is None or not str(text).strip():
+        return None
+    root = Path(root).resolve()
+    path = Path(str(text).strip()).expanduser()
+    path = (path if path.is_absolute() else root / path).resolve()
+    if path != root and root not in path.parents:
+        raise PathRefused(
+            f"{what} {text} is outside the server's folder {root}; only paths inside it are used"
+        )
+    return path
+
+
+def optimizer_rows() -> list[list]:
+    """The rated table `arvc optimizers` shows, one row per registry entry."""
+    return [
+        [
+            "★" * s.rating + "☆" * (5 - s.rating),
+            s.name,
+            s.category,
+            s.best_for,
+            s.scheduler_label,
+        ]
+        for s in OPTIMIZERS.values()
+    ]
+
+
+def runs_of(runs_dir: Path) -> list[str]:
+    """Run names under runs_dir that have a checkpoint to resume from."""
+    if not runs_dir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in runs_dir.iterdir()
+        if (p / "checkpoints").is_dir() and any((p / "checkpoints").glob("*.pt"))
+    )
+
+
+def _recommendation(epochs, precision) -> str:
+    from arvc.optim.recommend import recommend
+
+    try:
+        r = recommend(int(epochs), "fp32" if precision == "auto" else precision)
+    except (TypeError, ValueError) as error:
+        return f"error: {error}"
+    return (
+        f"**Recommended for {r.epochs} epochs:** {r.optimizer}, lr {r.lr:g}, batch {r.batch_size}. {r.reason}"
+    )
+
+
+def _number(value, kind=float):
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+        return None
+    return kind(value)
+
+
+def _status_text(status) -> str:
+    if status is None:
+        return "No job has run on this server yet."
+    lines = [f"**{status.kind} {status.name}: {status.state}**"]
+    if status.detail:
+        lines.append(status.detail)
+    if status.total_steps:
+        lines.append(f"epoch {status.epoch}/{status.total_epochs} · step {status.step}/{status.total_steps}")
+        eta = status.eta_s()
+        if eta is not None:
+            lines.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+    if status.losses:
+        last = status.losses[-1]
+        lines.append(" · ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in last.items() if k != "step"))
+    if status.message:
+        lines.append(status.message)
+    return "\n\n".join(lines)
+
+
+def _loss_frame(status):
+    import pandas as pd
+
+    rows = []
+    if status is not None:
+        for point in status.losses:
+            rows += [
+                {"step": point["step"], "value": v, "series": k} for k, v in point.items() if k != "step"
+            ]
+        if status.kind == "train":
+            from arvc.train.logs import read_validation
+
+            for row in read_validation(status.folder):
+                # on the same axis as the training mel loss (×45 in the loss): held-out mel L1 × c_mel
+                rows.append(
+                    {
+                        "step": int(row["step"]),
+                        "value": float(row["val_mel_l1"]) * 45,
+                        "series": "held-out mel ×45",
+                    }
+                )
+    if not rows:  # every series named from the start: the plot's legend is fixed when it first renders
+        rows = [{"step": 0, "value": math.nan, "series": series} for series in SERIES]
+    return pd.DataFrame(rows)
+
+
+def _samples(status) -> tuple[str | None, str | None, str]:
+    """(a held-out original, its conversion at the latest saved epoch, a label) once a training ended."""
+    if status is None or status.kind != "train" or status.running or not status.result.get("samples_dir"):
+        return None, None, ""
+    folder = Path(status.result["samples_dir"])
+    epochs = sorted(folder.glob("epoch_*"))
+    if not epochs:
+        return None, None, ""
+    converted = sorted(epochs[-1].glob("*.wav"))
+    original = folder / "original" / converted[0].name if converted else None
+    label = f"{converted[0].stem}, converted at epoch {int(epochs[-1].name.split('_')[1])}"
+    return (
+        (str(original) if original and original.is_file() else None),
+        (str(converted[0]) if converted else None),
+        label,
+    )
+
+
+def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.Blocks:
+    """The page, for a server whose folder is `root` (runs in root/runs, comparisons in root/compare)."""
+    from arvc.train.request import TrainRequest
+
+    root = Path(root).resolve()
+    jobs = jobs if jobs is not None else Jobs()
+    runs_dir, compare_dir = root / "runs", root / "compare"
+
+    with gr.Blocks(title="arvc") as app:
+        gr.Markdown("# arvc — train RVC voice models")
+        with gr.Tab("Train"):
+            gr.Dataframe(
+                value=optimizer_rows(),
+                headers=OPTIMIZER_HEADERS,
+                interactive=False,
+                label="Optimizers",
+                elem_id="optimizers",
+            )
+            with gr.Row():
+                dataset = gr.Textbox(label="Dataset folder (empty: the demo voice)", elem_id="dataset")
+                name = gr.Textbox(label="Run name (runs/NAME)", elem_id="run-name")
+                config = gr.Dropdown(list(BUILTIN_CONFIGS), value="tiny", label="Config")
+            with gr.Row():
+                optimizer = gr.Dropdown(
+                    list(OPTIMIZERS), value="AdamW", label="Optimizer", elem_id="optimizer"
+                )
+                lr = gr.Number(value=1e-3, label="Learning rate")
+                epochs = gr.Number(value=300, precision=0, label="Epochs", elem_id="epochs")
+                batch = gr.Number(value=8, precision=0, label="Batch size", elem_id="batch")
+                precision = gr.Dropdown(list(PRECISION_CHOICES), value="auto", label="Precision")
+                eight_bit = gr.Checkbox(label="8-bit (bitsandbytes)")
+                max_steps = gr.Number(
+                    value=0, precision=0, label="Stop after N steps (0: no limit)", elem_id="max-steps"
+                )
+            recommendation = gr.Markdown(_recommendation(300, "auto"))
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary", elem_id="start")
+                stop = gr.Button("Stop (save a checkpoint)", elem_id="stop")
+            with gr.Row():
+                resume_run = gr.Dropdown(runs_of(runs_dir), label="Resume a run", allow_custom_value=False)
+                resume = gr.Button("Resume", elem_id="resume")
+            status = gr.Markdown(_status_text(jobs.status()), elem_id="status")
+            plot = gr.LinePlot(
+                _loss_frame(jobs.status()),
+                x="step",
+                y="value",
+                color="series",
+                label="Losses",
+                elem_id="plot",
+            )
+            with gr.Row():
+                original_player = gr.Audio(label="Held-out original", type="filepath", elem_id="original")
+                converted_player = gr.Audio(label="Converted", type="filepath", elem_id="sample")
+
+        shown = gr.State(None)  # the samples this page shows (the players are not reset on every tick)
+
+        def refresh(shown_samples=None):
+            current = jobs.status()
+            text, frame = _status_text(current), _loss_frame(current)
+            original, converted, label = _samples(current)
+            if (original, converted) == tuple(shown_samples or (None, None)):
+                return text, frame, gr.skip(), gr.skip(), shown_samples
+            return (
+                text,
+                frame,
+                gr.Audio(
+                    value=original, label="Held-out original" + (f": {label.split(',')[0]}" if label else "")
+                ),
+                gr.Audio(value=converted, label="Converted" + (f": {label}" if label else "")),
+                (original, converted),
+            )
+
+        def start_training(dataset_text, name_text, config_name, opt, lr_value, epochs_value, batch_value,
+                           precision_value, use_8bit, steps_value):  # fmt: skip
+            try:
+                request = TrainRequest(
+                    dataset=inside(root, dataset_text, "dataset folder"),
+                    name=(name_text or "").strip() or None,
+                    runs_dir=runs_dir,
+                    config=config_name,
+                    optimizer=opt,
+                    lr=_number(lr_value),
+                    epochs=_number(epochs_value, int),
+                    batch_size=_number(batch_value, int),
+                    precision=precision_value,
+                    use_8bit=bool(use_8bit) or None,
+                    max_steps=_number(steps_value, int) or None,  # 0: no limit
+                    device=device,
+                )
+                jobs.start_training(request)
+            except (Busy, ValueError, ImportError, RuntimeError) as error:
+                gr.Warning(f"error: {error}")
+            return refresh()[:2]
+
+        def resume_training(run_name):
+            try:
+                if not run_name:
+                    raise ValueError("choose a run to resume")
+                jobs.start_training(
+                    TrainRequest(resume=runs_dir / run_name, runs_dir=runs_dir, device=device)
+                )
+            except (Busy, ValueError, ImportError, RuntimeError) as error:
+                gr.Warning(f"error: {error}")
+            return refresh()[:2]
+
+        def stop_job():
+            if not jobs.stop():
+                gr.Info("nothing is running")
+            return refresh()[0]
+
+        inputs = [dataset, name, config, optimizer, lr, epochs, batch, precision, eight_bit, max_steps]
+        start.click(start_training, inputs, [status, plot])
+        resume.click(resume_training, [resume_run], [status, plot])
+        stop.click(stop_job, None, [status])
+        epochs.change(_recommendation, [epochs, precision], recommendation)
+        precision.change(_recommendation, [epochs, precision], recommendation)
+        gr.Timer(1.0).tick(refresh, shown, [status, plot, original_player, converted_player, shown])
+        app.load(lambda: gr.Dropdown(choices=runs_of(runs_dir)), None, resume_run)
+
+        with gr.Tab("Compare"):
+            with gr.Row():
+                c_dataset = gr.Textbox(label="Dataset folder (empty: the demo voice)")
+                c_name = gr.Textbox(label="Comparison name (compare/NAME)", value="demo")
+                c_optimizers = gr.Textbox(label="Contestants ('all' or names)", value="all")
+                c_seeds = gr.Number(value=3, precision=0, label="Seeds")
+                c_epochs = gr.Number(value=60, precision=0, label="Epochs")
+            c_start = gr.Button("Run the comparison", variant="primary")
+            c_status = gr.Markdown()
+            c_report = gr.Markdown()
+            c_figures = gr.Gallery(label="Figures")
+
+            def start_compare(dataset_text, name_text, optimizers, seeds, epochs_value):
+                try:
+                    target = inside(root, compare_dir / (name_text or "demo").strip(), "comparison folder")
+                    jobs.start_compare(
+                        inside(root, dataset_text, "dataset folder"),
+                        target,
+                        optimizers,
+                        epochs=_number(epochs_value, int) or 60,
+                        seeds=_number(seeds, int) or 3,
+                        device=device,
+                    )
+                except (Busy, ValueError, ImportError) as error:
+                    gr.Warning(f"error: {error}")
+                return _status_text(jobs.status())
+
+            def compare_report():
+                current = jobs.status()
+                if current is None or current.kind != "compare":
+                    return "", "", []
+                report = current.folder / "report.md"
+                text = report.read_text() if report.is_file() and not current.running else ""
+                figures = sorted(str(p) for p in current.folder.glob("*.png")) if text else []
+                return _status_text(current), text, figures
+
+            c_start.click(start_compare, [c_dataset, c_name, c_optimizers, c_seeds, c_epochs], c_status)
+            gr.Timer(2.0).tick(compare_report, None, [c_status, c_report, c_figures])
+
+        with gr.Tab("Convert"):
+            with gr.Row():
+                model_path = gr.Textbox(
+                    label="Model (a run's export folder, model.safetensors, ckpt or RVC .pth)",
+                    elem_id="model",
+                )
+                source = gr.Audio(label="Recording", type="filepath", sources=["upload"], elem_id="source")
+            with gr.Row():
+                pitch = gr.Number(value=0, label="Pitch shift (semitones)")
+                f0 = gr.Dropdown(list(F0_CHOICES), value="pm", label="f0 method")
+                index_path = gr.Textbox(label="Index (added.index, optional)")
+                index_rate = gr.Slider(0, 1, value=0.75, label="Index rate")
+            convert_button = gr.Button("Convert", variant="primary", elem_id="convert")
+            converted = gr.Audio(label="Converted", type="filepath", interactive=False, elem_id="converted")
+
+            def convert_one(model_text, source_path, pitch_value, f0_method, index_text, rate):
+                from arvc.infer.convert import convert, load_voice_model
+
+                try:
+                    model = inside(root, model_text, "model")
+                    if model is None:
+                        raise ValueError("choose a model")
+                    if not source_path:
+                        raise ValueError("upload a recording to convert")
+                    index = inside(root, index_text, "index")
+                    net, cfg = load_voice_model(model)
+                    out_dir = root / "converted"
+                    out_dir.mkdir(exist_ok=True)
+                    output = out_dir / f"{Path(source_path).stem}_{time.strftime('%Y%m%d-%H%M%S')}.wav"
+                    convert(net, cfg, source_path, output, pitch=float(pitch_value or 0), f0_method=f0_method,
+                            index=index, index_rate=float(rate) if index is not None else 0.0)  # fmt: skip
+                    return str(output)
+                except (ValueError, FileNotFoundError, ImportError) as error:
+                    gr.Warning(f"error: {error}")
+                    return None
+
+            convert_button.click(
+                convert_one, [model_path, source, pitch, f0, index_path, index_rate], converted
+            )
+
+        with gr.Tab("Models"):
+            m_path = gr.Textbox(label="Model file or run folder")
+            with gr.Row():
+                inspect_button = gr.Button("Inspect")
+                export_button = gr.Button("Export the run")
+                index_button = gr.Button("Build the run's index")
+            m_out = gr.JSON(label="Result")
+
+            def inspect_file(text):
+                from arvc.modelfile.describe import describe_model_file
+
+                try:
+                    return describe_model_file(inside(root, text, "model file") or "")
+                except (ValueError, OSError) as error:
+                    gr.Warning(f"error: {error}")
+                    return None
+
+            def export(text):
+                from arvc.train.export import export_run
+
+                try:
+                    done = export_run(inside(root, text, "run folder") or Path(""))
+                except ValueError as error:
+                    gr.Warning(f"error: {error}")
+                    return None
+                return {"checkpoint": done.checkpoint.name, "epoch": done.epoch, "step": done.step,
+                        **{k: str(v) for k, v in done.written.items()}}  # fmt: skip
+
+            def index(text):
+                from arvc.infer.index import FeatureIndexError, build_index
+
+                try:
+                    return {"index": str(build_index(inside(root, text, "run folder") or Path("")))}
+                except (FeatureIndexError, ImportError, ValueError) as error:
+                    gr.Warning(f"error: {error}")
+                    return None
+
+            inspect_button.click(inspect_file, m_path, m_out)
+            export_button.click(export, m_path, m_out)
+            index_button.click(index, m_path, m_out)
+    return app

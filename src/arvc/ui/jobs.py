@@ -1,0 +1,222 @@
+"""The web UI's one job at a time: a training or a comparison, in a background thread of the server.
+
+The job outlives the browser tab that started it (closing the page stops nothing; reopening shows it),
+and a second start while one runs is refused (`Busy`). Everything the job does is a library call the CLI
+makes too — `arvc.train.request.plan_training` / `prepare` and `arvc.train.loop.train`, or
+`arvc.compare.runner.run_compare`; the job only records their progress for the page to show.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Busy", "JobStatus", "Jobs"]
+
+logger = logging.getLogger(__name__)
+MAX_POINTS = 2000  # loss points kept for the plot (thinned beyond that)
+
+
+class Busy(RuntimeError):
+    """A job is already running on this server."""
+
+
+@dataclass
+class JobStatus:
+    kind: str  # "train" or "compare"
+    name: str
+    folder: Path  # the run folder (train) or the comparison folder (compare)
+    state: str = "preparing"  # preparing, training, finished, stopped, failed
+    started: float = field(default_factory=time.time)
+    epoch: int = 0
+    total_epochs: int = 0
+    step: int = 0
+    total_steps: int = 0
+    first_step: int = 0  # the step a resumed run started from (ETA counts this session's steps)
+    step_started: float | None = None
+    losses: list[dict[str, float]] = field(default_factory=list)  # step, loss_mel, loss_g, loss_d
+    detail: str = ""  # e.g. preprocessing progress, or the contestant being trained
+    message: str = ""  # how it ended: result or error
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("preparing", "training")
+
+    def eta_s(self) -> float | None:
+        done = self.step - self.first_step
+        if self.state != "training" or done < 1 or self.step_started is None or not self.total_steps:
+            return None
+        return (time.time() - self.step_started) / done * max(0, self.total_steps - self.step)
+
+
+class _Callbacks:
+    """arvc.train.loop.Callbacks that write into a JobStatus (read by the page on its timer)."""
+
+    def __init__(self, status: JobStatus, lock: threading.Lock) -> None:
+        self.status, self.lock = status, lock
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+        with self.lock:
+            s = self.status
+            s.state, s.total_epochs = "training", total_epochs
+            s.total_steps = total_epochs * steps_per_epoch
+            s.step = s.first_step = (start_epoch - 1) * steps_per_epoch
+            s.epoch, s.step_started = start_epoch, time.time()
+
+    def on_step(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None:
+        with self.lock:
+            s = self.status
+            s.epoch, s.step = epoch, step
+            s.losses.append(
+                {"step": step, **{k: losses[k] for k in ("loss_mel", "loss_g", "loss_d") if k in losses}}
+            )
+            if len(s.losses) > MAX_POINTS:
+                s.losses = s.losses[::2]
+
+    def on_epoch(self, epoch: int, losses: dict[str, float]) -> None: ...
+
+
+class Jobs:
+    """The server's job slot. `start_*` checks everything first (raising ValueError and the like, as the
+    CLI would, before any work) and only then takes the slot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._status: JobStatus | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- what the page calls -------------------------------------------------------------------------
+    def status(self) -> JobStatus | None:
+        with self._lock:
+            return self._status
+
+    def running(self) -> bool:
+        status = self.status()
+        return status is not None and status.running
+
+    def stop(self) -> bool:
+        """Ask the running job to stop at its next step boundary (a checkpoint is saved, as with Ctrl-C)."""
+        if not self.running():
+            return False
+        self._stop.set()
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the job's thread to end (tests, shutdown); True if it has."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def start_training(self, request) -> JobStatus:
+        from arvc.train.request import plan_training
+
+        plan = plan_training(request)  # every check before any work: a refused request changes nothing
+        status = JobStatus("train", plan.run_dir.name, plan.run_dir)
+        return self._start(status, lambda callbacks, stop: self._train(plan, status, callbacks, stop))
+
+    def start_compare(self, dataset: Path | None, out_dir: Path, optimizers: str, **kwargs) -> JobStatus:
+        from arvc.compare.runner import schedule_setting
+        from arvc.compare.variants import resolve_optimizers
+
+        resolve_optimizers(optimizers)
+        schedule_setting(kwargs.get("schedule", "paired"))
+        if dataset is not None and not dataset.is_dir():
+            raise ValueError(f"dataset folder {dataset} does not exist")
+        status = JobStatus("compare", out_dir.name, out_dir)
+
+        def run(callbacks, stop):
+            from arvc.compare.runner import run_compare
+
+            def progress(event: str, **info) -> None:
+                if event == "run":
+                    with self._lock:
+                        status.detail = (
+                            f"{info['index'] + 1}/{info['count']}: {info['name']} seed {info['seed']}"
+                        )
+                        status.losses = []
+                elif event == "start":
+                    callbacks.on_start(1, info["total"], 1)
+                    with self._lock:
+                        status.step = status.first_step = info["done"]
+                elif event == "step":
+                    callbacks.on_step(info["epoch"], info["step"], info["losses"], info["lr"])
+
+            result = run_compare(dataset, out_dir, optimizers, progress=progress, stop=stop, **kwargs)
+            report = out_dir / "report.md"
+            return result.stopped_by, {"report": report if report.is_file() else None}
+
+        return self._start(status, run)
+
+    # --- the job thread ------------------------------------------------------------------------------
+    def _start(self, status: JobStatus, work) -> JobStatus:
+        with self._lock:
+            if self._status is not None and self._status.running:
+                running = self._status
+                raise Busy(
+                    f"a {running.kind} is already running ({running.name}); one at a time per server — "
+                    "stop it or wait for it to finish"
+                )
+            self._status = status
+            self._stop = threading.Event()
+        callbacks = _Callbacks(status, self._lock)
+        stop = self._stop
+
+        def body() -> None:
+            try:
+                stopped_by, result = work(callbacks, stop)
+            except BaseException as error:  # shown on the page; the server goes on
+                logger.exception("%s %s failed", status.kind, status.name)
+                with self._lock:
+                    status.state, status.message = "failed", f"{type(error).__name__}: {error}"
+                return
+            with self._lock:
+                status.result = result
+                if stopped_by in (None, "max_steps", "early_stop"):
+                    status.state = "finished"
+                    status.message = result.get("summary", "finished")
+                else:
+                    status.state = "stopped"
+                    status.message = (
+                        f"stopped ({stopped_by}) after step {status.step}; a checkpoint was saved: "
+                        + (
+                            "resume the run to continue"
+                            if status.kind == "train"
+                            else "run it again to go on"
+                        )
+                    )
+
+        self._thread = threading.Thread(target=body, name=f"arvc-{status.kind}", daemon=True)
+        self._thread.start()
+        return status
+
+    def _train(self, plan, status: JobStatus, callbacks: _Callbacks, stop: threading.Event):
+        from dataclasses import replace
+
+        from arvc.train.loop import train
+        from arvc.train.request import prepare
+
+        def preprocessing(done, total, what) -> None:
+            with self._lock:
+                status.detail = f"preprocessing {done}/{total}: {what}"
+
+        prepare(plan, preprocessing)
+        with self._lock:
+            status.detail = ""
+        result = train(replace(plan.options, stop=stop), callbacks)
+        summary = f"trained {result.epochs_done} epochs ({result.steps_done} steps)"
+        if result.best is not None:
+            summary += f"; best held-out mel L1 {result.best['mel_l1']:.4f} at epoch {result.best['epoch']}"
+        return result.stopped_by, {
+            "summary": summary,
+            "best": result.best,
+            "exports": {k: str(v) for k, v in result.exports.items()},
+            "samples_dir": str(result.samples_dir) if result.samples_dir else None,
+        }

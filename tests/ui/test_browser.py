@@ -1,0 +1,112 @@
+"""`arvc ui` in a real browser: Debian's chromium, headless, driven by Playwright (nothing downloaded).
+
+Open the page, find the five optimizers, start a tiny training, watch its progress and plot update,
+stop it, then convert a recording with the checkpoint it saved and find the audio player.
+"""
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from arvc.data.demo import generate_demo_voice
+
+pytest.importorskip("gradio", reason="the UI needs the ui extra (pip install 'arvc[ui]')")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    from arvc.ui.app import build_app
+    from arvc.ui.jobs import Jobs
+
+    root = tmp_path / "root"
+    generate_demo_voice(root / "voice", seconds=24, sr=16000, seed=3)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(root / ".arvc-ui" / "uploads"))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    jobs = Jobs()
+    app = build_app(root, jobs)
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+               allowed_paths=[str(root)])  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}", root, jobs
+    finally:
+        jobs.stop()
+        jobs.wait(120)
+        app.close()
+
+
+def _step_of(text: str) -> int:
+    import re
+
+    match = re.search(r"step (\d+)/(\d+)", text)
+    return int(match[1]) if match else -1
+
+
+def test_train_watch_stop_and_convert_in_a_browser(server):
+    url, root, jobs = server
+    expect = playwright.expect
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(url)
+
+        table = page.locator("#optimizers")
+        for name in ("AdamW", "RAdam", "AnyPrecisionAdamW", "AdaBelief", "AdaBeliefV2"):
+            expect(table.get_by_role("gridcell", name=name, exact=True).first).to_be_attached()
+
+        page.locator("#dataset textarea, #dataset input").first.fill("voice")
+        page.locator("#run-name textarea, #run-name input").first.fill("alice")
+        page.locator("#epochs input").first.fill("50")
+        page.locator("#batch input").first.fill("2")
+        page.locator("#start").click()
+
+        status = page.locator("#status")
+        expect(status).to_contain_text("training", timeout=120_000)
+        expect(status).to_contain_text("step", timeout=120_000)
+        plot = page.locator("#plot")
+        expect(plot.locator("canvas, svg").first).to_be_visible()
+        first, before = _step_of(status.inner_text()), plot.screenshot()
+        deadline = time.time() + 120
+        while _step_of(status.inner_text()) < first + 3 and time.time() < deadline:
+            time.sleep(0.5)  # the page updates itself: no reload
+        assert _step_of(status.inner_text()) >= first + 3, status.inner_text()
+        expect(status).to_contain_text("ETA")
+        time.sleep(1.5)  # one more tick of the page's timer
+        assert plot.screenshot() != before, "the loss plot did not change while training"
+
+        page.locator("#stop").click()
+        expect(status).to_contain_text("stopped", timeout=120_000)
+        checkpoints = sorted((root / "runs" / "alice" / "checkpoints").glob("ckpt_*.pt"))
+        assert checkpoints, "Stop saved a checkpoint"
+
+        page.get_by_role("tab", name="Convert").click()
+        page.locator("#model textarea, #model input").first.fill(str(checkpoints[-1].relative_to(root)))
+        source = next((root / "voice").glob("*.wav"))
+        page.locator("#source input[type=file]").set_input_files(str(source))
+        expect(
+            page.locator(
+                "#source audio, #source .waveform-container, #source [data-testid='waveform-x']"
+            ).first
+        ).to_be_attached()
+        page.locator("#convert").click()
+        expect(page.locator("#converted audio").first).to_be_attached(timeout=120_000)
+        converted = list((root / "converted").glob("*.wav"))
+        assert len(converted) == 1 and converted[0].stat().st_size > 1000
+        browser.close()
+    assert Path(converted[0]).resolve().is_relative_to(root.resolve())

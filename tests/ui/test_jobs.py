@@ -1,0 +1,96 @@
+"""The web UI's job slot and path rule, without a browser: what the buttons call."""
+
+import time
+
+import pytest
+
+from arvc.data.demo import generate_demo_voice
+from arvc.train.request import TrainRequest
+from arvc.ui.jobs import Busy, Jobs
+
+gradio = pytest.importorskip("gradio", reason="the UI needs the ui extra (pip install 'arvc[ui]')")
+from arvc.ui.app import PathRefused, inside, optimizer_rows, runs_of  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voice")
+    generate_demo_voice(root, seconds=24, sr=16000, seed=3)
+    return root
+
+
+def _wait(jobs, predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = jobs.status()
+        if predicate(status):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; status: {jobs.status()}")
+
+
+def test_a_refused_request_takes_no_slot_and_writes_nothing(tmp_path):
+    jobs = Jobs()
+    with pytest.raises(ValueError, match="--lr"):
+        jobs.start_training(TrainRequest(runs_dir=tmp_path / "runs", lr=-1.0))
+    assert jobs.status() is None and not (tmp_path / "runs").exists()
+
+
+def test_one_training_at_a_time_and_stop_saves_a_resumable_checkpoint(tmp_path, voice):
+    jobs = Jobs()
+    request = TrainRequest(dataset=voice, name="alice", runs_dir=tmp_path / "runs", epochs=50, batch_size=2)
+    jobs.start_training(request)
+    with pytest.raises(Busy, match="already running"):
+        jobs.start_training(TrainRequest(dataset=voice, name="bob", runs_dir=tmp_path / "runs"))
+    status = _wait(jobs, lambda s: s.step >= 2)
+    assert status.state == "training" and status.total_steps == 50 * (status.total_steps // 50)
+    assert status.losses and {"step", "loss_mel", "loss_g", "loss_d"} <= set(status.losses[-1])
+    assert status.eta_s() is not None and status.eta_s() > 0
+    assert jobs.stop()
+    assert jobs.wait(120)
+    status = jobs.status()
+    assert status.state == "stopped" and "checkpoint was saved" in status.message
+    run = tmp_path / "runs" / "alice"
+    assert runs_of(tmp_path / "runs") == ["alice"]
+    assert not (run / "export" / "model.safetensors").exists()  # not exported, as after Ctrl-C
+
+    stopped_at = status.step
+    jobs.start_training(TrainRequest(resume=run, runs_dir=tmp_path / "runs", max_steps=stopped_at + 1))
+    assert jobs.wait(120)
+    status = jobs.status()
+    assert status.state == "finished", status.message
+    assert status.step == stopped_at + 1 and status.first_step <= stopped_at
+
+
+def test_a_failing_job_is_reported_and_frees_the_slot(tmp_path, voice, monkeypatch):
+    import arvc.train.request as request_module
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(request_module, "prepare_data", broken)
+    jobs = Jobs()
+    jobs.start_training(TrainRequest(dataset=voice, name="full", runs_dir=tmp_path / "runs"))
+    assert jobs.wait(60)
+    assert jobs.status().state == "failed" and "No space left" in jobs.status().message
+    assert not jobs.running()
+
+
+def test_paths_outside_the_server_folder_are_refused(tmp_path):
+    root = tmp_path / "root"
+    (root / "voice").mkdir(parents=True)
+    assert inside(root, "voice", "dataset") == (root / "voice").resolve()
+    assert inside(root, str(root / "voice"), "dataset") == (root / "voice").resolve()
+    assert inside(root, "  ", "dataset") is None
+    for outside in ("..", "../other", "/etc/passwd", "voice/../../x"):
+        with pytest.raises(PathRefused, match="outside the server's folder"):
+            inside(root, outside, "dataset")
+    (root / "link").symlink_to(tmp_path)  # a link that leads out is outside too
+    with pytest.raises(PathRefused):
+        inside(root, "link", "dataset")
+
+
+def test_the_optimizer_table_is_the_registry():
+    rows = optimizer_rows()
+    assert [r[1] for r in rows] == ["AdamW", "RAdam", "AnyPrecisionAdamW", "AdaBelief", "AdaBeliefV2"]
+    assert [r[0].count("★") for r in rows] == [5, 4, 4, 3, 3]
