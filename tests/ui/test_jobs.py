@@ -94,3 +94,19 @@ def test_the_optimizer_table_is_the_registry():
     rows = optimizer_rows()
     assert [r[1] for r in rows] == ["AdamW", "RAdam", "AnyPrecisionAdamW", "AdaBelief", "AdaBeliefV2"]
     assert [r[0].count("★") for r in rows] == [5, 4, 4, 3, 3]
+
+
+def test_a_comparison_runs_in_the_slot_and_leaves_its_report(tmp_path, voice):
+    jobs = Jobs()
+    out = tmp_path / "compare" / "mine"
+    with pytest.raises(ValueError):
+        jobs.start_compare(voice, out, "AdamW,NoSuchOptimizer", epochs=1, seeds=1)
+    assert jobs.status() is None and not out.exists()
+    jobs.start_compare(voice, out, "AdamW,AdaBelief", epochs=1, seeds=1, max_steps=2)
+    with pytest.raises(Busy):
+        jobs.start_training(TrainRequest(dataset=voice, name="meanwhile", runs_dir=tmp_path / "runs"))
+    assert jobs.wait(300)
+    status = jobs.status()
+    assert status.state == "finished", status.message
+    assert status.result["report"] == out / "report.md" and (out / "report.md").is_file()
+    assert "AdaBelief" in (out / "report.md").read_text()

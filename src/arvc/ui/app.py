@@ -269,7 +269,9 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
         epochs.change(_recommendation, [epochs, precision], recommendation)
         precision.change(_recommendation, [epochs, precision], recommendation)
         gr.Timer(1.0).tick(refresh, shown, [status, plot, original_player, converted_player, shown])
-        app.load(lambda: gr.Dropdown(choices=runs_of(runs_dir)), None, resume_run)
+        runs_now = lambda: gr.Dropdown(choices=runs_of(runs_dir))  # noqa: E731
+        app.load(runs_now, None, resume_run)
+        resume_run.focus(runs_now, None, resume_run)  # runs made since the page was opened are listed too
 
         with gr.Tab("Compare"):
             with gr.Row():
