@@ -4,6 +4,8 @@ Open the page, find the five optimizers, start a tiny training, watch its progre
 stop it, then convert a recording with the checkpoint it saved and find the audio player.
 """
 
+import hashlib
+import re
 import shutil
 import socket
 import time
@@ -50,9 +52,11 @@ def server(tmp_path, monkeypatch):
         app.close()
 
 
-def _step_of(text: str) -> int:
-    import re
+def _digest(png: bytes) -> str:  # compared as digests: pytest's diff of two large byte strings takes ages
+    return hashlib.sha256(png).hexdigest()
 
+
+def _step_of(text: str) -> int:
     match = re.search(r"step (\d+)/(\d+)", text)
     return int(match[1]) if match else -1
 
@@ -81,14 +85,17 @@ def test_train_watch_stop_and_convert_in_a_browser(server):
         expect(status).to_contain_text("step", timeout=120_000)
         plot = page.locator("#plot")
         expect(plot.locator("canvas, svg").first).to_be_visible()
-        first, before = _step_of(status.inner_text()), plot.screenshot()
+        first, before = _step_of(status.inner_text()), _digest(plot.screenshot())
         deadline = time.time() + 120
         while _step_of(status.inner_text()) < first + 3 and time.time() < deadline:
             time.sleep(0.5)  # the page updates itself: no reload
         assert _step_of(status.inner_text()) >= first + 3, status.inner_text()
         expect(status).to_contain_text("ETA")
+        expect(page.locator("#log textarea")).to_have_value(
+            re.compile("optimizer AdamW: lr=0.001")
+        )  # the CLI's log
         time.sleep(1.5)  # one more tick of the page's timer
-        assert plot.screenshot() != before, "the loss plot did not change while training"
+        assert _digest(plot.screenshot()) != before, "the loss plot did not change while training"
 
         page.locator("#stop").click()
         expect(status).to_contain_text("stopped", timeout=120_000)
@@ -96,7 +103,9 @@ def test_train_watch_stop_and_convert_in_a_browser(server):
         assert checkpoints, "Stop saved a checkpoint"
 
         page.get_by_role("tab", name="Convert").click()
-        page.locator("#model textarea, #model input").first.fill(str(checkpoints[-1].relative_to(root)))
+        model = page.locator("#model input").first
+        model.fill(str(checkpoints[-1].relative_to(root)))
+        model.press("Enter")
         source = next((root / "voice").glob("*.wav"))
         page.locator("#source input[type=file]").set_input_files(str(source))
         expect(

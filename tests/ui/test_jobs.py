@@ -46,6 +46,9 @@ def test_one_training_at_a_time_and_stop_saves_a_resumable_checkpoint(tmp_path, 
     assert status.state == "training" and status.total_steps == 50 * (status.total_steps // 50)
     assert status.losses and {"step", "loss_mel", "loss_g", "loss_d"} <= set(status.losses[-1])
     assert status.eta_s() is not None and status.eta_s() > 0
+    assert any(
+        "optimizer AdamW: lr=0.001" in line for line in status.log
+    )  # the job's log, as the CLI prints it
     assert jobs.stop()
     assert jobs.wait(120)
     status = jobs.status()

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import gradio as gr
 
+from arvc.audio.f0 import F0_METHODS
 from arvc.config import BUILTIN_CONFIGS
 from arvc.optim import OPTIMIZERS
 from arvc.ui.jobs import Busy, Jobs
 
-__all__ = ["build_app", "inside", "optimizer_rows", "runs_of"]
+__all__ = ["build_app", "exports_of", "inside", "optimizer_rows", "runs_of"]
 
 logger = logging.getLogger(__name__)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
-F0_CHOICES = ("pm", "harvest", "dio", "crepe", "crepe-tiny", "rmvpe")
+AUTO_F0 = "auto (the run's data, else pm)"
 SERIES = ("loss_mel", "loss_g", "loss_d", "held-out mel ×45")
 OPTIMIZER_HEADERS = ["rating", "name", "category", "best for", "paired scheduler"]
 
@@ -69,6 +70,14 @@ def runs_of(runs_dir: Path) -> list[str]:
         for p in runs_dir.iterdir()
         if (p / "checkpoints").is_dir() and any((p / "checkpoints").glob("*.pt"))
     )
+
+
+def exports_of(runs_dir: Path) -> list[str]:
+    """The exported models under runs_dir (each run's export and export/best), as paths to convert with."""
+    if not runs_dir.is_dir():
+        return []
+    folders = [*runs_dir.glob("*/export"), *runs_dir.glob("*/export/best")]
+    return sorted(str(f) for f in folders if (f / "model.safetensors").is_file())
 
 
 def _recommendation(epochs, precision) -> str:
@@ -174,6 +183,8 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                 dataset = gr.Textbox(label="Dataset folder (empty: the demo voice)", elem_id="dataset")
                 name = gr.Textbox(label="Run name (runs/NAME)", elem_id="run-name")
                 config = gr.Dropdown(list(BUILTIN_CONFIGS), value="tiny", label="Config")
+                train_f0 = gr.Dropdown([AUTO_F0, *F0_METHODS], value=AUTO_F0, label="Pitch (f0) method")
+                rmvpe = gr.Textbox(label="RMVPE weights (rmvpe.pt, for rmvpe)")
             with gr.Row():
                 optimizer = gr.Dropdown(
                     list(OPTIMIZERS), value="AdamW", label="Optimizer", elem_id="optimizer"
@@ -194,6 +205,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                 resume_run = gr.Dropdown(runs_of(runs_dir), label="Resume a run", allow_custom_value=False)
                 resume = gr.Button("Resume", elem_id="resume")
             status = gr.Markdown(_status_text(jobs.status()), elem_id="status")
+            log = gr.Textbox(label="Log", lines=6, max_lines=6, interactive=False, elem_id="log")
             plot = gr.LinePlot(
                 _loss_frame(jobs.status()),
                 x="step",
@@ -212,11 +224,13 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
             current = jobs.status()
             text, frame = _status_text(current), _loss_frame(current)
             original, converted, label = _samples(current)
+            lines = "\n".join(current.log[-50:]) if current is not None else ""
             if (original, converted) == tuple(shown_samples or (None, None)):
-                return text, frame, gr.skip(), gr.skip(), shown_samples
+                return text, frame, lines, gr.skip(), gr.skip(), shown_samples
             return (
                 text,
                 frame,
+                lines,
                 gr.Audio(
                     value=original, label="Held-out original" + (f": {label.split(',')[0]}" if label else "")
                 ),
@@ -224,14 +238,16 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                 (original, converted),
             )
 
-        def start_training(dataset_text, name_text, config_name, opt, lr_value, epochs_value, batch_value,
-                           precision_value, use_8bit, steps_value):  # fmt: skip
+        def start_training(dataset_text, name_text, config_name, f0_method, rmvpe_text, opt, lr_value,
+                           epochs_value, batch_value, precision_value, use_8bit, steps_value):  # fmt: skip
             try:
                 request = TrainRequest(
                     dataset=inside(root, dataset_text, "dataset folder"),
                     name=(name_text or "").strip() or None,
                     runs_dir=runs_dir,
                     config=config_name,
+                    f0=None if f0_method == AUTO_F0 else f0_method,
+                    rmvpe=inside(root, rmvpe_text, "RMVPE weights"),
                     optimizer=opt,
                     lr=_number(lr_value),
                     epochs=_number(epochs_value, int),
@@ -262,13 +278,26 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                 gr.Info("nothing is running")
             return refresh()[0]
 
-        inputs = [dataset, name, config, optimizer, lr, epochs, batch, precision, eight_bit, max_steps]
+        inputs = [
+            dataset,
+            name,
+            config,
+            train_f0,
+            rmvpe,
+            optimizer,
+            lr,
+            epochs,
+            batch,
+            precision,
+            eight_bit,
+            max_steps,
+        ]
         start.click(start_training, inputs, [status, plot])
         resume.click(resume_training, [resume_run], [status, plot])
         stop.click(stop_job, None, [status])
         epochs.change(_recommendation, [epochs, precision], recommendation)
         precision.change(_recommendation, [epochs, precision], recommendation)
-        gr.Timer(1.0).tick(refresh, shown, [status, plot, original_player, converted_player, shown])
+        gr.Timer(1.0).tick(refresh, shown, [status, plot, log, original_player, converted_player, shown])
         runs_now = lambda: gr.Dropdown(choices=runs_of(runs_dir))  # noqa: E731
         app.load(runs_now, None, resume_run)
         resume_run.focus(runs_now, None, resume_run)  # runs made since the page was opened are listed too
@@ -314,14 +343,16 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
 
         with gr.Tab("Convert"):
             with gr.Row():
-                model_path = gr.Textbox(
-                    label="Model (a run's export folder, model.safetensors, ckpt or RVC .pth)",
+                model_path = gr.Dropdown(
+                    exports_of(runs_dir),
+                    allow_custom_value=True,
+                    label="Model (a run's export, or a path: model.safetensors, ckpt_*.pt, RVC .pth)",
                     elem_id="model",
                 )
                 source = gr.Audio(label="Recording", type="filepath", sources=["upload"], elem_id="source")
             with gr.Row():
                 pitch = gr.Number(value=0, label="Pitch shift (semitones)")
-                f0 = gr.Dropdown(list(F0_CHOICES), value="pm", label="f0 method")
+                f0 = gr.Dropdown(list(F0_METHODS), value="pm", label="f0 method")
                 index_path = gr.Textbox(label="Index (added.index, optional)")
                 index_rate = gr.Slider(0, 1, value=0.75, label="Index rate")
             convert_button = gr.Button("Convert", variant="primary", elem_id="convert")
@@ -348,6 +379,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                     gr.Warning(f"error: {error}")
                     return None
 
+            model_path.focus(lambda: gr.Dropdown(choices=exports_of(runs_dir)), None, model_path)
             convert_button.click(
                 convert_one, [model_path, source, pitch, f0, index_path, index_rate], converted
             )

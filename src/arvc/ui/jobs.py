@@ -19,6 +19,24 @@ __all__ = ["Busy", "JobStatus", "Jobs"]
 
 logger = logging.getLogger(__name__)
 MAX_POINTS = 2000  # loss points kept for the plot (thinned beyond that)
+MAX_LOG_LINES = 200
+
+
+class _LogLines(logging.Handler):
+    """arvc's log records from the job's thread, into its status (the page's Log box)."""
+
+    def __init__(self, status: JobStatus, lock: threading.Lock, thread_name: str) -> None:
+        super().__init__(logging.INFO)
+        # not `self.lock`: logging.Handler's own lock has that name, and handle() holds it around emit()
+        self.status, self.status_lock, self.thread_name = status, lock, thread_name
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.threadName != self.thread_name:
+            return
+        line = self.format(record)
+        with self.status_lock:
+            self.status.log = [*self.status.log[-(MAX_LOG_LINES - 1) :], line]
 
 
 class Busy(RuntimeError):
@@ -40,6 +58,7 @@ class JobStatus:
     step_started: float | None = None
     losses: list[dict[str, float]] = field(default_factory=list)  # step, loss_mel, loss_g, loss_d
     detail: str = ""  # e.g. preprocessing progress, or the contestant being trained
+    log: list[str] = field(default_factory=list)  # the job's last arvc log lines (what the CLI prints)
     message: str = ""  # how it ended: result or error
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -169,7 +188,11 @@ class Jobs:
         callbacks = _Callbacks(status, self._lock)
         stop = self._stop
 
+        thread_name = f"arvc-{status.kind}-{status.name}"
+        handler = _LogLines(status, self._lock, thread_name)
+
         def body() -> None:
+            logging.getLogger("arvc").addHandler(handler)
             try:
                 stopped_by, result = work(callbacks, stop)
             except BaseException as error:  # shown on the page; the server goes on
@@ -177,6 +200,8 @@ class Jobs:
                 with self._lock:
                     status.state, status.message = "failed", f"{type(error).__name__}: {error}"
                 return
+            finally:
+                logging.getLogger("arvc").removeHandler(handler)
             with self._lock:
                 status.result = result
                 if stopped_by in (None, "max_steps", "early_stop"):
@@ -193,7 +218,7 @@ class Jobs:
                         )
                     )
 
-        self._thread = threading.Thread(target=body, name=f"arvc-{status.kind}", daemon=True)
+        self._thread = threading.Thread(target=body, name=thread_name, daemon=True)
         self._thread.start()
         return status
 
