@@ -85,19 +85,13 @@ def compare(
     if precision_study:
         _run_precision_study(out_dir / (name or "precision-study"), study_steps)
         return
-    from arvc.compare.runner import run_compare, schedule_setting
-    from arvc.compare.variants import resolve_optimizers
+    from arvc.compare.runner import check_request, run_compare
     from arvc.data.preprocess import DataError
     from arvc.train.checkpoint import CheckpointError
-    from arvc.train.loop import PRECISIONS, TrainError
+    from arvc.train.loop import TrainError
 
     try:
-        resolve_optimizers(optimizers)
-        schedule_setting(schedule)
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        if dataset is not None and not dataset.is_dir():
-            raise ValueError(f"dataset folder {dataset} does not exist")
+        check_request(dataset, optimizers, schedule, precision)
     except ValueError as error:
         fail(str(error))
     target = out_dir / (name or (dataset.name if dataset is not None else "demo"))

@@ -45,6 +45,7 @@ __all__ = [
     "VARIANTS",
     "CompareResult",
     "Variant",
+    "check_request",
     "resolve_optimizers",
     "run_compare",
     "schedule_setting",
@@ -370,6 +371,18 @@ def _check_same_setup(out_dir: Path, setup: dict, extra: dict | None = None) -> 
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**setup, **(extra or {})}, indent=2))
+
+
+def check_request(
+    dataset_dir: Path | None, optimizers, schedule: str = "paired", precision: str = "fp32"
+) -> None:
+    """What `arvc compare` (and the web UI's Compare tab) checks before any work: ValueError naming it."""
+    resolve_optimizers(optimizers)
+    schedule_setting(schedule)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if dataset_dir is not None and not Path(dataset_dir).is_dir():
+        raise ValueError(f"dataset folder {dataset_dir} does not exist")
 
 
 def run_compare(

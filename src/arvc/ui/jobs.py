@@ -142,13 +142,9 @@ class Jobs:
         return self._start(status, lambda callbacks, stop: self._train(plan, status, callbacks, stop))
 
     def start_compare(self, dataset: Path | None, out_dir: Path, optimizers: str, **kwargs) -> JobStatus:
-        from arvc.compare.runner import schedule_setting
-        from arvc.compare.variants import resolve_optimizers
+        from arvc.compare.runner import check_request
 
-        resolve_optimizers(optimizers)
-        schedule_setting(kwargs.get("schedule", "paired"))
-        if dataset is not None and not dataset.is_dir():
-            raise ValueError(f"dataset folder {dataset} does not exist")
+        check_request(dataset, optimizers, kwargs.get("schedule", "paired"), kwargs.get("precision", "fp32"))
         status = JobStatus("compare", out_dir.name, out_dir)
 
         def run(callbacks, stop):
