@@ -187,3 +187,33 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path):
     result = runner.invoke(arvc.cli.app, ["compare", str(tmp_path / "missing"), "--out-dir", str(tmp_path)])
     assert result.exit_code == 1 and "does not exist" in " ".join(result.output.split())
     assert not any(tmp_path.iterdir())
+
+
+def test_a_batch_larger_than_the_training_pieces_is_refused_before_any_run(voice, tmp_path):
+    """20 s of audio: 8 pieces, 7 to train on. Batch 8 failed every contestant in turn, then wrote a
+    report of failures with three empty figures; it is refused once, before the first run."""
+    with pytest.raises(ValueError, match=r"batch size 8 is larger than the comparison's training pieces"):
+        run_compare(voice, tmp_path, "AdamW,AdaBelief", epochs=1, seeds=1)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_a_comparison_where_nothing_finished_ends_as_an_error(voice, tmp_path, monkeypatch):
+    """The report still lists the failures, without empty figures; the CLI says error and exits 1."""
+    import arvc.cli
+    import arvc.cli.compare  # noqa: F401  (registers the command)
+    import arvc.compare.runner as runner
+
+    def train(options, callbacks):
+        raise ImportError("no such kernel")
+
+    monkeypatch.setattr(runner, "train", train)
+    out = tmp_path / "c"
+    args = ["compare", str(voice), "--optimizers", "AdamW,AdaBelief", "--seeds", "1", "--epochs", "1"]
+    result = CliRunner().invoke(arvc.cli.app, [*args, "--batch-size", "2", "--out-dir", str(out)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "AdamW seed 1234 failed: ImportError: no such kernel" in text
+    assert "error: no contestant finished" in text
+    report = (out / voice.name / "report.md").read_text()
+    assert "No figures: no contestant finished a seed." in report and "![" not in report
+    assert not list((out / voice.name).glob("*.png"))

@@ -119,3 +119,65 @@ def test_train_watch_stop_and_convert_in_a_browser(server):
         assert len(converted) == 1 and converted[0].stat().st_size > 1000
         browser.close()
     assert Path(converted[0]).resolve().is_relative_to(root.resolve())
+
+
+def test_a_finished_run_its_players_models_and_compare_tabs_in_a_browser(server):
+    """A run that ends: the held-out players fill in; the Models tab inspects and exports it; the
+    Compare tab runs a one-contestant comparison and shows its report and figures."""
+    url, root, jobs = server
+    expect = playwright.expect
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(url)
+
+        page.locator("#dataset textarea, #dataset input").first.fill("voice")
+        page.locator("#run-name textarea, #run-name input").first.fill("bob")
+        page.locator("#epochs input").first.fill("1")
+        page.locator("#batch input").first.fill("4")
+        page.locator("#start").click()
+        status = page.locator("#status")
+        expect(status).to_contain_text("finished", timeout=180_000)
+        run = root / "runs" / "bob"
+        assert (run / "export" / "model.safetensors").is_file()
+        # the players: the held-out original and its conversion at the last epoch, with their names
+        expect(page.locator("#original audio").first).to_be_attached()
+        expect(page.locator("#sample audio").first).to_be_attached()
+        expect(page.locator("#sample")).to_contain_text("converted at epoch 1")
+        piece = sorted((run / "samples" / "epoch_0001").glob("*.wav"))[0].stem
+        expect(page.locator("#original")).to_contain_text(piece)
+
+        page.get_by_role("tab", name="Models").click()
+        path = page.locator("#m-path textarea, #m-path input").first
+        path.fill("runs/bob/export/model.safetensors")
+        page.locator("#inspect").click()
+        result = page.locator("#m-out")
+        expect(result).to_contain_text("sample_rate")
+        expect(result).to_contain_text("16000")
+        (run / "export" / "model.safetensors").unlink()  # export again from the checkpoint
+        path.fill("runs/bob")
+        page.locator("#export").click()
+        expect(result).to_contain_text("ckpt_")
+        assert (run / "export" / "model.safetensors").is_file()
+        path.fill("../outside")
+        page.locator("#inspect").click()
+        expect(page.get_by_text("outside the server's folder").first).to_be_visible()
+
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#c-dataset textarea, #c-dataset input").first.fill("voice")
+        page.locator("#c-name textarea, #c-name input").first.fill("mine")
+        page.locator("#c-optimizers textarea, #c-optimizers input").first.fill("AdamW")
+        page.locator("#c-seeds input").first.fill("1")
+        page.locator("#c-epochs input").first.fill("1")
+        page.locator("#c-batch input").first.fill("4")  # 24 s of audio: 7 training pieces
+        page.locator("#c-start").click()
+        expect(page.locator("#c-status")).to_contain_text("finished", timeout=300_000)
+        ranked = re.compile(r"AdamW: \d\.\d+ \(")  # the ranking's line: its seed finished
+        expect(page.locator("#c-report")).to_contain_text(ranked)
+        expect(page.locator("#c-report")).not_to_contain_text("failed")
+        expect(page.locator("#c-figures img").first).to_be_attached()
+        browser.close()
+    report = root / "compare" / "mine" / "report.md"
+    assert report.is_file() and "1. AdamW" in report.read_text()
+    assert (root / "compare" / "mine" / "runs" / "AdamW" / "seed-1234" / "result.json").is_file()

@@ -105,11 +105,34 @@ def test_a_comparison_runs_in_the_slot_and_leaves_its_report(tmp_path, voice):
     with pytest.raises(ValueError):
         jobs.start_compare(voice, out, "AdamW,NoSuchOptimizer", epochs=1, seeds=1)
     assert jobs.status() is None and not out.exists()
-    jobs.start_compare(voice, out, "AdamW,AdaBelief", epochs=1, seeds=1, max_steps=2)
+    small = {"train.batch_size": 2}  # 24 s of audio: 7 training pieces
+    jobs.start_compare(voice, out, "AdamW,AdaBelief", epochs=1, seeds=1, max_steps=2, overrides=small)
     with pytest.raises(Busy):
         jobs.start_training(TrainRequest(dataset=voice, name="meanwhile", runs_dir=tmp_path / "runs"))
     assert jobs.wait(300)
     status = jobs.status()
     assert status.state == "finished", status.message
     assert status.result["report"] == out / "report.md" and (out / "report.md").is_file()
-    assert "AdaBelief" in (out / "report.md").read_text()
+    assert "AdaBelief: " in (out / "report.md").read_text()  # ranked: its seed finished
+
+
+def test_a_comparison_where_nothing_finished_is_a_failed_job(tmp_path, voice, monkeypatch):
+    import arvc.compare.runner as runner
+
+    def train(options, callbacks):
+        raise ImportError("no such kernel")
+
+    monkeypatch.setattr(runner, "train", train)
+    jobs = Jobs()
+    jobs.start_compare(voice, tmp_path / "c", "AdamW", epochs=1, seeds=1, overrides={"train.batch_size": 2})
+    assert jobs.wait(120)
+    status = jobs.status()
+    assert status.state == "failed" and "AdamW seed 1234: ImportError: no such kernel" in status.message
+
+
+def test_a_comparison_with_too_large_a_batch_fails_before_any_run(tmp_path, voice):
+    jobs = Jobs()
+    jobs.start_compare(voice, tmp_path / "c", "AdamW", epochs=1, seeds=1, overrides={"train.batch_size": 64})
+    assert jobs.wait(120)
+    assert jobs.status().state == "failed" and "lower --batch-size" in jobs.status().message
+    assert not (tmp_path / "c" / "runs").exists()

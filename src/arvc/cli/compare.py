@@ -126,12 +126,11 @@ def compare(
     if result.stopped_by:
         console.print(f"stopped by {result.stopped_by}; run the same command again to continue")
         return
-    for name, entry in result.results.items():
-        for run in entry["runs"]:
-            if "error" in run:
-                console.print(
-                    f"[yellow]{name} seed {run['seed']} failed:[/yellow] {run['error']}", highlight=False
-                )
+    for failure in result.failures:
+        name, error = failure.split(": ", 1)
+        console.print(f"[yellow]{name} failed:[/yellow] {error}", highlight=False)
+    if not result.ranked:  # a report with nothing in it is not a success
+        fail(f"no contestant finished; the errors are above and in {target / 'report.md'}")
     console.print(f"report: {target / 'report.md'} and {target / 'report.html'}")
 
 

@@ -202,6 +202,8 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
         if entry["runs"] and not any("error" in r for r in entry["runs"])
     }
     paths = {}
+    if not done:  # nothing to draw: no figures rather than three empty ones
+        return paths
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name, runs in done.items():
@@ -310,6 +312,8 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     figures = _plot(out_dir, results)
     rows = table_rows(results)
     notes = _notes(out_dir, results)
+    if not figures:
+        notes.append("No figures: no contestant finished a seed.")
     ranked = ranking({name: summarize(entry) for name, entry in results.items()})
 
     md = ["# arvc compare", ""]
@@ -319,6 +323,8 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     md += [*ranked, ""]
     md += [*[f"- {note}" for note in notes], ""]
     for file, title in FIGURES.items():
+        if file not in figures:
+            continue
         md += [f"## {title}", "", f"![{title}]({file})", ""]
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(md))
@@ -329,6 +335,7 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
         f"<h2>{html.escape(title)}</h2>\n<img alt='{html.escape(title)}' src='data:image/png;base64,"
         f"{base64.b64encode(figures[file].read_bytes()).decode()}'>\n"
         for file, title in FIGURES.items()
+        if file in figures
     )
     ranked_html = "".join(f"<li>{html.escape(line.split('. ', 1)[1])}</li>" for line in ranked)
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)

@@ -27,6 +27,7 @@ from arvc.compare.evaluate import split_dataset
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
+from arvc.data.preprocess import DataError
 from arvc.optim import get_spec, state_bytes_per_param
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
@@ -119,6 +120,25 @@ class CompareResult:
     # variant name → {"name", "schedule", "runs": [one result.json content (or {"seed", "error"}) per seed]}
     results: dict[str, dict]
     stopped_by: str | None = None  # "SIGINT"/"SIGTERM"/STOP_REQUEST: stopped; run it again to go on
+
+    @property
+    def failures(self) -> list[str]:
+        """One line per failed run: "NAME seed K: error"."""
+        return [
+            f"{name} seed {run['seed']}: {run['error']}"
+            for name, entry in self.results.items()
+            for run in entry["runs"]
+            if "error" in run
+        ]
+
+    @property
+    def ranked(self) -> list[str]:
+        """The contestants with finished seeds and none failed: those the report ranks."""
+        return [
+            name
+            for name, entry in self.results.items()
+            if entry["runs"] and not any("error" in run for run in entry["runs"])
+        ]
 
 
 class _Recorder:
@@ -453,6 +473,11 @@ def run_compare(
     prepare_data(cfg, out_dir, dataset_dir)
     train_dir, split = split_dataset(out_dir / "data", out_dir, holdout_fraction, seed)
     pieces = sum(1 for line in (train_dir / "filelist.txt").read_text().splitlines() if line.strip())
+    if pieces < cfg.train.batch_size:  # every contestant would fail the same way, one after another
+        raise DataError(
+            f"batch size {cfg.train.batch_size} is larger than the comparison's training pieces ({pieces}; "
+            f"{len(split.held)} more are held out); lower --batch-size or add more audio"
+        )
     warnings = warmup_warnings(variants, cfg, pieces // cfg.train.batch_size, max_steps)
     for warning in warnings:
         logger.warning("%s", warning)

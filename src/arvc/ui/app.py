@@ -304,17 +304,20 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
 
         with gr.Tab("Compare"):
             with gr.Row():
-                c_dataset = gr.Textbox(label="Dataset folder (empty: the demo voice)")
-                c_name = gr.Textbox(label="Comparison name (compare/NAME)", value="demo")
-                c_optimizers = gr.Textbox(label="Contestants ('all' or names)", value="all")
-                c_seeds = gr.Number(value=3, precision=0, label="Seeds")
-                c_epochs = gr.Number(value=60, precision=0, label="Epochs")
-            c_start = gr.Button("Run the comparison", variant="primary")
-            c_status = gr.Markdown()
-            c_report = gr.Markdown()
-            c_figures = gr.Gallery(label="Figures")
+                c_dataset = gr.Textbox(label="Dataset folder (empty: the demo voice)", elem_id="c-dataset")
+                c_name = gr.Textbox(label="Comparison name (compare/NAME)", value="demo", elem_id="c-name")
+                c_optimizers = gr.Textbox(
+                    label="Contestants ('all' or names)", value="all", elem_id="c-optimizers"
+                )
+                c_seeds = gr.Number(value=3, precision=0, label="Seeds", elem_id="c-seeds")
+                c_epochs = gr.Number(value=60, precision=0, label="Epochs", elem_id="c-epochs")
+                c_batch = gr.Number(value=8, precision=0, label="Batch size", elem_id="c-batch")
+            c_start = gr.Button("Run the comparison", variant="primary", elem_id="c-start")
+            c_status = gr.Markdown(elem_id="c-status")
+            c_report = gr.Markdown(elem_id="c-report")
+            c_figures = gr.Gallery(label="Figures", elem_id="c-figures")
 
-            def start_compare(dataset_text, name_text, optimizers, seeds, epochs_value):
+            def start_compare(dataset_text, name_text, optimizers, seeds, epochs_value, batch_value):
                 try:
                     target = inside(root, compare_dir / (name_text or "demo").strip(), "comparison folder")
                     jobs.start_compare(
@@ -323,6 +326,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                         optimizers,
                         epochs=_number(epochs_value, int) or 60,
                         seeds=_number(seeds, int) or 3,
+                        overrides={"train.batch_size": _number(batch_value, int) or 8},
                         device=device,
                     )
                 except (Busy, ValueError, ImportError) as error:
@@ -338,7 +342,9 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                 figures = sorted(str(p) for p in current.folder.glob("*.png")) if text else []
                 return _status_text(current), text, figures
 
-            c_start.click(start_compare, [c_dataset, c_name, c_optimizers, c_seeds, c_epochs], c_status)
+            c_start.click(
+                start_compare, [c_dataset, c_name, c_optimizers, c_seeds, c_epochs, c_batch], c_status
+            )
             gr.Timer(2.0).tick(compare_report, None, [c_status, c_report, c_figures])
 
         with gr.Tab("Convert"):
@@ -385,12 +391,12 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
             )
 
         with gr.Tab("Models"):
-            m_path = gr.Textbox(label="Model file or run folder")
+            m_path = gr.Textbox(label="Model file or run folder", elem_id="m-path")
             with gr.Row():
-                inspect_button = gr.Button("Inspect")
-                export_button = gr.Button("Export the run")
+                inspect_button = gr.Button("Inspect", elem_id="inspect")
+                export_button = gr.Button("Export the run", elem_id="export")
                 index_button = gr.Button("Build the run's index")
-            m_out = gr.JSON(label="Result")
+            m_out = gr.JSON(label="Result", elem_id="m-out")
 
             def inspect_file(text):
                 from arvc.modelfile.describe import describe_model_file

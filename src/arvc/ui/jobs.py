@@ -165,6 +165,8 @@ class Jobs:
                     callbacks.on_step(info["epoch"], info["step"], info["losses"], info["lr"])
 
             result = run_compare(dataset, out_dir, optimizers, progress=progress, stop=stop, **kwargs)
+            if not result.ranked and not result.stopped_by:
+                raise RuntimeError("no contestant finished: " + "; ".join(result.failures))
             report = out_dir / "report.md"
             return result.stopped_by, {"report": report if report.is_file() else None}
 
