@@ -1,7 +1,9 @@
 """`arvc ui` in a real browser: Debian's chromium, headless, driven by Playwright (nothing downloaded).
 
 Open the page, find the five optimizers, start a tiny training, watch its progress and plot update,
-stop it, then convert a recording with the checkpoint it saved and find the audio player.
+stop it, then convert a recording with the checkpoint it saved and find the audio player. Then a run
+that ends (seen from a new tab after the first closed): its best epoch and held-out players; the Models
+tab (inspect, export, a path outside refused) and the Compare tab (a ranked report with figures).
 """
 
 import hashlib
@@ -137,8 +139,15 @@ def test_a_finished_run_its_players_models_and_compare_tabs_in_a_browser(server)
         page.locator("#epochs input").first.fill("1")
         page.locator("#batch input").first.fill("4")
         page.locator("#start").click()
+        expect(page.locator("#status")).to_contain_text("bob: ", timeout=120_000)
+        page.close()  # closing the tab does not stop the run; a new page shows it
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(url)
         status = page.locator("#status")
+        expect(status).to_contain_text("bob: ")
         expect(status).to_contain_text("finished", timeout=180_000)
+        expect(status).to_contain_text(re.compile(r"best held-out mel L1 \d\.\d+ at epoch 1"))
         run = root / "runs" / "bob"
         assert (run / "export" / "model.safetensors").is_file()
         # the players: the held-out original and its conversion at the last epoch, with their names
