@@ -264,3 +264,13 @@ def test_listen_command_carries_what_the_conversion_needs(tmp_path):
         str(run / "export"),
         "YOUR_RECORDING.wav",
     ]
+
+
+def test_an_error_line_is_one_line_at_80_columns(tmp_path, monkeypatch):
+    """Rich wrapped `error:` lines at the console width, splitting a path mid-way: hard to copy."""
+    monkeypatch.setattr(arvc.cli._app, "console", Console(width=80))
+    missing = tmp_path / ("a-rather-long-folder-name-" * 3) / "recordings"
+    result = CliRunner().invoke(app, ["train", str(missing)])
+    assert result.exit_code == 1
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert str(missing) in line and len(line) > 80
