@@ -240,20 +240,23 @@ def _checkpoint_epoch(run_dir: Path) -> int | None:
     return None if checkpoint is None else checkpoint_position(checkpoint)[0]
 
 
-def _run_one(
-    variant: Variant,
-    run_dir: Path,
-    train_dir: Path,
-    cfg,
-    evaluator,
-    precision,
-    device,
-    max_steps,
-    progress,
-    stop=None,
-):  # cfg: this seed's config
+@dataclass(frozen=True)
+class _Contest:
+    """What every run of one comparison shares."""
+
+    train_dir: Path
+    evaluator: Validator
+    precision: str
+    device: str
+    max_steps: int | None
+    progress: Callable[..., None] | None
+    stop: threading.Event | None
+
+
+def _run_one(variant: Variant, run_dir: Path, cfg, contest: _Contest):  # cfg: this seed's config
     """Train (or resume) one contestant; returns (result dict, None) or (None, "SIGINT"/"SIGTERM"/
     STOP_REQUEST)."""
+    precision, device, progress = contest.precision, contest.device, contest.progress
     records = _kept_records(run_dir)
     run_precision = variant.precision or precision
     saved_epoch = _checkpoint_epoch(run_dir)
@@ -273,20 +276,20 @@ def _run_one(
     resume = run_dir if saved_epoch is not None else None
     options = TrainOptions(
         run_dir=run_dir,
-        data_dir=train_dir,
+        data_dir=contest.train_dir,
         config=cfg,
         optimizer=variant.optimizer,
         use_8bit=variant.use_8bit if resume is None else None,
         optimizer_kwargs=dict(variant.kwargs) if resume is None and variant.kwargs else None,
         precision=run_precision,
         resume=resume,
-        max_steps=max_steps,
+        max_steps=contest.max_steps,
         device=device,
-        stop=stop,
+        stop=contest.stop,
     )
     if resume is not None:
         logger.info("%s: resuming from %s", variant.name, latest_checkpoint(run_dir))
-    recorder = _Recorder(run_dir, evaluator, device, records, progress)
+    recorder = _Recorder(run_dir, contest.evaluator, device, records, progress)
     result = train(options, recorder)
     if result.stopped_by in ("SIGINT", "SIGTERM", STOP_REQUEST):
         return None, result.stopped_by
@@ -396,7 +399,8 @@ def _check_same_setup(out_dir: Path, setup: dict, extra: dict | None = None) -> 
 def check_request(
     dataset_dir: Path | None, optimizers, schedule: str = "paired", precision: str = "fp32"
 ) -> None:
-    """What `arvc compare` (and the web UI's Compare tab) checks before any work: ValueError naming it."""
+    """What `arvc compare`, the web UI's Compare tab and run_compare check before any work: ValueError
+    naming it."""
     resolve_optimizers(optimizers)
     schedule_setting(schedule)
     if precision not in PRECISIONS:
@@ -440,8 +444,7 @@ def run_compare(
     """
     from arvc.compare.report import write_report
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    check_request(dataset_dir, optimizers, schedule, precision)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     variants = resolve_optimizers(optimizers)
@@ -486,19 +489,8 @@ def run_compare(
     # Denormal floats make some optimizers' first steps (RAdam's un-rectified phase) ~100x slower on CPU,
     # which would rank a CPU artefact, so they are flushed to zero for every run alike.
     with flush_denormals(flush_denormal):  # on every intra-op thread (arvc.optim.denormals)
-        results, stopped_by = _run_all(
-            variants,
-            run_seeds,
-            out_dir,
-            train_dir,
-            cfg,
-            evaluator,
-            precision,
-            device,
-            max_steps,
-            progress,
-            stop,
-        )
+        contest = _Contest(train_dir, evaluator, precision, device, max_steps, progress, stop)
+        results, stopped_by = _run_all(variants, run_seeds, out_dir, cfg, contest)
     write_report(out_dir, results)
     return CompareResult(out_dir, results, stopped_by)
 
@@ -508,9 +500,8 @@ def run_folder(out_dir: Path, name: str, seed: int) -> Path:
     return Path(out_dir) / "runs" / name / f"seed-{seed}"
 
 
-def _run_all(
-    variants, run_seeds, out_dir, train_dir, cfg, evaluator, precision, device, max_steps, progress, stop=None
-):
+def _run_all(variants, run_seeds, out_dir, cfg, contest: _Contest):
+    progress = contest.progress
     results = {
         v.name: {"name": v.name, "schedule": contestant_schedule(v, cfg.train.scheduler), "runs": []}
         for v in variants
@@ -533,18 +524,7 @@ def _run_all(
                 continue
             logger.info("%s seed %d: training (%d/%d)", variant.name, run_seed, index, count)
             try:
-                result, stopped_by = _run_one(
-                    variant,
-                    run_dir,
-                    train_dir,
-                    seed_cfg,
-                    evaluator,
-                    precision,
-                    device,
-                    max_steps,
-                    progress,
-                    stop,
-                )
+                result, stopped_by = _run_one(variant, run_dir, seed_cfg, contest)
             except Exception as error:  # one failing contestant (e.g. no bitsandbytes) must not end the rest
                 logger.error("%s seed %d failed: %s", variant.name, run_seed, error)
                 runs.append({"seed": run_seed, "error": f"{type(error).__name__}: {error}"})
