@@ -3,7 +3,7 @@
 Open the page, find the five optimizers, start a tiny training, watch its progress and plot update,
 stop it, then convert a recording with the checkpoint it saved and find the audio player. Then a run
 that ends (seen from a new tab after the first closed): its best epoch and held-out players; the Models
-tab (inspect, export, a path outside refused) and the Compare tab (a ranked report with figures).
+tab (inspect, export, build the index, a path outside refused) and the Compare tab (a ranked report with figures).
 """
 
 import hashlib
@@ -169,6 +169,9 @@ def test_a_finished_run_its_players_models_and_compare_tabs_in_a_browser(server)
         page.locator("#export").click()
         expect(result).to_contain_text("ckpt_")
         assert (run / "export" / "model.safetensors").is_file()
+        page.locator("#index").click()
+        expect(result).to_contain_text("added")
+        assert (run / "export" / "added.index").is_file()
         path.fill("../outside")
         page.locator("#inspect").click()
         expect(page.get_by_text("outside the server's folder").first).to_be_visible()

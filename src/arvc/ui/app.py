@@ -395,7 +395,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
             with gr.Row():
                 inspect_button = gr.Button("Inspect", elem_id="inspect")
                 export_button = gr.Button("Export the run", elem_id="export")
-                index_button = gr.Button("Build the run's index")
+                index_button = gr.Button("Build the run's index", elem_id="index")
             m_out = gr.JSON(label="Result", elem_id="m-out")
 
             def inspect_file(text):
