@@ -3,7 +3,8 @@
 Open the page, find the five optimizers, start a tiny training, watch its progress and plot update,
 stop it, then convert a recording with the checkpoint it saved and find the audio player. Then a run
 that ends (seen from a new tab after the first closed): its best epoch and held-out players; the Models
-tab (inspect, export, build the index, a path outside refused) and the Compare tab (a ranked report with figures).
+tab (inspect, export, build the index, a path outside refused) and the Compare tab (a ranked report with
+figures).
 """
 
 import hashlib
@@ -117,6 +118,8 @@ def test_train_watch_stop_and_convert_in_a_browser(server):
         ).to_be_attached()
         page.locator("#convert").click()
         expect(page.locator("#converted audio").first).to_be_attached(timeout=120_000)
+        download = page.locator("#converted a[download], #converted [aria-label*='ownload']").first
+        expect(download).to_be_attached()  # the player's download link
         converted = list((root / "converted").glob("*.wav"))
         assert len(converted) == 1 and converted[0].stat().st_size > 1000
         browser.close()
