@@ -126,9 +126,8 @@ def compare(
     if result.stopped_by:
         console.print(f"stopped by {result.stopped_by}; run the same command again to continue")
         return
-    for failure in result.failures:
-        name, error = failure.split(": ", 1)
-        console.print(f"[yellow]{name} failed:[/yellow] {error}", highlight=False)
+    for name, seed, error in result.failures:
+        console.print(f"[yellow]{name} seed {seed} failed:[/yellow] {error}", highlight=False)
     if not result.ranked:  # a report with nothing in it is not a success
         fail(f"no contestant finished; the errors are above and in {target / 'report.md'}")
     console.print(f"report: {target / 'report.md'} and {target / 'report.html'}")

@@ -190,17 +190,22 @@ def _band(curves: list[list[float]]):
     return stack.mean(axis=0), stack.min(axis=0), stack.max(axis=0)
 
 
+def finished_runs(results: dict[str, dict]) -> dict[str, list[dict]]:
+    """name → runs, for the contestants with finished seeds and none failed: those that are ranked."""
+    return {
+        name: entry["runs"]
+        for name, entry in results.items()
+        if entry["runs"] and not any("error" in r for r in entry["runs"])
+    }
+
+
 def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = {
-        name: entry["runs"]
-        for name, entry in results.items()
-        if entry["runs"] and not any("error" in r for r in entry["runs"])
-    }
+    done = finished_runs(results)
     paths = {}
     if not done:  # nothing to draw: no figures rather than three empty ones
         return paths

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from arvc.compare.evaluate import split_dataset
+from arvc.compare.report import finished_runs
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
@@ -122,10 +123,10 @@ class CompareResult:
     stopped_by: str | None = None  # "SIGINT"/"SIGTERM"/STOP_REQUEST: stopped; run it again to go on
 
     @property
-    def failures(self) -> list[str]:
-        """One line per failed run: "NAME seed K: error"."""
+    def failures(self) -> list[tuple[str, int, str]]:
+        """(name, seed, error) for each failed run."""
         return [
-            f"{name} seed {run['seed']}: {run['error']}"
+            (name, run["seed"], run["error"])
             for name, entry in self.results.items()
             for run in entry["runs"]
             if "error" in run
@@ -134,11 +135,7 @@ class CompareResult:
     @property
     def ranked(self) -> list[str]:
         """The contestants with finished seeds and none failed: those the report ranks."""
-        return [
-            name
-            for name, entry in self.results.items()
-            if entry["runs"] and not any("error" in run for run in entry["runs"])
-        ]
+        return list(finished_runs(self.results))
 
 
 class _Recorder:

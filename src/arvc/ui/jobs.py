@@ -166,7 +166,8 @@ class Jobs:
 
             result = run_compare(dataset, out_dir, optimizers, progress=progress, stop=stop, **kwargs)
             if not result.ranked and not result.stopped_by:
-                raise RuntimeError("no contestant finished: " + "; ".join(result.failures))
+                failed = (f"{name} seed {seed}: {error}" for name, seed, error in result.failures)
+                raise RuntimeError("no contestant finished: " + "; ".join(failed))
             report = out_dir / "report.md"
             return result.stopped_by, {"report": report if report.is_file() else None}
 
