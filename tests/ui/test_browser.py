@@ -55,6 +55,14 @@ def server(tmp_path, monkeypatch):
         app.close()
 
 
+def _open(browser, url: str):
+    """A new tab on the page, with a minute for each wait unless a step says otherwise."""
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    return page
+
+
 def _digest(png: bytes) -> str:  # compared as digests: pytest's diff of two large byte strings takes ages
     return hashlib.sha256(png).hexdigest()
 
@@ -69,9 +77,7 @@ def test_train_watch_stop_and_convert_in_a_browser(server):
     expect = playwright.expect
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(url)
+        page = _open(browser, url)
 
         table = page.locator("#optimizers")
         for name in ("AdamW", "RAdam", "AnyPrecisionAdamW", "AdaBelief", "AdaBeliefV2"):
@@ -133,9 +139,7 @@ def test_a_finished_run_its_players_models_and_compare_tabs_in_a_browser(server)
     expect = playwright.expect
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(url)
+        page = _open(browser, url)
 
         page.locator("#dataset textarea, #dataset input").first.fill("voice")
         page.locator("#run-name textarea, #run-name input").first.fill("bob")
@@ -144,9 +148,7 @@ def test_a_finished_run_its_players_models_and_compare_tabs_in_a_browser(server)
         page.locator("#start").click()
         expect(page.locator("#status")).to_contain_text("bob: ", timeout=120_000)
         page.close()  # closing the tab does not stop the run; a new page shows it
-        page = browser.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(url)
+        page = _open(browser, url)
         status = page.locator("#status")
         expect(status).to_contain_text("bob: ")
         expect(status).to_contain_text("finished", timeout=180_000)
