@@ -111,28 +111,19 @@ class _Timer:
     """Training callbacks: wall time of each step and of each optimizer.step (synchronised on CUDA)."""
 
     def __init__(self, device: str) -> None:
-        import torch
+        from arvc.train.timing import OptimizerStepTimer
 
-        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        self.optimizer_timer = OptimizerStepTimer(device)
+        self.sync = self.optimizer_timer.sync
+        self.optimizer_steps = self.optimizer_timer.durations
         self.steps: list[float] = []
-        self.optimizer_steps: list[float] = []
         self.finite = True
         self.fused: list[bool] = []
         self._last = None
 
     def on_optimizers(self, optim_g, optim_d) -> None:
         self.fused = [bool(g.get("fused")) for o in (optim_g, optim_d) for g in o.param_groups]
-        for optimizer in (optim_g, optim_d):
-            optimizer.register_step_pre_hook(self._pre)
-            optimizer.register_step_post_hook(self._post)
-
-    def _pre(self, *_) -> None:
-        self.sync()
-        self._t = time.perf_counter()
-
-    def _post(self, *_) -> None:
-        self.sync()
-        self.optimizer_steps.append(time.perf_counter() - self._t)
+        self.optimizer_timer.attach(optim_g, optim_d)
 
     def on_start(self, *_) -> None:
         self.sync()

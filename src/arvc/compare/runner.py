@@ -36,6 +36,7 @@ from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, STOP_REQUEST, TrainOptions, train
 from arvc.train.optimizers import bf16_weights
+from arvc.train.timing import OptimizerStepTimer
 from arvc.train.validation import Validator
 
 __all__ = [
@@ -148,28 +149,15 @@ class _Recorder:
         self.wall0 = last.get("wall_s", 0.0)
         self.opt0 = last.get("optimizer_s", 0.0)
         self.started = time.perf_counter()
-        self.opt_s, self.eval_s, self.lr, self.step = 0.0, 0.0, None, 0
+        self.timer = OptimizerStepTimer(device)
+        self.eval_s, self.lr, self.step = 0.0, None, 0
         self.nonfinite = last.get("nonfinite", 0)
         self.optimizers: tuple = ()
 
     # --- Callbacks ---
     def on_optimizers(self, optim_g, optim_d) -> None:
         self.optimizers = (optim_g, optim_d)
-        for optimizer in self.optimizers:
-            optimizer.register_step_pre_hook(self._pre)
-            optimizer.register_step_post_hook(self._post)
-
-    def _sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def _pre(self, *_) -> None:
-        self._sync()
-        self._t = time.perf_counter()
-
-    def _post(self, *_) -> None:
-        self._sync()
-        self.opt_s += time.perf_counter() - self._t
+        self.timer.attach(*self.optimizers)
 
     def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         self.started = time.perf_counter()  # wall time counts training, not model building or data loading
@@ -200,7 +188,7 @@ class _Recorder:
             "heldout_stft": scores.stft,
             "lr": self.lr,
             "wall_s": self.wall0 + time.perf_counter() - self.started - self.eval_s,  # training only
-            "optimizer_s": self.opt0 + self.opt_s,
+            "optimizer_s": self.opt0 + self.timer.total,
             "nonfinite": self.nonfinite,
         }
         self.records.append(record)
