@@ -136,6 +136,16 @@ def arvc_step(cfg):
     return lambda b: step(b, next(counter)).losses["loss_g"]
 
 
+def count_flops(step, batch: Batch) -> dict[str, int]:
+    """Floating-point operations of one step, by ATen op (torch's FlopCounterMode: matmuls and convolutions,
+    forward and backward; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as mode:
+        step(batch)
+    return {str(op): int(n) for op, n in mode.get_flop_counts()["Global"].items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rvc", type=Path, required=True, help="a checkout of RVC WebUI")
@@ -144,6 +154,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--flops", action="store_true", help="also count each step's FLOPs")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -164,6 +175,15 @@ def main() -> None:
         ratio = medians["arvc"] / medians["rvc"]
         results[batch_size] = {"median_s": medians, "ratio_arvc_over_rvc": ratio, "times": times}
         print(f"batch {batch_size}: RVC {medians['rvc']:.2f} s, arvc {medians['arvc']:.2f} s -> {ratio:.2f}x")
+        if args.flops:
+            flops = {name: count_flops(step, batch) for name, step in (("rvc", rvc), ("arvc", arvc))}
+            total = {name: sum(ops.values()) for name, ops in flops.items()}
+            results[batch_size]["flops"] = flops
+            print(
+                f"  GFLOP per step: RVC {total['rvc'] / 1e9:.0f}, arvc {total['arvc'] / 1e9:.0f}"
+                f" -> {total['arvc'] / total['rvc']:.2f}x; time per FLOP arvc / RVC"
+                f" {ratio * total['rvc'] / total['arvc']:.2f}"
+            )
     if args.out:
         meta = {"threads": args.threads, "frames": args.frames, "rounds": args.rounds, "config": "v2-40k"}
         args.out.write_text(json.dumps({**meta, "results": results}, indent=2))
