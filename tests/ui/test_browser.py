@@ -193,6 +193,8 @@ def test_a_finished_run_its_players_models_and_compare_tabs_in_a_browser(server)
         ranked = re.compile(r"AdamW: \d\.\d+ \(")  # the ranking's line: its seed finished
         expect(page.locator("#c-report")).to_contain_text(ranked)
         expect(page.locator("#c-report")).not_to_contain_text("failed")
+        expect(page.locator("#c-report")).to_contain_text("Shown in Figures below")
+        expect(page.locator("#c-report img")).to_have_count(0)  # no figure link the page cannot load
         expect(page.locator("#c-figures img").first).to_be_attached()
         browser.close()
     report = root / "compare" / "mine" / "report.md"

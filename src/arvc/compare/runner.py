@@ -383,15 +383,15 @@ def _check_same_setup(out_dir: Path, setup: dict, extra: dict | None = None) -> 
 
 def check_request(
     dataset_dir: Path | None, optimizers, schedule: str = "paired", precision: str = "fp32"
-) -> None:
+) -> tuple[list[Variant], str]:
     """What `arvc compare`, the web UI's Compare tab and run_compare check before any work: ValueError
-    naming it."""
-    resolve_optimizers(optimizers)
-    schedule_setting(schedule)
+    naming it. Returns the contestants and the scheduler setting the request resolves to."""
+    variants, scheduler = resolve_optimizers(optimizers), schedule_setting(schedule)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if dataset_dir is not None and not Path(dataset_dir).is_dir():
         raise ValueError(f"dataset folder {dataset_dir} does not exist")
+    return variants, scheduler
 
 
 def run_compare(
@@ -429,11 +429,9 @@ def run_compare(
     """
     from arvc.compare.report import write_report
 
-    check_request(dataset_dir, optimizers, schedule, precision)
+    variants, scheduler = check_request(dataset_dir, optimizers, schedule, precision)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
-    variants = resolve_optimizers(optimizers)
-    scheduler = schedule_setting(schedule)
     out_dir = Path(out_dir)
     cfg = load_config(config)
     cfg = apply_overrides(

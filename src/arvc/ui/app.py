@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -78,6 +79,22 @@ def exports_of(runs_dir: Path) -> list[str]:
         return []
     folders = [*runs_dir.glob("*/export"), *runs_dir.glob("*/export/best")]
     return sorted(str(f) for f in folders if (f / "model.safetensors").is_file())
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+
+
+def report_for_page(markdown: str) -> str:
+    """The compare report for the Compare tab: its figure links point to files beside report.md, which the
+    page cannot load, so each one points to the Figures gallery, where the figure is shown under its title."""
+    return _IMAGE.sub("*Shown in Figures below.*", markdown)
+
+
+def report_figures(folder: Path) -> list[tuple[str, str]]:
+    """The compare report's figures in `folder` as the Figures gallery shows them: (path, title)."""
+    from arvc.compare.report import FIGURES
+
+    return [(str(p), FIGURES.get(p.name, p.stem)) for p in sorted(folder.glob("*.png"))]
 
 
 def _recommendation(epochs, precision) -> str:
@@ -338,8 +355,8 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                 if current is None or current.kind != "compare":
                     return "", "", []
                 report = current.folder / "report.md"
-                text = report.read_text() if report.is_file() and not current.running else ""
-                figures = sorted(str(p) for p in current.folder.glob("*.png")) if text else []
+                text = report_for_page(report.read_text()) if report.is_file() and not current.running else ""
+                figures = report_figures(current.folder) if text else []
                 return _status_text(current), text, figures
 
             c_start.click(
