@@ -164,7 +164,11 @@ def train(
     save_every: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the models (needs a C++ compiler).")
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the models (needs a C++ compiler; for GPUs: on a CPU it measured slower).",
+        ),
     ] = False,
     resume: Annotated[
         Path | None, typer.Option(help="Continue a run: runs/NAME or one checkpoint file.")
