@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
+from collections.abc import Iterator
 
 import torch
 
@@ -37,23 +40,54 @@ def parse_dtype(value: torch.dtype | str, name: str) -> torch.dtype:
     raise ValueError(f"Invalid {name}: {value!r}; use a torch dtype or one of {valid}")
 
 
-def check_common_hyperparameters(lr, betas, eps, weight_decay) -> None:
-    """Validate the Adam-family hyperparameters up front, naming the bad one (torch.optim's messages)."""
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        lr = lr.item()
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr)) or lr < 0.0:
+def _real(value) -> float | None:
+    """`value` as a float when it is a real number (Python, NumPy) or a one-element real tensor, the
+    types torch.optim accepts for its hyperparameters; None for anything else."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 and not value.is_complex() else None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None
+
+
+def _finite_non_negative(value) -> bool:
+    real = _real(value)
+    return real is not None and math.isfinite(real) and real >= 0.0
+
+
+def check_common_hyperparameters(lr, betas, eps, weight_decay) -> tuple[tuple[float, float], float, float]:
+    """Validate the Adam-family hyperparameters up front, naming the bad one (torch.optim's messages).
+
+    Accepts what torch.optim accepts (Python or NumPy numbers, one-element tensors) and returns betas,
+    eps and weight_decay as Python floats, the form every path of arvc's own classes computes with
+    (they have no capturable mode that would need tensors); lr stays as given (a tensor lr is supported).
+    """
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not _finite_non_negative(lr):
         raise ValueError(f"Invalid learning rate: {lr}")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
     for index, beta in enumerate(betas):
-        if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
+        real = _real(beta)
+        if real is None or not 0.0 <= real < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps)) or eps < 0.0:
+    if not _finite_non_negative(eps):
         raise ValueError(f"Invalid epsilon value: {eps}")
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)) or weight_decay < 0.0:
+    if not _finite_non_negative(weight_decay):
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    return (_real(betas[0]), _real(betas[1])), _real(eps), _real(weight_decay)
+
+
+@contextlib.contextmanager
+def refused_group_removed(optimizer: torch.optim.Optimizer) -> Iterator[dict]:
+    """Around the checks of the group `add_param_group` has just appended: a group they refuse is taken
+    out again, so a refused `add_param_group` leaves the optimizer as it was (and its next step works)."""
+    try:
+        yield optimizer.param_groups[-1]
+    except BaseException:
+        optimizer.param_groups.pop()
+        raise
 
 
 def evaluate_closure(closure):

@@ -7,6 +7,9 @@ Everything here runs once, at load, so `step()` only ever sees the state it crea
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import torch
 
 
@@ -21,6 +24,20 @@ def step_tensor(value) -> torch.Tensor:
     return torch.tensor(float(value), dtype=torch.float32)
 
 
+@contextlib.contextmanager
+def keeping_paths(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Around a `load_state_dict`: every group keeps this process's `foreach`/`fused`.
+
+    They say how this process runs the math, not what the math is: a checkpoint written with the fused
+    kernel resumes on a machine without a compiler, and one written on the foreach path resumes fused
+    (where the optimizer was built fused, GradScaler hands it the scale, and it must go on taking it).
+    """
+    paths = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
+    yield
+    for group, path in zip(optimizer.param_groups, paths, strict=True):
+        group.update(path)
+
+
 def load_state_dict_keeping_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
     """`Optimizer.load_state_dict`, but every state tensor keeps the dtype it was saved with.
 
@@ -29,14 +46,11 @@ def load_state_dict_keeping_dtypes(optimizer: torch.optim.Optimizer, state_dict:
     were (moved to the parameter's device), so a resumed run continues bit for bit. A numeric `step`
     becomes a step tensor, and hyperparameters a foreign state dict lacks take this optimizer's defaults.
     """
-    # `foreach`/`fused` say how this process runs the math, not what the math is: a checkpoint written
-    # with the fused kernel resumes on a machine without a compiler (and vice versa).
-    paths = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
-    torch.optim.Optimizer.load_state_dict(optimizer, state_dict)
-    for group, path in zip(optimizer.param_groups, paths, strict=True):
+    with keeping_paths(optimizer):
+        torch.optim.Optimizer.load_state_dict(optimizer, state_dict)
+    for group in optimizer.param_groups:
         for key, value in optimizer.defaults.items():
             group.setdefault(key, value)
-        group.update(path)
     saved_ids = [pid for group in state_dict["param_groups"] for pid in group["params"]]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for pid, p in zip(saved_ids, params, strict=True):
@@ -49,3 +63,13 @@ def load_state_dict_keeping_dtypes(optimizer: torch.optim.Optimizer, state_dict:
                 state["step"] = step_tensor(value)
             elif isinstance(value, torch.Tensor):
                 state[key] = value.to(device=p.device, copy=True)
+
+
+def place_steps(optimizer: torch.optim.Optimizer, on_device: Callable[[dict], bool]) -> None:
+    """After a load: every `step` tensor where this process's path keeps it, on its parameter's device
+    for the groups `on_device` names (torch's fused and capturable paths), else on the CPU."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                optimizer.state[p]["step"] = step.to(p.device if on_device(group) else "cpu")

@@ -34,6 +34,7 @@ from arvc.optim._checks import (
     lr_value,
     params_with_grad,
     real_view,
+    refused_group_removed,
 )
 from arvc.optim._fused import (
     FUSED_DEVICES,
@@ -81,7 +82,7 @@ class AdaBelief(AmpScaling, Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        check_common_hyperparameters(lr, betas, eps, weight_decay)
+        betas, eps, weight_decay = check_common_hyperparameters(lr, betas, eps, weight_decay)
         check_lr(lr, foreach, type(self).__name__)
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused
@@ -90,9 +91,9 @@ class AdaBelief(AmpScaling, Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        check_param_dtypes(group["params"], type(self).__name__)
-        group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
+        with refused_group_removed(self) as group:
+            check_param_dtypes(group["params"], type(self).__name__)
+            group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Moments of bf16/fp16 parameters are float32 and must stay so on resume (pytorch#43706).

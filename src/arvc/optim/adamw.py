@@ -18,6 +18,7 @@ from torch.optim.adam import adam
 from torch.optim.optimizer import _use_grad_for_differentiable
 
 from arvc.optim._rounding import is_dense
+from arvc.optim._state import keeping_paths, place_steps
 
 __all__ = ["AdamW"]
 
@@ -33,6 +34,16 @@ def fused_safe_grad(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 class AdamW(torch.optim.AdamW):
     """torch.optim.AdamW whose fused path steps gradients of any layout correctly (see module docstring)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load (state cast to each parameter's dtype), keeping this process's foreach/fused.
+
+        torch takes the saved groups' paths: a fused optimizer (as the registry builds one) that loads a
+        foreach checkpoint would still tell GradScaler it takes the scale, and then refuse it.
+        """
+        with keeping_paths(self):
+            super().load_state_dict(state_dict)
+        place_steps(self, lambda group: bool(group["fused"] or group["capturable"]))
 
     @_use_grad_for_differentiable
     def step(self, closure=None):

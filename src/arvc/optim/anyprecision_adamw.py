@@ -33,6 +33,7 @@ from arvc.optim._checks import (
     params_with_grad,
     parse_dtype,
     real_view,
+    refused_group_removed,
 )
 from arvc.optim._fused import (
     FUSED_DEVICES,
@@ -100,7 +101,7 @@ class AnyPrecisionAdamW(AmpScaling, Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        check_common_hyperparameters(lr, betas, eps, weight_decay)
+        betas, eps, weight_decay = check_common_hyperparameters(lr, betas, eps, weight_decay)
         check_lr(lr, foreach, type(self).__name__)
         if not isinstance(seed, int):
             raise ValueError(f"Invalid seed: {seed!r}; expected an int")
@@ -136,15 +137,22 @@ class AnyPrecisionAdamW(AmpScaling, Optimizer):
             if key in param_group:
                 param_group[key] = parse_dtype(param_group[key], key)
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        check_param_dtypes(group["params"], type(self).__name__)
-        buffer_dtypes = [group[k] for k in ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype")]
-        if group["fused"] and any(dtype not in FUSED_DTYPES for dtype in buffer_dtypes):
-            raise ValueError(
-                "AnyPrecisionAdamW: the fused path keeps buffers in float32, bfloat16 or float16, got "
-                f"{', '.join(str(d).removeprefix('torch.') for d in buffer_dtypes)}; pass fused=False"
-            )
-        group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
+        with refused_group_removed(self) as group:
+            check_param_dtypes(group["params"], type(self).__name__)
+            if getattr(self, "_param_index", None) is not None:
+                raise ValueError(
+                    "AnyPrecisionAdamW: this optimizer numbers its parameters by param_indices; "
+                    "add_param_group cannot number new ones: pass every parameter at construction"
+                )
+            buffer_dtypes = [
+                group[k] for k in ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype")
+            ]
+            if group["fused"] and any(dtype not in FUSED_DTYPES for dtype in buffer_dtypes):
+                raise ValueError(
+                    "AnyPrecisionAdamW: the fused path keeps buffers in float32, bfloat16 or float16, got "
+                    f"{', '.join(str(d).removeprefix('torch.') for d in buffer_dtypes)}; pass fused=False"
+                )
+            group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
 
     def load_state_dict(self, state_dict: dict) -> None:
         # torch casts floating state to each parameter's dtype (pytorch#43706); the buffers' dtypes are

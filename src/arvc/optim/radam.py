@@ -17,7 +17,13 @@ from __future__ import annotations
 import torch
 from torch.optim.radam import radam
 
-from arvc.optim._checks import check_param_dtypes, evaluate_closure, lr_value, real_view
+from arvc.optim._checks import (
+    check_param_dtypes,
+    evaluate_closure,
+    lr_value,
+    real_view,
+    refused_group_removed,
+)
 from arvc.optim._fused import (
     FUSED_DEVICES,
     AmpScaling,
@@ -27,7 +33,7 @@ from arvc.optim._fused import (
     resolve_fused,
     run_kernel,
 )
-from arvc.optim._state import load_state_dict_keeping_dtypes
+from arvc.optim._state import load_state_dict_keeping_dtypes, place_steps
 
 __all__ = ["RAdam"]
 
@@ -78,16 +84,26 @@ class RAdam(AmpScaling, torch.optim.RAdam):
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        check_param_dtypes(group["params"], type(self).__name__)
-        requested = group.get("fused", getattr(self, "_requested_fused", None))
-        if requested and (group["capturable"] or group["differentiable"]):
-            raise RuntimeError("RAdam: `fused=True` does not support capturable or differentiable")
-        group["fused"] = resolve_fused(type(self), requested, group["foreach"], group["params"])
+        with refused_group_removed(self) as group:
+            check_param_dtypes(group["params"], type(self).__name__)
+            requested = group.get("fused", getattr(self, "_requested_fused", None))
+            if requested and (group["capturable"] or group["differentiable"]):
+                raise RuntimeError("RAdam: `fused=True` does not support capturable or differentiable")
+            group["fused"] = resolve_fused(type(self), requested, group["foreach"], group["params"])
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # Keeps this process's fused/foreach choice (how the math runs, not what it is).
+        # Keeps this process's fused/foreach choice (how the math runs, not what it is). torch's RAdam
+        # keeps its moments in the parameter's dtype (its update requires it), so state saved beside
+        # parameters of another dtype is cast as torch.optim.RAdam casts it; `step` goes where
+        # capturable keeps it.
         load_state_dict_keeping_dtypes(self, state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                for key, value in state.items():
+                    if key != "step" and p.is_floating_point() and value.is_floating_point():
+                        state[key] = value.to(p.dtype)
+        place_steps(self, lambda group: bool(group["capturable"]))
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -322,26 +322,42 @@ def _tensors(params: list) -> list[torch.Tensor]:
     return [t for t in tensors if isinstance(t, torch.Tensor)]
 
 
-def _auto_fused(spec: OptimizerSpec, tensors: list[torch.Tensor], extra: Mapping[str, Any]) -> bool | None:
+def _rules_out_fused(spec: OptimizerSpec, settings: Mapping[str, Any]) -> bool:
+    """Whether keywords or a param group's own settings ask for what the fused kernels lack: capturable,
+    differentiable, or a state buffer dtype outside the class's `fused_dtypes` (e.g. AnyPrecisionAdamW's
+    float64 moments)."""
+    if settings.get("capturable") or settings.get("differentiable"):
+        return True
+    own_dtypes = getattr(spec.cls, "fused_dtypes", None)
+    buffer_dtypes = [parse_dtype(v, k) for k, v in settings.items() if k.endswith("_dtype") and v is not None]
+    return own_dtypes is not None and any(dtype not in own_dtypes for dtype in buffer_dtypes)
+
+
+def _auto_fused(spec: OptimizerSpec, params: list, extra: Mapping[str, Any]) -> bool | None:
     """fused=True where the fused path will work, None (the class's own choice) otherwise.
 
-    Never when the caller chose a path (`foreach`/`fused`), asked for what fused kernels lack
-    (capturable, differentiable, a state buffer dtype outside the class's `fused_dtypes`, e.g.
-    AnyPrecisionAdamW's float64 moments), or a parameter is one the kernel cannot step (device, dtype,
-    a non-dense view).
+    Never when the caller chose a path (`foreach`/`fused`) or asked for what fused kernels lack (see
+    _rules_out_fused), or a parameter is one the kernel cannot step (device, dtype, a non-dense view).
+    A param group that chose its own path or rules fused out keeps the class's choice (its dict gets
+    fused=None when the others are switched on) and does not hold the other groups back.
     """
     if not spec.supports_fused or "fused" in extra or extra.get("foreach") is not None:
         return None
-    if extra.get("capturable") or extra.get("differentiable"):
+    if _rules_out_fused(spec, extra):
         return None
-    own_dtypes = getattr(spec.cls, "fused_dtypes", None)
-    buffer_dtypes = [parse_dtype(v, k) for k, v in extra.items() if k.endswith("_dtype") and v is not None]
-    if own_dtypes is not None and any(dtype not in own_dtypes for dtype in buffer_dtypes):
-        return None
+    own_choice, tensors = [], []
+    for item in params:
+        group = isinstance(item, Mapping)
+        if group and ("fused" in item or item.get("foreach") is not None or _rules_out_fused(spec, item)):
+            own_choice.append(item)
+        else:
+            tensors += _tensors([item])
     if not tensors or not all(is_dense(t) for t in tensors):
         return None
     if not use_fused(spec.cls, {t.device.type for t in tensors}, {t.dtype for t in tensors}):
         return None
+    for item in own_choice:  # (materialized copies: the caller's dicts are not touched)
+        item.setdefault("fused", None)
     return True
 
 
@@ -381,7 +397,7 @@ def build_from_spec(
     _reject_unknown(spec.cls, extra)
     extra = {**spec.default_kwargs, **extra}
     kwargs = _common_kwargs(spec.cls, betas=betas, eps=eps, weight_decay=weight_decay)
-    fused = _auto_fused(spec, _tensors(params), extra)
+    fused = _auto_fused(spec, params, extra)
     if fused is not None:
         kwargs["fused"] = fused
     logger.debug("%s: fused=%s", spec.name, fused if fused is not None else extra.get("fused"))
