@@ -213,3 +213,26 @@ def test_embedder_layer_is_recorded_with_the_data_and_kept(tiny_contentvec, tmp_
     assert data_settings(data, cfg).embedder_layer == 4
     with pytest.raises(DataError, match="come from layer 4 but --embedder-layer 6 was asked for"):
         data_settings(data, cfg, embedder_layer=6)
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (arvc[hubert]) not installed")
+def test_a_v1_sized_config_prepares_hubert_features_through_final_proj(tiny_contentvec, tmp_path):
+    """A config as narrow as the folder's final_proj (v1: 256 of a 768-wide ContentVec; here 8 of 32) gets
+    layer 9 through final_proj. prepare_data refused every width but 768 ("hubert features are 768-d")."""
+    from arvc.config import apply_overrides, load_config
+    from arvc.data.demo import generate_demo_voice
+    from arvc.data.prepare import prepare_data
+    from arvc.data.preprocess import DataError
+
+    root, _ = tiny_contentvec
+    generate_demo_voice(tmp_path / "demo", seconds=4, sr=16000)
+    narrow = apply_overrides(load_config("tiny"), {"data.feature_dim": 8, "data.sampling_rate": 16000})
+    result = prepare_data(
+        narrow, tmp_path / "run", tmp_path / "demo", features="hubert", hubert_path=root / "safetensors"
+    )
+    feats = np.load(tmp_path / "run" / "data" / result.filelist.read_text().split("|")[1])
+    assert feats.shape[1] == 8
+    with pytest.raises(DataError, match="outputs 32-dim features but the config expects feature_dim=8"):
+        prepare_data(
+            narrow, tmp_path / "run2", tmp_path / "demo", features="hubert", hubert_path=root / "plain"
+        )

@@ -114,10 +114,9 @@ def prepare_data(
     """Preprocess `dataset_dir` (or the generated demo voice) into `run_dir/data`; finished files are kept."""
     if features == "mel" and cfg.data.feature_dim != 80 and cfg.name != "tiny":
         logger.info("mel features with %d dims for config %s", cfg.data.feature_dim, cfg.name)
-    if features == "hubert" and cfg.data.feature_dim != 768:
-        raise DataError(
-            f"hubert features are 768-d but config {cfg.name} expects {cfg.data.feature_dim}-d features"
-        )
+    # HuBERT features of any width the config asks for: 768 (v2, the last layer) or 256 (v1, layer 9
+    # through ContentVec's final_proj); the extractor says, before any file is read, when the folder
+    # has neither width.
     if dataset_dir is None:
         demo_dir = cache_dir() / f"demo-voice-{cfg.data.sampling_rate}"
         logger.info("no dataset given: using the embedded demo voice (%s)", demo_dir)
