@@ -274,3 +274,18 @@ def test_an_error_line_is_one_line_at_80_columns(tmp_path, monkeypatch):
     assert result.exit_code == 1
     (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert str(missing) in line and len(line) > 80
+
+
+@pytest.mark.parametrize(
+    "args, install",
+    [
+        (["--help"], "pip install 'arvc[ui]'"),
+        (["ui", "--help"], "pip install 'arvc[ui]'"),
+        (["train", "--help"], "(arvc[bnb])"),
+    ],
+)
+def test_help_names_the_extra_to_install(args, install):
+    # rich read "[ui]" and "[bnb]" as markup and printed "pip install 'arvc'", the wrong command
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert install in result.output

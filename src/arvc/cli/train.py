@@ -145,7 +145,7 @@ def train(
         float | None, typer.Option(help="Decoupled weight decay (default: the optimizer's).")
     ] = None,
     use_8bit: Annotated[
-        bool | None, typer.Option("--use-8bit", help="bitsandbytes AdamW8bit (arvc[bnb]).")
+        bool | None, typer.Option("--use-8bit", help="bitsandbytes AdamW8bit (arvc\\[bnb]).")
     ] = None,
     precision: Annotated[
         str | None,
@@ -176,7 +176,7 @@ def train(
     f0: Annotated[
         str | None,
         typer.Option(
-            help="Pitch: pm, harvest, dio, crepe or rmvpe (default: the preprocessed data's, else pm)."
+            help="Pitch: pm, harvest, dio, crepe, crepe-tiny or rmvpe (default: the preprocessed data's, else pm)."
         ),
     ] = None,
     rmvpe: RmvpeOption = None,
@@ -369,10 +369,13 @@ def preprocess(
     name: Annotated[str, typer.Option(help="Run name: data goes to runs/NAME/data.")],
     runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
     sample_rate: Annotated[int, typer.Option(help="16000 (tiny), 32000, 40000 or 48000.")] = 40000,
-    f0: Annotated[str, typer.Option(help="pm, harvest, dio, crepe or rmvpe.")] = "pm",
+    f0: Annotated[str, typer.Option(help="pm, harvest, dio, crepe, crepe-tiny or rmvpe.")] = "pm",
     rmvpe: RmvpeOption = None,
     features: Annotated[str, typer.Option(help="mel (built in) or hubert.")] = "mel",
-    feature_dim: Annotated[int | None, typer.Option(help="Feature size (mel: 80; hubert: 768).")] = None,
+    feature_dim: Annotated[
+        int | None,
+        typer.Option(help="Feature size (mel: 80; hubert: 768, or 256 for v1 through final_proj)."),
+    ] = None,
     hubert: Annotated[Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint.")] = None,
     embedder_layer: EmbedderLayerOption = None,
 ) -> None:

@@ -41,7 +41,7 @@ def ui_command(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 7860,
     device: Annotated[str, typer.Option(help="cpu or cuda: where trainings and comparisons run.")] = "cpu",
 ) -> None:
-    """Serve arvc's web interface (pip install 'arvc[ui]'): train, compare, convert, inspect."""
+    """Serve arvc's web interface (pip install 'arvc\\[ui]'): train, compare, convert, inspect."""
     if not root.is_dir():
         fail(f"--root {root} is not a folder")
     if device not in ("cpu", "cuda"):
