@@ -112,7 +112,8 @@ def infer_command(
         typer.Option(help="Content features: mel or hubert (default: hubert if --hubert is given)."),
     ] = None,
     hubert: Annotated[
-        Path | None, typer.Option(help="Local HuBERT/ContentVec folder, or fairseq hubert_base.pt, for --features hubert.")
+        Path | None,
+        typer.Option(help="Local HuBERT/ContentVec folder or fairseq hubert_base.pt (--features hubert)."),
     ] = None,
     embedder_layer: EmbedderLayerOption = None,
     chunk_seconds: Annotated[float, typer.Option(help="Convert long inputs in chunks of about N s.")] = 10.0,

@@ -176,7 +176,7 @@ def train(
     f0: Annotated[
         str | None,
         typer.Option(
-            help="Pitch: pm, harvest, dio, crepe, crepe-tiny or rmvpe (default: the preprocessed data's, else pm)."
+            help="Pitch: pm, harvest, dio, crepe(-tiny) or rmvpe (default: the preprocessed data's, else pm)."
         ),
     ] = None,
     rmvpe: RmvpeOption = None,
