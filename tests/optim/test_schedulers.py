@@ -151,3 +151,13 @@ def test_schedule_rejects_bad_values(kwargs, message):
     values = {"name": "cosine", "base_lr": 1e-3, "total_epochs": 5, "warmup_epochs": 1, **kwargs}
     with pytest.raises(ValueError, match=message):
         Schedule(**values)
+
+
+@pytest.mark.parametrize("epochs", [5, 30, 300])
+def test_build_scheduler_warms_up_as_a_run_of_that_length_does(epochs):
+    # build_scheduler and scheduled_lr warmed up over a fixed 10 epochs whatever the run's length, while a
+    # run (the Schedule the trainer builds) takes clamp(epochs // 10, 1, 10): a 30-epoch run 3.
+    scheduler = build_scheduler(optimizer_for("AdaBeliefV2"), "auto", total_epochs=epochs)
+    assert scheduler.warmup == default_warmup_epochs(epochs)
+    run = Schedule("inverse_sqrt", 1e-3, epochs, default_warmup_epochs(epochs))
+    assert lrs(scheduler, epochs) == pytest.approx([run.lr(e) for e in range(epochs)], rel=1e-12)

@@ -41,7 +41,7 @@ SCHEDULERS = ("auto", "cosine", "inverse_sqrt", "exponential", "constant")
 
 RVC_LR_DECAY = 0.999875  # RVC's ExponentialLR gamma
 COSINE_ETA_MIN = 1e-6
-INVERSE_SQRT_WARMUP = 10  # build_scheduler's default, and what runs before warmup_epochs existed used
+INVERSE_SQRT_WARMUP = 10  # the longest default warm-up, and what runs before warmup_epochs existed used
 
 
 def default_warmup_epochs(total_epochs: int) -> int:
@@ -57,7 +57,7 @@ def scheduled_lr(
     base_lr: float,
     *,
     total_epochs: int,
-    warmup_epochs: int = INVERSE_SQRT_WARMUP,
+    warmup_epochs: int | None = None,
     gamma: float = RVC_LR_DECAY,
     eta_min: float = COSINE_ETA_MIN,
     start_epoch: int = 0,
@@ -68,6 +68,7 @@ def scheduled_lr(
     `start_epoch`/`start_factor` only matter for cosine: the curve starts at lr = base_lr * start_factor
     at epoch index `start_epoch` and reaches eta_min at `total_epochs` (where a re-planned run picks it up;
     see `Schedule.replanned`). Past its end the cosine stays at eta_min instead of climbing back up.
+    `warmup_epochs` (inverse_sqrt) defaults to a run's: `default_warmup_epochs(total_epochs)`.
     """
     if epoch < 0:
         raise ValueError(f"Invalid epoch: {epoch}; epochs are counted from 0")
@@ -80,7 +81,8 @@ def scheduled_lr(
         return eta_min + (start_lr - eta_min) * (1 + math.cos(math.pi * progress)) / 2
     if name == "inverse_sqrt":
         t = epoch + 1
-        return base_lr * min(t / warmup_epochs, math.sqrt(warmup_epochs / t))
+        warmup = default_warmup_epochs(total_epochs) if warmup_epochs is None else warmup_epochs
+        return base_lr * min(t / warmup, math.sqrt(warmup / t))
     if name == "exponential":
         return base_lr * gamma**epoch
     if name == "constant":
@@ -204,15 +206,16 @@ def build_scheduler(
     name: str = "auto",
     *,
     total_epochs: int,
-    warmup_epochs: int = INVERSE_SQRT_WARMUP,
+    warmup_epochs: int | None = None,
     eta_min: float = COSINE_ETA_MIN,
     gamma: float = RVC_LR_DECAY,
 ) -> LRScheduler:
     """Make the per-epoch scheduler `name` for `optimizer`.
 
     "auto" pairs AdaBelief → cosine (CosineAnnealingLR, T_max=total_epochs, eta_min), AdaBeliefV2 →
-    inverse_sqrt (InverseSqrt, warmup_epochs), every other optimizer → exponential (RVC's
-    ExponentialLR, gamma 0.999875). An explicit name overrides the pairing.
+    inverse_sqrt (InverseSqrt, warmup_epochs; by default a run's, clamp(total_epochs // 10, 1, 10)),
+    every other optimizer → exponential (RVC's ExponentialLR, gamma 0.999875). An explicit name
+    overrides the pairing.
     """
     if not isinstance(total_epochs, int) or isinstance(total_epochs, bool) or total_epochs < 1:
         raise ValueError(f"Invalid total_epochs: {total_epochs!r}; expected an integer >= 1")
@@ -225,6 +228,8 @@ def build_scheduler(
     if key == "cosine":
         return CosineAnnealingLR(optimizer, T_max=total_epochs, eta_min=eta_min)
     if key == "inverse_sqrt":
+        if warmup_epochs is None:
+            warmup_epochs = default_warmup_epochs(total_epochs)
         return InverseSqrt(optimizer, warmup=warmup_epochs)
     if key == "exponential":
         if not 0.0 < gamma <= 1.0:
