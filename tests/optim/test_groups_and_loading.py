@@ -172,3 +172,40 @@ def test_hyperparameters_come_in_the_number_types_torch_optim_takes(cls, path):
 def test_out_of_range_numbers_of_any_type_are_still_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         AdaBelief(_params(), **{"lr": 1e-3, **bad})
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_anyprecision_state_of_bf16_kahan_parameters_loads_beside_float32_ones(fused):
+    # The fused step refused ("float32 parameters have no compensation buffer"); the others ignored it.
+    low = [p.detach().to(torch.bfloat16).requires_grad_() for p in _params()]
+    earlier = AnyPrecisionAdamW(low, lr=1e-2, use_kahan_summation=True)
+    for _ in range(3):
+        _step(earlier, low)
+    saved = copy.deepcopy(earlier.state_dict())
+    residuals = [earlier.state[p]["compensation"].float() for p in low]
+    assert any(r.abs().max() > 0 for r in residuals)
+
+    params = [p.detach().float().requires_grad_() for p in low]
+    optimizer = AnyPrecisionAdamW(params, lr=1e-2, use_kahan_summation=True, fused=fused)
+    optimizer.load_state_dict(saved)
+    for p, q, r in zip(params, low, residuals, strict=True):  # the value Kahan was tracking, exactly
+        assert torch.equal(p, q.float() + r)
+        assert "compensation" not in optimizer.state[p]
+    _step(optimizer, params)
+
+
+def test_anyprecision_kahan_state_of_float32_parameters_loads_beside_bf16_ones_with_kahan_on():
+    # A Kahan group's float32 parameters have no compensation; loaded beside bf16 parameters, Kahan stayed
+    # off for the rest of the run (the buffer is only created for an empty state).
+    earlier_params = _params()
+    earlier = AnyPrecisionAdamW(earlier_params, lr=1e-2, use_kahan_summation=True)
+    _step(earlier, earlier_params)
+    low = [p.detach().to(torch.bfloat16).requires_grad_() for p in earlier_params]
+    optimizer = AnyPrecisionAdamW(low, lr=1e-2, use_kahan_summation=True)
+    optimizer.load_state_dict(copy.deepcopy(earlier.state_dict()))
+    for p in low:
+        compensation = optimizer.state[p]["compensation"]
+        assert compensation.dtype == torch.bfloat16 and not compensation.any()
+    for _ in range(3):
+        _step(optimizer, low, grad=1e-3)
+    assert all(optimizer.state[p]["compensation"].any() for p in low)  # Kahan is at work

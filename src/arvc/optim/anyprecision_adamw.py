@@ -158,6 +158,24 @@ class AnyPrecisionAdamW(AmpScaling, Optimizer):
         # torch casts floating state to each parameter's dtype (pytorch#43706); the buffers' dtypes are
         # part of this optimizer's contract, so they are restored exactly as saved.
         load_state_dict_keeping_dtypes(self, state_dict)
+        # State saved beside parameters of another precision (a bf16 run fine-tuned in fp32, or the
+        # reverse) is made to fit these parameters: a Kahan residual a float32 parameter cannot use is
+        # added to it (parameter + compensation is the value the optimizer was tracking), and a bf16/fp16
+        # parameter of a Kahan group that was saved without one gets a zero compensation buffer.
+        with torch.no_grad():
+            for group in self.param_groups:
+                for param in group["params"]:
+                    state = self.state.get(param)
+                    if not state:
+                        continue
+                    p = real_view(param)
+                    kahan = group["use_kahan_summation"] and p.dtype in LOW_PRECISION_DTYPES
+                    if "compensation" in state and not kahan:
+                        p.add_(state.pop("compensation").to(p.dtype))
+                    elif kahan and "compensation" not in state:
+                        state["compensation"] = torch.zeros_like(
+                            p, dtype=group["compensation_buffer_dtype"], memory_format=torch.preserve_format
+                        )
 
     def _init_state(self, param: torch.Tensor, group: dict) -> dict:
         """The state of `param`, created on first use; its buffers are laid out like the tensor the
