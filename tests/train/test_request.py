@@ -28,3 +28,65 @@ def test_a_good_request_plans_the_demo_run_without_writing(tmp_path):
     assert plan.run_dir == tmp_path / "runs" / "demo" and plan.cfg.train.batch_size == 4
     assert plan.cfg.train.epochs == 60 and plan.options.max_steps == 5  # the demo's epochs
     assert not (tmp_path / "runs").exists()
+
+
+def _checkpoint(path):
+    """A file `plan_training` reads as a checkpoint: it only takes the run's config from it."""
+    import torch
+
+    from arvc.config import load_config
+    from arvc.train.checkpoint import CHECKPOINT_FORMAT
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"format": CHECKPOINT_FORMAT, "config": load_config("tiny").to_dict(), "epoch": 1, "step": 1}
+    checkpoint.update(generator={}, discriminator={}, optim_g={}, optim_d={})  # not read by planning
+    torch.save(checkpoint, path)
+    return path
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_a_checkpoint_file_outside_a_checkpoints_folder_is_refused(tmp_path):
+    # It resumed into the folder two levels up (~ for ~/Downloads/ckpt.pt) and preprocessed the demo there.
+    loose = _checkpoint(tmp_path / "downloads" / "voice.pt")
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match="not in a checkpoints folder; pass the run folder"):
+        plan_training(TrainRequest(resume=loose))
+    assert _tree(tmp_path) == before
+
+
+def test_resume_says_which_flags_it_leaves_aside(tmp_path, caplog):
+    run = tmp_path / "runs" / "alice"
+    _checkpoint(run / "checkpoints" / "ckpt_E00001_S00000001.pt")
+    (run / "data").mkdir()
+    (run / "data" / "filelist.txt").write_text("")
+    request = TrainRequest(
+        resume=run, name="bob", config="v2-40k", runs_dir=tmp_path / "elsewhere", dataset=tmp_path / "new"
+    )
+    with caplog.at_level("WARNING", logger="arvc.train.request"):
+        plan = plan_training(request)
+    assert plan.run_dir == run and plan.cfg.name == "tiny"
+    assert "--name, --runs-dir, --config ignored" in caplog.text
+    assert f"{tmp_path / 'new'} is not read; the run trains on the data it prepared" in caplog.text
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_runs_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
+    # It failed after planning, naming a preprocess.json "unreadable" and advising to remove a folder.
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'afile'} is a file, not a folder"):
+        plan_training(TrainRequest(runs_dir=tmp_path / "afile" / "runs"))
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_read_only_runs_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    # A read-only mount refuses even root (which these tests run as, so permission bits cannot stand in
+    # for it): os.access says so, as it does on such a mount. It gave a traceback from preprocessing.
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: path != tmp_path and real_access(path, mode))
+    with pytest.raises(ValueError, match="is not writable"):
+        plan_training(TrainRequest(runs_dir=tmp_path / "runs"))

@@ -296,6 +296,7 @@ def train(
         WriteError,
         ImportError,
         DistributedError,
+        OSError,  # a folder that turned read-only or full under a write without its own message
     ) as error:
         fail(str(error))
     if result is None:  # ranks other than 0: rank 0 reports

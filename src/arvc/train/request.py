@@ -9,6 +9,7 @@ one is refused by the other with the same words.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from arvc.optim.registry import eight_bit_optimizer_class
 from arvc.train.checkpoint import check_resume_config, load_checkpoint
 from arvc.train.loop import PRECISIONS, TrainOptions, resolve_resume
 from arvc.train.precision import AUTO
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TrainPlan", "TrainRequest", "check_processes", "plan_training", "prepare"]
 
@@ -166,7 +169,16 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             overrides[key] = value
     if r.resume is not None:  # the checkpoint is the truth: its config, changed only where allowed
         resume_file = resolve_resume(r.resume)
+        if not r.resume.is_dir() and resume_file.parent.name != "checkpoints":
+            # Its run is the folder above checkpoints/: anywhere else that would be a folder of the
+            # user's (~ for ~/Downloads/ckpt.pt), filled with demo data and run files.
+            raise ValueError(
+                f"--resume {r.resume}: a checkpoint file resumes its own run from RUN/checkpoints/, and this "
+                "one is not in a checkpoints folder; pass the run folder, or put the file in "
+                "RUN/checkpoints/ first (nothing was changed)"
+            )
         run_dir = r.resume if r.resume.is_dir() else resume_file.parent.parent
+        _say_what_resume_ignores(r, run_dir)
         saved_config = load_checkpoint(resume_file, mmap=True).get("config", {})
         cfg = RunConfig.from_dict(saved_config)
     else:
@@ -186,6 +198,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             overrides["train.epochs"] = DEMO_EPOCHS
         if r.dataset is not None and not r.dataset.is_dir():
             raise ValueError(f"dataset folder {r.dataset} does not exist")
+    check_writable(run_dir)
     cfg = apply_overrides(cfg, overrides)
     if r.resume is not None:
         check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
@@ -221,6 +234,42 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         auto_batch_size=auto_batch,
     )
     return TrainPlan(request, run_dir, cfg, settings, options)
+
+
+def _say_what_resume_ignores(r: TrainRequest, run_dir: Path) -> None:
+    """A resumed run continues where it is, with its own config and data: say which flags it leaves aside."""
+    ignored = [
+        flag
+        for flag, given in (
+            ("--name", r.name is not None),
+            ("--runs-dir", r.runs_dir != TrainRequest.runs_dir),
+            ("--config", r.config != TrainRequest.config),
+        )
+        if given
+    ]
+    if ignored:
+        logger.warning(
+            "--resume continues %s with its own config, where it is: %s ignored", run_dir, ", ".join(ignored)
+        )
+    if r.dataset is not None and (run_dir / "data" / "filelist.txt").is_file():
+        logger.warning(
+            "--resume: %s is not read; the run trains on the data it prepared in %s (to train on new "
+            "recordings, start a new run from its weights with --pretrained-g/--pretrained-d)",
+            r.dataset,
+            run_dir / "data",
+        )
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse, before any work, a run folder that cannot be made or written: its nearest existing folder
+    is a file, or is read-only (a read-only mount refuses root too)."""
+    existing = Path(run_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is a file, not a folder: the run cannot be written to {run_dir}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{existing} is not writable (read-only, or no permission): the run is {run_dir}")
 
 
 def prepare(plan: TrainPlan, progress=None) -> None:
