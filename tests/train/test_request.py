@@ -90,3 +90,20 @@ def test_a_read_only_runs_folder_is_refused_before_any_work(tmp_path, monkeypatc
     monkeypatch.setattr(os, "access", lambda path, mode: path != tmp_path and real_access(path, mode))
     with pytest.raises(ValueError, match="is not writable"):
         plan_training(TrainRequest(runs_dir=tmp_path / "runs"))
+
+
+@pytest.mark.parametrize(
+    "asked, message",
+    [
+        ({"epochs": 1}, "has trained 1 of 1 epochs: nothing is left to train; pass --epochs N with N > 1"),
+        ({"epochs": 3, "max_steps": 1}, "--max-steps 1: .* is already at step 1; pass a larger one"),
+    ],
+)
+def test_a_resume_with_nothing_left_to_train_is_refused(tmp_path, asked, message):
+    # --epochs below what was done trained nothing, printed "trained", rewrote config.json and the export;
+    # --max-steps below the checkpoint's step still took a step and saved.
+    run = tmp_path / "run"
+    _checkpoint(run / "checkpoints" / "ckpt_E00001_S00000001.pt")
+    with pytest.raises(ValueError, match=message):
+        plan_training(TrainRequest(resume=run, **asked))
+    plan_training(TrainRequest(resume=run, epochs=2, max_steps=2))  # something left: planned

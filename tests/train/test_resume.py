@@ -121,3 +121,22 @@ def test_the_config_chooses_the_schedule_and_its_warmup(tmp_path, data_dir):
     train(options(tmp_path, data_dir, optimizer="AdamW", config=config))
     lr = epoch_lrs(tmp_path / "run")
     assert [lr[e] for e in (1, 2, 3)] == pytest.approx([5e-4, 1e-3, 1e-3 * math.sqrt(2 / 3)], rel=1e-12)
+
+
+def test_resuming_a_renamed_checkpoint_moves_aside_only_what_comes_after_it(tmp_path):
+    # A copy of the newest checkpoint saved as keep.pt moved every checkpoint of the run to abandoned/
+    # (its name has no position, which sorted before all of them), and the log listed them as "later".
+    from arvc.train.checkpoint import abandon_later_checkpoints, checkpoint_path, list_checkpoints
+
+    names = [checkpoint_path(tmp_path, epoch, step) for epoch, step in ((3, 7), (4, 9), (5, 11))]
+    for path in names:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"ckpt")
+    renamed = tmp_path / "checkpoints" / "keep.pt"
+    renamed.write_bytes(b"ckpt")
+    assert abandon_later_checkpoints(tmp_path, renamed) == []  # where it stands is not in its name
+    assert abandon_later_checkpoints(tmp_path, renamed, position=(5, 11)) == []
+    assert list_checkpoints(tmp_path) == names
+    assert abandon_later_checkpoints(tmp_path, renamed, position=(4, 9)) == [names[2]]
+    assert list_checkpoints(tmp_path) == names[:2]
+    assert (tmp_path / "checkpoints" / "abandoned" / names[2].name).read_bytes() == b"ckpt"

@@ -109,14 +109,21 @@ def prune_checkpoints(
         old.unlink(missing_ok=True)
 
 
-def abandon_later_checkpoints(run_dir: Path, resume_from: Path) -> list[Path]:
+def abandon_later_checkpoints(
+    run_dir: Path, resume_from: Path, position: tuple[int, int] | None = None
+) -> list[Path]:
     """Resuming from an older checkpoint of the run: move the run's later checkpoints aside.
 
     They belong to the continuation this resume replaces; left in place they would sort after the new
     checkpoints (by epoch and step), so `--resume RUN` would pick them and pruning would delete what the
-    resumed run writes. They go to checkpoints/abandoned/ (not deleted; move them back to use them)."""
+    resumed run writes. They go to checkpoints/abandoned/ (not deleted; move them back to use them).
+    "Later" is after `position`, the (epoch, step) the resumed checkpoint holds; without it, its file
+    name's, and a file renamed by the user (no position in its name) moves nothing."""
     resume_from = Path(resume_from)
-    later = [p for p in list_checkpoints(run_dir) if _order(p) > _order(resume_from)]
+    at = position if position is not None else checkpoint_position(resume_from)
+    if at is None:
+        return []
+    later = [p for p in list_checkpoints(run_dir) if _order(p) > tuple(at)]
     if not later or resume_from.parent.resolve() != (Path(run_dir) / "checkpoints").resolve():
         return []
     folder = Path(run_dir) / "checkpoints" / "abandoned"

@@ -449,7 +449,7 @@ def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, com
         run.run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run.run_dir)
         if resume_from is not None:  # from an older checkpoint: the later ones are another continuation
-            abandon_later_checkpoints(run.run_dir, resume_from)
+            abandon_later_checkpoints(run.run_dir, resume_from, (progress.epochs_done, progress.step))
         write_text(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
         if run.split.held:  # for the user to read; the checkpoint keeps it too
             write_split(run.split, run.run_dir / SPLIT_FILE)

@@ -179,7 +179,8 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             )
         run_dir = r.resume if r.resume.is_dir() else resume_file.parent.parent
         _say_what_resume_ignores(r, run_dir)
-        saved_config = load_checkpoint(resume_file, mmap=True).get("config", {})
+        saved = load_checkpoint(resume_file, mmap=True)
+        saved_config = saved.get("config", {})
         cfg = RunConfig.from_dict(saved_config)
     else:
         if r.name is not None:
@@ -202,6 +203,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     cfg = apply_overrides(cfg, overrides)
     if r.resume is not None:
         check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
+        _check_there_is_more_to_train(saved, cfg, r.max_steps, resume_file)
     settings = data_settings(run_dir / "data", cfg, r.f0, r.features, r.embedder_layer)  # reuses data there
     if settings.f0_method == "rmvpe":
         if r.rmvpe is not None:
@@ -257,6 +259,22 @@ def _say_what_resume_ignores(r: TrainRequest, run_dir: Path) -> None:
             "recordings, start a new run from its weights with --pretrained-g/--pretrained-d)",
             r.dataset,
             run_dir / "data",
+        )
+
+
+def _check_there_is_more_to_train(saved: dict, cfg: RunConfig, max_steps: int | None, source: Path) -> None:
+    """A resumed run must have something left: it trained nothing, said "trained", and rewrote its export
+    and config.json (--epochs below what is done), or took one more step past --max-steps."""
+    epochs_done, step = int(saved["epoch"]), int(saved["step"])
+    if cfg.train.epochs <= epochs_done:
+        raise ValueError(
+            f"{source} has trained {epochs_done} of {cfg.train.epochs} epochs: nothing is left to train; "
+            f"pass --epochs N with N > {epochs_done} to train on (nothing was changed)"
+        )
+    if max_steps is not None and max_steps <= step:
+        raise ValueError(
+            f"--max-steps {max_steps}: {source} is already at step {step}; pass a larger one (it counts "
+            "from the start of the run, not from the resume)"
         )
 
 
