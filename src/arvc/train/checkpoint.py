@@ -123,7 +123,7 @@ def abandon_later_checkpoints(
     at = position if position is not None else checkpoint_position(resume_from)
     if at is None:
         return []
-    later = [p for p in list_checkpoints(run_dir) if _order(p) > tuple(at)]
+    later = [p for p in list_checkpoints(run_dir) if checkpoint_position(p) > tuple(at)]
     if not later or resume_from.parent.resolve() != (Path(run_dir) / "checkpoints").resolve():
         return []
     folder = Path(run_dir) / "checkpoints" / "abandoned"
@@ -139,10 +139,6 @@ def abandon_later_checkpoints(
         folder,
     )
     return later
-
-
-def _order(path: Path) -> tuple[int, int]:
-    return checkpoint_position(path) or (-1, -1)
 
 
 # Settings a resumed run may change: the run length (the schedule is re-planned), how often it logs,

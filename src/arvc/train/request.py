@@ -178,9 +178,9 @@ def plan_training(request: TrainRequest) -> TrainPlan:
                 "RUN/checkpoints/ first (nothing was changed)"
             )
         run_dir = r.resume if r.resume.is_dir() else resume_file.parent.parent
-        _say_what_resume_ignores(r, run_dir)
         saved = load_checkpoint(resume_file, mmap=True)
         saved_config = saved.get("config", {})
+        _say_what_resume_ignores(r, run_dir)
         cfg = RunConfig.from_dict(saved_config)
     else:
         if r.name is not None:
