@@ -7,9 +7,11 @@ here: test_optim.py is not shipped in the torch wheel, and common_optimizers.py,
 torch.testing._internal.common_utils, which needs `expecttest` (a torch-dev-only package arvc does not
 depend on). What its tests check is covered below instead, row by row:
 * test_step_is_noop_when_params_have_no_grad, test_param_groups_lr/weight_decay, test_state_dict_*,
-  test_deepcopy_copies_all_public_attrs, test_step_pre/post_hook, test_state_dict_pre/post_hook,
-  test_load_state_dict_pre/post_hook, test_complex, test_tensor_lr, test_fused_matches_forloop,
-  test_foreach_matches_forloop, test_compile (inductor), test_grad_scaling / amp: here.
+  test_state_dict_deterministic (named and unnamed), test_deepcopy_copies_all_public_attrs,
+  test_step_pre/post_hook, test_state_dict_pre/post_hook, test_load_state_dict_pre/post_hook (hooks that
+  put entries other than a parameter's state into `state`), test_complex, test_tensor_lr,
+  test_fused_matches_forloop, test_foreach_matches_forloop, test_compile (inductor), test_grad_scaling /
+  amp: here.
 * Not applicable: CUDA graphs / capturable (arvc's kernels are CPU-only; AdamW and RAdam keep torch's
   own capturable code unchanged), `differentiable=True` (only torch's classes take it, unchanged),
   test_forloop_goes_right_direction_multigpu, test_mixed_device_dtype (one CPU device here), the
@@ -269,6 +271,88 @@ def test_hooks_fire_exactly_once(info, path):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _mark_load_pre_hook(optimizer, state_dict):
+    # torch's _load_state_dict_pre_hook2: returns a modified copy, which the load must use.
+    state_dict = copy.deepcopy(state_dict)
+    state_dict["param_groups"][0]["lr"] = 3e-3
+    return state_dict
+
+
+def _mark_load_post_hook(optimizer):
+    # torch's _load_state_dict_post_hook: entries that are not a parameter's state go into `state`.
+    optimizer.state["ran_load_state_dict_pre_hook2"] = optimizer.param_groups[0]["lr"] == 3e-3
+    optimizer.state["ran_load_state_dict_post_hook"] = True
+
+
+@pytest.mark.parametrize("with_pre_hook", [False, True], ids=["post", "pre_post"])
+@pytest.mark.parametrize("info, path", ROW_PATHS)
+def test_load_state_dict_hooks_may_put_other_entries_into_state(info, path, with_pre_hook):
+    # torch's test_load_state_dict_post_hook / test_load_state_dict_pre_post_hook: `state` may hold
+    # entries keyed by something other than a parameter, with values other than a dict; a load (and a
+    # second one, which loads those entries back) and the steps after it leave them alone.
+    param = torch.nn.Parameter(torch.ones(2, 3))
+    optimizer = info.build([param], path)
+    param.grad = torch.full((2, 3), 0.5)
+    optimizer.step()
+    if with_pre_hook:
+        optimizer.register_load_state_dict_pre_hook(_mark_load_pre_hook)
+    optimizer.register_load_state_dict_post_hook(_mark_load_post_hook)
+    optimizer.load_state_dict(optimizer.state_dict())
+    assert optimizer.state["ran_load_state_dict_pre_hook2"] is with_pre_hook
+    assert optimizer.state["ran_load_state_dict_post_hook"] is True
+    optimizer.load_state_dict(optimizer.state_dict())
+    optimizer.step()
+    assert optimizer.state["ran_load_state_dict_post_hook"] is True
+
+
+@pytest.mark.parametrize("named0, named1", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("info, path", ROW_PATHS)
+def test_state_dict_deterministic_across_a_load(info, path, named0, named1):
+    # torch's test_state_dict_deterministic: an optimizer built with the same arguments that loaded
+    # another's state dict steps in lockstep with it and returns an equal state dict (param_names aside:
+    # they are optional), also for a repeated group.
+    torch.manual_seed(0)
+    weight, bias = torch.nn.Parameter(torch.randn(2, 3)), torch.nn.Parameter(torch.randn(2))
+    x = torch.randn(3)
+
+    def named(params, is_named):
+        return [(f"name{i}", p) for i, p in enumerate(params)] if is_named else params
+
+    def without_param_names(state_dict):
+        state_dict = copy.deepcopy(state_dict)
+        for group in state_dict["param_groups"]:
+            group.pop("param_names", None)
+        return state_dict
+
+    def step(optimizer, w, b):
+        optimizer.zero_grad()
+        (w.mv(x) + b).pow(2).sum().backward()
+        optimizer.step()
+
+    optimizer = info.build(named([weight, bias], named0), path)
+    for _ in range(5):
+        step(optimizer, weight, bias)
+    weight_c = torch.nn.Parameter(weight.detach().clone())
+    bias_c = torch.nn.Parameter(bias.detach().clone())
+    optimizer_c = info.build(named([weight_c, bias_c], named1), path)
+    optimizer_c.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for _ in range(5):
+        step(optimizer, weight, bias)
+        step(optimizer_c, weight_c, bias_c)
+        assert torch.equal(weight, weight_c) and torch.equal(bias, bias_c)
+    original, loaded = (
+        without_param_names(optimizer.state_dict()),
+        without_param_names(optimizer_c.state_dict()),
+    )
+    assert loaded["param_groups"] == original["param_groups"]
+    torch.testing.assert_close(loaded["state"], original["state"], rtol=0, atol=0)
+    optimizer_c.param_groups.extend(optimizer_c.param_groups)
+    assert (
+        without_param_names(optimizer_c.state_dict())["param_groups"][-1]
+        == without_param_names(optimizer.state_dict())["param_groups"][-1]
+    )
 
 
 @pytest.mark.parametrize("info, path", ROW_PATHS)

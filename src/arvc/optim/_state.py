@@ -38,6 +38,30 @@ def keeping_paths(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         group.update(path)
 
 
+class NoDifferentiableDefault:
+    """Mixin for arvc's own optimizer classes, which take no `differentiable` argument.
+
+    torch's `Optimizer.__setstate__` (which `load_state_dict`, deepcopy and unpickling run) adds
+    `differentiable=False` to every optimizer's defaults, and `add_param_group` and a load then copy it
+    into the param groups: an optimizer that loaded a state dict wrote one its original did not (torch's
+    test_state_dict_deterministic). Here the defaults stay those the constructor set.
+    """
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.defaults.pop("differentiable", None)
+
+
+def parameter_states(optimizer: torch.optim.Optimizer) -> Iterator[tuple[torch.Tensor, dict]]:
+    """(parameter, its state) for every parameter with state. `optimizer.state` may hold other entries:
+    torch lets hooks put anything there (its load_state_dict hook tests add booleans by name)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state:
+                yield p, state
+
+
 def load_state_dict_keeping_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
     """`Optimizer.load_state_dict`, but every state tensor keeps the dtype it was saved with.
 

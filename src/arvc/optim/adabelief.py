@@ -46,12 +46,12 @@ from arvc.optim._fused import (
     resolve_fused,
     run_kernel,
 )
-from arvc.optim._state import load_state_dict_keeping_dtypes
+from arvc.optim._state import NoDifferentiableDefault, load_state_dict_keeping_dtypes, parameter_states
 
 __all__ = ["AdaBelief", "adabelief"]
 
 
-class AdaBelief(AmpScaling, Optimizer):
+class AdaBelief(NoDifferentiableDefault, AmpScaling, Optimizer):
     """AdaBelief with decoupled weight decay and per-parameter step counters.
 
     Args:
@@ -101,7 +101,7 @@ class AdaBelief(AmpScaling, Optimizer):
         # AdaBelief <-> AdaBeliefV2 (and adabelief-pytorch with either amsgrad): the buffers agree but
         # for AMSGrad's running maximum. Starting that maximum at the loaded variance continues the run
         # as if AMSGrad had been on from here; without AMSGrad the maximum is dropped.
-        for state in self.state.values():
+        for _, state in parameter_states(self):
             if self.amsgrad and "exp_avg_var" in state and "max_exp_avg_var" not in state:
                 state["max_exp_avg_var"] = state["exp_avg_var"].clone(memory_format=torch.preserve_format)
             elif not self.amsgrad:

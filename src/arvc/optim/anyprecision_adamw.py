@@ -47,14 +47,14 @@ from arvc.optim._fused import (
     run_kernel,
 )
 from arvc.optim._rounding import rounding_seed, stochastic_round_
-from arvc.optim._state import load_state_dict_keeping_dtypes
+from arvc.optim._state import NoDifferentiableDefault, load_state_dict_keeping_dtypes
 
 __all__ = ["AnyPrecisionAdamW", "any_precision_adamw"]
 
 _MOMENTUM, _VARIANCE = 0, 1  # lanes of the stochastic-rounding hash
 
 
-class AnyPrecisionAdamW(AmpScaling, Optimizer):
+class AnyPrecisionAdamW(NoDifferentiableDefault, AmpScaling, Optimizer):
     """AdamW with per-buffer storage dtypes, Kahan-compensated parameters and stochastic rounding.
 
     Args:
