@@ -293,16 +293,25 @@ def test_adabelief_state_dicts_load_across_versions(source, target, path):
     assert all(torch.isfinite(p).all() for p in params)
 
 
-# 11. The 8-bit switch resolves hyperparameters as the requested optimizer would.
+# 11. The 8-bit switch: betas and weight decay as the requested optimizer resolves them; eps in Adam's
+# meaning (AdamW8bit is an Adam), unless given.
 @pytest.mark.parametrize("name", NAMES)
-def test_eight_bit_switch_keeps_the_requested_optimizers_defaults(name):
+def test_eight_bit_switch_keeps_the_requested_betas_and_weight_decay_and_takes_adams_eps(name):
     bnb = pytest.importorskip("bitsandbytes")
     params = [torch.nn.Parameter(torch.zeros(4096))]
     eight = build_optimizer(name, params, lr=1e-3, use_8bit=True)
     assert isinstance(eight, bnb.optim.AdamW8bit)
     plain = build_optimizer(name, [torch.nn.Parameter(torch.zeros(4096))], lr=1e-3)
-    for key in ("weight_decay", "eps", "betas"):
+    for key in ("weight_decay", "betas"):
         assert eight.param_groups[0][key] == plain.param_groups[0][key], key
+    # AdaBelief's default 1e-16 is added into its variance; in AdamW8bit's denominator it would be none.
+    assert (
+        eight.param_groups[0]["eps"]
+        == torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).defaults["eps"]
+    )
+    assert eight.param_groups[0]["eps"] == 1e-8
+    given = build_optimizer(name, [torch.nn.Parameter(torch.zeros(4096))], lr=1e-3, eps=1e-16, use_8bit=True)
+    assert given.param_groups[0]["eps"] == 1e-16
 
 
 # 12. Smaller: a refused fused step changes nothing; foreach Kahan alignment; RAdam fused + complex.

@@ -419,13 +419,19 @@ def _build_8bit(
     cls = eight_bit_optimizer_class()
     _reject_unknown(cls, extra)
     requested = spec.name
-    # Every hyperparameter is passed explicitly, resolved as the requested optimizer would resolve it
-    # (AdaBelief: eps 1e-16, weight_decay 0), so bitsandbytes' own defaults (weight_decay=0.01) and
-    # AdamW's never stand in for another optimizer's.
+    # Every hyperparameter is passed explicitly, so bitsandbytes' own defaults (weight_decay=0.01) never
+    # stand in for the requested optimizer's. betas and (decoupled) weight decay mean the same in every
+    # optimizer here: a value left None is the requested optimizer's default (AdaBelief: weight_decay 0).
+    # eps does not: AdamW8bit is an Adam, so where the requested optimizer's eps means something else
+    # (AdaBelief's 1e-16 goes into its variance; added to Adam's sqrt(v) it is no guard at all) a value
+    # left None is Adam's default, torch AdamW's 1e-8. An explicit eps is passed as given.
     defaults = _signature_defaults(spec.cls)
+    adam_eps = (
+        defaults["eps"] if spec.eps_from_adam is None else _signature_defaults(torch.optim.AdamW)["eps"]
+    )
     resolved = dict(
         betas=tuple(betas) if betas is not None else defaults["betas"],
-        eps=eps if eps is not None else defaults["eps"],
+        eps=eps if eps is not None else adam_eps,
         weight_decay=weight_decay if weight_decay is not None else defaults["weight_decay"],
     )
     logger.info(
