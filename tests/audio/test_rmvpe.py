@@ -109,6 +109,24 @@ def test_chunks_join_exactly_where_the_network_allows():
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)  # the same frames, FMA-sized differences
 
 
+@pytest.mark.parametrize("frames", [100, 331])
+def test_the_mel_is_padded_with_zeros_as_rvc_pads_it(rmvpe_weights, frames):
+    # RVC's RMVPE.mel2hidden (since RVC PR #1168) pads the log-mel at its end to a multiple of 32 frames
+    # with zeros (F.pad(mel, (0, n_pad), mode="constant")), runs the network once and keeps the first
+    # n_frames. A reflected pad changed the last frames' pitch (by ~500 cents on a 331-frame clip).
+    path, _ = rmvpe_weights
+    net = load_rmvpe(path)
+    wave = np.random.default_rng(1).standard_normal((frames - 1) * 160).astype(np.float32) * 0.1
+    mel = rmvpe_mel(torch.from_numpy(wave)[None])
+    assert mel.shape[-1] == frames and frames % 32  # a length that needs padding
+    n_pad = 32 * ((frames - 1) // 32 + 1) - frames
+    with torch.no_grad():
+        salience = net(torch.nn.functional.pad(mel, (0, n_pad), mode="constant"))[0, :frames]
+    expected = decode_salience(salience.numpy(), threshold=0.0)
+    f0 = rmvpe_f0(wave, net, threshold=0.0)
+    np.testing.assert_array_equal(f0, expected)  # every frame, the last ones included
+
+
 def test_front_end_is_rmvpes_log_mel():
     sr = 16000
     basis = mel_filterbank(sr, 1024, 128, 30.0, 8000.0, htk=True)

@@ -249,8 +249,9 @@ def rmvpe_f0(
     """Hz per 10 ms frame (``len // 160 + 1`` frames, 0 = unvoiced) of 16 kHz audio.
 
     The mel is computed once; the network runs on chunks of `chunk_frames` with CONTEXT_FRAMES of real
-    neighbouring frames on each side (reflect-padded to a multiple of 32 at the ends), so memory is bounded
-    by the chunk and each chunk sees what a single pass would around its edges."""
+    neighbouring frames on each side, so memory is bounded by the chunk and each chunk sees what a single
+    pass would around its edges. The end is padded to a multiple of 32 frames with zeros, as RVC pads it:
+    a clip of up to `chunk_frames` frames gets RVC's pitch on every frame."""
     device = next(net.parameters()).device
     wave = torch.as_tensor(np.asarray(wave16k, dtype=np.float32).reshape(1, -1), device=device)
     mel = rmvpe_mel(wave)  # [1, 128, T]
@@ -261,10 +262,8 @@ def rmvpe_f0(
         lo, hi = max(0, start - CONTEXT_FRAMES), min(total, start + step + CONTEXT_FRAMES)
         piece = mel[..., lo:hi]
         length = piece.shape[-1]
-        pad = -length % 2**LEVELS
-        if pad:
-            mode = "reflect" if pad < length else "replicate"
-            piece = torch.nn.functional.pad(piece, (0, pad), mode=mode)
+        # Zeros after the end, as RVC's mel2hidden pads (since RVC PR #1168): only the last piece needs it.
+        piece = torch.nn.functional.pad(piece, (0, -length % 2**LEVELS), mode="constant")
         salience = net(piece)[0, :length]
         out.append(salience[start - lo : start - lo + min(step, total - start)].float().cpu().numpy())
     return decode_salience(np.concatenate(out), threshold)
