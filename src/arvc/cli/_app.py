@@ -7,6 +7,7 @@ This module imports no command, so command modules can import it without a cycle
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +22,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
+# Written to a file or a pipe (nohup, Colab, CI), rich would wrap every line at 80 columns and cut a path
+# in two: there, lines are never wrapped.
+console = Console(soft_wrap=not _is_terminal(sys.stdout))
 
 # Options several commands take, spelt once.
 RmvpeOption = Annotated[
@@ -33,12 +45,29 @@ EmbedderLayerOption = Annotated[
 ]
 
 
+class _PlainHandler(logging.StreamHandler):
+    """One unwrapped line per record (time, level, message) on whatever sys.stderr is when it writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler sets it; sys.stderr at each write wins
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
+    """Rich log lines on a terminal; plain, unwrapped lines where stderr is a file or a pipe (rich's would
+    be wrapped at 80 columns and padded with spaces)."""
+    stderr = Console(stderr=True)
+    handler = RichHandler(console=stderr, show_path=False) if stderr.is_terminal else _PlainHandler()
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-        force=True,
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler], force=True
     )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +28,67 @@ from arvc.config import DEMO_EPOCHS
 # --- training -------------------------------------------------------------------------------------------
 
 
+PROGRESS_SECONDS = 30.0  # output that is not a terminal: a progress line at most this often (and per epoch)
+
+
+class _Every:
+    """True at most once per `seconds` (the first time too)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.last = seconds, None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+def _line(text: str) -> None:
+    """One plain line on stdout, never wrapped or marked up (output that is not a terminal)."""
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def _stats(losses: dict, lr: float) -> str:
+    return f"mel {losses['loss_mel']:.2f}  G {losses['loss_g']:.2f}  D {losses['loss_d']:.2f}  lr {lr:.2e}"
+
+
+class _LineCallbacks:
+    """Training progress as plain lines, for output that is not a terminal (nohup, Colab, CI logs), where a
+    bar is drawn once at the end: a line after every epoch and, within one, at most every PROGRESS_SECONDS,
+    with epoch i/M, step, losses, seconds per step and the time left."""
+
+    def __init__(self, every: float = PROGRESS_SECONDS) -> None:
+        self.every = _Every(every)
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+        self.total_epochs, self.total_steps = total_epochs, total_epochs * steps_per_epoch
+        self.started, self.first_step = time.monotonic(), None
+        self.every.due()  # the first line comes after a step, not before
+
+    def on_step(self, epoch: int, step: int, losses: dict, lr: float) -> None:
+        if self.first_step is None:
+            self.first_step = step - 1  # steps done before this process (a resumed run)
+        self.epoch, self.step, self.losses, self.lr = epoch, step, losses, lr
+        if self.every.due():
+            self._line()
+
+    def on_epoch(self, epoch: int, losses: dict) -> None:
+        self.every.due()
+        self._line()
+
+    def _line(self) -> None:
+        # seconds per step over this process's steps, validation and checkpoints included: what is left
+        # takes as long
+        per_step = (time.monotonic() - self.started) / max(1, self.step - self.first_step)
+        left = datetime.timedelta(seconds=round(per_step * max(0, self.total_steps - self.step)))
+        _line(
+            f"epoch {self.epoch}/{self.total_epochs}  step {self.step}/{self.total_steps}  "
+            f"{_stats(self.losses, self.lr)}  {per_step:.2f} s/step  ETA {left}"
+        )
+
+
 class _ProgressCallbacks:
     """A rich progress bar for the training loop: epoch, step, losses, lr, it/s, ETA."""
 
@@ -44,9 +107,7 @@ class _ProgressCallbacks:
         )
 
     def on_step(self, epoch: int, step: int, losses: dict, lr: float) -> None:
-        stats = (
-            f"mel {losses['loss_mel']:.2f}  G {losses['loss_g']:.2f}  D {losses['loss_d']:.2f}  lr {lr:.2e}"
-        )
+        stats = _stats(losses, lr)
         self.progress.update(self.task, advance=1, epoch=f"{epoch}/{self.total_epochs}", stats=stats)
 
     def on_epoch(self, epoch: int, losses: dict) -> None:
@@ -74,16 +135,33 @@ def _progress() -> Progress:
 
 @contextlib.contextmanager
 def _preprocess_progress():
-    """A progress bar for preprocessing; yields the library's `progress(done, total, name)` callback."""
-    with Progress(
-        TextColumn("preprocessing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-    ) as bar:
-        task = bar.add_task("", total=None)
-        yield lambda done, total, what: bar.update(task, completed=done, total=total, description=str(what))
+    """Yields the library's `progress(done, total, name)` callback: a bar on a terminal, else a line at most
+    every PROGRESS_SECONDS. Nothing is shown until a file is analysed (data reused as it is shows no
+    bar that would look like a redo; the library says it reuses it)."""
+    with contextlib.ExitStack() as stack:
+        shown: dict = {}
+
+        def on_terminal(done: int, total: int, what: str) -> None:
+            if not shown:
+                shown["bar"] = bar = stack.enter_context(
+                    Progress(
+                        TextColumn("preprocessing"),
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TextColumn("{task.description}"),
+                        console=console,
+                    )
+                )
+                shown["task"] = bar.add_task("", total=total)
+            shown["bar"].update(shown["task"], completed=done, total=total, description=str(what))
+
+        every = _Every(PROGRESS_SECONDS)
+
+        def as_lines(done: int, total: int, what: str) -> None:
+            if done and (every.due() or done == total):
+                _line(f"preprocessing {done}/{total} {what}")
+
+        yield on_terminal if console.is_terminal else as_lines
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
@@ -356,10 +434,13 @@ def listen_command(
 
 
 def _run(show: bool, run_training, options):
-    """Train with a progress bar (rank 0 of a multi-process run only); the result, or None elsewhere."""
+    """Train with a progress bar, or progress lines where stdout is not a terminal (rank 0 of a
+    multi-process run only); the result, or None elsewhere."""
     if not show:
         run_training(options)
         return None
+    if not console.is_terminal:
+        return run_training(options, _LineCallbacks())
     with _progress() as bar:
         return run_training(options, _ProgressCallbacks(bar))
 

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,6 @@ from arvc.data.outputs import find_arvc_outputs
 
 __all__ = [
     "DataError",
-    "DataWarning",
     "MIN_PIECE_SECONDS",
     "PreprocessResult",
     "Progress",
@@ -86,10 +84,6 @@ class DataError(ValueError):
     """The dataset cannot be used as given; the message says what to do about it."""
 
 
-class DataWarning(UserWarning):
-    """Some input was skipped (unreadable or too short); the run goes on without it."""
-
-
 @dataclass
 class PreprocessResult:
     """What a preprocess run produced and what it had to leave out."""
@@ -102,6 +96,7 @@ class PreprocessResult:
     reused_sources: int = 0
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     too_short: list[Path] = field(default_factory=list)
+    no_speech: list[Path] = field(default_factory=list)  # silent or clipped beyond repair: no piece
 
 
 def _source_key(rel: str) -> str:
@@ -150,9 +145,7 @@ def _validate(
     outputs = find_arvc_outputs(dataset_dir)
     excluded = [run_dir.resolve(), *(path.resolve() for path, _ in outputs)]
     for path, kind in outputs:
-        message = f"skipping {path}: it is arvc's own output ({kind}), not recordings"
-        log.warning(message)
-        warnings.warn(message, DataWarning, stacklevel=3)
+        log.warning("skipping %s: it is arvc's own output (%s), not recordings", path, kind)
     files = [
         f for f in find_audio_files(dataset_dir) if not any(f.resolve().is_relative_to(e) for e in excluded)
     ]
@@ -200,9 +193,11 @@ def preprocess(
 ) -> PreprocessResult:
     """Cut, resample and analyse every recording in ``dataset_dir`` into ``run_dir``.
 
-    ``progress(done, total, name)`` is called with ``done=0`` first and after each source file.
-    Raises :class:`DataError` before doing any work when the dataset is unusable; unreadable or
-    too-short files are skipped with a :class:`DataWarning` listing them. ``device`` runs the
+    ``progress(done, total, name)`` is called with ``done=0`` first and after each source file it
+    analyses (``total`` of them); files preprocessed before are reused without a call, and when every file
+    is, it is never called. Raises :class:`DataError` before doing any work when the dataset is unusable;
+    unreadable, too-short and silent files are skipped with one logged warning per kind listing them
+    (and in the result). ``device`` runs the
     neural analysers (crepe, rmvpe, hubert) on a GPU when given one; ``rmvpe_path`` is the user's
     ``rmvpe.pt`` for ``f0_method="rmvpe"``.
     """
@@ -268,19 +263,31 @@ def preprocess(
             run_dir / MANIFEST, json.dumps({**settings, "sources": sources}, indent=1, sort_keys=True)
         )
 
-    lines: list[str] = []
-    total_seconds, reused, n_sources = 0.0, 0, 0
-    if progress:
-        progress(0, len(usable), "")
-    for done, path in enumerate(usable, start=1):
+    def finished(path: Path) -> tuple[str, dict, bool, bool]:
+        """(relative path, signature, outputs trusted, all outputs there: reused as they are)"""
         rel = path.relative_to(dataset_dir).as_posix()
         stat = path.stat()
         signature = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         entry = sources.get(rel)
         trusted = bool(entry) and all(entry.get(k) == v for k, v in signature.items())
+        return (
+            rel,
+            signature,
+            trusted,
+            trusted and entry.get("complete") and _outputs_exist(run_dir, entry["pieces"]),
+        )
+
+    lines: list[str] = []
+    no_speech: list[Path] = []
+    total_seconds, reused, n_sources, done = 0.0, 0, 0, 0
+    to_do = sum(not finished(path)[3] for path in usable)
+    if progress and to_do:
+        progress(0, to_do, "")
+    for path in usable:
+        rel, signature, trusted, complete = finished(path)
         pieces = None
-        if trusted and entry.get("complete") and _outputs_exist(run_dir, entry["pieces"]):
-            pieces = entry["pieces"]
+        if complete:
+            pieces = sources[rel]["pieces"]
             reused += 1
         else:
             # Mark in progress first: after a crash, outputs already written for this same
@@ -303,15 +310,18 @@ def preprocess(
                 unreadable.append((path, str(exc)))
                 sources.pop(rel, None)
             save_manifest()
-        if pieces is not None:
+            done += 1
+            if progress:
+                progress(done, to_do, path.name)
+        if pieces == []:
+            no_speech.append(path)
+        elif pieces is not None:
             n_sources += 1
             for name, seconds in pieces:
                 total_seconds += seconds
                 lines.append(_filelist_line(name))
-        if progress:
-            progress(done, len(usable), path.name)
 
-    _report_skipped(unreadable, too_short)
+    _report_skipped(unreadable, too_short, no_speech)
     if not lines:
         raise DataError(
             f"no usable speech found in {dataset_dir}: every recording was silent, clipped beyond repair "
@@ -319,13 +329,19 @@ def preprocess(
         )
     filelist = run_dir / FILELIST
     _write_text(filelist, "\n".join(lines) + "\n")
-    log.info(
-        "preprocessed %d pieces (%.1f s) from %d files into %s",
-        len(lines),
-        total_seconds,
-        n_sources,
-        run_dir,
-    )
+    if to_do == 0:
+        log.info(
+            "reusing %d pieces (%.1f s) from %d files in %s", len(lines), total_seconds, n_sources, run_dir
+        )
+    else:
+        log.info(
+            "preprocessed %d pieces (%.1f s) from %d files into %s%s",
+            len(lines),
+            total_seconds,
+            n_sources,
+            run_dir,
+            f" ({reused} of the files reused as preprocessed before)" if reused else "",
+        )
     return PreprocessResult(
         run_dir=run_dir,
         filelist=filelist,
@@ -335,6 +351,7 @@ def preprocess(
         reused_sources=reused,
         unreadable=unreadable,
         too_short=too_short,
+        no_speech=no_speech,
     )
 
 
@@ -390,14 +407,19 @@ def _process_source(
     return pieces
 
 
-def _report_skipped(unreadable: list[tuple[Path, str]], too_short: list[Path]) -> None:
+def _report_skipped(unreadable: list[tuple[Path, str]], too_short: list[Path], no_speech: list[Path]) -> None:
+    """One logged warning per kind of skipped file, naming each (the reason names the path where it
+    already does: it is said once)."""
     if unreadable:
-        listing = "\n".join(f"  {p}: {why}" for p, why in unreadable)
-        message = f"skipped {len(unreadable)} unreadable audio file(s):\n{listing}"
-        log.warning(message)
-        warnings.warn(message, DataWarning, stacklevel=3)
+        listing = "\n".join(f"  {why}" if str(p) in why else f"  {p}: {why}" for p, why in unreadable)
+        log.warning("skipped %d unreadable audio file(s):\n%s", len(unreadable), listing)
     if too_short:
         listing = "\n".join(f"  {p}" for p in too_short)
-        message = f"skipped {len(too_short)} file(s) shorter than {MIN_PIECE_SECONDS} s:\n{listing}"
-        log.warning(message)
-        warnings.warn(message, DataWarning, stacklevel=3)
+        log.warning("skipped %d file(s) shorter than %s s:\n%s", len(too_short), MIN_PIECE_SECONDS, listing)
+    if no_speech:
+        listing = "\n".join(f"  {p}" for p in no_speech)
+        log.warning(
+            "skipped %d file(s) with no usable speech (silent, or clipped beyond repair):\n%s",
+            len(no_speech),
+            listing,
+        )

@@ -574,7 +574,12 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
         else ""
     )
     logger.info(
-        "epoch %d: held-out mel L1 %.4f, STFT %.4f%s", epoch, evaluation.mel_l1, evaluation.stft, note
+        "epoch %d/%d: held-out mel L1 %.4f, STFT %.4f%s",
+        epoch,
+        t.epochs,
+        evaluation.mel_l1,
+        evaluation.stft,
+        note,
     )
     patience_spent = t.early_stop is not None and progress.stale >= t.early_stop
     if run.ranks.stop_reason("early_stop" if patience_spent else None) and progress.stopped_by is None:
