@@ -93,7 +93,7 @@ def test_train_watch_stop_and_convert_in_a_browser(server):
         expect(status).to_contain_text("training", timeout=120_000)
         expect(status).to_contain_text("step", timeout=120_000)
         plot = page.locator("#plot")
-        expect(plot.locator("canvas, svg").first).to_be_visible()
+        expect(plot.locator("canvas, svg, img").first).to_be_visible()  # a matplotlib figure: an img
         first, before = _step_of(status.inner_text()), _digest(plot.screenshot())
         deadline = time.time() + 120
         while _step_of(status.inner_text()) < first + 3 and time.time() < deadline:

@@ -136,3 +136,35 @@ def test_a_comparison_with_too_large_a_batch_fails_before_any_run(tmp_path, voic
     assert jobs.wait(120)
     assert jobs.status().state == "failed" and "lower --batch-size" in jobs.status().message
     assert not (tmp_path / "c" / "runs").exists()
+
+
+def test_the_progress_plot_draws_a_held_out_curve_of_one_point(tmp_path):
+    # gradio's LinePlot drew a series of one point as nothing (a line needs two), with its legend entry
+    # there: after the first evaluation the held-out curve was invisible until the second.
+    import csv
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from arvc.train.logs import VALIDATION_FIELDS
+    from arvc.ui.app import HELD_OUT, SERIES, _loss_figure
+    from arvc.ui.jobs import JobStatus
+
+    with (tmp_path / "validation.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=VALIDATION_FIELDS)
+        writer.writeheader()
+        writer.writerow({"epoch": 1, "step": 3, "val_mel_l1": "1.5", "val_stft": "6.0", "best": "yes"})
+    losses = [{"step": s, "loss_mel": 60.0 - s, "loss_g": 90.0, "loss_d": 7.0} for s in (1, 2, 3)]
+    status = JobStatus(kind="train", name="run", folder=tmp_path, state="training", losses=losses)
+    figure = _loss_figure(status)
+    (axis,) = figure.axes
+    lines = {line.get_label(): line for line in axis.get_lines()}
+    assert list(lines) == list(SERIES)
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == list(SERIES)
+    held_out = lines[HELD_OUT]
+    assert list(held_out.get_xdata()) == [3] and list(held_out.get_ydata()) == [1.5 * 45]
+    assert held_out.get_marker() not in (None, "", "None", " ") and held_out.get_markersize() > 0
+    assert held_out.get_visible() and len(lines["loss_mel"].get_xdata()) == 3
+    FigureCanvasAgg(figure).draw()  # it renders
+
+    empty = _loss_figure(None)  # before a job: every series named, nothing drawn
+    assert [line.get_label() for line in empty.axes[0].get_lines()] == list(SERIES)

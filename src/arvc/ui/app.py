@@ -26,7 +26,8 @@ __all__ = ["build_app", "exports_of", "inside", "optimizer_rows", "runs_of"]
 logger = logging.getLogger(__name__)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 AUTO_F0 = "auto (the run's data, else pm)"
-SERIES = ("loss_mel", "loss_g", "loss_d", "held-out mel ×45")
+HELD_OUT = "held-out mel ×45"
+SERIES = ("loss_mel", "loss_g", "loss_d", HELD_OUT)
 OPTIMIZER_HEADERS = ["rating", "name", "category", "best for", "paired scheduler"]
 
 
@@ -152,12 +153,32 @@ def _loss_frame(status):
                     {
                         "step": int(row["step"]),
                         "value": float(row["val_mel_l1"]) * 45,
-                        "series": "held-out mel ×45",
+                        "series": HELD_OUT,
                     }
                 )
-    if not rows:  # every series named from the start: the plot's legend is fixed when it first renders
+    if not rows:
         rows = [{"step": 0, "value": math.nan, "series": series} for series in SERIES]
     return pd.DataFrame(rows)
+
+
+def _loss_figure(status):
+    """The Train tab's plot: the training losses as lines and the held-out mel L1 (×45, on the training
+    mel loss's scale) as a line with a marker on each evaluation, so that its first point shows before
+    there is a line to draw (a plain line of one point draws nothing, though its legend entry is there).
+    Every series is in the legend from the start."""
+    from matplotlib.figure import Figure  # not pyplot: a figure per refresh, freed with it, no display
+
+    frame = _loss_frame(status)
+    figure = Figure(figsize=(8, 3.2), layout="constrained")
+    axis = figure.add_subplot()
+    for series in SERIES:
+        points = frame[frame["series"] == series].dropna()
+        style = {"marker": "o", "markersize": 5} if series == HELD_OUT else {}
+        axis.plot(points["step"], points["value"], label=series, **style)
+    axis.set_xlabel("step")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper right", fontsize="small")
+    return figure
 
 
 def _samples(status) -> tuple[str | None, str | None, str]:
@@ -223,14 +244,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                 resume = gr.Button("Resume", elem_id="resume")
             status = gr.Markdown(_status_text(jobs.status()), elem_id="status")
             log = gr.Textbox(label="Log", lines=6, max_lines=6, interactive=False, elem_id="log")
-            plot = gr.LinePlot(
-                _loss_frame(jobs.status()),
-                x="step",
-                y="value",
-                color="series",
-                label="Losses",
-                elem_id="plot",
-            )
+            plot = gr.Plot(_loss_figure(jobs.status()), label="Losses", elem_id="plot", format="png")
             with gr.Row():
                 original_player = gr.Audio(label="Held-out original", type="filepath", elem_id="original")
                 converted_player = gr.Audio(label="Converted", type="filepath", elem_id="sample")
@@ -239,7 +253,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
 
         def refresh(shown_samples=None):
             current = jobs.status()
-            text, frame = _status_text(current), _loss_frame(current)
+            text, frame = _status_text(current), _loss_figure(current)
             original, converted, label = _samples(current)
             lines = "\n".join(current.log[-50:]) if current is not None else ""
             if (original, converted) == tuple(shown_samples or (None, None)):
