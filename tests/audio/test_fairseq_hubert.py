@@ -154,6 +154,24 @@ def test_a_pickle_that_needs_code_is_refused_before_it_runs(tmp_path, monkeypatc
     torch.save({"model": {"mask_emb": torch.zeros(2)}, "cfg": os.system}, tmp_path / "system.pt")
     with pytest.raises(FairseqError, match="never runs code"):
         read_fairseq_checkpoint(tmp_path / "system.pt")
+
+    # Under an allowed module's name, reached through it: argparse imports os as _os. It was read, with a
+    # placeholder in its place (nothing ran), where the docs say such a pickle is refused.
+    def system(*args):  # pragma: no cover - must never run
+        raise AssertionError("the pickle's code ran")
+
+    system.__module__, system.__qualname__ = "argparse._os", "system"
+    with monkeypatch.context() as patch:  # pickle checks that argparse._os.system is this very function
+        patch.setitem(sys.modules, "argparse._os", os)
+        patch.setattr(os, "system", system)
+        torch.save({"model": {"mask_emb": torch.zeros(2)}, "cfg": system}, tmp_path / "through.pt")
+    assert "argparse._os.system" in torch.serialization.get_unsafe_globals_in_checkpoint(
+        tmp_path / "through.pt"
+    )
+    with pytest.raises(
+        FairseqError, match=r"argparse\._os\.system.*not a configuration class.*never runs code"
+    ):
+        read_fairseq_checkpoint(tmp_path / "through.pt")
     torch.save({"model": {"encoder.nope.weight": torch.zeros(2)}}, tmp_path / "odd.pt")
     with pytest.raises(FairseqError, match="unknown fairseq HuBERT weight encoder.nope.weight"):
         convert_fairseq_hubert(tmp_path / "odd.pt", tmp_path / "cache")

@@ -5,7 +5,8 @@ A fairseq checkpoint is a pickle of plain containers and tensors plus a few conf
 (``argparse.Namespace``, fairseq's string enums, omegaconf containers). Those are the only globals
 allowed beyond torch's own: each becomes plain data (a dict, or its value), through
 ``torch.load(weights_only=True)`` with placeholder classes registered under their names. A pickle that
-names anything else (a function to call, a class from another package) is refused before it is read.
+names anything else — a function to call, a class from another package, or a name under one of those
+modules that is not a class of it (``argparse._os.system``) — is refused before it is read.
 
 The weights are renamed to ``transformers.HubertModel``'s layout (plus ContentVec's ``final_proj``), the
 config built from the checkpoint's model settings, and the result saved with ``save_pretrained`` (as
@@ -28,6 +29,19 @@ __all__ = ["FairseqError", "convert_fairseq_hubert", "fairseq_to_hf_state", "rea
 log = logging.getLogger(__name__)
 
 CONFIG_MODULES = ("argparse.", "fairseq.", "omegaconf.", "enum.")
+
+
+def _is_config_class(name: str) -> bool:
+    """A global the pickle may name: a class (CapWords, as Namespace, ChoiceEnum, DictConfig, AnyNode) of
+    a configuration module, reached through no private name. `argparse._os.system` is under argparse's
+    name, but it is os.system, a function: refused with every name that is not such a class."""
+    parts = name.split(".")
+    return (
+        name.startswith(CONFIG_MODULES)
+        and len(parts) >= 2
+        and all(part.isidentifier() and not part.startswith("_") for part in parts)
+        and parts[-1][0].isupper()
+    )
 
 
 class FairseqError(ValueError):
@@ -79,11 +93,13 @@ def read_fairseq_checkpoint(path: str | os.PathLike) -> dict:
         raise FairseqError(
             f"{path} is not a readable torch checkpoint ({type(error).__name__}: {error})"
         ) from error
-    refused = [name for name in names if not name.startswith(CONFIG_MODULES)]
+    refused = [name for name in names if not _is_config_class(name)]
     if refused:
+        under = [name for name in refused if name.startswith(CONFIG_MODULES)]
+        why = f"; {', '.join(under[:3])} is not a configuration class" if under else ""
         raise FairseqError(
-            f"{path} would need code to load ({', '.join(refused[:3])}); arvc only reads fairseq checkpoints "
-            "made of tensors and configuration objects, and never runs code from a pickle"
+            f"{path} would need code to load ({', '.join(refused[:3])}){why}; arvc only reads fairseq "
+            "checkpoints made of tensors and configuration objects, and never runs code from a pickle"
         )
     try:
         with torch.serialization.safe_globals([(_Record, name) for name in names]):
