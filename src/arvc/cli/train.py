@@ -75,8 +75,9 @@ class _LineCallbacks:
             self._line()
 
     def on_epoch(self, epoch: int, losses: dict) -> None:
-        self.every.due()
-        self._line()
+        if self.first_step is not None:  # (a step of it ran in this process)
+            self.every.due()
+            self._line()
 
     def _line(self) -> None:
         # seconds per step over this process's steps, validation and checkpoints included: what is left
