@@ -338,6 +338,8 @@ def test_state_dict_deterministic_across_a_load(info, path, named0, named1):
     bias_c = torch.nn.Parameter(bias.detach().clone())
     optimizer_c = info.build(named([weight_c, bias_c], named1), path)
     optimizer_c.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    # groups added later take the defaults: a load (or a copy) must not have added any
+    assert optimizer_c.defaults == optimizer.defaults == copy.deepcopy(optimizer).defaults
     for _ in range(5):
         step(optimizer, weight, bias)
         step(optimizer_c, weight_c, bias_c)
