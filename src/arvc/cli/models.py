@@ -109,7 +109,10 @@ def infer_command(
     ] = None,
     features: Annotated[
         str | None,
-        typer.Option(help="Content features: mel or hubert (default: hubert if --hubert is given)."),
+        typer.Option(
+            help="Content features: mel or hubert (default: what the model was trained on where its file "
+            "says, else hubert if --hubert is given, else mel)."
+        ),
     ] = None,
     hubert: Annotated[
         Path | None,
@@ -126,7 +129,7 @@ def infer_command(
     if output_wav.resolve() == input_wav.resolve():
         fail(f"output {output_wav} is the input file; choose another output path")
     rate = index_rate if index_rate is not None else (DEFAULT_INDEX_RATE if index is not None else 0.0)
-    kind = features or ("hubert" if hubert is not None else "mel")
+    kind = features or ("hubert" if hubert is not None else None)  # None: the model's own, else mel
     columns = (TextColumn("converting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         net, cfg = load_voice_model(model)

@@ -59,7 +59,9 @@ def load_voice_model(path: str | os.PathLike) -> tuple[Synthesizer, RunConfig]:
     """A ready-to-run generator (eval mode, weight norm folded) and its config.
 
     Reads arvc exports (``model.safetensors``/``model.json`` or their folder), arvc checkpoints
-    and RVC inference ``.pth`` files (config rebuilt from their 18-value list).
+    and RVC inference ``.pth`` files (config rebuilt from their 18-value list). The generator's
+    ``trained_features`` says what content features it was trained on where the file records it (arvc
+    exports: mel or hubert), else None; `convert` uses it as its default and holds conversions to it.
     """
     mf = read_model_file(path)
     if mf.generator is None:
@@ -83,10 +85,13 @@ def load_voice_model(path: str | os.PathLike) -> tuple[Synthesizer, RunConfig]:
     # enc_q (training only) is absent from inference files: not worth more than a debug line here.
     load_state_strict(net, mf.generator, mf, cfg, optional=("enc_q.",), absent_level=logging.DEBUG)
     net.remove_weight_norm()
+    net.trained_features = mf.features
     return net.eval(), cfg
 
 
-def _check_options(cfg: RunConfig, pitch: float, f0_method: str, index_rate: float, features: str) -> None:
+def _check_options(
+    cfg: RunConfig, pitch: float, f0_method: str, index_rate: float, features: str, trained: str | None
+) -> None:
     if not math.isfinite(pitch) or abs(pitch) > 48:
         raise ConvertError(f"pitch {pitch} semitones is out of range; use -48..48 (12 = one octave up)")
     if f0_method not in F0_METHODS:
@@ -94,7 +99,14 @@ def _check_options(cfg: RunConfig, pitch: float, f0_method: str, index_rate: flo
     if not 0.0 <= index_rate <= 1.0:
         raise ConvertError(f"index rate {index_rate} must be between 0 (no retrieval) and 1 (all retrieval)")
     dim = cfg.data.feature_dim
-    if features == "mel" and dim in RVC_FEATURE_DIMS:
+    if trained is not None:  # the model file says what it was trained on
+        if features != trained:
+            raise ConvertError(
+                f"the model was trained on {dim}-d {trained} features, not {features}: "
+                f"pass --features {trained}"
+                + (" --hubert PATH with the HuBERT model it was trained with" if trained == "hubert" else "")
+            )
+    elif features == "mel" and dim in RVC_FEATURE_DIMS:
         raise ConvertError(
             f"the model uses {dim}-d HuBERT/ContentVec features (RVC layout), not mel: pass "
             "--features hubert --hubert PATH with the HuBERT model it was trained with"
@@ -156,7 +168,7 @@ def convert(
     f0_method: str = "pm",
     index: str | os.PathLike | FeatureIndex | None = None,
     index_rate: float = 0.0,
-    features: str = "mel",
+    features: str | None = None,
     hubert_path: str | os.PathLike | None = None,
     progress: Progress | None = None,
     *,
@@ -167,12 +179,15 @@ def convert(
 ) -> Path:
     """Convert ``input_wav`` into the model's voice and write ``output_wav`` at the model's sample rate.
 
+    ``features`` (mel, hubert) defaults to what the model was trained on where its file says, else mel.
     ``pitch`` transposes by semitones; ``index``/``index_rate`` enable retrieval (0 = off);
     ``progress(done, total)`` is called with chunk counts. The output has exactly
     ``round(seconds * sample_rate)`` samples and is scaled down if it would clip (as RVC does).
     Returns the output path.
     """
-    _check_options(cfg, pitch, f0_method, index_rate, features)
+    trained = getattr(model, "trained_features", None)
+    features = features or trained or "mel"
+    _check_options(cfg, pitch, f0_method, index_rate, features, trained)
     if f0_method == "rmvpe":
         if rmvpe_path is None:
             raise ConvertError(RMVPE_NEEDED)

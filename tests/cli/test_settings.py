@@ -1,0 +1,95 @@
+"""Settings that cannot be right are refused before any work, and flags that would do nothing are named.
+
+Through the CLI, as a user meets it: `error:` line, exit status 1, no traceback, nothing written.
+"""
+
+import json
+import shutil
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import arvc.cli._app
+from arvc.cli import app
+
+runner = CliRunner()
+
+# v2-40k's shape (40 kHz, hop 400, 768-d features) with every width shrunk, so a step takes a moment
+SMALL_V2 = [
+    "--set", "model.inter_channels=16", "--set", "model.hidden_channels=16",
+    "--set", "model.filter_channels=32", "--set", "model.n_layers=1",
+    "--set", "model.upsample_initial_channel=32", "--set", "model.gin_channels=16",
+    "--set", "model.disc_channel_div=16", "--set", "data.segment_size=4000",
+]  # fmt: skip
+QUICK = ["--batch-size", "2", "--epochs", "1", "--max-steps", "1"]
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    monkeypatch.setattr(arvc.cli._app, "console", Console(width=300))
+
+
+@pytest.fixture(scope="module")
+def three_recordings(tmp_path_factory):
+    from arvc.data.demo import generate_demo_voice
+
+    source = tmp_path_factory.mktemp("source")
+    (clip,) = generate_demo_voice(source, seconds=8, sr=16000, seed=2)
+    folder = tmp_path_factory.mktemp("recordings")
+    for name in ("a.wav", "b.wav", "c.wav"):
+        shutil.copy(clip, folder / name)
+    return folder
+
+
+def cli(*args):
+    return runner.invoke(app, [*map(str, args)])
+
+
+def assert_refused(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+# --- an RVC config on mel features ------------------------------------------------------------------------
+@pytest.mark.parametrize("config", ["v2-40k", "v1-48k"])
+def test_an_rvc_config_on_mel_features_is_refused(tmp_path, three_recordings, config):
+    runs = tmp_path / "runs"
+    result = cli("train", three_recordings, "--runs-dir", runs, "--config", config, *QUICK)
+    assert_refused(
+        result, f"config {config} is an RVC model", "mel features", "--features hubert --hubert PATH"
+    )
+    assert "--allow-mel-rvc-config" in result.output
+    assert not runs.exists()
+
+
+def test_an_rvc_config_on_mel_features_trains_only_when_asked_and_exports_no_rvc_pth(
+    tmp_path, three_recordings
+):
+    runs = tmp_path / "runs"
+    args = ["--runs-dir", runs, "--name", "melv2", "--config", "v2-40k", *SMALL_V2, *QUICK]
+    result = cli("train", three_recordings, *args, "--allow-mel-rvc-config")
+    assert result.exit_code == 0, result.output
+    export = runs / "melv2" / "export"
+    assert (export / "model.safetensors").is_file()
+    assert not (export / "model_rvc.pth").exists(), "RVC's tools would feed a mel model HuBERT features"
+    assert json.loads((export / "model.json").read_text())["features"] == "mel"
+    inspected = cli("inspect", export / "model.safetensors", "--json")
+    assert inspected.exit_code == 0, inspected.output
+    assert json.loads(inspected.output)["features"] == "mel"
+    # arvc infer reads what it needs from the model: mel, although the model is 768-d
+    converted = cli("infer", export, three_recordings / "a.wav", tmp_path / "out.wav")
+    assert converted.exit_code == 0, converted.output
+    wrong = cli("infer", export, three_recordings / "a.wav", tmp_path / "o2.wav", "--features", "hubert")
+    assert_refused(wrong, "trained on 768-d mel features, not hubert: pass --features mel")
+    # `arvc export` of the same run writes no .pth either
+    (export / "model.json").unlink()
+    again = cli("export", runs / "melv2")
+    assert again.exit_code == 0, again.output
+    assert not (export / "model_rvc.pth").exists()
+    assert json.loads((export / "model.json").read_text())["features"] == "mel"
+    assert "rvc:" not in again.output
