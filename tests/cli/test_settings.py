@@ -93,3 +93,34 @@ def test_an_rvc_config_on_mel_features_trains_only_when_asked_and_exports_no_rvc
     assert not (export / "model_rvc.pth").exists()
     assert json.loads((export / "model.json").read_text())["features"] == "mel"
     assert "rvc:" not in again.output
+
+
+# --- every config value is checked before any work --------------------------------------------------------
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.hidden_channels=0", "model.hidden_channels = 0 must be an integer >= 1"),
+        ("model.inter_channels=-2", "model.inter_channels = -2 must be an integer >= 2"),
+        ("model.filter_channels=0", "model.filter_channels = 0 must be an integer >= 1"),
+        ("model.gin_channels=0", "model.gin_channels = 0 must be an integer >= 1"),
+        ("model.kernel_size=0", "model.kernel_size = 0 must be an integer >= 1"),
+        ("model.n_layers=-1", "model.n_layers = -1 must be an integer >= 0"),
+        ("model.upsample_initial_channel=0", "model.upsample_initial_channel = 0 must be an integer >= 1"),
+        ("model.resblock_kernel_sizes=[3, 0, 11]",
+         "model.resblock_kernel_sizes = [3, 0, 11] must be a non-empty list of integers >= 1"),
+        ("model.resblock_dilation_sizes=[[1, 3, 5], [1, -3, 5], [1, 3, 5]]",
+         "model.resblock_dilation_sizes = [[1, 3, 5], [1, -3, 5], [1, 3, 5]] must be a non-empty list"),
+        ("model.upsample_rates=[]", "model.upsample_rates = [] must be a non-empty list of integers >= 1"),
+        ("model.p_dropout=1.5", "model.p_dropout = 1.5 must be in [0, 1)"),
+        ("data.n_mel_channels=0", "data.n_mel_channels = 0 must be an integer >= 1"),
+        ("data.win_length=0", "data.win_length = 0 must be an integer >= 1"),
+        ("data.mel_fmin=-5", "data.mel_fmin = -5.0 must be >= 0"),
+        ("data.mel_fmax=9000", "data.mel_fmax = 9000.0 must be above data.mel_fmin (0) and at most half the "
+         "sampling rate (8000 Hz)"),
+    ],
+)  # fmt: skip
+def test_every_config_value_is_checked_before_any_work(tmp_path, three_recordings, override, message):
+    runs = tmp_path / "runs"
+    result = cli("train", three_recordings, "--runs-dir", runs, "--name", "x", "--set", override, *QUICK)
+    assert_refused(result, message)
+    assert not runs.exists(), "nothing may be preprocessed for a bad config"
