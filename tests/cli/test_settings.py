@@ -124,3 +124,92 @@ def test_every_config_value_is_checked_before_any_work(tmp_path, three_recording
     result = cli("train", three_recordings, "--runs-dir", runs, "--name", "x", "--set", override, *QUICK)
     assert_refused(result, message)
     assert not runs.exists(), "nothing may be preprocessed for a bad config"
+
+
+# --- flags that would do nothing ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def some_file(tmp_path_factory):
+    """Any existing file: the flags below are refused before their file is read."""
+    path = tmp_path_factory.mktemp("files") / "weights.pt"
+    path.write_bytes(b"not read")
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rmvpe", "FILE"], "--rmvpe is used only with --f0 rmvpe, and the pitch method here is pm"),
+        (["--f0", "harvest", "--rmvpe", "FILE"],
+         "the pitch method here is harvest: add --f0 rmvpe, or drop --rmvpe"),
+        (["--features", "mel", "--hubert", "FILE"], "--hubert is used only with --features hubert"),
+        (["--hubert", "FILE"], "--hubert is used only with --features hubert, and the features here are mel"),
+        (["--embedder-layer", "9"], "--embedder-layer is used only with --features hubert"),
+        (["--min-delta", "0.01"], "--min-delta 0.01 is used only by early stopping, which is off"),
+        (["--val-fraction", "0", "--val-every", "2"], "--val-every 2 has nothing to evaluate"),
+    ],
+)  # fmt: skip
+def test_train_refuses_flags_that_would_do_nothing(tmp_path, three_recordings, some_file, args, message):
+    runs = tmp_path / "runs"
+    args = [some_file if a == "FILE" else a for a in args]
+    result = cli("train", three_recordings, "--runs-dir", runs, "--name", "x", *args, *QUICK)
+    assert_refused(result, message)
+    assert not runs.exists()
+
+
+def test_min_delta_counts_when_early_stopping_is_on(tmp_path, three_recordings):
+    """The same flag with what it needs is accepted (the refusal is about the combination)."""
+    from arvc.train.request import TrainRequest, plan_training
+
+    request = TrainRequest(dataset=three_recordings, runs_dir=tmp_path / "runs", min_delta=0.01, early_stop=3)
+    assert plan_training(request).cfg.train.min_delta == 0.01
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rmvpe", "FILE"], "--rmvpe is used only with --f0 rmvpe, and the pitch method here is pm"),
+        (["--hubert", "FILE"], "--hubert is used only with --features hubert, and the features here are mel"),
+        (["--embedder-layer", "9"], "--embedder-layer is used only with --features hubert"),
+    ],
+)  # fmt: skip
+def test_preprocess_refuses_flags_that_would_do_nothing(tmp_path, three_recordings, some_file, args, message):
+    runs = tmp_path / "runs"
+    args = [some_file if a == "FILE" else a for a in args]
+    result = cli(
+        "preprocess", three_recordings, "--runs-dir", runs, "--name", "x", "--sample-rate", "16000", *args
+    )
+    assert_refused(result, message)
+    assert not runs.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    import torch
+
+    from arvc.config import load_config
+    from arvc.model import Synthesizer
+    from arvc.modelfile.export import export_generator
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model") / "export"
+    export_generator(Synthesizer(cfg), cfg, folder, features="mel")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rmvpe", "FILE"], "--rmvpe is used only with --f0 rmvpe, and the pitch method here is pm"),
+        (["--features", "mel", "--hubert", "FILE"], "--hubert is used only with --features hubert"),
+        (["--embedder-layer", "9"],
+         "--embedder-layer is used only with --features hubert, and the features here are mel"),
+    ],
+)  # fmt: skip
+def test_infer_refuses_flags_that_would_do_nothing(
+    tmp_path, three_recordings, tiny_export, some_file, args, message
+):
+    args = [some_file if a == "FILE" else a for a in args]
+    result = cli("infer", tiny_export, three_recordings / "a.wav", tmp_path / "out.wav", *args)
+    assert_refused(result, message)
+    assert not (tmp_path / "out.wav").exists()

@@ -29,6 +29,7 @@ from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, coarse_f0, extract_f0, rmvpe
 from arvc.audio.features import FEATURE_SR, get_extractor
 from arvc.audio.io import AudioLoadError, highpass, load_audio, write_wav
 from arvc.config import RunConfig
+from arvc.data.preprocess import unused_analysis_flags
 from arvc.infer.index import FeatureIndex, blend_features, load_index
 from arvc.model import Synthesizer
 from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
@@ -188,6 +189,11 @@ def convert(
     trained = getattr(model, "trained_features", None)
     features = features or trained or "mel"
     _check_options(cfg, pitch, f0_method, index_rate, features, trained)
+    unused = unused_analysis_flags(
+        f0_method, features, rmvpe=rmvpe_path, hubert=hubert_path, embedder_layer=embedder_layer
+    )
+    if unused:
+        raise ConvertError("; ".join(unused))
     if f0_method == "rmvpe":
         if rmvpe_path is None:
             raise ConvertError(RMVPE_NEEDED)
