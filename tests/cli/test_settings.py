@@ -213,3 +213,22 @@ def test_infer_refuses_flags_that_would_do_nothing(
     result = cli("infer", tiny_export, three_recordings / "a.wav", tmp_path / "out.wav", *args)
     assert_refused(result, message)
     assert not (tmp_path / "out.wav").exists()
+
+
+# --- arvc recommend's command ----------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [[], ["--epochs", "900", "--precision", "bf16"]])
+def test_the_recommended_command_has_a_dataset_placeholder_and_never_trains_the_demo(
+    tmp_path, monkeypatch, args
+):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    shown = cli("recommend", *args)
+    assert shown.exit_code == 0, shown.output
+    (line,) = [line.strip() for line in shown.output.splitlines() if line.strip().startswith("arvc train")]
+    words = shlex.split(line)
+    assert words[2] == "DATASET/", line
+    assert "DATASET/: your folder of recordings" in shown.output
+    copied = cli(*words[1:])  # pasted as is
+    assert_refused(copied, "dataset folder DATASET does not exist")
+    assert not (tmp_path / "runs").exists(), "the demo voice must not be trained"
