@@ -232,3 +232,15 @@ def test_the_recommended_command_has_a_dataset_placeholder_and_never_trains_the_
     copied = cli(*words[1:])  # pasted as is
     assert_refused(copied, "dataset folder DATASET does not exist")
     assert not (tmp_path / "runs").exists(), "the demo voice must not be trained"
+
+
+def test_on_resume_the_flags_are_checked_against_the_run_itself(tmp_path, three_recordings, some_file):
+    """A resumed run's pitch and features come from its data, its early stopping from its checkpoint."""
+    runs = tmp_path / "runs"
+    first = cli("train", three_recordings, "--runs-dir", runs, "--name", "r", *QUICK)
+    assert first.exit_code == 0, first.output
+    run = runs / "r"
+    resume = ["train", "--resume", run, "--epochs", "2", "--max-steps", "2"]
+    assert_refused(cli(*resume, "--rmvpe", some_file), "--rmvpe is used only with --f0 rmvpe", "here is pm")
+    assert_refused(cli(*resume, "--hubert", some_file), "--hubert is used only with --features hubert")
+    assert_refused(cli(*resume, "--min-delta", "0.1"), "--min-delta 0.1 is used only by early stopping")
