@@ -172,7 +172,7 @@ def test_overrides_reject_wrong_types(key, value):
     "overrides, message",
     [
         ({"data.hop_length": 200}, "upsample_rates"),
-        ({"data.hop_length": 0}, "hop_length must be positive"),
+        ({"data.hop_length": 0}, "data.hop_length = 0 must be an integer >= 1"),
         ({"data.segment_size": 5000}, "segment_size"),
         ({"model.n_heads": 3}, "n_heads"),
         ({"model.disc_channel_div": 3}, "disc_channel_div"),

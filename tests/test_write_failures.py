@@ -191,3 +191,28 @@ def test_train_reports_a_checkpoint_it_cannot_write_and_the_previous_one_is_inta
     assert "is intact" in output and "Traceback" not in output
     assert list_checkpoints(run) == [previous] and previous.read_bytes() == before
     assert temporaries(run) == []
+
+
+def test_infer_that_cannot_write_its_output_is_one_error_line(tmp_path):
+    """The conversion is done, the write fails: one `error:` line naming the output (it was a traceback)."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from arvc.config import load_config
+    from arvc.model import Synthesizer
+    from arvc.modelfile.export import export_generator
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    export_generator(Synthesizer(cfg), cfg, tmp_path / "export", features="mel")
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "in.wav", (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000)
+    out = tmp_path / "out.wav"
+    # 16-bit at 16 kHz: the second of output is 32 kB, more than the 20 kB the process may write
+    done = run_limited(20_000, ["-m", "arvc", "infer", "export", "in.wav", "out.wav"], tmp_path)
+    output = " ".join((done.stdout + done.stderr).split())  # rich wraps long lines
+    assert done.returncode == 1, output
+    assert "error: could not write out.wav" in output and "LibsndfileError" in output, output
+    assert "Traceback" not in output
+    assert not out.exists() and temporaries(tmp_path) == []

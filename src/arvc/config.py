@@ -167,26 +167,31 @@ class RunConfig:
     def validate(self) -> None:
         """Reject inconsistent settings early, with a message naming the offending fields."""
         d, m = self.data, self.model
-        positive = {
-            "data.sampling_rate": d.sampling_rate,
-            "data.hop_length": d.hop_length,
-            "data.filter_length": d.filter_length,
-            "data.segment_size": d.segment_size,
-            "data.feature_dim": d.feature_dim,
-            "model.n_heads": m.n_heads,
-            "model.spk_embed_dim": m.spk_embed_dim,
-            "train.epochs": self.train.epochs,
-            "train.batch_size": self.train.batch_size,
-        }
-        errors = [f"{k} must be positive" for k, v in positive.items() if v <= 0]
-        if errors:  # the checks below divide by these
+        errors = _size_errors(d, m, self.train)
+        if errors:  # the checks below divide by these and build lists of them
             raise ValueError("invalid config: " + "; ".join(errors))
         if self.version not in ("v1", "v2"):
             errors.append(f"version must be 'v1' or 'v2', got {self.version!r}")
         if d.segment_size % d.hop_length:
             errors.append(f"data.segment_size ({d.segment_size}) must be a multiple of hop_length")
         if d.win_length > d.filter_length:
-            errors.append("data.win_length must not exceed data.filter_length")
+            errors.append(
+                f"data.win_length ({d.win_length}) must not exceed data.filter_length ({d.filter_length})"
+            )
+        if not (_finite(d.mel_fmin) and 0 <= d.mel_fmin < d.sampling_rate / 2):
+            errors.append(
+                f"data.mel_fmin = {d.mel_fmin!r} must be >= 0 and below half the sampling rate "
+                f"({d.sampling_rate / 2:g} Hz)"
+            )
+        elif d.mel_fmax is not None and not (
+            _finite(d.mel_fmax) and d.mel_fmin < d.mel_fmax <= d.sampling_rate / 2
+        ):
+            errors.append(
+                f"data.mel_fmax = {d.mel_fmax!r} must be above data.mel_fmin ({d.mel_fmin:g}) and at most "
+                f"half the sampling rate ({d.sampling_rate / 2:g} Hz), or null (half the sampling rate)"
+            )
+        if not (_finite(m.p_dropout) and 0 <= m.p_dropout < 1):
+            errors.append(f"model.p_dropout = {m.p_dropout!r} must be in [0, 1) (RVC's 0)")
         if math.prod(m.upsample_rates) != d.hop_length:
             errors.append(
                 f"prod(model.upsample_rates) = {math.prod(m.upsample_rates)} must equal "
@@ -211,9 +216,14 @@ class RunConfig:
         if any(len(ds) != need for ds in m.resblock_dilation_sizes):
             errors.append(f"resblock {m.resblock} needs {need} dilations per kernel")
         if m.hidden_channels % m.n_heads:
-            errors.append("model.hidden_channels must be divisible by model.n_heads")
+            errors.append(
+                f"model.hidden_channels ({m.hidden_channels}) must be divisible by "
+                f"model.n_heads ({m.n_heads})"
+            )
         if m.inter_channels % 2:
-            errors.append("model.inter_channels must be even (the flow splits it in halves)")
+            errors.append(
+                f"model.inter_channels = {m.inter_channels} must be even (the flow splits it in halves)"
+            )
         div = m.disc_channel_div
         if div < 1 or div & (div - 1) or div > 16:
             errors.append("model.disc_channel_div must be a power of two between 1 and 16")
@@ -222,6 +232,51 @@ class RunConfig:
         errors += _schedule_errors(self.train) + _train_errors(self.train)
         if errors:
             raise ValueError("invalid config: " + "; ".join(errors))
+
+
+def _size_errors(d: DataConfig, m: ModelConfig, t: TrainConfig) -> list[str]:
+    """Every size and count of the data, model and train sections out of its range, one message per value."""
+    at_least = {
+        "data.sampling_rate": (d.sampling_rate, 1),
+        "data.filter_length": (d.filter_length, 1),
+        "data.hop_length": (d.hop_length, 1),
+        "data.win_length": (d.win_length, 1),
+        "data.n_mel_channels": (d.n_mel_channels, 1),
+        "data.feature_dim": (d.feature_dim, 1),
+        "data.segment_size": (d.segment_size, 1),
+        "model.inter_channels": (m.inter_channels, 2),  # the flow splits it in halves
+        "model.hidden_channels": (m.hidden_channels, 1),
+        "model.filter_channels": (m.filter_channels, 1),
+        "model.n_heads": (m.n_heads, 1),
+        "model.n_layers": (m.n_layers, 0),  # 0: the text encoder is its projections only
+        "model.kernel_size": (m.kernel_size, 1),
+        "model.upsample_initial_channel": (m.upsample_initial_channel, 1),
+        "model.spk_embed_dim": (m.spk_embed_dim, 1),
+        "model.gin_channels": (m.gin_channels, 1),
+        "train.epochs": (t.epochs, 1),
+        "train.batch_size": (t.batch_size, 1),
+    }
+    errors = [
+        f"{key} = {value!r} must be an integer >= {low}"
+        for key, (value, low) in at_least.items()
+        if value < low
+    ]
+    lists = {  # key: (its value, the numbers in it)
+        "model.resblock_kernel_sizes": (m.resblock_kernel_sizes, m.resblock_kernel_sizes),
+        "model.upsample_rates": (m.upsample_rates, m.upsample_rates),
+        "model.upsample_kernel_sizes": (m.upsample_kernel_sizes, m.upsample_kernel_sizes),
+        "model.resblock_dilation_sizes": (
+            m.resblock_dilation_sizes,
+            [v for ds in m.resblock_dilation_sizes for v in ds] if all(m.resblock_dilation_sizes) else [],
+        ),
+    }
+    errors += [
+        f"{key} = {value!r} must be a non-empty list of integers >= 1"
+        + (" (of lists)" if "dilation" in key else "")
+        for key, (value, numbers) in lists.items()
+        if not numbers or any(v < 1 for v in numbers)
+    ]
+    return errors
 
 
 def _schedule_errors(t: TrainConfig) -> list[str]:

@@ -229,13 +229,13 @@ def test_plain_data_that_is_no_model(tmp_path):
 def test_rvc_presets_export_rvc_files_and_are_recognised_from_their_weights(name):
     """Every RVC preset (v1 too) gets an RVC .pth on export, and a bare generator state dict of its shapes
     is recognised as that preset (RVC v1 32k/48k have their own upsampling, not v2's)."""
-    from arvc.modelfile.export import _is_rvc_compatible
+    from arvc.modelfile.export import is_rvc_sized
     from arvc.modelfile.read import _match_preset
 
     cfg = load_config(name)
-    assert _is_rvc_compatible(cfg)
+    assert is_rvc_sized(cfg)
     with torch.device("meta"):
         state = Synthesizer(cfg).state_dict()
     matched = _match_preset(state)
     assert matched is not None and matched.name == name and matched.version == name[:2]
-    assert not _is_rvc_compatible(load_config("tiny"))
+    assert not is_rvc_sized(load_config("tiny"))

@@ -20,6 +20,7 @@ from arvc._files import atomic_file
 
 __all__ = [
     "AudioLoadError",
+    "OUTPUT_FORMATS",
     "SUPPORTED_EXTENSIONS",
     "Slicer",
     "audio_duration",
@@ -29,9 +30,22 @@ __all__ = [
     "load_audio",
     "normalize_peak",
     "resample",
+    "output_format",
     "split_for_training",
+    "write_audio",
     "write_wav",
 ]
+
+#: What `arvc infer` writes for each output extension: soundfile (format, subtype), where this machine's
+#: libsndfile can (MP3 needs libsndfile >= 1.1). WAV and FLAC are 16-bit PCM, as RVC WebUI writes them:
+#: every tool reads them without a warning. (soundfile's float WAV has a fmt chunk without its cbSize
+#: extension: sox warns "header missing extended part of fmt chunk" and Python's wave module refuses it.)
+OUTPUT_FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+}
 
 #: Extensions read through libsndfile. MP3 needs libsndfile >= 1.1 (bundled with soundfile >= 0.12).
 SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
@@ -124,9 +138,33 @@ def load_audio(path: str | os.PathLike, sr: int | None = None) -> np.ndarray:
 
 
 def write_wav(path: str | os.PathLike, wave: np.ndarray, sr: int) -> None:
-    """Write a float32 WAV atomically (temp file + rename) so an interrupted run leaves no half file."""
+    """Write a float32 WAV (arvc's own data: slices, training samples) atomically (temp file + rename) so
+    an interrupted run leaves no half file."""
     with atomic_file(path, suffix=".wav") as temporary:
         sf.write(temporary, np.asarray(wave, dtype=np.float32), sr, subtype="FLOAT")
+
+
+@functools.lru_cache(maxsize=8)
+def output_format(path: str | os.PathLike) -> tuple[str, str]:
+    """The soundfile (format, subtype) a converted recording is written in, from its extension; a
+    ValueError naming the ones this machine can write for any other."""
+    path = Path(path)
+    writable = [ext for ext, (fmt, subtype) in OUTPUT_FORMATS.items() if sf.check_format(fmt, subtype)]
+    if path.suffix.lower() not in writable:
+        what = f"{path.suffix!r}" if path.suffix else "a name without an extension"
+        raise ValueError(
+            f"output {path}: the format follows the extension, and arvc writes {', '.join(writable)}; "
+            f"{what} is not one of them: name it e.g. {path.with_suffix('.wav')}"
+        )
+    return OUTPUT_FORMATS[path.suffix.lower()]
+
+
+def write_audio(path: str | os.PathLike, wave: np.ndarray, sr: int) -> None:
+    """Write a finished recording (a conversion) atomically, in the format its extension names
+    (`OUTPUT_FORMATS`); a failed write is an `arvc._files.WriteError` and leaves `path` as it was."""
+    fmt, subtype = output_format(path)
+    with atomic_file(path, suffix=Path(path).suffix) as temporary:
+        sf.write(temporary, np.asarray(wave, dtype=np.float32), sr, format=fmt, subtype=subtype)
 
 
 @functools.lru_cache(maxsize=8)

@@ -85,6 +85,7 @@ def compare(
     if precision_study:
         _run_precision_study(out_dir / (name or "precision-study"), study_steps)
         return
+    from arvc.compare.report import short_run_warning, short_runs
     from arvc.compare.runner import check_request, run_compare
     from arvc.data.preprocess import DataError
     from arvc.train.checkpoint import CheckpointError
@@ -130,6 +131,11 @@ def compare(
         console.print(f"[yellow]{name} seed {seed} failed:[/yellow] {error}", highlight=False)
     if not result.ranked:  # a report with nothing in it is not a success
         fail(f"no contestant finished; the errors are above and in {target / 'report.md'}")
+    short = short_runs(result.results)
+    if short is not None:
+        console.print(
+            f"[yellow]warning:[/yellow] {short_run_warning(short)}", highlight=False, soft_wrap=True
+        )
     console.print(f"report: {target / 'report.md'} and {target / 'report.html'}")
 
 

@@ -96,7 +96,12 @@ def infer_command(
         Path, typer.Argument(help="model.safetensors/json, export folder, ckpt_*.pt or RVC .pth.")
     ],
     input_wav: Annotated[Path, typer.Argument(metavar="INPUT", help="Recording to convert.")],
-    output_wav: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Where to write the converted WAV.")],
+    output_wav: Annotated[
+        Path,
+        typer.Argument(
+            metavar="OUTPUT", help="Where to write the conversion: .wav or .flac (16-bit), .ogg (or .mp3)."
+        ),
+    ],
     pitch: Annotated[float, typer.Option(help="Transpose by N semitones (12 = an octave up).")] = 0.0,
     f0: Annotated[
         str, typer.Option(help="Pitch extractor: pm, harvest, dio, crepe, crepe-tiny, rmvpe.")
@@ -109,7 +114,10 @@ def infer_command(
     ] = None,
     features: Annotated[
         str | None,
-        typer.Option(help="Content features: mel or hubert (default: hubert if --hubert is given)."),
+        typer.Option(
+            help="Content features: mel or hubert (default: what the model was trained on where its file "
+            "says, else hubert if --hubert is given, else mel)."
+        ),
     ] = None,
     hubert: Annotated[
         Path | None,
@@ -117,16 +125,21 @@ def infer_command(
     ] = None,
     embedder_layer: EmbedderLayerOption = None,
     chunk_seconds: Annotated[float, typer.Option(help="Convert long inputs in chunks of about N s.")] = 10.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Convert a recording into the model's voice."""
-    from arvc.infer.convert import convert, load_voice_model
+    from arvc.infer.convert import check_output, convert, load_voice_model
 
     if not input_wav.is_file():
         fail(f"input audio {input_wav} does not exist")
     if output_wav.resolve() == input_wav.resolve():
         fail(f"output {output_wav} is the input file; choose another output path")
+    try:
+        check_output(output_wav, overwrite)  # before the model is even loaded
+    except ValueError as error:
+        fail(str(error))
     rate = index_rate if index_rate is not None else (DEFAULT_INDEX_RATE if index is not None else 0.0)
-    kind = features or ("hubert" if hubert is not None else "mel")
+    kind = features or ("hubert" if hubert is not None else None)  # None: the model's own, else mel
     columns = (TextColumn("converting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         net, cfg = load_voice_model(model)
@@ -147,7 +160,8 @@ def infer_command(
                 embedder_layer=embedder_layer,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 chunk_seconds=chunk_seconds,
+                overwrite=overwrite,
             )
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, ImportError, OSError) as error:  # OSError: FileNotFoundError, a failed write
         fail(str(error))
     _app.console.print(f"wrote {output_wav} ({cfg.data.sampling_rate} Hz)", highlight=False)

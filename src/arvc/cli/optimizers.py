@@ -18,6 +18,8 @@ from arvc.config import TrainConfig
 from arvc.optim import OPTIMIZERS, get_spec, state_bytes_per_param
 from arvc.optim.recommend import PRECISIONS, recommend
 
+DATASET_PLACEHOLDER = "DATASET/"
+
 
 def _devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -115,9 +117,10 @@ def recommend_command(
         f"[bold]{advice.optimizer}[/bold]  lr {advice.lr:g}, batch {advice.batch_size}, "
         f"{advice.epochs} epochs" + (f" ({options})" if options else "")
     )
-    command = (
-        f"arvc train --optimizer {advice.optimizer} --lr {advice.lr:g} --batch-size {advice.batch_size} "
-        f"--epochs {advice.epochs} --precision {precision}"
+    command = (  # DATASET/ stands out: copied as is, a command without a dataset trains the demo voice
+        f"arvc train {DATASET_PLACEHOLDER} --optimizer {advice.optimizer} --lr {advice.lr:g} "
+        f"--batch-size {advice.batch_size} --epochs {advice.epochs} --precision {precision}"
     )
-    _app.console.print(f"  {command}", soft_wrap=True, highlight=False)
+    _app.console.print(f"  {command}", soft_wrap=True, highlight=False, markup=False)
+    _app.console.print(f"  ({DATASET_PLACEHOLDER}: your folder of recordings)", highlight=False, markup=False)
     _app.console.print(advice.reason)

@@ -267,6 +267,14 @@ def train(
         Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint for --features hubert.")
     ] = None,
     embedder_layer: EmbedderLayerOption = None,
+    allow_mel_rvc_config: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mel-rvc-config",
+            help="For testing only: train a v1-*/v2-* config on mel features (the model works in arvc only; "
+            "no RVC .pth is exported).",
+        ),
+    ] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override KEY=VALUE (repeatable).")
     ] = None,
@@ -337,6 +345,7 @@ def train(
                 features=features,
                 hubert=hubert,
                 embedder_layer=embedder_layer,
+                allow_mel_rvc_config=allow_mel_rvc_config,
                 overrides=_parse_overrides(set_ or []),
                 pretrained_g=pretrained_g,
                 pretrained_d=pretrained_d,

@@ -16,9 +16,12 @@ from arvc.train.logs import read_metrics
 __all__ = [
     "COLUMNS",
     "FIGURES",
+    "MIN_RANKING_STEPS",
     "TIE_RULE",
     "collect_results",
     "ranking",
+    "short_run_warning",
+    "short_runs",
     "spread",
     "summarize",
     "table_rows",
@@ -53,6 +56,29 @@ TIE_RULE = (
     "(a ≤ d and c ≤ b for ranges [a, b] and [c, d]): the difference of their means is then no larger than "
     "what changing the seed alone does."
 )
+
+
+# The shortest run a ranking means something at: the demo's default comparison (60 epochs x 5 steps), the
+# shortest in which every paired schedule takes its shape (docs/compare.md); 25-step runs ranked schedules
+# and noise.
+MIN_RANKING_STEPS = 300
+
+
+def short_run_warning(steps: int) -> str:
+    """What a ranking of runs of `steps` (< MIN_RANKING_STEPS) steps is worth, said once for the CLI and
+    the report."""
+    return (
+        f"runs of {steps} steps, fewer than the {MIN_RANKING_STEPS} a ranking needs: the order is a quick "
+        "look, not a verdict (short GAN runs rank their first steps and the schedules' start); use more "
+        "--epochs so that every run has a few hundred steps (docs/compare.md)"
+    )
+
+
+def short_runs(results: dict[str, dict]) -> int | None:
+    """The fewest steps of a finished run when that is below MIN_RANKING_STEPS; None when every run is long
+    enough (or none finished)."""
+    steps = [r["steps"] for runs in finished_runs(results).values() for r in runs if "steps" in r]
+    return min(steps) if steps and min(steps) < MIN_RANKING_STEPS else None
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:
@@ -230,6 +256,7 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
         recs = runs[0]["epoch_records"]  # the schedule does not depend on the seed
         ax.plot([x["epoch"] for x in recs], [x["lr"] for x in recs], marker=".", label=name)
     ax.set(xlabel="epoch", ylabel="learning rate (generator)", title="lr schedule followed")
+    _plain_lr_axes(ax)
     ax.legend(fontsize="small")
     paths["lr_schedule.png"] = _save(fig, out_dir / "lr_schedule.png")
 
@@ -248,6 +275,15 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
     paths["mel_vs_time.png"] = _save(fig, out_dir / "mel_vs_time.png")
     plt.close("all")
     return paths
+
+
+def _plain_lr_axes(ax) -> None:
+    """Plain lr values on the y axis (matplotlib's default wrote 0.999875-scale steps as ticks under a
+    `1e-7+1e-3` offset) and whole epochs on the x axis (not 1.5, 2.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)  # as many digits as the ticks need
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _smooth(values: list[float]) -> list[float]:
@@ -320,11 +356,20 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     if not figures:
         notes.append("No figures: no contestant finished a seed.")
     ranked = ranking({name: summarize(entry) for name, entry in results.items()})
+    heading = "Ranked by mean final held-out mel L1 (lower is better):"
+    short = short_runs(results)
+    if short is not None:
+        notes.insert(0, f"Warning: {short_run_warning(short)}.")
+        heading = (
+            f"Ranked by mean final held-out mel L1 (lower is better) — PRELIMINARY, runs of {short} steps:"
+        )
 
     md = ["# arvc compare", ""]
+    if short is not None:
+        md += [f"**Preliminary: {short_run_warning(short)}.**", ""]
     md += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
-    md += ["", "Ranked by mean final held-out mel L1 (lower is better):", ""]
+    md += ["", heading, ""]
     md += [*ranked, ""]
     md += [*[f"- {note}" for note in notes], ""]
     for file, title in FIGURES.items():
@@ -344,12 +389,15 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     )
     ranked_html = "".join(f"<li>{html.escape(line.split('. ', 1)[1])}</li>" for line in ranked)
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    banner = (
+        f"<p><strong>Preliminary: {html.escape(short_run_warning(short))}.</strong></p>\n" if short else ""
+    )
     page = (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>arvc compare</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
-        f"</style></head><body><h1>arvc compare</h1>\n<table><tr>{cells}</tr>\n{body}</table>\n"
-        f"<p>Ranked by mean final held-out mel L1 (lower is better):</p>\n<ol>{ranked_html}</ol>\n"
+        f"</style></head><body><h1>arvc compare</h1>\n{banner}<table><tr>{cells}</tr>\n{body}</table>\n"
+        f"<p>{html.escape(heading)}</p>\n<ol>{ranked_html}</ol>\n"
         f"<ul>{notes_html}</ul>\n{images}</body></html>\n"
     )
     html_path = out_dir / "report.html"

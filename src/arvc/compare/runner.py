@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from arvc.compare.evaluate import split_dataset
-from arvc.compare.report import finished_runs
+from arvc.compare.report import MIN_RANKING_STEPS, finished_runs, short_run_warning
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
@@ -467,6 +467,10 @@ def run_compare(
     warnings = warmup_warnings(variants, cfg, pieces // cfg.train.batch_size, max_steps)
     for warning in warnings:
         logger.warning("%s", warning)
+    steps = cfg.train.epochs * (pieces // cfg.train.batch_size)
+    steps = min(steps, max_steps) if max_steps is not None else steps
+    if steps < MIN_RANKING_STEPS:  # said before the wait; the report is marked from the runs themselves
+        logger.warning("%s", short_run_warning(steps))
     _check_same_setup(out_dir, setup, {"seeds": run_seeds, "warnings": warnings})
     evaluator = Validator(cfg, out_dir / "data", split.held, seed=seed, device=device)
     # Denormal floats make some optimizers' first steps (RAdam's un-rectified phase) ~100x slower on CPU,

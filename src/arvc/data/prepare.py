@@ -12,7 +12,7 @@ from arvc.config import RunConfig
 from arvc.data.demo import generate_demo_voice
 from arvc.data.preprocess import MANIFEST, DataError, PreprocessResult, Progress, preprocess
 
-__all__ = ["DEMO_SECONDS", "DataSettings", "cache_dir", "data_settings", "prepare_data"]
+__all__ = ["DEMO_SECONDS", "DataSettings", "cache_dir", "data_settings", "prepare_data", "recorded_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,15 @@ def data_settings(
     return DataSettings(
         recorded.get("f0_method"), recorded.get("features"), True, recorded.get("embedder_layer")
     )
+
+
+def recorded_features(data_dir: Path) -> str | None:
+    """The content features (mel, hubert) the data in `data_dir` was preprocessed with; None: not known."""
+    try:
+        recorded = json.loads((Path(data_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded.get("features") if isinstance(recorded, dict) else None
 
 
 def prepare_data(

@@ -52,6 +52,7 @@ __all__ = [
     "SAMPLE_RATES",
     "STAGE_DIRS",
     "preprocess",
+    "unused_analysis_flags",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,31 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     write_text(path, text)
+
+
+def unused_analysis_flags(
+    f0_method: str,
+    features: str,
+    *,
+    rmvpe: object = None,
+    hubert: object = None,
+    embedder_layer: int | None = None,
+) -> list[str]:
+    """The flags given that the pitch method and content features in use would silently ignore, one message
+    each (train, preprocess and infer refuse them: `--rmvpe` alone still meant pm pitch)."""
+    errors = []
+    if rmvpe is not None and f0_method != "rmvpe":
+        errors.append(
+            f"--rmvpe is used only with --f0 rmvpe, and the pitch method here is {f0_method}: add "
+            "--f0 rmvpe, or drop --rmvpe"
+        )
+    for flag, value in (("--hubert", hubert), ("--embedder-layer", embedder_layer)):
+        if value is not None and features != "hubert":
+            errors.append(
+                f"{flag} is used only with --features hubert, and the features here are {features}: add "
+                f"--features hubert, or drop {flag}"
+            )
+    return errors
 
 
 def _validate(
@@ -202,6 +228,11 @@ def preprocess(
     ``rmvpe.pt`` for ``f0_method="rmvpe"``.
     """
     dataset_dir, run_dir = Path(dataset_dir).expanduser(), Path(run_dir).expanduser()
+    unused = unused_analysis_flags(
+        f0_method, features, rmvpe=rmvpe_path, hubert=hubert_path, embedder_layer=embedder_layer
+    )
+    if unused:
+        raise DataError("; ".join(unused))
     files = _validate(dataset_dir, run_dir, int(sample_rate), f0_method, features)
 
     unreadable: list[tuple[Path, str]] = []

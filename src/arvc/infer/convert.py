@@ -27,13 +27,14 @@ import torch
 
 from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, coarse_f0, extract_f0, rmvpe_model
 from arvc.audio.features import FEATURE_SR, get_extractor
-from arvc.audio.io import AudioLoadError, highpass, load_audio, write_wav
+from arvc.audio.io import AudioLoadError, highpass, load_audio, output_format, write_audio
 from arvc.config import RunConfig
+from arvc.data.preprocess import unused_analysis_flags
 from arvc.infer.index import FeatureIndex, blend_features, load_index
 from arvc.model import Synthesizer
 from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
 
-__all__ = ["CHUNK_SECONDS", "ConvertError", "convert", "load_voice_model"]
+__all__ = ["CHUNK_SECONDS", "ConvertError", "check_output", "convert", "load_voice_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ def load_voice_model(path: str | os.PathLike) -> tuple[Synthesizer, RunConfig]:
     """A ready-to-run generator (eval mode, weight norm folded) and its config.
 
     Reads arvc exports (``model.safetensors``/``model.json`` or their folder), arvc checkpoints
-    and RVC inference ``.pth`` files (config rebuilt from their 18-value list).
+    and RVC inference ``.pth`` files (config rebuilt from their 18-value list). The generator's
+    ``trained_features`` says what content features it was trained on where the file records it (arvc
+    exports: mel or hubert), else None; `convert` uses it as its default and holds conversions to it.
     """
     mf = read_model_file(path)
     if mf.generator is None:
@@ -83,10 +86,41 @@ def load_voice_model(path: str | os.PathLike) -> tuple[Synthesizer, RunConfig]:
     # enc_q (training only) is absent from inference files: not worth more than a debug line here.
     load_state_strict(net, mf.generator, mf, cfg, optional=("enc_q.",), absent_level=logging.DEBUG)
     net.remove_weight_norm()
+    net.trained_features = mf.features
     return net.eval(), cfg
 
 
-def _check_options(cfg: RunConfig, pitch: float, f0_method: str, index_rate: float, features: str) -> None:
+def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse, before any work, an output that cannot be written as asked: a format the extension does not
+    name, a folder, an existing file without `overwrite`, a place whose nearest existing folder is a file
+    or not writable (a read-only mount refuses root too). Missing folders are made when it is written."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConvertError(f"output {path} is a folder; name a file in it, e.g. {path / 'converted.wav'}")
+    try:
+        output_format(path)
+    except ValueError as error:
+        raise ConvertError(str(error)) from error
+    if path.exists() and not overwrite:
+        raise ConvertError(
+            f"output {path} exists; pass --overwrite to replace it, or choose another name (nothing was "
+            "converted)"
+        )
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConvertError(f"{existing} is a file, not a folder: output {path} cannot be written there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConvertError(
+            f"{existing} is not writable (read-only, or no permission): choose another place for {path}"
+        )
+    return path
+
+
+def _check_options(
+    cfg: RunConfig, pitch: float, f0_method: str, index_rate: float, features: str, trained: str | None
+) -> None:
     if not math.isfinite(pitch) or abs(pitch) > 48:
         raise ConvertError(f"pitch {pitch} semitones is out of range; use -48..48 (12 = one octave up)")
     if f0_method not in F0_METHODS:
@@ -94,7 +128,14 @@ def _check_options(cfg: RunConfig, pitch: float, f0_method: str, index_rate: flo
     if not 0.0 <= index_rate <= 1.0:
         raise ConvertError(f"index rate {index_rate} must be between 0 (no retrieval) and 1 (all retrieval)")
     dim = cfg.data.feature_dim
-    if features == "mel" and dim in RVC_FEATURE_DIMS:
+    if trained is not None:  # the model file says what it was trained on
+        if features != trained:
+            raise ConvertError(
+                f"the model was trained on {dim}-d {trained} features, not {features}: "
+                f"pass --features {trained}"
+                + (" --hubert PATH with the HuBERT model it was trained with" if trained == "hubert" else "")
+            )
+    elif features == "mel" and dim in RVC_FEATURE_DIMS:
         raise ConvertError(
             f"the model uses {dim}-d HuBERT/ContentVec features (RVC layout), not mel: pass "
             "--features hubert --hubert PATH with the HuBERT model it was trained with"
@@ -156,7 +197,7 @@ def convert(
     f0_method: str = "pm",
     index: str | os.PathLike | FeatureIndex | None = None,
     index_rate: float = 0.0,
-    features: str = "mel",
+    features: str | None = None,
     hubert_path: str | os.PathLike | None = None,
     progress: Progress | None = None,
     *,
@@ -164,22 +205,33 @@ def convert(
     embedder_layer: int | None = None,
     chunk_seconds: float = CHUNK_SECONDS,
     seed: int = 0,
+    overwrite: bool = True,
 ) -> Path:
     """Convert ``input_wav`` into the model's voice and write ``output_wav`` at the model's sample rate.
 
+    ``features`` (mel, hubert) defaults to what the model was trained on where its file says, else mel.
     ``pitch`` transposes by semitones; ``index``/``index_rate`` enable retrieval (0 = off);
     ``progress(done, total)`` is called with chunk counts. The output has exactly
     ``round(seconds * sample_rate)`` samples and is scaled down if it would clip (as RVC does).
-    Returns the output path.
+    The output's format follows its extension (`arvc.audio.io.OUTPUT_FORMATS`: 16-bit WAV or FLAC,
+    Ogg Vorbis, MP3 where libsndfile writes it); with ``overwrite=False`` an existing output is refused.
+    Every check is done before any work. Returns the output path.
     """
-    _check_options(cfg, pitch, f0_method, index_rate, features)
+    trained = getattr(model, "trained_features", None)
+    features = features or trained or "mel"
+    _check_options(cfg, pitch, f0_method, index_rate, features, trained)
+    unused = unused_analysis_flags(
+        f0_method, features, rmvpe=rmvpe_path, hubert=hubert_path, embedder_layer=embedder_layer
+    )
+    if unused:
+        raise ConvertError("; ".join(unused))
     if f0_method == "rmvpe":
         if rmvpe_path is None:
             raise ConvertError(RMVPE_NEEDED)
         rmvpe_model(rmvpe_path, next(model.parameters()).device)  # a wrong file fails before any work
     if chunk_seconds < 0.5:
         raise ConvertError(f"chunk_seconds {chunk_seconds} is too short; use at least 0.5 (default 10)")
-    input_wav, output_wav = Path(input_wav).expanduser(), Path(output_wav).expanduser()
+    input_wav, output_wav = Path(input_wav).expanduser(), check_output(output_wav, overwrite)
     if not input_wav.is_file():
         raise ConvertError(f"input audio {input_wav} does not exist")
     if isinstance(index, (str, os.PathLike)):
@@ -254,7 +306,7 @@ def convert(
     if peak > PEAK:
         logger.info("output peak %.2f: scaled down to %.2f to avoid clipping", peak, PEAK)
         out *= PEAK / peak
-    write_wav(output_wav, out.astype(np.float32), sr)
+    write_audio(output_wav, out.astype(np.float32), sr)
     logger.info("converted %s -> %s (%d chunks, %.1f s)", input_wav, output_wav, total, len(out) / sr)
     return output_wav
 

@@ -43,6 +43,8 @@ def describe_model_file(path: str | Path) -> dict[str, Any]:
         "config": cfg.name if cfg else None,
         "feature_dim": cfg.data.feature_dim if cfg else None,
     }
+    if mf.features:
+        out["features"] = mf.features
     if mf.generator is not None:
         out["has_enc_q"] = any(k.startswith("enc_q.") for k in mf.generator)
     if mf.info:

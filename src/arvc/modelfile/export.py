@@ -18,7 +18,7 @@ from arvc._files import atomic_file, write_text
 from arvc.config import RunConfig, rvc_config_list
 from arvc.modelfile.formats import EXPORT_FORMAT
 
-__all__ = ["ExportError", "export_generator", "inference_state_dict"]
+__all__ = ["ExportError", "export_generator", "inference_state_dict", "is_rvc_sized"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ def inference_state_dict(generator: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _is_rvc_compatible(cfg: RunConfig) -> bool:
+def is_rvc_sized(cfg: RunConfig) -> bool:
+    """An RVC preset's shape (v2: 768-d, v1: 256-d features at 32/40/48 kHz): RVC's tools can load it, and
+    will feed it HuBERT/ContentVec features."""
     return cfg.data.sampling_rate in RVC_SAMPLE_RATES and (cfg.data.feature_dim, cfg.name[:2]) in (
         (768, "v2"),
         (256, "v1"),
@@ -58,11 +60,19 @@ def _is_rvc_compatible(cfg: RunConfig) -> bool:
 
 
 def export_generator(
-    generator: torch.nn.Module, cfg: RunConfig, out_dir: Path, info: str = "", explain: bool = True
+    generator: torch.nn.Module,
+    cfg: RunConfig,
+    out_dir: Path,
+    info: str = "",
+    explain: bool = True,
+    features: str | None = None,
 ) -> dict[str, Path]:
     """Write `model.safetensors` + `model.json` (and `model_rvc.pth` for RVC-sized configs) to out_dir.
 
-    `explain=False` skips the info line on why no `.pth` was written (for repeated exports of one run)."""
+    `features` is what the model was trained on (mel, hubert; None: not known), recorded in both files. A
+    model trained on mel features gets no RVC `.pth` whatever its size: RVC's tools would feed it HuBERT
+    features. `explain=False` skips the info line on why no `.pth` was written (for repeated exports of one
+    run)."""
     out_dir = Path(out_dir)
     weights = {k: v.float() for k, v in inference_state_dict(generator).items()}
     _check_finite(weights, out_dir)
@@ -74,17 +84,22 @@ def export_generator(
         save_file(
             weights,
             str(temporary),
-            metadata={"format": EXPORT_FORMAT, "config": json.dumps(cfg.to_dict())},
+            metadata={
+                "format": EXPORT_FORMAT,
+                "config": json.dumps(cfg.to_dict()),
+                **({"features": features} if features else {}),
+            },
         )
     written["safetensors"] = safetensors_path
 
     config_path = out_dir / "model.json"
-    write_text(
-        config_path, json.dumps({"format": EXPORT_FORMAT, "info": info, "config": cfg.to_dict()}, indent=2)
-    )
+    meta = {"format": EXPORT_FORMAT, "info": info, "config": cfg.to_dict()}
+    if features:
+        meta["features"] = features
+    write_text(config_path, json.dumps(meta, indent=2))
     written["config"] = config_path
 
-    if _is_rvc_compatible(cfg):
+    if is_rvc_sized(cfg) and features != "mel":
         rvc = {
             "weight": {k: v.half() for k, v in weights.items()},
             "config": rvc_config_list(cfg),
@@ -97,6 +112,11 @@ def export_generator(
         with atomic_file(rvc_path) as temporary:
             torch.save(rvc, temporary)
         written["rvc"] = rvc_path
+    elif explain and is_rvc_sized(cfg):
+        logger.info(
+            "the model was trained on mel features, not HuBERT/ContentVec: no RVC .pth written (RVC's tools "
+            "would feed it HuBERT features); it converts in arvc only (arvc infer --features mel)"
+        )
     elif explain:
         logger.info(
             "config %s is not RVC-sized (needs a v2/v1 preset's 32k/40k/48k, 768/256-d): no RVC .pth written",

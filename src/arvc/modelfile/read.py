@@ -69,6 +69,7 @@ class ModelFile:
     hyperparameters: dict[str, Any] | None = None
     epoch: int | None = None
     step: int | None = None
+    features: str | None = None  # content features it was trained on (mel, hubert), where the file says
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -247,7 +248,15 @@ def _read_export(path: Path, weights_path: Path, info: str | None = None) -> Mod
     except (KeyError, ValueError) as error:
         raise PretrainedError(f"{weights_path}: the config in its metadata is invalid ({error})") from error
     mf = ModelFile(
-        "arvc-export", path, weights, None, cfg.data.sampling_rate, cfg.version, config=cfg, info=info
+        "arvc-export",
+        path,
+        weights,
+        None,
+        cfg.data.sampling_rate,
+        cfg.version,
+        config=cfg,
+        info=info,
+        features=meta.get("features"),
     )
     return _fill(mf)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from arvc.data.prepare import recorded_features
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator
 from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
@@ -36,6 +37,10 @@ def export_run(run_dir: Path) -> RunExport:
     net = Synthesizer(mf.config)
     load_state_strict(net, mf.generator, source=mf, cfg=mf.config)
     written = export_generator(
-        net, mf.config, run_dir / "export", info=f"arvc {mf.optimizer} epoch {mf.epoch}"
+        net,
+        mf.config,
+        run_dir / "export",
+        info=f"arvc {mf.optimizer} epoch {mf.epoch}",
+        features=recorded_features(run_dir / "data"),
     )
     return RunExport(checkpoint, mf.epoch, mf.step, written)

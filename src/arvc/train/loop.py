@@ -25,6 +25,7 @@ from arvc._files import WriteError, write_text
 from arvc.audio.io import highpass
 from arvc.config import RunConfig, apply_overrides, optimizer_value_errors
 from arvc.data.dataset import VoiceDataset, make_loader
+from arvc.data.prepare import recorded_features
 from arvc.data.preprocess import FILELIST
 from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
@@ -227,6 +228,7 @@ class _Run:
     tf32: bool  # TF32 matmuls (auto precision on Ampere and newer)
     train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
+    features: str | None = None  # what the data holds (mel, hubert), recorded in the exports
 
 
 @dataclass
@@ -338,6 +340,7 @@ def _build_run(
     return _Run(
         cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
         net_g, net_d, optim_g, optim_d, schedule, scaler, split, validator, tf32,
+        features=recorded_features(opts.data_dir),
     )  # fmt: skip
 
 
@@ -603,7 +606,7 @@ def _export_best(run: _Run, progress: _Progress) -> None:
 
     def export() -> None:
         info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
-        export_generator(run.net_g, run.cfg, folder, info=info, explain=False)  # the final export says it
+        export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
         write_text(folder / "best.json", json.dumps(best, indent=2))
 
     run.ranks.on_main(export, "export the best model")
@@ -714,7 +717,9 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
             logger.warning(message, progress.stopped_by, progress.step, run.run_dir)
         return result
     info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}"
-    export = lambda: export_generator(run.net_g, run.cfg, run.run_dir / "export", info=info)  # noqa: E731
+    export = lambda: export_generator(  # noqa: E731
+        run.net_g, run.cfg, run.run_dir / "export", info=info, features=run.features
+    )
     result.exports = run.ranks.on_main(export, "export") or {}  # the model is exported by rank 0
     if progress.best is not None:
         result.exports["best"] = run.run_dir / "export" / "best"

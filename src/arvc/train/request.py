@@ -19,6 +19,8 @@ from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
 from arvc.config import DEMO_EPOCHS, RunConfig, apply_overrides, load_config, optimizer_value_errors
 from arvc.data.outputs import check_run_name, run_products
 from arvc.data.prepare import DataSettings, data_settings, prepare_data
+from arvc.data.preprocess import unused_analysis_flags
+from arvc.modelfile.export import is_rvc_sized
 from arvc.modelfile.read import read_model_file
 from arvc.optim import get_spec
 from arvc.optim.registry import eight_bit_optimizer_class
@@ -57,6 +59,7 @@ class TrainRequest:
     features: str | None = None
     hubert: Path | None = None
     embedder_layer: int | None = None
+    allow_mel_rvc_config: bool = False  # for tests only: an RVC-sized config trained on mel features
     overrides: dict[str, Any] = field(default_factory=dict)  # config KEY -> value (--set)
     pretrained_g: Path | None = None
     pretrained_d: Path | None = None
@@ -205,6 +208,28 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
         _check_there_is_more_to_train(saved, cfg, r.max_steps, resume_file)
     settings = data_settings(run_dir / "data", cfg, r.f0, r.features, r.embedder_layer)  # reuses data there
+    unused = unused_analysis_flags(
+        settings.f0_method, settings.features, rmvpe=r.rmvpe, hubert=r.hubert, embedder_layer=r.embedder_layer
+    )
+    if r.min_delta is not None and cfg.train.early_stop is None:
+        unused.append(
+            f"--min-delta {r.min_delta} is used only by early stopping, which is off: add --early-stop "
+            "PATIENCE, or drop --min-delta"
+        )
+    if r.val_every is not None and cfg.train.val_fraction == 0:
+        unused.append(
+            f"--val-every {r.val_every} has nothing to evaluate: validation is off (val_fraction 0); drop "
+            "--val-every, or hold pieces out with --val-fraction F"
+        )
+    if unused:
+        raise ValueError("; ".join(unused) + " (nothing was changed)")
+    if r.resume is None and settings.features == "mel" and is_rvc_sized(cfg) and not r.allow_mel_rvc_config:
+        raise ValueError(
+            f"config {cfg.name} is an RVC model, which RVC, Applio and the VC Client feed HuBERT/ContentVec "
+            f"features, but this run would train it on {cfg.data.feature_dim}-d mel features (the default): "
+            "pass --features hubert --hubert PATH, or --config tiny to train on mel features; only to test "
+            "arvc itself, pass --allow-mel-rvc-config (its export then has no RVC .pth)"
+        )
     if settings.f0_method == "rmvpe":
         if r.rmvpe is not None:
             rmvpe_model(r.rmvpe)  # a missing or wrong file fails here (loaded once, reused by preprocessing)
