@@ -29,6 +29,8 @@ from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, coarse_f0, extract_f0, rmvpe
 from arvc.audio.features import FEATURE_SR, get_extractor
 from arvc.audio.io import AudioLoadError, highpass, load_audio, write_wav
 from arvc.config import RunConfig
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import resolve_device
 from arvc.infer.index import FeatureIndex, blend_features, load_index
 from arvc.model import Synthesizer
 from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
@@ -55,12 +57,14 @@ class ConvertError(ValueError):
     """The conversion cannot run as asked; the message names the value and what to do."""
 
 
-def load_voice_model(path: str | os.PathLike) -> tuple[Synthesizer, RunConfig]:
-    """A ready-to-run generator (eval mode, weight norm folded) and its config.
+def load_voice_model(path: str | os.PathLike, device: str = AUTO_DEVICE) -> tuple[Synthesizer, RunConfig]:
+    """A ready-to-run generator (eval mode, weight norm folded) on `device` and its config; `convert`
+    runs where the model is (auto: the GPU when there is one, see :mod:`arvc.device`).
 
     Reads arvc exports (``model.safetensors``/``model.json`` or their folder), arvc checkpoints
     and RVC inference ``.pth`` files (config rebuilt from their 18-value list).
     """
+    where = resolve_device(device)  # a bad device fails before the file is read
     mf = read_model_file(path)
     if mf.generator is None:
         raise PretrainedError(f"{mf.path} is a discriminator file; conversion needs a generator/voice model")
@@ -83,7 +87,8 @@ def load_voice_model(path: str | os.PathLike) -> tuple[Synthesizer, RunConfig]:
     # enc_q (training only) is absent from inference files: not worth more than a debug line here.
     load_state_strict(net, mf.generator, mf, cfg, optional=("enc_q.",), absent_level=logging.DEBUG)
     net.remove_weight_norm()
-    return net.eval(), cfg
+    logger.info("converting on %s", where.describe())
+    return net.eval().to(where.device), cfg
 
 
 def _check_options(cfg: RunConfig, pitch: float, f0_method: str, index_rate: float, features: str) -> None:
@@ -194,14 +199,16 @@ def convert(
         raise ConvertError(
             f"{input_wav} is {len(wave) / FEATURE_SR:.3f} s long; need at least {MIN_SECONDS} s"
         )
-    extractor = get_extractor(features, cfg.data.feature_dim, hubert_path, layer=embedder_layer)
+    device = next(model.parameters()).device
+    extractor = get_extractor(
+        features, cfg.data.feature_dim, hubert_path, device=device, layer=embedder_layer
+    )
     wave = highpass(wave, FEATURE_SR)
 
     sr, hop = cfg.data.sampling_rate, cfg.data.hop_length
     n_frames = math.ceil(len(wave) / FRAME)
     ctx = CONTEXT_FRAMES
     padded = np.pad(wave, (ctx * FRAME, ctx * FRAME + n_frames * FRAME - len(wave)), mode="reflect")
-    device = next(model.parameters()).device
     f0 = extract_f0(padded, f0_method, device=device, rmvpe_path=rmvpe_path)[: n_frames + 2 * ctx]
     f0 = f0 * 2.0 ** (pitch / 12.0)
     f0 = f0.astype(np.float32)
