@@ -113,3 +113,14 @@ def test_rng_state_of_a_machine_with_more_gpus_restores_those_this_one_has(gpus,
     gpus(0)
     set_rng_state({"torch": cpu, "cuda": states})  # on a CPU the GPU's generators are left aside
     assert len(restored) == 1
+
+
+def test_on_cuda_n_gpu_n_is_current_within_the_block(gpus):
+    """Triton kernels launch on torch's current GPU: on cuda:N that must be N (entered only on a GPU)."""
+    from arvc.device import current_gpu
+
+    gpus(2)
+    block = current_gpu(resolve_device("cuda:1").device)
+    assert isinstance(block, torch.cuda.device) and block.idx == 1
+    for asked in ("cpu", "cuda", "auto"):
+        assert not isinstance(current_gpu(resolve_device(asked).device), torch.cuda.device)

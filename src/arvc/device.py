@@ -9,12 +9,13 @@ a message that says what to do. Resolving only asks torch whether CUDA is there 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AUTO", "DEVICE_HELP", "DeviceChoice", "resolve_device"]
+__all__ = ["AUTO", "DEVICE_HELP", "DeviceChoice", "current_gpu", "resolve_device"]
 
 AUTO = "auto"
 DEVICE_HELP = "auto (default: CUDA when available, else CPU), cpu, cuda or cuda:N"
@@ -86,3 +87,12 @@ def resolve_device(asked: str | torch.device | None = AUTO, flag: str = "--devic
             "choose one of them (nvidia-smi lists them)"
         )
     return DeviceChoice(torch.device("cuda", index), "as asked")
+
+
+def current_gpu(device: torch.device) -> contextlib.AbstractContextManager:
+    """On `cuda:N`, GPU N is torch's current device within the block, restored after: what launches on the
+    current device (Triton kernels, torch.cuda calls without a device) goes to the tensors' GPU. Anything
+    else (the CPU, `cuda` without an index): nothing changes."""
+    if device.type != "cuda" or device.index is None:
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)

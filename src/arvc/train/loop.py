@@ -29,7 +29,7 @@ from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.data.preprocess import FILELIST
 from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
 from arvc.device import AUTO as AUTO_DEVICE
-from arvc.device import DeviceChoice, resolve_device
+from arvc.device import DeviceChoice, current_gpu, resolve_device
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.modelfile.export import export_generator
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
@@ -216,12 +216,9 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks, device: Devic
 
 # --- the phases of a run, in the order _train calls them ---------------------------------------------------
 def _current_gpu(device: torch.device, ranks: Ranks):
-    """One process on `cuda:N`: GPU N is torch's current device for the run (kernels that launch on the
-    current device, and torch.cuda calls without a device, go there); restored after. Under torchrun each
-    rank has already made its own GPU current."""
-    if device.type != "cuda" or device.index is None or ranks.distributed:
-        return contextlib.nullcontext()
-    return torch.cuda.device(device)
+    """One process on `cuda:N`: GPU N is torch's current device for the run (arvc.device.current_gpu).
+    Under torchrun each rank has already made its own GPU current."""
+    return contextlib.nullcontext() if ranks.distributed else current_gpu(device)
 
 
 def _training_device(asked: DeviceChoice, ranks: Ranks) -> DeviceChoice:
