@@ -35,6 +35,8 @@ def files(tmp_path_factory):
             "optim_g": {"name": "RAdam", "hyperparameters": hp, "state": {}},
             "optim_d": {"name": "RAdam", "hyperparameters": hp, "state": {}},
             "precision": "fp32",
+            "device": "cuda:0",
+            "device_name": "NVIDIA GeForce RTX 4070",
         },
         folder / "ckpt.pt",
     )
@@ -68,6 +70,7 @@ def test_arvc_checkpoint_reports_training_state(files):
     info = describe_model_file(folder / "ckpt.pt")
     assert info["format"] == "arvc-checkpoint" and info["contents"] == ["generator", "discriminator"]
     assert (info["optimizer"], info["epoch"], info["step"], info["precision"]) == ("RAdam", 3, 42, "fp32")
+    assert info["device"] == "cuda:0 (NVIDIA GeForce RTX 4070)"  # where it was trained
     assert info["hyperparameters"]["lr"] == 2e-3 and info["hyperparameters"]["betas"] == [0.8, 0.99]
     total = sum(v.numel() for m in (net_g, net_d) for v in m.state_dict().values())
     assert info["parameters"] == total and info["has_enc_q"] is True

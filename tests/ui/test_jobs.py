@@ -168,3 +168,29 @@ def test_the_progress_plot_draws_a_held_out_curve_of_one_point(tmp_path):
 
     empty = _loss_figure(None)  # before a job: every series named, nothing drawn
     assert [line.get_label() for line in empty.axes[0].get_lines()] == list(SERIES)
+
+
+@pytest.mark.parametrize(
+    "count, line",
+    [
+        (1, "Device: **cuda:0 (NVIDIA GeForce RTX 4070, auto: CUDA available)**"),
+        (0, "Device: **cpu (auto: no CUDA device)**"),
+    ],
+)
+def test_the_page_shows_the_device_auto_chose(tmp_path, gpus, count, line):
+    from arvc.ui.app import build_app
+
+    gpus(count)  # simulated: the page is only built, nothing runs
+    page = build_app(tmp_path)
+    shown = [block.value for block in page.blocks.values() if getattr(block, "elem_id", None) == "device"]
+    assert shown and shown[0].startswith(line), shown
+
+
+def test_a_comparison_on_a_device_that_cannot_be_used_takes_no_slot(tmp_path, gpus):
+    gpus(0)
+    jobs = Jobs()
+    with pytest.raises(ValueError, match="--device cuda: no CUDA GPU"):
+        jobs.start_compare(None, tmp_path / "compare" / "x", "all", device="cuda")
+    with pytest.raises(ValueError, match="--device cuda: no CUDA GPU"):
+        jobs.start_training(TrainRequest(runs_dir=tmp_path / "runs", device="cuda"))
+    assert jobs.status() is None and not (tmp_path / "runs").exists() and not (tmp_path / "compare").exists()

@@ -39,6 +39,7 @@ from arvc.bench.measure import (
     timed,
 )
 from arvc.bench.shapes import BASE_CONFIG, format_size, scaled_shapes
+from arvc.device import current_gpu
 
 __all__ = ["DEFAULT_SIZES", "BenchConfig", "derive", "run_bench"]
 
@@ -281,8 +282,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     progress("measuring copy bandwidth")
     bandwidth = [copy_bandwidth(device)]
     rows = []
-    for size in config.sizes:
-        rows.extend(_run_size(size, selected, config, device, progress))
+    with current_gpu(device):  # --device cuda:N: kernels that launch on the current GPU launch on N
+        for size in config.sizes:
+            rows.extend(_run_size(size, selected, config, device, progress))
     bandwidth.append(copy_bandwidth(device))
     derive(rows, max(bandwidth))
     machine = machine_info(device)

@@ -14,6 +14,7 @@ from arvc.bench.report import rich_tables, save_json
 from arvc.bench.runner import BenchConfig, run_bench
 from arvc.bench.shapes import format_size, parse_sizes
 from arvc.cli._app import app, console
+from arvc.device import resolve_device
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,7 +23,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def bench(
     sizes: Annotated[str, typer.Option(help="Model sizes (RVC generator tensors, scaled).")] = "1M,8.5M,36M",
     dtype: Annotated[str, typer.Option(help="Parameter dtype: float32, bfloat16 or float16.")] = "float32",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="cpu (default: timings are compared on one device), cuda, cuda:N or auto.")
+    ] = "cpu",
     repeats: Annotated[int, typer.Option(min=1, help="Timed, interleaved rounds.")] = 20,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed steps first (the first is reported).")] = 3,
     optimizers: Annotated[
@@ -44,12 +47,10 @@ def bench(
         size_list = parse_sizes(sizes)
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
         config = BenchConfig(
             sizes=size_list,
             dtype=_DTYPES[dtype],
-            device=device,
+            device=str(resolve_device(device).device),
             repeats=repeats,
             warmup=warmup,
             optimizers=optimizers,

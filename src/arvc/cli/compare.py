@@ -9,6 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from arvc.cli._app import app, console, fail
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import DEVICE_HELP
 
 # arvc.compare.runner's DEFAULT_EPOCHS / DEFAULT_SEEDS, written out so `arvc --help` need not import the
 # training engine (tests/compare/test_compare.py checks they agree).
@@ -74,7 +76,7 @@ def compare(
     ] = 1234,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default: the config's).")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop each run after N steps.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = AUTO_DEVICE,
     precision_study: Annotated[
         bool,
         typer.Option("--precision-study", help="Run the bf16 precision study instead (20k cheap steps)."),
@@ -92,7 +94,7 @@ def compare(
     from arvc.train.loop import TrainError
 
     try:
-        check_request(dataset, optimizers, schedule, precision)
+        check_request(dataset, optimizers, schedule, precision, device)
     except ValueError as error:
         fail(str(error))
     target = out_dir / (name or (dataset.name if dataset is not None else "demo"))

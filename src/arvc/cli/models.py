@@ -16,6 +16,8 @@ from rich.table import Table
 
 from arvc.cli import _app
 from arvc.cli._app import EmbedderLayerOption, RmvpeOption, app, fail
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import DEVICE_HELP
 
 DEFAULT_INDEX_RATE = 0.75  # RVC WebUI's default when an index is given
 
@@ -126,6 +128,7 @@ def infer_command(
     embedder_layer: EmbedderLayerOption = None,
     chunk_seconds: Annotated[float, typer.Option(help="Convert long inputs in chunks of about N s.")] = 10.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")] = False,
+    device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = AUTO_DEVICE,
 ) -> None:
     """Convert a recording into the model's voice."""
     from arvc.infer.convert import check_output, convert, load_voice_model
@@ -142,7 +145,7 @@ def infer_command(
     kind = features or ("hubert" if hubert is not None else None)  # None: the model's own, else mel
     columns = (TextColumn("converting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
-        net, cfg = load_voice_model(model)
+        net, cfg = load_voice_model(model, device)
         with Progress(*columns, console=_app.console) as bar:
             task = bar.add_task("", total=None)
             convert(

@@ -24,6 +24,8 @@ from rich.text import Text
 
 from arvc.cli._app import EmbedderLayerOption, RmvpeOption, app, console, fail
 from arvc.config import DEMO_EPOCHS
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import DEVICE_HELP
 
 # --- training -------------------------------------------------------------------------------------------
 
@@ -285,7 +287,9 @@ def train(
         Path | None, typer.Option(help="Pretrained discriminator (RVC f0D*.pth or arvc).")
     ] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after N steps (a quick look).")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda (with several processes: one GPU each).")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help=f"{DEVICE_HELP}; with several processes: cuda or auto, one GPU each.")
+    ] = AUTO_DEVICE,
     nproc: Annotated[
         int | None,
         typer.Option(min=1, help="Train with N processes on this machine (DDP; see docs/distributed.md)."),
@@ -470,6 +474,9 @@ def preprocess(
     ] = None,
     hubert: Annotated[Path | None, typer.Option(help="Local HuBERT/ContentVec checkpoint.")] = None,
     embedder_layer: EmbedderLayerOption = None,
+    device: Annotated[
+        str, typer.Option(help=f"Where hubert, rmvpe and crepe run: {DEVICE_HELP}.")
+    ] = AUTO_DEVICE,
 ) -> None:
     """Slice, resample and analyse recordings for training (re-running skips finished files)."""
     from arvc.data.outputs import check_run_name
@@ -490,6 +497,7 @@ def preprocess(
                 progress=progress,
                 rmvpe_path=rmvpe,
                 embedder_layer=embedder_layer,
+                device=device,
             )
     except (ValueError, ImportError, OSError) as error:  # DataError is a ValueError, WriteError an OSError
         fail(str(error))

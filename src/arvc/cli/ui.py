@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from arvc.cli._app import app, console, fail
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import DEVICE_HELP, resolve_device
 
 LOOPBACK = "127.0.0.1"
 
@@ -39,13 +41,17 @@ def ui_command(
     ] = Path("."),
     host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = LOOPBACK,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 7860,
-    device: Annotated[str, typer.Option(help="cpu or cuda: where trainings and comparisons run.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help=f"Where trainings, comparisons and conversions run: {DEVICE_HELP}.")
+    ] = AUTO_DEVICE,
 ) -> None:
     """Serve arvc's web interface (pip install 'arvc\\[ui]'): train, compare, convert, inspect."""
     if not root.is_dir():
         fail(f"--root {root} is not a folder")
-    if device not in ("cpu", "cuda"):
-        fail(f"unknown device {device!r}; valid: cpu, cuda")
+    try:
+        resolve_device(device)
+    except ValueError as error:
+        fail(str(error))
     root = root.resolve()
     uploads = root / ".arvc-ui" / "uploads"
     try:

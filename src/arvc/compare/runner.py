@@ -29,6 +29,8 @@ from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
 from arvc.data.preprocess import DataError
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import resolve_device
 from arvc.optim import get_spec, state_bytes_per_param
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
@@ -382,11 +384,16 @@ def _check_same_setup(out_dir: Path, setup: dict, extra: dict | None = None) -> 
 
 
 def check_request(
-    dataset_dir: Path | None, optimizers, schedule: str = "paired", precision: str = "fp32"
+    dataset_dir: Path | None,
+    optimizers,
+    schedule: str = "paired",
+    precision: str = "fp32",
+    device: str = AUTO_DEVICE,
 ) -> tuple[list[Variant], str]:
     """What `arvc compare`, the web UI's Compare tab and run_compare check before any work: ValueError
     naming it. Returns the contestants and the scheduler setting the request resolves to."""
     variants, scheduler = resolve_optimizers(optimizers), schedule_setting(schedule)
+    resolve_device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if dataset_dir is not None and not Path(dataset_dir).is_dir():
@@ -409,7 +416,7 @@ def run_compare(
     warmup_epochs: int | None = None,
     max_steps: int | None = None,
     overrides: dict[str, Any] | None = None,
-    device: str = "cpu",
+    device: str = AUTO_DEVICE,
     holdout_fraction: float = 0.1,
     flush_denormal: bool = True,
     stop: threading.Event | None = None,
@@ -429,7 +436,7 @@ def run_compare(
     """
     from arvc.compare.report import write_report
 
-    variants, scheduler = check_request(dataset_dir, optimizers, schedule, precision)
+    variants, scheduler = check_request(dataset_dir, optimizers, schedule, precision, device)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     out_dir = Path(out_dir)
@@ -472,6 +479,9 @@ def run_compare(
     if steps < MIN_RANKING_STEPS:  # said before the wait; the report is marked from the runs themselves
         logger.warning("%s", short_run_warning(steps))
     _check_same_setup(out_dir, setup, {"seeds": run_seeds, "warnings": warnings})
+    where = resolve_device(device)
+    logger.info("device: %s", where.describe())
+    device = where.name  # every contestant, its scores and its step times on the same GPU (or the CPU)
     evaluator = Validator(cfg, out_dir / "data", split.held, seed=seed, device=device)
     # Denormal floats make some optimizers' first steps (RAdam's un-rectified phase) ~100x slower on CPU,
     # which would rank a CPU artefact, so they are flushed to zero for every run alike.

@@ -11,6 +11,7 @@ from arvc._files import cache_dir
 from arvc.config import RunConfig
 from arvc.data.demo import generate_demo_voice
 from arvc.data.preprocess import MANIFEST, DataError, PreprocessResult, Progress, preprocess
+from arvc.device import AUTO as AUTO_DEVICE
 
 __all__ = ["DEMO_SECONDS", "DataSettings", "cache_dir", "data_settings", "prepare_data", "recorded_features"]
 
@@ -119,8 +120,10 @@ def prepare_data(
     progress: Progress | None = None,
     rmvpe_path: Path | None = None,
     embedder_layer: int | None = None,
+    device: str = AUTO_DEVICE,
 ) -> PreprocessResult:
-    """Preprocess `dataset_dir` (or the generated demo voice) into `run_dir/data`; finished files are kept."""
+    """Preprocess `dataset_dir` (or the generated demo voice) into `run_dir/data`; finished files are kept.
+    `device` runs the neural analysers (hubert, rmvpe, crepe): auto, cpu, cuda or cuda:N."""
     if features == "mel" and cfg.data.feature_dim != 80 and cfg.name != "tiny":
         logger.info("mel features with %d dims for config %s", cfg.data.feature_dim, cfg.name)
     # HuBERT features of any width the config asks for: 768 (v2, the last layer) or 256 (v1, layer 9
@@ -142,4 +145,5 @@ def prepare_data(
         progress=progress,
         rmvpe_path=rmvpe_path,
         embedder_layer=embedder_layer,
+        device=device,
     )

@@ -43,6 +43,8 @@ from arvc.audio.io import (
 )
 from arvc.audio.rmvpe import RMVPEError
 from arvc.data.outputs import find_arvc_outputs
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import resolve_device
 
 __all__ = [
     "DataError",
@@ -56,6 +58,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+NEURAL = ("rmvpe", "hubert")  # the analysers (with crepe) that run on --device
 
 SAMPLE_RATES = (16000, 32000, 40000, 48000)  # 32k/40k/48k for RVC v2 configs, 16k for the tiny one
 MIN_PIECE_SECONDS = 0.5  # shorter pieces carry too few frames to train on
@@ -213,7 +216,7 @@ def preprocess(
     feature_dim: int = 80,
     hubert_path: str | os.PathLike | None = None,
     progress: Progress | None = None,
-    device: str = "cpu",
+    device: str = AUTO_DEVICE,
     rmvpe_path: str | os.PathLike | None = None,
     embedder_layer: int | None = None,
 ) -> PreprocessResult:
@@ -223,9 +226,9 @@ def preprocess(
     analyses (``total`` of them); files preprocessed before are reused without a call, and when every file
     is, it is never called. Raises :class:`DataError` before doing any work when the dataset is unusable;
     unreadable, too-short and silent files are skipped with one logged warning per kind listing them
-    (and in the result). ``device`` runs the
-    neural analysers (crepe, rmvpe, hubert) on a GPU when given one; ``rmvpe_path`` is the user's
-    ``rmvpe.pt`` for ``f0_method="rmvpe"``.
+    (and in the result). ``device`` (auto: the GPU when there is one, see :mod:`arvc.device`) runs the
+    neural analysers (crepe, rmvpe, hubert); ``rmvpe_path`` is the user's ``rmvpe.pt`` for
+    ``f0_method="rmvpe"``.
     """
     dataset_dir, run_dir = Path(dataset_dir).expanduser(), Path(run_dir).expanduser()
     unused = unused_analysis_flags(
@@ -234,6 +237,14 @@ def preprocess(
     if unused:
         raise DataError("; ".join(unused))
     files = _validate(dataset_dir, run_dir, int(sample_rate), f0_method, features)
+    try:
+        where = resolve_device(device)
+    except ValueError as error:
+        raise DataError(str(error)) from error
+    device = str(where.device)
+    neural = [name for name in (f0_method, features) if name.startswith("crepe") or name in NEURAL]
+    if neural:
+        log.info("%s on %s", " and ".join(neural), where.describe())
 
     unreadable: list[tuple[Path, str]] = []
     too_short: list[Path] = []

@@ -30,6 +30,8 @@ from arvc.audio.features import FEATURE_SR, get_extractor
 from arvc.audio.io import AudioLoadError, highpass, load_audio, output_format, write_audio
 from arvc.config import RunConfig
 from arvc.data.preprocess import unused_analysis_flags
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import resolve_device
 from arvc.infer.index import FeatureIndex, blend_features, load_index
 from arvc.model import Synthesizer
 from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
@@ -56,14 +58,16 @@ class ConvertError(ValueError):
     """The conversion cannot run as asked; the message names the value and what to do."""
 
 
-def load_voice_model(path: str | os.PathLike) -> tuple[Synthesizer, RunConfig]:
-    """A ready-to-run generator (eval mode, weight norm folded) and its config.
+def load_voice_model(path: str | os.PathLike, device: str = AUTO_DEVICE) -> tuple[Synthesizer, RunConfig]:
+    """A ready-to-run generator (eval mode, weight norm folded) on `device` and its config; `convert`
+    runs where the model is (auto: the GPU when there is one, see :mod:`arvc.device`).
 
     Reads arvc exports (``model.safetensors``/``model.json`` or their folder), arvc checkpoints
     and RVC inference ``.pth`` files (config rebuilt from their 18-value list). The generator's
     ``trained_features`` says what content features it was trained on where the file records it (arvc
     exports: mel or hubert), else None; `convert` uses it as its default and holds conversions to it.
     """
+    where = resolve_device(device)  # a bad device fails before the file is read
     mf = read_model_file(path)
     if mf.generator is None:
         raise PretrainedError(f"{mf.path} is a discriminator file; conversion needs a generator/voice model")
@@ -87,7 +91,8 @@ def load_voice_model(path: str | os.PathLike) -> tuple[Synthesizer, RunConfig]:
     load_state_strict(net, mf.generator, mf, cfg, optional=("enc_q.",), absent_level=logging.DEBUG)
     net.remove_weight_norm()
     net.trained_features = mf.features
-    return net.eval(), cfg
+    logger.info("converting on %s", where.describe())
+    return net.eval().to(where.device), cfg
 
 
 def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -246,14 +251,16 @@ def convert(
         raise ConvertError(
             f"{input_wav} is {len(wave) / FEATURE_SR:.3f} s long; need at least {MIN_SECONDS} s"
         )
-    extractor = get_extractor(features, cfg.data.feature_dim, hubert_path, layer=embedder_layer)
+    device = next(model.parameters()).device
+    extractor = get_extractor(
+        features, cfg.data.feature_dim, hubert_path, device=device, layer=embedder_layer
+    )
     wave = highpass(wave, FEATURE_SR)
 
     sr, hop = cfg.data.sampling_rate, cfg.data.hop_length
     n_frames = math.ceil(len(wave) / FRAME)
     ctx = CONTEXT_FRAMES
     padded = np.pad(wave, (ctx * FRAME, ctx * FRAME + n_frames * FRAME - len(wave)), mode="reflect")
-    device = next(model.parameters()).device
     f0 = extract_f0(padded, f0_method, device=device, rmvpe_path=rmvpe_path)[: n_frames + 2 * ctx]
     f0 = f0 * 2.0 ** (pitch / 12.0)
     f0 = f0.astype(np.float32)

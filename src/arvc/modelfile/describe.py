@@ -55,6 +55,9 @@ def describe_model_file(path: str | Path) -> dict[str, Any]:
         out["step"] = mf.step
         out["optimizer"] = mf.optimizer
         out["precision"] = mf.extra.get("precision")
+        if "device" in mf.extra:  # where it was trained (checkpoints of arvc before --device auto: absent)
+            name = mf.extra.get("device_name")
+            out["device"] = mf.extra["device"] + (f" ({name})" if name else "")
     if mf.hyperparameters is not None:
         out["hyperparameters"] = mf.hyperparameters
     return _plain(out)

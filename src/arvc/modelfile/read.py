@@ -191,7 +191,7 @@ def _from_checkpoint(path: Path, data: dict) -> ModelFile:
         hyperparameters=optim.get("hyperparameters"),
         epoch=data.get("epoch"),
         step=data.get("step"),
-        extra={"precision": data.get("precision")} if data.get("precision") else {},
+        extra={key: data[key] for key in ("precision", "device", "device_name") if data.get(key)},
     )
     return _fill(mf)
 

@@ -229,6 +229,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()`; on another machine, the GPUs both have (none on a CPU: a run written on a GPU
+    resumes there; torch.cuda.set_rng_state_all would fail on a machine with fewer GPUs)."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, generator in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(generator, index)

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from arvc.device import AUTO, resolve_device
+
 __all__ = ["DistributedError", "Ranks", "launch", "process_group"]
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class Ranks:
         """`make_loader` arguments that give this rank its share of every global batch."""
         return {"rank": self.rank, "world_size": self.world_size}
 
-    def train_device(self, device: str) -> torch.device:
+    def train_device(self, device: str | torch.device) -> torch.device:
         """The device this rank trains on: its own GPU (LOCAL_RANK) when `device` is CUDA."""
         wanted = torch.device(device)
         if self.distributed and wanted.type == "cuda":
@@ -171,8 +173,9 @@ class Ranks:
 
 # ---------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def process_group(device: str = "cpu") -> Iterator[Ranks]:
-    """Join the torchrun process group described by the environment (if any) for the duration.
+def process_group(device: str = AUTO) -> Iterator[Ranks]:
+    """Join the torchrun process group described by the environment (if any) for the duration: nccl when
+    `device` (`arvc.device.resolve_device`) is CUDA, gloo otherwise.
 
     Reuses a group that is already initialised (and then leaves it open); otherwise initialises one from
     the environment (`env://`) and destroys it on exit.
@@ -188,7 +191,7 @@ def process_group(device: str = "cpu") -> Iterator[Ranks]:
             "with torchrun (or `arvc train --nproc N`), which sets them"
         )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    if torch.device(device).type == "cuda":
+    if resolve_device(device).device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise DistributedError(
                 f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "

@@ -11,6 +11,7 @@ holds what differs: DDP wrapping, ZeRO, collectives, rank 0 alone writing).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -28,6 +29,8 @@ from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.data.prepare import recorded_features
 from arvc.data.preprocess import FILELIST
 from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import DeviceChoice, current_gpu, resolve_device
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.modelfile.export import export_generator
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
@@ -113,7 +116,9 @@ class TrainOptions:
     pretrained_g: Path | None = None  # RVC or arvc generator to start from (fine-tuning)
     pretrained_d: Path | None = None
     max_steps: int | None = None  # stop early (tests, quick looks); a checkpoint is still written
-    device: str = "cpu"  # "cuda": under torchrun each rank takes the GPU of its LOCAL_RANK
+    # auto (CUDA when available, else CPU), cpu, cuda or cuda:N (arvc.device); under torchrun each rank
+    # takes the GPU of its LOCAL_RANK
+    device: str = AUTO_DEVICE
     max_bad_steps: int = 20  # consecutive non-finite steps before training stops
     zero: bool = False  # shard optimizer state over the ranks (ZeroRedundancyOptimizer)
     auto_batch_size: bool = False  # a new run picks the largest batch that fits (config's otherwise)
@@ -159,15 +164,21 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
     Started by torchrun (RANK, WORLD_SIZE, ... set), each process trains its share of every global batch
     with DistributedDataParallel and rank 0 alone writes; see docs/distributed.md.
     """
-    with process_group(opts.device) as ranks:
-        return _train(opts, callbacks if callbacks is not None and ranks.is_main else _Silent(), ranks)
+    try:
+        asked = resolve_device(opts.device)  # a bad --device fails here, before any work
+    except ValueError as error:
+        raise TrainError(str(error)) from error
+    with process_group(str(asked.device)) as ranks, _current_gpu(asked.device, ranks):
+        callbacks = callbacks if callbacks is not None and ranks.is_main else _Silent()
+        return _train(opts, callbacks, ranks, _training_device(asked, ranks))
 
 
-def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResult:
+def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks, device: DeviceChoice) -> TrainResult:
+    opts = replace(opts, device=device.name)
     resume_from = resolve_resume(opts.resume) if opts.resume is not None else None
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     opts, hp, tf32 = _settle(opts, checkpoint, resume_from, ranks)  # every check before any work
-    run = _build_run(opts, hp, ranks, checkpoint, tf32)
+    run = _build_run(opts, hp, ranks, checkpoint, tf32, device.model)
     if hasattr(callbacks, "on_optimizers"):
         callbacks.on_optimizers(run.optim_g, run.optim_d)
     progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
@@ -205,6 +216,24 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
 
 
 # --- the phases of a run, in the order _train calls them ---------------------------------------------------
+def _current_gpu(device: torch.device, ranks: Ranks):
+    """One process on `cuda:N`: GPU N is torch's current device for the run (arvc.device.current_gpu).
+    Under torchrun each rank has already made its own GPU current."""
+    return contextlib.nullcontext() if ranks.distributed else current_gpu(device)
+
+
+def _training_device(asked: DeviceChoice, ranks: Ranks) -> DeviceChoice:
+    """The device this rank trains on (with its index), logged with why it was chosen."""
+    choice = replace(asked, device=ranks.train_device(asked.device))
+    choice = replace(choice, device=torch.device(choice.name))  # "cuda" -> the current GPU, cuda:N
+    if ranks.is_main:
+        processes = f"; {ranks.world_size} processes" if ranks.distributed else ""
+        if processes and choice.device.type == "cuda":
+            processes += ", each on the GPU of its local rank"
+        logger.info("device: %s%s", choice.describe(), processes)
+    return choice
+
+
 @dataclass
 class _Run:
     """What a run is made of: built by `_build_run` (train step and log by `_start_writing`), then fixed."""
@@ -213,7 +242,7 @@ class _Run:
     precision: str
     hp: dict[str, Any]
     ranks: Ranks
-    device: torch.device
+    device: torch.device  # with its index (cuda:0), recorded in the checkpoint with device_name
     run_dir: Path
     loader: Any
     steps_per_epoch: int
@@ -226,6 +255,7 @@ class _Run:
     split: Split  # the held-out validation pieces (none: validation off)
     validator: Validator | None
     tf32: bool  # TF32 matmuls (auto precision on Ampere and newer)
+    device_name: str = ""  # the GPU's model ("" on the CPU)
     train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
     features: str | None = None  # what the data holds (mel, hubert), recorded in the exports
@@ -290,21 +320,31 @@ def _precision(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | 
     asked = AUTO if opts.precision is None else opts.precision
     if asked != AUTO and asked not in PRECISIONS:
         raise TrainError(f"Unknown precision {asked!r}; valid: {AUTO}, {', '.join(PRECISIONS)}")
+    device = ranks.train_device(opts.device)
     if checkpoint is not None:
         recorded = checkpoint.get("precision", "fp32")
         if asked not in (AUTO, recorded):
             raise TrainError(f"{resume_from} was trained in {recorded}; resume it in the same precision")
+        here = device_precision(device)
+        if asked == AUTO and here.precision != recorded and ranks.is_main:
+            # e.g. a bf16 run from a GPU continued on a CPU: it stays bf16 (slower there, but the same run)
+            logger.warning(
+                "precision %s: the run's own, which a resume keeps (auto would choose %s for a new run "
+                "on %s: %s); to train in %s, start a new run from its weights with "
+                "--pretrained-g/--pretrained-d",
+                recorded, here.precision, device, here.reason, here.precision,
+            )  # fmt: skip
         return recorded, bool(checkpoint.get("tf32", False))
     if asked != AUTO:
         return asked, False
-    choice = device_precision(ranks.train_device(opts.device))
+    choice = device_precision(device)
     if ranks.is_main:
         logger.info("precision %s (auto): %s", choice.precision, choice.reason)
     return choice.precision, choice.tf32
 
 
 def _build_run(
-    opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint: dict | None, tf32: bool
+    opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint: dict | None, tf32: bool, device_name=""
 ) -> _Run:
     """Data (this rank's share of every global batch), models, optimizers, schedules, loss scaler."""
     cfg, precision = opts.config, opts.precision
@@ -339,7 +379,7 @@ def _build_run(
     validator = Validator(cfg, opts.data_dir, split.held, cfg.train.seed, device) if split.held else None
     return _Run(
         cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
-        net_g, net_d, optim_g, optim_d, schedule, scaler, split, validator, tf32,
+        net_g, net_d, optim_g, optim_d, schedule, scaler, split, validator, tf32, device_name,
         features=recorded_features(opts.data_dir),
     )  # fmt: skip
 
@@ -432,12 +472,15 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
     progress.stale, progress.last_validation = record.get("stale", 0), record.get("last")
     if not run.ranks.distributed:
         set_rng_state(checkpoint["rng"])
+    written_on = checkpoint.get("device")  # absent in checkpoints of older arvc versions
+    moved = f" (written on {written_on}, continues on {run.device})" if written_on != str(run.device) else ""
     logger.info(
-        "resumed %s: %d epochs + %d batches done, step %d",
+        "resumed %s: %d epochs + %d batches done, step %d%s",
         resume_from,
         progress.epochs_done,
         progress.batches_done,
         progress.step,
+        moved if written_on else "",
     )
     return progress
 
@@ -662,6 +705,8 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
         "config": run.cfg.to_dict(),
         "precision": run.precision,
         "tf32": run.tf32,
+        "device": str(run.device),  # where it was written (rank 0's); a resume may continue anywhere
+        "device_name": run.device_name,
         "generator": run.net_g.state_dict(),
         "discriminator": run.net_d.state_dict(),
         "optim_g": optimizer_record(hp["optimizer"], hp, run.optim_g),

@@ -20,6 +20,8 @@ from arvc.config import DEMO_EPOCHS, RunConfig, apply_overrides, load_config, op
 from arvc.data.outputs import check_run_name, run_products
 from arvc.data.prepare import DataSettings, data_settings, prepare_data
 from arvc.data.preprocess import unused_analysis_flags
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import resolve_device
 from arvc.modelfile.export import is_rvc_sized
 from arvc.modelfile.read import read_model_file
 from arvc.optim import get_spec
@@ -64,7 +66,7 @@ class TrainRequest:
     pretrained_g: Path | None = None
     pretrained_d: Path | None = None
     max_steps: int | None = None
-    device: str = "cpu"
+    device: str = AUTO_DEVICE  # auto, cpu, cuda or cuda:N (arvc.device)
     nproc: int | None = None
     zero: bool = False
     val_fraction: float | None = None
@@ -102,14 +104,18 @@ def check_processes(nproc: int | None, device: str, batch_size: int) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if nproc is not None and world > 1:
         raise ValueError(f"--nproc starts the processes itself; under torchrun (WORLD_SIZE={world}) drop it")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; valid: cpu, cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is available to torch on this machine")
+    choice = resolve_device(device)
+    chosen = choice.device
     processes = nproc or world
-    if device == "cuda" and nproc is not None and nproc > torch.cuda.device_count():
+    if chosen.type == "cuda" and processes > 1 and chosen.index is not None:
+        raise ValueError(
+            f"--device {device}: with {processes} processes each takes the GPU of its local rank; "
+            "pass --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs"
+        )
+    if chosen.type == "cuda" and nproc is not None and nproc > torch.cuda.device_count():
         raise ValueError(
             f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s), one per process"
+            + ("; pass --device cpu to train on the CPU" if choice.why.startswith("auto") else "")
         )
     if batch_size % processes:
         raise ValueError(
@@ -329,4 +335,5 @@ def prepare(plan: TrainPlan, progress=None) -> None:
             progress=progress,
             rmvpe_path=r.rmvpe,
             embedder_layer=plan.settings.embedder_layer,
+            device=r.device,
         )

@@ -18,6 +18,8 @@ import gradio as gr
 
 from arvc.audio.f0 import F0_METHODS
 from arvc.config import BUILTIN_CONFIGS
+from arvc.device import AUTO as AUTO_DEVICE
+from arvc.device import resolve_device
 from arvc.optim import OPTIMIZERS
 from arvc.ui.jobs import Busy, Jobs
 
@@ -199,16 +201,19 @@ def _samples(status) -> tuple[str | None, str | None, str]:
     )
 
 
-def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.Blocks:
-    """The page, for a server whose folder is `root` (runs in root/runs, comparisons in root/compare)."""
+def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -> gr.Blocks:
+    """The page, for a server whose folder is `root` (runs in root/runs, comparisons in root/compare);
+    trainings, comparisons and conversions run on `device` (arvc.device: auto, cpu, cuda, cuda:N)."""
     from arvc.train.request import TrainRequest
 
+    where = resolve_device(device)  # a bad device: ValueError now, not at the first job
     root = Path(root).resolve()
     jobs = jobs if jobs is not None else Jobs()
     runs_dir, compare_dir = root / "runs", root / "compare"
 
     with gr.Blocks(title="arvc") as app:
         gr.Markdown("# arvc — train RVC voice models")
+        gr.Markdown(f"Device: **{where.describe()}** (arvc ui --device)", elem_id="device")
         with gr.Tab("Train"):
             gr.Dataframe(
                 value=optimizer_rows(),
@@ -405,7 +410,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = "cpu") -> gr.B
                     if not source_path:
                         raise ValueError("upload a recording to convert")
                     index = inside(root, index_text, "index")
-                    net, cfg = load_voice_model(model)
+                    net, cfg = load_voice_model(model, device)
                     out_dir = root / "converted"
                     out_dir.mkdir(exist_ok=True)
                     output = out_dir / f"{Path(source_path).stem}_{time.strftime('%Y%m%d-%H%M%S')}.wav"

@@ -143,8 +143,15 @@ class Jobs:
 
     def start_compare(self, dataset: Path | None, out_dir: Path, optimizers: str, **kwargs) -> JobStatus:
         from arvc.compare.runner import check_request
+        from arvc.device import AUTO as AUTO_DEVICE
 
-        check_request(dataset, optimizers, kwargs.get("schedule", "paired"), kwargs.get("precision", "fp32"))
+        check_request(
+            dataset,
+            optimizers,
+            kwargs.get("schedule", "paired"),
+            kwargs.get("precision", "fp32"),
+            kwargs.get("device", AUTO_DEVICE),
+        )
         status = JobStatus("compare", out_dir.name, out_dir)
 
         def run(callbacks, stop):
