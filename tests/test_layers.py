@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("arvc", "arvc._files"),
+    ("arvc", "arvc._files", "arvc.device"),
     ("arvc.optim", "arvc.config"),
     ("arvc.audio",),
     ("arvc.model",),
