@@ -28,7 +28,7 @@ GPU = os.environ.get("ARVC_TRITON_GPU") == "1" and torch.cuda.is_available()
 if not GPU:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined: @triton.jit reads it then
 
-from arvc.optim import _fused, build_optimizer  # noqa: E402
+from arvc.optim import _fused, _fused_probe, build_optimizer  # noqa: E402
 from arvc.optim._fused_triton import common  # noqa: E402
 
 TRITON_DEVICE = "cuda" if GPU else "cpu"
@@ -39,10 +39,17 @@ NAN, INF = float("nan"), float("inf")
 
 
 @contextlib.contextmanager
-def triton_path():
-    """CPU tensors step through the Triton kernels (in the interpreter) while this is active."""
+def triton_path(probe: bool = False):
+    """CPU tensors step through the Triton kernels (in the interpreter) while this is active; the
+    first-use check (_fused_probe) runs only with `probe` (the tests of the kernels themselves skip it)."""
+    original_check = _fused_probe.first_use_failure
+    if not probe:
+        _fused_probe.first_use_failure = lambda *args: None
     if GPU:
-        yield
+        try:
+            yield
+        finally:
+            _fused_probe.first_use_failure = original_check
         return
     original, cpu_kernels = _fused._uses_triton, _fused.fused_kernels
 
@@ -54,6 +61,7 @@ def triton_path():
         yield
     finally:
         _fused._uses_triton, _fused.fused_kernels = original, cpu_kernels
+        _fused_probe.first_use_failure = original_check
 
 
 def _params(dtype, device):
@@ -289,3 +297,154 @@ def test_the_ptx_is_exact_vectorised_and_does_not_spill():
         assert not r["fma"], f"{what}: fused multiply-add"
         assert r["vector_loads"] > 0, f"{what}: no vectorised loads"
         assert r["local_bytes"] == 0 and r["stack_bytes"] == 0, f"{what}: spills ({r['resources']})"
+
+
+# --- the first-use check (arvc.optim._fused_probe): a kernel that fails or computes wrongly never runs ---
+
+KERNEL_MODULE = {
+    "AdaBelief": "adabelief",
+    "AdaBeliefV2": "adabelief",
+    "RAdam": "radam",
+    "AnyPrecisionAdamW": "any_precision_adamw",
+}
+
+
+@pytest.fixture
+def verdict_file(monkeypatch, tmp_path):
+    """A fresh verdict cache: its file under ARVC_CACHE_DIR, and nothing remembered by this process."""
+    monkeypatch.setenv("ARVC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_fused_probe, "_verdicts", {})
+    monkeypatch.setattr(_fused_probe, "_warned", set())
+    return tmp_path / "fused-kernels.json"
+
+
+def _inject(monkeypatch, name, launch):
+    """Replace the kernel launch of `name`'s module by `launch(real, kernel, table, **constants)`;
+    returns the list of launches made through it."""
+    module = f"arvc.optim._fused_triton.{KERNEL_MODULE[name]}"
+    real = common.launch_blocks
+    calls = []
+
+    def injected(kernel, table, **constants):
+        calls.append(constants)
+        return launch(real, kernel, table, **constants)
+
+    monkeypatch.setattr(f"{module}.launch_blocks", injected)
+    return calls
+
+
+def _saved_verdicts(path):
+    return list(json.loads(path.read_text())["verdicts"].values())
+
+
+def _train_two_steps(name, kwargs):
+    """build_optimizer + two steps on the Triton path (first-use check on), beside the same steps on an
+    unfused optimizer; (optimizer, its params, the unfused one's params)."""
+    params, expected = _params(torch.float32, TRITON_DEVICE)[:3], _params(torch.float32, TRITON_DEVICE)[:3]
+    with triton_path(probe=True):
+        optimizer = build_optimizer(name, params, lr=1e-2, **kwargs)
+        reference = build_optimizer(name, expected, lr=1e-2, fused=False, **kwargs)
+        for step in range(2):
+            for p, q, g in zip(params, expected, _grads(step, torch.float32)[:3], strict=True):
+                g = torch.nan_to_num(g, nan=0.0, posinf=1.0).to(p.device)
+                p.grad, q.grad = g, g.clone()
+            optimizer.step()
+            reference.step()
+    return optimizer, params, expected
+
+
+@pytest.mark.parametrize("name, dtype, kwargs", CASES, ids=lambda v: str(v).removeprefix("torch."))
+def test_a_working_kernel_passes_its_first_use_check_once(name, dtype, kwargs, verdict_file, monkeypatch):
+    """Every configuration of the bit-exact tests passes the check against the foreach path within the
+    stated tolerance; the verdict is kept, and neither this process nor a later one probes again."""
+    calls = _inject(monkeypatch, name, lambda real, kernel, table, **c: real(kernel, table, **c))
+    params = _params(dtype, TRITON_DEVICE)
+    with triton_path(probe=True), warnings_as_errors():
+        _build(name, params, {"lr": 1e-2, **kwargs})
+        probe_launches = len(calls)
+        assert probe_launches > 0, "the first use ran the probe"
+        _build(name, params, {"lr": 1e-2, **kwargs})
+        _fused_probe._verdicts.clear()  # as a new process: only the file remembers
+        _build(name, params, {"lr": 1e-2, **kwargs})
+    assert len(calls) == probe_launches, "the verdict was reused: no second probe"
+    assert [v["ok"] for v in _saved_verdicts(verdict_file)] == [True]
+
+
+@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+def test_a_kernel_that_fails_on_first_use_leaves_the_run_on_foreach_with_one_warning(
+    name, verdict_file, monkeypatch
+):
+    def failing(real, kernel, table, **constants):
+        raise RuntimeError("injected: PTX assembly failed for sm_120\nptxas fatal")
+
+    calls = _inject(monkeypatch, name, failing)
+    with pytest.warns(RuntimeWarning, match=rf"{name} \(float32\) failed its first-use check") as caught:
+        optimizer, params, expected = _train_two_steps(name, {})
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages
+    assert "RuntimeError: injected: PTX assembly failed for sm_120" in messages[0]
+    assert "foreach path instead" in messages[0] and str(verdict_file) in messages[0]
+    assert not optimizer.param_groups[0]["fused"] and not optimizer._step_supports_amp_scaling
+    for p, q in zip(params, expected, strict=True):  # the run went on, on foreach, exactly
+        _assert_identical(p, q, "a parameter stepped on the foreach path")
+    assert len(calls) == 1, "the probe's one failed launch; the steps never tried the kernel"
+    [saved] = _saved_verdicts(verdict_file)
+    assert not saved["ok"] and saved["why"].startswith("RuntimeError: injected")
+    # A later run: the kept verdict, no probe, the one warning again.
+    _fused_probe._verdicts.clear()
+    _fused_probe._warned.clear()
+    with pytest.warns(RuntimeWarning, match="injected") as caught, triton_path(probe=True):
+        again = build_optimizer(name, _params(torch.float32, TRITON_DEVICE)[:3], lr=1e-2)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert len(calls) == 1 and not again.param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("AdaBeliefV2", {}), ("AnyPrecisionAdamW", {"momentum_dtype": "bf16", "variance_dtype": "bf16"})],
+)
+def test_a_kernel_that_computes_wrongly_on_first_use_leaves_the_run_on_foreach(
+    name, kwargs, verdict_file, monkeypatch
+):
+    """A kernel that runs but is off by 1% in its per-step numbers (lr, betas, ...): a mismatch beyond
+    the tolerance, the same fallback and warning."""
+
+    def off(real, kernel, table, **constants):
+        table.scalars.mul_(1.01)
+        return real(kernel, table, **constants)
+
+    _inject(monkeypatch, name, off)
+    with pytest.warns(RuntimeWarning, match=r"differs from the foreach path by .* \(tolerance") as caught:
+        optimizer, params, expected = _train_two_steps(name, kwargs)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert not optimizer.param_groups[0]["fused"]
+    for p, q in zip(params, expected, strict=True):
+        _assert_identical(p, q, "a parameter stepped on the foreach path")
+    assert [v["ok"] for v in _saved_verdicts(verdict_file)] == [False]
+
+
+def test_a_damaged_verdict_cache_is_checked_again_and_replaced(verdict_file):
+    verdict_file.parent.mkdir(parents=True, exist_ok=True)
+    verdict_file.write_text("{not json")
+    with triton_path(probe=True):
+        optimizer = build_optimizer("RAdam", _params(torch.float32, TRITON_DEVICE)[:2], lr=1e-2)
+    assert optimizer.param_groups[0]["fused"]
+    assert [v["ok"] for v in _saved_verdicts(verdict_file)] == [True]
+
+
+def test_a_verdict_that_cannot_be_kept_does_not_stop_the_run(verdict_file, monkeypatch, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("ARVC_CACHE_DIR", str(tmp_path / "a-file"))  # the cache folder cannot be made
+    with triton_path(probe=True):
+        optimizer = build_optimizer("RAdam", _params(torch.float32, TRITON_DEVICE)[:2], lr=1e-2)
+    assert optimizer.param_groups[0]["fused"]
+
+
+@contextlib.contextmanager
+def warnings_as_errors():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton.runtime.interpreter")
+        yield

@@ -249,15 +249,18 @@ _warned = False
 _REAL_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
-def resolve_fused(cls: type, fused: bool | None, foreach: bool | None, params: list[torch.Tensor]) -> bool:
-    """Decide, at construction, whether an optimizer of class `cls` runs its fused path.
+def resolve_fused(cls: type, fused: bool | None, group: dict) -> bool:
+    """Decide, at construction, whether param group `group` of an optimizer of class `cls` runs its fused
+    path (`fused`: what was asked for).
 
     `fused=True` needs parameters on the class's `fused_devices` with one of its `fused_dtypes` (a clear
     error otherwise, as torch.optim). If the kernels cannot be built here, the optimizer falls back to
-    foreach with one warning per process.
+    foreach with one warning per process; so it does if a GPU kernel fails its first-use check
+    (arvc.optim._fused_probe) on this GPU, with one warning saying what failed.
     """
     if not fused:
         return False
+    foreach, params = group["foreach"], group["params"]
     name = cls.__name__
     if foreach:
         raise RuntimeError(f"{name}: `fused` and `foreach` cannot both be True")
@@ -291,6 +294,12 @@ def resolve_fused(cls: type, fused: bool | None, foreach: bool | None, params: l
             warnings.warn(f"{error} {name} uses its foreach path instead.", RuntimeWarning, stacklevel=3)
         logger.debug("%s: fused unavailable, using foreach", name)
         return False
+    from arvc.optim._fused_probe import first_use_failure
+
+    for device, dtype in sorted({(p.device, _REAL_DTYPES.get(p.dtype, p.dtype)) for p in params}, key=str):
+        if _uses_triton(device) and first_use_failure(cls, group, device, dtype) is not None:
+            logger.debug("%s: the fused kernel failed its first-use check, using foreach", name)
+            return False
     return True
 
 

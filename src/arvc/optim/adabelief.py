@@ -93,7 +93,7 @@ class AdaBelief(AmpScaling, Optimizer):
         super().add_param_group(param_group)
         with refused_group_removed(self) as group:
             check_param_dtypes(group["params"], type(self).__name__)
-            group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
+            group["fused"] = resolve_fused(type(self), group["fused"], group)
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Moments of bf16/fp16 parameters are float32 and must stay so on resume (pytorch#43706).

@@ -152,7 +152,7 @@ class AnyPrecisionAdamW(AmpScaling, Optimizer):
                     "AnyPrecisionAdamW: the fused path keeps buffers in float32, bfloat16 or float16, got "
                     f"{', '.join(str(d).removeprefix('torch.') for d in buffer_dtypes)}; pass fused=False"
                 )
-            group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
+            group["fused"] = resolve_fused(type(self), group["fused"], group)
 
     def load_state_dict(self, state_dict: dict) -> None:
         # torch casts floating state to each parameter's dtype (pytorch#43706); the buffers' dtypes are

@@ -89,7 +89,7 @@ class RAdam(AmpScaling, torch.optim.RAdam):
             requested = group.get("fused", getattr(self, "_requested_fused", None))
             if requested and (group["capturable"] or group["differentiable"]):
                 raise RuntimeError("RAdam: `fused=True` does not support capturable or differentiable")
-            group["fused"] = resolve_fused(type(self), requested, group["foreach"], group["params"])
+            group["fused"] = resolve_fused(type(self), requested, group)
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Keeps this process's fused/foreach choice (how the math runs, not what it is). torch's RAdam
