@@ -448,3 +448,87 @@ def warnings_as_errors():
         warnings.simplefilter("error", RuntimeWarning)
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton.runtime.interpreter")
         yield
+
+
+def _everything(optimizer, params):
+    """The optimizer's whole state and its parameters, as copies."""
+    state = {
+        i: {k: v.detach().clone() for k, v in optimizer.state[p].items()}
+        for i, p in enumerate(params)
+        if p in optimizer.state
+    }
+    return state, [p.detach().clone() for p in params]
+
+
+def _assert_unchanged(optimizer, params, before):
+    state, values = _everything(optimizer, params)
+    assert state.keys() == before[0].keys()
+    for i, saved in before[0].items():
+        assert state[i].keys() == saved.keys()
+        for key, value in saved.items():
+            _assert_identical(state[i][key], value, f"parameter {i} {key}")
+    for i, (value, saved) in enumerate(zip(values, before[1], strict=True)):
+        _assert_identical(value, saved, f"parameter {i}")
+
+
+@pytest.mark.parametrize(
+    "name, kwargs", [("AdaBelief", {}), ("AdaBeliefV2", {}), ("RAdam", {}), ("AnyPrecisionAdamW", {})]
+)
+def test_a_launch_that_fails_changes_nothing_and_the_step_can_be_taken_again(name, kwargs, monkeypatch):
+    """The kernel's launch raises (a compile or launch error after every check passed): no step counter
+    moves, no parameter or buffer changes; the same step taken again then equals an unfailed run's."""
+    params, expected = _params(torch.float32, TRITON_DEVICE)[:3], _params(torch.float32, TRITON_DEVICE)[:3]
+    failing = []
+
+    def launch(real, kernel, table, **constants):
+        if failing:
+            raise RuntimeError("injected launch failure")
+        return real(kernel, table, **constants)
+
+    _inject(monkeypatch, name, launch)
+    with triton_path():
+        optimizer = build_optimizer(name, params, lr=1e-2, **kwargs)
+        reference = build_optimizer(name, expected, lr=1e-2, **kwargs)
+        for step in range(2):
+            for p, q, g in zip(params, expected, _grads(step, torch.float32)[:3], strict=True):
+                p.grad, q.grad = g.to(p.device), g.to(q.device)
+            reference.step()
+            before = _everything(optimizer, params)
+            failing.append(True)
+            with pytest.raises(RuntimeError, match="injected launch failure"):
+                optimizer.step()
+            if step == 0:  # the state the first step creates is fresh: counters at 0, buffers zero
+                for p, saved in zip(params, before[1], strict=True):
+                    _assert_identical(p, saved, "a parameter")
+                    state = optimizer.state[p]
+                    assert state["step"].item() == 0.0
+                    assert all(not v.any() for k, v in state.items() if k != "step")
+            else:
+                _assert_unchanged(optimizer, params, before)
+            failing.clear()
+            optimizer.step()
+    for p, q in zip(params, expected, strict=True):
+        _assert_identical(p, q, "a parameter after a failed launch and a retry")
+
+
+def test_after_a_failed_second_launch_each_counter_matches_its_tensor(monkeypatch):
+    """Tensors of two storage dtypes are two launches; when the second fails, the first one's tensors
+    have stepped and counted the step, the second one's have done neither."""
+    params = [torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(5, dtype=torch.bfloat16))]
+    launches = []
+
+    def launch(real, kernel, table, **constants):
+        launches.append(constants)
+        if len(launches) == 2:
+            raise RuntimeError("injected launch failure")
+        return real(kernel, table, **constants)
+
+    _inject(monkeypatch, "AnyPrecisionAdamW", launch)
+    with triton_path():
+        optimizer = build_optimizer("AnyPrecisionAdamW", params, lr=1e-2)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        with pytest.raises(RuntimeError, match="injected launch failure"):
+            optimizer.step()
+    assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 0.0]
+    assert (params[0] != 1).all() and (params[1] == 1).all()

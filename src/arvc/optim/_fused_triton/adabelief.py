@@ -138,7 +138,6 @@ def adabelief_(
                 1.0 if grad_scale is None else float(grad_scale),
             ]
         )
-    commit_steps(steps)
     keys = [(p.device, KINDS[p.dtype], KINDS[g.dtype]) for p, g in zip(params, laid_out, strict=True)]
     for (device, p_kind, g_kind), members in groups(keys).items():
         addresses = [
@@ -163,3 +162,4 @@ def adabelief_(
             G_KIND=g_kind,
             HAS_SCALE=grad_scale is not None,
         )
+        commit_steps([steps[i] for i in members])

@@ -213,7 +213,6 @@ def any_precision_adamw_(
         )
         # rounding_key of _fused_cpu/common.h: the low 32 bits of the 63-bit seed for buffer id 0
         keys.append(rounding_seed(seed, param_indices[i], step, 0) & 0xFFFFFFFF)
-    commit_steps(steps)
     low_weight = float32(1.0 - beta1) < 0.5
     group_keys = [
         (
@@ -256,3 +255,4 @@ def any_precision_adamw_(
             STOCHASTIC=bool(stochastic_rounding),
             HAS_SCALE=grad_scale is not None,
         )
+        commit_steps([steps[i] for i in members])

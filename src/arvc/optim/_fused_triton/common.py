@@ -270,7 +270,8 @@ def next_step(step: torch.Tensor) -> int:
 
 
 def commit_steps(steps) -> None:
-    """Advance the counters: only once every check has passed, so an error leaves the optimizer untouched."""
+    """Advance the counters of the tensors a launch has just stepped: only after it was launched, so a
+    refused step (a check) or a failed launch (a compile or launch error) leaves them as they were."""
     if steps:
         torch._foreach_add_(list(steps), 1.0)
 

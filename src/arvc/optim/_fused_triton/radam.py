@@ -149,7 +149,6 @@ def radam_(
                 1.0 if grad_scale is None else float(grad_scale),
             ]
         )
-    commit_steps(steps)
     low_weight = float32(1.0 - beta1) < 0.5  # the CPU kernel tests its float32 lerp weight
     for device, members in groups([p.device for p in params]).items():
         addresses = [
@@ -167,3 +166,4 @@ def radam_(
             MAXIMIZE=bool(maximize),
             HAS_SCALE=grad_scale is not None,
         )
+        commit_steps([steps[i] for i in members])
