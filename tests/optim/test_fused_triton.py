@@ -532,3 +532,47 @@ def test_after_a_failed_second_launch_each_counter_matches_its_tensor(monkeypatc
             optimizer.step()
     assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 0.0]
     assert (params[0] != 1).all() and (params[1] == 1).all()
+
+
+def test_a_launch_runs_with_its_tensors_cuda_device_made_current(monkeypatch):
+    """Triton launches on the *current* CUDA device: for parameters on cuda:1 (`--device cuda:1` outside
+    DDP) each launch makes cuda:1 current around itself. No GPU here: torch.cuda.device is a recorder, and
+    the launch's device is set to cuda:1 by hand after its tables were built on the CPU."""
+    current = []
+
+    @contextlib.contextmanager
+    def device(d):
+        current.append(torch.device(d))
+        yield
+        current.pop()
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    seen = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append(list(current))
+
+    param = torch.ones(3)
+    launch = common.Launch("cpu", [3], [[param.data_ptr()]], [[1.0]])
+    launch.device = torch.device("cuda", 1)
+    common.launch_blocks(Kernel(), launch)
+    assert seen == [[torch.device("cuda", 1)]] and current == []
+
+
+@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+def test_every_launch_is_on_its_parameters_device(name, monkeypatch):
+    devices = []
+
+    def launch(real, kernel, table, **constants):
+        devices.append(table.device)
+        return real(kernel, table, **constants)
+
+    _inject(monkeypatch, name, launch)
+    params = _params(torch.float32, TRITON_DEVICE)[:3]
+    with triton_path():
+        optimizer = build_optimizer(name, params, lr=1e-2)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    assert devices and set(devices) == {params[0].device}

@@ -17,6 +17,7 @@ Storage kinds are compile-time constants: 0 float32, 1 bfloat16 (raw uint16 bits
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "launch_blocks",
     "matching_grad",
     "next_step",
+    "on_device",
 ]
 
 BLOCK = 1024  # elements per program
@@ -194,6 +196,7 @@ class Launch:
         scalars: list[list[float]],
         extras: list[list[int]] | None = None,
     ):
+        self.device = torch.device(device)
         counts = (torch.tensor(numels, dtype=torch.int64) + BLOCK - 1) // BLOCK
         tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), counts)
         first_block = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
@@ -211,19 +214,27 @@ def _table(values: list[list], dtype: torch.dtype, device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype).contiguous().to(device)
 
 
+def on_device(device: torch.device):
+    """The tensors' device made current for a launch: Triton launches on the *current* CUDA device, which
+    for parameters on cuda:1 (`--device cuda:1` outside DDP) is not theirs."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def launch_blocks(kernel, launch: Launch, **constants) -> None:
-    """Run `kernel` over every block of the launch; no fp fusion (each a*b+c rounds twice, as on the CPU)."""
+    """Run `kernel` over every block of the launch, on the launch's device; no fp fusion (each a*b+c
+    rounds twice, as on the CPU)."""
     if launch.programs == 0:
         return
-    kernel[(launch.programs,)](
-        launch.rows,
-        launch.scalars,
-        launch.blocks,
-        ALIGNED=launch.aligned,
-        BLOCK=BLOCK,
-        enable_fp_fusion=False,
-        **constants,
-    )
+    with on_device(launch.device):
+        kernel[(launch.programs,)](
+            launch.rows,
+            launch.scalars,
+            launch.blocks,
+            ALIGNED=launch.aligned,
+            BLOCK=BLOCK,
+            enable_fp_fusion=False,
+            **constants,
+        )
 
 
 # --- host-side checks (the CPU kernel's, with its messages): everything is checked before anything moves --
