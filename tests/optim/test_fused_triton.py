@@ -554,7 +554,8 @@ def test_a_launch_runs_with_its_tensors_cuda_device_made_current(monkeypatch):
             return lambda *args, **kwargs: seen.append(list(current))
 
     param = torch.ones(3)
-    launch = common.Launch("cpu", [3], [[param.data_ptr()]], [[1.0]])
+    launch = common.Launch("cpu", [0], [3], [[param.data_ptr()]])
+    launch.prepare(torch.ones(1, 1))
     launch.device = torch.device("cuda", 1)
     common.launch_blocks(Kernel(), launch)
     assert seen == [[torch.device("cuda", 1)]] and current == []
@@ -576,3 +577,82 @@ def test_every_launch_is_on_its_parameters_device(name, monkeypatch):
             p.grad = torch.ones_like(p)
         optimizer.step()
     assert devices and set(devices) == {params[0].device}
+
+
+@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+def test_the_launch_tables_are_built_once_and_again_only_when_a_tensor_changes(name, monkeypatch):
+    """The checks and the pointer tables of a group are kept from step to step (host time: see
+    docs/performance.md) and rebuilt when any tensor moves or changes (here: a gradient replaced by a
+    tensor elsewhere, a parameter's data replaced); every step still equals the C++ kernel's."""
+    module = sys.modules[f"arvc.optim._fused_triton.{KERNEL_MODULE[name]}"]
+    builds = []
+    real_plan = module._plan
+
+    def counted(*args):
+        builds.append(1)
+        return real_plan(*args)
+
+    monkeypatch.setattr(module, "_plan", counted)
+    monkeypatch.setattr(common, "_plans", [])
+    cpu_params, params = _params(torch.float32, "cpu")[:3], _params(torch.float32, TRITON_DEVICE)[:3]
+    cpu = build_optimizer(name, cpu_params, lr=1e-2)
+    with triton_path():
+        optimizer = build_optimizer(name, params, lr=1e-2)
+    grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) for p in params]
+    for p, q, g in zip(cpu_params, params, grads, strict=True):
+        p.grad, q.grad = g.clone(), g.to(q.device)
+    expected_builds = []
+    for step in range(5):
+        if step == 3:  # a gradient that is a new tensor elsewhere, a parameter's data replaced
+            params[0].grad = params[0].grad.clone()
+            keep = params[1].data  # kept alive: its memory cannot be handed to the new data
+            params[1].data = params[1].data.clone()
+        cpu.step()
+        with triton_path():
+            optimizer.step()
+        expected_builds.append(1 if step in (0, 3) else 0)
+        assert len(builds) == sum(expected_builds), f"step {step}"
+    del keep
+    for p, q in zip(cpu_params, params, strict=True):
+        _assert_identical(p, q, "a parameter after kept and rebuilt tables")
+
+
+@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+def test_grad_scalers_scale_and_flag_are_read_by_the_kernel_not_the_host(name, monkeypatch):
+    """GradScaler's scale and overflow flag go to the kernel as tensors (pointers), never read on the host
+    before the launch (on a GPU that read waits for the whole backward pass); the flag alone is copied
+    to the host, without blocking, to decide whether the step counters advance."""
+    params = _params(torch.float32, TRITON_DEVICE)[:2]
+    scale, flag = torch.tensor(4.0, device=TRITON_DEVICE), torch.tensor(0.0, device=TRITON_DEVICE)
+    seen = []
+
+    def launch(real, kernel, table, **constants):
+        seen.append((table.scale.data_ptr(), table.found_inf.data_ptr()))
+        return real(kernel, table, **constants)
+
+    _inject(monkeypatch, name, launch)
+    real_float, real_item = torch.Tensor.__float__, torch.Tensor.item
+
+    def guarded(method):
+        def read(self, *args):
+            if self is scale or self is flag:
+                raise AssertionError("GradScaler's tensors were read on the host")
+            return method(self, *args)
+
+        return read
+
+    with triton_path():
+        optimizer = build_optimizer(name, params, lr=1e-2)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optimizer.grad_scale, optimizer.found_inf = scale, flag
+        monkeypatch.setattr(torch.Tensor, "__float__", guarded(real_float))
+        monkeypatch.setattr(torch.Tensor, "item", guarded(real_item))
+        optimizer.step()
+        flag.fill_(1.0)  # an overflow: the kernel writes nothing, no counter moves
+        before = _everything(optimizer, params)
+        optimizer.step()
+        monkeypatch.undo()
+    assert seen and all(s == (scale.data_ptr(), flag.data_ptr()) for s in seen)
+    _assert_unchanged(optimizer, params, before)
+    assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]

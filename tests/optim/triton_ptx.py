@@ -39,6 +39,7 @@ VARIANTS = [
         {"P_KIND": 2, "G_KIND": 2, "M_KIND": 2, "V_KIND": 2, "C_KIND": 2},
     ),
 ]
+FLOAT_TABLES = ("scalars", "scale", "found_inf")  # float32 pointers; the other tables are int64
 APPROXIMATE = re.compile(r"\b(?:div|sqrt|rsqrt|rcp|ex2|lg2|sin|cos|tanh)\.approx[.\w]*")
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -49,7 +50,7 @@ def report(kernel, variant, constants, target):
     if kernel is _any_precision_adamw_kernel:
         constants = {"LOW_WEIGHT": True, "STOCHASTIC": True, **constants}
     signature = {
-        name: "constexpr" if name in constants else ("*fp32" if name == "scalars" else "*i64")
+        name: "constexpr" if name in constants else ("*fp32" if name in FLOAT_TABLES else "*i64")
         for name in names
     }
     source = ASTSource(

@@ -208,13 +208,18 @@ def triton_kernels():
     return kernels
 
 
-def fused_op(name: str, device, grad_scale: float | None = None):
+def fused_op(name: str, device, grad_scale=None, found_inf=None):
     """The fused step `name` ("adabelief_", "any_precision_adamw_", "radam_") for tensors on `device`:
     the C++ op on CPU, the Triton one on CUDA. With `grad_scale` the gradients are divided by it first
-    (GradScaler's scale: inside the Triton kernel, as torch's fused Adam; on the CPU, into a copy)."""
+    (GradScaler's scale: inside the Triton kernel, as torch's fused Adam; on the CPU, into a copy); a
+    set `found_inf` (Triton only, a device tensor the kernel reads; see amp_step) skips the step."""
     if _uses_triton(device):
         kernel = getattr(triton_kernels(), name)
-        return kernel if grad_scale is None else functools.partial(kernel, grad_scale=grad_scale)
+        if grad_scale is None and found_inf is None:
+            return kernel
+        return functools.partial(kernel, grad_scale=grad_scale, found_inf=found_inf)
+    if found_inf is not None:
+        raise RuntimeError("arvc fused step: found_inf is read on the host for CPU kernels (amp_step)")
     kernel = getattr(fused_kernels(), name)
     if grad_scale is None:
         return kernel
@@ -225,15 +230,24 @@ def fused_op(name: str, device, grad_scale: float | None = None):
     return unscaled
 
 
-def amp_step(optimizer) -> tuple[bool, float | None]:
-    """(skip, grad_scale) from what GradScaler hands an optimizer whose `_step_supports_amp_scaling` is
-    true: skip the whole step (no counter moves) when it found inf/NaN gradients; else divide the
-    gradients by `grad_scale` (None: they are unscaled already, e.g. after `scaler.unscale_`)."""
+def amp_step(optimizer) -> tuple[bool, float | torch.Tensor | None, torch.Tensor | None]:
+    """(skip, grad_scale, found_inf) from what GradScaler hands an optimizer whose
+    `_step_supports_amp_scaling` is true.
+
+    On the Triton path (every group fused on a GPU) both stay tensors on the device and go to the kernel,
+    which divides by the scale and writes nothing when the flag is set: no host read holds up the launch.
+    Elsewhere they are read here: skip the whole step (no counter moves) when inf/NaN gradients were found,
+    else divide the gradients by `grad_scale` (None: unscaled already, e.g. after `scaler.unscale_`)."""
     found_inf = getattr(optimizer, "found_inf", None)
-    if found_inf is not None and float(found_inf) != 0.0:
-        return True, None
     grad_scale = getattr(optimizer, "grad_scale", None)
-    return False, None if grad_scale is None else float(grad_scale)
+    if found_inf is None and grad_scale is None:
+        return False, None, None
+    groups = [group for group in optimizer.param_groups if group["params"]]
+    if groups and all(group.get("fused") and _uses_triton(group["params"][0].device) for group in groups):
+        return False, grad_scale, found_inf
+    if found_inf is not None and float(found_inf) != 0.0:
+        return True, None, None
+    return False, None if grad_scale is None else float(grad_scale), None
 
 
 class AmpScaling:

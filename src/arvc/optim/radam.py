@@ -110,7 +110,7 @@ class RAdam(AmpScaling, torch.optim.RAdam):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
         self._accelerator_graph_capture_health_check()
         loss = evaluate_closure(closure)
-        skip, grad_scale = amp_step(self)  # GradScaler's, when every group is fused
+        skip, grad_scale, found_inf = amp_step(self)  # GradScaler's, when every group is fused
         if skip:
             return loss
         for group in self.param_groups:
@@ -144,7 +144,7 @@ class RAdam(AmpScaling, torch.optim.RAdam):
                 [real_view(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
             )
             run_kernel(
-                fused_op("radam_", params[0].device, grad_scale),
+                fused_op("radam_", params[0].device, grad_scale, found_inf),
                 (
                     params,
                     grads,
