@@ -5,7 +5,7 @@ kernels are imported) on CPU tensors, through the optimizers as built by the reg
 is pointed at CPU tensors by patching `_fused._uses_triton`. The kernels are written so that the
 interpreter's result stands for the GPU's (correctly rounded `tl.div_rn` / `tl.sqrt_rn`, bf16 conversions
 as integer bit operations, no a*b+c fusion; see _fused_triton/common.py), and compile-only checks on the
-PTX for sm_75 to sm_90 (test_the_ptx_...) hold the compiled code to that. On a GPU machine,
+PTX for sm_75 to sm_120 (test_the_ptx_...) hold the compiled code to that. On a GPU machine,
 ARVC_TRITON_GPU=1 runs the same comparisons with the Triton side on CUDA (benchmarks/gpu_check.py).
 
 Tolerance: none. Every comparison is of raw bits (NaN equals NaN, whatever its payload), for float32 as
@@ -274,29 +274,55 @@ def test_without_triton_the_registry_falls_back_to_foreach_with_one_warning(monk
     assert not first.param_groups[0]["fused"] and not second.param_groups[0]["fused"]
 
 
-@pytest.mark.skipif(GPU, reason="compile-only checks are for machines without a GPU")
-def test_the_ptx_is_exact_vectorised_and_does_not_spill():
-    """Compile every kernel variant for sm_75 to sm_90 (RTX 20xx to H100) without a GPU (a subprocess:
-    the kernels must not be the interpreter's): no approximate division / sqrt / exp, no flush-to-zero,
-    no fused multiply-add, vectorised global loads on the full-block path, no spills (cuobjdump)."""
+@pytest.fixture(scope="module")
+def ptx_reports():
+    """triton_ptx.py's compile of every kernel variant (a subprocess: the kernels must not be the
+    interpreter's), once for the tests below; see its docstring for which variants and targets."""
+    if GPU:
+        pytest.skip("compile-only checks are for machines without a GPU")
     script = Path(__file__).with_name("triton_ptx.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    reports = json.loads(done.stdout)
-    assert {r["target"] for r in reports} == {75, 80, 86, 89, 90}
-    assert {r["kernel"] for r in reports} == {
-        "_adabelief_kernel",
-        "_radam_kernel",
-        "_any_precision_adamw_kernel",
-    }
+    return json.loads(done.stdout)
+
+
+def _check_ptx(reports):
     for r in reports:
         what = f"{r['kernel']} {r['variant']} sm_{r['target']}"
         assert r["approximate"] == [], f"{what}: approximate instructions {r['approximate']}"
         assert not r["ftz"], f"{what}: flush-to-zero"
         assert not r["fma"], f"{what}: fused multiply-add"
-        assert r["vector_loads"] > 0, f"{what}: no vectorised loads"
+        if r["aligned"]:  # an unaligned tensor is read element by element
+            assert r["vector_loads"] > 0, f"{what}: no vectorised loads"
         assert r["local_bytes"] == 0 and r["stack_bytes"] == 0, f"{what}: spills ({r['resources']})"
+
+
+KERNELS = {"_adabelief_kernel", "_radam_kernel", "_any_precision_adamw_kernel"}
+
+
+def test_the_ptx_is_exact_vectorised_and_does_not_spill(ptx_reports):
+    """Every kernel variant compiled for sm_75 to sm_90 (RTX 20xx to H100) without a GPU, and the
+    unaligned and unscaled variants of each kernel for sm_86: no approximate division / sqrt / exp, no
+    flush-to-zero, no fused multiply-add, vectorised global loads on the aligned full-block path, no
+    spills (cuobjdump)."""
+    reports = [r for r in ptx_reports["reports"] if r["target"] < 100]
+    assert {r["target"] for r in reports} == {75, 80, 86, 89, 90}
+    assert {r["kernel"] for r in reports} == KERNELS
+    for layout in ("aligned", "has_scale"):
+        assert {r["kernel"] for r in reports if not r[layout]} == KERNELS, f"every kernel without {layout}"
+    _check_ptx(reports)
+
+
+def test_the_ptx_for_blackwell_is_exact_and_does_not_spill(ptx_reports):
+    """sm_100 (B200) and sm_120 (RTX 50xx), where the installed triton can target them: one variant per
+    kernel (the widest of each), the same checks."""
+    if ptx_reports["unsupported"]:
+        pytest.skip(f"this triton cannot compile for Blackwell: {ptx_reports['unsupported']}")
+    reports = [r for r in ptx_reports["reports"] if r["target"] >= 100]
+    assert {r["target"] for r in reports} == {100, 120}
+    assert {r["kernel"] for r in reports} == KERNELS
+    _check_ptx(reports)
 
 
 # --- the first-use check (arvc.optim._fused_probe): a kernel that fails or computes wrongly never runs ---
