@@ -540,7 +540,10 @@ def test_a_launch_that_fails_changes_nothing_and_the_step_can_be_taken_again(nam
 def test_after_a_failed_second_launch_each_counter_matches_its_tensor(monkeypatch):
     """Tensors of two storage dtypes are two launches; when the second fails, the first one's tensors
     have stepped and counted the step, the second one's have done neither."""
-    params = [torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(5, dtype=torch.bfloat16))]
+    params = [
+        torch.nn.Parameter(torch.ones(5, device=TRITON_DEVICE)),
+        torch.nn.Parameter(torch.ones(5, dtype=torch.bfloat16, device=TRITON_DEVICE)),
+    ]
     launches = []
 
     def launch(real, kernel, table, **constants):
