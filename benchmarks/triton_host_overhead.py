@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--optimizers", default="AdaBelief,AdaBeliefV2,RAdam,AnyPrecisionAdamW")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--config", default="v2-40k", help="whose generator's tensors (v2-40k: 560, 36.5M)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -109,7 +110,7 @@ def main() -> None:
     import arvc
     from arvc.bench.shapes import rvc_shapes
 
-    shapes = rvc_shapes()
+    shapes = rvc_shapes(args.config)
     results = {}
     for name in args.optimizers.split(","):
         for amp in (False, True):
@@ -132,6 +133,7 @@ def main() -> None:
         "what": "host CPU time per optimizer.step() on the Triton path, kernel launches stubbed (no GPU)",
         "clock": "time.process_time (CPU time of this process, 1 thread)",
         "arvc": str(Path(arvc.__file__).parent),
+        "config": args.config,
         "tensors": len(shapes),
         "parameters": sum(torch.Size(s).numel() for s in shapes),
         "torch": torch.__version__,
