@@ -184,10 +184,10 @@ def _probe(cls: type, settings: dict, device: torch.device, dtype: torch.dtype) 
     group = {k: v for k, v in settings.items() if k not in ("params", "initial_lr")}
     _local.active = True
     try:
-        reference = cls(
-            [{**group, "params": reference_params, "lr": PROBE_LR, "fused": False, "foreach": True}]
-        )
         try:
+            reference = cls(
+                [{**group, "params": reference_params, "lr": PROBE_LR, "fused": False, "foreach": True}]
+            )
             fused = cls([{**group, "params": fused_params, "lr": PROBE_LR, "fused": True, "foreach": None}])
             for step in range(PROBE_STEPS):
                 scaled = step == PROBE_STEPS - 1
