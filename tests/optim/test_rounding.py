@@ -104,3 +104,17 @@ def test_rounding_bits_are_unbiased_at_every_fraction_and_independent_across_ste
     agree = ((other.float() > 1.0).float() == ups[-1]).float().mean().item()
     expected = (fractions**2 + (1 - fractions) ** 2).mean().item()  # if the lanes are independent
     assert agree == pytest.approx(expected, abs=0.01)
+
+
+def test_rounding_seeds_equals_rounding_seed_for_every_pair():
+    """The vectorised hash the fused GPU path uses for hundreds of tensors per step is the per-tensor one."""
+    import random
+
+    from arvc.optim._rounding import rounding_seed, rounding_seeds
+
+    generator = random.Random(1)
+    for seed in (0, -3, 77, 2**63 + 5, -(2**63), 2**64 - 1, 12345678901234):
+        indices = [generator.randrange(10**6) for _ in range(50)] + [0, 2**40, -1]
+        steps = [generator.randrange(1, 10**7) for _ in indices]
+        got = rounding_seeds(seed, indices, steps, 0).tolist()
+        assert got == [rounding_seed(seed, i, s, 0) for i, s in zip(indices, steps, strict=True)]

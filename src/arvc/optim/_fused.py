@@ -208,13 +208,18 @@ def triton_kernels():
     return kernels
 
 
-def fused_op(name: str, device, grad_scale: float | None = None):
+def fused_op(name: str, device, grad_scale=None, found_inf=None):
     """The fused step `name` ("adabelief_", "any_precision_adamw_", "radam_") for tensors on `device`:
     the C++ op on CPU, the Triton one on CUDA. With `grad_scale` the gradients are divided by it first
-    (GradScaler's scale: inside the Triton kernel, as torch's fused Adam; on the CPU, into a copy)."""
+    (GradScaler's scale: inside the Triton kernel, as torch's fused Adam; on the CPU, into a copy); a
+    set `found_inf` (Triton only, a device tensor the kernel reads; see amp_step) skips the step."""
     if _uses_triton(device):
         kernel = getattr(triton_kernels(), name)
-        return kernel if grad_scale is None else functools.partial(kernel, grad_scale=grad_scale)
+        if grad_scale is None and found_inf is None:
+            return kernel
+        return functools.partial(kernel, grad_scale=grad_scale, found_inf=found_inf)
+    if found_inf is not None:
+        raise RuntimeError("arvc fused step: found_inf is read on the host for CPU kernels (amp_step)")
     kernel = getattr(fused_kernels(), name)
     if grad_scale is None:
         return kernel
@@ -225,15 +230,24 @@ def fused_op(name: str, device, grad_scale: float | None = None):
     return unscaled
 
 
-def amp_step(optimizer) -> tuple[bool, float | None]:
-    """(skip, grad_scale) from what GradScaler hands an optimizer whose `_step_supports_amp_scaling` is
-    true: skip the whole step (no counter moves) when it found inf/NaN gradients; else divide the
-    gradients by `grad_scale` (None: they are unscaled already, e.g. after `scaler.unscale_`)."""
+def amp_step(optimizer) -> tuple[bool, float | torch.Tensor | None, torch.Tensor | None]:
+    """(skip, grad_scale, found_inf) from what GradScaler hands an optimizer whose
+    `_step_supports_amp_scaling` is true.
+
+    On the Triton path (every group fused on a GPU) both stay tensors on the device and go to the kernel,
+    which divides by the scale and writes nothing when the flag is set: no host read holds up the launch.
+    Elsewhere they are read here: skip the whole step (no counter moves) when inf/NaN gradients were found,
+    else divide the gradients by `grad_scale` (None: unscaled already, e.g. after `scaler.unscale_`)."""
     found_inf = getattr(optimizer, "found_inf", None)
-    if found_inf is not None and float(found_inf) != 0.0:
-        return True, None
     grad_scale = getattr(optimizer, "grad_scale", None)
-    return False, None if grad_scale is None else float(grad_scale)
+    if found_inf is None and grad_scale is None:
+        return False, None, None
+    groups = [group for group in optimizer.param_groups if group["params"]]
+    if groups and all(group.get("fused") and _uses_triton(group["params"][0].device) for group in groups):
+        return False, grad_scale, found_inf
+    if found_inf is not None and float(found_inf) != 0.0:
+        return True, None, None
+    return False, None if grad_scale is None else float(grad_scale), None
 
 
 class AmpScaling:
@@ -249,15 +263,18 @@ _warned = False
 _REAL_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
-def resolve_fused(cls: type, fused: bool | None, foreach: bool | None, params: list[torch.Tensor]) -> bool:
-    """Decide, at construction, whether an optimizer of class `cls` runs its fused path.
+def resolve_fused(cls: type, fused: bool | None, group: dict) -> bool:
+    """Decide, at construction, whether param group `group` of an optimizer of class `cls` runs its fused
+    path (`fused`: what was asked for).
 
     `fused=True` needs parameters on the class's `fused_devices` with one of its `fused_dtypes` (a clear
     error otherwise, as torch.optim). If the kernels cannot be built here, the optimizer falls back to
-    foreach with one warning per process.
+    foreach with one warning per process; so it does if a GPU kernel fails its first-use check
+    (arvc.optim._fused_probe) on this GPU, with one warning saying what failed.
     """
     if not fused:
         return False
+    foreach, params = group["foreach"], group["params"]
     name = cls.__name__
     if foreach:
         raise RuntimeError(f"{name}: `fused` and `foreach` cannot both be True")
@@ -291,6 +308,12 @@ def resolve_fused(cls: type, fused: bool | None, foreach: bool | None, params: l
             warnings.warn(f"{error} {name} uses its foreach path instead.", RuntimeWarning, stacklevel=3)
         logger.debug("%s: fused unavailable, using foreach", name)
         return False
+    from arvc.optim._fused_probe import first_use_failure
+
+    for device, dtype in sorted({(p.device, _REAL_DTYPES.get(p.dtype, p.dtype)) for p in params}, key=str):
+        if _uses_triton(device) and first_use_failure(cls, group, device, dtype) is not None:
+            logger.debug("%s: the fused kernel failed its first-use check, using foreach", name)
+            return False
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy
 import torch
 
 from arvc.optim._checks import LOW_PRECISION_DTYPES
@@ -32,6 +33,25 @@ def rounding_seed(seed: int, param_index: int, step: int, buffer_id: int) -> int
     for part in (param_index, step, buffer_id):
         x = _splitmix64(x ^ (part & _MASK64))
     return x & ((1 << 63) - 1)
+
+
+def _splitmix64_array(x: numpy.ndarray) -> numpy.ndarray:
+    """`_splitmix64` over a uint64 array (numpy's uint64 arithmetic wraps modulo 2**64, as the masks do)."""
+    x = x + numpy.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> numpy.uint64(30))) * numpy.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> numpy.uint64(27))) * numpy.uint64(0x94D049BB133111EB)
+    return x ^ (x >> numpy.uint64(31))
+
+
+def rounding_seeds(seed: int, param_indices, steps, buffer_id: int) -> numpy.ndarray:
+    """`rounding_seed` for many (param_index, step) pairs at once (int64 array): the per-step keys of a
+    fused launch of hundreds of tensors without a Python loop over them."""
+    with numpy.errstate(over="ignore"):
+        x = _splitmix64_array(numpy.full(len(param_indices), seed & _MASK64, dtype=numpy.uint64))
+        for part in (param_indices, steps, [buffer_id] * len(param_indices)):
+            parts = numpy.array([p & _MASK64 for p in part], dtype=numpy.uint64)
+            x = _splitmix64_array(x ^ parts)
+    return (x & numpy.uint64((1 << 63) - 1)).astype(numpy.int64)
 
 
 _MASK32 = (1 << 32) - 1

@@ -93,7 +93,7 @@ class AdaBelief(NoDifferentiableDefault, AmpScaling, Optimizer):
         super().add_param_group(param_group)
         with refused_group_removed(self) as group:
             check_param_dtypes(group["params"], type(self).__name__)
-            group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
+            group["fused"] = resolve_fused(type(self), group["fused"], group)
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Moments of bf16/fp16 parameters are float32 and must stay so on resume (pytorch#43706).
@@ -129,7 +129,7 @@ class AdaBelief(NoDifferentiableDefault, AmpScaling, Optimizer):
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
         loss = evaluate_closure(closure)
-        skip, grad_scale = amp_step(self)  # GradScaler's, when every group is fused
+        skip, grad_scale, found_inf = amp_step(self)  # GradScaler's, when every group is fused
         if skip:
             return loss
 
@@ -153,6 +153,7 @@ class AdaBelief(NoDifferentiableDefault, AmpScaling, Optimizer):
                 foreach=default_foreach(group["foreach"], group["lr"], len(params)),
                 fused=group.get("fused") or False,
                 grad_scale=grad_scale,
+                found_inf=found_inf,
             )
         return loss
 
@@ -173,12 +174,14 @@ def adabelief(
     weight_decay: float,
     foreach: bool = False,
     fused: bool = False,
-    grad_scale: float | None = None,
+    grad_scale: float | torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> None:
     """Functional AdaBelief step over a list of parameters; `fused`/`foreach` pick the body.
-    `grad_scale`: the gradients are divided by it first (in the fused kernel itself where it can)."""
+    `grad_scale`: the gradients are divided by it first (in the fused kernel itself where it can);
+    `found_inf` (the Triton path only, see amp_step): a device flag, set: the kernel skips the step."""
     if fused:
-        body = functools.partial(_fused_adabelief, grad_scale=grad_scale)
+        body = functools.partial(_fused_adabelief, grad_scale=grad_scale, found_inf=found_inf)
     else:
         body = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
         if grad_scale is not None:
@@ -324,6 +327,7 @@ def _fused_adabelief(
     eps,
     weight_decay,
     grad_scale=None,
+    found_inf=None,
 ) -> None:
     """The same update in one pass over all tensors: C++ on CPU (_fused_cpu/adabelief.h), Triton on CUDA
     (_fused_triton/adabelief.py)."""
@@ -331,7 +335,7 @@ def _fused_adabelief(
         return
     smax = max_exp_avg_vars if amsgrad else []
     run_kernel(
-        fused_op("adabelief_", params[0].device, grad_scale),
+        fused_op("adabelief_", params[0].device, grad_scale, found_inf),
         (
             params,
             grads,

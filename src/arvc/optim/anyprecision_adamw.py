@@ -152,7 +152,7 @@ class AnyPrecisionAdamW(NoDifferentiableDefault, AmpScaling, Optimizer):
                     "AnyPrecisionAdamW: the fused path keeps buffers in float32, bfloat16 or float16, got "
                     f"{', '.join(str(d).removeprefix('torch.') for d in buffer_dtypes)}; pass fused=False"
                 )
-            group["fused"] = resolve_fused(type(self), group["fused"], group["foreach"], group["params"])
+            group["fused"] = resolve_fused(type(self), group["fused"], group)
 
     def load_state_dict(self, state_dict: dict) -> None:
         # torch casts floating state to each parameter's dtype (pytorch#43706); the buffers' dtypes are
@@ -200,7 +200,7 @@ class AnyPrecisionAdamW(NoDifferentiableDefault, AmpScaling, Optimizer):
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
         loss = evaluate_closure(closure)
-        skip, grad_scale = amp_step(self)  # GradScaler's, when every group is fused
+        skip, grad_scale, found_inf = amp_step(self)  # GradScaler's, when every group is fused
         if skip:
             return loss
 
@@ -235,6 +235,7 @@ class AnyPrecisionAdamW(NoDifferentiableDefault, AmpScaling, Optimizer):
                 foreach=default_foreach(group["foreach"], group["lr"], len(params)),
                 fused=group.get("fused") or False,
                 grad_scale=grad_scale,
+                found_inf=found_inf,
             )
         return loss
 
@@ -278,12 +279,14 @@ def any_precision_adamw(
     stochastic_rounding: bool = True,
     foreach: bool = False,
     fused: bool = False,
-    grad_scale: float | None = None,
+    grad_scale: float | torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> None:
     """Functional AnyPrecisionAdamW step over a list of parameters; `fused`/`foreach` pick the body.
-    `grad_scale`: the gradients are divided by it first (in the fused kernel itself where it can)."""
+    `grad_scale`: the gradients are divided by it first (in the fused kernel itself where it can);
+    `found_inf` (the Triton path only, see amp_step): a device flag, set: the kernel skips the step."""
     if fused:
-        body = functools.partial(_fused_any_precision_adamw, grad_scale=grad_scale)
+        body = functools.partial(_fused_any_precision_adamw, grad_scale=grad_scale, found_inf=found_inf)
     else:
         body = _multi_tensor_any_precision_adamw if foreach else _single_tensor_any_precision_adamw
         if grad_scale is not None:
@@ -440,6 +443,7 @@ def _fused_any_precision_adamw(
     seed,
     stochastic_rounding,
     grad_scale=None,
+    found_inf=None,
 ) -> None:
     """The same update in one pass over all tensors: C++ on CPU (_fused_cpu/any_precision_adamw.h),
     Triton on CUDA (_fused_triton/any_precision_adamw.py)."""
@@ -450,7 +454,7 @@ def _fused_any_precision_adamw(
         compensation_of.append(-1 if compensation is None else count)
         count += compensation is not None
     run_kernel(
-        fused_op("any_precision_adamw_", params[0].device, grad_scale),
+        fused_op("any_precision_adamw_", params[0].device, grad_scale, found_inf),
         (
             params,
             grads,

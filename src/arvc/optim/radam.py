@@ -89,7 +89,7 @@ class RAdam(AmpScaling, torch.optim.RAdam):
             requested = group.get("fused", getattr(self, "_requested_fused", None))
             if requested and (group["capturable"] or group["differentiable"]):
                 raise RuntimeError("RAdam: `fused=True` does not support capturable or differentiable")
-            group["fused"] = resolve_fused(type(self), requested, group["foreach"], group["params"])
+            group["fused"] = resolve_fused(type(self), requested, group)
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Keeps this process's fused/foreach choice (how the math runs, not what it is). torch's RAdam
@@ -110,7 +110,7 @@ class RAdam(AmpScaling, torch.optim.RAdam):
         """Perform one optimization step; returns the closure's loss if a closure is given."""
         self._accelerator_graph_capture_health_check()
         loss = evaluate_closure(closure)
-        skip, grad_scale = amp_step(self)  # GradScaler's, when every group is fused
+        skip, grad_scale, found_inf = amp_step(self)  # GradScaler's, when every group is fused
         if skip:
             return loss
         for group in self.param_groups:
@@ -144,7 +144,7 @@ class RAdam(AmpScaling, torch.optim.RAdam):
                 [real_view(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
             )
             run_kernel(
-                fused_op("radam_", params[0].device, grad_scale),
+                fused_op("radam_", params[0].device, grad_scale, found_inf),
                 (
                     params,
                     grads,

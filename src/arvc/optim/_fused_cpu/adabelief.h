@@ -78,7 +78,6 @@ void adabelief_(at::TensorList params, at::TensorList grads, at::TensorList exp_
                   static_cast<float>(std::sqrt(1.0 - std::pow(beta2, step))),
                   static_cast<float>(-lr / (1.0 - std::pow(beta1, step)))};
   }
-  commit_steps(steps);
   const std::vector<Chunk> chunks = make_chunks(params);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
     alignas(64) float p_scratch[kBlock], g_scratch[kBlock];
@@ -106,6 +105,7 @@ void adabelief_(at::TensorList params, at::TensorList grads, at::TensorList exp_
       }
     }
   });
+  commit_steps(steps);  // after the update: an error before it leaves every counter as it was
 }
 
 }  // namespace arvc_fused

@@ -220,7 +220,6 @@ void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::Tenso
                   static_cast<float>(-(lr / bias_correction1)),
                   rounding_key(seed, param_indices[i], step)};
   }
-  commit_steps(steps);
   const std::vector<Chunk> chunks = make_chunks(params);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
     alignas(64) float p_scratch[kBlock], g_scratch[kBlock], m_scratch[kBlock], v_scratch[kBlock],
@@ -266,6 +265,7 @@ void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::Tenso
       }
     }
   });
+  commit_steps(steps);  // after the update: an error before it leaves every counter as it was
 }
 
 }  // namespace arvc_fused

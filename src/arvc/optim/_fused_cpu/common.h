@@ -225,7 +225,8 @@ Tensor matching_grad(const Tensor& grad, const Tensor& param) {
 }
 
 // The step each parameter is about to take. Counters are only read while the arguments are checked and
-// advanced by commit_steps once every check has passed, so an error leaves the optimizer untouched.
+// advanced by commit_steps once the update has run, so an error (a refused check, a failed allocation)
+// leaves the optimizer untouched.
 int64_t next_step(const Tensor& step) {
   TORCH_CHECK(step.device().is_cpu() && step.scalar_type() == ScalarType::Float && step.numel() == 1,
               "arvc fused step: step counters must be float32 scalars on the CPU");

@@ -91,7 +91,6 @@ void radam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs
                   static_cast<float>(rect),
                   rectified};
   }
-  commit_steps(steps);
   const std::vector<Chunk> chunks = make_chunks(params);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
@@ -108,6 +107,7 @@ void radam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs
       else radam_dispatch<false, false>(p, g, m, v, chunk.begin, chunk.end, k, coupled, maximize);
     }
   });
+  commit_steps(steps);  // after the update: an error before it leaves every counter as it was
 }
 
 }  // namespace arvc_fused

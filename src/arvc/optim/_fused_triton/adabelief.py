@@ -12,7 +12,10 @@ import triton.language as tl
 from arvc.optim._fused_triton.common import (
     KINDS,
     Launch,
+    Plan,
+    Skipped,
     block_of,
+    cached_plan,
     check_lengths,
     check_param,
     check_tensor,
@@ -23,16 +26,21 @@ from arvc.optim._fused_triton.common import (
     load_f32,
     matching_grad,
     next_step,
+    per_tensor,
+    step_values,
     store_f32,
 )
 
 __all__ = ["adabelief_"]
 
 _WIDTH = tl.constexpr(6)  # numel, param, grad, exp_avg, exp_avg_var, max_exp_avg_var
+_SCALARS = tl.constexpr(8)  # per-step numbers per tensor (see adabelief_)
 
 
 @triton.jit
-def _update(row, scalars, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, MASKED, ALIGNED):
+def _update(
+    row, scalars, scale, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, MASKED, ALIGNED
+):
     decay = tl.load(scalars)
     beta1 = tl.load(scalars + 1)
     one_minus_beta1 = tl.load(scalars + 2)
@@ -47,7 +55,7 @@ def _update(row, scalars, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HA
     param = load_f32(p_address, offsets, mask, P_KIND, MASKED, ALIGNED) * decay
     grad = load_f32(tl.load(row + 2), offsets, mask, G_KIND, MASKED, ALIGNED)
     if HAS_SCALE:
-        grad = tl.div_rn(grad, tl.load(scalars + 8))
+        grad = tl.div_rn(grad, tl.load(scale))
     m_old = load_f32(m_address, offsets, mask, 0, MASKED, ALIGNED)
     if ZERO_BETA1:
         residual = grad - m_old  # against the previous momentum (see adabelief.py)
@@ -77,6 +85,8 @@ def _adabelief_kernel(
     rows,
     scalars,
     blocks,
+    scale,
+    found_inf,
     AMSGRAD: tl.constexpr,
     ZERO_BETA1: tl.constexpr,
     P_KIND: tl.constexpr,
@@ -86,11 +96,46 @@ def _adabelief_kernel(
     BLOCK: tl.constexpr,
 ):
     tensor, row, offsets, mask, full = block_of(blocks, rows, _WIDTH, BLOCK)
-    k = scalars + tensor * 9
-    if full:
-        _update(row, k, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, False, ALIGNED)
-    else:
-        _update(row, k, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, True, ALIGNED)
+    k = scalars + tensor * _SCALARS
+    if tl.load(found_inf) == 0.0:  # GradScaler found inf/NaN gradients: the step writes nothing
+        if full:
+            _update(
+                row, k, scale, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, False, ALIGNED
+            )
+        else:
+            _update(
+                row, k, scale, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, True, ALIGNED
+            )
+
+
+def _plan(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgrad) -> Plan:
+    """Every check, once per layout; the launches' tables (one per device, parameter and gradient dtype)."""
+    laid_out = []
+    for i, param in enumerate(params):
+        check_param(param)
+        check_tensor(param, param, "parameter")
+        check_tensor(grads[i], param, "gradient", False)
+        for buffer in (exp_avgs[i], exp_avg_vars[i], *([max_exp_avg_vars[i]] if amsgrad else [])):
+            check_tensor(buffer, param, "state")
+            if buffer.dtype != torch.float32:
+                raise RuntimeError("arvc fused AdaBelief: state must be float32")
+        laid_out.append(matching_grad(grads[i], param))
+        next_step(steps[i])
+    keys = [(p.device, KINDS[p.dtype], KINDS[g.dtype]) for p, g in zip(params, laid_out, strict=True)]
+    launches = []
+    for key, members in groups(keys).items():
+        addresses = [
+            [
+                params[i].data_ptr(),
+                laid_out[i].data_ptr(),
+                exp_avgs[i].data_ptr(),
+                exp_avg_vars[i].data_ptr(),
+                max_exp_avg_vars[i].data_ptr() if amsgrad else 0,
+            ]
+            for i in members
+        ]
+        launches.append((key, Launch(key[0], members, [params[i].numel() for i in members], addresses)))
+    return Plan(launches, [g for g, grad in zip(laid_out, grads, strict=True) if g is not grad])
 
 
 def adabelief_(
@@ -106,54 +151,36 @@ def adabelief_(
     beta2: float,
     eps: float,
     weight_decay: float,
-    grad_scale: float | None = None,
+    grad_scale=None,
+    found_inf=None,
 ) -> None:
     """The CPU op's signature and semantics (torch.ops.arvc_fused.adabelief_), on the tensors' device;
-    `grad_scale`: divide every gradient by it first (GradScaler's scale, AMP without an unscale pass)."""
+    `grad_scale`: divide every gradient by it first, a set `found_inf`: skip the step (GradScaler's, AMP
+    without an unscale pass; device tensors, read by the kernel, not the host)."""
     count = len(params)
-    check_lengths(
-        "AdaBelief", count, grads, exp_avgs, exp_avg_vars, steps, *([max_exp_avg_vars] if amsgrad else [])
-    )
-    laid_out, scalars = [], []
-    for i, param in enumerate(params):
-        check_param(param)
-        check_tensor(param, param, "parameter")
-        check_tensor(grads[i], param, "gradient", False)
-        for buffer in (exp_avgs[i], exp_avg_vars[i], *([max_exp_avg_vars[i]] if amsgrad else [])):
-            check_tensor(buffer, param, "state")
-            if buffer.dtype != torch.float32:
-                raise RuntimeError("arvc fused AdaBelief: state must be float32")
-        laid_out.append(matching_grad(grads[i], param))
-        step = float(next_step(steps[i]))
-        scalars.append(
-            [
-                1.0 - lr * weight_decay,
-                beta1,
-                1.0 - beta1,
-                beta2,
-                1.0 - beta2,
-                eps,
-                math.sqrt(1.0 - beta2**step),
-                -lr / (1.0 - beta1**step),
-                1.0 if grad_scale is None else float(grad_scale),
-            ]
-        )
-    commit_steps(steps)
-    keys = [(p.device, KINDS[p.dtype], KINDS[g.dtype]) for p, g in zip(params, laid_out, strict=True)]
-    for (device, p_kind, g_kind), members in groups(keys).items():
-        addresses = [
-            [
-                params[i].data_ptr(),
-                laid_out[i].data_ptr(),
-                exp_avgs[i].data_ptr(),
-                exp_avg_vars[i].data_ptr(),
-                max_exp_avg_vars[i].data_ptr() if amsgrad else 0,
-            ]
-            for i in members
+    smax = list(max_exp_avg_vars) if amsgrad else []
+    check_lengths("AdaBelief", count, grads, exp_avgs, exp_avg_vars, steps, *([smax] if amsgrad else []))
+    if count == 0:
+        return
+    lists = (params, grads, exp_avgs, exp_avg_vars, smax, steps)
+    plan = cached_plan(("adabelief", bool(amsgrad)), lists, lambda: _plan(*lists, amsgrad))
+
+    def row(step: int) -> list[float]:
+        return [
+            1.0 - lr * weight_decay,
+            beta1,
+            1.0 - beta1,
+            beta2,
+            1.0 - beta2,
+            eps,
+            math.sqrt(1.0 - beta2 ** float(step)),
+            -lr / (1.0 - beta1 ** float(step)),
         ]
-        launch = Launch(
-            device, [params[i].numel() for i in members], addresses, [scalars[i] for i in members]
-        )
+
+    scalars = per_tensor(step_values(steps), row)
+    skipped = Skipped(found_inf)
+    for (_, p_kind, g_kind), launch in plan.launches:
+        launch.prepare(scalars, grad_scale=grad_scale, found_inf=found_inf)
         launch_blocks(
             _adabelief_kernel,
             launch,
@@ -163,3 +190,5 @@ def adabelief_(
             G_KIND=g_kind,
             HAS_SCALE=grad_scale is not None,
         )
+        if not skipped:
+            commit_steps([steps[i] for i in launch.members])

@@ -11,8 +11,11 @@ import triton.language as tl
 from arvc.optim._fused_triton.common import (
     KINDS,
     Launch,
+    Plan,
+    Skipped,
     bf16_nearest,
     block_of,
+    cached_plan,
     check_lengths,
     check_param,
     check_tensor,
@@ -24,13 +27,16 @@ from arvc.optim._fused_triton.common import (
     matching_grad,
     mix32,
     next_step,
+    per_tensor,
+    step_values,
     store_f32,
 )
-from arvc.optim._rounding import rounding_seed
+from arvc.optim._rounding import rounding_seeds
 
 __all__ = ["any_precision_adamw_"]
 
-_WIDTH = tl.constexpr(7)  # numel, param, grad, exp_avg, exp_avg_sq, compensation (0: none), rounding key
+_WIDTH = tl.constexpr(6)  # numel, param, grad, exp_avg, exp_avg_sq, compensation (0: none)
+_SCALARS = tl.constexpr(7)  # per-step numbers per tensor (see any_precision_adamw_)
 _MOMENTUM, _VARIANCE = 0, 1  # lanes of the rounding hash
 
 
@@ -49,6 +55,8 @@ def _rounded(value, KIND: tl.constexpr):
 def _update(
     row,
     k,
+    scale,
+    key,
     offsets,
     mask,
     P_KIND,
@@ -74,7 +82,7 @@ def _update(
     v_address = tl.load(row + 4)
     grad = load_f32(tl.load(row + 2), offsets, mask, G_KIND, MASKED, ALIGNED)
     if HAS_SCALE:
-        grad = tl.div_rn(grad, tl.load(k + 7))
+        grad = tl.div_rn(grad, tl.load(scale))
     m_old = load_f32(m_address, offsets, mask, M_KIND, MASKED, ALIGNED)
     if LOW_WEIGHT:
         momentum = m_old + w * (grad - m_old)
@@ -83,7 +91,7 @@ def _update(
     variance = load_f32(v_address, offsets, mask, V_KIND, MASKED, ALIGNED) * beta2
     variance = variance + one_minus_beta2 * grad * grad
     if STOCHASTIC:
-        bits = mix32(offsets.to(tl.uint32) ^ tl.load(row + 6).to(tl.uint32))
+        bits = mix32(offsets.to(tl.uint32) ^ tl.load(key).to(tl.uint32))
     else:
         bits = offsets.to(tl.uint32) * 0
     store_f32(m_address, offsets, mask, momentum, M_KIND, MASKED, ALIGNED, STOCHASTIC, bits, 0)
@@ -107,6 +115,9 @@ def _any_precision_adamw_kernel(
     rows,
     scalars,
     blocks,
+    scale,
+    found_inf,
+    keys,
     P_KIND: tl.constexpr,
     G_KIND: tl.constexpr,
     M_KIND: tl.constexpr,
@@ -119,41 +130,90 @@ def _any_precision_adamw_kernel(
     BLOCK: tl.constexpr,
 ):
     tensor, row, offsets, mask, full = block_of(blocks, rows, _WIDTH, BLOCK)
-    k = scalars + tensor * 8
-    if full:
-        _update(
-            row,
-            k,
-            offsets,
-            mask,
-            P_KIND,
-            G_KIND,
-            M_KIND,
-            V_KIND,
-            C_KIND,
-            LOW_WEIGHT,
-            STOCHASTIC,
-            HAS_SCALE,
-            False,
-            ALIGNED,
+    k = scalars + tensor * _SCALARS
+    if tl.load(found_inf) == 0.0:  # GradScaler found inf/NaN gradients: the step writes nothing
+        if full:
+            _update(
+                row,
+                k,
+                scale,
+                keys + tensor,
+                offsets,
+                mask,
+                P_KIND,
+                G_KIND,
+                M_KIND,
+                V_KIND,
+                C_KIND,
+                LOW_WEIGHT,
+                STOCHASTIC,
+                HAS_SCALE,
+                False,
+                ALIGNED,
+            )
+        else:
+            _update(
+                row,
+                k,
+                scale,
+                keys + tensor,
+                offsets,
+                mask,
+                P_KIND,
+                G_KIND,
+                M_KIND,
+                V_KIND,
+                C_KIND,
+                LOW_WEIGHT,
+                STOCHASTIC,
+                HAS_SCALE,
+                True,
+                ALIGNED,
+            )
+
+
+def _plan(params, grads, exp_avgs, exp_avg_sqs, kahan, steps) -> Plan:
+    """Every check, once per layout; the launches' tables (one per device and storage dtypes)."""
+    laid_out = []
+    for i, param in enumerate(params):
+        check_param(param)
+        check_tensor(param, param, "parameter")
+        check_tensor(grads[i], param, "gradient", False)
+        check_tensor(exp_avgs[i], param, "exp_avg")
+        check_tensor(exp_avg_sqs[i], param, "exp_avg_sq")
+        if kahan[i] is not None:
+            check_tensor(kahan[i], param, "compensation")
+            if param.dtype == torch.float32:
+                raise RuntimeError(
+                    "arvc fused AnyPrecisionAdamW: float32 parameters have no compensation buffer"
+                )
+        laid_out.append(matching_grad(grads[i], param))
+        next_step(steps[i])
+    group_keys = [
+        (
+            p.device,
+            KINDS[p.dtype],
+            KINDS[g.dtype],
+            KINDS[m.dtype],
+            KINDS[v.dtype],
+            KINDS[c.dtype] if c is not None else -1,
         )
-    else:
-        _update(
-            row,
-            k,
-            offsets,
-            mask,
-            P_KIND,
-            G_KIND,
-            M_KIND,
-            V_KIND,
-            C_KIND,
-            LOW_WEIGHT,
-            STOCHASTIC,
-            HAS_SCALE,
-            True,
-            ALIGNED,
-        )
+        for p, g, m, v, c in zip(params, laid_out, exp_avgs, exp_avg_sqs, kahan, strict=True)
+    ]
+    launches = []
+    for key, members in groups(group_keys).items():
+        addresses = [
+            [
+                params[i].data_ptr(),
+                laid_out[i].data_ptr(),
+                exp_avgs[i].data_ptr(),
+                exp_avg_sqs[i].data_ptr(),
+                kahan[i].data_ptr() if kahan[i] is not None else 0,
+            ]
+            for i in members
+        ]
+        launches.append((key, Launch(key[0], members, [params[i].numel() for i in members], addresses)))
+    return Plan(launches, [g for g, grad in zip(laid_out, grads, strict=True) if g is not grad])
 
 
 def any_precision_adamw_(
@@ -172,78 +232,44 @@ def any_precision_adamw_(
     weight_decay: float,
     seed: int,
     stochastic_rounding: bool,
-    grad_scale: float | None = None,
+    grad_scale=None,
+    found_inf=None,
 ) -> None:
     """torch.ops.arvc_fused.any_precision_adamw_ on the tensors' device (the Kahan buffers that exist as a
-    list plus, per parameter, the index of its own, -1: none); `grad_scale` divides every gradient first."""
+    list plus, per parameter, the index of its own, -1: none); `grad_scale` divides every gradient first
+    and a set `found_inf` skips the step (GradScaler's, as device tensors read by the kernel)."""
     count = len(params)
     check_lengths(
         "AnyPrecisionAdamW", count, grads, exp_avgs, exp_avg_sqs, compensation_of, steps, param_indices
     )
     if any(index >= len(compensations) for index in compensation_of):
         raise RuntimeError("arvc fused AnyPrecisionAdamW: compensation index out of range")
+    if count == 0:
+        return
     kahan = [compensations[index] if index >= 0 else None for index in compensation_of]
-    laid_out, scalars, keys = [], [], []
-    for i, param in enumerate(params):
-        check_param(param)
-        check_tensor(param, param, "parameter")
-        check_tensor(grads[i], param, "gradient", False)
-        check_tensor(exp_avgs[i], param, "exp_avg")
-        check_tensor(exp_avg_sqs[i], param, "exp_avg_sq")
-        if kahan[i] is not None:
-            check_tensor(kahan[i], param, "compensation")
-            if param.dtype == torch.float32:
-                raise RuntimeError(
-                    "arvc fused AnyPrecisionAdamW: float32 parameters have no compensation buffer"
-                )
-        laid_out.append(matching_grad(grads[i], param))
-        step = next_step(steps[i])
+    lists = (params, grads, exp_avgs, exp_avg_sqs, kahan, steps)
+    plan = cached_plan(("any_precision_adamw",), lists, lambda: _plan(*lists))
+    values = step_values(steps)
+
+    def row(step: int) -> list[float]:
         bias_correction1 = 1.0 - beta1 ** float(step)
-        scalars.append(
-            [
-                1.0 - lr * weight_decay,
-                1.0 - beta1,
-                beta2,
-                1.0 - beta2,
-                eps,
-                (1.0 - beta2 ** float(step)) ** 0.5,
-                -(lr / bias_correction1),
-                1.0 if grad_scale is None else float(grad_scale),
-            ]
-        )
-        # rounding_key of _fused_cpu/common.h: the low 32 bits of the 63-bit seed for buffer id 0
-        keys.append(rounding_seed(seed, param_indices[i], step, 0) & 0xFFFFFFFF)
-    commit_steps(steps)
-    low_weight = float32(1.0 - beta1) < 0.5
-    group_keys = [
-        (
-            p.device,
-            KINDS[p.dtype],
-            KINDS[g.dtype],
-            KINDS[m.dtype],
-            KINDS[v.dtype],
-            KINDS[c.dtype] if c is not None else -1,
-        )
-        for p, g, m, v, c in zip(params, laid_out, exp_avgs, exp_avg_sqs, kahan, strict=True)
-    ]
-    for (device, p_kind, g_kind, m_kind, v_kind, c_kind), members in groups(group_keys).items():
-        addresses = [
-            [
-                params[i].data_ptr(),
-                laid_out[i].data_ptr(),
-                exp_avgs[i].data_ptr(),
-                exp_avg_sqs[i].data_ptr(),
-                kahan[i].data_ptr() if kahan[i] is not None else 0,
-            ]
-            for i in members
+        return [
+            1.0 - lr * weight_decay,
+            1.0 - beta1,
+            beta2,
+            1.0 - beta2,
+            eps,
+            (1.0 - beta2 ** float(step)) ** 0.5,
+            -(lr / bias_correction1),
         ]
-        launch = Launch(
-            device,
-            [params[i].numel() for i in members],
-            addresses,
-            [scalars[i] for i in members],
-            [[keys[i]] for i in members],
-        )
+
+    scalars = per_tensor(values, row)
+    # rounding_key of _fused_cpu/common.h: the low 32 bits of the 63-bit seed for buffer id 0
+    keys = torch.from_numpy(rounding_seeds(seed, param_indices, values, 0) & 0xFFFFFFFF)
+    skipped = Skipped(found_inf)
+    low_weight = float32(1.0 - beta1) < 0.5
+    for (_, p_kind, g_kind, m_kind, v_kind, c_kind), launch in plan.launches:
+        launch.prepare(scalars, (keys,), grad_scale=grad_scale, found_inf=found_inf)
         launch_blocks(
             _any_precision_adamw_kernel,
             launch,
@@ -256,3 +282,5 @@ def any_precision_adamw_(
             STOCHASTIC=bool(stochastic_rounding),
             HAS_SCALE=grad_scale is not None,
         )
+        if not skipped:
+            commit_steps([steps[i] for i in launch.members])

@@ -17,6 +17,7 @@ Storage kinds are compile-time constants: 0 float32, 1 bfloat16 (raw uint16 bits
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import torch
@@ -29,6 +30,13 @@ __all__ = [
     "BLOCK",
     "KINDS",
     "Launch",
+    "Plan",
+    "Skipped",
+    "cached_plan",
+    "per_tensor",
+    "signature",
+    "step_values",
+    "upload",
     "check_lengths",
     "check_param",
     "check_tensor",
@@ -38,6 +46,7 @@ __all__ = [
     "launch_blocks",
     "matching_grad",
     "next_step",
+    "on_device",
 ]
 
 BLOCK = 1024  # elements per program
@@ -179,51 +188,172 @@ def block_of(blocks, table, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
 
 
 class Launch:
-    """The tables of one multi-tensor launch, built on the host from Python numbers.
+    """One multi-tensor launch: its tables on the device and what each step hands it.
 
-    `rows` (int64, one per tensor): numel, the buffers' addresses (0: none), then `extras` (e.g. rounding
-    keys); `scalars` (float32, one per tensor): computed in float64 as the CPU kernel does, rounded once
-    to float32; `blocks`: each program's (tensor, first element).
+    Kept from step to step (see `cached_plan`): `rows` (int64, one per tensor: numel, then the buffers'
+    addresses, 0: none) and `blocks` (each program's (tensor, first element)). Given each step:
+    `scalars` (float32, one row per tensor: computed in float64 as the CPU kernel does, rounded once to
+    float32), `extra` (kernel-specific per-step tables, e.g. rounding keys), GradScaler's `scale` and
+    `found_inf` as device tensors the kernel reads itself (no host read: a set `found_inf` makes the
+    kernel write nothing). `index` picks this launch's tensors out of the call's per-tensor tables.
     """
 
-    def __init__(
-        self,
-        device,
-        numels: list[int],
-        addresses: list[list[int]],
-        scalars: list[list[float]],
-        extras: list[list[int]] | None = None,
-    ):
+    def __init__(self, device, members: list[int], numels: list[int], addresses: list[list[int]]):
+        self.device = torch.device(device)
         counts = (torch.tensor(numels, dtype=torch.int64) + BLOCK - 1) // BLOCK
         tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), counts)
         first_block = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         starts = (torch.arange(int(counts.sum())) - first_block) * BLOCK
         self.programs = int(counts.sum())
         self.aligned = all(address % _ALIGNMENT == 0 for row in addresses for address in row)
-        extras = extras or [[] for _ in numels]
-        rows = [[n, *a, *e] for n, a, e in zip(numels, addresses, extras, strict=True)]
-        self.rows = _table(rows, torch.int64, device)
-        self.scalars = _table(scalars, torch.float32, device)
-        self.blocks = torch.stack([tensor_of_block, starts], dim=1).contiguous().to(device)
+        self.members = members
+        self.index = torch.tensor(members, dtype=torch.int64)
+        self.rows = upload(
+            torch.tensor([[n, *a] for n, a in zip(numels, addresses, strict=True)]), self.device
+        )
+        self.blocks = upload(torch.stack([tensor_of_block, starts], dim=1), self.device)
+        self.one = torch.ones((), device=self.device)  # the scale and flag of a step without GradScaler
+        self.zero = torch.zeros((), device=self.device)
+        self.scalars: torch.Tensor | None = None
+        self.extra: tuple = ()
+        self.scale, self.found_inf = self.one, self.zero
+
+    def prepare(self, scalars: torch.Tensor, extra=(), grad_scale=None, found_inf=None) -> None:
+        """This step's numbers: rows of the call's per-tensor tables (CPU) sent without a host sync."""
+        whole = len(self.members) == scalars.shape[0]
+        self.scalars = upload(scalars if whole else scalars.index_select(0, self.index), self.device)
+        self.extra = tuple(upload(t if whole else t.index_select(0, self.index), self.device) for t in extra)
+        self.scale = self.one if grad_scale is None else _on(grad_scale, self.device)
+        self.found_inf = self.zero if found_inf is None else _on(found_inf, self.device)
 
 
-def _table(values: list[list], dtype: torch.dtype, device) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype).contiguous().to(device)
+def upload(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host table on `device`: from pinned memory without blocking on a GPU (the copy is queued like a
+    kernel; torch keeps the pinned block until it is done), as is on the CPU (the interpreter's tests)."""
+    table = table.contiguous()
+    if device.type != "cuda":
+        return table
+    return table.pin_memory().to(device, non_blocking=True)
+
+
+def _on(value, device: torch.device) -> torch.Tensor:
+    """GradScaler's scale or flag as a float32 tensor on `device` (a queued copy if it is elsewhere)."""
+    if not isinstance(value, torch.Tensor):
+        return torch.full((), float(value), dtype=torch.float32, device=device)
+    return value.to(device=device, dtype=torch.float32, non_blocking=True).reshape(())
+
+
+class Plan:
+    """The checked layout of one call's tensors: its launches (one per device and storage kinds), kept
+    while the tensors stay the same (`cached_plan`). `keep` holds gradient copies laid out like their
+    parameters (a call that needs them is planned anew every step: the copies are new each time)."""
+
+    def __init__(self, launches: list[tuple[tuple, Launch]], keep: list[torch.Tensor]):
+        self.launches = launches
+        self.keep = keep
+
+
+_PLANS_KEPT = 32  # a few optimizers (G and D), each a few groups: the tables are small
+_plans: list[tuple[tuple, tuple, Plan]] = []  # (kind, signature, plan), the most recently used last
+
+
+def signature(*lists) -> tuple:
+    """What a plan depends on, per tensor: where its data is, its strides, size, dtype and device (all
+    the kernel sees of a tensor, and all its checks read). Any change (a new gradient tensor elsewhere,
+    `p.data = ...`, a re-laid-out buffer) gives a new plan. Lists of plain values, compared element by
+    element: cheaper than hashing 560 tuples every step."""
+    tensors = [t for ts in lists for t in ts]
+    present = [t for t in tensors if t is not None]
+    return (
+        [t is None for t in tensors],
+        [t.data_ptr() for t in present],
+        [t.stride() for t in present],
+        [t.numel() for t in present],
+        [t.dtype for t in present],
+        [t.device for t in present],
+    )
+
+
+def cached_plan(kind: tuple, lists, build) -> Plan:
+    """The plan for these tensor `lists` of a kernel (`kind`: its name and static arguments): built by
+    `build()` on first sight, or when any tensor's `signature` changed, then reused."""
+    current = signature(*lists)
+    for index, (known_kind, known, plan) in enumerate(_plans):
+        if known_kind == kind and known[1] == current[1] and known == current:
+            _plans.append(_plans.pop(index))
+            return plan
+    plan = build()
+    if not plan.keep:
+        _plans.append((kind, current, plan))
+        del _plans[:-_PLANS_KEPT]
+    return plan
+
+
+def step_values(steps) -> list[int]:
+    """The step each tensor is about to take (its counter + 1; counters were checked with the plan)."""
+    return [int(step.item()) + 1 for step in steps]
+
+
+def per_tensor(values: list, row_of) -> torch.Tensor:
+    """A float32 table with one row per tensor, `row_of(value)` computed once per distinct value (the
+    steps of a group are almost always one value): float64 numbers rounded once to float32."""
+    distinct: dict = {}
+    index = [distinct.setdefault(v, len(distinct)) for v in values]
+    rows = torch.tensor([row_of(v) for v in distinct], dtype=torch.float64).to(torch.float32)
+    if len(distinct) == 1:
+        return rows.expand(len(values), -1)
+    return rows.index_select(0, torch.tensor(index, dtype=torch.int64))
+
+
+class Skipped:
+    """Whether GradScaler's `found_inf` is set, read on the host only to decide whether the step counters
+    advance: copied (non-blocking, into pinned memory) before the launches are queued, and waited for
+    after them, so the kernels never wait on the host (they read the flag themselves)."""
+
+    def __init__(self, found_inf):
+        self.event = None
+        if found_inf is None:
+            self.host = None
+        elif isinstance(found_inf, torch.Tensor) and found_inf.device.type == "cuda":
+            self.host = torch.empty((), dtype=torch.float32, pin_memory=True)
+            self.host.copy_(found_inf.reshape(()), non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(found_inf.device))
+        else:
+            self.host = torch.as_tensor(found_inf, dtype=torch.float32).detach().clone()
+
+    def __bool__(self) -> bool:
+        if self.host is None:
+            return False
+        if self.event is not None:
+            self.event.synchronize()
+        return float(self.host) != 0.0
+
+
+def on_device(device: torch.device):
+    """The tensors' device made current for a launch: Triton launches on the *current* CUDA device, which
+    for parameters on cuda:1 (`--device cuda:1` outside DDP) is not theirs."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def launch_blocks(kernel, launch: Launch, **constants) -> None:
-    """Run `kernel` over every block of the launch; no fp fusion (each a*b+c rounds twice, as on the CPU)."""
+    """Run `kernel` over every block of the launch, on the launch's device; no fp fusion (each a*b+c
+    rounds twice, as on the CPU)."""
     if launch.programs == 0:
         return
-    kernel[(launch.programs,)](
-        launch.rows,
-        launch.scalars,
-        launch.blocks,
-        ALIGNED=launch.aligned,
-        BLOCK=BLOCK,
-        enable_fp_fusion=False,
-        **constants,
-    )
+    with on_device(launch.device):
+        kernel[(launch.programs,)](
+            launch.rows,
+            launch.scalars,
+            launch.blocks,
+            launch.scale,
+            launch.found_inf,
+            *launch.extra,
+            ALIGNED=launch.aligned,
+            BLOCK=BLOCK,
+            enable_fp_fusion=False,
+            **constants,
+        )
 
 
 # --- host-side checks (the CPU kernel's, with its messages): everything is checked before anything moves --
@@ -270,7 +400,8 @@ def next_step(step: torch.Tensor) -> int:
 
 
 def commit_steps(steps) -> None:
-    """Advance the counters: only once every check has passed, so an error leaves the optimizer untouched."""
+    """Advance the counters of the tensors a launch has just stepped: only after it was launched, so a
+    refused step (a check) or a failed launch (a compile or launch error) leaves them as they were."""
     if steps:
         torch._foreach_add_(list(steps), 1.0)
 
