@@ -48,8 +48,8 @@ from arvc.train.checkpoint import (
     set_rng_state,
 )
 from arvc.train.distributed import Ranks, process_group
-from arvc.train.errors import TrainError
-from arvc.train.faults import StopOnSignal
+from arvc.train.errors import SaveInterrupted, TrainError
+from arvc.train.faults import StopOnSignal, exit_status
 from arvc.train.logs import NullLog, RunLog
 from arvc.train.memory import (
     GIB,
@@ -180,7 +180,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
             result = _one_epoch(run, progress, epoch, opts, callbacks, stop_signal)
             if progress.stopped_by and progress.batches_done < run.steps_per_epoch:
                 # mid-epoch: the checkpoint says how far into this epoch, resume continues it
-                progress.last_checkpoint = _save(run, progress, epoch - 1, progress.batches_done)
+                progress.last_checkpoint = _save(run, progress, epoch - 1, progress.batches_done, stop_signal)
                 break
             progress.batches_done, progress.epochs_done = 0, epoch
             evaluation = _validate(run, progress, epoch)  # held-out scores, best model, early stop
@@ -191,7 +191,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks) -> TrainResul
             scheduled = epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs or progress.stopped_by
             new_best = progress.best is not None and progress.best["epoch"] == epoch
             if scheduled or new_best:  # the best model's checkpoint is always written (and never pruned)
-                progress.last_checkpoint = _save(run, progress, epoch, 0)
+                progress.last_checkpoint = _save(run, progress, epoch, 0, stop_signal)
             if new_best:
                 _export_best(run, progress)
             if scheduled:
@@ -632,13 +632,14 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
     run.ranks.on_main(write, "write listening samples")
 
 
-def _save(run: _Run, progress: _Progress, epochs_done: int, batches_done: int) -> Path:
+def _save(run: _Run, progress: _Progress, epochs_done: int, batches_done: int, signals: StopOnSignal) -> Path:
     """Checkpoint after `epochs_done` whole epochs plus `batches_done` batches of the next one.
 
     Collective: ZeRO state is gathered on rank 0, which writes while the others wait."""
     path = checkpoint_path(run.run_dir, epochs_done, progress.step)
     run.ranks.consolidate(run.optim_g, run.optim_d)
-    write = lambda: _write(run, path, _checkpoint_state(run, progress, epochs_done, batches_done))  # noqa: E731
+    state = lambda: _checkpoint_state(run, progress, epochs_done, batches_done)  # noqa: E731
+    write = lambda: _write(run, path, state(), signals)  # noqa: E731
     run.ranks.on_main(write, "write a checkpoint")
     return path
 
@@ -672,11 +673,28 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
     }
 
 
-def _write(run: _Run, path: Path, state: dict) -> None:
+def _write(run: _Run, path: Path, state: dict, signals: StopOnSignal) -> None:
     best = (state["validation"]["best"] or {}).get("checkpoint")
     try:
         atomic_save(state, path)
-    except OSError as error:  # a WriteError names the file itself; any other OSError gets it named here
+    except (OSError, KeyboardInterrupt) as error:
+        # A second Ctrl-C during the save breaks torch's writer ("unexpected pos", a WriteError): that is
+        # the user exiting at once, not a full disk.
+        if signals.forced is not None:
+            kept = path if path.is_file() else latest_checkpoint(run.run_dir)
+            after = (
+                f"the newest checkpoint {kept} is intact; continue with --resume {run.run_dir}"
+                if kept
+                else "no checkpoint was saved; start the run again with the same command"
+            )
+            raise SaveInterrupted(
+                f"{signals.forced} again while checkpoint {path} was being written: exited without "
+                f"finishing the save (nothing is wrong with the disk or the folder); {after}",
+                exit_status(signals.forced),
+            ) from error
+        if not isinstance(error, OSError):
+            raise
+        # a WriteError names the file itself; any other OSError gets it named here
         previous = latest_checkpoint(run.run_dir)
         what = error if isinstance(error, WriteError) else f"could not write checkpoint {path}: {error}"
         raise TrainError(
