@@ -221,6 +221,54 @@ def test_features_of_another_size_are_a_clear_error(tmp_path, recordings):
     assert_refused(result, "features are 80-d but config tiny expects 64-d", "--set data.feature_dim=80")
 
 
+def test_train_without_a_dataset_refuses_a_run_preprocessed_from_recordings(tmp_path, recordings):
+    """`arvc preprocess RECORDINGS --name X`, then `arvc train --name X` (the dataset forgotten): no
+    dataset means the demo voice, which was preprocessed into the same data/ (and trained on beside the
+    recordings). Refused, naming the recordings and the command; the demo voice's own data is reused."""
+    runs = tmp_path / "runs"
+    done = cli("preprocess", recordings, "--name", "erin", "--runs-dir", runs, "--sample-rate", "16000")
+    assert done.exit_code == 0, done.output
+    data = runs / "erin" / "data"
+    assert json.loads((data / "preprocess.json").read_text())["dataset"] == str(recordings.resolve())
+    before = snapshot(data)
+    result = cli("train", "--name", "erin", "--runs-dir", runs, "--max-steps", "1")
+    assert_refused(
+        result,
+        f"{data} holds data preprocessed from {recordings.resolve()}",
+        "demo voice",
+        f"Pass the dataset: arvc train {recordings.resolve()} --name erin --runs-dir {runs}",
+        "nothing was changed",
+    )
+    assert snapshot(data) == before
+    assert sorted(p.name for p in (runs / "erin").iterdir()) == ["data"]
+
+    # data preprocessed before preprocess.json recorded its folder: the source names tell
+    manifest = json.loads((data / "preprocess.json").read_text())
+    del manifest["dataset"]
+    (data / "preprocess.json").write_text(json.dumps(manifest))
+    result = cli("train", "--name", "erin", "--runs-dir", runs, "--max-steps", "1")
+    assert_refused(
+        result, "from recordings (their folder is not recorded)", "arvc train RECORDINGS --name erin"
+    )
+
+
+def test_train_without_a_dataset_reuses_the_demo_voice_data(tmp_path, monkeypatch):
+    """The demo voice's data (recorded as the generated demo folder) is the demo voice: used again."""
+    from arvc.data.prepare import preprocessed_from
+
+    monkeypatch.setenv("ARVC_CACHE_DIR", str(tmp_path / "cache"))
+    runs = tmp_path / "runs"
+    first = cli("train", "--runs-dir", runs, "--name", "d", "--batch-size", "2", "--max-steps", "1")
+    assert first.exit_code == 0, first.output
+    assert preprocessed_from(runs / "d" / "data").demo
+    shutil.rmtree(runs / "d" / "checkpoints")
+    for name in ("export", "metrics.csv", "tensorboard", "loss.png"):
+        path = runs / "d" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    again = cli("train", "--runs-dir", runs, "--name", "d", "--batch-size", "2", "--max-steps", "1")
+    assert again.exit_code == 0, again.output
+
+
 # --- 2. non-finite weights never end as a success ---------------------------------------------------
 def test_a_run_with_non_finite_weights_fails_and_exports_nothing(tmp_path, recordings):
     """A generator that starts from NaN weights (here a damaged pretrained file) trains to its end but

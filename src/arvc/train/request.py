@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
 from arvc.config import DEMO_EPOCHS, RunConfig, apply_overrides, load_config, optimizer_value_errors
 from arvc.data.outputs import check_run_name, run_products
-from arvc.data.prepare import DataSettings, data_settings, prepare_data
+from arvc.data.prepare import DataSettings, data_settings, prepare_data, preprocessed_from
 from arvc.modelfile.read import read_model_file
 from arvc.optim import get_spec
 from arvc.optim.registry import eight_bit_optimizer_class
@@ -194,6 +195,8 @@ def plan_training(request: TrainRequest) -> TrainPlan:
                 f"{run_dir} already holds a run ({', '.join(p.name for p in products)}); continue it "
                 f"with --resume {run_dir}, or choose another --name (nothing was changed)"
             )
+        if r.dataset is None:
+            _check_the_data_is_the_demo_voice(r, run_dir)
         cfg = load_config(r.config)
         if r.dataset is None and r.epochs is None:
             overrides["train.epochs"] = DEMO_EPOCHS
@@ -236,6 +239,29 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         auto_batch_size=auto_batch,
     )
     return TrainPlan(request, run_dir, cfg, settings, options)
+
+
+def _check_the_data_is_the_demo_voice(r: TrainRequest, run_dir: Path) -> None:
+    """No dataset means the demo voice: into a run whose data/ came from the user's recordings (`arvc
+    preprocess RECORDINGS --name X`, then `arvc train --name X`) it would preprocess the demo voice beside
+    them, and the run would train on both."""
+    source = preprocessed_from(run_dir / "data")
+    if source is None or source.demo:
+        return
+    folder = str(source.folder) if source.folder is not None else "RECORDINGS"
+    words = ["arvc", "train", folder, "--name", run_dir.name]
+    if r.runs_dir != TrainRequest.runs_dir:
+        words += ["--runs-dir", str(r.runs_dir)]
+    where = (
+        f"from {source.folder}"
+        if source.folder is not None
+        else "from recordings (their folder is not recorded)"
+    )
+    raise ValueError(
+        f"{run_dir / 'data'} holds data preprocessed {where}, and no dataset was given, which means the "
+        f"demo voice: it would be preprocessed into the same run. Pass the dataset: {shlex.join(words)} "
+        "(nothing was changed)"
+    )
 
 
 def _say_what_resume_ignores(r: TrainRequest, run_dir: Path) -> None:
