@@ -143,16 +143,60 @@ def _product(run: Path, kind: str) -> None:
         (run / "loss.png").write_bytes(b"png")
 
 
-@pytest.mark.parametrize("kind", ["export", "metrics.csv", "checkpoints", "tensorboard", "loss.png"])
-def test_a_run_folder_with_any_product_is_refused_and_left_as_it_was(tmp_path, recordings, kind):
+@pytest.mark.parametrize("kind", ["export", "checkpoints"])
+def test_a_run_folder_with_a_checkpoint_or_a_model_is_refused_and_left_as_it_was(tmp_path, recordings, kind):
+    """A checkpoint: continue it with --resume. An export without a checkpoint: nothing to continue,
+    and a model the user may want; either way nothing is written."""
     run = tmp_path / "runs" / "alice"
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(load_config("tiny").to_dict()))
-    _product(run, kind)
+    for product in (kind, "metrics.csv", "tensorboard", "loss.png"):
+        _product(run, product)
     before = snapshot(run)
     result = cli("train", recordings, "--runs-dir", tmp_path / "runs", "--name", "alice")
-    assert_refused(result, f"{run} already holds a run ({kind})", f"--resume {run}", "another --name")
+    if kind == "checkpoints":
+        assert_refused(result, f"{run} already holds a run (", f"--resume {run}", "another --name")
+    else:
+        assert_refused(result, f"{run} holds an exported model", "no checkpoint", "another --name")
     assert snapshot(run) == before
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_restarted(tmp_path, recordings):
+    """kill -9 before the first checkpoint left metrics.csv, tensorboard/, loss.png, config.json, an
+    unfinished checkpoint temporary and the preprocessed data. --resume said "no checkpoint" and a new run
+    "already holds a run… continue it with --resume": a dead end. Now --resume gives the command that
+    starts it again, and that command reuses the data and moves the rest into a dated folder."""
+    runs = tmp_path / "runs"
+    run = runs / "alice"
+    done = cli("preprocess", recordings, "--name", "alice", "--runs-dir", runs, "--sample-rate", "16000")
+    assert done.exit_code == 0, done.output
+    (run / "config.json").write_text(json.dumps(load_config("tiny").to_dict()))
+    for product in ("metrics.csv", "tensorboard", "loss.png"):
+        _product(run, product)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / ".ckpt_E00001_S00000010.pt.0123456789ab.tmp").write_bytes(b"half a checkpoint")
+    before = snapshot(run)
+
+    resumed = cli("train", "--resume", run)
+    command = f"arvc train {recordings.resolve()} --name alice --runs-dir {runs}"
+    assert_refused(
+        resumed, "no checkpoint", "stopped before its first save", f"Start it again with: {command}"
+    )
+    assert f"its preprocessed data in {run / 'data'} is reused" in resumed.output
+    assert snapshot(run) == before, "refused: nothing changed"
+
+    restarted = cli(*command.split()[1:], "--batch-size", "2", "--epochs", "1", "--max-steps", "1")
+    assert restarted.exit_code == 0, restarted.output
+    (aside,) = run.glob("restarted-*")
+    moved = snapshot(aside)
+    assert moved["metrics.csv"] == before["metrics.csv"] and moved["loss.png"] == before["loss.png"]
+    assert moved["config.json"] == before["config.json"]
+    assert "tensorboard/events.out.tfevents.1" in moved
+    after = snapshot(run)
+    pieces = [name for name in before if name.startswith("data/") and name.endswith((".npy", ".wav"))]
+    assert pieces and all(after[name] == before[name] for name in pieces), "the data is reused as it was"
+    assert len(list((run / "checkpoints").glob("ckpt_*.pt"))) == 1
+    assert (run / "export" / "model.safetensors").is_file()
 
 
 # --- 6 and 5: the README flow reuses the preprocessed data; arvc never reads its own outputs ----------
