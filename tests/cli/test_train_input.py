@@ -315,8 +315,8 @@ def test_train_without_a_dataset_reuses_the_demo_voice_data(tmp_path, monkeypatc
 
 # --- 2. non-finite weights never end as a success ---------------------------------------------------
 def test_a_run_with_non_finite_weights_fails_and_exports_nothing(tmp_path, recordings):
-    """A generator that starts from NaN weights (here a damaged pretrained file) trains to its end but
-    must not be exported as a model nor reported as a success."""
+    """A generator that starts from NaN weights (here a damaged pretrained file) must not be saved as a
+    checkpoint (it was, and a resume continued it), exported as a model, nor reported as a success."""
     from safetensors.torch import save_file
 
     from arvc.model import Synthesizer
@@ -334,8 +334,15 @@ def test_a_run_with_non_finite_weights_fails_and_exports_nothing(tmp_path, recor
         "--batch-size", "2", "--epochs", "1", "--max-steps", "1",
     )  # fmt: skip
     assert_refused(
-        result, "refusing to export", "non-finite", "dec.conv_pre.weight", "lower --lr", "--resume"
+        result,
+        "training diverged",
+        "non-finite",
+        "generator.dec.conv_pre.weight",
+        "not saved as checkpoint ckpt_E00000_S00000001.pt",
+        "No checkpoint was saved before it",
+        "lower --lr",
     )
+    assert not list((runs / "nan").glob("checkpoints/*.pt")), "no checkpoint of NaN weights"
     assert not (runs / "nan" / "export" / "model.safetensors").exists()
     assert "trained 1 epochs" not in result.output
 

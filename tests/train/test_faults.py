@@ -93,6 +93,45 @@ print("STOPPED_BY", result.stopped_by)
 """
 
 
+def test_weights_gone_non_finite_are_never_a_checkpoint_and_the_good_one_is_kept(tmp_path, data_dir):
+    """Weights that became NaN (losses stay finite for a while: nothing is skipped) were saved as a
+    checkpoint at the next save, and keep_last=1 then deleted the last good one. Now the save is refused
+    with an error naming the good checkpoint, which stays."""
+
+    class NanWeightsInEpoch2:
+        def on_start(self, total_epochs, steps_per_epoch, start_epoch):
+            self.per_epoch = steps_per_epoch
+
+        def on_epoch(self, *_): ...
+
+        def on_step(self, epoch, step, losses, lr):
+            if step == self.per_epoch + 1:
+                with torch.no_grad():
+                    next(iter(net_d_params)).fill_(float("nan"))  # the discriminator's first weight
+
+    import arvc.train.loop as loop
+
+    net_d_params = []
+    build = loop._build_run
+
+    def build_run(*args, **kwargs):
+        run = build(*args, **kwargs)
+        net_d_params.extend(run.net_d.parameters())
+        return run
+
+    options = trainkit.options(tmp_path, data_dir, config=tiny(epochs=3, keep_last=1, val_fraction=0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "_build_run", build_run)
+        with pytest.raises(TrainError) as raised:
+            train(options, callbacks := NanWeightsInEpoch2())
+    good = tmp_path / "run" / "checkpoints" / f"ckpt_E00001_S{callbacks.per_epoch:08d}.pt"
+    message = str(raised.value)
+    assert "non-finite" in message and "discriminator." in message, message
+    assert f"The last good checkpoint is {good}" in message and "--lr" in message
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt")] == [good.name]
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(good)["discriminator"].values())
+
+
 def _wait_for_rows(csv_path, rows, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

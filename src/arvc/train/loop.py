@@ -28,7 +28,7 @@ from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.data.preprocess import FILELIST
 from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
-from arvc.modelfile.export import export_generator
+from arvc.modelfile.export import export_generator, name_some, non_finite_tensors
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import Schedule
@@ -37,6 +37,7 @@ from arvc.train.checkpoint import (
     CHECKPOINT_VERSION,
     abandon_later_checkpoints,
     atomic_save,
+    best_record,
     check_resume_config,
     checkpoint_path,
     latest_checkpoint,
@@ -594,12 +595,12 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
 def _export_best(run: _Run, progress: _Progress) -> None:
     """Export the generator as it is now (the best so far) to export/best/, with best.json saying which."""
     best = progress.best
-    folder = run.run_dir / "export" / "best"
+    folder = best_record(run.run_dir).parent
 
     def export() -> None:
         info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
         export_generator(run.net_g, run.cfg, folder, info=info, explain=False)  # the final export says it
-        write_text(folder / "best.json", json.dumps(best, indent=2))
+        write_text(best_record(run.run_dir), json.dumps(best, indent=2))
 
     run.ranks.on_main(export, "export the best model")
 
@@ -675,6 +676,24 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
 
 def _write(run: _Run, path: Path, state: dict, signals: StopOnSignal) -> None:
     best = (state["validation"]["best"] or {}).get("checkpoint")
+    # Weights with NaN/inf are never a checkpoint: a resume would continue the divergence, and keep_last
+    # would prune the good checkpoints to make room for it. So every checkpoint is finite, and pruning
+    # (only after a write) never deletes the last finite one.
+    bad = [
+        f"{net}.{name}" for net in ("generator", "discriminator") for name in non_finite_tensors(state[net])
+    ]
+    if bad:
+        previous = latest_checkpoint(run.run_dir)
+        raise TrainError(
+            f"training diverged: at step {state['step']} {len(bad)} weight tensors hold non-finite values "
+            f"(NaN or inf): {name_some(bad)}; they were not saved as checkpoint {path.name}. "
+            + (
+                f"The last good checkpoint is {previous}: continue from it with a lower --lr "
+                f"(--resume {previous} --lr ...)"
+                if previous
+                else "No checkpoint was saved before it; train again with a lower --lr"
+            )
+        )
     try:
         atomic_save(state, path)
     except (OSError, KeyboardInterrupt) as error:
