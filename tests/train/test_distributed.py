@@ -343,6 +343,7 @@ def test_arvc_train_nproc_2_ctrl_c_then_resume(tmp_path, data_dir):
     assert done.stdout.count(f"({stopped_at + 1} steps)") == 1, done.stdout
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == stopped_at + 1
     assert (run_dir / "export" / "model.safetensors").is_file()
+    assert not (run_dir / ".arvc-run.lock").exists(), "the launcher held the run's lock, and removed it"
 
 
 def test_zero_shards_round_stochastically_as_one_process(tmp_path):

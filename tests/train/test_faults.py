@@ -189,9 +189,15 @@ def _train_cli(tmp_path, data_dir, *args) -> tuple[subprocess.Popen, Path]:
 def test_a_signal_finishes_the_step_saves_and_exits_with_its_status(tmp_path, data_dir, signum, status):
     """`arvc train`, signalled: the step finishes, a checkpoint of it is saved, and the exit status is the
     signal's (128 + its number), so `arvc train ... && arvc export ...` stops there (it was 0)."""
+    from typer.testing import CliRunner
+
+    from arvc.cli import app
+
     process, run = _train_cli(tmp_path, data_dir)
     try:
         _wait_for_rows(run / "metrics.csv", 2)
+        second = CliRunner().invoke(app, ["train", "--resume", str(run)])  # while the first trains
+        assert second.exit_code == 1 and f"(PID {process.pid} on" in second.output, second.output
         process.send_signal(signum)
         output, _ = process.communicate(timeout=120)
     finally:
@@ -205,6 +211,7 @@ def test_a_signal_finishes_the_step_saves_and_exits_with_its_status(tmp_path, da
         last_logged = int(list(csv.DictReader(handle))[-1]["step"])
     assert checkpoint["step"] == last_logged
     assert not (run / "export").exists(), "a stopped run is not exported"
+    assert not (run / ".arvc-run.lock").exists(), "the run lock is removed after a stop"
 
 
 def test_a_second_ctrl_c_during_the_save_is_reported_as_such(tmp_path, data_dir, monkeypatch):

@@ -234,6 +234,7 @@ def train(
     from arvc.train.loop import train as run_training
     from arvc.train.request import TrainRequest, plan_training
     from arvc.train.request import prepare as prepare_run
+    from arvc.train.runlock import run_lock
 
     try:  # everything the user typed is checked before any work starts
         plan = plan_training(
@@ -282,7 +283,8 @@ def train(
             prepare_run(plan, progress)
 
     try:
-        with process_group(device) as ranks:  # under torchrun: join the other processes
+        # under torchrun: join the other processes; one process trains a run at a time (its lock)
+        with process_group(device) as ranks, run_lock(run_dir):
             if not ranks.is_main:
                 logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports for all
             ranks.on_main(prepare, "prepare the data")  # once, before any process reads it

@@ -71,6 +71,7 @@ from arvc.train.optimizers import (
     run_state_bytes_per_param,
 )
 from arvc.train.precision import AUTO, device_precision, tf32_matmuls
+from arvc.train.runlock import run_lock
 from arvc.train.step import GanStep, autocast
 from arvc.train.validation import Evaluation, Validator
 
@@ -159,7 +160,7 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
     Started by torchrun (RANK, WORLD_SIZE, ... set), each process trains its share of every global batch
     with DistributedDataParallel and rank 0 alone writes; see docs/distributed.md.
     """
-    with process_group(opts.device) as ranks:
+    with process_group(opts.device) as ranks, run_lock(opts.run_dir):  # one trainer per run folder
         return _train(opts, callbacks if callbacks is not None and ranks.is_main else _Silent(), ranks)
 
 

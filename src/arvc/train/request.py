@@ -26,6 +26,7 @@ from arvc.optim.registry import eight_bit_optimizer_class
 from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_checkpoint
 from arvc.train.loop import PRECISIONS, TrainOptions, resolve_resume
 from arvc.train.precision import AUTO
+from arvc.train.runlock import check_unlocked
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,8 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             overrides[key] = value
     leftovers: list[Path] = []
     if r.resume is not None:  # the checkpoint is the truth: its config, changed only where allowed
+        if r.resume.is_dir():
+            check_unlocked(r.resume)  # another process trains it: refused before anything else is said
         if r.resume.is_dir() and latest_checkpoint(r.resume) is None:
             raise ValueError(_nothing_to_resume(r.resume))
         resume_file = resolve_resume(r.resume)
@@ -186,6 +189,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
                 "RUN/checkpoints/ first (nothing was changed)"
             )
         run_dir = r.resume if r.resume.is_dir() else resume_file.parent.parent
+        check_unlocked(run_dir)
         saved = load_checkpoint(resume_file, mmap=True)
         saved_config = saved.get("config", {})
         _say_what_resume_ignores(r, run_dir)
@@ -196,6 +200,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         # `arvc train .` is named after the folder itself (Path(".").name is "")
         default = r.dataset.resolve().name if r.dataset is not None else "demo"
         run_dir = r.runs_dir / (r.name if r.name is not None else check_run_name(default))
+        check_unlocked(run_dir)  # a live run: never restarted nor refused for the products it is writing
         products = run_products(run_dir)
         if latest_checkpoint(run_dir) is not None:
             raise ValueError(

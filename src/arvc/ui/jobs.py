@@ -226,15 +226,17 @@ class Jobs:
 
         from arvc.train.loop import train
         from arvc.train.request import prepare
+        from arvc.train.runlock import run_lock
 
         def preprocessing(done, total, what) -> None:
             with self._lock:
                 status.detail = f"preprocessing {done}/{total}: {what}"
 
-        prepare(plan, preprocessing)
-        with self._lock:
-            status.detail = ""
-        result = train(replace(plan.options, stop=stop), callbacks)
+        with run_lock(plan.run_dir):  # from the data on: another process is refused (it was checked before)
+            prepare(plan, preprocessing)
+            with self._lock:
+                status.detail = ""
+            result = train(replace(plan.options, stop=stop), callbacks)
         summary = f"trained {result.epochs_done} epochs ({result.steps_done} steps)"
         if result.best is not None:
             summary += f"; best held-out mel L1 {result.best['mel_l1']:.4f} at epoch {result.best['epoch']}"
