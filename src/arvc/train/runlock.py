@@ -162,9 +162,10 @@ def check_unlocked(folder: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike) -> Iterator[None]:
-    """Hold `folder`'s lock for the duration (creating the folder); RunLocked if a live process holds it.
-    A stale lock (its process is gone) is taken over with a warning. Removed on the way out, whatever
-    ends the block (the end of training, an error, Ctrl-C)."""
+    """Hold `folder`'s lock for the duration; RunLocked if a live process holds it. A stale lock (its
+    process is gone) is taken over with a warning. Removed on the way out, whatever ends the block (the
+    end of training, an error, Ctrl-C); a folder made here for the lock and left empty goes with it (a
+    run refused by a later check leaves nothing behind)."""
     folder = Path(folder)
     path = folder / RUN_LOCK
     holder = Holder.read(path)
@@ -190,6 +191,7 @@ def run_lock(folder: str | os.PathLike) -> Iterator[None]:
             with _held_lock:
                 _held[key][1] -= 1
         return
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     handle = _acquire(folder, path)
     with _held_lock:
         _held[key] = [handle, 1, threading.get_ident()]
@@ -204,6 +206,11 @@ def run_lock(folder: str | os.PathLike) -> Iterator[None]:
                 del _held[key]
         if last:
             _release(path, handle)
+            for empty in made:  # folders this lock made, when nothing else was written into them
+                try:
+                    empty.rmdir()
+                except OSError:
+                    break
 
 
 def _acquire(folder: Path, path: Path):
