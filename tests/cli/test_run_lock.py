@@ -104,6 +104,13 @@ def test_compare_refuses_a_comparison_another_process_runs(tmp_path, trained, ot
     assert f"error: {out} is being trained by another process (PID {other_process.pid}" in result.output
     assert sorted(p.name for p in out.iterdir()) == [RUN_LOCK], "refused before any work"
 
+    from arvc.ui.jobs import Jobs
+
+    jobs = Jobs()
+    with pytest.raises(RuntimeError, match=f"PID {other_process.pid}"):  # the web UI's Compare tab
+        jobs.start_compare(trained[1], out, "AdamW")
+    assert jobs.status() is None
+
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over_and_removed_at_the_end(run):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

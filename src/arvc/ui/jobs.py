@@ -143,8 +143,10 @@ class Jobs:
 
     def start_compare(self, dataset: Path | None, out_dir: Path, optimizers: str, **kwargs) -> JobStatus:
         from arvc.compare.runner import check_request
+        from arvc.train.runlock import check_unlocked
 
         check_request(dataset, optimizers, kwargs.get("schedule", "paired"), kwargs.get("precision", "fp32"))
+        check_unlocked(out_dir)  # another process runs this comparison: refused before taking the slot
         status = JobStatus("compare", out_dir.name, out_dir)
 
         def run(callbacks, stop):
