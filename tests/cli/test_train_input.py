@@ -143,16 +143,60 @@ def _product(run: Path, kind: str) -> None:
         (run / "loss.png").write_bytes(b"png")
 
 
-@pytest.mark.parametrize("kind", ["export", "metrics.csv", "checkpoints", "tensorboard", "loss.png"])
-def test_a_run_folder_with_any_product_is_refused_and_left_as_it_was(tmp_path, recordings, kind):
+@pytest.mark.parametrize("kind", ["export", "checkpoints"])
+def test_a_run_folder_with_a_checkpoint_or_a_model_is_refused_and_left_as_it_was(tmp_path, recordings, kind):
+    """A checkpoint: continue it with --resume. An export without a checkpoint: nothing to continue,
+    and a model the user may want; either way nothing is written."""
     run = tmp_path / "runs" / "alice"
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(load_config("tiny").to_dict()))
-    _product(run, kind)
+    for product in (kind, "metrics.csv", "tensorboard", "loss.png"):
+        _product(run, product)
     before = snapshot(run)
     result = cli("train", recordings, "--runs-dir", tmp_path / "runs", "--name", "alice")
-    assert_refused(result, f"{run} already holds a run ({kind})", f"--resume {run}", "another --name")
+    if kind == "checkpoints":
+        assert_refused(result, f"{run} already holds a run (", f"--resume {run}", "another --name")
+    else:
+        assert_refused(result, f"{run} holds an exported model", "no checkpoint", "another --name")
     assert snapshot(run) == before
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_restarted(tmp_path, recordings):
+    """kill -9 before the first checkpoint left metrics.csv, tensorboard/, loss.png, config.json, an
+    unfinished checkpoint temporary and the preprocessed data. --resume said "no checkpoint" and a new run
+    "already holds a run… continue it with --resume": a dead end. Now --resume gives the command that
+    starts it again, and that command reuses the data and moves the rest into a dated folder."""
+    runs = tmp_path / "runs"
+    run = runs / "alice"
+    done = cli("preprocess", recordings, "--name", "alice", "--runs-dir", runs, "--sample-rate", "16000")
+    assert done.exit_code == 0, done.output
+    (run / "config.json").write_text(json.dumps(load_config("tiny").to_dict()))
+    for product in ("metrics.csv", "tensorboard", "loss.png"):
+        _product(run, product)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / ".ckpt_E00001_S00000010.pt.0123456789ab.tmp").write_bytes(b"half a checkpoint")
+    before = snapshot(run)
+
+    resumed = cli("train", "--resume", run)
+    command = f"arvc train {recordings.resolve()} --name alice --runs-dir {runs}"
+    assert_refused(
+        resumed, "no checkpoint", "stopped before its first save", f"Start it again with: {command}"
+    )
+    assert f"its preprocessed data in {run / 'data'} is reused" in resumed.output
+    assert snapshot(run) == before, "refused: nothing changed"
+
+    restarted = cli(*command.split()[1:], "--batch-size", "2", "--epochs", "1", "--max-steps", "1")
+    assert restarted.exit_code == 0, restarted.output
+    (aside,) = run.glob("restarted-*")
+    moved = snapshot(aside)
+    assert moved["metrics.csv"] == before["metrics.csv"] and moved["loss.png"] == before["loss.png"]
+    assert moved["config.json"] == before["config.json"]
+    assert "tensorboard/events.out.tfevents.1" in moved
+    after = snapshot(run)
+    pieces = [name for name in before if name.startswith("data/") and name.endswith((".npy", ".wav"))]
+    assert pieces and all(after[name] == before[name] for name in pieces), "the data is reused as it was"
+    assert len(list((run / "checkpoints").glob("ckpt_*.pt"))) == 1
+    assert (run / "export" / "model.safetensors").is_file()
 
 
 # --- 6 and 5: the README flow reuses the preprocessed data; arvc never reads its own outputs ----------
@@ -219,10 +263,58 @@ def test_features_of_another_size_are_a_clear_error(tmp_path, recordings):
     assert_refused(result, "features are 80-d but config tiny expects 64-d", "--set data.feature_dim=80")
 
 
+def test_train_without_a_dataset_refuses_a_run_preprocessed_from_recordings(tmp_path, recordings):
+    """`arvc preprocess RECORDINGS --name X`, then `arvc train --name X` (the dataset forgotten): no
+    dataset means the demo voice, which was preprocessed into the same data/ (and trained on beside the
+    recordings). Refused, naming the recordings and the command; the demo voice's own data is reused."""
+    runs = tmp_path / "runs"
+    done = cli("preprocess", recordings, "--name", "erin", "--runs-dir", runs, "--sample-rate", "16000")
+    assert done.exit_code == 0, done.output
+    data = runs / "erin" / "data"
+    assert json.loads((data / "preprocess.json").read_text())["dataset"] == str(recordings.resolve())
+    before = snapshot(data)
+    result = cli("train", "--name", "erin", "--runs-dir", runs, "--max-steps", "1")
+    assert_refused(
+        result,
+        f"{data} holds data preprocessed from {recordings.resolve()}",
+        "demo voice",
+        f"Pass the dataset: arvc train {recordings.resolve()} --name erin --runs-dir {runs}",
+        "nothing was changed",
+    )
+    assert snapshot(data) == before
+    assert sorted(p.name for p in (runs / "erin").iterdir()) == ["data"]
+
+    # data preprocessed before preprocess.json recorded its folder: the source names tell
+    manifest = json.loads((data / "preprocess.json").read_text())
+    del manifest["dataset"]
+    (data / "preprocess.json").write_text(json.dumps(manifest))
+    result = cli("train", "--name", "erin", "--runs-dir", runs, "--max-steps", "1")
+    assert_refused(
+        result, "from recordings (their folder is not recorded)", "arvc train RECORDINGS --name erin"
+    )
+
+
+def test_train_without_a_dataset_reuses_the_demo_voice_data(tmp_path, monkeypatch):
+    """The demo voice's data (recorded as the generated demo folder) is the demo voice: used again."""
+    from arvc.data.prepare import preprocessed_from
+
+    monkeypatch.setenv("ARVC_CACHE_DIR", str(tmp_path / "cache"))
+    runs = tmp_path / "runs"
+    first = cli("train", "--runs-dir", runs, "--name", "d", "--batch-size", "2", "--max-steps", "1")
+    assert first.exit_code == 0, first.output
+    assert preprocessed_from(runs / "d" / "data").demo
+    shutil.rmtree(runs / "d" / "checkpoints")
+    for name in ("export", "metrics.csv", "tensorboard", "loss.png"):
+        path = runs / "d" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    again = cli("train", "--runs-dir", runs, "--name", "d", "--batch-size", "2", "--max-steps", "1")
+    assert again.exit_code == 0, again.output
+
+
 # --- 2. non-finite weights never end as a success ---------------------------------------------------
 def test_a_run_with_non_finite_weights_fails_and_exports_nothing(tmp_path, recordings):
-    """A generator that starts from NaN weights (here a damaged pretrained file) trains to its end but
-    must not be exported as a model nor reported as a success."""
+    """A generator that starts from NaN weights (here a damaged pretrained file) must not be saved as a
+    checkpoint (it was, and a resume continued it), exported as a model, nor reported as a success."""
     from safetensors.torch import save_file
 
     from arvc.model import Synthesizer
@@ -240,8 +332,15 @@ def test_a_run_with_non_finite_weights_fails_and_exports_nothing(tmp_path, recor
         "--batch-size", "2", "--epochs", "1", "--max-steps", "1",
     )  # fmt: skip
     assert_refused(
-        result, "refusing to export", "non-finite", "dec.conv_pre.weight", "lower --lr", "--resume"
+        result,
+        "training diverged",
+        "non-finite",
+        "generator.dec.conv_pre.weight",
+        "not saved as checkpoint ckpt_E00000_S00000001.pt",
+        "No checkpoint was saved before it",
+        "lower --lr",
     )
+    assert not list((runs / "nan").glob("checkpoints/*.pt")), "no checkpoint of NaN weights"
     assert not (runs / "nan" / "export" / "model.safetensors").exists()
     assert "trained 1 epochs" not in result.output
 

@@ -42,3 +42,30 @@ def test_resume_refuses_changes_that_cannot_continue_the_run(trained_run, tmp_pa
     assert result.exception is None or isinstance(result.exception, SystemExit), "no traceback"
     assert not (run / "data").exists(), "refused before preprocessing"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_best_json_follows_its_checkpoint_when_a_resume_abandons_it(tmp_path):
+    """export/best/best.json named a checkpoint that a resume from an older one had moved to
+    checkpoints/abandoned/: it now says where that checkpoint is (and why)."""
+    import json
+
+    from arvc.data.demo import generate_demo_voice
+
+    generate_demo_voice(tmp_path / "wav", seconds=30, sr=16000, seed=2)  # several steps an epoch
+    run = tmp_path / "runs" / "wav"
+    args = ["train", str(tmp_path / "wav"), "--runs-dir", str(tmp_path / "runs"), "--batch-size", "2"]
+    first = runner.invoke(app, [*args, "--epochs", "2", "--save-every", "1"])
+    assert first.exit_code == 0, first.output
+    epoch_1, epoch_2 = sorted((run / "checkpoints").glob("ckpt_*.pt"))
+    record = json.loads((run / "export" / "best" / "best.json").read_text())
+    if record["checkpoint"] != epoch_2.name:  # as when epoch 2 validated best
+        record["checkpoint"] = epoch_2.name
+        (run / "export" / "best" / "best.json").write_text(json.dumps(record))
+
+    step_1 = int(epoch_1.stem.split("_S")[1])
+    resumed = runner.invoke(app, ["train", "--resume", str(epoch_1), "--max-steps", str(step_1 + 1)])
+    assert resumed.exit_code == 0, resumed.output
+    record = json.loads((run / "export" / "best" / "best.json").read_text())
+    assert record["checkpoint"] == f"abandoned/{epoch_2.name}", record
+    assert (run / "checkpoints" / record["checkpoint"]).is_file()
+    assert epoch_1.name in record["note"]

@@ -308,7 +308,7 @@ def test_nproc_that_does_not_divide_the_batch_is_refused_before_any_work(tmp_pat
 
 def test_arvc_train_nproc_2_ctrl_c_then_resume(tmp_path, data_dir):
     """`arvc train --nproc 2`: Ctrl-C (to the process group, as a terminal sends it) stops both ranks,
-    rank 0 alone saves and reports, exit status 0; `--resume --nproc 2` continues from there."""
+    rank 0 alone saves and reports, exit status 130 (SIGINT's); `--resume --nproc 2` continues from there."""
     import shutil
 
     run_dir = tmp_path / "runs" / "wav"
@@ -333,7 +333,7 @@ def test_arvc_train_nproc_2_ctrl_c_then_resume(tmp_path, data_dir):
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
-    assert first.returncode == 0, output[-3000:]
+    assert first.returncode == 130, output[-3000:]
     assert output.count("continue with: arvc") == 1, output[-3000:]  # rank 0 alone reports
     stopped_at = load_checkpoint(latest_checkpoint(run_dir))["step"]
 
@@ -343,6 +343,7 @@ def test_arvc_train_nproc_2_ctrl_c_then_resume(tmp_path, data_dir):
     assert done.stdout.count(f"({stopped_at + 1} steps)") == 1, done.stdout
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == stopped_at + 1
     assert (run_dir / "export" / "model.safetensors").is_file()
+    assert not (run_dir / ".arvc-run.lock").exists(), "the launcher held the run's lock, and removed it"
 
 
 def test_zero_shards_round_stochastically_as_one_process(tmp_path):

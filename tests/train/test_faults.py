@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +93,45 @@ print("STOPPED_BY", result.stopped_by)
 """
 
 
+def test_weights_gone_non_finite_are_never_a_checkpoint_and_the_good_one_is_kept(tmp_path, data_dir):
+    """Weights that became NaN (losses stay finite for a while: nothing is skipped) were saved as a
+    checkpoint at the next save, and keep_last=1 then deleted the last good one. Now the save is refused
+    with an error naming the good checkpoint, which stays."""
+
+    class NanWeightsInEpoch2:
+        def on_start(self, total_epochs, steps_per_epoch, start_epoch):
+            self.per_epoch = steps_per_epoch
+
+        def on_epoch(self, *_): ...
+
+        def on_step(self, epoch, step, losses, lr):
+            if step == self.per_epoch + 1:
+                with torch.no_grad():
+                    next(iter(net_d_params)).fill_(float("nan"))  # the discriminator's first weight
+
+    import arvc.train.loop as loop
+
+    net_d_params = []
+    build = loop._build_run
+
+    def build_run(*args, **kwargs):
+        run = build(*args, **kwargs)
+        net_d_params.extend(run.net_d.parameters())
+        return run
+
+    options = trainkit.options(tmp_path, data_dir, config=tiny(epochs=3, keep_last=1, val_fraction=0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "_build_run", build_run)
+        with pytest.raises(TrainError) as raised:
+            train(options, callbacks := NanWeightsInEpoch2())
+    good = tmp_path / "run" / "checkpoints" / f"ckpt_E00001_S{callbacks.per_epoch:08d}.pt"
+    message = str(raised.value)
+    assert "non-finite" in message and "discriminator." in message, message
+    assert f"The last good checkpoint is {good}" in message and "--lr" in message
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt")] == [good.name]
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(good)["discriminator"].values())
+
+
 def _wait_for_rows(csv_path, rows, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,28 +165,98 @@ def test_a_stop_request_from_another_thread_saves_like_ctrl_c(tmp_path, data_dir
     assert resumed.steps_done == 3
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_finishes_the_step_saves_and_exits_cleanly(tmp_path, data_dir, signum):
-    run = tmp_path / "run"
+def _train_cli(tmp_path, data_dir, *args) -> tuple[subprocess.Popen, Path]:
+    """`arvc train` of the preprocessed demo voice in a child process (its data copied into the run, so
+    preparing it again skips every file); 50 epochs, a log row every step: it runs until stopped."""
+    import shutil
+
+    run = tmp_path / "runs" / "wav"
+    if not (run / "data").exists():
+        shutil.copytree(data_dir, run / "data")
+    command = [sys.executable, "-m", "arvc", "train", str(data_dir.parent / "wav"), "--runs-dir"]
+    command += [str(tmp_path / "runs"), "--batch-size", "2", "--epochs", "50", "--save-every", "50"]
     process = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(run), str(data_dir)],
+        [*command, "--set", "train.log_interval=1", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"},
     )
+    return process, run
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_finishes_the_step_saves_and_exits_with_its_status(tmp_path, data_dir, signum, status):
+    """`arvc train`, signalled: the step finishes, a checkpoint of it is saved, and the exit status is the
+    signal's (128 + its number), so `arvc train ... && arvc export ...` stops there (it was 0)."""
+    from typer.testing import CliRunner
+
+    from arvc.cli import app
+
+    process, run = _train_cli(tmp_path, data_dir)
     try:
         _wait_for_rows(run / "metrics.csv", 2)
+        second = CliRunner().invoke(app, ["train", "--resume", str(run)])  # while the first trains
+        assert second.exit_code == 1 and f"(PID {process.pid} on" in second.output, second.output
         process.send_signal(signum)
         output, _ = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 0, output
-    assert f"STOPPED_BY {signal.Signals(signum).name}" in output
+    assert process.returncode == status, output
+    name = signal.Signals(signum).name
+    assert f"stopped by {name}" in output and f"exit status {status}" in output, output
+    assert f"continue with: arvc train --resume {run}" in output
     checkpoint = load_checkpoint(latest_checkpoint(run))
     with (run / "metrics.csv").open() as handle:
         last_logged = int(list(csv.DictReader(handle))[-1]["step"])
     assert checkpoint["step"] == last_logged
+    assert not (run / "export").exists(), "a stopped run is not exported"
+    assert not (run / ".arvc-run.lock").exists(), "the run lock is removed after a stop"
+
+
+def test_a_second_ctrl_c_during_the_save_is_reported_as_such(tmp_path, data_dir, monkeypatch):
+    """Ctrl-C, then Ctrl-C again while the checkpoint is being written: torch's writer fails ("unexpected
+    pos"), which was reported as a full disk or a read-only folder; it is the user's second Ctrl-C."""
+    from arvc._files import atomic_file
+    from arvc.train import loop
+
+    first = train(trainkit.options(tmp_path, data_dir, batch_size=2, max_steps=1))
+
+    class SecondCtrlCWhileWriting:  # the file torch writes to; the user presses Ctrl-C again meanwhile
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    def save(state, path):  # arvc.train.checkpoint.atomic_save, through the file above
+        with atomic_file(path) as temporary, open(temporary, "wb") as handle:
+            torch.save(state, SecondCtrlCWhileWriting(handle))
+
+    class CtrlCAtStep2:
+        def on_start(self, *_): ...
+        def on_epoch(self, *_): ...
+
+        def on_step(self, epoch, step, losses, lr):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loop, "atomic_save", save)
+    options = trainkit.options(tmp_path, data_dir, batch_size=2, resume=tmp_path / "run", max_steps=5)
+    with pytest.raises(BaseException) as raised:
+        train(options, CtrlCAtStep2())
+    message = str(raised.value)
+    assert type(raised.value).__name__ == "SaveInterrupted" and raised.value.exit_status == 130, message
+    assert "SIGINT again while checkpoint" in message and "disk" in message and "full" not in message
+    assert f"{first.last_checkpoint} is intact" in message and "--resume" in message
+    assert latest_checkpoint(tmp_path / "run") == first.last_checkpoint
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*.tmp")), "the unfinished save is removed"
 
 
 def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path, data_dir):

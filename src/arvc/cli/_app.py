@@ -76,8 +76,8 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     _setup_logging(verbose)
 
 
-def fail(message: str) -> None:
-    """Print `error: message` and exit with status 1 (the CLI's one way to report bad input)."""
+def fail(message: str, code: int = 1) -> None:
+    """Print `error: message` and exit with status `code` (1: the CLI's one way to report bad input)."""
     # one unwrapped line: a path or a command in it stays whole, to copy (rich wraps at 80 columns)
     console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=code)

@@ -319,10 +319,13 @@ def train(
     from arvc.modelfile.read import PretrainedError
     from arvc.train.checkpoint import CheckpointError
     from arvc.train.distributed import DistributedError, launch, process_group
+    from arvc.train.errors import SaveInterrupted
+    from arvc.train.faults import exit_status
     from arvc.train.loop import TrainError
     from arvc.train.loop import train as run_training
     from arvc.train.request import TrainRequest, plan_training
     from arvc.train.request import prepare as prepare_run
+    from arvc.train.runlock import run_lock
 
     try:  # everything the user typed is checked before any work starts
         plan = plan_training(
@@ -372,13 +375,16 @@ def train(
             prepare_run(plan, progress)
 
     try:
-        with process_group(device) as ranks:  # under torchrun: join the other processes
+        # under torchrun: join the other processes; one process trains a run at a time (its lock)
+        with process_group(device) as ranks, run_lock(run_dir):
             if not ranks.is_main:
                 logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports for all
             ranks.on_main(prepare, "prepare the data")  # once, before any process reads it
             if nproc is not None and nproc > 1:  # start N processes that run this command without --nproc
                 raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
             result = _run(ranks.is_main, run_training, plan.options)
+    except SaveInterrupted as error:  # a second Ctrl-C during the save: the signal's status, not 1
+        fail(str(error), error.exit_status)
     except (
         DataError,
         TrainError,
@@ -391,15 +397,18 @@ def train(
         OSError,  # a folder that turned read-only or full under a write without its own message
     ) as error:
         fail(str(error))
-    if result is None:  # ranks other than 0: rank 0 reports
-        return
-    if result.stopped_by in ("SIGINT", "SIGTERM"):
+    status = exit_status(result.stopped_by)
+    if not ranks.is_main:  # rank 0 reports; every rank exits with the same status
+        raise typer.Exit(status or 0)
+    if status is not None:  # non-zero, so that `arvc train ... && arvc export ...` stops here
         console.print(
-            f"stopped by {result.stopped_by} after step {result.steps_done}; "
-            f"checkpoint {result.last_checkpoint}\n"
-            f"continue with: arvc train --resume {run_dir}"
+            f"stopped by {result.stopped_by} after step {result.steps_done}, before the end of training; "
+            f"checkpoint {result.last_checkpoint} saved\n"
+            f"continue with: arvc train --resume {run_dir}\n"
+            f"(exit status {status}: the run is not finished)",
+            soft_wrap=True,
         )
-        return
+        raise typer.Exit(status)
     early = ", stopped early (held-out mel L1 stopped improving)" if result.stopped_by == "early_stop" else ""
     console.print(f"trained {result.epochs_done} epochs ({result.steps_done} steps) in {run_dir}{early}")
     for kind, path in result.exports.items():
@@ -449,10 +458,9 @@ def listen_command(
 
 def _run(show: bool, run_training, options):
     """Train with a progress bar, or progress lines where stdout is not a terminal (rank 0 of a
-    multi-process run only); the result, or None elsewhere."""
+    multi-process run only); the result."""
     if not show:
-        run_training(options)
-        return None
+        return run_training(options)
     if not console.is_terminal:
         return run_training(options, _LineCallbacks())
     with _progress() as bar:

@@ -38,6 +38,7 @@ from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, STOP_REQUEST, TrainOptions, train
 from arvc.train.optimizers import bf16_weights
+from arvc.train.runlock import RunLocked, check_unlocked, run_lock
 from arvc.train.timing import OptimizerStepTimer
 from arvc.train.validation import Validator
 
@@ -461,35 +462,37 @@ def run_compare(
         "config": cfg.to_dict(),
     }
     run_seeds = list(range(cfg.train.seed, cfg.train.seed + seeds))
+    check_unlocked(out_dir)  # another `arvc compare` (or the web UI) is running this comparison
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_setup(out_dir, setup)  # before any work: a refused folder stays as it was
-    prepare_data(cfg, out_dir, dataset_dir)
-    train_dir, split = split_dataset(out_dir / "data", out_dir, holdout_fraction, seed)
-    pieces = sum(1 for line in (train_dir / "filelist.txt").read_text().splitlines() if line.strip())
-    if pieces < cfg.train.batch_size:  # every contestant would fail the same way, one after another
-        raise DataError(
-            f"batch size {cfg.train.batch_size} is larger than the comparison's training pieces ({pieces}; "
-            f"{len(split.held)} more are held out); lower --batch-size or add more audio"
-        )
-    warnings = warmup_warnings(variants, cfg, pieces // cfg.train.batch_size, max_steps)
-    for warning in warnings:
-        logger.warning("%s", warning)
-    steps = cfg.train.epochs * (pieces // cfg.train.batch_size)
-    steps = min(steps, max_steps) if max_steps is not None else steps
-    if steps < MIN_RANKING_STEPS:  # said before the wait; the report is marked from the runs themselves
-        logger.warning("%s", short_run_warning(steps))
-    _check_same_setup(out_dir, setup, {"seeds": run_seeds, "warnings": warnings})
-    where = resolve_device(device)
-    logger.info("device: %s", where.describe())
-    device = where.name  # every contestant, its scores and its step times on the same GPU (or the CPU)
-    evaluator = Validator(cfg, out_dir / "data", split.held, seed=seed, device=device)
-    # Denormal floats make some optimizers' first steps (RAdam's un-rectified phase) ~100x slower on CPU,
-    # which would rank a CPU artefact, so they are flushed to zero for every run alike.
-    with flush_denormals(flush_denormal):  # on every intra-op thread (arvc.optim.denormals)
-        contest = _Contest(train_dir, evaluator, precision, device, max_steps, progress, stop)
-        results, stopped_by = _run_all(variants, run_seeds, out_dir, cfg, contest)
-    write_report(out_dir, results)
-    return CompareResult(out_dir, results, stopped_by)
+    with run_lock(out_dir):  # held until the report is written (each contestant's run is locked too)
+        _check_same_setup(out_dir, setup)  # before any work: a refused folder stays as it was
+        prepare_data(cfg, out_dir, dataset_dir)
+        train_dir, split = split_dataset(out_dir / "data", out_dir, holdout_fraction, seed)
+        pieces = sum(1 for line in (train_dir / "filelist.txt").read_text().splitlines() if line.strip())
+        if pieces < cfg.train.batch_size:  # every contestant would fail the same way, one after another
+            raise DataError(
+                f"batch size {cfg.train.batch_size} is larger than the comparison's training pieces "
+                f"({pieces}; {len(split.held)} more are held out); lower --batch-size or add more audio"
+            )
+        warnings = warmup_warnings(variants, cfg, pieces // cfg.train.batch_size, max_steps)
+        for warning in warnings:
+            logger.warning("%s", warning)
+        steps = cfg.train.epochs * (pieces // cfg.train.batch_size)
+        steps = min(steps, max_steps) if max_steps is not None else steps
+        if steps < MIN_RANKING_STEPS:  # said before the wait; the report is marked from the runs themselves
+            logger.warning("%s", short_run_warning(steps))
+        _check_same_setup(out_dir, setup, {"seeds": run_seeds, "warnings": warnings})
+        where = resolve_device(device)
+        logger.info("device: %s", where.describe())
+        device = where.name  # every contestant, its scores and its step times on the same GPU (or the CPU)
+        evaluator = Validator(cfg, out_dir / "data", split.held, seed=seed, device=device)
+        # Denormal floats make some optimizers' first steps (RAdam's un-rectified phase) ~100x slower on
+        # CPU, which would rank a CPU artefact, so they are flushed to zero for every run alike.
+        with flush_denormals(flush_denormal):  # on every intra-op thread (arvc.optim.denormals)
+            contest = _Contest(train_dir, evaluator, precision, device, max_steps, progress, stop)
+            results, stopped_by = _run_all(variants, run_seeds, out_dir, cfg, contest)
+        write_report(out_dir, results)
+        return CompareResult(out_dir, results, stopped_by)
 
 
 def run_folder(out_dir: Path, name: str, seed: int) -> Path:
@@ -522,6 +525,8 @@ def _run_all(variants, run_seeds, out_dir, cfg, contest: _Contest):
             logger.info("%s seed %d: training (%d/%d)", variant.name, run_seed, index, count)
             try:
                 result, stopped_by = _run_one(variant, run_dir, seed_cfg, contest)
+            except RunLocked:  # another process trains this contestant's run: the comparison cannot go on
+                raise
             except Exception as error:  # one failing contestant (e.g. no bitsandbytes) must not end the rest
                 logger.error("%s seed %d failed: %s", variant.name, run_seed, error)
                 runs.append({"seed": run_seed, "error": f"{type(error).__name__}: {error}"})

@@ -4,19 +4,32 @@ A *run folder* (`runs/NAME/`) holds `data/` (what `arvc preprocess` writes, with
 and the products of training: `checkpoints/`, `export/`, `metrics.csv`, `tensorboard/`, `loss.png`.
 A comparison folder holds `compare.json`. Preprocessing skips every such folder inside a dataset (a run
 kept in `recordings/runs/` would otherwise feed its own slices back in as recordings), and a new run
-refuses a folder that already holds a product.
+refuses a folder that already holds a product — unless none of them is a checkpoint or an export: a run
+killed before its first checkpoint is started again, its leftovers moved to a dated `restarted-…/` folder
+inside it (`leftovers_of_a_run`).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-__all__ = ["RUN_PRODUCTS", "arvc_output_kind", "check_run_name", "find_arvc_outputs", "run_products"]
+__all__ = [
+    "RESTARTED_PREFIX",
+    "RUN_PRODUCTS",
+    "arvc_output_kind",
+    "check_run_name",
+    "find_arvc_outputs",
+    "leftovers_of_a_run",
+    "restarted_folder",
+    "run_products",
+]
 
 RUN_PRODUCTS = ("checkpoints", "export", "metrics.csv", "tensorboard", "loss.png")
 _DATA_MANIFEST = "preprocess.json"  # data/preprocess.py writes it first, before any slice
 _COMPARE_MARKER = "compare.json"  # compare/runner.py writes it before any run
+RUN_LOCK = ".arvc-run.lock"  # held while a process trains the run (arvc.train.runlock)
 
 
 def run_products(run_dir: str | os.PathLike) -> list[Path]:
@@ -28,6 +41,33 @@ def run_products(run_dir: str | os.PathLike) -> list[Path]:
         if path.is_file() or (path.is_dir() and any(path.iterdir())):
             found.append(path)
     return found
+
+
+RESTARTED_PREFIX = "restarted-"  # RUN/restarted-DATE/: what a run started again found in its folder
+_KEPT_ON_RESTART = ("data",)  # preprocessed data: reused by the new run
+
+
+def leftovers_of_a_run(run_dir: str | os.PathLike) -> list[Path]:
+    """What a run started again in `run_dir` moves aside: everything in it but its preprocessed data,
+    the run lock and earlier restarted-… folders."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(
+        path
+        for path in run_dir.iterdir()
+        if path.name not in (*_KEPT_ON_RESTART, RUN_LOCK) and not path.name.startswith(RESTARTED_PREFIX)
+    )
+
+
+def restarted_folder(run_dir: str | os.PathLike) -> Path:
+    """A new dated folder name for the leftovers of a run started again (not created here)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder, n = Path(run_dir) / f"{RESTARTED_PREFIX}{stamp}", 1
+    while folder.exists():
+        n += 1
+        folder = Path(run_dir) / f"{RESTARTED_PREFIX}{stamp}-{n}"
+    return folder
 
 
 def arvc_output_kind(folder: str | os.PathLike) -> str | None:

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from arvc._files import cache_dir
 from arvc.config import RunConfig
-from arvc.data.demo import generate_demo_voice
+from arvc.data.demo import DEMO_MANIFEST, generate_demo_voice
 from arvc.data.preprocess import MANIFEST, DataError, PreprocessResult, Progress, preprocess
 from arvc.device import AUTO as AUTO_DEVICE
 
-__all__ = ["DEMO_SECONDS", "DataSettings", "cache_dir", "data_settings", "prepare_data", "recorded_features"]
+__all__ = [
+    "DEMO_SECONDS",
+    "DataSettings",
+    "DataSource",
+    "cache_dir",
+    "data_settings",
+    "prepare_data",
+    "preprocessed_from",
+    "recorded_features",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +41,31 @@ class DataSettings:
     features: str
     reused: bool  # True: they are the settings recorded by an earlier `arvc preprocess` of this run
     embedder_layer: int | None = None  # HuBERT layer (None: the model's default)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What a run's preprocessed data was made from."""
+
+    folder: Path | None  # the recordings' folder (None: data preprocessed before arvc recorded it)
+    demo: bool  # the embedded demo voice
+
+
+def preprocessed_from(data_dir: Path) -> DataSource | None:
+    """Where the preprocessed data in `data_dir` came from (its preprocess.json says); None when there is
+    none. Data from before the folder was recorded is the demo voice when every source is a demo file."""
+    try:
+        recorded = json.loads((Path(data_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    folder = recorded.get("dataset")
+    if folder is not None:
+        return DataSource(Path(folder), (Path(folder) / DEMO_MANIFEST).is_file())
+    sources = recorded.get("sources") or {}
+    demo = bool(sources) and all(re.fullmatch(r"demo_\d\d\.wav", name) for name in sources)
+    return DataSource(None, demo)
 
 
 def data_settings(

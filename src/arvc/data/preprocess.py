@@ -8,7 +8,7 @@ Layout (as RVC's WebUI writes it, so users can inspect it the same way)::
     run_dir/2b-f0nsf/NAME.npy      continuous pitch in Hz (0 = unvoiced), 100 frames/s
     run_dir/3_feature/NAME.npy     content features [T, feature_dim], 50 frames/s
     run_dir/filelist.txt           gt_wav|feature|f0|f0nsf|speaker_id, paths relative to run_dir
-    run_dir/preprocess.json        settings and per-source progress, used to resume
+    run_dir/preprocess.json        settings, the dataset folder and per-source progress, used to resume
 
 Every output is written atomically, and a source whose outputs are all present (with the same
 settings and an unchanged source file) is skipped, so an interrupted run resumes where it stopped.
@@ -300,9 +300,12 @@ def preprocess(
             if leftover.is_file():
                 leftover.unlink()
 
+    dataset = str(dataset_dir.resolve())  # where the data came from (`arvc train` without a dataset checks)
+
     def save_manifest() -> None:
         _write_text(
-            run_dir / MANIFEST, json.dumps({**settings, "sources": sources}, indent=1, sort_keys=True)
+            run_dir / MANIFEST,
+            json.dumps({**settings, "dataset": dataset, "sources": sources}, indent=1, sort_keys=True),
         )
 
     def finished(path: Path) -> tuple[str, dict, bool, bool]:

@@ -29,11 +29,21 @@ class ExportError(RuntimeError):
     """The model cannot be exported as asked; nothing was written, the message says what to do."""
 
 
+def non_finite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors holding NaN or inf (export and checkpoints refuse such weights)."""
+    return [name for name, tensor in weights.items() if not bool(torch.isfinite(tensor).all())]
+
+
+def name_some(names: list[str], shown: int = 5) -> str:
+    """The first `shown` names, and how many more."""
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
 def _check_finite(weights: dict[str, torch.Tensor], out_dir: Path) -> None:
     """A model with NaN/inf weights is no model: refuse it before anything is written."""
-    bad = [name for name, tensor in weights.items() if not bool(torch.isfinite(tensor).all())]
+    bad = non_finite_tensors(weights)
     if bad:
-        listing = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
+        listing = name_some(bad)
         raise ExportError(
             f"refusing to export: {len(bad)} of {len(weights)} generator tensors hold non-finite values "
             f"(NaN or inf): {listing}. Training diverged; train again with a lower --lr, or continue from an "

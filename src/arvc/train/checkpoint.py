@@ -12,6 +12,7 @@ config (`check_resume_config`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from arvc._files import atomic_file
+from arvc._files import atomic_file, write_text
 from arvc.modelfile.formats import CHECKPOINT_FORMAT
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "RESUMABLE_CHANGES",
     "abandon_later_checkpoints",
     "atomic_save",
+    "best_record",
     "check_resume_config",
     "checkpoint_path",
     "checkpoint_position",
@@ -76,6 +78,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def best_record(run_dir: Path) -> Path:
+    """export/best/best.json: the best held-out epoch's scores and its checkpoint, as a name inside
+    checkpoints/ ("abandoned/NAME" once a resume from an older checkpoint moved it there)."""
+    return Path(run_dir) / "export" / "best" / "best.json"
+
+
+def _best_checkpoint(run_dir: Path) -> tuple[dict, str] | None:
+    """(best.json, the checkpoint it names) or None."""
+    try:
+        record = json.loads(best_record(run_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    name = record.get("checkpoint") if isinstance(record, dict) else None
+    return (record, name) if isinstance(name, str) else None
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to `path` so that `path` is either the old file or the complete new one, never half."""
     with atomic_file(path) as temporary, open(temporary, "wb") as handle:
@@ -100,10 +118,13 @@ def prune_checkpoints(
 
     `written`, the checkpoint just written, is always kept (it counts as one of the `keep_last`), even
     where older-named ones exist: the newest written checkpoint is never deleted. `protect` (the best
-    model's checkpoint) is never deleted either, and does not count."""
+    model's checkpoint) and the checkpoint export/best/best.json names are never deleted either, and do
+    not count, so best.json always names a checkpoint that exists."""
     if keep_last < 1:
         raise ValueError(f"Invalid keep_last: {keep_last}; keep at least one checkpoint")
-    kept = {Path(p) for p in (written, protect) if p is not None}
+    named = _best_checkpoint(run_dir)
+    exported_best = Path(run_dir) / "checkpoints" / named[1] if named else None
+    kept = {Path(p) for p in (written, protect, exported_best) if p is not None}
     others = [p for p in list_checkpoints(run_dir) if p not in kept]
     for old in others[: len(others) - (keep_last - (written is not None))]:
         old.unlink(missing_ok=True)
@@ -130,6 +151,17 @@ def abandon_later_checkpoints(
     folder.mkdir(exist_ok=True)
     for path in later:
         os.replace(path, folder / path.name)
+    named = _best_checkpoint(run_dir)
+    if named is not None and named[1] in {p.name for p in later}:  # best.json follows its checkpoint
+        record, name = named
+        record["checkpoint"] = f"{folder.name}/{name}"
+        record["note"] = (
+            f"the run was resumed from the older {resume_from.name}: this model and its checkpoint belong "
+            "to the continuation that resume replaced (export/best is replaced when the new one validates "
+            "better)"
+        )
+        write_text(best_record(run_dir), json.dumps(record, indent=2))
+        logger.warning("%s now names checkpoints/%s/%s", best_record(run_dir), folder.name, name)
     logger.warning(
         "resuming from %s, an older checkpoint of this run: its %d later checkpoint(s) (%s) were moved "
         "to %s, since this run replaces them",

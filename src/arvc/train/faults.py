@@ -6,9 +6,18 @@ import logging
 import signal
 import threading
 
-__all__ = ["StopOnSignal"]
+__all__ = ["StopOnSignal", "exit_status"]
 
 logger = logging.getLogger(__name__)
+
+
+def exit_status(stopped_by: str | None) -> int | None:
+    """The shell's status for a run a signal stopped, 128 + the signal's number (SIGINT 130, SIGTERM 143),
+    so that `arvc train ... && arvc export ...` does not go on; None for any other end (finished, max_steps,
+    early_stop, the web UI's stop request)."""
+    if stopped_by not in ("SIGINT", "SIGTERM"):
+        return None
+    return 128 + signal.Signals[stopped_by].value
 
 
 class StopOnSignal:
@@ -22,12 +31,16 @@ class StopOnSignal:
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.forced: str | None = (
+            None  # the second signal's name: exiting at once (a save in progress is lost)
+        )
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.requested is not None:
             logger.warning("%s again: exiting immediately (the last checkpoint is intact)", name)
+            self.forced = name
             self._restore()
             signal.raise_signal(signum)
             return

@@ -32,7 +32,7 @@ from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DeviceChoice, current_gpu, resolve_device
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
-from arvc.modelfile.export import export_generator
+from arvc.modelfile.export import export_generator, name_some, non_finite_tensors
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import Schedule
@@ -41,6 +41,7 @@ from arvc.train.checkpoint import (
     CHECKPOINT_VERSION,
     abandon_later_checkpoints,
     atomic_save,
+    best_record,
     check_resume_config,
     checkpoint_path,
     latest_checkpoint,
@@ -52,8 +53,8 @@ from arvc.train.checkpoint import (
     set_rng_state,
 )
 from arvc.train.distributed import Ranks, process_group
-from arvc.train.errors import TrainError
-from arvc.train.faults import StopOnSignal
+from arvc.train.errors import SaveInterrupted, TrainError
+from arvc.train.faults import StopOnSignal, exit_status
 from arvc.train.logs import NullLog, RunLog
 from arvc.train.memory import (
     GIB,
@@ -74,6 +75,7 @@ from arvc.train.optimizers import (
     run_state_bytes_per_param,
 )
 from arvc.train.precision import AUTO, device_precision, tf32_matmuls
+from arvc.train.runlock import run_lock
 from arvc.train.step import GanStep, autocast
 from arvc.train.validation import Evaluation, Validator
 
@@ -168,7 +170,11 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
         asked = resolve_device(opts.device)  # a bad --device fails here, before any work
     except ValueError as error:
         raise TrainError(str(error)) from error
-    with process_group(str(asked.device)) as ranks, _current_gpu(asked.device, ranks):
+    with (
+        process_group(str(asked.device)) as ranks,
+        run_lock(opts.run_dir),  # one trainer per run folder
+        _current_gpu(asked.device, ranks),
+    ):
         callbacks = callbacks if callbacks is not None and ranks.is_main else _Silent()
         return _train(opts, callbacks, ranks, _training_device(asked, ranks))
 
@@ -192,7 +198,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks, device: Devic
             result = _one_epoch(run, progress, epoch, opts, callbacks, stop_signal)
             if progress.stopped_by and progress.batches_done < run.steps_per_epoch:
                 # mid-epoch: the checkpoint says how far into this epoch, resume continues it
-                progress.last_checkpoint = _save(run, progress, epoch - 1, progress.batches_done)
+                progress.last_checkpoint = _save(run, progress, epoch - 1, progress.batches_done, stop_signal)
                 break
             progress.batches_done, progress.epochs_done = 0, epoch
             evaluation = _validate(run, progress, epoch)  # held-out scores, best model, early stop
@@ -203,7 +209,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks, device: Devic
             scheduled = epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs or progress.stopped_by
             new_best = progress.best is not None and progress.best["epoch"] == epoch
             if scheduled or new_best:  # the best model's checkpoint is always written (and never pruned)
-                progress.last_checkpoint = _save(run, progress, epoch, 0)
+                progress.last_checkpoint = _save(run, progress, epoch, 0, stop_signal)
             if new_best:
                 _export_best(run, progress)
             if scheduled:
@@ -645,12 +651,12 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
 def _export_best(run: _Run, progress: _Progress) -> None:
     """Export the generator as it is now (the best so far) to export/best/, with best.json saying which."""
     best = progress.best
-    folder = run.run_dir / "export" / "best"
+    folder = best_record(run.run_dir).parent
 
     def export() -> None:
         info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
         export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
-        write_text(folder / "best.json", json.dumps(best, indent=2))
+        write_text(best_record(run.run_dir), json.dumps(best, indent=2))
 
     run.ranks.on_main(export, "export the best model")
 
@@ -683,13 +689,14 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
     run.ranks.on_main(write, "write listening samples")
 
 
-def _save(run: _Run, progress: _Progress, epochs_done: int, batches_done: int) -> Path:
+def _save(run: _Run, progress: _Progress, epochs_done: int, batches_done: int, signals: StopOnSignal) -> Path:
     """Checkpoint after `epochs_done` whole epochs plus `batches_done` batches of the next one.
 
     Collective: ZeRO state is gathered on rank 0, which writes while the others wait."""
     path = checkpoint_path(run.run_dir, epochs_done, progress.step)
     run.ranks.consolidate(run.optim_g, run.optim_d)
-    write = lambda: _write(run, path, _checkpoint_state(run, progress, epochs_done, batches_done))  # noqa: E731
+    state = lambda: _checkpoint_state(run, progress, epochs_done, batches_done)  # noqa: E731
+    write = lambda: _write(run, path, state(), signals)  # noqa: E731
     run.ranks.on_main(write, "write a checkpoint")
     return path
 
@@ -725,11 +732,46 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
     }
 
 
-def _write(run: _Run, path: Path, state: dict) -> None:
+def _write(run: _Run, path: Path, state: dict, signals: StopOnSignal) -> None:
     best = (state["validation"]["best"] or {}).get("checkpoint")
+    # Weights with NaN/inf are never a checkpoint: a resume would continue the divergence, and keep_last
+    # would prune the good checkpoints to make room for it. So every checkpoint is finite, and pruning
+    # (only after a write) never deletes the last finite one.
+    bad = [
+        f"{net}.{name}" for net in ("generator", "discriminator") for name in non_finite_tensors(state[net])
+    ]
+    if bad:
+        previous = latest_checkpoint(run.run_dir)
+        raise TrainError(
+            f"training diverged: at step {state['step']} {len(bad)} weight tensors hold non-finite values "
+            f"(NaN or inf): {name_some(bad)}; they were not saved as checkpoint {path.name}. "
+            + (
+                f"The last good checkpoint is {previous}: continue from it with a lower --lr "
+                f"(--resume {previous} --lr ...)"
+                if previous
+                else "No checkpoint was saved before it; train again with a lower --lr"
+            )
+        )
     try:
         atomic_save(state, path)
-    except OSError as error:  # a WriteError names the file itself; any other OSError gets it named here
+    except (OSError, KeyboardInterrupt) as error:
+        # A second Ctrl-C during the save breaks torch's writer ("unexpected pos", a WriteError): that is
+        # the user exiting at once, not a full disk.
+        if signals.forced is not None:
+            kept = path if path.is_file() else latest_checkpoint(run.run_dir)
+            after = (
+                f"the newest checkpoint {kept} is intact; continue with --resume {run.run_dir}"
+                if kept
+                else "no checkpoint was saved; start the run again with the same command"
+            )
+            raise SaveInterrupted(
+                f"{signals.forced} again while checkpoint {path} was being written: exited without "
+                f"finishing the save (nothing is wrong with the disk or the folder); {after}",
+                exit_status(signals.forced),
+            ) from error
+        if not isinstance(error, OSError):
+            raise
+        # a WriteError names the file itself; any other OSError gets it named here
         previous = latest_checkpoint(run.run_dir)
         what = error if isinstance(error, WriteError) else f"could not write checkpoint {path}: {error}"
         raise TrainError(

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
 from arvc.config import DEMO_EPOCHS, RunConfig, apply_overrides, load_config, optimizer_value_errors
-from arvc.data.outputs import check_run_name, run_products
-from arvc.data.prepare import DataSettings, data_settings, prepare_data
+from arvc.data.outputs import check_run_name, leftovers_of_a_run, restarted_folder, run_products
+from arvc.data.prepare import DataSettings, data_settings, prepare_data, preprocessed_from
 from arvc.data.preprocess import unused_analysis_flags
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import resolve_device
@@ -26,9 +27,10 @@ from arvc.modelfile.export import is_rvc_sized
 from arvc.modelfile.read import read_model_file
 from arvc.optim import get_spec
 from arvc.optim.registry import eight_bit_optimizer_class
-from arvc.train.checkpoint import check_resume_config, load_checkpoint
+from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_checkpoint
 from arvc.train.loop import PRECISIONS, TrainOptions, resolve_resume
 from arvc.train.precision import AUTO
+from arvc.train.runlock import check_unlocked
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,10 @@ class TrainPlan:
     cfg: RunConfig
     settings: DataSettings  # how the data is (or will be) made
     options: TrainOptions
+    # A run started again (it never saved a checkpoint): its leftovers, moved into `restart_folder` by
+    # `prepare` before any other work.
+    leftovers: list[Path] = field(default_factory=list)
+    restart_folder: Path | None = None
 
 
 def _batch_size(value: int | str | None) -> int | None:
@@ -176,7 +182,12 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     ):
         if value is not None:
             overrides[key] = value
+    leftovers: list[Path] = []
     if r.resume is not None:  # the checkpoint is the truth: its config, changed only where allowed
+        if r.resume.is_dir():
+            check_unlocked(r.resume)  # another process trains it: refused before anything else is said
+        if r.resume.is_dir() and latest_checkpoint(r.resume) is None:
+            raise ValueError(_nothing_to_resume(r.resume))
         resume_file = resolve_resume(r.resume)
         if not r.resume.is_dir() and resume_file.parent.name != "checkpoints":
             # Its run is the folder above checkpoints/: anywhere else that would be a folder of the
@@ -187,6 +198,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
                 "RUN/checkpoints/ first (nothing was changed)"
             )
         run_dir = r.resume if r.resume.is_dir() else resume_file.parent.parent
+        check_unlocked(run_dir)
         saved = load_checkpoint(resume_file, mmap=True)
         saved_config = saved.get("config", {})
         _say_what_resume_ignores(r, run_dir)
@@ -197,12 +209,22 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         # `arvc train .` is named after the folder itself (Path(".").name is "")
         default = r.dataset.resolve().name if r.dataset is not None else "demo"
         run_dir = r.runs_dir / (r.name if r.name is not None else check_run_name(default))
+        check_unlocked(run_dir)  # a live run: never restarted nor refused for the products it is writing
         products = run_products(run_dir)
-        if products:
+        if latest_checkpoint(run_dir) is not None:
             raise ValueError(
                 f"{run_dir} already holds a run ({', '.join(p.name for p in products)}); continue it "
                 f"with --resume {run_dir}, or choose another --name (nothing was changed)"
             )
+        if (run_dir / "export") in products:  # a model, and no checkpoint to continue from
+            raise ValueError(
+                f"{run_dir} holds an exported model ({run_dir / 'export'}) but no checkpoint: choose another "
+                f"--name, or move {run_dir / 'export'} out of the run to train it again (nothing was changed)"
+            )
+        if products:  # killed before its first checkpoint: start it again, keeping what it left
+            leftovers = leftovers_of_a_run(run_dir)
+        if r.dataset is None:
+            _check_the_data_is_the_demo_voice(r, run_dir)
         cfg = load_config(r.config)
         if r.dataset is None and r.epochs is None:
             overrides["train.epochs"] = DEMO_EPOCHS
@@ -266,7 +288,70 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         zero=r.zero,
         auto_batch_size=auto_batch,
     )
-    return TrainPlan(request, run_dir, cfg, settings, options)
+    plan = TrainPlan(request, run_dir, cfg, settings, options)
+    if leftovers:
+        plan.leftovers, plan.restart_folder = leftovers, restarted_folder(run_dir)
+        data = run_dir / "data"
+        logger.warning(
+            "%s holds a run that stopped before its first checkpoint: starting it again. Reused: %s; "
+            "moved to %s (nothing is deleted): %s",
+            run_dir,
+            f"the preprocessed data in {data}" if (data / "filelist.txt").is_file() else "nothing",
+            plan.restart_folder,
+            ", ".join(p.name for p in leftovers),
+        )
+    return plan
+
+
+def _nothing_to_resume(run_dir: Path) -> str:
+    """--resume of a run folder without a checkpoint: the run was stopped before its first save. The
+    message gives the command that starts it again (same name, same data)."""
+    what = [p.name for p in leftovers_of_a_run(run_dir)]
+    if not what and not (run_dir / "data").is_dir():
+        return (
+            f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}; pass runs/NAME of a trained run"
+        )
+    source = preprocessed_from(run_dir / "data")
+    words = ["arvc", "train"]
+    if source is not None and not source.demo:
+        words.append(str(source.folder) if source.folder is not None else "RECORDINGS")
+    words += ["--name", run_dir.name]
+    if run_dir.parent != TrainRequest.runs_dir:
+        words += ["--runs-dir", str(run_dir.parent)]
+    kept = []
+    if (run_dir / "data" / "filelist.txt").is_file():
+        kept.append(f"its preprocessed data in {run_dir / 'data'} is reused")
+    if what:
+        kept.append(f"{', '.join(what)} are moved to a dated {run_dir.name}/restarted-… folder")
+    return (
+        f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}; the run stopped before its first "
+        f"save, so there is nothing to continue. Start it again with: {shlex.join(words)}"
+        + (f" ({'; '.join(kept)})" if kept else "")
+        + " (nothing was changed)"
+    )
+
+
+def _check_the_data_is_the_demo_voice(r: TrainRequest, run_dir: Path) -> None:
+    """No dataset means the demo voice: into a run whose data/ came from the user's recordings (`arvc
+    preprocess RECORDINGS --name X`, then `arvc train --name X`) it would preprocess the demo voice beside
+    them, and the run would train on both."""
+    source = preprocessed_from(run_dir / "data")
+    if source is None or source.demo:
+        return
+    folder = str(source.folder) if source.folder is not None else "RECORDINGS"
+    words = ["arvc", "train", folder, "--name", run_dir.name]
+    if r.runs_dir != TrainRequest.runs_dir:
+        words += ["--runs-dir", str(r.runs_dir)]
+    where = (
+        f"from {source.folder}"
+        if source.folder is not None
+        else "from recordings (their folder is not recorded)"
+    )
+    raise ValueError(
+        f"{run_dir / 'data'} holds data preprocessed {where}, and no dataset was given, which means the "
+        f"demo voice: it would be preprocessed into the same run. Pass the dataset: {shlex.join(words)} "
+        "(nothing was changed)"
+    )
 
 
 def _say_what_resume_ignores(r: TrainRequest, run_dir: Path) -> None:
@@ -322,8 +407,17 @@ def check_writable(run_dir: Path) -> None:
 
 
 def prepare(plan: TrainPlan, progress=None) -> None:
-    """Preprocess the run's data unless a resumed run has it already (finished files are kept anyway)."""
+    """Preprocess the run's data unless a resumed run has it already (finished files are kept anyway).
+    A run started again first moves what its earlier start left into its restarted-… folder."""
     r = plan.request
+    if plan.leftovers:
+        plan.restart_folder.mkdir()
+        for path in plan.leftovers:
+            if path.exists():
+                os.replace(path, plan.restart_folder / path.name)
+        logger.info(
+            "moved %d leftover(s) of the earlier start to %s", len(plan.leftovers), plan.restart_folder
+        )
     if r.resume is None or not (plan.run_dir / "data" / "filelist.txt").is_file():
         prepare_data(
             plan.cfg,

@@ -66,13 +66,17 @@ def optimizer_rows() -> list[list]:
 
 
 def runs_of(runs_dir: Path) -> list[str]:
-    """Run names under runs_dir that have a checkpoint to resume from."""
+    """Run names under runs_dir that have a checkpoint to resume from and that no process trains now."""
+    from arvc.train.runlock import lock_holder
+
     if not runs_dir.is_dir():
         return []
     return sorted(
         p.name
         for p in runs_dir.iterdir()
-        if (p / "checkpoints").is_dir() and any((p / "checkpoints").glob("*.pt"))
+        if (p / "checkpoints").is_dir()
+        and any((p / "checkpoints").glob("*.pt"))
+        and lock_holder(p, include_self=True) is None
     )
 
 

@@ -144,6 +144,7 @@ class Jobs:
     def start_compare(self, dataset: Path | None, out_dir: Path, optimizers: str, **kwargs) -> JobStatus:
         from arvc.compare.runner import check_request
         from arvc.device import AUTO as AUTO_DEVICE
+        from arvc.train.runlock import check_unlocked
 
         check_request(
             dataset,
@@ -152,6 +153,7 @@ class Jobs:
             kwargs.get("precision", "fp32"),
             kwargs.get("device", AUTO_DEVICE),
         )
+        check_unlocked(out_dir)  # another process runs this comparison: refused before taking the slot
         status = JobStatus("compare", out_dir.name, out_dir)
 
         def run(callbacks, stop):
@@ -233,15 +235,17 @@ class Jobs:
 
         from arvc.train.loop import train
         from arvc.train.request import prepare
+        from arvc.train.runlock import run_lock
 
         def preprocessing(done, total, what) -> None:
             with self._lock:
                 status.detail = f"preprocessing {done}/{total}: {what}"
 
-        prepare(plan, preprocessing)
-        with self._lock:
-            status.detail = ""
-        result = train(replace(plan.options, stop=stop), callbacks)
+        with run_lock(plan.run_dir):  # from the data on: another process is refused (it was checked before)
+            prepare(plan, preprocessing)
+            with self._lock:
+                status.detail = ""
+            result = train(replace(plan.options, stop=stop), callbacks)
         summary = f"trained {result.epochs_done} epochs ({result.steps_done} steps)"
         if result.best is not None:
             summary += f"; best held-out mel L1 {result.best['mel_l1']:.4f} at epoch {result.best['epoch']}"

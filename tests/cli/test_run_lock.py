@@ -1,0 +1,133 @@
+"""One process trains a run at a time: RUN/.arvc-run.lock holds its PID while it does.
+
+Two `arvc train --resume runs/s1` at once both "succeeded" (validation.csv got duplicate rows, the
+checkpoints interleaved), and the web UI offered to resume a run the CLI was still training.
+"""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import arvc.cli._app
+from arvc.cli import app
+from arvc.train.runlock import RUN_LOCK
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    monkeypatch.setattr(arvc.cli._app, "console", Console(width=300))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run trained for one step (a checkpoint to resume), and its recordings."""
+    from arvc.data.demo import generate_demo_voice
+
+    root = tmp_path_factory.mktemp("lock")
+    generate_demo_voice(root / "wav", seconds=12, sr=16000, seed=2)
+    args = ["train", str(root / "wav"), "--runs-dir", str(root / "runs"), "--name", "s1"]
+    result = runner.invoke(app, [*args, "--batch-size", "2", "--epochs", "1", "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert not (root / "runs" / "s1" / RUN_LOCK).exists(), "the lock is removed at the end of a run"
+    return root / "runs" / "s1", root / "wav"
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A private copy of the trained run."""
+    return shutil.copytree(trained[0], tmp_path / "runs" / "s1")
+
+
+@pytest.fixture
+def other_process():
+    """A live process that is not this one (its PID written into a lock: another trainer)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _lock(run, pid, command="arvc train --resume runs/s1"):
+    record = {"pid": pid, "host": socket.gethostname(), "since": 1.0, "command": command}
+    (run / RUN_LOCK).write_text(json.dumps(record))
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_another_live_process_trains_is_refused_by_train_resume_and_a_new_run(run, other_process):
+    _lock(run, other_process.pid)
+    before = snapshot(run)
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2"])
+    assert resumed.exit_code == 1, resumed.output
+    assert resumed.output.startswith(
+        f"error: {run} is being trained by another process (PID {other_process.pid}"
+    )
+    assert (
+        "arvc train --resume runs/s1" in resumed.output and f"kill -INT {other_process.pid}" in resumed.output
+    )
+    fresh = runner.invoke(app, ["train", "--runs-dir", str(run.parent), "--name", "s1"])
+    assert fresh.exit_code == 1 and f"PID {other_process.pid}" in fresh.output, fresh.output
+    assert snapshot(run) == before, "nothing was changed"
+
+
+def test_the_web_ui_neither_offers_nor_starts_a_run_another_process_trains(run, other_process):
+    from arvc.train.request import TrainRequest
+    from arvc.ui.app import runs_of
+    from arvc.ui.jobs import Jobs
+
+    assert runs_of(run.parent) == ["s1"]
+    _lock(run, other_process.pid)
+    assert runs_of(run.parent) == [], "not offered for resume while another process trains it"
+    jobs = Jobs()
+    with pytest.raises(RuntimeError, match=f"PID {other_process.pid}"):
+        jobs.start_training(TrainRequest(resume=run, runs_dir=run.parent))
+    assert jobs.status() is None
+
+
+def test_compare_refuses_a_comparison_another_process_runs(tmp_path, trained, other_process):
+    out = tmp_path / "compare" / "wav"
+    out.mkdir(parents=True)
+    _lock(out, other_process.pid, "arvc compare")
+    args = ["compare", str(trained[1]), "--out-dir", str(out.parent), "--optimizers", "AdamW"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"error: {out} is being trained by another process (PID {other_process.pid}" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [RUN_LOCK], "refused before any work"
+
+    from arvc.ui.jobs import Jobs
+
+    jobs = Jobs()
+    with pytest.raises(RuntimeError, match=f"PID {other_process.pid}"):  # the web UI's Compare tab
+        jobs.start_compare(trained[1], out, "AdamW")
+    assert jobs.status() is None
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_and_removed_at_the_end(run):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _lock(run, dead.pid)
+    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"taking over a stale lock of PID {dead.pid}" in " ".join(result.output.split()), result.output
+    assert not (run / RUN_LOCK).exists()
+
+
+def test_the_lock_is_removed_after_an_error(run):
+    from arvc.train.errors import TrainError
+    from arvc.train.loop import TrainOptions, train
+    from arvc.train.request import TrainRequest, plan_training
+
+    options = plan_training(TrainRequest(resume=run, epochs=2, max_steps=2)).options
+    with pytest.raises(TrainError, match="lr"):  # fails inside train(), after the lock was taken
+        train(TrainOptions(**{**options.__dict__, "lr": float("nan")}))
+    assert not (run / RUN_LOCK).exists()
