@@ -494,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         return _refuse(f"unknown precision {unknown[0]!r}; valid: {', '.join(PRECISIONS)}")
     if args.steps < 1:
         return _refuse(f"--steps {args.steps}: give at least 1")
+    for part in PARTS:
+        limit = getattr(args, f"{part}_limit")
+        if not limit > 0:
+            return _refuse(f"--{part}-limit {limit:g}: give a number of seconds above 0")
     parts = [part for part in PARTS if not getattr(args, f"skip_{part}")]
     if "bench" in parts:
         from arvc.bench.cases import all_cases, select_cases

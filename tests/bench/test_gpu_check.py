@@ -144,6 +144,7 @@ def test_missing_packages_are_named_before_any_work(tmp_path):
         (["--bench-optimizers", "nope"], "error: --bench-optimizers: unknown optimizer 'nope'"),
         (["--precisions", "fp8"], "error: unknown precision 'fp8'; valid: fp32, bf16, fp16"),
         (["--steps", "0"], "error: --steps 0: give at least 1"),
+        (["--train-limit", "0"], "error: --train-limit 0: give a number of seconds above 0"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, message):
