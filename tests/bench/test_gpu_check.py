@@ -4,6 +4,7 @@ must not meet its first bug there, where device time is short."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,7 +79,7 @@ class _Blocked:
 
 sys.meta_path.insert(0, _Blocked)
 """
-KERNEL_TEST = "refused"  # one quick kernel test (in Triton's interpreter here)
+KERNEL_TEST = "bit_for_bit and RAdam and maximize"  # one kernel test (in Triton's interpreter here)
 
 
 def _bare(tmp_path, block=()):
@@ -126,7 +127,7 @@ def test_it_runs_from_a_checkout_without_arvc_installed_into_an_existing_empty_f
     assert report["ok"] and report["finished"] and report["kernels"]["counts"]["passed"] >= 1
     assert "bench" not in report and "train" not in report
     log = (out / "kernels.log").read_text()
-    assert "test_fused_triton.py::test_a_refused_step_changes_nothing PASSED" in log  # every verdict
+    assert re.search(r"test_fused_triton.py::test_.+ PASSED", log)  # each test's verdict, not only a count
 
 
 def test_missing_packages_are_named_before_any_work(tmp_path):
@@ -189,7 +190,7 @@ def _training_parts(out: Path) -> list[int]:
     return found
 
 
-def _wait_until(condition, seconds: float = 30) -> bool:
+def _wait_until(condition, seconds: float = 120) -> bool:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -215,7 +216,7 @@ def test_the_report_is_written_after_each_part_and_a_stopped_check_leaves_no_par
         assert "stopped during this part" in report["train"]["error"]
         assert _wait_until(lambda: _training_parts(out))  # the training part's process has started
         check.terminate()
-        check.wait(timeout=60)
+        check.wait(timeout=120)
     finally:
         check.kill()
     assert _wait_until(lambda: not _training_parts(out))  # stopped with the check
