@@ -194,3 +194,21 @@ def test_a_comparison_on_a_device_that_cannot_be_used_takes_no_slot(tmp_path, gp
     with pytest.raises(ValueError, match="--device cuda: no CUDA GPU"):
         jobs.start_training(TrainRequest(runs_dir=tmp_path / "runs", device="cuda"))
     assert jobs.status() is None and not (tmp_path / "runs").exists() and not (tmp_path / "compare").exists()
+
+
+def test_the_train_tab_passes_content_features_and_hubert_so_an_rvc_config_can_start(tmp_path, monkeypatch):
+    # The Train tab had no features or HuBERT fields: every v1-*/v2-* config in its Config list was refused
+    # (an RVC config needs HuBERT features), with advice about command-line flags the page does not have.
+    from arvc.ui import app as ui_app
+
+    said = []
+    monkeypatch.setattr(ui_app.gr, "Warning", lambda message: said.append(message))
+    page = ui_app.build_app(tmp_path, Jobs())
+    (start,) = [f.fn for f in page.fns.values() if getattr(f.fn, "__name__", "") == "start_training"]
+    common = dict(opt="AdamW", lr_value=1e-3, epochs_value=2, batch_value=2, precision_value="auto",
+                  use_8bit=False, steps_value=0)  # fmt: skip
+    start("", "r", "v2-40k", ui_app.AUTO_F0, "", ui_app.AUTO_FEATURES, "", **common)
+    assert "--features hubert" in said[-1], said
+    start("", "r", "v2-40k", ui_app.AUTO_F0, "", "hubert", "missing_hubert.pt", **common)
+    assert "--features hubert needs --hubert" in said[-1] and "missing_hubert.pt" in said[-1], said
+    assert not (tmp_path / "runs").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from arvc.audio.f0 import F0_METHODS
+from arvc.audio.features import FEATURE_EXTRACTORS
 from arvc.config import BUILTIN_CONFIGS
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import resolve_device
@@ -28,6 +29,7 @@ __all__ = ["build_app", "exports_of", "inside", "optimizer_rows", "runs_of"]
 logger = logging.getLogger(__name__)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 AUTO_F0 = "auto (the run's data, else pm)"
+AUTO_FEATURES = "auto (the run's data, else mel)"
 HELD_OUT = "held-out mel ×45"
 SERIES = ("loss_mel", "loss_g", "loss_d", HELD_OUT)
 OPTIMIZER_HEADERS = ["rating", "name", "category", "best for", "paired scheduler"]
@@ -233,6 +235,18 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                 train_f0 = gr.Dropdown([AUTO_F0, *F0_METHODS], value=AUTO_F0, label="Pitch (f0) method")
                 rmvpe = gr.Textbox(label="RMVPE weights (rmvpe.pt, for rmvpe)")
             with gr.Row():
+                # The RVC configs (v1-*/v2-*) train on HuBERT/ContentVec features only: without these two
+                # fields the page could not start one.
+                train_features = gr.Dropdown(
+                    [AUTO_FEATURES, *FEATURE_EXTRACTORS],
+                    value=AUTO_FEATURES,
+                    label="Content features",
+                    elem_id="features",
+                )
+                hubert = gr.Textbox(
+                    label="HuBERT/ContentVec (hubert_base.pt or a model folder, for hubert)", elem_id="hubert"
+                )
+            with gr.Row():
                 optimizer = gr.Dropdown(
                     list(OPTIMIZERS), value="AdamW", label="Optimizer", elem_id="optimizer"
                 )
@@ -278,8 +292,9 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                 (original, converted),
             )
 
-        def start_training(dataset_text, name_text, config_name, f0_method, rmvpe_text, opt, lr_value,
-                           epochs_value, batch_value, precision_value, use_8bit, steps_value):  # fmt: skip
+        def start_training(dataset_text, name_text, config_name, f0_method, rmvpe_text, features_choice,
+                           hubert_text, opt, lr_value, epochs_value, batch_value, precision_value, use_8bit,
+                           steps_value):  # fmt: skip
             try:
                 request = TrainRequest(
                     dataset=inside(root, dataset_text, "dataset folder"),
@@ -288,6 +303,8 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                     config=config_name,
                     f0=None if f0_method == AUTO_F0 else f0_method,
                     rmvpe=inside(root, rmvpe_text, "RMVPE weights"),
+                    features=None if features_choice == AUTO_FEATURES else features_choice,
+                    hubert=inside(root, hubert_text, "HuBERT model"),
                     optimizer=opt,
                     lr=_number(lr_value),
                     epochs=_number(epochs_value, int),
@@ -324,6 +341,8 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
             config,
             train_f0,
             rmvpe,
+            train_features,
+            hubert,
             optimizer,
             lr,
             epochs,
