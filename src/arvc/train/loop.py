@@ -87,6 +87,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# One home for the refusal: gradient accumulation with DDP would need no_sync on every micro-batch but the
+# last, which is not built nor tested yet.
+ACCUMULATE_DDP = (
+    "--accumulate N runs in one process only (with several, each micro-batch would be all-reduced); "
+    "use --nproc 1, or --accumulate 1 with a larger global --batch-size"
+)
 STOP_REQUEST = "stop request"  # TrainResult.stopped_by when TrainOptions.stop was set
 SAMPLE_CLIPS = 4  # held-out pieces converted into listening samples at every save
 
@@ -278,6 +284,8 @@ def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | Non
     hp = hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
     if opts.zero and not ranks.distributed:
         logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
+    if cfg.train.accumulate > 1 and ranks.distributed:
+        raise TrainError(ACCUMULATE_DDP)
     if opts.zero and ranks.distributed and hp["use_8bit"]:
         raise TrainError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
     return opts, hp, tf32
@@ -325,8 +333,15 @@ def _build_run(
     # The memory a step needs (and with --batch-size auto, the batch that fits), then the data in batches.
     zero = opts.zero and ranks.distributed
     cfg = _fit_memory(opts, cfg, hp, device, net_g, net_d, dataset, checkpoint, ranks, zero)
+    # A step's batch is `accumulate` micro-batches (the step cuts it, arvc.train.step): one step = one batch.
+    if cfg.train.step_batch > len(dataset) and cfg.train.accumulate > 1:
+        raise TrainError(
+            f"batch size {cfg.train.batch_size} x accumulate {cfg.train.accumulate} = {cfg.train.step_batch} "
+            f"items per step is more than the dataset's {len(dataset)} training pieces; lower --accumulate "
+            "or --batch-size, or add more audio"
+        )
     loader = make_loader(
-        dataset, cfg.train.batch_size, seed=cfg.train.seed, drop_last=True, **ranks.sharding()
+        dataset, cfg.train.step_batch, seed=cfg.train.seed, drop_last=True, **ranks.sharding()
     )
 
     # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
@@ -492,7 +507,7 @@ def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, c
         group["lr"] = lr
     run.net_g.train()
     run.net_d.train()
-    run.loader.sampler.set_epoch(epoch, start=progress.batches_done * cfg.train.batch_size)
+    run.loader.sampler.set_epoch(epoch, start=progress.batches_done * cfg.train.step_batch)
     result = None
     for batch in run.loader:
         started = time.perf_counter()
