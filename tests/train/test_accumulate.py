@@ -6,12 +6,11 @@ so item k gets the same numbers in a batch of 4 as in the second micro-batch of 
 float32 summation order (a mean over 4 rows vs two means over 2) and each micro-batch's own padding.
 """
 
-import copy
 import csv
 
 import pytest
 import torch
-from trainkit import options, tiny
+from trainkit import options, step_on, tiny
 from typer.testing import CliRunner
 
 from arvc.cli import app
@@ -19,32 +18,12 @@ from arvc.data.dataset import VoiceDataset, collate
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from arvc.train.loop import TrainError, train
-from arvc.train.step import GanStep
 
 # Per tensor: |accumulated - whole| <= RTOL * |whole| + ATOL * max|whole over the model|. float32 sums in
 # another order differ by ~1e-7 relative; padding, the mean of means and G's phase through a D that took
 # a (slightly different) step add a little. Measured: at most 1.7e-6 (G), 7.6e-7 (D) of the largest
 # gradient, so ATOL has a 6x margin.
 RTOL, ATOL = 1e-4, 1e-5
-
-
-def _step_on(cfg, models, batch):
-    """One real GanStep (SGD, so the update is the gradient itself) on copies of `models`; returns the
-    gradients each optimizer stepped with, the losses and the weights after the step."""
-    net_g, net_d = (copy.deepcopy(m) for m in models)
-    optim_g = torch.optim.SGD(net_g.parameters(), lr=0.01)
-    optim_d = torch.optim.SGD(net_d.parameters(), lr=0.01)
-    seen = {}
-    for name, optimizer, net in (("g", optim_g, net_g), ("d", optim_d, net_d)):
-        optimizer.register_step_pre_hook(
-            lambda *_, name=name, net=net: seen.__setitem__(
-                name, {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
-            )
-        )
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step = GanStep(cfg, net_g, net_d, net_g, net_d, optim_g, optim_d, scaler, "fp32")
-    result = step(batch, 7)
-    return seen, result, {**net_g.state_dict(), **{f"d.{k}": v for k, v in net_d.state_dict().items()}}
 
 
 def _assert_close(accumulated: dict, whole: dict, what: str) -> None:
@@ -62,9 +41,9 @@ def test_accumulate_2_of_batch_2_is_the_update_of_batch_4(data_dir):
     batch = collate([dataset[i] for i in (3, 0, 5, 1)])  # pieces of different lengths: padding differs
 
     torch.manual_seed(1)
-    grads_whole, whole, weights_whole = _step_on(whole_cfg, models, batch)
+    grads_whole, whole, weights_whole = step_on(whole_cfg, models, batch)
     torch.manual_seed(1)
-    grads_accumulated, accumulated, weights_accumulated = _step_on(accumulated_cfg, models, batch)
+    grads_accumulated, accumulated, weights_accumulated = step_on(accumulated_cfg, models, batch)
 
     _assert_close(grads_accumulated["d"], grads_whole["d"], "D gradient")
     _assert_close(grads_accumulated["g"], grads_whole["g"], "G gradient")

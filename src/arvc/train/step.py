@@ -178,15 +178,16 @@ class GanStep:
                 fake = self._generate(part, step)
             y_mel = slice_segments(spec_to_mel_of(part.spec.float(), d), fake.ids_slice, cfg.segment_frames)
             y_hat_mel = wave_to_mel_of(fake.y_hat.float().squeeze(1), d)[..., : y_mel.shape[-1]]
-            with autocast(self.precision, device.type), _frozen(self.net_d):
-                _, fake_out, fmap_real, fmap_fake = self.d_frozen(fake.wave, fake.y_hat, real_graph=False)
-                loss_adv, _ = generator_adversarial_loss(fake_out)
-                loss_fm = feature_matching_loss(fmap_real, fmap_fake) * cfg.train.c_fm
-                loss_mel = F.l1_loss(y_mel, y_hat_mel) * cfg.train.c_mel
-                prior = fake.z_p.float(), fake.logs_q.float(), fake.m_p.float(), fake.logs_p.float()
-                loss_kl = kl_loss(*prior, fake.z_mask, per_part) * cfg.train.c_kl
-                loss_g = loss_adv + loss_fm + loss_mel + loss_kl
-            self._backward(loss_g, n)
+            with _frozen(self.net_d):  # backward too: a checkpointed D block recomputes as it ran
+                with autocast(self.precision, device.type):
+                    _, fake_out, fmap_real, fmap_fake = self.d_frozen(fake.wave, fake.y_hat, real_graph=False)
+                    loss_adv, _ = generator_adversarial_loss(fake_out)
+                    loss_fm = feature_matching_loss(fmap_real, fmap_fake) * cfg.train.c_fm
+                    loss_mel = F.l1_loss(y_mel, y_hat_mel) * cfg.train.c_mel
+                    prior = fake.z_p.float(), fake.logs_q.float(), fake.m_p.float(), fake.logs_p.float()
+                    loss_kl = kl_loss(*prior, fake.z_mask, per_part) * cfg.train.c_kl
+                    loss_g = loss_adv + loss_fm + loss_mel + loss_kl
+                self._backward(loss_g, n)
             g_losses.append(torch.stack([loss_g, loss_mel, loss_kl, loss_fm, loss_adv]).detach().float())
             if mels is None:  # the first item of the batch, for the TensorBoard image
                 mels = y_mel[0].detach(), y_hat_mel[0].detach()
