@@ -87,12 +87,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-# One home for the refusal: gradient accumulation with DDP would need no_sync on every micro-batch but the
-# last, which is not built nor tested yet.
-ACCUMULATE_DDP = (
-    "--accumulate N runs in one process only (with several, each micro-batch would be all-reduced); "
-    "use --nproc 1, or --accumulate 1 with a larger global --batch-size"
-)
 STOP_REQUEST = "stop request"  # TrainResult.stopped_by when TrainOptions.stop was set
 SAMPLE_CLIPS = 4  # held-out pieces converted into listening samples at every save
 
@@ -284,8 +278,6 @@ def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | Non
     hp = hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
     if opts.zero and not ranks.distributed:
         logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
-    if cfg.train.accumulate > 1 and ranks.distributed:
-        raise TrainError(ACCUMULATE_DDP)
     if opts.zero and ranks.distributed and hp["use_8bit"]:
         raise TrainError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
     return opts, hp, tf32

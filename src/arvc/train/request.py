@@ -30,7 +30,7 @@ from arvc.modelfile.read import read_model_file
 from arvc.optim import get_spec
 from arvc.optim.registry import eight_bit_optimizer_class
 from arvc.train.checkpoint import check_resume_config, load_checkpoint
-from arvc.train.loop import ACCUMULATE_DDP, PRECISIONS, TrainOptions, resolve_resume
+from arvc.train.loop import PRECISIONS, TrainOptions, resolve_resume
 from arvc.train.precision import AUTO
 
 logger = logging.getLogger(__name__)
@@ -226,8 +226,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             raise ValueError(RMVPE_NEEDED)
     if settings.features == "hubert" and (r.hubert is None or not r.hubert.exists()):
         raise ValueError(f"{run_dir / 'data'} holds hubert features: pass --hubert PATH (got {r.hubert})")
-    if check_processes(r.nproc, r.device, cfg.train.batch_size) > 1 and cfg.train.accumulate > 1:
-        raise ValueError(ACCUMULATE_DDP)
+    check_processes(r.nproc, r.device, cfg.train.batch_size)
     if r.zero and r.use_8bit:
         raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
     options = TrainOptions(

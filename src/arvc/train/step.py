@@ -151,14 +151,15 @@ class GanStep:
         # Discriminator: real vs detached fake, every micro-batch; then one update.
         self.optim_d.zero_grad(set_to_none=True)
         kept, rng, d_losses, frames = [], [], [], 0
-        for part in parts:
+        for i, part in enumerate(parts):
             rng.append(None if keep else _rng_state(device))
-            with contextlib.nullcontext() if keep else torch.no_grad():
-                fake = self._generate(part, step)
-            with autocast(self.precision, device.type):
-                real_out, fake_out, _, _ = self.d_forward(fake.wave, fake.y_hat.detach())
-                loss_d, _, _ = discriminator_loss(real_out, fake_out)
-            self._backward(loss_d, n)
+            with _sync(self.d_forward, i == n - 1):
+                with contextlib.nullcontext() if keep else torch.no_grad():
+                    fake = self._generate(part, step)
+                with autocast(self.precision, device.type):
+                    real_out, fake_out, _, _ = self.d_forward(fake.wave, fake.y_hat.detach())
+                    loss_d, _, _ = discriminator_loss(real_out, fake_out)
+                self._backward(loss_d, n)
             d_losses.append(loss_d.detach())
             frames = frames + fake.z_mask.float().sum()
             kept.append(fake if keep else None)
@@ -172,13 +173,16 @@ class GanStep:
         per_part = self.ranks.mean(frames) / n if n > 1 else self.ranks.mean(frames)
         self.optim_g.zero_grad(set_to_none=True)
         g_losses, mels = [], None
-        for part, fake, state in zip(parts, kept, rng, strict=True):
-            if fake is None:
-                _set_rng_state(state, device)  # the draws of D's phase again (dropout, if any)
-                fake = self._generate(part, step)
-            y_mel = slice_segments(spec_to_mel_of(part.spec.float(), d), fake.ids_slice, cfg.segment_frames)
-            y_hat_mel = wave_to_mel_of(fake.y_hat.float().squeeze(1), d)[..., : y_mel.shape[-1]]
-            with _frozen(self.net_d):  # backward too: a checkpointed D block recomputes as it ran
+        for i, (part, fake, state) in enumerate(zip(parts, kept, rng, strict=True)):
+            # D stays frozen through backward too: a checkpointed D block recomputes as it ran.
+            with _sync(self.g_forward, i == n - 1), _frozen(self.net_d):
+                if fake is None:
+                    _set_rng_state(state, device)  # the draws of D's phase again (dropout, if any)
+                    fake = self._generate(part, step)
+                y_mel = slice_segments(
+                    spec_to_mel_of(part.spec.float(), d), fake.ids_slice, cfg.segment_frames
+                )
+                y_hat_mel = wave_to_mel_of(fake.y_hat.float().squeeze(1), d)[..., : y_mel.shape[-1]]
                 with autocast(self.precision, device.type):
                     _, fake_out, fmap_real, fmap_fake = self.d_frozen(fake.wave, fake.y_hat, real_graph=False)
                     loss_adv, _ = generator_adversarial_loss(fake_out)
@@ -214,6 +218,13 @@ class _Fake(NamedTuple):
     m_p: torch.Tensor
     logs_p: torch.Tensor
     logs_q: torch.Tensor
+
+
+def _sync(module, last: bool):
+    """DDP: all-reduce the gradients with the last micro-batch's backward only (`no_sync` before it: the
+    sum of the micro-batches' gradients is reduced once). One process, or the last: nothing to do."""
+    no_sync = getattr(module, "no_sync", None)
+    return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
 
 def _rng_state(device: torch.device):
