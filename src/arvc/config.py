@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "BUILTIN_CONFIGS",
+    "CHECKPOINTING",
     "DEMO_EPOCHS",
     "DataConfig",
     "ModelConfig",
@@ -105,6 +106,13 @@ class TrainConfig:
     c_fm: float = 2.0  # RVC bakes this factor into feature_loss
     seed: int = 1234
     grad_clip: float | None = None  # None: no clipping (RVC only measures the norm)
+    # Gradient accumulation: micro-batches of `batch_size` per optimizer step, for D and for G; a step then
+    # trains `batch_size * accumulate` items (the effective batch) with the memory of one micro-batch.
+    accumulate: int = 1
+    # Activation checkpointing of the largest blocks (the decoder's resblocks, each sub-discriminator):
+    # "on", "off", or "auto" (on when the memory estimate says the batch does not fit otherwise). Recorded
+    # as the choice made ("on"/"off") in the run's config.
+    checkpointing: str = "auto"
     log_interval: int = 200  # steps
     save_every: int = 5  # epochs
     keep_last: int = 3  # checkpoints kept; 0 keeps all
@@ -122,6 +130,14 @@ class TrainConfig:
     val_every: int = 1
     early_stop: int | None = None
     min_delta: float = 0.0
+
+    @property
+    def step_batch(self) -> int:
+        """Items per optimizer step (the effective batch): `batch_size` micro-batches times `accumulate`."""
+        return self.batch_size * self.accumulate
+
+
+CHECKPOINTING = ("auto", "on", "off")
 
 
 @dataclass
@@ -347,6 +363,7 @@ def _train_errors(t: TrainConfig) -> list[str]:
         "train.log_interval": t.log_interval,
         "train.save_every": t.save_every,
         "train.val_every": t.val_every,
+        "train.accumulate": t.accumulate,
     }
     errors += [
         f"{key} = {value!r} must be an integer >= 1" for key, value in at_least_one.items() if value < 1
@@ -369,6 +386,8 @@ def _train_errors(t: TrainConfig) -> list[str]:
             errors.append(f"train.{key} = {value!r} must be a finite number >= 0")
     if t.grad_clip is not None and not (_finite(t.grad_clip) and t.grad_clip > 0):
         errors.append(f"train.grad_clip = {t.grad_clip!r} must be a finite number > 0, or null (no clipping)")
+    if t.checkpointing not in CHECKPOINTING:
+        errors.append(f"train.checkpointing = {t.checkpointing!r} must be one of {', '.join(CHECKPOINTING)}")
     if not 0 <= t.seed < 2**64:
         errors.append(f"train.seed = {t.seed!r} must be in [0, 2**64)")
     return errors

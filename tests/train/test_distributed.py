@@ -64,7 +64,9 @@ def _outcome(result: str, rank: int) -> dict:
     return json.loads(Path(f"{result}.rank{rank}.json").read_text())
 
 
-def one_process(run_dir: Path, data_dir: Path, noise_seed_offset: int = 0, **options) -> dict:
+def one_process(
+    run_dir: Path, data_dir: Path, noise_seed_offset: int = 0, overrides: dict | None = None, **options
+) -> dict:
     """The same worker code in this process (no torchrun: a one-process run)."""
     sys.path.insert(0, str(WORKER.parent))
     try:
@@ -76,7 +78,7 @@ def one_process(run_dir: Path, data_dir: Path, noise_seed_offset: int = 0, **opt
     original = step.per_item_noise
     spec = {
         "options": {"run_dir": str(run_dir), "data_dir": str(data_dir), **options},
-        "overrides": OVERRIDES,
+        "overrides": OVERRIDES if overrides is None else overrides,
         "noise_seed_offset": noise_seed_offset,
     }
     try:
@@ -165,6 +167,24 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs, data_d
     one_process(tmp / "control", data_dir, noise_seed_offset=1, max_steps=4)
     control = mismatch(tmp / "control", tmp / "one")
     assert all(control[net] > 10 * TOLERANCE[net] for net in TOLERANCE), control
+
+
+def test_accumulation_in_two_processes_matches_one_process(tmp_path, data_dir):
+    """--accumulate 2 of global micro-batches of 2 in 2 processes (DDP, gradients all-reduced once per
+    step: no_sync before the last micro-batch) follows the same run in one process."""
+    accumulated = {**OVERRIDES, "train.batch_size": 2, "train.accumulate": 2, "train.checkpointing": "on"}
+    one_process(tmp_path / "one", data_dir, overrides=accumulated, max_steps=3)
+    (ranks,) = launch(
+        tmp_path,
+        "two",
+        [{"options": {"run_dir": str(tmp_path / "two"), "data_dir": str(data_dir), "max_steps": 3},
+          "overrides": accumulated}],
+    )  # fmt: skip
+    assert all("error" not in rank for rank in ranks), ranks[0].get("traceback") or ranks[1].get("traceback")
+    assert [rank["steps_done"] for rank in ranks] == [3, 3]
+    checkpoint = load_checkpoint(latest_checkpoint(tmp_path / "two"))
+    assert checkpoint["config"]["train"]["accumulate"] == 2 and checkpoint["batch_in_epoch"] == 1
+    assert_close(tmp_path / "two", tmp_path / "one")
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,21 @@ from arvc.train.loop import TrainOptions, train
 
 
 @pytest.mark.slow  # fp16 autocast on CPU is very slow here (minutes for one tiny step on the 2-core box)
-def test_overflowing_fp16_steps_are_counted_as_skipped(tmp_path, data_dir, monkeypatch, caplog):
+@pytest.mark.parametrize("batch, accumulate", [(8, 1), (4, 2)])
+def test_overflowing_fp16_steps_are_counted_as_skipped(
+    tmp_path, data_dir, monkeypatch, caplog, batch, accumulate
+):
+    """With accumulation too: the loss scale is checked and updated once per optimizer step."""
     real = torch.amp.GradScaler
 
     def huge_scale(device, enabled=True, **kwargs):  # every fp16 gradient overflows at 2**60
         return real(device, init_scale=2.0**60, enabled=enabled)
 
     monkeypatch.setattr(torch.amp, "GradScaler", huge_scale)
-    cfg = apply_overrides(load_config("tiny"), {"train.batch_size": 8, "train.log_interval": 1})
+    cfg = apply_overrides(
+        load_config("tiny"),
+        {"train.batch_size": batch, "train.accumulate": accumulate, "train.log_interval": 1},
+    )
     with caplog.at_level(logging.WARNING):
         result = train(
             TrainOptions(

@@ -1,7 +1,13 @@
 """What the end-to-end training tests share: the tiny config set up to train in seconds, and its options."""
 
+import copy
+
+import torch
+
 from arvc.config import apply_overrides, load_config
+from arvc.model.checkpointing import set_checkpointing
 from arvc.train.loop import TrainOptions
+from arvc.train.step import GanStep
 
 
 def tiny(batch_size: int = 4, **train):
@@ -20,3 +26,24 @@ def options(tmp_path, data_dir, name: str = "run", batch_size: int = 4, **kwargs
     """TrainOptions for a run under tmp_path/name (config: `tiny(batch_size)` unless given)."""
     kwargs.setdefault("config", tiny(batch_size))
     return TrainOptions(run_dir=tmp_path / name, data_dir=data_dir, **kwargs)
+
+
+def step_on(cfg, models, batch, checkpointing: bool = False):
+    """One real GanStep (SGD, so the update is the gradient itself) as step 7 on copies of `models`
+    (generator, discriminator); returns the gradients each optimizer stepped with ({"g": {name: grad},
+    "d": ...}), the StepResult and the weights after the step."""
+    net_g, net_d = (copy.deepcopy(m) for m in models)
+    set_checkpointing(net_g, net_d, checkpointing)
+    optim_g = torch.optim.SGD(net_g.parameters(), lr=0.01)
+    optim_d = torch.optim.SGD(net_d.parameters(), lr=0.01)
+    seen = {}
+    for name, optimizer, net in (("g", optim_g, net_g), ("d", optim_d, net_d)):
+        optimizer.register_step_pre_hook(
+            lambda *_, name=name, net=net: seen.__setitem__(
+                name, {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+            )
+        )
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    step = GanStep(cfg, net_g, net_d, net_g, net_d, optim_g, optim_d, scaler, "fp32")
+    result = step(batch, 7)
+    return seen, result, {**net_g.state_dict(), **{f"d.{k}": v for k, v in net_d.state_dict().items()}}

@@ -242,6 +242,16 @@ def train(
         str | None,
         typer.Option(help="Batch size (default 8), or auto: the largest that fits the device's free memory."),
     ] = None,
+    accumulate: Annotated[
+        int | None,
+        typer.Option(min=1, help="Micro-batches per step: batch N x batch-size, one micro-batch's memory."),
+    ] = None,
+    checkpointing: Annotated[
+        str | None,
+        typer.Option(
+            help="Activation checkpointing: auto (default: on only when the batch does not fit), on, off."
+        ),
+    ] = None,
     save_every: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     compile: Annotated[
@@ -343,6 +353,8 @@ def train(
                 precision=precision,
                 epochs=epochs,
                 batch_size=batch_size,
+                accumulate=accumulate,
+                checkpointing=checkpointing,
                 save_every=save_every,
                 seed=seed,
                 compile=compile,

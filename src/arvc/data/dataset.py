@@ -65,6 +65,36 @@ class Batch(NamedTuple):
         """Move every tensor to ``device``."""
         return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
+    def split(self, parts: int) -> list[Batch]:
+        """`parts` equal micro-batches of consecutive rows (gradient accumulation), each zero-padded only to
+        its own longest item, as if collated alone (the model's output per item does not depend on it)."""
+        size = self.index.numel()
+        if parts == 1:
+            return [self]
+        if size % parts:
+            raise ValueError(f"a batch of {size} cannot be split into {parts} equal micro-batches")
+        step = size // parts
+        out = []
+        for start in range(0, size, step):
+            rows = slice(start, start + step)
+            frames = int(max(self.spec_lengths[rows].max(), self.phone_lengths[rows].max()))
+            samples = int(self.wave_lengths[rows].max())
+            out.append(
+                Batch(
+                    self.phone[rows, :frames],
+                    self.phone_lengths[rows],
+                    self.pitch[rows, :frames],
+                    self.pitchf[rows, :frames],
+                    self.spec[rows, :, :frames],
+                    self.spec_lengths[rows],
+                    self.wave[rows, :, :samples],
+                    self.wave_lengths[rows],
+                    self.sid[rows],
+                    self.index[rows],
+                )
+            )
+        return out
+
 
 class VoiceDataset(Dataset):
     """Reads ``run_dir/filelist.txt`` (gt_wav|feature|f0|f0nsf|speaker_id).

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import RunConfig
+from .checkpointing import checkpointed
 from .commons import get_padding
 from .modules import LRELU_SLOPE
 from .norm import WNConv1d, WNConv2d
@@ -114,6 +115,7 @@ class MultiPeriodDiscriminator(nn.Module):
             for p in m.disc_periods
         ]
         self.discriminators = nn.ModuleList(discs)
+        self.checkpointing = False  # recompute each sub-discriminator in backward (arvc.model.checkpointing)
 
     def forward(
         self, y: torch.Tensor, y_hat: torch.Tensor, real_graph: bool = True
@@ -127,7 +129,7 @@ class MultiPeriodDiscriminator(nn.Module):
         if not real_graph:
             with torch.no_grad():
                 real = [disc(y) for disc in self.discriminators]
-            fake = [disc(y_hat) for disc in self.discriminators]
+            fake = [self._run(disc, y_hat) for disc in self.discriminators]
             return [r[0] for r in real], [f[0] for f in fake], [r[1] for r in real], [f[1] for f in fake]
         y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
         # Both waves go through in one batch (half the kernel launches and weight-norm
@@ -137,14 +139,17 @@ class MultiPeriodDiscriminator(nn.Module):
         n = y.size(0)
         for disc in self.discriminators:
             if joint:
-                out, fmap = disc(both)
+                out, fmap = self._run(disc, both)
                 y_d_r, y_d_g = out[:n], out[n:]
                 fmap_r, fmap_g = [f[:n] for f in fmap], [f[n:] for f in fmap]
             else:
-                y_d_r, fmap_r = disc(y)
-                y_d_g, fmap_g = disc(y_hat)
+                y_d_r, fmap_r = self._run(disc, y)
+                y_d_g, fmap_g = self._run(disc, y_hat)
             y_d_rs.append(y_d_r)
             y_d_gs.append(y_d_g)
             fmap_rs.append(fmap_r)
             fmap_gs.append(fmap_g)
         return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+
+    def _run(self, disc: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return checkpointed(disc, x, enabled=self.checkpointing)

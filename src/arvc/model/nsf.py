@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import noise
+from .checkpointing import checkpointed
 from .modules import LRELU_SLOPE, ResBlock1, ResBlock2
 from .norm import WNConvTranspose1d, remove_all_weight_norm
 
@@ -127,6 +128,7 @@ class GeneratorNSF(nn.Module):
         self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
         if gin_channels:
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
+        self.checkpointing = False  # recompute the resblocks in backward (arvc.model.checkpointing)
 
     def forward(self, x: torch.Tensor, f0: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         """Latent ``x [B, C, T]``, ``f0 [B, T]`` (Hz), speaker ``g [B, gin, 1]`` -> ``[B, 1, T*upp]``."""
@@ -137,7 +139,7 @@ class GeneratorNSF(nn.Module):
         for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
             x = up(F.leaky_relu(x, LRELU_SLOPE)) + noise_conv(source)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            x = sum(block(x) for block in blocks) / self.num_kernels
+            x = sum(checkpointed(block, x, enabled=self.checkpointing) for block in blocks) / self.num_kernels
         # The final activation uses leaky_relu's default slope (0.01), as in RVC.
         x = self.conv_post(F.leaky_relu(x))
         return torch.tanh(x)

@@ -184,7 +184,13 @@ RESUMABLE_CHANGES = (
     "train.val_every",
     "train.early_stop",
     "train.min_delta",
+    "train.checkpointing",  # recomputes activations: the same gradients bit for bit, less memory
 )
+# Why a setting cannot change, where the general reason (the run would not continue as trained) is not enough.
+_WHY_FIXED = {
+    "train.accumulate": "accumulate is part of the effective batch (batch_size x accumulate items per "
+    "optimizer step) and of the position in the epoch the checkpoint holds",
+}
 
 
 def check_resume_config(saved: dict, cfg, source: Path) -> None:
@@ -198,9 +204,10 @@ def check_resume_config(saved: dict, cfg, source: Path) -> None:
     changed = [k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k]]
     if changed:
         detail = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+        why = "".join(f" ({_WHY_FIXED[k]})" for k in changed if k in _WHY_FIXED)
         raise CheckpointError(
             f"cannot resume {source} with changed settings ({detail}): a resumed run continues exactly as "
-            f"it was trained (batch size, seed, model and data settings included). Drop those flags to "
+            f"it was trained (batch size, seed, model and data settings included){why}. Drop those flags to "
             f"resume it, or start a new run with --name. On resume only {', '.join(RESUMABLE_CHANGES)} "
             "(and --lr, --max-steps) may change."
         )

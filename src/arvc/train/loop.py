@@ -32,6 +32,7 @@ from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DeviceChoice, current_gpu, resolve_device
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
+from arvc.model.checkpointing import set_checkpointing
 from arvc.modelfile.export import export_generator, name_some, non_finite_tensors
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
 from arvc.optim.denormals import flush_denormals
@@ -58,11 +59,10 @@ from arvc.train.faults import StopOnSignal, exit_status
 from arvc.train.logs import NullLog, RunLog
 from arvc.train.memory import (
     GIB,
-    HEADROOM,
     MAX_AUTO_BATCH,
-    auto_batch_size,
     estimate_memory,
     free_memory,
+    plan_memory,
     probe_activations,
 )
 from arvc.train.optimizers import (
@@ -373,8 +373,16 @@ def _build_run(
     # The memory a step needs (and with --batch-size auto, the batch that fits), then the data in batches.
     zero = opts.zero and ranks.distributed
     cfg = _fit_memory(opts, cfg, hp, device, net_g, net_d, dataset, checkpoint, ranks, zero)
+    set_checkpointing(net_g, net_d, cfg.train.checkpointing == "on")
+    # A step's batch is `accumulate` micro-batches (the step cuts it, arvc.train.step): one step = one batch.
+    if cfg.train.step_batch > len(dataset) and cfg.train.accumulate > 1:
+        raise TrainError(
+            f"batch size {cfg.train.batch_size} x accumulate {cfg.train.accumulate} = {cfg.train.step_batch} "
+            f"items per step is more than the dataset's {len(dataset)} training pieces; lower --accumulate "
+            "or --batch-size, or add more audio"
+        )
     loader = make_loader(
-        dataset, cfg.train.batch_size, seed=cfg.train.seed, drop_last=True, **ranks.sharding()
+        dataset, cfg.train.step_batch, seed=cfg.train.seed, drop_last=True, **ranks.sharding()
     )
 
     # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
@@ -391,44 +399,58 @@ def _build_run(
 
 
 def _fit_memory(opts, cfg, hp, device, net_g, net_d, dataset, checkpoint, ranks, zero) -> RunConfig:
-    """Log what a step will need beside the free memory; `--batch-size auto` (a new run) picks the largest
-    batch that fits (see arvc.train.memory). Returns the config, with the chosen batch size."""
+    """Log what a step will need beside the free memory and decide how it fits (`memory.plan_memory`):
+    activation checkpointing (`auto`: on where the batch does not fit otherwise) and, with `--batch-size
+    auto` (a new run), the micro-batch and the accumulation. Returns the config with the choices in it."""
     frames = max(dataset.lengths)  # the longest training piece
-    per_item = probe_activations(cfg, net_g, net_d, frames, lambda: autocast(opts.precision, device.type))
+    activations = probe_activations(cfg, net_g, net_d, frames, lambda: autocast(opts.precision, device.type))
     state = run_state_bytes_per_param(hp, next(net_g.parameters()).dtype) / (ranks.world_size if zero else 1)
     free, what = free_memory(device)
-    fixed = estimate_memory(net_g, net_d, state, per_item, 0).total
+    fixed = estimate_memory(net_g, net_d, state, 0, 0).total
+    t = cfg.train
+    auto = opts.auto_batch_size and checkpoint is None
     if opts.auto_batch_size and checkpoint is not None:
-        logger.info("--batch-size auto: a resumed run keeps its batch size %d", cfg.train.batch_size)
-    elif opts.auto_batch_size:
-        if ranks.distributed:
-            raise TrainError("--batch-size auto fits one process; with several, pass --batch-size N")
-        if free is None:
-            raise TrainError(
-                f"--batch-size auto: the free {what} of {device} cannot be read; pass --batch-size N"
-            )
-        limit = min(MAX_AUTO_BATCH, len(dataset))
-        batch = auto_batch_size(fixed, per_item, free, limit)
-        if batch == 0:
-            need = estimate_memory(net_g, net_d, state, per_item, 1)
-            raise TrainError(
-                f"not even batch 1 fits: a step needs {need.describe()}, but only {free / GIB:.2f} GiB of "
-                f"{what} is free; close other programs, use a smaller --config, or train on another device"
-            )
-        cfg = apply_overrides(cfg, {"train.batch_size": batch})
-        logger.info(
-            "batch size %d (auto: the largest up to %d that keeps a step within %d%% of the %s)",
-            batch, limit, round(HEADROOM * 100), what,
-        )  # fmt: skip
-    estimate = estimate_memory(net_g, net_d, state, per_item, cfg.train.batch_size // ranks.world_size)
+        logger.info("--batch-size auto: a resumed run keeps its batch size %d", t.batch_size)
+    if auto and ranks.distributed:
+        raise TrainError("--batch-size auto fits one process; with several, pass --batch-size N")
+    if auto and free is None:
+        raise TrainError(
+            f"--batch-size auto: the free {what} of {device} cannot be read; pass --batch-size N"
+        )
+    plan = plan_memory(
+        fixed, activations, free, what,
+        batch=None if auto else t.batch_size // ranks.world_size, accumulate=t.accumulate,
+        mode=t.checkpointing, target=t.step_batch, limit=min(MAX_AUTO_BATCH, len(dataset)),
+    )  # fmt: skip
+    if plan.batch_size == 0:
+        smallest = t.checkpointing != "off"
+        need = estimate_memory(net_g, net_d, state, activations.per_item(smallest), 1, 1, smallest)
+        raise TrainError(
+            f"not even batch 1 fits: a step needs {need.describe()}, but only {free / GIB:.2f} GiB of "
+            f"{what} is free; close other programs, use a smaller --config, or train on another device"
+        )
+    choices = {"train.checkpointing": "on" if plan.checkpointing else "off"}
+    if auto:
+        choices.update({"train.batch_size": plan.batch_size, "train.accumulate": plan.accumulate})
+        accumulated = f", accumulate {plan.accumulate}" if plan.accumulate > 1 else ""
+        logger.info("batch size %d%s (auto: %s)", plan.batch_size, accumulated, plan.reason)
+    elif plan.checkpointing and t.checkpointing == "auto":
+        logger.info("%s", plan.reason)
+    cfg = apply_overrides(cfg, choices)
+    t = cfg.train
+    per_item = activations.per_item(plan.checkpointing)
+    estimate = estimate_memory(
+        net_g, net_d, state, per_item, t.batch_size // ranks.world_size, t.accumulate, plan.checkpointing
+    )
     if ranks.is_main:
         room = f"{free / GIB:.2f} GiB {what}" if free is not None else f"{what} unknown"
         logger.info("memory per step: %s; %s", estimate.describe(), room)
         if free is not None and estimate.total > free:
             logger.warning(
                 "batch %d likely does not fit: it needs more than the %s (%.2f GiB) and may spill into "
-                "shared memory (several times slower) or run out; try a smaller --batch-size or auto",
-                cfg.train.batch_size, what, free / GIB,
+                "shared memory (several times slower) or run out; try --batch-size auto, or a smaller "
+                "--batch-size with --accumulate N (the same update: N micro-batches per step)",
+                t.batch_size, what, free / GIB,
             )  # fmt: skip
     return cfg
 
@@ -544,7 +566,7 @@ def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, c
         group["lr"] = lr
     run.net_g.train()
     run.net_d.train()
-    run.loader.sampler.set_epoch(epoch, start=progress.batches_done * cfg.train.batch_size)
+    run.loader.sampler.set_epoch(epoch, start=progress.batches_done * cfg.train.step_batch)
     result = None
     for batch in run.loader:
         started = time.perf_counter()

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
-from arvc.config import DEMO_EPOCHS, RunConfig, apply_overrides, load_config, optimizer_value_errors
+from arvc.config import (
+    CHECKPOINTING,
+    DEMO_EPOCHS,
+    RunConfig,
+    apply_overrides,
+    load_config,
+    optimizer_value_errors,
+)
 from arvc.data.outputs import check_run_name, leftovers_of_a_run, restarted_folder, run_products
 from arvc.data.prepare import DataSettings, data_settings, prepare_data, preprocessed_from
 from arvc.data.preprocess import unused_analysis_flags
@@ -54,6 +61,8 @@ class TrainRequest:
     precision: str | None = None
     epochs: int | None = None
     batch_size: int | str | None = None  # a number, or "auto"
+    accumulate: int | None = None  # micro-batches per optimizer step (train.accumulate)
+    checkpointing: str | None = None  # auto, on or off (train.checkpointing)
     save_every: int | None = None
     seed: int | None = None
     compile: bool = False
@@ -153,9 +162,12 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         ("--max-steps", r.max_steps),
         ("--epochs", r.epochs),
         ("--save-every", r.save_every),
+        ("--accumulate", r.accumulate),
     ):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{label} {value!r}: use a whole number >= 1")
+    if r.checkpointing is not None and r.checkpointing not in CHECKPOINTING:
+        raise ValueError(f"--checkpointing {r.checkpointing!r}: use one of {', '.join(CHECKPOINTING)}")
     auto_batch = r.batch_size == "auto"
     batch = None if auto_batch else _batch_size(r.batch_size)
     if auto_batch and ((r.nproc or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
@@ -173,6 +185,8 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     for key, value in (
         ("train.epochs", r.epochs),
         ("train.batch_size", batch),
+        ("train.accumulate", r.accumulate),
+        ("train.checkpointing", r.checkpointing),
         ("train.save_every", r.save_every),
         ("train.seed", r.seed),
         ("train.val_fraction", r.val_fraction),

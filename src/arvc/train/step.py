@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
@@ -101,9 +102,8 @@ class GanStep:
         self.ranks = ranks if ranks is not None else Ranks()
 
     def _update(self, loss: torch.Tensor, optimizer, module) -> tuple[float, bool]:
-        """Backward, unscale, measure; step only if loss and gradients are finite. Returns (norm, stepped)."""
-        optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        """Once the micro-batches' gradients are in: unscale, measure (and clip), step only if the loss and
+        the gradients are finite. Returns (norm, stepped)."""
         self.scaler.unscale_(optimizer)
         norm = _grad_norm(module, self.cfg.train.grad_clip)  # gradients are all-reduced: same on all ranks
         if not self.ranks.all_true(math.isfinite(loss.item())) or not math.isfinite(norm):
@@ -113,42 +113,90 @@ class GanStep:
         self.scaler.step(optimizer)
         return norm, True
 
-    def __call__(self, batch: Batch, step: int) -> StepResult:
-        """Train on `batch` as step number `step` (1-based; with the seed it keys the per-item noise)."""
-        cfg, d, device_type = self.cfg, self.cfg.data, batch.wave.device.type
-        noise = per_item_noise(cfg.train.seed, step, batch.index.tolist())
+    def _backward(self, loss: torch.Tensor, parts: int) -> None:
+        """Add this micro-batch's share: the batch's mean gradient is the mean of `parts` equal ones."""
+        self.scaler.scale(loss / parts if parts > 1 else loss).backward()
+
+    def _generate(self, part: Batch, step: int) -> _Fake:
+        """G's forward on one (micro-)batch; its random draws are keyed per item, as RVC's are per batch."""
+        d, device_type = self.cfg.data, part.wave.device.type
+        noise = per_item_noise(self.cfg.train.seed, step, part.index.tolist())
         with autocast(self.precision, device_type), noise:
             y_hat, ids_slice, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = self.g_forward(
-                batch.phone,
-                batch.phone_lengths,
-                batch.pitch,
-                batch.pitchf,
-                batch.spec,
-                batch.spec_lengths,
-                batch.sid,
+                part.phone,
+                part.phone_lengths,
+                part.pitch,
+                part.pitchf,
+                part.spec,
+                part.spec_lengths,
+                part.sid,
             )
-        wave = slice_segments(batch.wave, ids_slice * d.hop_length, d.segment_size).to(y_hat.dtype)
-        y_mel = slice_segments(spec_to_mel_of(batch.spec.float(), d), ids_slice, cfg.segment_frames)
-        y_hat_mel = wave_to_mel_of(y_hat.float().squeeze(1), d)[..., : y_mel.shape[-1]]
+        wave = slice_segments(part.wave, ids_slice * d.hop_length, d.segment_size).to(y_hat.dtype)
+        return _Fake(y_hat, wave, ids_slice, z_mask, z_p, m_p, logs_p, logs_q)
 
-        # Discriminator: real vs detached fake.
-        with autocast(self.precision, device_type):
-            real_out, fake_out, _, _ = self.d_forward(wave, y_hat.detach())
-            loss_d, _, _ = discriminator_loss(real_out, fake_out)
+    def __call__(self, batch: Batch, step: int) -> StepResult:
+        """Train on `batch` as optimizer step `step` (1-based; with the seed it keys the per-item noise).
+
+        With `train.accumulate` N the batch is cut into N micro-batches (`Batch.split`): D's N backward
+        passes and one D step, then G's N passes and one G step, each loss divided by N so that the
+        gradients are the whole batch's mean; clipping, the finite check and the loss scale act once per
+        step. Only one micro-batch's graph is alive at a time: D's phase runs G without a graph and G's
+        phase runs it again with one, from the same RNG state and per-item noise (the same fakes, bit for
+        bit on a CPU) -- one extra G forward per micro-batch instead of N graphs of G kept in memory.
+        """
+        cfg, d, n, device = self.cfg, self.cfg.data, self.cfg.train.accumulate, batch.wave.device
+        parts = batch.split(n)
+        keep = n == 1  # one micro-batch: the graph of D's phase serves G's phase (no second forward)
+
+        # Discriminator: real vs detached fake, every micro-batch; then one update.
+        self.optim_d.zero_grad(set_to_none=True)
+        kept, rng, d_losses, frames = [], [], [], 0
+        for i, part in enumerate(parts):
+            rng.append(None if keep else _rng_state(device))
+            with _sync(self.d_forward, i == n - 1):
+                with contextlib.nullcontext() if keep else torch.no_grad():
+                    fake = self._generate(part, step)
+                with autocast(self.precision, device.type):
+                    real_out, fake_out, _, _ = self.d_forward(fake.wave, fake.y_hat.detach())
+                    loss_d, _, _ = discriminator_loss(real_out, fake_out)
+                self._backward(loss_d, n)
+            d_losses.append(loss_d.detach())
+            frames = frames + fake.z_mask.float().sum()
+            kept.append(fake if keep else None)
+            del fake, real_out, fake_out
+        loss_d = torch.stack(d_losses).mean()
         grad_norm_d, stepped_d = self._update(loss_d, self.optim_d, self.net_d)
 
-        # Generator: fool the (frozen) discriminator, match its features, the mel and the prior.
-        frames = self.ranks.mean(z_mask.float().sum())  # KL per frame of the global batch, times ranks
-        with autocast(self.precision, device_type), _frozen(self.net_d):
-            _, fake_out, fmap_real, fmap_fake = self.d_frozen(wave, y_hat, real_graph=False)
-            loss_adv, _ = generator_adversarial_loss(fake_out)
-            loss_fm = feature_matching_loss(fmap_real, fmap_fake) * cfg.train.c_fm
-            loss_mel = F.l1_loss(y_mel, y_hat_mel) * cfg.train.c_mel
-            loss_kl = (
-                kl_loss(z_p.float(), logs_q.float(), m_p.float(), logs_p.float(), z_mask, frames)
-                * cfg.train.c_kl
-            )
-            loss_g = loss_adv + loss_fm + loss_mel + loss_kl
+        # Generator: fool the (frozen, updated) discriminator, match its features, the mel and the prior.
+        # KL per frame of the whole global batch: each micro-batch's term is N times its share (the 1/N of
+        # _backward and of the logged mean undo it), as under DDP it is `world size` times its rank's share.
+        per_part = self.ranks.mean(frames) / n if n > 1 else self.ranks.mean(frames)
+        self.optim_g.zero_grad(set_to_none=True)
+        g_losses, mels = [], None
+        for i, (part, fake, state) in enumerate(zip(parts, kept, rng, strict=True)):
+            # D stays frozen through backward too: a checkpointed D block recomputes as it ran.
+            with _sync(self.g_forward, i == n - 1), _frozen(self.net_d):
+                if fake is None:
+                    _set_rng_state(state, device)  # the draws of D's phase again (dropout, if any)
+                    fake = self._generate(part, step)
+                y_mel = slice_segments(
+                    spec_to_mel_of(part.spec.float(), d), fake.ids_slice, cfg.segment_frames
+                )
+                y_hat_mel = wave_to_mel_of(fake.y_hat.float().squeeze(1), d)[..., : y_mel.shape[-1]]
+                with autocast(self.precision, device.type):
+                    _, fake_out, fmap_real, fmap_fake = self.d_frozen(fake.wave, fake.y_hat, real_graph=False)
+                    loss_adv, _ = generator_adversarial_loss(fake_out)
+                    loss_fm = feature_matching_loss(fmap_real, fmap_fake) * cfg.train.c_fm
+                    loss_mel = F.l1_loss(y_mel, y_hat_mel) * cfg.train.c_mel
+                    prior = fake.z_p.float(), fake.logs_q.float(), fake.m_p.float(), fake.logs_p.float()
+                    loss_kl = kl_loss(*prior, fake.z_mask, per_part) * cfg.train.c_kl
+                    loss_g = loss_adv + loss_fm + loss_mel + loss_kl
+                self._backward(loss_g, n)
+            g_losses.append(torch.stack([loss_g, loss_mel, loss_kl, loss_fm, loss_adv]).detach().float())
+            if mels is None:  # the first item of the batch, for the TensorBoard image
+                mels = y_mel[0].detach(), y_hat_mel[0].detach()
+            del fake, prior  # this micro-batch's graph is gone after its backward
+        loss_g, loss_mel, loss_kl, loss_fm, loss_adv = torch.stack(g_losses).mean(0)
         grad_norm_g, stepped_g = self._update(loss_g, self.optim_g, self.net_g)
         self.scaler.update()
 
@@ -156,4 +204,36 @@ class GanStep:
         values = torch.stack([loss_d, loss_g, loss_mel, loss_kl, loss_fm, loss_adv]).detach().float()
         losses = dict(zip(names, self.ranks.mean(values).tolist(), strict=True))
         skipped = [name for name, ok in (("discriminator", stepped_d), ("generator", stepped_g)) if not ok]
-        return StepResult(losses, grad_norm_g, grad_norm_d, skipped, y_mel[0].detach(), y_hat_mel[0].detach())
+        return StepResult(losses, grad_norm_g, grad_norm_d, skipped, *mels)
+
+
+class _Fake(NamedTuple):
+    """What G's forward gives a step: the fake and real slices, and the terms of the KL loss."""
+
+    y_hat: torch.Tensor
+    wave: torch.Tensor  # the real slice y_hat stands for
+    ids_slice: torch.Tensor
+    z_mask: torch.Tensor
+    z_p: torch.Tensor
+    m_p: torch.Tensor
+    logs_p: torch.Tensor
+    logs_q: torch.Tensor
+
+
+def _sync(module, last: bool):
+    """DDP: all-reduce the gradients with the last micro-batch's backward only (`no_sync` before it: the
+    sum of the micro-batches' gradients is reduced once). One process, or the last: nothing to do."""
+    no_sync = getattr(module, "no_sync", None)
+    return contextlib.nullcontext() if last or no_sync is None else no_sync()
+
+
+def _rng_state(device: torch.device):
+    """The global RNG state (CPU, and the GPU's), to replay a forward's draws."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    cpu, gpu = state
+    torch.set_rng_state(cpu)
+    if gpu is not None:
+        torch.cuda.set_rng_state(gpu, device)
