@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,8 +18,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from arvc.optim._checks import parse_dtype
-from arvc.optim._rounding import is_dense
+from arvc.optim._fused import fused_refusal
 from arvc.optim.adabelief import AdaBelief
 from arvc.optim.adabelief_v2 import AdaBeliefV2
 from arvc.optim.adamw import AdamW
@@ -41,7 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_REAL_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 _COMMON_HYPERPARAMETERS = ("betas", "eps", "weight_decay")
 _NOT_KWARGS = ("self", "params")
 
@@ -62,44 +61,15 @@ def _signature_defaults(cls: type) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-def _fused_devices(cls: type) -> tuple[str, ...]:
-    """Device types with a fused kernel for `cls`: its own `fused_devices`, else torch's list."""
-    own = getattr(cls, "fused_devices", None)
-    if own is not None:
-        return tuple(own)
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-        return tuple(_get_fused_kernels_supported_devices())
-    except ImportError:  # pragma: no cover - older/newer torch without the helper
-        return ("cuda", "cpu")
-
-
 def use_fused(cls: type, device_types: Collection[str], dtypes: Collection[torch.dtype]) -> bool:
     """Whether to switch on `fused=True` for `cls` with parameters on these devices and dtypes.
 
-    Pure: no tensors, no GPU needed. True only if the class takes `fused`, every parameter's device
-    type has a fused kernel for it (meta never does) and every parameter's dtype is one its kernel
-    handles (the class's own `fused_dtypes`, else any floating point dtype, as torch's). arvc's own
-    kernels (C++ on CPU, Triton on CUDA) step one device type per group, so a mix of both is not fused.
+    Pure: no tensors, no GPU needed. True only if the class takes `fused` and arvc's one rule
+    (`arvc.optim._fused.fused_refusal`) has nothing against parameters of these device types and dtypes.
     """
     if "fused" not in supported_kwargs(cls) or not device_types:
         return False
-    if getattr(cls, "fused_devices", None) is not None and len(set(device_types)) > 1:
-        return False
-    supported = set(_fused_devices(cls))
-    own_dtypes = getattr(cls, "fused_dtypes", None)
-    if own_dtypes is not None:  # arvc's kernels step a complex parameter as its real view
-
-        def dtype_ok(dt):
-            return _REAL_DTYPES.get(dt, dt) in own_dtypes
-
-    else:
-
-        def dtype_ok(dt):
-            return dt.is_floating_point
-
-    return all(d in supported for d in device_types) and all(dtype_ok(dt) for dt in dtypes)
+    return fused_refusal(cls, itertools.product(device_types, dtypes)) is None
 
 
 @dataclass(frozen=True)
@@ -322,39 +292,27 @@ def _tensors(params: list) -> list[torch.Tensor]:
     return [t for t in tensors if isinstance(t, torch.Tensor)]
 
 
-def _rules_out_fused(spec: OptimizerSpec, settings: Mapping[str, Any]) -> bool:
-    """Whether keywords or a param group's own settings ask for what the fused kernels lack: capturable,
-    differentiable, or a state buffer dtype outside the class's `fused_dtypes` (e.g. AnyPrecisionAdamW's
-    float64 moments)."""
-    if settings.get("capturable") or settings.get("differentiable"):
-        return True
-    own_dtypes = getattr(spec.cls, "fused_dtypes", None)
-    buffer_dtypes = [parse_dtype(v, k) for k, v in settings.items() if k.endswith("_dtype") and v is not None]
-    return own_dtypes is not None and any(dtype not in own_dtypes for dtype in buffer_dtypes)
-
-
 def _auto_fused(spec: OptimizerSpec, params: list, extra: Mapping[str, Any]) -> bool | None:
     """fused=True where the fused path will work, None (the class's own choice) otherwise.
 
-    Never when the caller chose a path (`foreach`/`fused`) or asked for what fused kernels lack (see
-    _rules_out_fused), or a parameter is one the kernel cannot step (device, dtype, a non-dense view).
+    Never when the caller chose a path (`foreach`/`fused`) or asked for what fused kernels lack, or a
+    parameter is one the kernel cannot step (device, dtype, a non-dense view): `fused_refusal` decides.
     A param group that chose its own path or rules fused out keeps the class's choice (its dict gets
     fused=None when the others are switched on) and does not hold the other groups back.
     """
     if not spec.supports_fused or "fused" in extra or extra.get("foreach") is not None:
         return None
-    if _rules_out_fused(spec, extra):
+    if fused_refusal(spec.cls, (), extra) is not None:
         return None
     own_choice, tensors = [], []
     for item in params:
         group = isinstance(item, Mapping)
-        if group and ("fused" in item or item.get("foreach") is not None or _rules_out_fused(spec, item)):
+        chose = group and ("fused" in item or item.get("foreach") is not None)
+        if chose or (group and fused_refusal(spec.cls, (), item) is not None):
             own_choice.append(item)
         else:
             tensors += _tensors([item])
-    if not tensors or not all(is_dense(t) for t in tensors):
-        return None
-    if not use_fused(spec.cls, {t.device.type for t in tensors}, {t.dtype for t in tensors}):
+    if not tensors or fused_refusal(spec.cls, tensors) is not None:
         return None
     for item in own_choice:  # (materialized copies: the caller's dicts are not touched)
         item.setdefault("fused", None)
