@@ -29,12 +29,14 @@ from typing import Any
 import torch
 
 from arvc.optim._checks import parse_dtype, real_dtype, unscaled
+from arvc.optim._fused_ops import FUSED_OPS
 from arvc.optim._rounding import is_dense
 
 __all__ = [
     "AmpScaling",
     "FUSED_DEVICES",
     "FUSED_DTYPES",
+    "FUSED_OPS",
     "FusedUnavailable",
     "amp_step",
     "fused_devices_of",
@@ -52,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 FUSED_DEVICES = ("cpu", "cuda")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 
 _FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
 
@@ -129,7 +132,7 @@ def _no_output(*args, **kwargs) -> None:
 
 
 def _register_fakes() -> None:
-    for op in ("adabelief_", "any_precision_adamw_", "radam_"):
+    for op in FUSED_OPS:
         torch.library.register_fake(f"arvc_fused::{op}")(_no_output)
 
 
@@ -214,7 +217,7 @@ def triton_kernels():
 
 
 def fused_op(name: str, device, grad_scale=None, found_inf=None):
-    """The fused step `name` ("adabelief_", "any_precision_adamw_", "radam_") for tensors on `device`:
+    """The fused step `name` (a row of FUSED_OPS) for tensors on `device`:
     the C++ op on CPU, the Triton one on CUDA. With `grad_scale` the gradients are divided by it first
     (GradScaler's scale: inside the Triton kernel, as torch's fused Adam; on the CPU, into a copy); a
     set `found_inf` (Triton only, a device tensor the kernel reads; see amp_step) skips the step."""

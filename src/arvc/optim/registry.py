@@ -1,7 +1,18 @@
 """The one place that knows arvc's optimizers: specs, ratings, and how to build them.
 
-Adding an optimizer is one file plus one entry in `_SPECS`. Everything else — which keyword arguments
-a class accepts, whether it has a fused kernel — is read off the class itself, never listed by hand.
+Adding an optimizer touches:
+
+* its file, `arvc/optim/<name>.py` (the class, its functional step through `_checks.step_body`), exported
+  from `arvc/optim/__init__.py`;
+* its entry in `_SPECS` below (what the CLI, the UI, `arvc compare` and the benchmark show and build:
+  the benchmark's cases and its bf16 case come from the spec);
+* its reference test in tests/optim (beside a reference implementation, as test_adabelief.py).
+
+Everything else — which keyword arguments a class accepts, whether it can run fused here — is read off
+the class itself (`supported_kwargs`, `arvc.optim._fused.fused_refusal`), never listed by hand. An
+optimizer with fused kernels adds them too: a C++ header in `_fused_cpu/` registered in fused_cpu.cpp, a
+Triton module in `_fused_triton/`, and one row in `arvc.optim._fused_ops.FUSED_OPS` (which feeds the CPU
+ops' fake registrations and the Triton package).
 """
 
 from __future__ import annotations
@@ -85,6 +96,9 @@ class OptimizerSpec:
     paper: str
     weight_decay: str  # how `weight_decay` is applied, as `arvc optimizers NAME` states it
     paired_scheduler: str | None = None
+    # The algorithm it implements, for the benchmark's "best peer implementing the same algorithm"
+    # (None: its name).
+    algorithm: str | None = None
     # Constructor arguments the registry passes unless the caller gives them (what arvc means by the name).
     default_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # A run's config holds Adam-family values (RVC's betas 0.8,0.99, eps 1e-9, weight decay 0.01).
@@ -103,6 +117,10 @@ class OptimizerSpec:
     def scheduler_label(self) -> str:
         """The paired scheduler as the CLI and UI show it (no pairing: RVC's exponential decay)."""
         return self.paired_scheduler or "exponential (RVC default)"
+
+    @property
+    def algorithm_name(self) -> str:
+        return self.algorithm or self.name
 
     @property
     def supported_kwargs(self) -> tuple[str, ...]:
@@ -194,6 +212,7 @@ _SPECS = (
         "weights and stochastically rounded moments; all math in fp32.",
         paper="torchdistx AnyPrecisionAdamW; Zamirai et al., Revisiting BFloat16 Training (arXiv:2010.06192)",
         weight_decay=_DECOUPLED + " (class default 0)",
+        algorithm="AdamW",
         bf16_weights_kwargs=MappingProxyType(
             {"use_kahan_summation": True, "momentum_dtype": "bfloat16", "variance_dtype": "bfloat16"}
         ),
@@ -232,6 +251,7 @@ _SPECS = (
         "Convergence of Adam and Beyond, ICLR 2018 (arXiv:1904.09237)",
         weight_decay=_DECOUPLED + " (class default 0; adabelief-pytorch's weight_decouple=True)",
         paired_scheduler="inverse_sqrt",
+        algorithm="AdaBelief+AMSGrad",
         eps_from_adam=_adam_eps_squared,
         eps_rule=_BELIEF_EPS_RULE,
     ),
