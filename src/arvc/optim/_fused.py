@@ -1,12 +1,19 @@
 """The fused paths: arvc's own C++ kernels for CPU tensors (_fused_cpu/), compiled once on first use and
 cached, and its Triton kernels for CUDA tensors (_fused_triton/), with the same ops and semantics.
 
-Why compiled here and not shipped: arvc is a pure-Python wheel; the kernel is ~400 lines of C++ that
-torch's extension builder turns into a shared library in under a minute with the machine's C++
-compiler, cached under TORCH_EXTENSIONS_DIR (~/.cache/torch_extensions) so later runs only load it.
-Where that is impossible (no compiler, no ninja, unsupported platform) the optimizers fall back to
-their foreach path with one warning that says why; nothing else changes. On CUDA the kernels need triton
-(it comes with torch's CUDA wheels); without it, the same fallback and warning.
+Why compiled here and not shipped: arvc is a pure-Python wheel; the kernels are a few headers of C++
+(_fused_cpu/) that torch's extension builder turns into a shared library in under a minute with the
+machine's C++ compiler, cached under TORCH_EXTENSIONS_DIR (~/.cache/torch_extensions) so later runs only
+load it. Where that is impossible (no compiler, no ninja, unsupported platform) the optimizers fall back
+to their foreach path with one warning that says why; nothing else changes. On CUDA the kernels need
+triton (it comes with torch's CUDA wheels); without it, the same fallback and warning. And a GPU kernel
+is checked on first use on each kind of GPU (arvc.optim._fused_probe: a small probe beside the foreach
+path, its verdict cached on disk); one that fails it gives the same fallback, with one warning saying
+what failed.
+
+Here: the one rule for "can this group run fused" (`fused_refusal`, asked by the registry and by
+`resolve_fused`), loading the kernels, and the op (`fused_op`) a step runs; the ops themselves are the
+rows of arvc.optim._fused_ops.FUSED_OPS.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RAdam: torch.optim.RAdam plus arvc's fused CPU step.
+"""RAdam: torch.optim.RAdam plus arvc's fused step (C++ on CPU, Triton on CUDA).
 
 Why a subclass: torch has no fused RAdam; on CPU its foreach path makes ~10 passes over memory and is
 ~5x slower than its own fused AdamW. `fused=True` runs the identical update (same formulas, same
@@ -40,12 +40,13 @@ __all__ = ["RAdam"]
 
 
 class RAdam(AmpScaling, torch.optim.RAdam):
-    """torch.optim.RAdam with a `fused` CPU path (float32 parameters; not with capturable/differentiable).
+    """torch.optim.RAdam with a `fused` path on CPU and CUDA (float32 parameters; not with
+    capturable/differentiable).
 
-    The registry switches `fused` on for float32 CPU parameters, and passes
+    The registry switches `fused` on for float32 CPU and CUDA parameters, and passes
     `decoupled_weight_decay=True` (AdamW-style decay, as the CLI states) unless told otherwise; the
-    class itself keeps torch's default (coupled L2). If the kernel cannot be built here, torch's
-    foreach path runs instead, with one warning.
+    class itself keeps torch's default (coupled L2). If the kernel cannot be built here, or fails its
+    first-use check on this GPU, torch's foreach path runs instead, with one warning.
     """
 
     fused_devices = FUSED_DEVICES  # read by the registry to switch `fused` on automatically

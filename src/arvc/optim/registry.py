@@ -195,7 +195,8 @@ _SPECS = (
         category="PyTorch built-in",
         best_for="warmup-free training, short runs",
         description="Adam with the variance of the adaptive step rectified in early steps, so no warm-up "
-        "is needed; torch's own implementation, plus arvc's fused CPU kernel for float32 parameters.",
+        "is needed; torch's own implementation, plus arvc's fused kernel (CPU and CUDA) for float32 "
+        "parameters.",
         paper="Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020 "
         "(arXiv:1908.03265)",
         weight_decay=_DECOUPLED + " (class default 0); the registry passes decoupled_weight_decay=True, "
