@@ -273,9 +273,8 @@ def any_precision_adamw(
     grad_scale: float | torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
 ) -> None:
-    """Functional AnyPrecisionAdamW step over a list of parameters; `fused`/`foreach` pick the body.
-    `grad_scale`: the gradients are divided by it first (in the fused kernel itself where it can);
-    `found_inf` (the Triton path only, see amp_step): a device flag, set: the kernel skips the step."""
+    """Functional AnyPrecisionAdamW step over a list of parameters; `fused`/`foreach` pick the body, and
+    `grad_scale`/`found_inf` are GradScaler's (see `_checks.step_body`, the dispatch of every arvc step)."""
     body = step_body(
         _single_tensor_any_precision_adamw,
         _multi_tensor_any_precision_adamw,
