@@ -137,3 +137,33 @@ def test_cli_bench_json(tmp_path):
     assert plot.is_file()
     bad = runner.invoke(app, ["bench", "--optimizers", "Adagrad"])
     assert bad.exit_code != 0 and "unknown optimizer" in bad.output
+
+
+def test_arvc_cases_come_from_the_registry_specs(monkeypatch):
+    """A spec's algorithm and bf16-weights mode are what the benchmark times and compares it with: a
+    spec that gains a bf16 mode gets its bf16 case, named as `arvc compare` names that setting."""
+    import dataclasses
+    from types import MappingProxyType
+
+    from arvc.optim import OPTIMIZERS
+
+    mode = MappingProxyType({"foreach": False})
+    specs = {
+        name: dataclasses.replace(spec, bf16_weights_kwargs=None, bf16_variants=MappingProxyType({}))
+        for name, spec in OPTIMIZERS.items()
+    }
+    specs["AdaBelief"] = dataclasses.replace(
+        OPTIMIZERS["AdaBelief"],
+        algorithm="Belief",
+        bf16_weights_kwargs=mode,
+        bf16_variants=MappingProxyType({"loop": mode}),
+    )
+    monkeypatch.setattr(cases, "OPTIMIZERS", MappingProxyType(specs))
+    arvc = {c.key: c for c in all_cases() if c.origin == "arvc"}
+    assert arvc["arvc:AdaBelief"].algorithm == "Belief"
+    bf16 = [c for c in arvc.values() if c.param_dtype == torch.bfloat16]
+    assert [(c.key, c.label, c.algorithm) for c in bf16] == [
+        ("arvc:AdaBelief-bf16-loop", "arvc AdaBelief bf16 + Loop", "Belief bf16")
+    ]
+    param = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
+    assert bf16[0].build([param]).defaults["foreach"] is False

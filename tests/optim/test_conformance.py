@@ -12,11 +12,12 @@ depend on). What its tests check is covered below instead, row by row:
   put entries other than a parameter's state into `state`), test_complex, test_tensor_lr,
   test_fused_matches_forloop, test_foreach_matches_forloop, test_compile (inductor), test_grad_scaling /
   amp: here.
-* Not applicable: CUDA graphs / capturable (arvc's kernels are CPU-only; AdamW and RAdam keep torch's
-  own capturable code unchanged), `differentiable=True` (only torch's classes take it, unchanged),
-  test_forloop_goes_right_direction_multigpu, test_mixed_device_dtype (one CPU device here), the
-  `maximize`/`amsgrad` flags of arvc's own classes (they have none; AdaBeliefV2 *is* AMSGrad), and
-  test_peak_memory_foreach / test_fused_cpu_matches_cuda (need CUDA).
+* Not applicable: CUDA graphs / capturable (arvc's fused kernels, C++ on CPU and Triton on CUDA, have
+  no capturable mode; AdamW and RAdam keep torch's own capturable code unchanged), `differentiable=True`
+  (only torch's classes take it, unchanged), test_forloop_goes_right_direction_multigpu,
+  test_mixed_device_dtype (one CPU device here), the `maximize`/`amsgrad` flags of arvc's own classes
+  (they have none; AdaBeliefV2 *is* AMSGrad), and test_peak_memory_foreach / test_fused_cpu_matches_cuda
+  (need CUDA).
 """
 
 from __future__ import annotations

@@ -427,6 +427,20 @@ def test_any_int_seed_rounds_as_the_reference(seed):
     assert (states[0] != states[1]).float().mean().item() <= 0.005
 
 
+def test_the_cpu_library_registers_exactly_the_declared_fused_ops():
+    """FUSED_OPS is the one list of fused ops: the C++ library's CPU kernels (fused_cpu.cpp) are its rows,
+    each with a fake (meta) registration for torch.compile, and every optimizer's fused step is one."""
+    _fused.fused_kernels()
+    registered = {
+        name.removeprefix("arvc_fused::")
+        for name in torch._C._dispatch_get_registrations_for_dispatch_key("CPU")
+        if name.startswith("arvc_fused::")
+    }
+    assert registered == set(_fused.FUSED_OPS)
+    for op in _fused.FUSED_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"arvc_fused::{op}", "Meta")
+
+
 def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_run(tmp_path):
     """torch waits forever on its build lock file; a fresh one left by a killed build must not block."""
     import os

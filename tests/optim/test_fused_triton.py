@@ -255,6 +255,14 @@ def test_grad_scaler_hands_its_scale_to_the_kernel(name):
             _assert_identical(p, q, f"scaled step ({'Triton' if use_triton else 'C++'})")
 
 
+def test_the_triton_package_serves_exactly_the_declared_fused_ops():
+    """The Triton package's ops are the rows of FUSED_OPS, each from its own kernel module."""
+    kernels = _fused.triton_kernels()
+    assert set(kernels.__all__) == set(_fused.FUSED_OPS)
+    for op, kernel in _fused.FUSED_OPS.items():
+        assert getattr(kernels, op).__module__ == f"arvc.optim._fused_triton.{kernel}"
+
+
 def test_without_triton_the_gpu_path_is_unavailable_with_a_message_naming_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "arvc.optim._fused_triton", None)  # as if triton were missing
     with pytest.raises(_fused.FusedUnavailable, match=r"need triton.*arvc\[gpu\]"):

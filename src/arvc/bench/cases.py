@@ -27,9 +27,6 @@ WEIGHT_DECAY = 0.01
 BETAS = (0.9, 0.999)
 BASELINE = "torch:AdamW-fused"
 
-# The algorithm each registry optimizer implements, for "best peer implementing the same algorithm".
-_ALGORITHM = {"AnyPrecisionAdamW": "AdamW", "AdaBeliefV2": "AdaBelief+AMSGrad"}
-
 
 @dataclass(frozen=True)
 class Case:
@@ -141,10 +138,28 @@ def _bnb_adamw8bit(params):
     return bnb.optim.AdamW8bit(params, lr=LR, betas=BETAS, eps=1e-8, weight_decay=WEIGHT_DECAY)
 
 
+def _bf16_weights_case(spec) -> Case:
+    """The optimizer in the mode a bf16 run trains with (its spec's `bf16_weights_kwargs`), named as
+    `arvc compare` names that setting: its bf16 variant that adds nothing to the mode (e.g. "kahan")."""
+    mode = dict(spec.bf16_weights_kwargs)
+    suffix = next(
+        (s for s, kwargs in spec.bf16_variants.items() if kwargs.items() <= mode.items()), "weights"
+    )
+    return Case(
+        f"arvc:{spec.name}-bf16-{suffix}",
+        f"arvc {spec.name} bf16 + {suffix.capitalize()}",
+        "arvc",
+        "arvc",
+        f"{spec.algorithm_name} bf16",
+        _registry(spec.name, **mode),
+        param_dtype=torch.bfloat16,
+    )
+
+
 def _arvc_cases(all_paths: bool) -> list[Case]:
     cases = []
     for name, spec in OPTIMIZERS.items():
-        algorithm = _ALGORITHM.get(name, name)
+        algorithm = spec.algorithm_name
         cases.append(Case(f"arvc:{name}", f"arvc {name}", "arvc", "arvc", algorithm, _registry(name)))
         if not all_paths:
             continue
@@ -163,18 +178,7 @@ def _arvc_cases(all_paths: bool) -> list[Case]:
                         _registry(name, **kwargs),
                     )
                 )
-    bf16_kahan = dict(use_kahan_summation=True, momentum_dtype="bfloat16", variance_dtype="bfloat16")
-    cases.append(
-        Case(
-            "arvc:AnyPrecisionAdamW-bf16-kahan",
-            "arvc AnyPrecisionAdamW bf16 + Kahan",
-            "arvc",
-            "arvc",
-            "AdamW bf16",
-            _registry("AnyPrecisionAdamW", **bf16_kahan),
-            param_dtype=torch.bfloat16,
-        )
-    )
+    cases += [_bf16_weights_case(s) for s in OPTIMIZERS.values() if s.bf16_weights_kwargs is not None]
     cases.append(
         Case(
             "arvc:AdamW-8bit",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from collections.abc import Iterator
@@ -176,6 +177,36 @@ def check_param_dtypes(params, name: str) -> None:
             raise ValueError(f"{name}: parameters must be floating point or complex tensors, got {p.dtype}")
 
 
+_REAL_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a `dtype` tensor's real view (what every path steps); a real dtype unchanged."""
+    return _REAL_DTYPES.get(dtype, dtype)
+
+
 def real_view(t: torch.Tensor | None) -> torch.Tensor | None:
     """A complex tensor as its real view (last dimension of size 2); anything else unchanged."""
     return torch.view_as_real(t) if t is not None and t.is_complex() else t
+
+
+def unscaled(body, grad_scale):
+    """`body(params, grads, *rest)` that first divides the gradients by `grad_scale` (GradScaler's scale),
+    into copies: the gradients the caller holds are not changed."""
+
+    def run(params, grads, *rest, **kwargs):
+        return body(params, torch._foreach_div(list(grads), grad_scale), *rest, **kwargs)
+
+    return run
+
+
+def step_body(single, multi, fused, *, use_fused: bool, foreach: bool, grad_scale=None, found_inf=None):
+    """The body that runs one functional step (torch.optim's single/foreach/fused dispatch, once for every
+    arvc optimizer): `fused(..., grad_scale=, found_inf=)` where the group runs fused (the kernel divides
+    by the scale and reads the overflow flag itself), else `multi` (foreach) or `single`, on gradients
+    divided by `grad_scale` first. Each body is called as `body(params, grads, *state, **hyperparameters)`.
+    """
+    if use_fused:
+        return functools.partial(fused, grad_scale=grad_scale, found_inf=found_inf)
+    body = multi if foreach else single
+    return body if grad_scale is None else unscaled(body, grad_scale)

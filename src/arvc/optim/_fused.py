@@ -1,12 +1,19 @@
 """The fused paths: arvc's own C++ kernels for CPU tensors (_fused_cpu/), compiled once on first use and
 cached, and its Triton kernels for CUDA tensors (_fused_triton/), with the same ops and semantics.
 
-Why compiled here and not shipped: arvc is a pure-Python wheel; the kernel is ~400 lines of C++ that
-torch's extension builder turns into a shared library in under a minute with the machine's C++
-compiler, cached under TORCH_EXTENSIONS_DIR (~/.cache/torch_extensions) so later runs only load it.
-Where that is impossible (no compiler, no ninja, unsupported platform) the optimizers fall back to
-their foreach path with one warning that says why; nothing else changes. On CUDA the kernels need triton
-(it comes with torch's CUDA wheels); without it, the same fallback and warning.
+Why compiled here and not shipped: arvc is a pure-Python wheel; the kernels are a few headers of C++
+(_fused_cpu/) that torch's extension builder turns into a shared library in under a minute with the
+machine's C++ compiler, cached under TORCH_EXTENSIONS_DIR (~/.cache/torch_extensions) so later runs only
+load it. Where that is impossible (no compiler, no ninja, unsupported platform) the optimizers fall back
+to their foreach path with one warning that says why; nothing else changes. On CUDA the kernels need
+triton (it comes with torch's CUDA wheels); without it, the same fallback and warning. And a GPU kernel
+is checked on first use on each kind of GPU (arvc.optim._fused_probe: a small probe beside the foreach
+path, its verdict cached on disk); one that fails it gives the same fallback, with one warning saying
+what failed.
+
+Here: the one rule for "can this group run fused" (`fused_refusal`, asked by the registry and by
+`resolve_fused`), loading the kernels, and the op (`fused_op`) a step runs; the ops themselves are the
+rows of arvc.optim._fused_ops.FUSED_OPS.
 """
 
 from __future__ import annotations
@@ -22,20 +29,27 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from arvc.optim._checks import parse_dtype, real_dtype, unscaled
+from arvc.optim._fused_ops import FUSED_OPS
 from arvc.optim._rounding import is_dense
 
 __all__ = [
     "AmpScaling",
     "FUSED_DEVICES",
     "FUSED_DTYPES",
+    "FUSED_OPS",
     "FusedUnavailable",
     "amp_step",
+    "fused_devices_of",
     "fused_kernels",
     "fused_op",
+    "fused_refusal",
     "kernel_seed",
     "mark_modified",
     "relayout_state",
@@ -47,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 FUSED_DEVICES = ("cpu", "cuda")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 
 _FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
 
@@ -124,7 +139,7 @@ def _no_output(*args, **kwargs) -> None:
 
 
 def _register_fakes() -> None:
-    for op in ("adabelief_", "any_precision_adamw_", "radam_"):
+    for op in FUSED_OPS:
         torch.library.register_fake(f"arvc_fused::{op}")(_no_output)
 
 
@@ -209,7 +224,7 @@ def triton_kernels():
 
 
 def fused_op(name: str, device, grad_scale=None, found_inf=None):
-    """The fused step `name` ("adabelief_", "any_precision_adamw_", "radam_") for tensors on `device`:
+    """The fused step `name` (a row of FUSED_OPS) for tensors on `device`:
     the C++ op on CPU, the Triton one on CUDA. With `grad_scale` the gradients are divided by it first
     (GradScaler's scale: inside the Triton kernel, as torch's fused Adam; on the CPU, into a copy); a
     set `found_inf` (Triton only, a device tensor the kernel reads; see amp_step) skips the step."""
@@ -221,13 +236,7 @@ def fused_op(name: str, device, grad_scale=None, found_inf=None):
     if found_inf is not None:
         raise RuntimeError("arvc fused step: found_inf is read on the host for CPU kernels (amp_step)")
     kernel = getattr(fused_kernels(), name)
-    if grad_scale is None:
-        return kernel
-
-    def unscaled(params, grads, *rest):
-        return kernel(params, torch._foreach_div(list(grads), grad_scale), *rest)
-
-    return unscaled
+    return kernel if grad_scale is None else unscaled(kernel, grad_scale)
 
 
 def amp_step(optimizer) -> tuple[bool, float | torch.Tensor | None, torch.Tensor | None]:
@@ -260,44 +269,97 @@ class AmpScaling:
 
 
 _warned = False
-_REAL_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def fused_devices_of(cls: type) -> tuple[str, ...]:
+    """Device types with a fused kernel for `cls`: its own `fused_devices`, else torch's list."""
+    own = getattr(cls, "fused_devices", None)
+    if own is not None:
+        return tuple(own)
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return tuple(_get_fused_kernels_supported_devices())
+    except ImportError:  # pragma: no cover - older/newer torch without the helper
+        return ("cuda", "cpu")
+
+
+def _dtype_names(dtypes, last: str = ", ") -> str:
+    names = [str(d).removeprefix("torch.") for d in dtypes]
+    return ", ".join(names[:-1]) + last + names[-1] if len(names) > 1 else "".join(names)
+
+
+def fused_refusal(cls: type, params: Iterable = (), settings: Mapping[str, Any] | None = None):
+    """Why `cls`'s fused path cannot step `params` with the group settings `settings` (None: it can).
+
+    The one rule for "can this group run fused" (torch's `_default_to_fused_or_foreach` is the model):
+    the registry asks it before switching `fused` on, and `resolve_fused` raises what it returns when
+    `fused=True` was asked for. `params` are tensors, or (device type, dtype) pairs where there are none
+    yet (the registry's pure check). Returns the error `fused=True` raises, naming what to do instead:
+
+    * settings: capturable or differentiable, or a state buffer dtype (`*_dtype`) outside the class's
+      `fused_dtypes`; `foreach=True` beside it;
+    * parameters: more than one device type (arvc's kernels step one per group), a device without a
+      kernel for the class (`fused_devices_of`), a dtype its kernel does not handle (the class's own
+      `fused_dtypes` for the real view of a complex parameter, else any floating dtype, as torch's), or a
+      tensor that does not cover its memory exactly once.
+    """
+    name = cls.__name__
+    settings = settings or {}
+    own_dtypes = getattr(cls, "fused_dtypes", None)
+    if settings.get("capturable") or settings.get("differentiable"):
+        return RuntimeError(f"{name}: `fused=True` does not support capturable or differentiable")
+    buffer_dtypes = [parse_dtype(v, k) for k, v in settings.items() if k.endswith("_dtype") and v is not None]
+    if own_dtypes is not None and any(dtype not in own_dtypes for dtype in buffer_dtypes):
+        return ValueError(
+            f"{name}: the fused path keeps buffers in {_dtype_names(own_dtypes, ' or ')}, got "
+            f"{_dtype_names(buffer_dtypes)}; pass fused=False"
+        )
+    if settings.get("foreach"):
+        return RuntimeError(f"{name}: `fused` and `foreach` cannot both be True")
+    params = list(params)
+    placements = [
+        (p.device, p.dtype) if isinstance(p, torch.Tensor) else (torch.device(p[0]), p[1]) for p in params
+    ]
+    device_types = {device.type for device, _ in placements}
+    if getattr(cls, "fused_devices", None) is not None and len(device_types) > 1:
+        return RuntimeError(
+            f"{name}: `fused=True` steps one device type per param group; this group has parameters on "
+            f"{', '.join(sorted(device_types))}. Put them in separate groups, or use foreach=True."
+        )
+    devices = fused_devices_of(cls)
+    for p, (device, dtype) in zip(params, placements, strict=True):
+        # A complex parameter is stepped as its real view: its real dtype is what the kernel sees.
+        dtype_ok = real_dtype(dtype) in own_dtypes if own_dtypes is not None else dtype.is_floating_point
+        if device.type not in devices or not dtype_ok:
+            return RuntimeError(
+                f"{name}: `fused=True` requires parameters on {', '.join(devices)} with dtype "
+                f"{_dtype_names(own_dtypes) if own_dtypes is not None else 'floating point'}; got a "
+                f"{dtype} parameter on {device}. Use foreach=True instead."
+            )
+        if isinstance(p, torch.Tensor) and not is_dense(p):
+            return RuntimeError(
+                f"{name}: `fused=True` requires dense parameters (each covering its memory exactly once); "
+                f"got one of shape {tuple(p.shape)} with strides {p.stride()}. Use foreach=True instead."
+            )
+    return None
 
 
 def resolve_fused(cls: type, fused: bool | None, group: dict) -> bool:
     """Decide, at construction, whether param group `group` of an optimizer of class `cls` runs its fused
     path (`fused`: what was asked for).
 
-    `fused=True` needs parameters on the class's `fused_devices` with one of its `fused_dtypes` (a clear
-    error otherwise, as torch.optim). If the kernels cannot be built here, the optimizer falls back to
-    foreach with one warning per process; so it does if a GPU kernel fails its first-use check
-    (arvc.optim._fused_probe) on this GPU, with one warning saying what failed.
+    `fused=True` needs what `fused_refusal` checks (its error otherwise, as torch.optim). If the kernels
+    cannot be built here, the optimizer falls back to foreach with one warning per process; so it does if
+    a GPU kernel fails its first-use check (arvc.optim._fused_probe) on this GPU, with one warning saying
+    what failed.
     """
     if not fused:
         return False
-    foreach, params = group["foreach"], group["params"]
-    name = cls.__name__
-    if foreach:
-        raise RuntimeError(f"{name}: `fused` and `foreach` cannot both be True")
-    device_types = {p.device.type for p in params}
-    if len(device_types) > 1:
-        raise RuntimeError(
-            f"{name}: `fused=True` steps one device type per param group; this group has parameters on "
-            f"{', '.join(sorted(device_types))}. Put them in separate groups, or use foreach=True."
-        )
-    for p in params:
-        # A complex parameter is stepped as its real view: its real dtype is what the kernel sees.
-        dtype = _REAL_DTYPES.get(p.dtype, p.dtype)
-        if p.device.type not in cls.fused_devices or dtype not in cls.fused_dtypes:
-            raise RuntimeError(
-                f"{name}: `fused=True` requires parameters on {', '.join(cls.fused_devices)} with dtype "
-                f"{', '.join(str(d).removeprefix('torch.') for d in cls.fused_dtypes)}; got a {p.dtype} "
-                f"parameter on {p.device}. Use foreach=True instead."
-            )
-        if not is_dense(p):
-            raise RuntimeError(
-                f"{name}: `fused=True` requires dense parameters (each covering its memory exactly once); "
-                f"got one of shape {tuple(p.shape)} with strides {p.stride()}. Use foreach=True instead."
-            )
+    refusal = fused_refusal(cls, group["params"], group)
+    if refusal is not None:
+        raise refusal
+    params, name = group["params"], cls.__name__
     try:
         for device in {p.device for p in params}:
             triton_kernels() if _uses_triton(device) else fused_kernels()
@@ -310,7 +372,7 @@ def resolve_fused(cls: type, fused: bool | None, group: dict) -> bool:
         return False
     from arvc.optim._fused_probe import first_use_failure
 
-    for device, dtype in sorted({(p.device, _REAL_DTYPES.get(p.dtype, p.dtype)) for p in params}, key=str):
+    for device, dtype in sorted({(p.device, real_dtype(p.dtype)) for p in params}, key=str):
         if _uses_triton(device) and first_use_failure(cls, group, device, dtype) is not None:
             logger.debug("%s: the fused kernel failed its first-use check, using foreach", name)
             return False

@@ -18,7 +18,6 @@ Two deliberate differences, both documented in docs/optimizers.md:
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -35,6 +34,7 @@ from arvc.optim._checks import (
     params_with_grad,
     real_view,
     refused_group_removed,
+    step_body,
 )
 from arvc.optim._fused import (
     FUSED_DEVICES,
@@ -177,15 +177,17 @@ def adabelief(
     grad_scale: float | torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
 ) -> None:
-    """Functional AdaBelief step over a list of parameters; `fused`/`foreach` pick the body.
-    `grad_scale`: the gradients are divided by it first (in the fused kernel itself where it can);
-    `found_inf` (the Triton path only, see amp_step): a device flag, set: the kernel skips the step."""
-    if fused:
-        body = functools.partial(_fused_adabelief, grad_scale=grad_scale, found_inf=found_inf)
-    else:
-        body = _multi_tensor_adabelief if foreach else _single_tensor_adabelief
-        if grad_scale is not None:
-            grads = torch._foreach_div(grads, grad_scale)
+    """Functional AdaBelief step over a list of parameters; `fused`/`foreach` pick the body, and
+    `grad_scale`/`found_inf` are GradScaler's (see `_checks.step_body`, the dispatch of every arvc step)."""
+    body = step_body(
+        _single_tensor_adabelief,
+        _multi_tensor_adabelief,
+        _fused_adabelief,
+        use_fused=fused,
+        foreach=foreach,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
     body(
         params,
         grads,

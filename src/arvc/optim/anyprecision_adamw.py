@@ -16,8 +16,6 @@ With float32 parameters and float32 buffers the update is exactly torch.optim.Ad
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.optim import Optimizer
 
@@ -34,6 +32,7 @@ from arvc.optim._checks import (
     parse_dtype,
     real_view,
     refused_group_removed,
+    step_body,
 )
 from arvc.optim._fused import (
     FUSED_DEVICES,
@@ -143,14 +142,6 @@ class AnyPrecisionAdamW(NoDifferentiableDefault, AmpScaling, Optimizer):
                 raise ValueError(
                     "AnyPrecisionAdamW: this optimizer numbers its parameters by param_indices; "
                     "add_param_group cannot number new ones: pass every parameter at construction"
-                )
-            buffer_dtypes = [
-                group[k] for k in ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype")
-            ]
-            if group["fused"] and any(dtype not in FUSED_DTYPES for dtype in buffer_dtypes):
-                raise ValueError(
-                    "AnyPrecisionAdamW: the fused path keeps buffers in float32, bfloat16 or float16, got "
-                    f"{', '.join(str(d).removeprefix('torch.') for d in buffer_dtypes)}; pass fused=False"
                 )
             group["fused"] = resolve_fused(type(self), group["fused"], group)
 
@@ -282,15 +273,17 @@ def any_precision_adamw(
     grad_scale: float | torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
 ) -> None:
-    """Functional AnyPrecisionAdamW step over a list of parameters; `fused`/`foreach` pick the body.
-    `grad_scale`: the gradients are divided by it first (in the fused kernel itself where it can);
-    `found_inf` (the Triton path only, see amp_step): a device flag, set: the kernel skips the step."""
-    if fused:
-        body = functools.partial(_fused_any_precision_adamw, grad_scale=grad_scale, found_inf=found_inf)
-    else:
-        body = _multi_tensor_any_precision_adamw if foreach else _single_tensor_any_precision_adamw
-        if grad_scale is not None:
-            grads = torch._foreach_div(grads, grad_scale)
+    """Functional AnyPrecisionAdamW step over a list of parameters; `fused`/`foreach` pick the body, and
+    `grad_scale`/`found_inf` are GradScaler's (see `_checks.step_body`, the dispatch of every arvc step)."""
+    body = step_body(
+        _single_tensor_any_precision_adamw,
+        _multi_tensor_any_precision_adamw,
+        _fused_any_precision_adamw,
+        use_fused=fused,
+        foreach=foreach,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
     body(
         params,
         grads,

@@ -1,4 +1,4 @@
-"""RAdam: torch.optim.RAdam plus arvc's fused CPU step.
+"""RAdam: torch.optim.RAdam plus arvc's fused step (C++ on CPU, Triton on CUDA).
 
 Why a subclass: torch has no fused RAdam; on CPU its foreach path makes ~10 passes over memory and is
 ~5x slower than its own fused AdamW. `fused=True` runs the identical update (same formulas, same
@@ -23,6 +23,7 @@ from arvc.optim._checks import (
     lr_value,
     real_view,
     refused_group_removed,
+    step_body,
 )
 from arvc.optim._fused import (
     FUSED_DEVICES,
@@ -39,12 +40,13 @@ __all__ = ["RAdam"]
 
 
 class RAdam(AmpScaling, torch.optim.RAdam):
-    """torch.optim.RAdam with a `fused` CPU path (float32 parameters; not with capturable/differentiable).
+    """torch.optim.RAdam with a `fused` path on CPU and CUDA (float32 parameters; not with
+    capturable/differentiable).
 
-    The registry switches `fused` on for float32 CPU parameters, and passes
+    The registry switches `fused` on for float32 CPU and CUDA parameters, and passes
     `decoupled_weight_decay=True` (AdamW-style decay, as the CLI states) unless told otherwise; the
-    class itself keeps torch's default (coupled L2). If the kernel cannot be built here, torch's
-    foreach path runs instead, with one warning.
+    class itself keeps torch's default (coupled L2). If the kernel cannot be built here, or fails its
+    first-use check on this GPU, torch's foreach path runs instead, with one warning.
     """
 
     fused_devices = FUSED_DEVICES  # read by the registry to switch `fused` on automatically
@@ -65,8 +67,6 @@ class RAdam(AmpScaling, torch.optim.RAdam):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        if fused and (capturable or differentiable):
-            raise RuntimeError("RAdam: `fused=True` does not support capturable or differentiable")
         self._requested_fused = fused
         super().__init__(
             params,
@@ -87,8 +87,6 @@ class RAdam(AmpScaling, torch.optim.RAdam):
         with refused_group_removed(self) as group:
             check_param_dtypes(group["params"], type(self).__name__)
             requested = group.get("fused", getattr(self, "_requested_fused", None))
-            if requested and (group["capturable"] or group["differentiable"]):
-                raise RuntimeError("RAdam: `fused=True` does not support capturable or differentiable")
             group["fused"] = resolve_fused(type(self), requested, group)
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -118,50 +116,79 @@ class RAdam(AmpScaling, torch.optim.RAdam):
             has_complex = self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps)
             if not params:
                 continue
-            beta1, beta2 = group["betas"]
-            if not group.get("fused"):
-                radam(
-                    params,
-                    grads,
-                    exp_avgs,
-                    exp_avg_sqs,
-                    steps,
-                    beta1=beta1,
-                    beta2=beta2,
-                    lr=group["lr"],
-                    weight_decay=group["weight_decay"],
-                    eps=group["eps"],
-                    maximize=group["maximize"],
-                    foreach=group["foreach"],
-                    capturable=group["capturable"],
-                    differentiable=group["differentiable"],
-                    decoupled_weight_decay=group["decoupled_weight_decay"],
-                    has_complex=has_complex,
-                )
-                continue
-            # The kernel sees complex tensors as their real views, as torch's own paths do.
-            params, grads, exp_avgs, exp_avg_sqs = (
-                [real_view(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
+            # torch's functional RAdam picks its own single/foreach body; arvc's dispatch adds the fused one.
+            body = step_body(
+                radam,
+                radam,
+                _fused_radam,
+                use_fused=bool(group.get("fused")),
+                foreach=bool(group["foreach"]),
+                grad_scale=grad_scale,
+                found_inf=found_inf,
             )
-            run_kernel(
-                fused_op("radam_", params[0].device, grad_scale, found_inf),
-                (
-                    params,
-                    grads,
-                    exp_avgs,
-                    exp_avg_sqs,
-                    steps,
-                    lr_value(group["lr"]),
-                    beta1,
-                    beta2,
-                    group["eps"],
-                    group["weight_decay"],
-                    group["decoupled_weight_decay"],
-                    group["maximize"],
-                ),
+            body(
                 params,
+                grads,
                 exp_avgs,
                 exp_avg_sqs,
+                steps,
+                beta1=group["betas"][0],
+                beta2=group["betas"][1],
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=group["maximize"],
+                foreach=group["foreach"],
+                capturable=group["capturable"],
+                differentiable=group["differentiable"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                has_complex=has_complex,
             )
-            mark_modified(params, exp_avgs, exp_avg_sqs)
         return loss
+
+
+def _fused_radam(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    steps,
+    *,
+    beta1,
+    beta2,
+    lr,
+    weight_decay,
+    eps,
+    maximize,
+    decoupled_weight_decay,
+    grad_scale=None,
+    found_inf=None,
+    **_torch_paths,  # foreach, capturable, differentiable, has_complex: what torch's bodies take
+) -> None:
+    """The same update in one pass over all tensors: C++ on CPU (_fused_cpu/radam.h), Triton on CUDA
+    (_fused_triton/radam.py)."""
+    # The kernel sees complex tensors as their real views, as torch's own paths do.
+    params, grads, exp_avgs, exp_avg_sqs = (
+        [real_view(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
+    )
+    run_kernel(
+        fused_op("radam_", params[0].device, grad_scale, found_inf),
+        (
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps,
+            lr_value(lr),
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            decoupled_weight_decay,
+            maximize,
+        ),
+        params,
+        exp_avgs,
+        exp_avg_sqs,
+    )
+    mark_modified(params, exp_avgs, exp_avg_sqs)

@@ -1,13 +1,25 @@
 """The one place that knows arvc's optimizers: specs, ratings, and how to build them.
 
-Adding an optimizer is one file plus one entry in `_SPECS`. Everything else — which keyword arguments
-a class accepts, whether it has a fused kernel — is read off the class itself, never listed by hand.
+Adding an optimizer touches:
+
+* its file, `arvc/optim/<name>.py` (the class, its functional step through `_checks.step_body`), exported
+  from `arvc/optim/__init__.py`;
+* its entry in `_SPECS` below (what the CLI, the UI, `arvc compare` and the benchmark show and build:
+  the benchmark's cases and its bf16 case come from the spec);
+* its reference test in tests/optim (beside a reference implementation, as test_adabelief.py).
+
+Everything else — which keyword arguments a class accepts, whether it can run fused here — is read off
+the class itself (`supported_kwargs`, `arvc.optim._fused.fused_refusal`), never listed by hand. An
+optimizer with fused kernels adds them too: a C++ header in `_fused_cpu/` registered in fused_cpu.cpp, a
+Triton module in `_fused_triton/`, and one row in `arvc.optim._fused_ops.FUSED_OPS` (which feeds the CPU
+ops' fake registrations and the Triton package).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,8 +29,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from arvc.optim._checks import parse_dtype
-from arvc.optim._rounding import is_dense
+from arvc.optim._fused import fused_refusal
 from arvc.optim.adabelief import AdaBelief
 from arvc.optim.adabelief_v2 import AdaBeliefV2
 from arvc.optim.adamw import AdamW
@@ -41,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_REAL_DTYPES = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 _COMMON_HYPERPARAMETERS = ("betas", "eps", "weight_decay")
 _NOT_KWARGS = ("self", "params")
 
@@ -62,44 +72,15 @@ def _signature_defaults(cls: type) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-def _fused_devices(cls: type) -> tuple[str, ...]:
-    """Device types with a fused kernel for `cls`: its own `fused_devices`, else torch's list."""
-    own = getattr(cls, "fused_devices", None)
-    if own is not None:
-        return tuple(own)
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-        return tuple(_get_fused_kernels_supported_devices())
-    except ImportError:  # pragma: no cover - older/newer torch without the helper
-        return ("cuda", "cpu")
-
-
 def use_fused(cls: type, device_types: Collection[str], dtypes: Collection[torch.dtype]) -> bool:
     """Whether to switch on `fused=True` for `cls` with parameters on these devices and dtypes.
 
-    Pure: no tensors, no GPU needed. True only if the class takes `fused`, every parameter's device
-    type has a fused kernel for it (meta never does) and every parameter's dtype is one its kernel
-    handles (the class's own `fused_dtypes`, else any floating point dtype, as torch's). arvc's own
-    kernels (C++ on CPU, Triton on CUDA) step one device type per group, so a mix of both is not fused.
+    Pure: no tensors, no GPU needed. True only if the class takes `fused` and arvc's one rule
+    (`arvc.optim._fused.fused_refusal`) has nothing against parameters of these device types and dtypes.
     """
     if "fused" not in supported_kwargs(cls) or not device_types:
         return False
-    if getattr(cls, "fused_devices", None) is not None and len(set(device_types)) > 1:
-        return False
-    supported = set(_fused_devices(cls))
-    own_dtypes = getattr(cls, "fused_dtypes", None)
-    if own_dtypes is not None:  # arvc's kernels step a complex parameter as its real view
-
-        def dtype_ok(dt):
-            return _REAL_DTYPES.get(dt, dt) in own_dtypes
-
-    else:
-
-        def dtype_ok(dt):
-            return dt.is_floating_point
-
-    return all(d in supported for d in device_types) and all(dtype_ok(dt) for dt in dtypes)
+    return fused_refusal(cls, itertools.product(device_types, dtypes)) is None
 
 
 @dataclass(frozen=True)
@@ -115,6 +96,9 @@ class OptimizerSpec:
     paper: str
     weight_decay: str  # how `weight_decay` is applied, as `arvc optimizers NAME` states it
     paired_scheduler: str | None = None
+    # The algorithm it implements, for the benchmark's "best peer implementing the same algorithm"
+    # (None: its name).
+    algorithm: str | None = None
     # Constructor arguments the registry passes unless the caller gives them (what arvc means by the name).
     default_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # A run's config holds Adam-family values (RVC's betas 0.8,0.99, eps 1e-9, weight decay 0.01).
@@ -133,6 +117,10 @@ class OptimizerSpec:
     def scheduler_label(self) -> str:
         """The paired scheduler as the CLI and UI show it (no pairing: RVC's exponential decay)."""
         return self.paired_scheduler or "exponential (RVC default)"
+
+    @property
+    def algorithm_name(self) -> str:
+        return self.algorithm or self.name
 
     @property
     def supported_kwargs(self) -> tuple[str, ...]:
@@ -207,7 +195,8 @@ _SPECS = (
         category="PyTorch built-in",
         best_for="warmup-free training, short runs",
         description="Adam with the variance of the adaptive step rectified in early steps, so no warm-up "
-        "is needed; torch's own implementation, plus arvc's fused CPU kernel for float32 parameters.",
+        "is needed; torch's own implementation, plus arvc's fused kernel (CPU and CUDA) for float32 "
+        "parameters.",
         paper="Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020 "
         "(arXiv:1908.03265)",
         weight_decay=_DECOUPLED + " (class default 0); the registry passes decoupled_weight_decay=True, "
@@ -224,6 +213,7 @@ _SPECS = (
         "weights and stochastically rounded moments; all math in fp32.",
         paper="torchdistx AnyPrecisionAdamW; Zamirai et al., Revisiting BFloat16 Training (arXiv:2010.06192)",
         weight_decay=_DECOUPLED + " (class default 0)",
+        algorithm="AdamW",
         bf16_weights_kwargs=MappingProxyType(
             {"use_kahan_summation": True, "momentum_dtype": "bfloat16", "variance_dtype": "bfloat16"}
         ),
@@ -262,6 +252,7 @@ _SPECS = (
         "Convergence of Adam and Beyond, ICLR 2018 (arXiv:1904.09237)",
         weight_decay=_DECOUPLED + " (class default 0; adabelief-pytorch's weight_decouple=True)",
         paired_scheduler="inverse_sqrt",
+        algorithm="AdaBelief+AMSGrad",
         eps_from_adam=_adam_eps_squared,
         eps_rule=_BELIEF_EPS_RULE,
     ),
@@ -322,39 +313,27 @@ def _tensors(params: list) -> list[torch.Tensor]:
     return [t for t in tensors if isinstance(t, torch.Tensor)]
 
 
-def _rules_out_fused(spec: OptimizerSpec, settings: Mapping[str, Any]) -> bool:
-    """Whether keywords or a param group's own settings ask for what the fused kernels lack: capturable,
-    differentiable, or a state buffer dtype outside the class's `fused_dtypes` (e.g. AnyPrecisionAdamW's
-    float64 moments)."""
-    if settings.get("capturable") or settings.get("differentiable"):
-        return True
-    own_dtypes = getattr(spec.cls, "fused_dtypes", None)
-    buffer_dtypes = [parse_dtype(v, k) for k, v in settings.items() if k.endswith("_dtype") and v is not None]
-    return own_dtypes is not None and any(dtype not in own_dtypes for dtype in buffer_dtypes)
-
-
 def _auto_fused(spec: OptimizerSpec, params: list, extra: Mapping[str, Any]) -> bool | None:
     """fused=True where the fused path will work, None (the class's own choice) otherwise.
 
-    Never when the caller chose a path (`foreach`/`fused`) or asked for what fused kernels lack (see
-    _rules_out_fused), or a parameter is one the kernel cannot step (device, dtype, a non-dense view).
+    Never when the caller chose a path (`foreach`/`fused`) or asked for what fused kernels lack, or a
+    parameter is one the kernel cannot step (device, dtype, a non-dense view): `fused_refusal` decides.
     A param group that chose its own path or rules fused out keeps the class's choice (its dict gets
     fused=None when the others are switched on) and does not hold the other groups back.
     """
     if not spec.supports_fused or "fused" in extra or extra.get("foreach") is not None:
         return None
-    if _rules_out_fused(spec, extra):
+    if fused_refusal(spec.cls, (), extra) is not None:
         return None
     own_choice, tensors = [], []
     for item in params:
         group = isinstance(item, Mapping)
-        if group and ("fused" in item or item.get("foreach") is not None or _rules_out_fused(spec, item)):
+        chose = group and ("fused" in item or item.get("foreach") is not None)
+        if chose or (group and fused_refusal(spec.cls, (), item) is not None):
             own_choice.append(item)
         else:
             tensors += _tensors([item])
-    if not tensors or not all(is_dense(t) for t in tensors):
-        return None
-    if not use_fused(spec.cls, {t.device.type for t in tensors}, {t.dtype for t in tensors}):
+    if not tensors or fused_refusal(spec.cls, tensors) is not None:
         return None
     for item in own_choice:  # (materialized copies: the caller's dicts are not touched)
         item.setdefault("fused", None)

@@ -117,7 +117,7 @@ void store_nearest(const float* __restrict__ src, int64_t n, const Tensor& t, in
 }
 
 // One hash per element serves both moments of a parameter: lane 0 (momentum) and lane 1 (variance)
-// take different bits of it (_functional.stochastic_round_ does the same).
+// take different bits of it (arvc.optim._rounding.stochastic_round_ does the same).
 ARVC_INLINE uint32_t bf16_noise(uint32_t bits, int lane) { return lane ? bits >> 16 : bits & 0xFFFFu; }
 
 ARVC_INLINE uint32_t half_bits(uint32_t bits, int lane) { return lane ? mix32(bits) : bits; }

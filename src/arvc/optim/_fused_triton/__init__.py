@@ -2,11 +2,15 @@
 signatures and semantics, for CUDA tensors; one launch per (device, storage dtypes) group.
 
 Imported only when a fused step runs on a GPU (or by the tests, under TRITON_INTERPRET=1 on CPU tensors):
-triton comes with torch's CUDA wheels and is not needed anywhere else.
+triton comes with torch's CUDA wheels and is not needed anywhere else. Its ops are the rows of
+arvc.optim._fused_ops.FUSED_OPS: each `<op>` is taken from its module `<kernel>.py` here.
 """
 
-from arvc.optim._fused_triton.adabelief import adabelief_
-from arvc.optim._fused_triton.any_precision_adamw import any_precision_adamw_
-from arvc.optim._fused_triton.radam import radam_
+import importlib
 
-__all__ = ["adabelief_", "any_precision_adamw_", "radam_"]
+from arvc.optim._fused_ops import FUSED_OPS
+
+for _op, _kernel in FUSED_OPS.items():
+    globals()[_op] = getattr(importlib.import_module(f"{__name__}.{_kernel}"), _op)
+
+__all__ = list(FUSED_OPS)
