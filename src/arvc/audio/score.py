@@ -254,14 +254,18 @@ def stoi(reference: np.ndarray, converted: np.ndarray, sr: int) -> float:
 # --------------------------------------------------------------------------- all together
 
 
+def _check_lengths(seconds_ref: float, seconds_conv: float) -> None:
+    if abs(seconds_ref - seconds_conv) > _LENGTH_SLACK_S:
+        raise ValueError(
+            f"the recordings are not time-aligned: {seconds_ref:.3f} s and {seconds_conv:.3f} s "
+            f"(they may differ by {_LENGTH_SLACK_S} s at most); score a conversion of the same take"
+        )
+
+
 def _aligned(reference: np.ndarray, converted: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
     ref = np.asarray(reference, dtype=np.float32).reshape(-1)
     conv = np.asarray(converted, dtype=np.float32).reshape(-1)
-    if abs(len(ref) - len(conv)) > _LENGTH_SLACK_S * sr:
-        raise ValueError(
-            f"the recordings are not time-aligned: {len(ref) / sr:.3f} s and {len(conv) / sr:.3f} s "
-            f"(they may differ by {_LENGTH_SLACK_S} s at most); score a conversion of the same take"
-        )
+    _check_lengths(len(ref) / sr, len(conv) / sr)
     n = min(len(ref), len(conv))
     return ref[:n], conv[:n]
 
@@ -323,13 +327,25 @@ def pair_recordings(
 ) -> list[tuple[str, Path, Path]]:
     """(name, original, converted) to score: two files, or two folders whose audio files are matched by
     their path inside the folder without the extension (``a/take1.wav`` with ``a/take1.flac``). A ValueError
-    says what is missing or unmatched, before anything is decoded."""
+    says what is missing, unmatched or of another length (read from the headers), before anything is
+    decoded; an unreadable header is an :class:`AudioLoadError` naming the file."""
     original, converted = Path(original), Path(converted)
     for what, path in (("original", original), ("converted", converted)):
         if not path.exists():
             raise ValueError(f"{what} {path} does not exist")
     if original.is_file() and converted.is_file():
-        return [(converted.name, original, converted)]
+        pairs = [(converted.name, original, converted)]
+    else:
+        pairs = _pair_folders(original, converted)
+    for _, ref_path, conv_path in pairs:
+        try:
+            _check_lengths(audio_duration(ref_path), audio_duration(conv_path))
+        except ValueError as exc:
+            raise ValueError(f"{conv_path}: {exc}") from exc
+    return pairs
+
+
+def _pair_folders(original: Path, converted: Path) -> list[tuple[str, Path, Path]]:
     if not (original.is_dir() and converted.is_dir()):
         raise ValueError(
             f"give two audio files or two folders, not a file and a folder: {original}, {converted}"
