@@ -59,8 +59,8 @@ def score_command(
 ) -> None:
     """Score conversions against their originals: F0 RMSE/correlation, V/UV error, MCD, PESQ, STOI.
 
-    Folders are matched by file name without the extension. No DTW: each conversion must cover the same
-    time span as its original (a reconstruction, or a conversion of that take).
+    Folders are paired by file name without the extension.
+    No DTW: each conversion must be of the same take, time-aligned with its original.
     """
     from arvc.audio.io import AudioLoadError
     from arvc.audio.score import check_metrics, pair_recordings, score_files
