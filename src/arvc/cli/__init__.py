@@ -5,7 +5,7 @@ registers on that app when imported. They are imported below in the order `arvc 
 (the main job first).
 """
 
-from arvc.cli import optimizers, train, models, compare, bench, ui  # noqa: F401,I001  (registers the commands)
+from arvc.cli import optimizers, train, models, score, compare, bench, ui  # noqa: F401,I001  (registers the commands)
 from arvc.cli._app import app
 
 __all__ = ["app", "main"]

@@ -1,0 +1,125 @@
+"""`arvc score`: the table and --json a user gets, and bad input refused with `error:` before any work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from rich.console import Console
+from typer.testing import CliRunner
+
+import arvc.cli._app
+from arvc.audio.io import resample
+from arvc.cli import app
+from arvc.data.demo import synthesize_speech
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    monkeypatch.setattr(arvc.cli._app, "console", Console(width=250))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """originals/ at 40 kHz (WAV) and converted/ holding one copy at 16 kHz (FLAC) and one with noise."""
+    root = tmp_path_factory.mktemp("score")
+    (root / "originals").mkdir()
+    (root / "converted").mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("take1", "take2"):
+        x = synthesize_speech(1.5, 40000, rng)
+        sf.write(root / "originals" / f"{name}.wav", x, 40000)
+    x1, _ = sf.read(root / "originals" / "take1.wav", dtype="float32")
+    sf.write(root / "converted" / "take1.flac", resample(x1, 40000, 16000), 16000)
+    x2, _ = sf.read(root / "originals" / "take2.wav", dtype="float32")
+    sf.write(
+        root / "converted" / "take2.wav", x2 + 0.02 * rng.standard_normal(len(x2)).astype(np.float32), 40000
+    )
+    return root
+
+
+def test_folders_are_paired_by_name_and_scored_as_json(folders):
+    result = runner.invoke(
+        app,
+        ["score", str(folders / "originals"), str(folders / "converted"), "--metrics", "f0,mcd", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["f0_method"] == "pm"
+    assert [r["name"] for r in report["recordings"]] == ["take1", "take2"]
+    for row in report["recordings"]:
+        assert row["f0_rmse_cents"] < 50 and row["vuv_error"] < 0.2 and row["mcd_db"] > 0
+        assert row["pesq_wb"] is None and row["stoi"] is None  # not asked for: null, not NaN
+    assert set(report["mean"]) == {"f0_rmse_cents", "f0_corr", "vuv_error", "mcd_db"}
+
+
+def test_two_files_print_a_table(folders):
+    result = runner.invoke(
+        app, ["score", str(folders / "originals" / "take2.wav"), str(folders / "converted" / "take2.wav")]
+    )
+    assert result.exit_code == 0, result.output
+    for header in ("F0 RMSE (cents)", "V/UV error", "MCD (dB)", "PESQ-wb", "STOI", "take2.wav"):
+        assert header in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metrics", "f0,sisdr"], "unknown metric(s) sisdr"),
+        (["--f0", "yin"], "unknown f0 method 'yin'"),
+        (["--f0", "rmvpe"], "--f0 rmvpe needs --rmvpe PATH"),
+    ],
+)
+def test_bad_options_fail_before_any_work(folders, args, message):
+    result = runner.invoke(app, ["score", str(folders / "originals"), str(folders / "converted"), *args])
+    assert result.exit_code == 1
+    assert result.output.startswith("error:") and message in result.output
+
+
+def test_unmatched_or_missing_recordings_are_named(folders, tmp_path):
+    missing = runner.invoke(app, ["score", str(tmp_path / "nope"), str(folders / "converted")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    extra = tmp_path / "converted"
+    extra.mkdir()
+    sf.write(extra / "take3.wav", np.zeros(16000, dtype=np.float32), 16000)
+    result = runner.invoke(app, ["score", str(folders / "originals"), str(extra)])
+    assert result.exit_code == 1 and "no recording" in result.output
+    sf.write(extra / "take1.wav", np.zeros(16000, dtype=np.float32), 16000)
+    result = runner.invoke(app, ["score", str(folders / "originals"), str(extra)])
+    assert result.exit_code == 1 and "have no original" in result.output and "take3" in result.output
+
+
+def test_a_conversion_of_another_length_is_refused(folders, tmp_path):
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(20000, dtype=np.float32), 40000)
+    result = runner.invoke(app, ["score", str(folders / "originals" / "take1.wav"), str(short)])
+    assert result.exit_code == 1
+    assert "short.wav" in result.output and "1.500 s and 0.500 s" in result.output
+
+
+def test_a_bad_pair_in_a_folder_is_refused_before_any_scoring(folders, tmp_path, monkeypatch):
+    import arvc.audio.score
+
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    sf.write(converted / "take1.wav", sf.read(folders / "converted" / "take1.flac")[0], 16000)
+    sf.write(converted / "take2.wav", np.zeros(20000, dtype=np.float32), 40000)  # sorted last
+    monkeypatch.setattr(arvc.audio.score, "score", lambda *a, **k: pytest.fail("scored before the check"))
+    result = runner.invoke(app, ["score", str(folders / "originals"), str(converted)])
+    assert result.exit_code == 1 and result.output.startswith("error:")
+    assert "take2.wav" in result.output and "not time-aligned" in result.output
+    (converted / "take2.wav").write_bytes(b"not audio")
+    result = runner.invoke(app, ["score", str(folders / "originals"), str(converted)])
+    assert result.exit_code == 1 and result.output.startswith("error:") and "take2.wav" in result.output
+
+
+def test_a_missing_extra_is_named(folders, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pystoi", None)
+    result = runner.invoke(app, ["score", str(folders / "originals"), str(folders / "converted")])
+    assert result.exit_code == 1 and "arvc[score]" in result.output
