@@ -147,13 +147,20 @@ def test_three_models_weighted(pair, tmp_path):
 
 
 def test_merged_mel_model_converts_with_infer(tmp_path):
+    """An arvc export with an arvc checkpoint (its enc_q dropped), into a folder an older export used."""
     cfg = load_config("tiny")
-    for name, seed in (("one", 1), ("two", 2)):
-        torch.manual_seed(seed)
-        export_generator(Synthesizer(cfg), cfg, tmp_path / name, features="mel")
+    torch.manual_seed(1)
+    export_generator(Synthesizer(cfg), cfg, tmp_path / "one", features="mel")
+    torch.manual_seed(2)
+    checkpoint = {
+        "format": "arvc-checkpoint",
+        "config": cfg.to_dict(),
+        "generator": Synthesizer(cfg).state_dict(),
+    }
+    torch.save(checkpoint, tmp_path / "two.pt")
     (tmp_path / "out" / "model_rvc.pth").parent.mkdir()
     (tmp_path / "out" / "model_rvc.pth").write_bytes(b"an older export's file")
-    _ok([tmp_path / "one", tmp_path / "two", "-o", tmp_path / "out", "--overwrite"])
+    _ok([tmp_path / "one", tmp_path / "two.pt", "-o", tmp_path / "out", "--overwrite"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json", "model.safetensors"]
     assert json.loads((tmp_path / "out" / "model.json").read_text())["features"] == "mel"
     t = np.arange(8000) / 16000
