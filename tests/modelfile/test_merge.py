@@ -199,6 +199,19 @@ def test_mel_and_hubert_models_are_refused(pair, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_weights_beyond_fp16_are_refused_not_blamed_on_training(tmp_path):
+    cfg = load_config("tiny")
+    net = Synthesizer(cfg)
+    with torch.no_grad():
+        net.emb_g.weight[0, 0] = 1e6  # fine in the fp32 export, inf in RVC's fp16
+    export_generator(net, cfg, tmp_path / "big", features="mel")
+    export_generator(Synthesizer(cfg), cfg, tmp_path / "small", features="mel")
+    flat = _fails(
+        [tmp_path / "big", tmp_path / "small", "-o", tmp_path / "out"], "not finite in fp16", "emb_g"
+    )
+    assert "Training diverged" not in flat and not (tmp_path / "out").exists()
+
+
 def test_output_and_weight_errors(pair, tmp_path):
     folder, _, _ = pair
     a, b = folder / "a.pth", folder / "b.pth"

@@ -23,7 +23,7 @@ import torch
 
 from arvc.config import RunConfig
 from arvc.model import Synthesizer
-from arvc.modelfile.export import export_generator
+from arvc.modelfile.export import export_generator, name_some, non_finite_tensors
 from arvc.modelfile.read import ModelFile, load_state_strict, read_model_file
 
 __all__ = [
@@ -203,6 +203,13 @@ def merge_models(
     models = [read_model_file(path) for path in paths]  # PretrainedError names a bad file
     check_mergeable(models)
     merged = merge_state_dicts([_inference_weights(m) for m in models], weights)
+    overflow = non_finite_tensors(merged)
+    if overflow:  # export's own check would blame training
+        raise MergeError(
+            f"the merged weights are not finite in fp16 (RVC's format) in {len(overflow)} tensors: "
+            f"{name_some(overflow)}; a model holds NaN/inf or values beyond fp16's range (65504). Check each "
+            "model with arvc inspect and infer; nothing was written"
+        )
 
     cfg = RunConfig.from_dict(models[0].config.to_dict())  # RVC: the first model's config
     cfg.model.spk_embed_dim = merged[SPEAKER_KEY].shape[0]  # unlike RVC: the count the weights have
