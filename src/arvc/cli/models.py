@@ -78,7 +78,9 @@ def export_command(
 def merge_command(
     models: Annotated[
         list[Path],
-        typer.Argument(help="Two or more models: RVC .pth, model.safetensors/json or export folders."),
+        typer.Argument(
+            metavar="MODEL", help="Two or more models: RVC .pth, model.safetensors/json or export folders."
+        ),
     ],
     output: Annotated[
         Path,

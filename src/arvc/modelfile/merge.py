@@ -24,7 +24,7 @@ import torch
 from arvc.config import RunConfig
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator, name_some, non_finite_tensors
-from arvc.modelfile.read import ModelFile, load_state_strict, read_model_file
+from arvc.modelfile.read import _PHONE_KEY, ModelFile, load_state_strict, read_model_file
 
 __all__ = [
     "MergeError",
@@ -39,7 +39,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPEAKER_KEY = "emb_g.weight"  # the only tensor whose shape may differ (RVC cuts it to the fewer speakers)
-_PHONE_KEY = "enc_p.emb_phone.weight"
 _WEIGHT_TOLERANCE = 1e-6  # how far the weights' sum may be from 1 (decimal input like 0.1,0.2,0.7)
 _FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".json", ".onnx")
 
