@@ -1,4 +1,4 @@
-"""`arvc inspect`, `arvc export`, `arvc index` and `arvc infer`: models in and out of arvc.
+"""`arvc inspect`, `arvc export`, `arvc merge`, `arvc index` and `arvc infer`: models in and out of arvc.
 
 Registered on the main app when :mod:`arvc.cli` imports this module. The console is looked up
 on :mod:`arvc.cli._app` at call time, so tests that swap it see this module's output too.
@@ -70,6 +70,47 @@ def export_command(
     except PretrainedError as error:
         fail(str(error))
     _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step})")
+    for kind, path in done.written.items():
+        _app.console.print(f"  {kind}: {path}", highlight=False)
+
+
+@app.command(name="merge")
+def merge_command(
+    models: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="MODEL", help="Two or more models: RVC .pth, model.safetensors/json or export folders."
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Folder for the merged model (safetensors + json + RVC .pth)."),
+    ],
+    ratio: Annotated[
+        float | None, typer.Option(help="Two models: the first one's share, 0..1 (RVC's alpha; default 0.5).")
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="One share per model, comma-separated, summing to 1: e.g. 0.5,0.3,0.2 (default equal)."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the model files in OUTPUT.")
+    ] = False,
+) -> None:
+    """Merge voice models as RVC does: a weighted average of their weights, saved in fp16."""
+    from arvc.modelfile.merge import MergeError, merge_models, parse_weights
+    from arvc.modelfile.read import PretrainedError
+
+    try:
+        shares = parse_weights(len(models), ratio, weights)
+        done = merge_models(models, shares, output, overwrite=overwrite)
+    except (MergeError, PretrainedError, OSError) as error:  # OSError: a failed write (WriteError)
+        fail(str(error))
+    _app.console.print(
+        "merged " + " + ".join(f"{w:g} x {p}" for p, w in zip(models, shares, strict=True)), highlight=False
+    )
     for kind, path in done.written.items():
         _app.console.print(f"  {kind}: {path}", highlight=False)
 

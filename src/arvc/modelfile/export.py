@@ -62,8 +62,9 @@ def inference_state_dict(generator: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def is_rvc_sized(cfg: RunConfig) -> bool:
     """An RVC preset's shape (v2: 768-d, v1: 256-d features at 32/40/48 kHz): RVC's tools can load it, and
-    will feed it HuBERT/ContentVec features."""
-    return cfg.data.sampling_rate in RVC_SAMPLE_RATES and (cfg.data.feature_dim, cfg.name[:2]) in (
+    will feed it HuBERT/ContentVec features. By version, not name: a config read from an RVC .pth is
+    named rvc-v2-40k."""
+    return cfg.data.sampling_rate in RVC_SAMPLE_RATES and (cfg.data.feature_dim, cfg.version) in (
         (768, "v2"),
         (256, "v1"),
     )
@@ -76,13 +77,14 @@ def export_generator(
     info: str = "",
     explain: bool = True,
     features: str | None = None,
+    extra: dict | None = None,
 ) -> dict[str, Path]:
     """Write `model.safetensors` + `model.json` (and `model_rvc.pth` for RVC-sized configs) to out_dir.
 
     `features` is what the model was trained on (mel, hubert; None: not known), recorded in both files. A
     model trained on mel features gets no RVC `.pth` whatever its size: RVC's tools would feed it HuBERT
-    features. `explain=False` skips the info line on why no `.pth` was written (for repeated exports of one
-    run)."""
+    features. `extra` adds entries to model.json (a merge's sources). `explain=False` skips the info line
+    on why no `.pth` was written (for repeated exports of one run)."""
     out_dir = Path(out_dir)
     weights = {k: v.float() for k, v in inference_state_dict(generator).items()}
     _check_finite(weights, out_dir)
@@ -106,6 +108,7 @@ def export_generator(
     meta = {"format": EXPORT_FORMAT, "info": info, "config": cfg.to_dict()}
     if features:
         meta["features"] = features
+    meta.update(extra or {})
     write_text(config_path, json.dumps(meta, indent=2))
     written["config"] = config_path
 

@@ -455,6 +455,19 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                 inspect_button = gr.Button("Inspect", elem_id="inspect")
                 export_button = gr.Button("Export the run", elem_id="export")
                 index_button = gr.Button("Build the run's index", elem_id="index")
+            with gr.Accordion("Merge models (RVC's model fusion)", open=False):
+                merge_paths = gr.Textbox(
+                    label="Models to merge, one per line (RVC .pth, export folder, model.safetensors)",
+                    lines=3,
+                    elem_id="merge-paths",
+                )
+                with gr.Row():
+                    merge_weights = gr.Textbox(
+                        label="Shares, comma-separated, summing to 1 (empty: equal)", elem_id="merge-weights"
+                    )
+                    merge_out = gr.Textbox(label="Output folder", elem_id="merge-out")
+                    merge_overwrite = gr.Checkbox(label="Replace its model files", value=False)
+                merge_button = gr.Button("Merge", elem_id="merge")
             m_out = gr.JSON(label="Result", elem_id="m-out")
 
             def inspect_file(text):
@@ -486,7 +499,24 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                     gr.Warning(f"error: {error}")
                     return None
 
+            def merge(paths_text, weights_text, out_text, overwrite):
+                from arvc.modelfile.merge import merge_models, parse_weights
+
+                try:
+                    paths = [inside(root, line, "model file") for line in (paths_text or "").splitlines()]
+                    paths = [path for path in paths if path is not None]
+                    shares = parse_weights(len(paths), weights=(weights_text or "").strip() or None)
+                    out = inside(root, out_text, "output folder")
+                    if out is None:
+                        raise ValueError("give an output folder for the merged model")
+                    done = merge_models(paths, shares, out, overwrite=bool(overwrite))
+                except (ValueError, OSError) as error:  # MergeError, PretrainedError, PathRefused, WriteError
+                    gr.Warning(f"error: {error}")
+                    return None
+                return {"weights": shares, **{k: str(v) for k, v in done.written.items()}}
+
             inspect_button.click(inspect_file, m_path, m_out)
+            merge_button.click(merge, [merge_paths, merge_weights, merge_out, merge_overwrite], m_out)
             export_button.click(export, m_path, m_out)
             index_button.click(index, m_path, m_out)
     return app
