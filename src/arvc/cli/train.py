@@ -61,8 +61,8 @@ class _LineCallbacks:
     bar is drawn once at the end: a line after every epoch and, within one, at most every PROGRESS_SECONDS,
     with epoch i/M, step, losses, seconds per step and the time left."""
 
-    def __init__(self, every: float = PROGRESS_SECONDS) -> None:
-        self.every = _Every(every)
+    def __init__(self, every: float = PROGRESS_SECONDS, label: str = "") -> None:
+        self.every, self.label = _Every(every), label  # label: what trains, before each line (compare)
 
     def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         self.total_epochs, self.total_steps = total_epochs, total_epochs * steps_per_epoch
@@ -87,7 +87,7 @@ class _LineCallbacks:
         per_step = (time.monotonic() - self.started) / max(1, self.step - self.first_step)
         left = datetime.timedelta(seconds=round(per_step * max(0, self.total_steps - self.step)))
         _line(
-            f"epoch {self.epoch}/{self.total_epochs}  step {self.step}/{self.total_steps}  "
+            f"{self.label}epoch {self.epoch}/{self.total_epochs}  step {self.step}/{self.total_steps}  "
             f"{_stats(self.losses, self.lr)}  {per_step:.2f} s/step  ETA {left}"
         )
 
