@@ -489,11 +489,14 @@ def preprocess(
     """Slice, resample and analyse recordings for training (re-running skips finished files)."""
     from arvc.data.outputs import check_run_name
     from arvc.data.preprocess import preprocess as run_preprocess
+    from arvc.train.runlock import RunLocked, run_lock
 
     dim = feature_dim or (768 if features == "hubert" else 80)
     try:
         check_run_name(name)  # --f0 rmvpe without --rmvpe: preprocess refuses it before any work
-        with _preprocess_progress() as progress:
+        # a run another process trains is refused (its data would change under the trainer), and no trainer
+        # starts on data still being written
+        with run_lock(runs_dir / name), _preprocess_progress() as progress:
             result = run_preprocess(
                 dataset,
                 runs_dir / name / "data",
@@ -507,7 +510,12 @@ def preprocess(
                 embedder_layer=embedder_layer,
                 device=device,
             )
-    except (ValueError, ImportError, OSError) as error:  # DataError is a ValueError, WriteError an OSError
+    except (
+        ValueError,
+        ImportError,
+        OSError,
+        RunLocked,
+    ) as error:  # DataError: ValueError, WriteError: OSError
         fail(str(error))
     console.print(
         f"{result.n_pieces} pieces ({result.seconds:.1f} s) from {result.n_sources} files in {result.run_dir}"
