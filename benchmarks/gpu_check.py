@@ -16,10 +16,11 @@ Three parts, each under its own time limit and each recorded whether or not the 
 Each part runs in its own process; one that runs past its limit is stopped and recorded as timed out
 (the training runs it finished are kept), and the next part starts. OUT/gpu_check.json (everything) and
 OUT/gpu_check.md (a summary with the targets of issue 16: every arvc optimizer's step <= 1.2x torch's
-fused AdamW at 36M parameters; bf16 + Kahan <= 6 B/param) are written after every part, so a check that
-is killed loses only the part it was in; OUT/kernels.log, bench.log and train.log hold each part's full
-output. Exit status 0 when every part ran and every check held, 1 otherwise, 2 when nothing ran (bad
-arguments, packages missing: they are named before any work).
+fused AdamW at 36M parameters; bf16 + Kahan <= 6 B/param; and the fused kernels' first-use verdicts for
+the GPU, from arvc's cache file) are written after every part, so a check that is killed loses only the
+part it was in; OUT/kernels.log, bench.log and train.log hold each part's full output. Exit status 0
+when every part ran and every check held, 1 otherwise, 2 when nothing ran (bad arguments, packages
+missing: they are named before any work).
 
 No `pip install` is needed: the checkout's `src` is put on the import path of this script and of the
 processes it starts. What must be installed: torch, numpy; for the kernels pytest and triton; for the
@@ -420,7 +421,47 @@ def markdown(report: dict) -> str:
         if "error" in train:
             lines += ["", f"FAILED: {train['error']}", "", *_output(train)]
         lines.append("")
+    if "first_use_checks" in report:
+        lines += _first_use_lines(report["first_use_checks"])
     return "\n".join(lines)
+
+
+def first_use_checks(device: str, before: list[dict]) -> dict:
+    """The fused kernels' first-use verdicts for a GPU (arvc.optim._fused_probe's cache file, written by
+    the bench and training parts' processes as their optimizers first use a kernel); `before`: the file's
+    verdicts when this check started, so each row says whether this check made it."""
+    from arvc.optim._fused_probe import cache_path, recorded_verdicts
+
+    earlier = {row["key"]: row for row in before}
+    rows = [row for row in recorded_verdicts() if row["on_gpu"]]
+    for row in rows:
+        row["this_check"] = earlier.get(row["key"]) != row
+    return {"cache": str(cache_path()), "device": device, "verdicts": rows}
+
+
+def _first_use_lines(checks: dict) -> list[str]:
+    lines = ["## Fused kernels' first-use checks", ""]
+    rows = checks["verdicts"]
+    if not rows:
+        why = (
+            "this check ran on the CPU, where the C++ kernels run and Triton's are not launched"
+            if not checks["device"].startswith("cuda")
+            else "no optimizer used a Triton kernel on the GPU in this check"
+        )
+        return lines + [f"No first-use verdict for a CUDA GPU in {checks['cache']}: {why}.", ""]
+    lines += [
+        f"Verdicts in {checks['cache']} (a failed one: that optimizer runs its foreach path there).",
+        "",
+        "| GPU | triton | optimizer | dtype | settings | verdict | checked | this check |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        verdict = "passed" if r["ok"] else f"FAILED: {r['why']}"
+        lines.append(
+            f"| {r['where']} | {r['triton']} | {r['optimizer']} | {r['dtype']} | {r['settings']} | "
+            f"{verdict} | {r['checked']} | {'yes' if r['this_check'] else 'no (earlier)'} |"
+        )
+    return lines + [""]
 
 
 def _missing(parts: list[str]) -> list[str]:
@@ -528,9 +569,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         triton_version = None
     import arvc
+    from arvc.optim._fused_probe import recorded_verdicts
 
     started = time.perf_counter()
     cuda = args.device.startswith("cuda")
+    verdicts_before = recorded_verdicts()
     report = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "device": args.device,
@@ -547,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         report["wall_s"] = round(time.perf_counter() - started, 1)
         done = [report[part] for part in PARTS if part in report]
         report["ok"] = all(r["ok"] for r in done) and all(c["ok"] for c in report.get("targets", []))
+        report["first_use_checks"] = first_use_checks(args.device, verdicts_before)
         _write_json(args.out / "gpu_check.json", report)
         (args.out / "gpu_check.md").write_text(markdown(report))
 

@@ -94,12 +94,13 @@ def _bare(tmp_path, block=()):
 
 
 def _check(tmp_path, *args, block=(), **kwargs):
-    """gpu_check run from tmp_path (not the checkout) by a Python without arvc installed."""
+    """gpu_check run from tmp_path (not the checkout) by a Python without arvc installed, with arvc's
+    cache (the fused kernels' first-use verdicts) in tmp_path/arvc-cache."""
     command = [sys.executable, str(SCRIPT), "--device", "cpu", *args]
     return subprocess.run(
         command,
         cwd=tmp_path,
-        env=_bare(tmp_path, block),
+        env={**_bare(tmp_path, block), "ARVC_CACHE_DIR": str(tmp_path / "arvc-cache")},
         capture_output=True,
         text=True,
         timeout=600,
@@ -128,6 +129,67 @@ def test_it_runs_from_a_checkout_without_arvc_installed_into_an_existing_empty_f
     assert "bench" not in report and "train" not in report
     log = (out / "kernels.log").read_text()
     assert re.search(r"test_fused_triton.py::test_.+ PASSED", log)  # each test's verdict, not only a count
+    # on the CPU no Triton kernel is launched, so there is no GPU verdict: said plainly, no empty table
+    checks = report["first_use_checks"]
+    assert checks["verdicts"] == [] and checks["cache"] == str(tmp_path / "arvc-cache" / "fused-kernels.json")
+    summary = (out / "gpu_check.md").read_text()
+    assert (
+        f"No first-use verdict for a CUDA GPU in {checks['cache']}: this check ran on the CPU" in summary
+    ), summary
+    assert "| GPU |" not in summary
+
+
+GPU = "NVIDIA H100 80GB HBM3 (sm_90)"
+
+
+def _verdicts(cache: Path) -> None:
+    """A verdict cache as arvc.optim._fused_probe writes it on a GPU: one passed, one failed, and one of
+    the Triton interpreter (tests on the CPU), which is no GPU's."""
+    from arvc.optim import _fused_probe
+
+    path = cache / "fused-kernels.json"
+    for where, which, ok, why in [
+        (GPU, "AdaBelief bfloat16", True, None),
+        (GPU, "RAdam float32", False, "CompilationError: out of resources"),
+        ("cpu (Triton interpreter)", "RAdam float32", True, None),
+    ]:
+        key = f"{where} | triton 3.6.0 | kernels 0123456789ab | {which} | settings 89abcdef"
+        _fused_probe._remember(path, key, {"ok": ok, "why": why, "checked": "2026-12-06 05:00:00"})
+
+
+def test_the_report_shows_the_first_use_verdicts_for_the_gpu(tmp_path):
+    """What a GPU run shows: each GPU verdict in arvc's cache file (failed ones with why), not the
+    interpreter's; those that were there before the check are marked as earlier."""
+    _verdicts(tmp_path / "arvc-cache")
+    done = _check(tmp_path, "--out", "out", "--skip-bench", "--skip-train", "--kernels-k", KERNEL_TEST)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["first_use_checks"]["verdicts"]
+    assert [(r["where"], r["optimizer"], r["dtype"], r["ok"], r["this_check"]) for r in rows] == [
+        (GPU, "AdaBelief", "bfloat16", True, False),
+        (GPU, "RAdam", "float32", False, False),
+    ]
+    summary = (tmp_path / "out" / "gpu_check.md").read_text()
+    section = summary.split("## Fused kernels' first-use checks")[1]
+    assert (
+        f"| {GPU} | 3.6.0 | AdaBelief | bfloat16 | 89abcdef | passed | 2026-12-06 05:00:00 | no (earlier) |"
+        in (section)
+    )
+    assert "| RAdam | float32 | 89abcdef | FAILED: CompilationError: out of resources |" in section
+    assert "interpreter" not in section and "No first-use verdict" not in section
+
+
+def test_verdicts_made_during_the_check_are_marked_as_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARVC_CACHE_DIR", str(tmp_path))
+    gpu_check = _module()
+    before = gpu_check.first_use_checks("cuda", [])["verdicts"]
+    assert before == []
+    _verdicts(tmp_path)  # written by the bench and training parts' processes
+    rows = gpu_check.first_use_checks("cuda", before)["verdicts"]
+    assert [r["this_check"] for r in rows] == [True, True]
+    # a GPU check in which no optimizer used a Triton kernel says so
+    monkeypatch.setenv("ARVC_CACHE_DIR", str(tmp_path / "empty"))
+    text = "\n".join(gpu_check._first_use_lines(gpu_check.first_use_checks("cuda", [])))
+    assert "No first-use verdict for a CUDA GPU" in text and "no optimizer used a Triton kernel" in text
 
 
 def test_missing_packages_are_named_before_any_work(tmp_path):

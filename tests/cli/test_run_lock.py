@@ -131,3 +131,66 @@ def test_the_lock_is_removed_after_an_error(run):
     with pytest.raises(TrainError, match="lr"):  # fails inside train(), after the lock was taken
         train(TrainOptions(**{**options.__dict__, "lr": float("nan")}))
     assert not (run / RUN_LOCK).exists()
+
+
+def test_preprocess_refuses_a_run_another_process_trains(run, trained, other_process):
+    """Its data would change under the trainer (pieces, features, filelist.txt)."""
+    _lock(run, other_process.pid)
+    before = snapshot(run)
+    args = ["preprocess", str(trained[1]), "--runs-dir", str(run.parent), "--name", "s1"]
+    result = runner.invoke(app, [*args, "--sample-rate", "16000"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        f"error: {run} is being trained by another process (PID {other_process.pid}"
+    )
+    assert snapshot(run) == before, "nothing was changed"
+
+
+def test_preprocess_holds_the_lock_while_it_writes_and_removes_it(run, trained):
+    from arvc.train import runlock
+
+    seen = []
+    real = runlock.run_lock
+
+    def spy(folder):
+        seen.append(folder)
+        return real(folder)
+
+    args = ["preprocess", str(trained[1]), "--runs-dir", str(run.parent), "--name", "fresh"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runlock, "run_lock", spy)
+        result = runner.invoke(app, [*args, "--sample-rate", "16000"])
+    assert result.exit_code == 0, result.output
+    assert seen == [run.parent / "fresh"]
+    assert (run.parent / "fresh" / "data" / "filelist.txt").is_file()
+    assert not (run.parent / "fresh" / RUN_LOCK).exists()
+
+
+def test_export_works_while_another_process_trains_the_run(run, other_process):
+    """Allowed: it reads the newest checkpoint, which is written atomically; the trainer's own export at
+    the end replaces it (docs/training.md). The lock stays the trainer's."""
+    _lock(run, other_process.pid)
+    lock = (run / RUN_LOCK).read_bytes()
+    result = runner.invoke(app, ["export", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "export" / "model.safetensors").is_file()
+    assert (run / RUN_LOCK).read_bytes() == lock
+
+
+def test_export_of_a_run_in_training_takes_the_newest_checkpoint_again_when_the_one_it_chose_is_pruned(
+    run, monkeypatch
+):
+    from arvc.train import export
+    from arvc.train.checkpoint import latest_checkpoint
+
+    newest = latest_checkpoint(run)
+    calls = []
+
+    def pruned_first(folder):  # the trainer saved a newer checkpoint and pruned this one meanwhile
+        calls.append(folder)
+        return newest.with_name("ckpt_pruned.pt") if len(calls) == 1 else latest_checkpoint(folder)
+
+    monkeypatch.setattr(export, "latest_checkpoint", pruned_first)
+    result = runner.invoke(app, ["export", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"exported {newest.name}" in result.output and len(calls) == 2

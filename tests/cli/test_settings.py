@@ -244,3 +244,23 @@ def test_on_resume_the_flags_are_checked_against_the_run_itself(tmp_path, three_
     assert_refused(cli(*resume, "--rmvpe", some_file), "--rmvpe is used only with --f0 rmvpe", "here is pm")
     assert_refused(cli(*resume, "--hubert", some_file), "--hubert is used only with --features hubert")
     assert_refused(cli(*resume, "--min-delta", "0.1"), "--min-delta 0.1 is used only by early stopping")
+
+
+@pytest.mark.parametrize("config", ["v2-40k", "v1-32k"])
+def test_compare_refuses_an_rvc_config_on_mel_features_as_train_does(tmp_path, three_recordings, config):
+    """A comparison trains on mel features: the same rule as `arvc train`'s, with the same opt-in flag."""
+    out = tmp_path / "compare"
+    result = cli("compare", three_recordings, "--out-dir", out, "--config", config, "--optimizers", "AdamW")
+    assert_refused(result, f"config {config} is an RVC model", "mel features", "--config tiny")
+    assert "--allow-mel-rvc-config" in result.output
+    assert "--features hubert" not in result.output, "compare has no --features flag"
+    assert not out.exists()
+
+
+def test_compare_takes_an_rvc_config_on_mel_features_only_when_asked():
+    from arvc.compare.runner import check_request
+
+    with pytest.raises(ValueError, match="config v2-48k is an RVC model"):
+        check_request(None, "AdamW", config="v2-48k")
+    variants, _ = check_request(None, "AdamW", config="v2-48k", allow_mel_rvc_config=True)
+    assert [v.name for v in variants] == ["AdamW"]

@@ -96,3 +96,30 @@ def test_training_written_to_a_file_logs_progress_lines_with_epochs_steps_and_et
     assert [line for line in resumed.stdout.splitlines() if line.startswith("epoch ")][-1].startswith(
         "epoch 3/3  step 6/6"
     )
+
+
+def test_compare_written_to_a_file_logs_training_progress_lines_per_contestant(recordings, tmp_path):
+    args = [
+        "compare",
+        recordings,
+        "--optimizers",
+        "AdamW",
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+    ]
+    done = arvc(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "━" not in done.stdout, done.stdout  # no rich bar, drawn once at the end
+    progress = [line for line in done.stdout.splitlines() if line.startswith("1/1 AdamW seed 1234: ")]
+    pattern = (
+        r"1/1 AdamW seed 1234: epoch (\d)/2  step (\d)/(\d)  mel [\d.]+  G [\d.]+  D [\d.]+  lr [\d.e+-]+  "
+        r"[\d.]+ s/step  ETA \d+:\d\d:\d\d"
+    )
+    assert progress and all(re.fullmatch(pattern, line) for line in progress), done.stdout
+    assert re.match(pattern, progress[-1]).group(1) == "2" and progress[-1].endswith("ETA 0:00:00")
+    assert "report: " in done.stdout
+    assert_no_wrapped_line(done.stdout + done.stderr)

@@ -1,7 +1,9 @@
-"""`arvc compare`: flags in, `run_compare` called, a progress bar per optimizer, the report's path out."""
+"""`arvc compare`: flags in, `run_compare` called, a progress bar per optimizer (plain lines where stdout is
+not a terminal), the report's path out."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +37,27 @@ class _Bar:
             losses = info["losses"]
             stats = f"epoch {info['epoch']}  mel {losses['loss_mel']:.2f}  lr {info['lr']:.2e}"
             self.progress.update(self.task, advance=1, stats=stats)
+
+
+class _Lines:
+    """run_compare's progress events as `arvc train`'s plain progress lines, each led by the contestant, for
+    output that is not a terminal (nohup, CI logs), where a bar would be drawn once at the end."""
+
+    def __init__(self) -> None:
+        self.lines = None
+
+    def __call__(self, event: str, **info) -> None:
+        from arvc.cli.train import _LineCallbacks
+
+        if event == "run":  # (the log says which contestant starts, or is skipped as already done)
+            label = f"{info['index'] + 1}/{info['count']} {info['name']} seed {info['seed']}: "
+            self.lines = _LineCallbacks(label=label)
+        elif event == "start":
+            self.lines.on_start(info["epochs"], info["steps_per_epoch"], info["start_epoch"])
+        elif event == "step":
+            self.lines.on_step(info["epoch"], info["step"], info["losses"], info["lr"])
+        elif event == "epoch":
+            self.lines.on_epoch(info["epoch"], info["losses"])
 
 
 @app.command()
@@ -77,6 +100,14 @@ def compare(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default: the config's).")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop each run after N steps.")] = None,
     device: Annotated[str, typer.Option(help=f"{DEVICE_HELP}.")] = AUTO_DEVICE,
+    allow_mel_rvc_config: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mel-rvc-config",
+            help="For testing only: compare on a v1-*/v2-* config (a comparison trains on mel features, "
+            "which RVC's tools would not feed its models).",
+        ),
+    ] = False,
     precision_study: Annotated[
         bool,
         typer.Option("--precision-study", help="Run the bf16 precision study instead (20k cheap steps)."),
@@ -93,12 +124,14 @@ def compare(
     from arvc.train.checkpoint import CheckpointError
     from arvc.train.loop import TrainError
 
+    overrides = {"train.batch_size": batch_size} if batch_size is not None else None
     try:
-        check_request(dataset, optimizers, schedule, precision, device)
+        check_request(
+            dataset, optimizers, schedule, precision, device, config, overrides, allow_mel_rvc_config
+        )
     except ValueError as error:
         fail(str(error))
     target = out_dir / (name or (dataset.name if dataset is not None else "demo"))
-    overrides = {"train.batch_size": batch_size} if batch_size is not None else None
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -107,7 +140,7 @@ def compare(
         TimeElapsedColumn(),
     )
     try:
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, console=console) if console.is_terminal else contextlib.nullcontext() as bar:
             result = run_compare(
                 dataset,
                 target,
@@ -116,13 +149,14 @@ def compare(
                 config=config,
                 seed=seed,
                 precision=precision,
-                progress=_Bar(progress),
+                progress=_Bar(bar) if bar is not None else _Lines(),
                 seeds=seeds,
                 schedule=schedule,
                 warmup_epochs=warmup_epochs,
                 max_steps=max_steps,
                 overrides=overrides,
                 device=device,
+                allow_mel_rvc_config=allow_mel_rvc_config,
             )
     except (DataError, TrainError, CheckpointError, ValueError) as error:
         fail(str(error))

@@ -61,8 +61,8 @@ class _LineCallbacks:
     bar is drawn once at the end: a line after every epoch and, within one, at most every PROGRESS_SECONDS,
     with epoch i/M, step, losses, seconds per step and the time left."""
 
-    def __init__(self, every: float = PROGRESS_SECONDS) -> None:
-        self.every = _Every(every)
+    def __init__(self, every: float = PROGRESS_SECONDS, label: str = "") -> None:
+        self.every, self.label = _Every(every), label  # label: what trains, before each line (compare)
 
     def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         self.total_epochs, self.total_steps = total_epochs, total_epochs * steps_per_epoch
@@ -87,7 +87,7 @@ class _LineCallbacks:
         per_step = (time.monotonic() - self.started) / max(1, self.step - self.first_step)
         left = datetime.timedelta(seconds=round(per_step * max(0, self.total_steps - self.step)))
         _line(
-            f"epoch {self.epoch}/{self.total_epochs}  step {self.step}/{self.total_steps}  "
+            f"{self.label}epoch {self.epoch}/{self.total_epochs}  step {self.step}/{self.total_steps}  "
             f"{_stats(self.losses, self.lr)}  {per_step:.2f} s/step  ETA {left}"
         )
 
@@ -501,11 +501,14 @@ def preprocess(
     """Slice, resample and analyse recordings for training (re-running skips finished files)."""
     from arvc.data.outputs import check_run_name
     from arvc.data.preprocess import preprocess as run_preprocess
+    from arvc.train.runlock import RunLocked, run_lock
 
     dim = feature_dim or (768 if features == "hubert" else 80)
     try:
         check_run_name(name)  # --f0 rmvpe without --rmvpe: preprocess refuses it before any work
-        with _preprocess_progress() as progress:
+        # a run another process trains is refused (its data would change under the trainer), and no trainer
+        # starts on data still being written
+        with run_lock(runs_dir / name), _preprocess_progress() as progress:
             result = run_preprocess(
                 dataset,
                 runs_dir / name / "data",
@@ -519,7 +522,12 @@ def preprocess(
                 embedder_layer=embedder_layer,
                 device=device,
             )
-    except (ValueError, ImportError, OSError) as error:  # DataError is a ValueError, WriteError an OSError
+    except (
+        ValueError,
+        ImportError,
+        OSError,
+        RunLocked,
+    ) as error:  # DataError: ValueError, WriteError: OSError
         fail(str(error))
     console.print(
         f"{result.n_pieces} pieces ({result.seconds:.1f} s) from {result.n_sources} files in {result.run_dir}"

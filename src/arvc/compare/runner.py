@@ -38,6 +38,7 @@ from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, STOP_REQUEST, TrainOptions, train
 from arvc.train.optimizers import bf16_weights
+from arvc.train.request import check_features_fit_config
 from arvc.train.runlock import RunLocked, check_unlocked, run_lock
 from arvc.train.timing import OptimizerStepTimer
 from arvc.train.validation import Validator
@@ -166,7 +167,12 @@ class _Recorder:
         self.started = time.perf_counter()  # wall time counts training, not model building or data loading
         if self.progress:
             self.progress(
-                "start", total=total_epochs * steps_per_epoch, done=(start_epoch - 1) * steps_per_epoch
+                "start",
+                total=total_epochs * steps_per_epoch,
+                done=(start_epoch - 1) * steps_per_epoch,
+                epochs=total_epochs,
+                steps_per_epoch=steps_per_epoch,
+                start_epoch=start_epoch,
             )
 
     def on_step(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None:
@@ -177,6 +183,8 @@ class _Recorder:
 
     def on_epoch(self, epoch: int, losses: dict[str, float]) -> None:
         self.record(epoch)
+        if self.progress:
+            self.progress("epoch", epoch=epoch, losses=losses)
 
     def record(self, epoch: int) -> None:
         """Evaluate the live generator and append this point to epochs.jsonl."""
@@ -390,15 +398,23 @@ def check_request(
     schedule: str = "paired",
     precision: str = "fp32",
     device: str = AUTO_DEVICE,
+    config: str = "tiny",
+    overrides: dict[str, Any] | None = None,
+    allow_mel_rvc_config: bool = False,
 ) -> tuple[list[Variant], str]:
     """What `arvc compare`, the web UI's Compare tab and run_compare check before any work: ValueError
-    naming it. Returns the contestants and the scheduler setting the request resolves to."""
+    naming it. Returns the contestants and the scheduler setting the request resolves to.
+
+    A comparison trains on mel features, so an RVC-sized config (v1-*/v2-*) is refused by `arvc train`'s
+    own rule unless `allow_mel_rvc_config` (for testing arvc)."""
     variants, scheduler = resolve_optimizers(optimizers), schedule_setting(schedule)
     resolve_device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if dataset_dir is not None and not Path(dataset_dir).is_dir():
         raise ValueError(f"dataset folder {dataset_dir} does not exist")
+    cfg = apply_overrides(load_config(config), overrides or {})
+    check_features_fit_config(cfg, "mel", allow_mel_rvc_config, features_flag=False)
     return variants, scheduler
 
 
@@ -421,6 +437,7 @@ def run_compare(
     holdout_fraction: float = 0.1,
     flush_denormal: bool = True,
     stop: threading.Event | None = None,
+    allow_mel_rvc_config: bool = False,
 ) -> CompareResult:
     """Run every optimizer with seeds seed … seed+seeds-1 on the same data and config into
     out_dir/runs/NAME/seed-K; then write the report.
@@ -429,15 +446,18 @@ def run_compare(
     scheduler name for all; `warmup_epochs`: inverse_sqrt's warm-up (None: a tenth of the run, 1–10).
     The held-out split is made once, with `seed`, and is the same for every seed and contestant.
 
-    `progress(event, **info)` gets "run" (name, seed, index, count), "start" (total, done), "step" (...)
-    and "skip" (name, seed) events. Runs go seed by seed (every contestant's first seed, then the second…),
+    `progress(event, **info)` gets "run" (name, seed, index, count), "start" (total, done: steps; epochs,
+    steps_per_epoch, start_epoch), "step" (epoch, step, losses, lr), "epoch" (epoch, losses) and "skip"
+    (name, seed) events. Runs go seed by seed (every contestant's first seed, then the second…),
     so a comparison stopped early has whole seeds. Finished runs are skipped, interrupted ones resumed. A
     run that raises is recorded as failed (its error in the report) and the others go on. `stop` (set
     from another thread, e.g. the web UI) stops the running contestant as Ctrl-C does.
     """
     from arvc.compare.report import write_report
 
-    variants, scheduler = check_request(dataset_dir, optimizers, schedule, precision, device)
+    variants, scheduler = check_request(
+        dataset_dir, optimizers, schedule, precision, device, config, overrides, allow_mel_rvc_config
+    )
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
     out_dir = Path(out_dir)

@@ -49,7 +49,7 @@ import torch
 
 from arvc._files import cache_dir, write_text
 
-__all__ = ["PROBE_SCALE", "PROBE_SHAPES", "cache_path", "first_use_failure", "tolerance"]
+__all__ = ["PROBE_SCALE", "PROBE_SHAPES", "cache_path", "first_use_failure", "recorded_verdicts", "tolerance"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,35 @@ def first_use_failure(cls: type, settings: dict, device, dtype: torch.dtype) -> 
                 stacklevel=4,
             )
         return why
+
+
+def recorded_verdicts(path: Path | None = None) -> list[dict]:
+    """The verdicts kept in the cache file (default: `cache_path()`), for reports (benchmarks/gpu_check.py):
+    one dict each with its key's parts — where (GPU model and compute capability, or the CPU), on_gpu,
+    triton, kernels, optimizer, dtype, settings — and the verdict's ok, why and checked."""
+    rows = []
+    for key, verdict in _read(cache_path() if path is None else Path(path)).items():
+        parts = key.split(" | ")
+        if len(parts) != 5:  # not a key this version writes
+            continue
+        where, triton_version, kernels, which, settings = parts
+        optimizer, _, dtype = which.partition(" ")
+        rows.append(
+            {
+                "key": key,
+                "where": where,
+                "on_gpu": where.split(" ")[0] not in ("cpu", "meta"),
+                "triton": triton_version.removeprefix("triton "),
+                "kernels": kernels.removeprefix("kernels "),
+                "optimizer": optimizer,
+                "dtype": dtype,
+                "settings": settings.removeprefix("settings "),
+                "ok": bool(verdict.get("ok")),
+                "why": verdict.get("why"),
+                "checked": verdict.get("checked"),
+            }
+        )
+    return rows
 
 
 def _read(path: Path) -> dict:

@@ -24,16 +24,27 @@ class RunExport:
 
 def export_run(run_dir: Path) -> RunExport:
     """Write RUN/export (safetensors + json, and RVC's .pth if RVC-sized) from the newest checkpoint.
-    Raises PretrainedError (a ValueError) naming what is missing or wrong."""
+    Raises PretrainedError (a ValueError) naming what is missing or wrong.
+
+    A run another process is training may be exported (its checkpoints are written atomically): this
+    exports its newest checkpoint, and the trainer's own export at the end replaces it."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PretrainedError(f"run folder {run_dir} does not exist; pass runs/NAME of a trained run")
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise PretrainedError(
-            f"no checkpoint in {run_dir / 'checkpoints'}; train first (arvc train) or check the folder"
-        )
-    mf = read_model_file(checkpoint)
+    for attempt in range(2):
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise PretrainedError(
+                f"no checkpoint in {run_dir / 'checkpoints'}; train first (arvc train) or check the folder"
+            )
+        try:
+            mf = read_model_file(checkpoint)
+            break
+        except (PretrainedError, OSError):
+            # A run still training (allowed: checkpoints are written whole) may prune the newest checkpoint
+            # between the look and the read, once a newer one is saved: export that one instead.
+            if attempt or checkpoint.exists():
+                raise
     net = Synthesizer(mf.config)
     load_state_strict(net, mf.generator, source=mf, cfg=mf.config)
     written = export_generator(

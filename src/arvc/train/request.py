@@ -41,7 +41,14 @@ from arvc.train.runlock import check_unlocked
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainPlan", "TrainRequest", "check_processes", "plan_training", "prepare"]
+__all__ = [
+    "TrainPlan",
+    "TrainRequest",
+    "check_features_fit_config",
+    "check_processes",
+    "plan_training",
+    "prepare",
+]
 
 
 @dataclass
@@ -110,6 +117,26 @@ def _batch_size(value: int | str | None) -> int | None:
     if number < 1 or (isinstance(value, float) and value != number):
         raise ValueError(f"--batch-size {value!r}: use a whole number >= 1, or auto")
     return number
+
+
+def check_features_fit_config(
+    cfg: RunConfig, features: str, allow_mel_rvc_config: bool = False, *, features_flag: bool = True
+) -> None:
+    """An RVC-sized config (v1-*/v2-*) trained on mel features is refused (ValueError) unless the user opts
+    in for testing: RVC, Applio and the VC Client would feed its model HuBERT/ContentVec features. `arvc
+    train` and `arvc compare` both check it here; `features_flag=False` for a front end that trains on mel
+    features only (compare), so the advice names no --features flag it does not have."""
+    if features != "mel" or not is_rvc_sized(cfg) or allow_mel_rvc_config:
+        return
+    choose = (
+        "pass --features hubert --hubert PATH, or --config tiny" if features_flag else "use --config tiny"
+    )
+    raise ValueError(
+        f"config {cfg.name} is an RVC model, which RVC, Applio and the VC Client feed HuBERT/ContentVec "
+        f"features, but this run would train it on {cfg.data.feature_dim}-d mel features"
+        f"{' (the default)' if features_flag else ''}: {choose} to train on mel features; only to test arvc "
+        "itself, pass --allow-mel-rvc-config (its export then has no RVC .pth)"
+    )
 
 
 def check_processes(nproc: int | None, device: str, batch_size: int) -> int:
@@ -265,13 +292,8 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         )
     if unused:
         raise ValueError("; ".join(unused) + " (nothing was changed)")
-    if r.resume is None and settings.features == "mel" and is_rvc_sized(cfg) and not r.allow_mel_rvc_config:
-        raise ValueError(
-            f"config {cfg.name} is an RVC model, which RVC, Applio and the VC Client feed HuBERT/ContentVec "
-            f"features, but this run would train it on {cfg.data.feature_dim}-d mel features (the default): "
-            "pass --features hubert --hubert PATH, or --config tiny to train on mel features; only to test "
-            "arvc itself, pass --allow-mel-rvc-config (its export then has no RVC .pth)"
-        )
+    if r.resume is None:
+        check_features_fit_config(cfg, settings.features, r.allow_mel_rvc_config)
     if settings.f0_method == "rmvpe":
         if r.rmvpe is not None:
             rmvpe_model(r.rmvpe)  # a missing or wrong file fails here (loaded once, reused by preprocessing)
