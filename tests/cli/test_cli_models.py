@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -101,6 +103,28 @@ def test_inspect_errors(tmp_path):
 def test_export_needs_a_checkpoint(tmp_path):
     _fails(["export", tmp_path / "nope"], "does not exist")
     _fails(["export", tmp_path], "no checkpoint in")
+
+
+def test_export_onnx_for_the_vc_client(run_dir, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    run = tmp_path / "alice"
+    shutil.copytree(run_dir, run)
+    output = _ok(["export", run, "--onnx"]).output
+    path = run / "export" / "model.onnx"
+    assert f"onnx: {path}" in " ".join(output.split())
+    model = onnx.load(str(path))
+    assert [x.name for x in model.graph.input] == ["feats", "p_len", "pitch", "pitchf", "sid"]
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["metadata"])
+    assert (meta["application"], meta["samplingRate"], meta["embChannels"]) == ("VC_CLIENT", 16000, 80)
+
+
+def test_export_onnx_without_onnx_names_the_extra_and_writes_nothing(run_dir, tmp_path, monkeypatch):
+    run = tmp_path / "alice"
+    shutil.copytree(run_dir, run)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    _fails(["export", run, "--onnx"], "pip install 'arvc[onnx]'")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before  # nothing written
 
 
 def test_index_then_infer_with_it(run_dir, exported, tmp_path):

@@ -60,14 +60,19 @@ def inspect_command(
 @app.command(name="export")
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, runs/NAME.")],
+    onnx: Annotated[
+        bool,
+        typer.Option("--onnx", help="Also write export/model.onnx for w-okada's VC Client (arvc[onnx])."),
+    ] = False,
 ) -> None:
     """Export the run's newest checkpoint to RUN/export (safetensors + json, and RVC's .pth if RVC-sized)."""
+    from arvc.modelfile.export import ExportError
     from arvc.modelfile.read import PretrainedError
     from arvc.train.export import export_run
 
     try:
-        done = export_run(run_dir)
-    except PretrainedError as error:
+        done = export_run(run_dir, onnx=onnx)
+    except (PretrainedError, ExportError, ImportError, OSError) as error:
         fail(str(error))
     _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step})")
     for kind, path in done.written.items():

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from arvc.data.prepare import recorded_features
+from arvc.data.prepare import recorded_embedder_layer, recorded_features
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator
+from arvc.modelfile.onnx import ONNX_FILE, export_onnx, require_onnx
 from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
 from arvc.train.checkpoint import latest_checkpoint
 
@@ -22,10 +23,14 @@ class RunExport:
     written: dict[str, Path]  # kind (safetensors, config, pth) -> file
 
 
-def export_run(run_dir: Path) -> RunExport:
-    """Write RUN/export (safetensors + json, and RVC's .pth if RVC-sized) from the newest checkpoint.
-    Raises PretrainedError (a ValueError) naming what is missing or wrong."""
+def export_run(run_dir: Path, onnx: bool = False) -> RunExport:
+    """Write RUN/export (safetensors + json, and RVC's .pth if RVC-sized) from the newest checkpoint; with
+    `onnx` also RUN/export/model.onnx for the VC Client (:mod:`arvc.modelfile.onnx`). Raises PretrainedError
+    (a ValueError) naming what is missing or wrong, ImportError when onnx is asked for but not installed
+    (before anything is written)."""
     run_dir = Path(run_dir)
+    if onnx:
+        require_onnx()
     if not run_dir.is_dir():
         raise PretrainedError(f"run folder {run_dir} does not exist; pass runs/NAME of a trained run")
     checkpoint = latest_checkpoint(run_dir)
@@ -36,11 +41,16 @@ def export_run(run_dir: Path) -> RunExport:
     mf = read_model_file(checkpoint)
     net = Synthesizer(mf.config)
     load_state_strict(net, mf.generator, source=mf, cfg=mf.config)
+    features = recorded_features(run_dir / "data")
     written = export_generator(
-        net,
-        mf.config,
-        run_dir / "export",
-        info=f"arvc {mf.optimizer} epoch {mf.epoch}",
-        features=recorded_features(run_dir / "data"),
+        net, mf.config, run_dir / "export", info=f"arvc {mf.optimizer} epoch {mf.epoch}", features=features
     )
+    if onnx:
+        written["onnx"] = export_onnx(
+            net,
+            mf.config,
+            run_dir / "export" / ONNX_FILE,
+            embedder_layer=recorded_embedder_layer(run_dir / "data"),
+            features=features,
+        )
     return RunExport(checkpoint, mf.epoch, mf.step, written)

@@ -1,0 +1,217 @@
+"""The VC Client ONNX export: its interface, metadata, parity with the torch generator in onnxruntime.
+
+Parity is checked on the deterministic path: a test-only export with the prior's noise scale 0 and the
+NSF excitation's noise (std 0.003 on voiced frames) set to 0, on fully voiced pitch (unvoiced frames get
+noise of std sine_amp/3 that no setting removes), against ``Synthesizer.infer`` with the same settings.
+The real export's in-graph noise is checked separately: its RandomNormalLike node, that two runs differ,
+and that the spread of its outputs over repeated runs matches the torch generator's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402
+
+from arvc.config import load_config  # noqa: E402
+from arvc.model import Synthesizer  # noqa: E402
+from arvc.modelfile.export import ExportError  # noqa: E402
+from arvc.modelfile.onnx import F0_INPUTS, client_metadata, export_onnx  # noqa: E402
+
+# float32 throughout; measured max |difference| 1.5e-7 on the tiny config (outputs ~0.07 in size; ORT and
+# torch order sums differently); the stated bound leaves room for other CPUs' kernels.
+ATOL = 1e-5
+
+
+def _generator(name: str, seed: int = 0) -> Synthesizer:
+    torch.manual_seed(seed)
+    return Synthesizer(load_config(name)).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _generator("tiny"), load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def deterministic(tiny, tmp_path_factory):
+    """A test-only export without noise, and the torch generator it must equal."""
+    net, cfg = tiny
+    quiet = _generator("tiny")
+    quiet.dec.m_source.l_sin_gen.noise_std = 0.0
+    path = export_onnx(quiet, cfg, tmp_path_factory.mktemp("onnx") / "quiet.onnx", noise_scale=0.0)
+    quiet.remove_weight_norm()
+    return quiet, cfg, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def real(tiny, tmp_path_factory):
+    net, cfg = tiny
+    path = export_onnx(net, cfg, tmp_path_factory.mktemp("onnx") / "model.onnx")
+    return path, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _inputs(frames: int, dim: int, seed: int = 1, length: int | None = None, voiced: bool = True):
+    g = np.random.default_rng(seed)
+    pitchf = g.uniform(80.0, 400.0, (1, frames)).astype(np.float32)
+    if not voiced:
+        pitchf[:, ::3] = 0.0
+    return {
+        "feats": g.standard_normal((1, frames, dim)).astype(np.float32),
+        "p_len": np.array([frames if length is None else length], dtype=np.int64),
+        "pitch": g.integers(1, 256, (1, frames)).astype(np.int64),
+        "pitchf": pitchf,
+        "sid": np.array([0], dtype=np.int64),
+    }
+
+
+def _torch(net: Synthesizer, feeds: dict, noise_scale: float) -> np.ndarray:
+    args = [torch.from_numpy(feeds[name]) for name in F0_INPUTS]
+    return torch.clamp(net.infer(*args, noise_scale=noise_scale)[0, 0], -1, 1).numpy()
+
+
+def _type(value_info) -> tuple[int, list]:
+    tensor = value_info.type.tensor_type
+    return tensor.elem_type, [d.dim_param or d.dim_value for d in tensor.shape.dim]
+
+
+def test_interface_is_the_clients(real, tiny):
+    path, _ = real
+    dim = tiny[1].data.feature_dim
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    f, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    assert {x.name: _type(x) for x in model.graph.input} == {
+        "feats": (f, [1, "T", dim]),
+        "p_len": (i64, [1]),
+        "pitch": (i64, [1, "T"]),
+        "pitchf": (f, [1, "T"]),
+        "sid": (i64, [1]),
+    }
+    assert [x.name for x in model.graph.input] == list(F0_INPUTS)
+    assert {x.name: _type(x) for x in model.graph.output} == {"audio": (f, ["samples"])}
+    assert [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] == [("", 17)]
+
+
+def test_metadata_round_trips_and_matches_the_config(real, tiny):
+    _, session = real
+    cfg = tiny[1]
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["metadata"])
+    assert meta == client_metadata(cfg)
+    assert meta["application"] == "VC_CLIENT" and meta["version"] == "2.1"
+    assert (meta["samplingRate"], meta["embChannels"], meta["f0"]) == (16000, cfg.data.feature_dim, True)
+    assert meta["modelType"] == "pyTorchRVCv2"
+
+
+@pytest.mark.parametrize("cfg_name, model_type, channels, layer, final_proj", [
+    ("v1-40k", "pyTorchRVC", 256, 9, True),
+    ("v2-48k", "pyTorchRVCv2", 768, 12, False),
+])  # fmt: skip
+def test_metadata_for_rvc_configs(cfg_name, model_type, channels, layer, final_proj):
+    cfg = load_config(cfg_name)
+    meta = client_metadata(cfg)
+    assert (meta["modelType"], meta["embChannels"]) == (model_type, channels)
+    assert (meta["embOutputLayer"], meta["useFinalProj"], meta["embedder"]) == (
+        layer,
+        final_proj,
+        "hubert_base",
+    )
+    assert meta["samplingRate"] == cfg.data.sampling_rate
+    assert client_metadata(cfg, embedder_layer=10)["embOutputLayer"] == 10
+
+
+@pytest.mark.parametrize("frames", [1, 7, 64, 301, 1000])
+def test_onnxruntime_equals_torch_at_any_length(deterministic, frames):
+    net, cfg, session = deterministic
+    feeds = _inputs(frames, cfg.data.feature_dim)
+    (audio,) = session.run(["audio"], feeds)
+    assert audio.shape == (frames * cfg.data.hop_length,)
+    np.testing.assert_allclose(audio, _torch(net, feeds, 0.0), rtol=0, atol=ATOL)
+
+
+def test_onnxruntime_equals_torch_with_padding(deterministic):
+    """p_len shorter than T: the masks follow p_len, not the traced example's length."""
+    net, cfg, session = deterministic
+    feeds = _inputs(90, cfg.data.feature_dim, length=61)
+    (audio,) = session.run(["audio"], feeds)
+    np.testing.assert_allclose(audio, _torch(net, feeds, 0.0), rtol=0, atol=ATOL)
+
+
+def test_real_export_draws_its_noise_in_the_graph(real, tiny):
+    path, session = real
+    net = _generator("tiny")
+    net.remove_weight_norm()
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert "RandomNormalLike" in ops
+    feeds = _inputs(50, tiny[1].data.feature_dim, voiced=False)
+    runs = np.stack([session.run(["audio"], feeds)[0] for _ in range(12)])
+    assert not np.array_equal(runs[0], runs[1])
+    torch.manual_seed(3)
+    reference = np.stack([_torch(net, feeds, 0.66666) for _ in range(12)])
+    # The same noise distribution: the mean output and the per-sample spread over runs agree.
+    spread, expected = runs.std(axis=0).mean(), reference.std(axis=0).mean()
+    assert expected > 0 and abs(spread - expected) / expected < 0.25, (spread, expected)
+    assert np.abs(runs.mean(axis=0) - reference.mean(axis=0)).mean() < 0.5 * expected
+
+
+def test_refuses_non_finite_weights_before_writing(tmp_path):
+    net, cfg = _generator("tiny"), load_config("tiny")
+    with torch.no_grad():
+        net.dec.conv_post.weight[0, 0, 0] = float("nan")
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(ExportError, match="non-finite"):
+        export_onnx(net, cfg, path)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_missing_onnx_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"pip install 'arvc\[onnx\]'"):
+        export_onnx(_generator("tiny"), load_config("tiny"), tmp_path / "model.onnx")
+    assert not any(tmp_path.iterdir())
+
+
+def test_does_not_change_the_callers_generator(tiny, tmp_path):
+    net, cfg = tiny
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    export_onnx(net, cfg, tmp_path / "model.onnx")
+    after = net.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_rvc_sized_v2_40k_interface_and_metadata(tmp_path):
+    """An RVC-sized generator (v2-40k, random weights): the interface and metadata the client reads."""
+    cfg = load_config("v2-40k")
+    path = export_onnx(_generator("v2-40k"), cfg, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in session.get_inputs()] == [
+        ("feats", "tensor(float)"),
+        ("p_len", "tensor(int64)"),
+        ("pitch", "tensor(int64)"),
+        ("pitchf", "tensor(float)"),
+        ("sid", "tensor(int64)"),
+    ]
+    assert session.get_inputs()[0].shape == [1, "T", 768]
+    assert json.loads(session.get_modelmeta().custom_metadata_map["metadata"]) == {
+        "application": "VC_CLIENT",
+        "version": "2.1",
+        "modelType": "pyTorchRVCv2",
+        "samplingRate": 40000,
+        "f0": True,
+        "embChannels": 768,
+        "embedder": "hubert_base",
+        "embOutputLayer": 12,
+        "useFinalProj": False,
+    }
+    (audio,) = session.run(["audio"], _inputs(33, 768))
+    assert audio.shape == (33 * 400,) and np.isfinite(audio).all()
