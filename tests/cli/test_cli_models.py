@@ -116,6 +116,10 @@ def test_export_onnx_for_the_vc_client(run_dir, tmp_path):
     assert [x.name for x in model.graph.input] == ["feats", "p_len", "pitch", "pitchf", "sid"]
     meta = json.loads({p.key: p.value for p in model.metadata_props}["metadata"])
     assert (meta["application"], meta["samplingRate"], meta["embChannels"]) == ("VC_CLIENT", 16000, 80)
+    out = tmp_path / "out.wav"
+    assert "wrote" in _ok(["infer", path, run / "in.wav", out]).output  # arvc infer runs the file
+    audio, sr = sf.read(out)
+    assert sr == 16000 and len(audio) == 16000 and np.isfinite(audio).all()
 
 
 def test_export_onnx_without_onnx_names_the_extra_and_writes_nothing(run_dir, tmp_path, monkeypatch):

@@ -215,3 +215,44 @@ def test_rvc_sized_v2_40k_interface_and_metadata(tmp_path):
     }
     (audio,) = session.run(["audio"], _inputs(33, 768))
     assert audio.shape == (33 * 400,) and np.isfinite(audio).all()
+
+
+def test_convert_runs_the_onnx_file_like_the_torch_generator(deterministic, tmp_path, monkeypatch):
+    """`convert` (arvc infer's pipeline) of the noise-free export equals the torch generator's conversion;
+    pitch is fixed at 200 Hz everywhere so no unvoiced frame draws noise."""
+    import soundfile as sf
+
+    import arvc.infer.convert as conversion
+    from arvc.infer.convert import convert, load_voice_model
+
+    quiet, cfg, _ = deterministic
+    path = tmp_path / "quiet.onnx"
+    source = _generator("tiny")
+    source.dec.m_source.l_sin_gen.noise_std = 0.0
+    export_onnx(source, cfg, path, noise_scale=0.0, features="mel")
+    monkeypatch.setattr(conversion, "extract_f0", lambda wave, *a, **k: np.full(len(wave) // 160 + 1, 200.0))
+    t = np.arange(24000) / 16000
+    sf.write(tmp_path / "in.wav", (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000)
+    voice, voice_cfg = load_voice_model(path)
+    assert voice_cfg == cfg and voice.trained_features == "mel"
+    convert(voice, voice_cfg, tmp_path / "in.wav", tmp_path / "onnx.wav", chunk_seconds=0.5)
+    monkeypatch.setattr(quiet, "infer", lambda *a: Synthesizer.infer(quiet, *a, noise_scale=0.0))
+    convert(quiet, cfg, tmp_path / "in.wav", tmp_path / "torch.wav", features="mel", chunk_seconds=0.5)
+    ours, sr = sf.read(tmp_path / "onnx.wav")
+    theirs, _ = sf.read(tmp_path / "torch.wav")
+    assert sr == 16000 and len(ours) == len(theirs) == 24000
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=2 / 32768)  # 16-bit PCM: at most 2 steps apart
+
+
+def test_an_onnx_file_with_another_interface_is_refused(tmp_path):
+    """RVC's own 2024 exporter's names (rejected by the client too) are a clear error, not a crash."""
+    from arvc.infer.convert import load_voice_model
+
+    helper = onnx.helper
+    inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in ("phone", "ds", "rnd")]
+    node = helper.make_node("Sum", ["phone", "ds", "rnd"], ["audio"])
+    graph = helper.make_graph([node], "other", inputs, [helper.make_tensor_value_info("audio", 1, [1])])
+    path = tmp_path / "rvc2024.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ValueError, match=r"inputs \['phone', 'ds', 'rnd'\].*arvc export --onnx"):
+        load_voice_model(path)

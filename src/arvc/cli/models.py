@@ -100,7 +100,8 @@ def index_command(
 @app.command(name="infer")
 def infer_command(
     model: Annotated[
-        Path, typer.Argument(help="model.safetensors/json, export folder, ckpt_*.pt or RVC .pth.")
+        Path,
+        typer.Argument(help="model.safetensors/json, export folder, ckpt_*.pt, RVC .pth or VC Client .onnx."),
     ],
     input_wav: Annotated[Path, typer.Argument(metavar="INPUT", help="Recording to convert.")],
     output_wav: Annotated[

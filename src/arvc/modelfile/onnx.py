@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from arvc._files import write_bytes
-from arvc.config import RunConfig
+from arvc.config import RunConfig, load_config
 from arvc.model.generator import DEFAULT_NOISE_SCALE
 from arvc.modelfile.export import ExportError, check_finite, inference_state_dict
 
@@ -49,7 +49,9 @@ __all__ = [
     "OPSET",
     "OUTPUT",
     "client_metadata",
+    "OnnxVoice",
     "export_onnx",
+    "load_onnx_voice",
     "require_onnx",
 ]
 
@@ -64,6 +66,9 @@ SAMPLES = "samples"  # T * hop
 DYNAMIC_AXES = {"feats": {1: LENGTH_AXIS}, "pitch": {1: LENGTH_AXIS}, "pitchf": {1: LENGTH_AXIS}}
 DYNAMIC_AXES[OUTPUT] = {0: SAMPLES}
 METADATA_KEY = "metadata"
+ARVC_KEY = (
+    "arvc"  # arvc's own record (config, features), so `arvc infer` runs the file; the client ignores it
+)
 CLIENT_VERSION = "2.1"  # the client's "clip inside the graph" ONNX version
 # The client's model types (its EnumInferenceTypes) for RVC's pitch-guided v1 / v2 generators.
 MODEL_TYPES = {"v1": "pyTorchRVC", "v2": "pyTorchRVCv2"}
@@ -183,8 +188,10 @@ def export_onnx(
             do_constant_folding=False,
         )
     model = onnx.load_from_string(buffer.getvalue())
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    own = {"config": cfg.to_dict(), **({"features": features} if features else {})}
+    for key, value in ((METADATA_KEY, json.dumps(metadata)), (ARVC_KEY, json.dumps(own))):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     data = model.SerializeToString()
     _check_runs(data, example, cfg.data.hop_length)
     write_bytes(path, data)
@@ -205,3 +212,77 @@ def _check_runs(data: bytes, example: tuple[torch.Tensor, ...], hop: int) -> Non
             f"the exported graph gave audio of shape {audio.shape} (finite: "
             f"{bool(torch.isfinite(torch.from_numpy(audio)).all())}), not ({expected},): not written"
         )
+
+
+class OnnxVoice(nn.Module):
+    """A VC Client ONNX file run by onnxruntime behind :meth:`Synthesizer.infer`'s signature, so
+    :func:`arvc.infer.convert.convert` runs it with its whole pipeline. Batch 1 (the client's interface);
+    the noise is the graph's own (onnxruntime's, not seeded by torch)."""
+
+    def __init__(self, session, features: str | None) -> None:
+        super().__init__()
+        self.session = session
+        self.trained_features = features
+        # convert() asks the model where it runs: onnxruntime's CPU provider.
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    @torch.no_grad()
+    def infer(
+        self, phone, phone_lengths, pitch, nsff0, sid, noise_scale: float | None = None
+    ) -> torch.Tensor:
+        if noise_scale is not None and noise_scale != DEFAULT_NOISE_SCALE:
+            raise ValueError(f"an ONNX model's noise scale is fixed in its graph ({DEFAULT_NOISE_SCALE})")
+        values = (phone.float(), phone_lengths.long(), pitch.long(), nsff0.float(), sid.long())
+        feeds = {name: value.cpu().numpy() for name, value in zip(F0_INPUTS, values, strict=True)}
+        (audio,) = self.session.run([OUTPUT], feeds)
+        return torch.from_numpy(audio)[None, None]
+
+
+def _client_config(meta: dict, path: Path) -> RunConfig:
+    """The RVC preset a VC Client file made by another tool stands for (its sample rate and feature size)."""
+    version = {256: "v1", 768: "v2"}.get(meta.get("embChannels"))
+    name = f"{version}-{int(meta.get('samplingRate', 0)) // 1000}k"
+    try:
+        return load_config(name)
+    except (ValueError, OSError, FileNotFoundError) as error:
+        raise ValueError(
+            f"{path}: its VC Client metadata (embChannels {meta.get('embChannels')}, samplingRate "
+            f"{meta.get('samplingRate')}) matches no RVC configuration arvc knows ({error})"
+        ) from error
+
+
+def load_onnx_voice(path: str | os.PathLike) -> tuple[OnnxVoice, RunConfig]:
+    """An ONNX file with the VC Client's f0 interface, ready for `convert`, and its configuration (arvc's
+    record where arvc wrote the file, else the RVC preset its client metadata names). ValueError naming
+    what is wrong; ImportError naming the extra when onnxruntime is missing."""
+    require_onnx()
+    import onnxruntime
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model {path} does not exist")
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph classes
+        raise ValueError(f"{path} is not an ONNX model onnxruntime can load: {error}") from error
+    names = tuple(i.name for i in session.get_inputs())
+    if names != F0_INPUTS or [o.name for o in session.get_outputs()] != [OUTPUT]:
+        raise ValueError(
+            f"{path} has inputs {list(names)} and outputs {[o.name for o in session.get_outputs()]}; arvc "
+            f"runs the VC Client's pitch-guided interface ({', '.join(F0_INPUTS)} -> {OUTPUT}): export it "
+            "again with arvc export --onnx, or the VC Client's own exporter"
+        )
+    props = session.get_modelmeta().custom_metadata_map
+    try:
+        if ARVC_KEY in props:
+            own = json.loads(props[ARVC_KEY])
+            return OnnxVoice(session, own.get("features")), RunConfig.from_dict(own["config"])
+        if METADATA_KEY in props:
+            meta = json.loads(props[METADATA_KEY])
+            return OnnxVoice(session, "hubert"), _client_config(meta, path)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: its metadata cannot be read ({error})") from error
+    raise ValueError(
+        f"{path} has no VC Client metadata (no 'metadata' property): its sample rate and feature size are "
+        "not known; export it again with arvc export --onnx"
+    )
