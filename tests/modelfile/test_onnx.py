@@ -9,6 +9,7 @@ and that the spread of its outputs over repeated runs matches the torch generato
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -256,3 +257,36 @@ def test_an_onnx_file_with_another_interface_is_refused(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(ValueError, match=r"inputs \['phone', 'ds', 'rnd'\].*arvc export --onnx"):
         load_voice_model(path)
+
+
+def test_a_v1_layout_exports_with_v1_metadata_and_parity(tmp_path):
+    """RVC v1's layout (256-d features, enc_p registered first) at tiny size: the client's v1 metadata, and
+    onnxruntime equals torch."""
+    tiny_cfg = load_config("tiny")
+    cfg = dataclasses.replace(
+        tiny_cfg, version="v1", data=dataclasses.replace(tiny_cfg.data, feature_dim=256)
+    )
+    torch.manual_seed(0)
+    net = Synthesizer(cfg).eval()
+    net.dec.m_source.l_sin_gen.noise_std = 0.0
+    path = export_onnx(net, cfg, tmp_path / "v1.onnx", noise_scale=0.0)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, "T", 256]
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["metadata"])
+    assert (meta["modelType"], meta["embChannels"], meta["embOutputLayer"], meta["useFinalProj"]) == (
+        "pyTorchRVC",
+        256,
+        9,
+        True,
+    )
+    net.remove_weight_norm()
+    feeds = _inputs(33, 256)
+    np.testing.assert_allclose(session.run(["audio"], feeds)[0], _torch(net, feeds, 0.0), rtol=0, atol=ATOL)
+
+
+def test_a_generator_without_pitch_guidance_is_refused(tmp_path):
+    net, cfg = _generator("tiny"), load_config("tiny")
+    del net.enc_p.emb_pitch  # what a no-f0 (nono) model lacks
+    with pytest.raises(ExportError, match="no pitch guidance"):
+        export_onnx(net, cfg, tmp_path / "model.onnx")
+    assert not any(tmp_path.iterdir())
