@@ -109,9 +109,9 @@ def test_export_onnx_for_the_vc_client(run_dir, tmp_path):
     onnx = pytest.importorskip("onnx")
     run = tmp_path / "alice"
     shutil.copytree(run_dir, run)
-    output = _ok(["export", run, "--onnx"]).output
+    output = " ".join(_ok(["export", run, "--onnx", "--onnx-half"]).output.split())
     path = run / "export" / "model.onnx"
-    assert f"onnx: {path}" in " ".join(output.split())
+    assert f"onnx: {path}" in output and f"onnx-fp16: {run / 'export' / 'model_fp16.onnx'}" in output
     model = onnx.load(str(path))
     assert [x.name for x in model.graph.input] == ["feats", "p_len", "pitch", "pitchf", "sid"]
     meta = json.loads({p.key: p.value for p in model.metadata_props}["metadata"])
@@ -120,6 +120,9 @@ def test_export_onnx_for_the_vc_client(run_dir, tmp_path):
     assert "wrote" in _ok(["infer", path, run / "in.wav", out]).output  # arvc infer runs the file
     audio, sr = sf.read(out)
     assert sr == 16000 and len(audio) == 16000 and np.isfinite(audio).all()
+    half = tmp_path / "half.wav"
+    _ok(["infer", run / "export" / "model_fp16.onnx", run / "in.wav", half])
+    assert len(sf.read(half)[0]) == 16000
 
 
 def test_export_onnx_without_onnx_names_the_extra_and_writes_nothing(run_dir, tmp_path, monkeypatch):

@@ -64,6 +64,12 @@ def export_command(
         bool,
         typer.Option("--onnx", help="Also write export/model.onnx for w-okada's VC Client (arvc[onnx])."),
     ] = False,
+    onnx_half: Annotated[
+        bool,
+        typer.Option(
+            "--onnx-half", help="Also write export/model_fp16.onnx (float16, for the client on a GPU)."
+        ),
+    ] = False,
 ) -> None:
     """Export the run's newest checkpoint to RUN/export (safetensors + json, and RVC's .pth if RVC-sized)."""
     from arvc.modelfile.export import ExportError
@@ -71,7 +77,7 @@ def export_command(
     from arvc.train.export import export_run
 
     try:
-        done = export_run(run_dir, onnx=onnx)
+        done = export_run(run_dir, onnx=onnx, onnx_half=onnx_half)
     except (PretrainedError, ExportError, ImportError, OSError) as error:
         fail(str(error))
     _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step})")

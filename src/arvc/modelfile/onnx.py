@@ -45,6 +45,7 @@ from arvc.modelfile.export import ExportError, check_finite, inference_state_dic
 __all__ = [
     "F0_INPUTS",
     "ONNX_FILE",
+    "ONNX_HALF_FILE",
     "ONNX_NEEDED",
     "OPSET",
     "OUTPUT",
@@ -58,6 +59,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
+ONNX_HALF_FILE = (
+    "model_fp16.onnx"  # feats and the weights in float16, pitchf float32 (the client's GPU files)
+)
 OPSET = 17
 F0_INPUTS = ("feats", "p_len", "pitch", "pitchf", "sid")
 OUTPUT = "audio"
@@ -137,6 +141,7 @@ def export_onnx(
     embedder_layer: int | None = None,
     features: str | None = None,
     noise_scale: float = DEFAULT_NOISE_SCALE,
+    half: bool = False,
 ) -> Path:
     """Write `generator` (an :class:`arvc.model.Synthesizer` of `cfg`) as a VC Client ONNX file at `path`.
 
@@ -145,7 +150,9 @@ def export_onnx(
     onnxruntime and run once, then written atomically (an existing file is kept on any failure).
     `noise_scale` is the prior's temperature (the client's 0.66666; tests export 0 to compare exactly).
     `features` (mel, hubert) is what the model was trained on: a mel model exports, for arvc only, with
-    a warning (the client feeds HuBERT features)."""
+    a warning (the client feeds HuBERT features). `half` writes the weights, ``feats`` and ``audio`` in
+    float16 (``pitchf`` stays float32), as the client's exporter does for GPUs; the client tells the two
+    apart by ``feats``' type."""
     onnx = require_onnx()
     path = Path(path)
     check_finite(inference_state_dict(generator), path.parent)
@@ -159,10 +166,11 @@ def export_onnx(
             cfg.data.feature_dim,
             features or "content",
         )
-    net = ClientGraph(_inference_copy(generator), noise_scale)
+    dtype = torch.float16 if half else torch.float32
+    net = ClientGraph(_inference_copy(generator).to(dtype), noise_scale)
     frames, dim = EXAMPLE_FRAMES, cfg.data.feature_dim
     example = (
-        torch.zeros(1, frames, dim),
+        torch.zeros(1, frames, dim, dtype=dtype),
         torch.tensor([frames], dtype=torch.int64),
         torch.ones(1, frames, dtype=torch.int64),
         torch.full((1, frames), 100.0),
@@ -195,7 +203,7 @@ def export_onnx(
     data = model.SerializeToString()
     _check_runs(data, example, cfg.data.hop_length)
     write_bytes(path, data)
-    logger.info("wrote %s (VC Client ONNX, %s)", path, json.dumps(metadata))
+    logger.info("wrote %s (VC Client ONNX, %s, %s)", path, "fp16" if half else "fp32", json.dumps(metadata))
     return path
 
 
@@ -223,6 +231,8 @@ class OnnxVoice(nn.Module):
         super().__init__()
         self.session = session
         self.trained_features = features
+        half = session.get_inputs()[0].type == "tensor(float16)"  # as the client tells fp16 files apart
+        self.feats_dtype = torch.float16 if half else torch.float32
         # convert() asks the model where it runs: onnxruntime's CPU provider.
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
@@ -232,10 +242,10 @@ class OnnxVoice(nn.Module):
     ) -> torch.Tensor:
         if noise_scale is not None and noise_scale != DEFAULT_NOISE_SCALE:
             raise ValueError(f"an ONNX model's noise scale is fixed in its graph ({DEFAULT_NOISE_SCALE})")
-        values = (phone.float(), phone_lengths.long(), pitch.long(), nsff0.float(), sid.long())
+        values = (phone.to(self.feats_dtype), phone_lengths.long(), pitch.long(), nsff0.float(), sid.long())
         feeds = {name: value.cpu().numpy() for name, value in zip(F0_INPUTS, values, strict=True)}
         (audio,) = self.session.run([OUTPUT], feeds)
-        return torch.from_numpy(audio)[None, None]
+        return torch.from_numpy(audio).float()[None, None]
 
 
 def _client_config(meta: dict, path: Path) -> RunConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 from arvc.data.prepare import recorded_embedder_layer, recorded_features
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator
-from arvc.modelfile.onnx import ONNX_FILE, export_onnx, require_onnx
+from arvc.modelfile.onnx import ONNX_FILE, ONNX_HALF_FILE, export_onnx, require_onnx
 from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
 from arvc.train.checkpoint import latest_checkpoint
 
@@ -23,13 +23,13 @@ class RunExport:
     written: dict[str, Path]  # kind (safetensors, config, pth) -> file
 
 
-def export_run(run_dir: Path, onnx: bool = False) -> RunExport:
+def export_run(run_dir: Path, onnx: bool = False, onnx_half: bool = False) -> RunExport:
     """Write RUN/export (safetensors + json, and RVC's .pth if RVC-sized) from the newest checkpoint; with
-    `onnx` also RUN/export/model.onnx for the VC Client (:mod:`arvc.modelfile.onnx`). Raises PretrainedError
-    (a ValueError) naming what is missing or wrong, ImportError when onnx is asked for but not installed
-    (before anything is written)."""
+    `onnx` also RUN/export/model.onnx for the VC Client (:mod:`arvc.modelfile.onnx`), with `onnx_half` its
+    fp16 twin RUN/export/model_fp16.onnx. Raises PretrainedError (a ValueError) naming what is missing or
+    wrong, ImportError when onnx is asked for but not installed (before anything is written)."""
     run_dir = Path(run_dir)
-    if onnx:
+    if onnx or onnx_half:
         require_onnx()
     if not run_dir.is_dir():
         raise PretrainedError(f"run folder {run_dir} does not exist; pass runs/NAME of a trained run")
@@ -45,12 +45,17 @@ def export_run(run_dir: Path, onnx: bool = False) -> RunExport:
     written = export_generator(
         net, mf.config, run_dir / "export", info=f"arvc {mf.optimizer} epoch {mf.epoch}", features=features
     )
-    if onnx:
-        written["onnx"] = export_onnx(
-            net,
-            mf.config,
-            run_dir / "export" / ONNX_FILE,
-            embedder_layer=recorded_embedder_layer(run_dir / "data"),
-            features=features,
-        )
+    for kind, asked, name, half in (
+        ("onnx", onnx, ONNX_FILE, False),
+        ("onnx-fp16", onnx_half, ONNX_HALF_FILE, True),
+    ):
+        if asked:
+            written[kind] = export_onnx(
+                net,
+                mf.config,
+                run_dir / "export" / name,
+                embedder_layer=recorded_embedder_layer(run_dir / "data"),
+                features=features,
+                half=half,
+            )
     return RunExport(checkpoint, mf.epoch, mf.step, written)
