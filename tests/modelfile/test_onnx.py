@@ -156,9 +156,11 @@ def test_real_export_draws_its_noise_in_the_graph(real, tiny):
     assert not np.array_equal(runs[0], runs[1])
     torch.manual_seed(3)
     reference = np.stack([_torch(net, feeds, 0.66666) for _ in range(12)])
-    # The same noise distribution: the mean output and the per-sample spread over runs agree.
+    # The same noise distribution: the mean output and the per-sample spread over runs agree. Measured: the
+    # spreads within 2.2% over 6 trials; a prior scale of 1 instead of 0.66666 makes the torch spread 45%
+    # larger, no prior noise 98% smaller.
     spread, expected = runs.std(axis=0).mean(), reference.std(axis=0).mean()
-    assert expected > 0 and abs(spread - expected) / expected < 0.25, (spread, expected)
+    assert expected > 0 and abs(spread - expected) / expected < 0.10, (spread, expected)
     assert np.abs(runs.mean(axis=0) - reference.mean(axis=0)).mean() < 0.5 * expected
 
 
