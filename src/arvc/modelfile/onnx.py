@@ -49,8 +49,8 @@ __all__ = [
     "ONNX_NEEDED",
     "OPSET",
     "OUTPUT",
-    "client_metadata",
     "OnnxVoice",
+    "client_metadata",
     "export_onnx",
     "load_onnx_voice",
     "require_onnx",
@@ -59,9 +59,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
-ONNX_HALF_FILE = (
-    "model_fp16.onnx"  # feats and the weights in float16, pitchf float32 (the client's GPU files)
-)
+# --onnx-half: the weights, feats and audio in float16, pitchf float32 (the client's files for a GPU).
+ONNX_HALF_FILE = "model_fp16.onnx"
 OPSET = 17
 F0_INPUTS = ("feats", "p_len", "pitch", "pitchf", "sid")
 OUTPUT = "audio"
@@ -70,9 +69,8 @@ SAMPLES = "samples"  # T * hop
 DYNAMIC_AXES = {"feats": {1: LENGTH_AXIS}, "pitch": {1: LENGTH_AXIS}, "pitchf": {1: LENGTH_AXIS}}
 DYNAMIC_AXES[OUTPUT] = {0: SAMPLES}
 METADATA_KEY = "metadata"
-ARVC_KEY = (
-    "arvc"  # arvc's own record (config, features), so `arvc infer` runs the file; the client ignores it
-)
+# arvc's own record (config, features), so `arvc infer` runs the file; the client ignores it.
+ARVC_KEY = "arvc"
 CLIENT_VERSION = "2.1"  # the client's "clip inside the graph" ONNX version
 # The client's model types (its EnumInferenceTypes) for RVC's pitch-guided v1 / v2 generators.
 MODEL_TYPES = {"v1": "pyTorchRVC", "v2": "pyTorchRVCv2"}
@@ -121,7 +119,7 @@ class ClientGraph(nn.Module):
         self.generator = generator
         self.noise_scale = noise_scale
 
-    def forward(self, feats, p_len, pitch, pitchf, sid):  # noqa: D102 - the names are the graph's
+    def forward(self, feats, p_len, pitch, pitchf, sid):  # the argument names are the graph's inputs
         audio = self.generator.infer(feats, p_len, pitch, pitchf, sid, noise_scale=self.noise_scale)
         return torch.clamp(audio[0, 0], -1.0, 1.0)
 
