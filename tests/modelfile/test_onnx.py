@@ -322,3 +322,32 @@ def test_fp16_export_has_the_clients_gpu_interface_and_stays_close(deterministic
     audio = audio.astype(np.float32)
     np.testing.assert_allclose(audio, expected, rtol=0, atol=HALF_ATOL)
     assert np.sqrt(np.mean((audio - expected) ** 2) / np.mean(expected**2)) < HALF_RMS
+
+
+def _with_properties(source, target, properties: dict) -> None:
+    model = onnx.load(str(source))
+    del model.metadata_props[:]
+    for key, value in properties.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(target))
+
+
+def test_another_tools_client_file_is_read_by_its_metadata(real, tmp_path):
+    """A VC Client file without arvc's record (the client's own exporter's): the RVC preset its metadata
+    names; without usable metadata a clear error."""
+    from arvc.infer.convert import load_voice_model
+
+    path, _ = real
+    theirs = tmp_path / "theirs.onnx"
+    meta = client_metadata(load_config("v2-40k"))
+    _with_properties(path, theirs, {"metadata": json.dumps(meta)})
+    voice, cfg = load_voice_model(theirs)
+    assert (cfg.name, cfg.data.sampling_rate, cfg.data.feature_dim) == ("v2-40k", 40000, 768)
+    assert voice.trained_features == "hubert"
+    _with_properties(path, theirs, {"metadata": json.dumps({**meta, "embChannels": 80})})
+    with pytest.raises(ValueError, match="embChannels 80, samplingRate 40000.*matches no RVC configuration"):
+        load_voice_model(theirs)
+    _with_properties(path, theirs, {})
+    with pytest.raises(ValueError, match="no VC Client metadata.*arvc export --onnx"):
+        load_voice_model(theirs)
