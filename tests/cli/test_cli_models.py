@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -101,6 +103,35 @@ def test_inspect_errors(tmp_path):
 def test_export_needs_a_checkpoint(tmp_path):
     _fails(["export", tmp_path / "nope"], "does not exist")
     _fails(["export", tmp_path], "no checkpoint in")
+
+
+def test_export_onnx_for_the_vc_client(run_dir, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    run = tmp_path / "alice"
+    shutil.copytree(run_dir, run)
+    output = " ".join(_ok(["export", run, "--onnx", "--onnx-half"]).output.split())
+    path = run / "export" / "model.onnx"
+    assert f"onnx: {path}" in output and f"onnx-fp16: {run / 'export' / 'model_fp16.onnx'}" in output
+    model = onnx.load(str(path))
+    assert [x.name for x in model.graph.input] == ["feats", "p_len", "pitch", "pitchf", "sid"]
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["metadata"])
+    assert (meta["application"], meta["samplingRate"], meta["embChannels"]) == ("VC_CLIENT", 16000, 80)
+    out = tmp_path / "out.wav"
+    assert "wrote" in _ok(["infer", path, run / "in.wav", out]).output  # arvc infer runs the file
+    audio, sr = sf.read(out)
+    assert sr == 16000 and len(audio) == 16000 and np.isfinite(audio).all()
+    half = tmp_path / "half.wav"
+    _ok(["infer", run / "export" / "model_fp16.onnx", run / "in.wav", half])
+    assert len(sf.read(half)[0]) == 16000
+
+
+def test_export_onnx_without_onnx_names_the_extra_and_writes_nothing(run_dir, tmp_path, monkeypatch):
+    run = tmp_path / "alice"
+    shutil.copytree(run_dir, run)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    _fails(["export", run, "--onnx"], "pip install 'arvc[onnx]'")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before  # nothing written
 
 
 def test_index_then_infer_with_it(run_dir, exported, tmp_path):

@@ -60,14 +60,25 @@ def inspect_command(
 @app.command(name="export")
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, runs/NAME.")],
+    onnx: Annotated[
+        bool,
+        typer.Option("--onnx", help="Also write export/model.onnx for w-okada's VC Client (arvc[onnx])."),
+    ] = False,
+    onnx_half: Annotated[
+        bool,
+        typer.Option(
+            "--onnx-half", help="Also write export/model_fp16.onnx (float16, for the client on a GPU)."
+        ),
+    ] = False,
 ) -> None:
     """Export the run's newest checkpoint to RUN/export (safetensors + json, and RVC's .pth if RVC-sized)."""
+    from arvc.modelfile.export import ExportError
     from arvc.modelfile.read import PretrainedError
     from arvc.train.export import export_run
 
     try:
-        done = export_run(run_dir)
-    except PretrainedError as error:
+        done = export_run(run_dir, onnx=onnx, onnx_half=onnx_half)
+    except (PretrainedError, ExportError, ImportError, OSError) as error:
         fail(str(error))
     _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step})")
     for kind, path in done.written.items():
@@ -136,7 +147,8 @@ def index_command(
 @app.command(name="infer")
 def infer_command(
     model: Annotated[
-        Path, typer.Argument(help="model.safetensors/json, export folder, ckpt_*.pt or RVC .pth.")
+        Path,
+        typer.Argument(help="model.safetensors/json, export folder, ckpt_*.pt, RVC .pth or VC Client .onnx."),
     ],
     input_wav: Annotated[Path, typer.Argument(metavar="INPUT", help="Recording to convert.")],
     output_wav: Annotated[

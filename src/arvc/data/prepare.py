@@ -135,13 +135,23 @@ def data_settings(
     )
 
 
-def recorded_features(data_dir: Path) -> str | None:
-    """The content features (mel, hubert) the data in `data_dir` was preprocessed with; None: not known."""
+def _recorded(data_dir: Path, key: str):
     try:
         recorded = json.loads((Path(data_dir) / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return recorded.get("features") if isinstance(recorded, dict) else None
+    return recorded.get(key) if isinstance(recorded, dict) else None
+
+
+def recorded_features(data_dir: Path) -> str | None:
+    """The content features (mel, hubert) the data in `data_dir` was preprocessed with; None: not known."""
+    return _recorded(data_dir, "features")
+
+
+def recorded_embedder_layer(data_dir: Path) -> int | None:
+    """The HuBERT layer the data in `data_dir` was preprocessed with; None: the default, or not known."""
+    layer = _recorded(data_dir, "embedder_layer")
+    return layer if isinstance(layer, int) else None
 
 
 def prepare_data(

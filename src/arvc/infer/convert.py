@@ -62,12 +62,15 @@ def load_voice_model(path: str | os.PathLike, device: str = AUTO_DEVICE) -> tupl
     """A ready-to-run generator (eval mode, weight norm folded) on `device` and its config; `convert`
     runs where the model is (auto: the GPU when there is one, see :mod:`arvc.device`).
 
-    Reads arvc exports (``model.safetensors``/``model.json`` or their folder), arvc checkpoints
-    and RVC inference ``.pth`` files (config rebuilt from their 18-value list). The generator's
+    Reads arvc exports (``model.safetensors``/``model.json`` or their folder), arvc checkpoints,
+    RVC inference ``.pth`` files (config rebuilt from their 18-value list) and VC Client ``.onnx`` files
+    (run by onnxruntime on the CPU; not seeded by ``convert``'s seed). The generator's
     ``trained_features`` says what content features it was trained on where the file records it (arvc
     exports: mel or hubert), else None; `convert` uses it as its default and holds conversions to it.
     """
     where = resolve_device(device)  # a bad device fails before the file is read
+    if Path(path).suffix.lower() == ".onnx":
+        return _load_onnx(path, device)
     mf = read_model_file(path)
     if mf.generator is None:
         raise PretrainedError(f"{mf.path} is a discriminator file; conversion needs a generator/voice model")
@@ -93,6 +96,20 @@ def load_voice_model(path: str | os.PathLike, device: str = AUTO_DEVICE) -> tupl
     net.trained_features = mf.features
     logger.info("converting on %s", where.describe())
     return net.eval().to(where.device), cfg
+
+
+def _load_onnx(path: str | os.PathLike, device: str):
+    """A VC Client ONNX file, run by onnxruntime on the CPU (see :mod:`arvc.modelfile.onnx`)."""
+    from arvc.modelfile.onnx import load_onnx_voice
+
+    if device not in (AUTO_DEVICE, "cpu"):
+        raise ConvertError(
+            f"--device {device}: arvc runs ONNX models with onnxruntime's CPU provider; drop --device or "
+            "pass cpu (or convert from the model's .safetensors/.pth on the GPU)"
+        )
+    net, cfg = load_onnx_voice(path)
+    logger.info("converting with onnxruntime (CPU): %s", path)
+    return net.eval(), cfg
 
 
 def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -18,7 +18,7 @@ from arvc._files import atomic_file, write_text
 from arvc.config import RunConfig, rvc_config_list
 from arvc.modelfile.formats import EXPORT_FORMAT
 
-__all__ = ["ExportError", "export_generator", "inference_state_dict", "is_rvc_sized"]
+__all__ = ["ExportError", "check_finite", "export_generator", "inference_state_dict", "is_rvc_sized"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def name_some(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
-def _check_finite(weights: dict[str, torch.Tensor], out_dir: Path) -> None:
+def check_finite(weights: dict[str, torch.Tensor], out_dir: Path) -> None:
     """A model with NaN/inf weights is no model: refuse it before anything is written."""
     bad = non_finite_tensors(weights)
     if bad:
@@ -87,7 +87,7 @@ def export_generator(
     on why no `.pth` was written (for repeated exports of one run)."""
     out_dir = Path(out_dir)
     weights = {k: v.float() for k, v in inference_state_dict(generator).items()}
-    _check_finite(weights, out_dir)
+    check_finite(weights, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
 

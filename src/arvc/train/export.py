@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from arvc.data.prepare import recorded_features
+from arvc.data.prepare import recorded_embedder_layer, recorded_features
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator
+from arvc.modelfile.onnx import ONNX_FILE, ONNX_HALF_FILE, export_onnx, require_onnx
 from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
 from arvc.train.checkpoint import latest_checkpoint
 
@@ -22,13 +23,17 @@ class RunExport:
     written: dict[str, Path]  # kind (safetensors, config, pth) -> file
 
 
-def export_run(run_dir: Path) -> RunExport:
-    """Write RUN/export (safetensors + json, and RVC's .pth if RVC-sized) from the newest checkpoint.
-    Raises PretrainedError (a ValueError) naming what is missing or wrong.
+def export_run(run_dir: Path, onnx: bool = False, onnx_half: bool = False) -> RunExport:
+    """Write RUN/export (safetensors + json, and RVC's .pth if RVC-sized) from the newest checkpoint; with
+    `onnx` also RUN/export/model.onnx for the VC Client (:mod:`arvc.modelfile.onnx`), with `onnx_half` its
+    fp16 twin RUN/export/model_fp16.onnx. Raises PretrainedError (a ValueError) naming what is missing or
+    wrong, ImportError when onnx is asked for but not installed (before anything is written).
 
     A run another process is training may be exported (its checkpoints are written atomically): this
     exports its newest checkpoint, and the trainer's own export at the end replaces it."""
     run_dir = Path(run_dir)
+    if onnx or onnx_half:
+        require_onnx()
     if not run_dir.is_dir():
         raise PretrainedError(f"run folder {run_dir} does not exist; pass runs/NAME of a trained run")
     for attempt in range(2):
@@ -47,11 +52,21 @@ def export_run(run_dir: Path) -> RunExport:
                 raise
     net = Synthesizer(mf.config)
     load_state_strict(net, mf.generator, source=mf, cfg=mf.config)
+    features = recorded_features(run_dir / "data")
     written = export_generator(
-        net,
-        mf.config,
-        run_dir / "export",
-        info=f"arvc {mf.optimizer} epoch {mf.epoch}",
-        features=recorded_features(run_dir / "data"),
+        net, mf.config, run_dir / "export", info=f"arvc {mf.optimizer} epoch {mf.epoch}", features=features
     )
+    for kind, asked, name, half in (
+        ("onnx", onnx, ONNX_FILE, False),
+        ("onnx-fp16", onnx_half, ONNX_HALF_FILE, True),
+    ):
+        if asked:
+            written[kind] = export_onnx(
+                net,
+                mf.config,
+                run_dir / "export" / name,
+                embedder_layer=recorded_embedder_layer(run_dir / "data"),
+                features=features,
+                half=half,
+            )
     return RunExport(checkpoint, mf.epoch, mf.step, written)
