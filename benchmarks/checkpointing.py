@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import torch
+from rvc_step import _batch  # benchmarks/ is on the path when this script runs
 
 from arvc.config import apply_overrides, load_config
-from arvc.data.dataset import Batch
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.model.checkpointing import set_checkpointing
 from arvc.optim.denormals import flush_denormals
@@ -35,23 +35,6 @@ from arvc.train.step import GanStep
 
 MIB = 1 << 20
 CASES = ("tiny:2", "v2-40k:1")
-
-
-def _batch(cfg, batch_size: int, frames: int) -> Batch:
-    g = torch.Generator().manual_seed(0)
-    d = cfg.data
-    return Batch(
-        phone=torch.randn(batch_size, frames, d.feature_dim, generator=g),
-        phone_lengths=torch.full((batch_size,), frames),
-        pitch=torch.randint(1, 255, (batch_size, frames), generator=g),
-        pitchf=torch.rand(batch_size, frames, generator=g) * 200 + 100,
-        spec=torch.rand(batch_size, d.filter_length // 2 + 1, frames, generator=g),
-        spec_lengths=torch.full((batch_size,), frames),
-        wave=torch.randn(batch_size, 1, frames * d.hop_length, generator=g) * 0.1,
-        wave_lengths=torch.full((batch_size,), frames * d.hop_length),
-        sid=torch.zeros(batch_size, dtype=torch.long),
-        index=torch.arange(batch_size),
-    )
 
 
 def _rss() -> int:

@@ -77,3 +77,29 @@ def gpus(monkeypatch):
         monkeypatch.setattr(torch.version, "cuda", "12.8" if cuda_build else None)
 
     return simulate
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """Rich wraps to the terminal width; a wide console keeps the strings under test on one line (a module
+    takes it with `pytestmark = pytest.mark.usefixtures("wide_console")`)."""
+    from rich.console import Console
+
+    import arvc.cli._app
+
+    monkeypatch.setattr(arvc.cli._app, "console", Console(width=300))
+
+
+@pytest.fixture(scope="module")
+def three_recordings(tmp_path_factory):
+    """Three short recordings (one generated demo clip under three names)."""
+    import shutil
+
+    from arvc.data.demo import generate_demo_voice
+
+    source = tmp_path_factory.mktemp("source")
+    (clip,) = generate_demo_voice(source, seconds=8, sr=16000, seed=2)
+    folder = tmp_path_factory.mktemp("recordings")
+    for name in ("a.wav", "b.wav", "c.wav"):
+        shutil.copy(clip, folder / name)
+    return folder

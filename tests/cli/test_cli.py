@@ -17,10 +17,7 @@ from arvc.optim import OPTIMIZERS
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    """Rich wraps to the terminal width; a wide console keeps the strings under test on one line."""
-    monkeypatch.setattr(arvc.cli._app, "console", Console(width=200))
+pytestmark = pytest.mark.usefixtures("wide_console")  # tests/conftest.py
 
 
 def test_optimizers_table_lists_every_optimizer_in_rating_order():

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from rich.console import Console
 from typer.testing import CliRunner
 
-import arvc.cli._app
 from arvc.cli import app
 from arvc.config import load_config
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
@@ -22,9 +20,7 @@ from arvc.train.checkpoint import checkpoint_path
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setattr(arvc.cli._app, "console", Console(width=250))
+pytestmark = pytest.mark.usefixtures("wide_console")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

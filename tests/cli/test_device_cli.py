@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import torch
-from rich.console import Console
 from typer.testing import CliRunner
 
 import arvc.cli._app
@@ -19,9 +18,7 @@ from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setattr(arvc.cli._app, "console", Console(width=300))
+pytestmark = pytest.mark.usefixtures("wide_console")  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)

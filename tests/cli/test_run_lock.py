@@ -11,19 +11,15 @@ import subprocess
 import sys
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
-import arvc.cli._app
 from arvc.cli import app
 from arvc.train.runlock import RUN_LOCK
 
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setattr(arvc.cli._app, "console", Console(width=300))
+pytestmark = pytest.mark.usefixtures("wide_console")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

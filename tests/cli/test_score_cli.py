@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from rich.console import Console
 from typer.testing import CliRunner
 
-import arvc.cli._app
 from arvc.audio.io import resample
 from arvc.cli import app
 from arvc.data.demo import synthesize_speech
@@ -18,9 +16,7 @@ from arvc.data.demo import synthesize_speech
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setattr(arvc.cli._app, "console", Console(width=250))
+pytestmark = pytest.mark.usefixtures("wide_console")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,10 @@ Through the CLI, as a user meets it: `error:` line, exit status 1, no traceback,
 """
 
 import json
-import shutil
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
-import arvc.cli._app
 from arvc.cli import app
 
 runner = CliRunner()
@@ -25,21 +22,7 @@ SMALL_V2 = [
 QUICK = ["--batch-size", "2", "--epochs", "1", "--max-steps", "1"]
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setattr(arvc.cli._app, "console", Console(width=300))
-
-
-@pytest.fixture(scope="module")
-def three_recordings(tmp_path_factory):
-    from arvc.data.demo import generate_demo_voice
-
-    source = tmp_path_factory.mktemp("source")
-    (clip,) = generate_demo_voice(source, seconds=8, sr=16000, seed=2)
-    folder = tmp_path_factory.mktemp("recordings")
-    for name in ("a.wav", "b.wav", "c.wav"):
-        shutil.copy(clip, folder / name)
-    return folder
+pytestmark = pytest.mark.usefixtures("wide_console")  # tests/conftest.py
 
 
 def cli(*args):

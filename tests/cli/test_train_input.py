@@ -10,33 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 from typer.testing import CliRunner
 
-import arvc.cli._app
 from arvc.cli import app
 from arvc.config import RunConfig, load_config
 
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    """Rich wraps to the terminal width; a wide console keeps the strings under test on one line."""
-    monkeypatch.setattr(arvc.cli._app, "console", Console(width=300))
-
-
-@pytest.fixture(scope="module")
-def three_recordings(tmp_path_factory):
-    """Three short recordings (one generated demo clip under three names)."""
-    from arvc.data.demo import generate_demo_voice
-
-    source = tmp_path_factory.mktemp("source")
-    (clip,) = generate_demo_voice(source, seconds=8, sr=16000, seed=2)
-    folder = tmp_path_factory.mktemp("recordings")
-    for name in ("a.wav", "b.wav", "c.wav"):
-        shutil.copy(clip, folder / name)
-    return folder
+pytestmark = pytest.mark.usefixtures("wide_console")  # tests/conftest.py
 
 
 @pytest.fixture

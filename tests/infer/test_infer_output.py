@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from rich.console import Console
 from typer.testing import CliRunner
 
 import arvc.cli._app
@@ -26,9 +25,7 @@ from arvc.modelfile.export import export_generator
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setattr(arvc.cli._app, "console", Console(width=300))
+pytestmark = pytest.mark.usefixtures("wide_console")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from rich.console import Console
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import arvc.cli._app
 from arvc.cli import app
 from arvc.config import RunConfig, load_config, rvc_config_list
 from arvc.model import Synthesizer
@@ -22,9 +20,7 @@ from arvc.modelfile.merge import MergeError, parse_weights
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setattr(arvc.cli._app, "console", Console(width=250))
+pytestmark = pytest.mark.usefixtures("wide_console")  # tests/conftest.py
 
 
 def _ok(args):
