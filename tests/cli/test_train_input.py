@@ -6,6 +6,7 @@ Through the CLI, as a user meets it: `error:` line, exit status 1, no traceback,
 import json
 import re
 import shutil
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from arvc.cli import app
-from arvc.config import RunConfig, load_config
+from arvc.config import BUILTIN_CONFIGS, RunConfig, load_config
+from arvc.modelfile.export import is_rvc_sized
 
 runner = CliRunner()
 
@@ -91,9 +93,24 @@ def test_several_bad_values_are_all_named():
         assert key in str(caught.value)
 
 
-def test_every_builtin_config_is_valid():
-    for name in ("tiny", "v2-32k", "v2-40k", "v2-48k"):
-        load_config(name).validate()
+def test_the_builtin_configs_are_every_packaged_preset():
+    packaged = {p.name.removesuffix(".json") for p in (resources.files("arvc") / "configs").iterdir()}
+    assert set(BUILTIN_CONFIGS) == packaged
+    assert {"v1-32k", "v1-40k", "v1-48k", "v2-32k", "v2-40k", "v2-48k"} <= packaged
+
+
+@pytest.mark.parametrize("name", BUILTIN_CONFIGS)
+def test_every_builtin_config_is_valid_and_a_bad_value_on_it_is_refused(tmp_path, recordings, name):
+    """Each preset passes `train`'s checks (the one error is the bad value's) and takes the same checks."""
+    cfg = load_config(name)
+    cfg.validate()
+    runs = tmp_path / "runs"
+    mel = ["--allow-mel-rvc-config"] if is_rvc_sized(cfg) else []  # RVC presets on mel: test_settings.py
+    args = ["--config", name, *mel, "--set", "train.log_interval=0", "--max-steps", "1"]
+    result = cli("train", recordings, "--runs-dir", runs, "--name", "x", *args)
+    assert_refused(result)
+    assert result.output.strip() == "error: invalid config: train.log_interval = 0 must be an integer >= 1"
+    assert not runs.exists()
 
 
 # --- 4. a run name is one path component -------------------------------------------------------------
