@@ -78,6 +78,9 @@ class OptimInfo:
     # True: the reference runs on parameters of the tested dtype (torch's own classes keep their state
     # in the parameter's dtype); False: it runs in float32 on a float32 copy (arvc's float32 master math).
     reference_in_param_dtype: bool
+    # Constructor arguments that set the moments' storage dtype (AnyPrecisionAdamW's); torch's own classes
+    # keep them in the parameter's dtype, arvc's others keep float32 moments for any parameter.
+    moment_dtype_kwargs: tuple[str, ...] = ()
     kwargs: dict = field(default_factory=dict)  # extra constructor arguments for build_optimizer
     needs: str | None = None  # a module the reference needs
     tolerance_overrides: dict = field(default_factory=dict)  # dtype -> (rtol, atol), with a reason
@@ -124,6 +127,7 @@ TABLE = (
         lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, foreach=False),
         fused_dtypes=(torch.float32, torch.bfloat16, torch.float16),
         reference_in_param_dtype=False,
+        moment_dtype_kwargs=("momentum_dtype", "variance_dtype"),
         # Its moments are float32 unless momentum_dtype/variance_dtype say otherwise, float64 params too.
         tolerance_overrides={torch.float64: SAME_DTYPE_TOLERANCES[torch.float32]},
     ),
