@@ -247,7 +247,7 @@ def test_data_at_another_sample_rate_is_a_clear_error_not_a_silent_redo(tmp_path
     assert_refused(
         result,
         "preprocessed at 40000 Hz but config tiny trains at 16000 Hz",
-        "--config v2-40k",
+        "--config v2-40k after preprocessing again with --features hubert --hubert PATH",
         "--sample-rate 16000",
         "nothing was changed",
     )

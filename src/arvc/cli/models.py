@@ -90,7 +90,9 @@ def merge_command(
     models: Annotated[
         list[Path],
         typer.Argument(
-            metavar="MODEL", help="Two or more models: RVC .pth, model.safetensors/json or export folders."
+            metavar="MODEL",
+            help="Two or more models: RVC .pth, arvc checkpoints (ckpt_*.pt), model.safetensors/json or "
+            "export folders.",
         ),
     ],
     output: Annotated[

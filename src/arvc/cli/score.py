@@ -59,7 +59,7 @@ def score_command(
 ) -> None:
     """Score conversions against their originals: F0 RMSE/correlation, V/UV error, MCD, PESQ, STOI.
 
-    Folders are paired by file name without the extension.
+    Folders are paired by relative path without the extension, subfolders too (a/b.wav with a/b.flac).
     No DTW: each conversion must be of the same take, time-aligned with its original.
     """
     from arvc.audio.io import AudioLoadError

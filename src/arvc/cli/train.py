@@ -221,9 +221,15 @@ def train(
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default 1e-3).")] = None,
     betas: Annotated[str | None, typer.Option(help="beta1,beta2 (default RVC's 0.8,0.99).")] = None,
-    eps: Annotated[float | None, typer.Option(help="Epsilon (default RVC's 1e-9).")] = None,
+    eps: Annotated[
+        float | None,
+        typer.Option(
+            help="Epsilon in Adam's meaning (default RVC's 1e-9; AdaBelief/AdaBeliefV2 get its square, "
+            "1e-18; a value given here is used as is)."
+        ),
+    ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(help="Decoupled weight decay (default: the optimizer's).")
+        float | None, typer.Option(help="Decoupled weight decay (default: RVC's 0.01, for every optimizer).")
     ] = None,
     use_8bit: Annotated[
         bool | None, typer.Option("--use-8bit", help="bitsandbytes AdamW8bit (arvc\\[bnb]).")

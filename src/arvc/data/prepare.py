@@ -68,6 +68,17 @@ def preprocessed_from(data_dir: Path) -> DataSource | None:
     return DataSource(None, demo)
 
 
+def _train_at_rate(config: str, features: str | None) -> str:
+    """The advice to train data preprocessed at another rate with `config`, the config for that rate: an
+    RVC config (v2-*) needs HuBERT features, so mel data needs preprocessing again for it."""
+    if features == "mel" and config != "tiny":
+        return (
+            f"train with --config {config} after preprocessing again with --features hubert --hubert PATH "
+            f"(config {config} needs HuBERT features and this data has mel features), "
+        )
+    return f"train with --config {config} to use it, "
+
+
 def data_settings(
     data_dir: Path,
     cfg: RunConfig,
@@ -99,7 +110,7 @@ def data_settings(
         other = _CONFIG_FOR_RATE.get(rate)
         problems.append(
             f"it was preprocessed at {rate} Hz but config {cfg.name} trains at {cfg.data.sampling_rate} Hz: "
-            + (f"train with --config {other} to use it, " if other else "")
+            + (_train_at_rate(other, recorded.get("features")) if other else "")
             + f"or preprocess again with --sample-rate {cfg.data.sampling_rate}"
         )
     dim = recorded.get("feature_dim")
