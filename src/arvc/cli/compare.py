@@ -122,6 +122,7 @@ def compare(
     from arvc.compare.runner import check_request, run_compare
     from arvc.data.preprocess import DataError
     from arvc.train.checkpoint import CheckpointError
+    from arvc.train.errors import SaveInterrupted
     from arvc.train.loop import TrainError
 
     overrides = {"train.batch_size": batch_size} if batch_size is not None else None
@@ -158,6 +159,8 @@ def compare(
                 device=device,
                 allow_mel_rvc_config=allow_mel_rvc_config,
             )
+    except SaveInterrupted as error:  # a second Ctrl-C during a contestant's save: the signal's status, not 1
+        fail(str(error), error.exit_status)
     except (DataError, TrainError, CheckpointError, ValueError) as error:
         fail(str(error))
     if result.stopped_by:

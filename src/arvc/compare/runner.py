@@ -35,6 +35,7 @@ from arvc.optim import get_spec, state_bytes_per_param
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
+from arvc.train.errors import SaveInterrupted
 from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, STOP_REQUEST, TrainOptions, train
 from arvc.train.optimizers import bf16_weights
@@ -545,7 +546,9 @@ def _run_all(variants, run_seeds, out_dir, cfg, contest: _Contest):
             logger.info("%s seed %d: training (%d/%d)", variant.name, run_seed, index, count)
             try:
                 result, stopped_by = _run_one(variant, run_dir, seed_cfg, contest)
-            except RunLocked:  # another process trains this contestant's run: the comparison cannot go on
+            # another process trains this contestant's run, or the user pressed Ctrl-C again during its
+            # checkpoint write: the comparison cannot (must not) go on to the next contestant
+            except (RunLocked, SaveInterrupted):
                 raise
             except Exception as error:  # one failing contestant (e.g. no bitsandbytes) must not end the rest
                 logger.error("%s seed %d failed: %s", variant.name, run_seed, error)
