@@ -490,15 +490,20 @@ def run_compare(
         prepare_data(cfg, out_dir, dataset_dir)
         train_dir, split = split_dataset(out_dir / "data", out_dir, holdout_fraction, seed)
         pieces = sum(1 for line in (train_dir / "filelist.txt").read_text().splitlines() if line.strip())
-        if pieces < cfg.train.batch_size:  # every contestant would fail the same way, one after another
+        step_batch = cfg.train.step_batch  # the items of one optimizer step: batch x accumulate
+        if pieces < step_batch:  # every contestant would fail the same way, one after another
+            asked, lower = f"batch size {cfg.train.batch_size}", "--batch-size"
+            if cfg.train.accumulate > 1:
+                asked += f" x accumulate {cfg.train.accumulate} = {step_batch} items per step"
+                lower += " or train.accumulate"
             raise DataError(
-                f"batch size {cfg.train.batch_size} is larger than the comparison's training pieces "
-                f"({pieces}; {len(split.held)} more are held out); lower --batch-size or add more audio"
+                f"{asked} is larger than the comparison's training pieces "
+                f"({pieces}; {len(split.held)} more are held out); lower {lower} or add more audio"
             )
-        warnings = warmup_warnings(variants, cfg, pieces // cfg.train.batch_size, max_steps)
+        warnings = warmup_warnings(variants, cfg, pieces // step_batch, max_steps)
         for warning in warnings:
             logger.warning("%s", warning)
-        steps = cfg.train.epochs * (pieces // cfg.train.batch_size)
+        steps = cfg.train.epochs * (pieces // step_batch)
         steps = min(steps, max_steps) if max_steps is not None else steps
         if steps < MIN_RANKING_STEPS:  # said before the wait; the report is marked from the runs themselves
             logger.warning("%s", short_run_warning(steps))
