@@ -46,7 +46,9 @@ def test_resume_refuses_changes_that_cannot_continue_the_run(trained_run, tmp_pa
 
 def test_best_json_follows_its_checkpoint_when_a_resume_abandons_it(tmp_path):
     """export/best/best.json named a checkpoint that a resume from an older one had moved to
-    checkpoints/abandoned/: it now says where that checkpoint is (and why)."""
+    checkpoints/abandoned/: it now says where that checkpoint is (and why). A second resume from the same
+    checkpoint moved the first continuation's checkpoints into the same folder, over the first run's of the
+    same names: best.json then named other weights, and the first continuation's were lost."""
     import json
 
     from arvc.data.demo import generate_demo_voice
@@ -62,10 +64,30 @@ def test_best_json_follows_its_checkpoint_when_a_resume_abandons_it(tmp_path):
         record["checkpoint"] = epoch_2.name
         (run / "export" / "best" / "best.json").write_text(json.dumps(record))
 
-    step_1 = int(epoch_1.stem.split("_S")[1])
-    resumed = runner.invoke(app, ["train", "--resume", str(epoch_1), "--max-steps", str(step_1 + 1)])
+    original = epoch_2.stat().st_ino  # a move keeps the file (its inode); an overwrite replaces it
+
+    # A continuation to the end of epoch 2 writes a checkpoint of the same name as the one it replaces.
+    resumed = runner.invoke(app, ["train", "--resume", str(epoch_1), "--epochs", "2"])
     assert resumed.exit_code == 0, resumed.output
+    assert (run / "checkpoints" / epoch_2.name).is_file()
     record = json.loads((run / "export" / "best" / "best.json").read_text())
-    assert record["checkpoint"] == f"abandoned/{epoch_2.name}", record
-    assert (run / "checkpoints" / record["checkpoint"]).is_file()
+    if record["checkpoint"] != epoch_2.name:  # the continuation's epoch 2 did not validate better
+        first_stamp = record["checkpoint"].split("/")[1]
+        assert record["checkpoint"] == f"abandoned/{first_stamp}/{epoch_2.name}", record
+        assert epoch_1.name in record["note"]
+    best = run / "checkpoints" / record["checkpoint"]
+    assert best.is_file()
+    best_file = best.stat().st_ino
+
+    # Back to epoch 1 again: the first continuation's checkpoints go aside too, beside (not over) the
+    # checkpoints the first resume moved there; best.json still names the weights it named.
+    step_1 = int(epoch_1.stem.split("_S")[1])
+    again = runner.invoke(app, ["train", "--resume", str(epoch_1), "--max-steps", str(step_1 + 1)])
+    assert again.exit_code == 0, again.output
+    moved = sorted((run / "checkpoints" / "abandoned").rglob(epoch_2.name))
+    assert len(moved) == 2 and len({p.parent for p in moved}) == 2, moved
+    assert original in {p.stat().st_ino for p in moved}, "the first run's epoch 2 was overwritten"
+    record = json.loads((run / "export" / "best" / "best.json").read_text())
+    assert record["checkpoint"].startswith("abandoned/") and record["checkpoint"].endswith(epoch_2.name)
+    assert (run / "checkpoints" / record["checkpoint"]).stat().st_ino == best_file, record
     assert epoch_1.name in record["note"]

@@ -119,6 +119,12 @@ def _plan(free_mib, batch=None, accumulate=1, mode="auto", target=8, limit=64):
         # 250 MiB: 100 of room: 1 plain, 2 checkpointed: 4 x 2.
         (250, {}, (2, 4, True)),
         (250, {"mode": "off"}, (1, 8, False)),  # checkpointing refused: accumulation alone
+        # Fewer training pieces than the target (limit 5, 7): 3 x 2 and 4 x 2 items per step were more than
+        # the dataset has, and the run was refused. The most items up to the limit, in equal micro-batches.
+        (250, {"limit": 5}, (1, 5, True)),
+        (250, {"limit": 7}, (1, 7, True)),
+        (250, {"limit": 6}, (2, 3, True)),
+        (500, {"limit": 5}, (5, 1, True)),  # 7 fit checkpointed: the whole dataset in one batch
         (2000, {"mode": "on"}, (37, 1, True)),
         # The accumulation asked for is kept (target: batch 8 x 4): the micro-batch is fitted.
         (500, {"accumulate": 4, "target": 32}, (7, 4, True)),
@@ -132,6 +138,14 @@ def _plan(free_mib, batch=None, accumulate=1, mode="auto", target=8, limit=64):
 def test_plan_prefers_checkpointing_and_accumulation_over_a_batch_that_spills(free, kwargs, expected):
     plan = _plan(free, **kwargs)
     assert (plan.batch_size, plan.accumulate, plan.checkpointing) == expected, plan.reason
+
+
+@pytest.mark.parametrize("free", [250, 300, 500])
+def test_an_auto_plan_never_asks_for_more_items_per_step_than_the_dataset_has(free):
+    for limit in range(1, 20):
+        for target in range(1, 20):
+            plan = _plan(free, target=target, limit=limit)
+            assert 1 <= plan.batch_size * plan.accumulate <= limit, (limit, target, plan)
 
 
 def test_plan_says_why():

@@ -326,6 +326,28 @@ def test_nproc_that_does_not_divide_the_batch_is_refused_before_any_work(tmp_pat
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.parametrize("nproc, device", [(None, "auto"), ("2", "cpu")])
+def test_the_nproc_launcher_preprocesses_on_the_cpu(tmp_path, monkeypatch, nproc, device):
+    """`arvc train --nproc N` preprocesses in the launcher, which then only waits for its N processes: with
+    --device auto an analyser there (rmvpe, hubert, crepe) held a CUDA context on GPU 0 for the whole run.
+    The device each preprocessing got is recorded (no GPU here); the launch itself is not run."""
+    import typer
+
+    from arvc.train import distributed, request
+
+    got = []
+    monkeypatch.setattr(request, "prepare_data", lambda *args, **kwargs: got.append(kwargs["device"]))
+    monkeypatch.setattr(distributed, "launch", lambda n, args: 0)
+
+    def no_training(*args):  # one process: the training itself is not what is checked
+        raise typer.Exit(0)
+
+    monkeypatch.setattr("arvc.cli.train._run", no_training)
+    args = ["train", "--runs-dir", str(tmp_path), "--batch-size", "2", "--max-steps", "1"]
+    result = CliRunner().invoke(app, [*args, *(["--nproc", nproc] if nproc else [])])
+    assert result.exit_code == 0 and got == [device], result.output
+
+
 def test_arvc_train_nproc_2_ctrl_c_then_resume(tmp_path, data_dir):
     """`arvc train --nproc 2`: Ctrl-C (to the process group, as a terminal sends it) stops both ranks,
     rank 0 alone saves and reports, exit status 130 (SIGINT's); `--resume --nproc 2` continues from there."""

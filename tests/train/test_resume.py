@@ -113,7 +113,8 @@ def test_pruning_keeps_what_a_resume_from_an_older_checkpoint_writes(tmp_path, d
     assert latest_checkpoint(tmp_path / "run") == written, "--resume RUN must continue from it"
     assert list_checkpoints(tmp_path / "run") == [e1, written]
     abandoned = tmp_path / "run" / "checkpoints" / "abandoned"
-    assert sorted(p.name for p in abandoned.iterdir()) == [e2.name, e3.name], "moved aside, not deleted"
+    (folder,) = abandoned.iterdir()  # this resume's own folder, abandoned/<UTC time>/
+    assert sorted(p.name for p in folder.iterdir()) == [e2.name, e3.name], "moved aside, not deleted"
 
 
 def test_the_config_chooses_the_schedule_and_its_warmup(tmp_path, data_dir):
@@ -139,4 +140,5 @@ def test_resuming_a_renamed_checkpoint_moves_aside_only_what_comes_after_it(tmp_
     assert list_checkpoints(tmp_path) == names
     assert abandon_later_checkpoints(tmp_path, renamed, position=(4, 9)) == [names[2]]
     assert list_checkpoints(tmp_path) == names[:2]
-    assert (tmp_path / "checkpoints" / "abandoned" / names[2].name).read_bytes() == b"ckpt"
+    (moved,) = (tmp_path / "checkpoints" / "abandoned").glob(f"*/{names[2].name}")
+    assert moved.read_bytes() == b"ckpt"

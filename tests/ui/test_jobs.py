@@ -212,3 +212,15 @@ def test_the_train_tab_passes_content_features_and_hubert_so_an_rvc_config_can_s
     start("", "r", "v2-40k", ui_app.AUTO_F0, "", "hubert", "missing_hubert.pt", **common)
     assert "--features hubert needs --hubert" in said[-1] and "missing_hubert.pt" in said[-1], said
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_comparison_on_an_rvc_config_with_mel_features_takes_no_slot(tmp_path):
+    """The Compare job's pre-check left out the config, overrides and --allow-mel-rvc-config: it checked
+    "tiny", took the slot and refused in the job's thread."""
+    jobs = Jobs()
+    out = tmp_path / "compare" / "x"
+    with pytest.raises(ValueError, match="--allow-mel-rvc-config"):
+        jobs.start_compare(None, out, "AdamW", config="v2-40k", epochs=1, seeds=1)
+    with pytest.raises(ValueError, match="hidden_channels"):
+        jobs.start_compare(None, out, "AdamW", overrides={"model.hidden_channels": 0}, epochs=1, seeds=1)
+    assert jobs.status() is None and not (tmp_path / "compare").exists()

@@ -122,6 +122,8 @@ def compare(
     from arvc.compare.runner import check_request, run_compare
     from arvc.data.preprocess import DataError
     from arvc.train.checkpoint import CheckpointError
+    from arvc.train.errors import SaveInterrupted
+    from arvc.train.faults import exit_status
     from arvc.train.loop import TrainError
 
     overrides = {"train.batch_size": batch_size} if batch_size is not None else None
@@ -158,9 +160,19 @@ def compare(
                 device=device,
                 allow_mel_rvc_config=allow_mel_rvc_config,
             )
+    except SaveInterrupted as error:  # a second Ctrl-C during a contestant's save: the signal's status, not 1
+        fail(str(error), error.exit_status)
     except (DataError, TrainError, CheckpointError, ValueError) as error:
         fail(str(error))
-    if result.stopped_by:
+    status = exit_status(result.stopped_by)  # as `arvc train`: `arvc compare ... && next` stops here
+    if status is not None:  # (the report of the runs finished so far is written)
+        console.print(
+            f"stopped by {result.stopped_by}; run the same command again to continue\n"
+            f"(exit status {status}: the comparison is not finished)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(status)
+    if result.stopped_by:  # the web UI's stop request (not reachable from here, kept for the API's sake)
         console.print(f"stopped by {result.stopped_by}; run the same command again to continue")
         return
     for name, seed, error in result.failures:

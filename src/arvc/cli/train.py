@@ -388,9 +388,15 @@ def train(
         fail(str(error))
     run_dir, settings = plan.run_dir, plan.settings
 
+    launcher = nproc is not None and nproc > 1  # this process only starts and waits for the ranks
+
     def prepare() -> None:
+        # The launcher preprocesses on the CPU: an analyser run here on CUDA (rmvpe, hubert, crepe) would
+        # keep a CUDA context (hundreds of MB) on GPU 0 beside rank 0's for the whole run, since a process
+        # cannot give its context back. (Preprocessing in rank 0 instead would keep the other ranks waiting
+        # in a collective, which fails after distributed.TIMEOUT on a large dataset.)
         with _preprocess_progress() as progress:
-            prepare_run(plan, progress)
+            prepare_run(plan, progress, device="cpu" if launcher else None)
 
     try:
         # under torchrun: join the other processes; one process trains a run at a time (its lock)
@@ -398,7 +404,7 @@ def train(
             if not ranks.is_main:
                 logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports for all
             ranks.on_main(prepare, "prepare the data")  # once, before any process reads it
-            if nproc is not None and nproc > 1:  # start N processes that run this command without --nproc
+            if launcher:  # start N processes that run this command without --nproc
                 raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
             result = _run(ranks.is_main, run_training, plan.options)
     except SaveInterrupted as error:  # a second Ctrl-C during the save: the signal's status, not 1

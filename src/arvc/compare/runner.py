@@ -35,6 +35,7 @@ from arvc.optim import get_spec, state_bytes_per_param
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
+from arvc.train.errors import SaveInterrupted
 from arvc.train.logs import read_metrics
 from arvc.train.loop import PRECISIONS, STOP_REQUEST, TrainOptions, train
 from arvc.train.optimizers import bf16_weights
@@ -489,15 +490,20 @@ def run_compare(
         prepare_data(cfg, out_dir, dataset_dir)
         train_dir, split = split_dataset(out_dir / "data", out_dir, holdout_fraction, seed)
         pieces = sum(1 for line in (train_dir / "filelist.txt").read_text().splitlines() if line.strip())
-        if pieces < cfg.train.batch_size:  # every contestant would fail the same way, one after another
+        step_batch = cfg.train.step_batch  # the items of one optimizer step: batch x accumulate
+        if pieces < step_batch:  # every contestant would fail the same way, one after another
+            asked, lower = f"batch size {cfg.train.batch_size}", "--batch-size"
+            if cfg.train.accumulate > 1:
+                asked += f" x accumulate {cfg.train.accumulate} = {step_batch} items per step"
+                lower += " or train.accumulate"
             raise DataError(
-                f"batch size {cfg.train.batch_size} is larger than the comparison's training pieces "
-                f"({pieces}; {len(split.held)} more are held out); lower --batch-size or add more audio"
+                f"{asked} is larger than the comparison's training pieces "
+                f"({pieces}; {len(split.held)} more are held out); lower {lower} or add more audio"
             )
-        warnings = warmup_warnings(variants, cfg, pieces // cfg.train.batch_size, max_steps)
+        warnings = warmup_warnings(variants, cfg, pieces // step_batch, max_steps)
         for warning in warnings:
             logger.warning("%s", warning)
-        steps = cfg.train.epochs * (pieces // cfg.train.batch_size)
+        steps = cfg.train.epochs * (pieces // step_batch)
         steps = min(steps, max_steps) if max_steps is not None else steps
         if steps < MIN_RANKING_STEPS:  # said before the wait; the report is marked from the runs themselves
             logger.warning("%s", short_run_warning(steps))
@@ -545,7 +551,9 @@ def _run_all(variants, run_seeds, out_dir, cfg, contest: _Contest):
             logger.info("%s seed %d: training (%d/%d)", variant.name, run_seed, index, count)
             try:
                 result, stopped_by = _run_one(variant, run_dir, seed_cfg, contest)
-            except RunLocked:  # another process trains this contestant's run: the comparison cannot go on
+            # another process trains this contestant's run, or the user pressed Ctrl-C again during its
+            # checkpoint write: the comparison cannot (must not) go on to the next contestant
+            except (RunLocked, SaveInterrupted):
                 raise
             except Exception as error:  # one failing contestant (e.g. no bitsandbytes) must not end the rest
                 logger.error("%s seed %d failed: %s", variant.name, run_seed, error)

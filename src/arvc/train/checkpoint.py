@@ -12,10 +12,12 @@ config (`check_resume_config`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def best_record(run_dir: Path) -> Path:
     """export/best/best.json: the best held-out epoch's scores and its checkpoint, as a name inside
-    checkpoints/ ("abandoned/NAME" once a resume from an older checkpoint moved it there)."""
+    checkpoints/ ("abandoned/<UTC time>/NAME" once a resume from an older checkpoint moved it there)."""
     return Path(run_dir) / "export" / "best" / "best.json"
 
 
@@ -130,6 +132,23 @@ def prune_checkpoints(
         old.unlink(missing_ok=True)
 
 
+def _abandoned_folder(run_dir: Path) -> Path:
+    """A new folder checkpoints/abandoned/<UTC time>/ for one resume's abandoned checkpoints: a second
+    resume from the same checkpoint abandons a continuation whose checkpoints have the same names as the
+    first's, which one shared folder would overwrite (and best.json would name other weights)."""
+    parent = Path(run_dir) / "checkpoints" / "abandoned"
+    parent.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    for attempt in itertools.count(1):  # unique even for two resumes within a microsecond
+        folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")
+
+
 def abandon_later_checkpoints(
     run_dir: Path, resume_from: Path, position: tuple[int, int] | None = None
 ) -> list[Path]:
@@ -137,7 +156,8 @@ def abandon_later_checkpoints(
 
     They belong to the continuation this resume replaces; left in place they would sort after the new
     checkpoints (by epoch and step), so `--resume RUN` would pick them and pruning would delete what the
-    resumed run writes. They go to checkpoints/abandoned/ (not deleted; move them back to use them).
+    resumed run writes. They go to a new folder checkpoints/abandoned/<UTC time>/ per resume (not deleted,
+    never overwritten; move them back to use them).
     "Later" is after `position`, the (epoch, step) the resumed checkpoint holds; without it, its file
     name's, and a file renamed by the user (no position in its name) moves nothing."""
     resume_from = Path(resume_from)
@@ -147,21 +167,20 @@ def abandon_later_checkpoints(
     later = [p for p in list_checkpoints(run_dir) if checkpoint_position(p) > tuple(at)]
     if not later or resume_from.parent.resolve() != (Path(run_dir) / "checkpoints").resolve():
         return []
-    folder = Path(run_dir) / "checkpoints" / "abandoned"
-    folder.mkdir(exist_ok=True)
+    folder = _abandoned_folder(run_dir)
     for path in later:
         os.replace(path, folder / path.name)
     named = _best_checkpoint(run_dir)
     if named is not None and named[1] in {p.name for p in later}:  # best.json follows its checkpoint
         record, name = named
-        record["checkpoint"] = f"{folder.name}/{name}"
+        record["checkpoint"] = folder.joinpath(name).relative_to(Path(run_dir) / "checkpoints").as_posix()
         record["note"] = (
             f"the run was resumed from the older {resume_from.name}: this model and its checkpoint belong "
             "to the continuation that resume replaced (export/best is replaced when the new one validates "
             "better)"
         )
         write_text(best_record(run_dir), json.dumps(record, indent=2))
-        logger.warning("%s now names checkpoints/%s/%s", best_record(run_dir), folder.name, name)
+        logger.warning("%s now names checkpoints/%s", best_record(run_dir), record["checkpoint"])
     logger.warning(
         "resuming from %s, an older checkpoint of this run: its %d later checkpoint(s) (%s) were moved "
         "to %s, since this run replaces them",

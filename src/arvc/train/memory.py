@@ -262,7 +262,8 @@ def plan_memory(
     `limit` items per step; where that is below `target` items (the config's batch x accumulate), auto
     checkpointing is switched on if more items then fit, and (`accumulate` 1) the step accumulates
     N = ceil(target / fit) micro-batches of ceil(target / N) items -- the update of a batch of `target`
-    instead of a batch that spills or a smaller one."""
+    instead of a batch that spills or a smaller one -- never more than `limit` items per step (where the
+    dataset is smaller than `target`: as many items as it has, in equal micro-batches)."""
     room = None if free is None else HEADROOM * free
     size = lambda items, on: (fixed + activations.per_item(on) * items) / GIB  # noqa: E731
     where = f"{round(HEADROOM * 100)}% of the {free / GIB:.2f} GiB {what}" if free is not None else what
@@ -294,6 +295,11 @@ def plan_memory(
         return MemoryPlan(fit, accumulate, on, why)
     n = math.ceil(target / fit)
     micro = math.ceil(target / n)
+    if micro * n > limit:  # more items per step than the dataset has (one near or below the batch asked)
+        # the most items up to `limit` in equal micro-batches of at most `fit`; the fewer, the faster
+        micro, n = max(
+            ((min(fit, limit // k), k) for k in range(1, limit + 1)), key=lambda p: (p[0] * p[1], -p[1])
+        )
     why += (
         f"; a batch of {target} would not fit (it would spill or run out), so {n} micro-batches of {micro} "
         f"are accumulated per step: the update of a batch of {micro * n}"

@@ -442,9 +442,10 @@ def check_writable(run_dir: Path) -> None:
         raise ValueError(f"{existing} is not writable (read-only, or no permission): the run is {run_dir}")
 
 
-def prepare(plan: TrainPlan, progress=None) -> None:
+def prepare(plan: TrainPlan, progress=None, device: str | None = None) -> None:
     """Preprocess the run's data unless a resumed run has it already (finished files are kept anyway).
-    A run started again first moves what its earlier start left into its restarted-… folder."""
+    A run started again first moves what its earlier start left into its restarted-… folder. `device`
+    runs the neural analysers instead of the request's (the `--nproc` launcher's "cpu")."""
     r = plan.request
     if plan.leftovers:
         plan.restart_folder.mkdir()
@@ -465,5 +466,5 @@ def prepare(plan: TrainPlan, progress=None) -> None:
             progress=progress,
             rmvpe_path=r.rmvpe,
             embedder_layer=plan.settings.embedder_layer,
-            device=r.device,
+            device=device or r.device,
         )

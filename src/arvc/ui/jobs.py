@@ -146,12 +146,15 @@ class Jobs:
         from arvc.device import AUTO as AUTO_DEVICE
         from arvc.train.runlock import check_unlocked
 
-        check_request(
+        check_request(  # the request run_compare will check, so a refused one takes no slot
             dataset,
             optimizers,
             kwargs.get("schedule", "paired"),
             kwargs.get("precision", "fp32"),
             kwargs.get("device", AUTO_DEVICE),
+            kwargs.get("config", "tiny"),
+            kwargs.get("overrides"),
+            kwargs.get("allow_mel_rvc_config", False),
         )
         check_unlocked(out_dir)  # another process runs this comparison: refused before taking the slot
         status = JobStatus("compare", out_dir.name, out_dir)
