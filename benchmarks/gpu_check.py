@@ -102,14 +102,24 @@ def _kill(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def _die_with_the_check() -> None:
+    """Run in a part's process before it starts (Linux): the kernel kills it when the check's process ends,
+    however that ends. A SIGTERM that stops the check while Popen is still starting the part raises before
+    the part's handle exists, so the kill below cannot reach it (it was left training, an orphan)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
 def run_part(command: list[str], log: Path, limit: float, env: dict) -> tuple[int | None, float]:
     """Run one part's process with its whole output in `log`: (exit status, or None when it ran past
     `limit` seconds and was stopped; wall seconds). Stopping the check stops the part's processes."""
     started = time.perf_counter()
     with log.open("w") as handle:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_the_check if sys.platform == "linux" else None,
+        )  # fmt: skip
         try:
             code = process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
