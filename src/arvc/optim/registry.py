@@ -44,6 +44,7 @@ __all__ = [
     "build_optimizer",
     "eight_bit_optimizer_class",
     "get_spec",
+    "has_weight_modes",
     "spec_for_optimizer",
     "state_bytes_per_param",
     "supported_kwargs",
@@ -81,6 +82,16 @@ def use_fused(cls: type, device_types: Collection[str], dtypes: Collection[torch
     if "fused" not in supported_kwargs(cls) or not device_types:
         return False
     return fused_refusal(cls, itertools.product(device_types, dtypes)) is None
+
+
+def has_weight_modes(optimizer_or_class: Any) -> bool:
+    """Whether an optimizer (or its class) keeps two sets of weights switched by `train()` / `eval()`.
+
+    Schedule-free optimizers (the `schedulefree` package's contract) train at one point (y) and evaluate
+    at the average (x): the model's parameters hold y after `optimizer.train()` and x after
+    `optimizer.eval()`. Read off the object, never listed by name.
+    """
+    return all(callable(getattr(optimizer_or_class, mode, None)) for mode in ("train", "eval"))
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,11 @@ class OptimizerSpec:
     @property
     def supported_kwargs(self) -> tuple[str, ...]:
         return supported_kwargs(self.cls)
+
+    @property
+    def schedule_free(self) -> bool:
+        """Schedule-free: weights switched by `train()`/`eval()` (see `has_weight_modes`)."""
+        return has_weight_modes(self.cls)
 
     @property
     def supports_fused(self) -> bool:
