@@ -14,6 +14,14 @@ GUIDE = [
     (4, "AnyPrecisionAdamW", "Mixed-precision", "bfloat16 training, long runs with Kahan summation"),
     (3, "AdaBelief", "Belief-based", "better-conditioned adaptive step sizes"),
     (3, "AdaBeliefV2", "Belief-based", "stable deep training: AMSGrad + InverseSqrt scheduler"),
+    # Provisional ratings, until the 3-seed `arvc compare` evidence (docs/optimizers.md).
+    (
+        3,
+        "AdamWScheduleFree",
+        "Schedule-free",
+        "no fixed epoch count: the averaged weights are good whenever training stops",
+    ),
+    (3, "RAdamScheduleFree", "Schedule-free", "no fixed epoch count and no warm-up to tune"),
 ]
 
 
@@ -42,7 +50,16 @@ def test_supported_kwargs_are_read_from_the_signature():
     assert "amsgrad" not in OPTIMIZERS["RAdam"].supported_kwargs
     assert "use_kahan_summation" in OPTIMIZERS["AnyPrecisionAdamW"].supported_kwargs
     assert "params" not in OPTIMIZERS["AdaBelief"].supported_kwargs
-    assert all(spec.supports_fused for spec in OPTIMIZERS.values())
+    # Fused kernels where the bench showed the foreach path slow (docs/performance.md); read off the class.
+    assert [name for name, spec in OPTIMIZERS.items() if not spec.supports_fused] == [
+        "AdamWScheduleFree",
+        "RAdamScheduleFree",
+    ]
+    assert "warmup_steps" in OPTIMIZERS["AdamWScheduleFree"].supported_kwargs
+    assert "warmup_steps" not in OPTIMIZERS["RAdamScheduleFree"].supported_kwargs
+    assert {"r", "weight_lr_power", "silent_sgd_phase", "maximize"} <= set(
+        OPTIMIZERS["RAdamScheduleFree"].supported_kwargs
+    )
 
 
 def test_names_are_case_insensitive_and_unknown_names_list_the_valid_ones():
