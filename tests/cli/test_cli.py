@@ -60,6 +60,7 @@ def test_schedule_free_optimizers_are_listed_with_the_constant_pairing(name):
     assert details["paired_scheduler"] == "constant" and "arXiv:2405.15682" in details["paper"]
     assert details["state_bytes_per_param"]["float32 params"] == 8.0  # z and exp_avg_sq
     assert {"r", "weight_lr_power"} <= set(details["supported_kwargs"])
+    assert "optimizer.eval()" in details["weights"]
     table = runner.invoke(app, ["optimizers", name])
     assert result_ok(table) and "constant" in table.output
 
