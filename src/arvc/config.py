@@ -117,8 +117,8 @@ class TrainConfig:
     save_every: int = 5  # epochs
     keep_last: int = 3  # checkpoints kept; 0 keeps all
     # The lr schedule (arvc.optim.schedulers): "auto" = the optimizer's pairing in the registry (AdaBelief
-    # cosine, AdaBeliefV2 inverse_sqrt, others RVC's exponential), or one of cosine, inverse_sqrt,
-    # exponential, constant.
+    # cosine, AdaBeliefV2 inverse_sqrt, the schedule-free ones constant, others RVC's exponential), or one
+    # of cosine, inverse_sqrt, exponential, constant.
     scheduler: str = "auto"
     # Warm-up of inverse_sqrt, in epochs; None: clamp(epochs // 10, 1, 10) (schedulers.default_warmup_epochs)
     warmup_epochs: int | None = None

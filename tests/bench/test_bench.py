@@ -48,6 +48,18 @@ def test_a_row_per_optimizer_with_finite_numbers(result):
     assert len(arvc_rows) >= 6 and all(r["status"] == "ok" for r in arvc_rows)
 
 
+def test_schedule_free_rows_beside_the_reference_package(result):
+    # From the registry (arvc's) and the bench extra (schedulefree's own, a peer of the same algorithm).
+    rows = {r["key"]: r for r in result["rows"]}
+    for name in ("AdamWScheduleFree", "RAdamScheduleFree"):
+        ours, peer = rows[f"arvc:{name}"], rows[f"schedulefree:{name}"]
+        assert ours["algorithm"] == peer["algorithm"] == name
+        assert ours["status"] == "ok" and ours["path"].startswith("foreach")
+        assert ours["state_bytes_per_param"] == pytest.approx(8.0, abs=0.1)  # z and exp_avg_sq
+        if peer["status"] == "ok":  # (the bench extra installed)
+            assert peer["state_bytes_per_param"] == pytest.approx(8.0, abs=0.1)
+
+
 def test_ratios_are_against_fused_adamw_of_the_same_run(result):
     rows = {r["key"]: r for r in result["rows"]}
     baseline = rows[BASELINE]

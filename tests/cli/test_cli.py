@@ -52,6 +52,24 @@ def test_optimizer_details_table():
     assert "inverse_sqrt" in result.output and "arXiv:2010.07468" in result.output
 
 
+@pytest.mark.parametrize("name", ["AdamWScheduleFree", "RAdamScheduleFree"])
+def test_schedule_free_optimizers_are_listed_with_the_constant_pairing(name):
+    listed = runner.invoke(app, ["optimizers"])
+    assert result_ok(listed) and name in listed.output and "Schedule-free" in listed.output
+    details = json.loads(runner.invoke(app, ["optimizers", name.lower(), "--json"]).stdout)
+    assert details["paired_scheduler"] == "constant" and "arXiv:2405.15682" in details["paper"]
+    assert details["state_bytes_per_param"]["float32 params"] == 8.0  # z and exp_avg_sq
+    assert {"r", "weight_lr_power"} <= set(details["supported_kwargs"])
+    assert "optimizer.eval()" in details["weights"]
+    table = runner.invoke(app, ["optimizers", name])
+    assert result_ok(table) and "constant" in table.output
+
+
+def result_ok(result) -> bool:
+    assert result.exit_code == 0, result.output
+    return True
+
+
 def test_unknown_optimizer_is_a_clear_error():
     result = runner.invoke(app, ["optimizers", "Lion"])
     assert result.exit_code == 2

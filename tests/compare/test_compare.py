@@ -11,6 +11,7 @@ from arvc.compare import VARIANTS, resolve_optimizers, run_compare
 from arvc.compare.evaluate import SPLIT_FILE
 from arvc.compare.report import COLUMNS, FIGURES, summarize
 from arvc.data.demo import generate_demo_voice
+from arvc.optim import OPTIMIZERS
 
 SMALL = {"train.batch_size": 2}
 SETUP = {"epochs": 2, "seeds": 2, "warmup_epochs": 2, "overrides": SMALL}
@@ -168,7 +169,10 @@ def test_a_failing_optimizer_does_not_stop_the_others(voice, tmp_path, monkeypat
 
 def test_optimizer_names():
     assert [v.name for v in resolve_optimizers("all")] == list(VARIANTS)
-    assert len(VARIANTS) == 8
+    # Every registry optimizer, the 8-bit switch and each spec's bf16 settings (read from the registry).
+    bf16_settings = sum(len(spec.bf16_variants) for spec in OPTIMIZERS.values())
+    assert len(VARIANTS) == len(OPTIMIZERS) + 1 + bf16_settings == 10
+    assert {"AdamWScheduleFree", "RAdamScheduleFree"} <= set(VARIANTS)
     assert [v.name for v in resolve_optimizers("adamw, anyprecisionadamw-bf16-kahan")] == [
         "AdamW",
         "AnyPrecisionAdamW-bf16-kahan",

@@ -69,6 +69,19 @@ def _adabelief_reference(amsgrad: bool):
     return build
 
 
+def _schedulefree_reference(class_name: str, **kwargs):
+    def build(params, lr):
+        import schedulefree  # a dev dependency; rows that need it are skipped without it
+
+        optimizer = getattr(schedulefree, class_name)(
+            params, lr=lr, weight_decay=WEIGHT_DECAY, foreach=False, **kwargs
+        )
+        optimizer.train()  # the reference starts in eval mode and refuses to step there
+        return optimizer
+
+    return build
+
+
 @dataclass(frozen=True)
 class OptimInfo:
     name: str  # the registry name
@@ -87,6 +100,15 @@ class OptimInfo:
     # torch.optim.AdamW refuses a tensor lr with foreach=True (without capturable); torch.optim.RAdam,
     # which arvc's RAdam is, takes it. arvc's own optimizers follow AdamW's rule.
     tensor_lr_with_foreach: bool = False
+    paths: tuple[str, ...] = PATHS  # the paths the class has (no "fused": building one is refused)
+    # The per-parameter state after a step, as (key, dtype) with None for "the moments' dtype".
+    state_dtypes: tuple[tuple[str, torch.dtype | None], ...] = (
+        ("step", torch.float32),
+        ("exp_avg", None),
+        ("exp_avg_sq", None),
+    )
+    # Bad constructor arguments beyond lr/betas/eps/weight_decay, each with the name its ValueError says.
+    bad_hyperparameters: tuple[tuple[dict, str], ...] = ()
 
     def build(self, params, path: str, **overrides):
         from arvc.optim import build_optimizer
@@ -146,6 +168,46 @@ TABLE = (
         fused_dtypes=(torch.float32, torch.bfloat16, torch.float16),
         reference_in_param_dtype=False,
         needs="adabelief_pytorch",
+    ),
+    # Schedule-free: the parameters hold y in train mode (a new optimizer's mode); tests/optim/
+    # test_schedulefree.py compares x (after eval()) and both modes' resume as well.
+    OptimInfo(
+        "AdamWScheduleFree",
+        "schedulefree.AdamWScheduleFree(warmup_steps=2)",
+        _schedulefree_reference("AdamWScheduleFree", warmup_steps=2),
+        fused_dtypes=(),
+        reference_in_param_dtype=True,
+        kwargs={"warmup_steps": 2},
+        needs="schedulefree",
+        paths=("single", "foreach"),
+        state_dtypes=(("z", None), ("exp_avg_sq", None)),
+        bad_hyperparameters=(
+            ({"betas": (0.0, 0.999)}, "beta parameter at index 0"),
+            ({"warmup_steps": -1}, "warmup_steps"),
+            ({"warmup_steps": 2.5}, "warmup_steps"),
+            ({"r": -1.0}, "r value"),
+            ({"r": float("nan")}, "r value"),
+            ({"weight_lr_power": -2.0}, "weight_lr_power"),
+        ),
+    ),
+    OptimInfo(
+        "RAdamScheduleFree",
+        "schedulefree.RAdamScheduleFree(silent_sgd_phase=False)",
+        _schedulefree_reference("RAdamScheduleFree", silent_sgd_phase=False),
+        fused_dtypes=(),
+        reference_in_param_dtype=True,
+        # The generic tests take STEPS steps, all before RAdam's rectification applies (step 5): with the
+        # default silent start nothing would move. test_schedulefree.py runs the default, and past step 5.
+        kwargs={"silent_sgd_phase": False},
+        needs="schedulefree",
+        paths=("single", "foreach"),
+        state_dtypes=(("z", None), ("exp_avg_sq", None)),
+        bad_hyperparameters=(
+            ({"betas": (0.0, 0.999)}, "beta parameter at index 0"),
+            ({"r": float("inf")}, "r value"),
+            ({"weight_lr_power": -1.0}, "weight_lr_power"),
+            ({"silent_sgd_phase": "yes"}, "silent_sgd_phase"),
+        ),
     ),
 )
 

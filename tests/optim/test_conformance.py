@@ -15,9 +15,9 @@ depend on). What its tests check is covered below instead, row by row:
 * Not applicable: CUDA graphs / capturable (arvc's fused kernels, C++ on CPU and Triton on CUDA, have
   no capturable mode; AdamW and RAdam keep torch's own capturable code unchanged), `differentiable=True`
   (only torch's classes take it, unchanged), test_forloop_goes_right_direction_multigpu,
-  test_mixed_device_dtype (one CPU device here), the `maximize`/`amsgrad` flags of arvc's own classes
-  (they have none; AdaBeliefV2 *is* AMSGrad), and test_peak_memory_foreach / test_fused_cpu_matches_cuda
-  (need CUDA).
+  test_mixed_device_dtype (one CPU device here), the `maximize`/`amsgrad` flags of the classes without
+  them (AdaBelief, AnyPrecisionAdamW; AdaBeliefV2 *is* AMSGrad), and test_peak_memory_foreach /
+  test_fused_cpu_matches_cuda (need CUDA).
 """
 
 from __future__ import annotations
@@ -35,15 +35,16 @@ from _table import (
     LAYOUTS,
     LOW_PRECISION,
     LR,
-    PATHS,
     STEPS,
     TABLE,
     OptimInfo,
 )
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from arvc.optim import get_spec
+
 ROWS = [pytest.param(info, id=info.name) for info in TABLE]
-ROW_PATHS = [pytest.param(info, path, id=f"{info.name}-{path}") for info in TABLE for path in PATHS]
+ROW_PATHS = [pytest.param(info, path, id=f"{info.name}-{path}") for info in TABLE for path in info.paths]
 
 
 def _skip_without_reference(info: OptimInfo):
@@ -526,10 +527,58 @@ LOW_PRECISION_MOMENTS = [
 def test_low_precision_moments_keep_their_dtype_on_every_path(info, dtype):
     """bf16/fp16 moments stay in their dtype through a step on every path that takes the dtype, the step
     count float32: state dtypes do not depend on the path (so a checkpoint moves between machines)."""
-    for path in (p for p in PATHS if p != "fused" or dtype in info.fused_dtypes):
+    for path in (p for p in info.paths if p != "fused" or dtype in info.fused_dtypes):
         param = torch.nn.Parameter(torch.ones(3, dtype=dtype))
         optimizer = info.build([param], path, **dict.fromkeys(info.moment_dtype_kwargs, dtype))
         param.grad = torch.ones_like(param)
         optimizer.step()
         state = {k: v.dtype for k, v in optimizer.state[param].items()}
-        assert state == {"step": torch.float32, "exp_avg": dtype, "exp_avg_sq": dtype}, path
+        assert state == {key: kept or dtype for key, kept in info.state_dtypes}, path
+
+
+# --- Construction: bad hyperparameters, paths a class does not have -----------------------------------
+
+COMMON_BAD_HYPERPARAMETERS = (
+    ({"lr": -1.0}, "learning rate"),
+    ({"betas": (1.0, 0.999)}, "beta parameter at index 0"),
+    ({"betas": (0.9, 1.5)}, "beta parameter at index 1"),
+    ({"eps": -1e-8}, "epsilon"),
+    ({"weight_decay": -0.1}, "weight_decay"),
+)
+BAD_HYPERPARAMETERS = [
+    pytest.param(info, kwargs, name, id=f"{info.name}-{name}-{kwargs}")
+    for info in TABLE
+    for kwargs, name in COMMON_BAD_HYPERPARAMETERS + info.bad_hyperparameters
+]
+
+
+@pytest.mark.parametrize("info, kwargs, name", BAD_HYPERPARAMETERS)
+def test_bad_hyperparameters_are_value_errors_naming_them(info, kwargs, name):
+    with pytest.raises(ValueError, match=f"(?i){name}"):
+        info.build([torch.nn.Parameter(torch.ones(2))], info.paths[0], **kwargs)
+
+
+@pytest.mark.parametrize("info", [pytest.param(i, id=i.name) for i in TABLE if "fused" not in i.paths])
+def test_a_path_the_class_lacks_is_refused_by_name(info):
+    with pytest.raises(TypeError, match="does not accept fused"):
+        info.build([torch.nn.Parameter(torch.ones(2))], info.paths[0], fused=True)
+
+
+MAXIMIZE_ROW_PATHS = [
+    pytest.param(info, path, id=f"{info.name}-{path}")
+    for info in TABLE
+    for path in info.paths
+    if "maximize" in get_spec(info.name).supported_kwargs
+]
+
+
+@pytest.mark.parametrize("info, path", MAXIMIZE_ROW_PATHS)
+def test_maximize_is_minimizing_the_negated_gradient(info, path):
+    up, down = torch.nn.Parameter(torch.linspace(-1, 1, 6)), torch.nn.Parameter(torch.linspace(-1, 1, 6))
+    maximizing, minimizing = info.build([up], path, maximize=True), info.build([down], path)
+    for (g,) in _grads([(6,)], steps=6):
+        up.grad, down.grad = g.clone(), -g
+        maximizing.step()
+        minimizing.step()
+    assert torch.equal(up.detach(), down.detach())
+    assert not torch.equal(up.detach(), torch.linspace(-1, 1, 6))

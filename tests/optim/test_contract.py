@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from arvc.optim import OPTIMIZERS, AdaBelief, AdaBeliefV2, AnyPrecisionAdamW, build_optimizer
 
 NAMES = list(OPTIMIZERS)
+# RAdamScheduleFree's first 4 steps only gather the second moment (its rectified start moves nothing).
+PAST_RECTIFICATION = 5
 
 
 def _model():
@@ -38,7 +40,8 @@ def test_param_groups_built_from_generators_keep_their_params(name):
     reference = torch.optim.AdamW([{"params": model.parameters()}], lr=1e-3)
     assert len(optimizer.param_groups[0]["params"]) == len(reference.param_groups[0]["params"]) == 4
     before = [p.detach().clone() for p in model.parameters()]
-    _step(optimizer, list(model.parameters()))
+    for _ in range(PAST_RECTIFICATION):
+        _step(optimizer, list(model.parameters()))
     assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
@@ -68,7 +71,7 @@ def test_a_bare_tensor_is_refused_as_torch_refuses_it(name):
 def test_foreach_false_runs_the_for_loop_not_fused(name):
     optimizer = build_optimizer(name, _model().parameters(), lr=1e-3, foreach=False)
     group = optimizer.param_groups[0]
-    assert group["foreach"] is False and not group["fused"]
+    assert group["foreach"] is False and not group.get("fused")  # (no "fused": the class has no such path)
 
 
 def test_capturable_radam_on_cpu_is_not_made_fused():
@@ -82,13 +85,14 @@ def test_non_dense_params_get_a_path_that_steps_them(name):
     base = torch.zeros(4, 6)
     view = torch.nn.Parameter(base[:, ::2])
     optimizer = build_optimizer(name, [view], lr=1e-2)
-    assert not optimizer.param_groups[0]["fused"]
-    view.grad = torch.ones(4, 3)
-    optimizer.step()  # failed with "must be dense" when fused was switched on automatically
+    assert not optimizer.param_groups[0].get("fused")
+    for _ in range(PAST_RECTIFICATION):
+        view.grad = torch.ones(4, 3)
+        optimizer.step()  # failed with "must be dense" when fused was switched on automatically
     assert (base[:, ::2] < 0).all() and (base[:, 1::2] == 0).all()
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "AdamW"])
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "AdamW" and OPTIMIZERS[n].supports_fused])
 def test_explicit_fused_with_a_non_dense_param_is_refused_at_construction(name):
     view = torch.nn.Parameter(torch.zeros(4, 6)[:, ::2])
     with pytest.raises(RuntimeError, match="dense parameters.*foreach=True"):
@@ -147,6 +151,8 @@ def test_numeric_step_in_a_loaded_state_dict_is_converted(name):
     optimizer = build_optimizer(name, params, lr=1e-3)
     _step(optimizer, params)
     state = optimizer.state_dict()
+    if not all("step" in entry for entry in state["state"].values()):
+        pytest.skip(f"{name} counts steps per param group (k, as its reference), not per parameter")
     for entry in state["state"].values():
         entry["step"] = int(entry["step"].item())  # as older torch / pytorch_optimizer write it
     fresh_params = list(_model().parameters())

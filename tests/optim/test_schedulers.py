@@ -31,6 +31,8 @@ def lrs(scheduler, epochs):
         ("AnyPrecisionAdamW", ExponentialLR),
         ("AdaBelief", CosineAnnealingLR),
         ("AdaBeliefV2", InverseSqrt),
+        ("AdamWScheduleFree", ConstantLR),  # schedule-free: the lr stays as given
+        ("RAdamScheduleFree", ConstantLR),
     ],
 )
 def test_auto_pairs_each_optimizer(name, expected):

@@ -1,6 +1,6 @@
 """`arvc ui` in a real browser: Debian's chromium, headless, driven by Playwright (nothing downloaded).
 
-Open the page, find the five optimizers, start a tiny training, watch its progress and plot update,
+Open the page, find every registry optimizer, start a tiny training, watch its progress and plot update,
 stop it, then convert a recording with the checkpoint it saved and find the audio player. Then a run
 that ends (seen from a new tab after the first closed): its best epoch and held-out players; the Models
 tab (inspect, export, build the index, a path outside refused) and the Compare tab (a ranked report with
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from arvc.data.demo import generate_demo_voice
+from arvc.optim import OPTIMIZERS
 
 pytest.importorskip("gradio", reason="the UI needs the ui extra (pip install 'arvc[ui]')")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
@@ -80,7 +81,7 @@ def test_train_watch_stop_and_convert_in_a_browser(server):
         page = _open(browser, url)
 
         table = page.locator("#optimizers")
-        for name in ("AdamW", "RAdam", "AnyPrecisionAdamW", "AdaBelief", "AdaBeliefV2"):
+        for name in OPTIMIZERS:  # the schedule-free ones too: the table is the registry's
             expect(table.get_by_role("gridcell", name=name, exact=True).first).to_be_attached()
 
         page.locator("#dataset textarea, #dataset input").first.fill("voice")

@@ -123,6 +123,19 @@ def _optimi_adamw(params):
     )
 
 
+def _schedulefree(name: str) -> Callable:
+    def build(params):
+        import schedulefree
+
+        optimizer = getattr(schedulefree, name)(
+            params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, foreach=True
+        )
+        optimizer.train()  # the reference starts in eval mode and refuses to step there
+        return optimizer
+
+    return build
+
+
 def _torchao(name: str, **options) -> Callable:
     def build(params):
         optim = _quiet_import("torchao.optim")
@@ -235,6 +248,18 @@ def all_cases(all_paths: bool = False) -> list[Case]:
             "AdaBelief",
             _pytorch_optimizer_adabelief,
             module="pytorch_optimizer",
+        ),
+        *(
+            Case(
+                f"schedulefree:{name}",
+                f"schedulefree {name}",
+                "peer",
+                "schedulefree",
+                name,
+                _schedulefree(name),
+                module="schedulefree",
+            )
+            for name in ("AdamWScheduleFree", "RAdamScheduleFree")
         ),
         Case(
             "optimi:AdamW-bf16-kahan",

@@ -51,6 +51,12 @@ def _spec_details(spec) -> dict:
         "supported_kwargs": list(spec.supported_kwargs),
         "weight_decay": spec.weight_decay,
         "paired_scheduler": spec.scheduler_label,
+        # Schedule-free (read off the class): which weights the parameters hold, and which to evaluate.
+        "weights": (
+            "y while training, the average x after optimizer.eval() (schedule-free: evaluate x)"
+            if spec.schedule_free
+            else "the parameters (one set)"
+        ),
         "fused_available": {device: spec.fused_on(device) for device in _devices()},
         "state_bytes_per_param": bytes_per_param,
         # What `arvc train --optimizer NAME` builds it with unless --betas/--eps/--weight-decay are given.

@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+from arvc.optim import OPTIMIZERS
 from arvc.train.logs import read_metrics
 
 __all__ = [
@@ -62,6 +63,11 @@ TIE_RULE = (
 # shortest in which every paired schedule takes its shape (docs/compare.md); 25-step runs ranked schedules
 # and noise.
 MIN_RANKING_STEPS = 300
+
+
+def _pairings() -> str:
+    """The registry's scheduler pairings, e.g. "AdaBelief cosine, AdaBeliefV2 inverse_sqrt", read off it."""
+    return ", ".join(f"{s.name} {s.paired_scheduler}" for s in OPTIMIZERS.values() if s.paired_scheduler)
 
 
 def short_run_warning(steps: int) -> str:
@@ -323,8 +329,7 @@ def _notes(out_dir: Path, results: dict[str, dict]) -> list[str]:
         "for every seed and contestant. Mean (min–max): over the seeds each contestant finished.",
         f"Schedule: {schedule}"
         + (
-            " (each optimizer with its registry pairing: AdaBelief cosine, AdaBeliefV2 inverse_sqrt, "
-            "the others RVC's exponential)"
+            f" (each optimizer with its registry pairing: {_pairings()}, the others RVC's exponential)"
             if schedule == "paired"
             else " (every contestant on this one schedule)"
         )

@@ -1,7 +1,7 @@
 """The contestants of `arvc compare`: the registry's optimizers plus the settings worth comparing.
 
-"all" is the five registry optimizers, AdamW with bitsandbytes' 8-bit state, and AnyPrecisionAdamW in
-bf16 with and without Kahan summation.
+"all" is every registry optimizer (read from `OPTIMIZERS`), AdamW with bitsandbytes' 8-bit state, and
+AnyPrecisionAdamW in bf16 with and without Kahan summation.
 """
 
 from __future__ import annotations

@@ -6,10 +6,17 @@ Adding an optimizer touches:
   from `arvc/optim/__init__.py`;
 * its entry in `_SPECS` below (what the CLI, the UI, `arvc compare` and the benchmark show and build:
   the benchmark's cases and its bf16 case come from the spec);
-* its reference test in tests/optim (beside a reference implementation, as test_adabelief.py).
+* its row in the conformance table, tests/optim/_table.py (the torch.optim contract on every path it has),
+  and its reference test in tests/optim (beside a reference implementation, as test_adabelief.py);
+* its row in the guide's table: docs/optimizers.md, README.md, and tests/optim/test_registry.py's GUIDE,
+  which pins that table's order.
 
-Everything else — which keyword arguments a class accepts, whether it can run fused here — is read off
-the class itself (`supported_kwargs`, `arvc.optim._fused.fused_refusal`), never listed by hand. An
+Everything else — which keyword arguments a class accepts, whether it can run fused here, whether it keeps
+two sets of weights switched by `train()`/`eval()` (schedule-free) — is read off the class itself
+(`supported_kwargs`, `arvc.optim._fused.fused_refusal`, `has_weight_modes`), never listed by hand: the CLI,
+the UI, `arvc compare`, the benchmark and the generic tests iterate `OPTIMIZERS`. AdamWScheduleFree and
+RAdamScheduleFree were added this way (issue 33); the tests that assumed every class has a fused path or
+a per-parameter step counter now read that off the class or its state. An
 optimizer with fused kernels adds them too: a C++ header in `_fused_cpu/` registered in fused_cpu.cpp, a
 Triton module in `_fused_triton/`, and one row in `arvc.optim._fused_ops.FUSED_OPS` (which feeds the CPU
 ops' fake registrations and the Triton package).
@@ -33,8 +40,10 @@ from arvc.optim._fused import fused_refusal
 from arvc.optim.adabelief import AdaBelief
 from arvc.optim.adabelief_v2 import AdaBeliefV2
 from arvc.optim.adamw import AdamW
+from arvc.optim.adamw_schedulefree import AdamWScheduleFree
 from arvc.optim.anyprecision_adamw import AnyPrecisionAdamW
 from arvc.optim.radam import RAdam
+from arvc.optim.radam_schedulefree import RAdamScheduleFree
 
 __all__ = [
     "OPTIMIZERS",
@@ -191,6 +200,12 @@ _BELIEF_EPS_RULE = (
     "so Adam's value would floor it at eps/(1-beta2); its author's rule eps_adabelief = eps_adam**2"
 )
 
+_SCHEDULE_FREE_PAPER = (
+    "Defazio et al., The Road Less Scheduled, NeurIPS 2024 (arXiv:2405.15682); reference: the "
+    "schedulefree package"
+)
+_AT_Y = "decoupled, taken at y (as the reference): lr*wd*y joins the normalized step of y and z"
+
 _SPECS = (
     OptimizerSpec(
         name="AdamW",
@@ -271,6 +286,36 @@ _SPECS = (
         algorithm="AdaBelief+AMSGrad",
         eps_from_adam=_adam_eps_squared,
         eps_rule=_BELIEF_EPS_RULE,
+    ),
+    # Ratings 3: provisional until the 3-seed `arvc compare` evidence (docs/optimizers.md).
+    OptimizerSpec(
+        name="AdamWScheduleFree",
+        cls=AdamWScheduleFree,
+        rating=3,
+        category="Schedule-free",
+        best_for="no fixed epoch count: the averaged weights are good whenever training stops",
+        description="Schedule-free AdamW: trains at y, between a base sequence z (Adam-normalized SGD "
+        "steps) and its running average x, the weights to evaluate (optimizer.eval() switches to x, "
+        "optimizer.train() back); warm-up inside the optimizer (warmup_steps), no schedule. Semantics "
+        "of the schedulefree package's AdamWScheduleFree.",
+        paper=_SCHEDULE_FREE_PAPER,
+        weight_decay=_AT_Y + " (class default 0)",
+        paired_scheduler="constant",
+    ),
+    OptimizerSpec(
+        name="RAdamScheduleFree",
+        cls=RAdamScheduleFree,
+        rating=3,
+        category="Schedule-free",
+        best_for="no fixed epoch count and no warm-up to tune",
+        description="Schedule-free RAdam: schedule-free AdamW whose first steps are RAdam's rectified "
+        "start instead of a warm-up (the first 4 steps only gather the second moment); "
+        "optimizer.eval() switches to the averaged weights. Semantics of the schedulefree package's "
+        "RAdamScheduleFree.",
+        paper=_SCHEDULE_FREE_PAPER + "; Liu et al., On the Variance of the Adaptive Learning Rate and "
+        "Beyond, ICLR 2020 (arXiv:1908.03265)",
+        weight_decay=_AT_Y + " (class default 0)",
+        paired_scheduler="constant",
     ),
 )
 

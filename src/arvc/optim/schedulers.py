@@ -214,8 +214,8 @@ def build_scheduler(
 
     "auto" pairs AdaBelief → cosine (CosineAnnealingLR, T_max=total_epochs, eta_min), AdaBeliefV2 →
     inverse_sqrt (InverseSqrt, warmup_epochs; by default a run's, clamp(total_epochs // 10, 1, 10)),
-    every other optimizer → exponential (RVC's ExponentialLR, gamma 0.999875). An explicit name
-    overrides the pairing.
+    the schedule-free ones → constant (their lr needs no schedule), every other optimizer → exponential
+    (RVC's ExponentialLR, gamma 0.999875). An explicit name overrides the pairing.
     """
     if not isinstance(total_epochs, int) or isinstance(total_epochs, bool) or total_epochs < 1:
         raise ValueError(f"Invalid total_epochs: {total_epochs!r}; expected an integer >= 1")
