@@ -39,8 +39,9 @@ from torch import nn
 
 from arvc._files import write_bytes
 from arvc.config import RunConfig, load_config
-from arvc.model.generator import DEFAULT_NOISE_SCALE
+from arvc.model.generator import DEFAULT_NOISE_SCALE, Synthesizer
 from arvc.modelfile.export import ExportError, check_finite, inference_state_dict
+from arvc.modelfile.read import _PITCH_KEY, load_state_strict, read_model_file
 
 __all__ = [
     "F0_INPUTS",
@@ -52,6 +53,8 @@ __all__ = [
     "OnnxVoice",
     "client_metadata",
     "export_onnx",
+    "export_model_file_onnx",
+    "onnx_path_for",
     "load_onnx_voice",
     "require_onnx",
 ]
@@ -203,6 +206,59 @@ def export_onnx(
     write_bytes(path, data)
     logger.info("wrote %s (VC Client ONNX, %s, %s)", path, "fp16" if half else "fp32", json.dumps(metadata))
     return path
+
+
+def onnx_path_for(model: Path, half: bool = False) -> Path:
+    """Where `arvc export MODEL --onnx` writes by default: beside the model, ``model.onnx`` for an arvc
+    export (``model_fp16.onnx`` for fp16), else the file's own name with ``.onnx`` (``_fp16.onnx``)."""
+    if model.name in ("model.safetensors", "model.json"):
+        return model.with_name(ONNX_HALF_FILE if half else ONNX_FILE)
+    return model.with_name(model.stem + ("_fp16" if half else "") + ".onnx")
+
+
+def export_model_file_onnx(
+    model: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    half: bool = False,
+    overwrite: bool = False,
+    embedder_layer: int | None = None,
+) -> Path:
+    """Export the generator in a model file (an arvc export, an RVC inference ``.pth``, an arvc checkpoint
+    or an RVC ``G_*.pth`` of a preset's shape) as a VC Client ONNX file at `out` (default
+    :func:`onnx_path_for`). Everything that would refuse the export is checked before anything is written:
+    a missing extra (ImportError), an unreadable or unfitting file (PretrainedError), a model without pitch
+    guidance or configuration, an output that exists without `overwrite` or is not an ``.onnx`` file
+    (ExportError). The content features are the file's record, else HuBERT for RVC's own files."""
+    require_onnx()
+    model = Path(model)
+    if model.suffix.lower() == ".onnx":
+        raise ExportError(f"{model} is already an ONNX file; pass the model it was exported from")
+    target = Path(out) if out is not None else onnx_path_for(model, half)
+    if target.is_dir():
+        raise ExportError(f"-o {target} is a folder; name the .onnx file to write, e.g. {target / ONNX_FILE}")
+    if target.suffix.lower() != ".onnx":
+        raise ExportError(f"-o {target} must name an .onnx file (e.g. {target.with_suffix('.onnx')})")
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} exists; pass --overwrite to replace it, or -o another .onnx path")
+    mf = read_model_file(model)  # PretrainedError names a bad file
+    if mf.generator is None:
+        raise ExportError(f"{mf.path} is a discriminator file; ONNX export needs a generator (voice model)")
+    if mf.f0 == 0 or _PITCH_KEY not in mf.generator:
+        raise ExportError(
+            f"{mf.path} is a model without pitch guidance (f0=0); arvc exports f0 models only (the VC "
+            "Client's pitch-guided interface); nothing written"
+        )
+    if mf.config is None:
+        raise ExportError(
+            f"{mf.path} ({mf.summary()}) does not say which configuration it has; pass its inference file "
+            "(RVC's weights/NAME.pth or an arvc export)"
+        )
+    net = Synthesizer(mf.config)
+    quiet = logging.DEBUG  # inference files have no enc_q, which the ONNX graph does not use
+    load_state_strict(net, mf.generator, mf, mf.config, optional=("enc_q.",), absent_level=quiet)
+    features = mf.content_features
+    return export_onnx(net, mf.config, target, embedder_layer=embedder_layer, features=features, half=half)
 
 
 def _check_runs(data: bytes, example: tuple[torch.Tensor, ...], hop: int) -> None:
