@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import zlib
+
 import torch
 
 from arvc.config import RunConfig, load_config, rvc_config_list
@@ -33,3 +36,43 @@ def rvc_file(path, cfg: RunConfig, seed: int, f0: int = 1, sr: str = "32k", vers
         {"weight": weights, "config": values, "sr": sr, "f0": f0, "version": version, "info": ""}, path
     )
     return weights
+
+
+def patterned_weights(cfg: RunConfig, seed: int) -> dict[str, torch.Tensor]:
+    """A generator's inference weights (no enc_q) in fp16 from integer arithmetic alone, no RNG: the same
+    bits on every machine and torch version, so a fixture recorded from RVC's code stays valid. Each value
+    is k * 2**-(11 + e) with |k| <= 2047 and e in 0..5 (exact in fp16; the spread of exponents makes a
+    merge in another precision or order give other bits)."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in Synthesizer(cfg).state_dict().items() if not k.startswith("enc_q.")}
+    weights = {}
+    for key, shape in shapes.items():
+        index = torch.arange(shape.numel(), dtype=torch.int64)
+        k = (index * 40503 + seed * 7919 + zlib.crc32(key.encode())) % 4095 - 2047
+        e = (index * 7 + seed) % 6
+        value = k.to(torch.float64) * torch.pow(2.0, -(11 + e).to(torch.float64))
+        weights[key] = value.to(torch.float16).reshape(shape)
+    return weights
+
+
+def patterned_rvc_file(path, cfg: RunConfig, seed: int, sr: str = "32k", version: str = "v2") -> dict:
+    """An RVC inference .pth (as RVC's ckpt processing writes it) of :func:`patterned_weights`."""
+    weights = patterned_weights(cfg, seed)
+    values = rvc_config_list(cfg)
+    values[-1] = {"32k": 32000, "40k": 40000, "48k": 48000}[sr]
+    torch.save({"weight": weights, "config": values, "sr": sr, "f0": 1, "version": version, "info": ""}, path)
+    return weights
+
+
+def merge_case_config(case: dict, spk: int) -> RunConfig:
+    """The small RVC-shaped configuration of one model of a case in fixtures/rvc_merge.json."""
+    cfg = small_rvc_config(model__spk_embed_dim=spk, data__feature_dim=case["feature_dim"])
+    cfg.version = case["version"]
+    return cfg
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """``dtype [shape] sha256`` (of the bytes, first 32 hex digits): one merged tensor in rvc_merge.json."""
+    data = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    return f"{dtype} {list(tensor.shape)} {hashlib.sha256(data).hexdigest()[:32]}"

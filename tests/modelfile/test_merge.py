@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from rvcfiles import rvc_file, small_rvc_config
+from rvcfiles import merge_case_config, patterned_rvc_file, rvc_file, small_rvc_config, tensor_digest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -207,3 +208,31 @@ def test_parse_weights_defaults():
         parse_weights(2, ratio=0.5, weights="0.5,0.5")
     with pytest.raises(MergeError, match="not a comma-separated list"):
         parse_weights(2, weights="half,half")
+
+
+RVC_MERGE = json.loads((Path(__file__).parent / "fixtures" / "rvc_merge.json").read_text())
+
+
+@pytest.mark.parametrize("case", RVC_MERGE["cases"], ids=lambda case: case["name"])
+def test_arvc_merge_is_rvcs_own_merge_bit_for_bit(case, tmp_path):
+    """`arvc merge --ratio` against what RVC's own ``process_ckpt.merge`` wrote for the same two files
+    (fixtures/rvc_merge.json, recorded by running RVC's code: fixtures/make_rvc_merge.py): every tensor's
+    bytes, in RVC's key order, and the fields RVC writes. RVC's "info" is its user's text, arvc's says what
+    was merged; RVC's config keeps the first model's speaker count where arvc's has the merged weights'
+    (the one documented difference: case v2-speakers)."""
+    paths = []
+    for index, (spk, seed) in enumerate(zip(case["spk"], case["seeds"], strict=True)):
+        paths.append(tmp_path / f"{index}.pth")
+        patterned_rvc_file(paths[-1], merge_case_config(case, spk), seed=seed, version=case["version"])
+    _ok([*paths, "--ratio", case["alpha"], "-o", tmp_path / "out"])
+    saved = torch.load(tmp_path / "out" / "model_rvc.pth", map_location="cpu", weights_only=True)
+    assert list(saved["weight"]) == list(case["weights"])  # the same tensors in the same order
+    assert {key: tensor_digest(value) for key, value in saved["weight"].items()} == case["weights"]
+    rvc = case["fields"]
+    assert (saved["sr"], saved["f0"], saved["version"]) == (rvc["sr"], rvc["f0"], rvc["version"])
+    speakers = 15  # spk_embed_dim's place in RVC's config list
+    assert saved["config"][:speakers] + saved["config"][speakers + 1 :] == (
+        rvc["config"][:speakers] + rvc["config"][speakers + 1 :]
+    )
+    assert saved["config"][speakers] == min(case["spk"])
+    assert rvc["config"][speakers] == case["spk"][0]
