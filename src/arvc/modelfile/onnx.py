@@ -240,7 +240,7 @@ def export_model_file_onnx(
     if target.suffix.lower() != ".onnx":
         raise ExportError(f"-o {target} must name an .onnx file (e.g. {target.with_suffix('.onnx')})")
     if target.exists() and not overwrite:
-        raise ExportError(f"{target} exists; pass --overwrite to replace it, or -o another .onnx path")
+        raise ExportError(f"{target} exists; replace it (--overwrite) or write another .onnx path (-o)")
     mf = read_model_file(model)  # PretrainedError names a bad file
     if mf.generator is None:
         raise ExportError(f"{mf.path} is a discriminator file; ONNX export needs a generator (voice model)")
