@@ -107,8 +107,7 @@ def test_an_arvc_export_exports_fp16_and_infer_runs_it(tmp_path):
     cfg.data.feature_dim = 80  # a mel model: arvc runs it (the client would feed it HuBERT features)
     torch.manual_seed(3)
     export_generator(Synthesizer(cfg), cfg, tmp_path / "export", features="mel")
-    model = tmp_path / "export" / "model.safetensors"
-    _ok(["export", model, "--onnx-half"])
+    _ok(["export", tmp_path / "export", "--onnx-half"])  # an export folder: its model.safetensors
     half = tmp_path / "export" / "model_fp16.onnx"
     assert _session(half).get_inputs()[0].type == "tensor(float16)"
     assert _props(half)["arvc"]["features"] == "mel"

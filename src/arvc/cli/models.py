@@ -63,8 +63,8 @@ def export_command(
         Path,
         typer.Argument(
             metavar="RUN_OR_MODEL",
-            help="A run folder (runs/NAME), or with --onnx/--onnx-half a model file: model.safetensors/json, "
-            "RVC .pth, ckpt_*.pt.",
+            help="A run folder (runs/NAME), or with --onnx/--onnx-half a model file: model.safetensors/json "
+            "(or its folder), RVC .pth, ckpt_*.pt.",
         ),
     ],
     onnx: Annotated[
@@ -91,7 +91,7 @@ def export_command(
     from arvc.modelfile.export import ExportError
     from arvc.modelfile.read import PretrainedError
 
-    if source.is_file():
+    if source.is_file() or (source / "model.safetensors").is_file():  # a model file or an export folder
         _export_model_file(source, onnx, onnx_half, output, overwrite, embedder_layer)
         return
     if output is not None or overwrite or embedder_layer is not None:

@@ -224,14 +224,16 @@ def export_model_file_onnx(
     overwrite: bool = False,
     embedder_layer: int | None = None,
 ) -> Path:
-    """Export the generator in a model file (an arvc export, an RVC inference ``.pth``, an arvc checkpoint
-    or an RVC ``G_*.pth`` of a preset's shape) as a VC Client ONNX file at `out` (default
+    """Export the generator in a model file (an arvc export or its folder, an RVC inference ``.pth``, an
+    arvc checkpoint or an RVC ``G_*.pth`` of a preset's shape) as a VC Client ONNX file at `out` (default
     :func:`onnx_path_for`). Everything that would refuse the export is checked before anything is written:
     a missing extra (ImportError), an unreadable or unfitting file (PretrainedError), a model without pitch
     guidance or configuration, an output that exists without `overwrite` or is not an ``.onnx`` file
     (ExportError). The content features are the file's record, else HuBERT for RVC's own files."""
     require_onnx()
     model = Path(model)
+    if model.is_dir() and (model / "model.safetensors").is_file():  # an export folder: its model
+        model = model / "model.safetensors"
     if model.suffix.lower() == ".onnx":
         raise ExportError(f"{model} is already an ONNX file; pass the model it was exported from")
     target = Path(out) if out is not None else onnx_path_for(model, half)
