@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import zlib
 
@@ -27,9 +28,8 @@ def small_rvc_config(**changes) -> RunConfig:
 def rvc_file(path, cfg: RunConfig, seed: int, f0: int = 1, sr: str = "32k", version: str = "v2") -> dict:
     """An RVC inference .pth as RVC's ckpt processing writes it (fp16, no enc_q); returns its weights."""
     torch.manual_seed(seed)
-    weights = {k: v.half() for k, v in Synthesizer(cfg).state_dict().items() if not k.startswith("enc_q.")}
-    if not f0:
-        del weights["enc_p.emb_pitch.weight"]
+    net = Synthesizer(cfg, f0=bool(f0))  # f0=0: RVC's nono layout (no pitch embedding, no NSF source)
+    weights = {k: v.half() for k, v in net.state_dict().items() if not k.startswith("enc_q.")}
     values = rvc_config_list(cfg)
     values[-1] = {"32k": 32000, "40k": 40000, "48k": 48000}[sr]
     torch.save(
@@ -38,13 +38,14 @@ def rvc_file(path, cfg: RunConfig, seed: int, f0: int = 1, sr: str = "32k", vers
     return weights
 
 
-def patterned_weights(cfg: RunConfig, seed: int) -> dict[str, torch.Tensor]:
+def patterned_weights(cfg: RunConfig, seed: int, f0: bool = True) -> dict[str, torch.Tensor]:
     """A generator's inference weights (no enc_q) in fp16 from integer arithmetic alone, no RNG: the same
     bits on every machine and torch version, so a fixture recorded from RVC's code stays valid. Each value
     is k * 2**-(11 + e) with |k| <= 2047 and e in 0..5 (exact in fp16; the spread of exponents makes a
     merge in another precision or order give other bits)."""
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in Synthesizer(cfg).state_dict().items() if not k.startswith("enc_q.")}
+        net = Synthesizer(cfg, f0=f0)
+    shapes = {k: v.shape for k, v in net.state_dict().items() if not k.startswith("enc_q.")}
     weights = {}
     for key, shape in shapes.items():
         index = torch.arange(shape.numel(), dtype=torch.int64)
@@ -55,12 +56,15 @@ def patterned_weights(cfg: RunConfig, seed: int) -> dict[str, torch.Tensor]:
     return weights
 
 
-def patterned_rvc_file(path, cfg: RunConfig, seed: int, sr: str = "32k", version: str = "v2") -> dict:
+def patterned_rvc_file(
+    path, cfg: RunConfig, seed: int, sr: str = "32k", version: str = "v2", f0: int = 1
+) -> dict:
     """An RVC inference .pth (as RVC's ckpt processing writes it) of :func:`patterned_weights`."""
-    weights = patterned_weights(cfg, seed)
+    weights = patterned_weights(cfg, seed, f0=bool(f0))
     values = rvc_config_list(cfg)
     values[-1] = {"32k": 32000, "40k": 40000, "48k": 48000}[sr]
-    torch.save({"weight": weights, "config": values, "sr": sr, "f0": 1, "version": version, "info": ""}, path)
+    fields = {"config": values, "sr": sr, "f0": f0, "version": version, "info": ""}
+    torch.save({"weight": weights, **fields}, path)
     return weights
 
 
@@ -76,3 +80,24 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     data = tensor.contiguous().view(torch.uint8).numpy().tobytes()
     dtype = str(tensor.dtype).removeprefix("torch.")
     return f"{dtype} {list(tensor.shape)} {hashlib.sha256(data).hexdigest()[:32]}"
+
+
+def reduced_width(cfg: RunConfig) -> RunConfig:
+    """A config family's architecture with fewer channels: version, feature width, sample rate, hop,
+    upsample rates and kernels, resblocks, heads and speaker count kept (the same graph of operations)."""
+    model = dataclasses.replace(
+        cfg.model,
+        inter_channels=16,
+        hidden_channels=16,
+        filter_channels=32,
+        n_layers=2,
+        upsample_initial_channel=64,
+        gin_channels=16,
+    )
+    return dataclasses.replace(cfg, model=model)
+
+
+def key_digest(keys: list[tuple[str, list[int]]]) -> str:
+    """``N keys sha256`` of a state dict's (key, shape) list in order (rvc_nono.json's layouts)."""
+    text = "\n".join(f"{k} {list(shape)}" for k, shape in keys)
+    return f"{len(keys)} keys {hashlib.sha256(text.encode()).hexdigest()}"

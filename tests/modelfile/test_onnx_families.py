@@ -20,12 +20,12 @@ noise 0, fully voiced pitch), as test_onnx.py explains; fp32 bound ATOL stated t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
+from rvcfiles import reduced_width
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -39,20 +39,8 @@ FAMILIES = ["v1-32k", "v1-40k", "v1-48k", "v2-32k", "v2-40k", "v2-48k"]
 # test_onnx.py.
 ATOL = 1e-5
 MODEL_TYPES = {"v1": ("pyTorchRVC", 256), "v2": ("pyTorchRVCv2", 768)}
-
-
-def reduced(cfg: RunConfig) -> RunConfig:
-    """The family's architecture with fewer channels (everything that shapes the graph kept)."""
-    model = dataclasses.replace(
-        cfg.model,
-        inter_channels=16,
-        hidden_channels=16,
-        filter_channels=32,
-        n_layers=2,
-        upsample_initial_channel=64,
-        gin_channels=16,
-    )
-    return dataclasses.replace(cfg, model=model)
+NO_F0_TYPES = {"v1": "pyTorchRVCNono", "v2": "pyTorchRVCv2Nono"}
+PITCH = [True, False]  # with pitch guidance (f0) and without (RVC's f0=0 "nono" models)
 
 
 def _inputs(frames: int, dim: int, length: int | None = None) -> dict:
@@ -66,27 +54,28 @@ def _inputs(frames: int, dim: int, length: int | None = None) -> dict:
     }
 
 
-def check_family(name: str, cfg: RunConfig, folder, cases) -> None:
-    """Export a noise-free generator of `cfg` and check the client's interface, the metadata of family
-    `name`, and onnxruntime == torch on `cases` ((frames, p_len) pairs)."""
+def check_family(name: str, cfg: RunConfig, folder, cases, f0: bool = True) -> None:
+    """Export a noise-free generator of `cfg` (`f0`: with pitch guidance) and check the client's interface,
+    the metadata of family `name`, and onnxruntime == torch on `cases` ((frames, p_len) pairs)."""
     torch.manual_seed(0)
-    net = Synthesizer(cfg).eval()
-    net.dec.m_source.l_sin_gen.noise_std = 0.0
+    net = Synthesizer(cfg, f0=f0).eval()
+    if f0:
+        net.dec.m_source.l_sin_gen.noise_std = 0.0
     path = export_onnx(net, cfg, folder / f"{name}.onnx", noise_scale=0.0)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     version, sr = name.split("-")
-    model_type, dim = MODEL_TYPES[version]
+    model_type, dim = MODEL_TYPES[version] if f0 else (NO_F0_TYPES[version], MODEL_TYPES[version][1])
     inputs = [(i.name, i.type, i.shape) for i in session.get_inputs()]
+    pitch = [("pitch", "tensor(int64)", [1, "T"]), ("pitchf", "tensor(float)", [1, "T"])]
     assert inputs == [
         ("feats", "tensor(float)", [1, "T", dim]),
         ("p_len", "tensor(int64)", [1]),
-        ("pitch", "tensor(int64)", [1, "T"]),
-        ("pitchf", "tensor(float)", [1, "T"]),
+        *(pitch if f0 else []),
         ("sid", "tensor(int64)", [1]),
     ]
     assert [(o.name, o.type) for o in session.get_outputs()] == [("audio", "tensor(float)")]
     meta = json.loads(session.get_modelmeta().custom_metadata_map["metadata"])
-    assert meta == client_metadata(cfg)
+    assert meta == client_metadata(cfg, f0=f0) and meta["f0"] is f0
     assert (meta["modelType"], meta["embChannels"], meta["samplingRate"]) == (
         model_type,
         dim,
@@ -95,21 +84,25 @@ def check_family(name: str, cfg: RunConfig, folder, cases) -> None:
     net.remove_weight_norm()
     for frames, length in cases:
         feeds = _inputs(frames, dim, length)
-        (audio,) = session.run(["audio"], feeds)
+        if not f0:
+            feeds["pitch"] = feeds["pitchf"] = None
+        (audio,) = session.run(["audio"], {k: v for k, v in feeds.items() if v is not None})
         assert audio.shape == (frames * cfg.data.hop_length,)
-        args = [torch.from_numpy(feeds[key]) for key in F0_INPUTS]
+        args = [None if feeds[key] is None else torch.from_numpy(feeds[key]) for key in F0_INPUTS]
         expected = torch.clamp(net.infer(*args, noise_scale=0.0)[0, 0], -1, 1).numpy()
         assert np.abs(expected).max() > 1e-3  # a real signal, not silence compared with silence
         np.testing.assert_allclose(audio, expected, rtol=0, atol=ATOL, err_msg=f"{name} T={frames}")
 
 
+@pytest.mark.parametrize("f0", PITCH, ids=["f0", "no-f0"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_reduced_width_family_exports_with_parity(name, tmp_path):
-    cfg = reduced(load_config(name))
-    check_family(name, cfg, tmp_path, [(1, None), (37, None), (200, 151)])
+def test_reduced_width_family_exports_with_parity(name, f0, tmp_path):
+    cfg = reduced_width(load_config(name))
+    check_family(name, cfg, tmp_path, [(1, None), (37, None), (200, 151)], f0=f0)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("f0", PITCH, ids=["f0", "no-f0"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_full_size_family_exports_with_parity(name, tmp_path):
-    check_family(name, load_config(name), tmp_path, [(1, None), (37, None), (120, 97)])
+def test_full_size_family_exports_with_parity(name, f0, tmp_path):
+    check_family(name, load_config(name), tmp_path, [(1, None), (37, None), (120, 97)], f0=f0)

@@ -67,7 +67,7 @@ def _same_weights_as_a_direct_export(path, model_file, tmp_path):
     """The file route's graph holds the model file's weights: the same initializers as export_onnx of the
     generator loaded from the file."""
     mf = read_model_file(model_file)
-    net = Synthesizer(mf.config)
+    net = Synthesizer(mf.config, f0=mf.f0 != 0)
     load_state_strict(net, mf.generator, mf, mf.config, optional=("enc_q.",))
     direct = export_onnx(net, mf.config, tmp_path / "direct.onnx")
     ours, theirs = _initializers(path), _initializers(direct)
@@ -80,23 +80,29 @@ V1 = {"data__feature_dim": 256}
 
 
 @pytest.mark.parametrize(
-    ("changes", "version", "model_type", "dim"),
-    [({}, "v2", "pyTorchRVCv2", 768), (V1, "v1", "pyTorchRVC", 256)],
-    ids=["v2", "v1"],
+    ("changes", "version", "f0", "model_type", "dim"),
+    [
+        ({}, "v2", 1, "pyTorchRVCv2", 768),
+        (V1, "v1", 1, "pyTorchRVC", 256),
+        (V1, "v1", 0, "pyTorchRVCNono", 256),
+    ],
+    ids=["v2", "v1", "v1-no-f0"],
 )
-def test_an_rvc_pth_exports_to_onnx_beside_it(tmp_path, changes, version, model_type, dim):
+def test_an_rvc_pth_exports_to_onnx_beside_it(tmp_path, changes, version, f0, model_type, dim):
     cfg = small_rvc_config(**changes)
     if version == "v1":
         cfg.version = "v1"
-    rvc_file(tmp_path / "voice.pth", cfg, seed=1, version=version)
+    rvc_file(tmp_path / "voice.pth", cfg, seed=1, version=version, f0=f0)
     output = _ok(["export", tmp_path / "voice.pth", "--onnx"])
     path = tmp_path / "voice.onnx"
     assert f"onnx: {path}" in output
     session = _session(path)
-    assert [i.name for i in session.get_inputs()] == ["feats", "p_len", "pitch", "pitchf", "sid"]
+    names = ["feats", "p_len", "pitch", "pitchf", "sid"] if f0 else ["feats", "p_len", "sid"]
+    assert [i.name for i in session.get_inputs()] == names
     assert session.get_inputs()[0].shape == [1, "T", dim] and session.get_inputs()[0].type == "tensor(float)"
     props = _props(path)
-    assert props["metadata"] == client_metadata(read_model_file(tmp_path / "voice.pth").config)
+    config = read_model_file(tmp_path / "voice.pth").config
+    assert props["metadata"] == client_metadata(config, f0=bool(f0)) and props["metadata"]["f0"] is bool(f0)
     assert (props["metadata"]["modelType"], props["metadata"]["samplingRate"]) == (model_type, 32000)
     assert props["arvc"]["features"] == "hubert"  # an RVC file: RVC's tools feed it HuBERT features
     _same_weights_as_a_direct_export(path, tmp_path / "voice.pth", tmp_path)
@@ -127,7 +133,6 @@ def test_an_arvc_export_exports_fp16_and_infer_runs_it(tmp_path):
 def test_refusals_say_what_and_leave_the_files_as_they_were(tmp_path, monkeypatch):
     cfg = small_rvc_config()
     rvc_file(tmp_path / "voice.pth", cfg, seed=1)
-    rvc_file(tmp_path / "nono.pth", cfg, seed=2, f0=0)
     pth, onnx_path = tmp_path / "voice.pth", tmp_path / "voice.onnx"
     onnx_path.write_bytes(b"the user's file")
     _fails(["export", pth, "--onnx"], f"{onnx_path} exists", "--overwrite")
@@ -136,12 +141,11 @@ def test_refusals_say_what_and_leave_the_files_as_they_were(tmp_path, monkeypatc
     _fails(["export", pth, "--onnx", "-o", tmp_path / "v.pth"], "must name an .onnx file")
     _fails(["export", pth, "--onnx", "-o", tmp_path], "is a folder")
     _fails(["export", pth, "--onnx", "--onnx-half", "-o", tmp_path / "v.onnx"], "one at a time")
-    _fails(["export", tmp_path / "nono.pth", "--onnx"], "without pitch guidance (f0=0)", "nothing written")
     _fails(["export", onnx_path, "--onnx", "-o", tmp_path / "v.onnx"], "already an ONNX file")
     _fails(["export", tmp_path / "run", "-o", tmp_path / "v.onnx"], "not a model file")
     monkeypatch.setitem(sys.modules, "onnx", None)
     _fails(["export", pth, "--onnx", "-o", tmp_path / "v.onnx"], "pip install 'arvc[onnx]'")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nono.pth", "voice.onnx", "voice.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["voice.onnx", "voice.pth"]
     assert onnx_path.read_bytes() == b"the user's file"
 
 
