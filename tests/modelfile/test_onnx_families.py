@@ -1,4 +1,5 @@
-"""The VC Client ONNX export for every config family: v1 and v2 (256/768-d features) at 32k, 40k and 48k.
+"""The VC Client ONNX export for every config family: v1 and v2 (256/768-d features) at 32k, 40k and 48k,
+each with pitch guidance (f0) and without (RVC's f0=0 "nono" models, the client's no-f0 interface).
 
 Two sizes of each family, the same checks (interface, metadata, onnxruntime == torch):
 
@@ -9,13 +10,14 @@ Two sizes of each family, the same checks (interface, metadata, onnxruntime == t
   source at the family's sample rate) is the family's; only the weight tensors are smaller.
 - Marked ``slow`` (the project's mark for long tests; ``-m slow`` runs only them, ``-m "not slow"`` skips
   them), the *full-size* preset itself (random weights). Measured here on 2 CPU cores shared with other
-  work (load average 10): 25-40 s per family for export + checks, 3.5 min for the six; the reduced ones
-  7-11 s each (the TorchScript trace and onnxruntime's session dominate, not the weights' size); one
-  full-size v2-40k export + check alone on a quieter machine: 13 s.
+  work (load average 10-11): 23-40 s per family for export + checks, 3.5 min for the six f0 and 3.3 min
+  for the six no-f0 ones (7 min for the 12 slow tests); the reduced ones 7-12 s each, 2 min for the 12
+  (the TorchScript trace and onnxruntime's session dominate, not the weights' size); one full-size v2-40k
+  export + check alone on a quieter machine: 13 s.
 
-``tiny`` (16 kHz, 80-d) is exported at its full size in test_onnx.py, which also covers fp16, dynamic
-lengths 1..1000 and the in-graph noise. Parity is on the deterministic path (prior noise scale 0, NSF
-noise 0, fully voiced pitch), as test_onnx.py explains; fp32 bound ATOL stated there.
+``tiny`` (16 kHz, 80-d) is exported at its full size, f0 and no-f0, in test_onnx.py, which also covers
+fp16, dynamic lengths 1..1000 and the in-graph noise. Parity is on the deterministic path (prior noise
+scale 0, NSF noise 0, fully voiced pitch), as test_onnx.py explains; fp32 bound ATOL stated there.
 """
 
 from __future__ import annotations
