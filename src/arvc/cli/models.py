@@ -69,7 +69,7 @@ def export_command(
     ],
     onnx: Annotated[
         bool,
-        typer.Option("--onnx", help="Also write model.onnx for w-okada's VC Client (arvc[onnx])."),
+        typer.Option("--onnx", help="Also write model.onnx for w-okada's VC Client (arvc\\[onnx])."),
     ] = False,
     onnx_half: Annotated[
         bool,
@@ -161,7 +161,7 @@ def merge_command(
         bool, typer.Option("--overwrite", help="Replace the model files in OUTPUT.")
     ] = False,
     onnx: Annotated[
-        bool, typer.Option("--onnx", help="Also write OUTPUT/model.onnx for the VC Client (arvc[onnx]).")
+        bool, typer.Option("--onnx", help="Also write OUTPUT/model.onnx for the VC Client (arvc\\[onnx]).")
     ] = False,
 ) -> None:
     """Merge voice models as RVC does: a weighted average of their weights, saved in fp16."""
