@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from rvcfiles import merge_case_config, patterned_rvc_file, rvc_file, small_rvc_config, tensor_digest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from arvc.cli import app
-from arvc.config import RunConfig, load_config, rvc_config_list
+from arvc.config import load_config, rvc_config_list
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator
 from arvc.modelfile.merge import MergeError, parse_weights
@@ -37,33 +39,6 @@ def _fails(args, *texts):
     for text in texts:
         assert text in flat, flat
     return flat
-
-
-def small_rvc_config(**changes) -> RunConfig:
-    """A tiny generator in an RVC preset's shape (v2, 768-d, 32 kHz), so an RVC .pth is written for it."""
-    cfg = load_config("tiny")
-    cfg.name = "v2-32k"
-    d = cfg.data
-    d.sampling_rate, d.hop_length, d.filter_length, d.win_length, d.feature_dim = 32000, 320, 1024, 1024, 768
-    cfg.model.upsample_rates, cfg.model.upsample_kernel_sizes = [10, 8, 2, 2], [20, 16, 4, 4]
-    for key, value in changes.items():
-        section, name = key.split("__")
-        setattr(getattr(cfg, section), name, value)
-    return cfg
-
-
-def rvc_file(path, cfg: RunConfig, seed: int, f0: int = 1, sr: str = "32k", version: str = "v2") -> dict:
-    """An RVC inference .pth as RVC's ckpt processing writes it (fp16, no enc_q); returns its weights."""
-    torch.manual_seed(seed)
-    weights = {k: v.half() for k, v in Synthesizer(cfg).state_dict().items() if not k.startswith("enc_q.")}
-    if not f0:
-        del weights["enc_p.emb_pitch.weight"]
-    values = rvc_config_list(cfg)
-    values[-1] = {"32k": 32000, "40k": 40000, "48k": 48000}[sr]
-    torch.save(
-        {"weight": weights, "config": values, "sr": sr, "f0": f0, "version": version, "info": ""}, path
-    )
-    return weights
 
 
 def rvc_merge_reference(a: dict, b: dict, alpha1: float) -> dict:
@@ -233,3 +208,31 @@ def test_parse_weights_defaults():
         parse_weights(2, ratio=0.5, weights="0.5,0.5")
     with pytest.raises(MergeError, match="not a comma-separated list"):
         parse_weights(2, weights="half,half")
+
+
+RVC_MERGE = json.loads((Path(__file__).parent / "fixtures" / "rvc_merge.json").read_text())
+
+
+@pytest.mark.parametrize("case", RVC_MERGE["cases"], ids=lambda case: case["name"])
+def test_arvc_merge_is_rvcs_own_merge_bit_for_bit(case, tmp_path):
+    """`arvc merge --ratio` against what RVC's own ``process_ckpt.merge`` wrote for the same two files
+    (fixtures/rvc_merge.json, recorded by running RVC's code: fixtures/make_rvc_merge.py): every tensor's
+    bytes, in RVC's key order, and the fields RVC writes. RVC's "info" is its user's text, arvc's says what
+    was merged; RVC's config keeps the first model's speaker count where arvc's has the merged weights'
+    (the one documented difference: case v2-speakers)."""
+    paths = []
+    for index, (spk, seed) in enumerate(zip(case["spk"], case["seeds"], strict=True)):
+        paths.append(tmp_path / f"{index}.pth")
+        patterned_rvc_file(paths[-1], merge_case_config(case, spk), seed=seed, version=case["version"])
+    _ok([*paths, "--ratio", case["alpha"], "-o", tmp_path / "out"])
+    saved = torch.load(tmp_path / "out" / "model_rvc.pth", map_location="cpu", weights_only=True)
+    assert list(saved["weight"]) == list(case["weights"])  # the same tensors in the same order
+    assert {key: tensor_digest(value) for key, value in saved["weight"].items()} == case["weights"]
+    rvc = case["fields"]
+    assert (saved["sr"], saved["f0"], saved["version"]) == (rvc["sr"], rvc["f0"], rvc["version"])
+    speakers = 15  # spk_embed_dim's place in RVC's config list
+    assert saved["config"][:speakers] + saved["config"][speakers + 1 :] == (
+        rvc["config"][:speakers] + rvc["config"][speakers + 1 :]
+    )
+    assert saved["config"][speakers] == min(case["spk"])
+    assert rvc["config"][speakers] == case["spk"][0]

@@ -53,6 +53,17 @@ def deterministic(tiny, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def no_f0(tmp_path_factory):
+    """A noise-free export of a tiny generator without pitch guidance (RVC's nono layout)."""
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    net = Synthesizer(cfg, f0=False).eval()
+    path = export_onnx(net, cfg, tmp_path_factory.mktemp("onnx") / "nono.onnx", noise_scale=0.0)
+    net.remove_weight_norm()
+    return net, cfg, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), path
+
+
+@pytest.fixture(scope="module")
 def real(tiny, tmp_path_factory):
     net, cfg = tiny
     path = export_onnx(net, cfg, tmp_path_factory.mktemp("onnx") / "model.onnx")
@@ -286,12 +297,35 @@ def test_a_v1_layout_exports_with_v1_metadata_and_parity(tmp_path):
     np.testing.assert_allclose(session.run(["audio"], feeds)[0], _torch(net, feeds, 0.0), rtol=0, atol=ATOL)
 
 
-def test_a_generator_without_pitch_guidance_is_refused(tmp_path):
-    net, cfg = _generator("tiny"), load_config("tiny")
-    del net.enc_p.emb_pitch  # what a no-f0 (nono) model lacks
-    with pytest.raises(ExportError, match="no pitch guidance"):
-        export_onnx(net, cfg, tmp_path / "model.onnx")
-    assert not any(tmp_path.iterdir())
+@pytest.mark.parametrize("frames, length", [(1, None), (37, None), (301, None), (90, 61)])
+def test_a_model_without_pitch_guidance_has_the_clients_no_f0_interface_and_parity(no_f0, frames, length):
+    """RVC's f0=0 ("nono") generator at tiny size: inputs feats, p_len, sid; metadata f0 false and the
+    client's nono model type; onnxruntime == torch (its decoder has no NSF noise; prior noise 0)."""
+    net, cfg, session, path = no_f0
+    f, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    model = onnx.load(str(path))
+    assert {x.name: _type(x) for x in model.graph.input} == {
+        "feats": (f, [1, "T", cfg.data.feature_dim]),
+        "p_len": (i64, [1]),
+        "sid": (i64, [1]),
+    }
+    assert [x.name for x in model.graph.input] == ["feats", "p_len", "sid"]
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["metadata"])
+    assert meta == client_metadata(cfg, f0=False)
+    assert (meta["f0"], meta["modelType"]) == (False, "pyTorchRVCv2Nono")
+    full = _inputs(frames, cfg.data.feature_dim, length=length)
+    feeds = {name: full[name] for name in ("feats", "p_len", "sid")}
+    (audio,) = session.run(["audio"], feeds)
+    feats, p_len, sid = (torch.from_numpy(full[name]) for name in ("feats", "p_len", "sid"))
+    expected = torch.clamp(net.infer(feats, p_len, None, None, sid, noise_scale=0.0), -1, 1)
+    np.testing.assert_allclose(audio, expected[0, 0].numpy(), rtol=0, atol=ATOL)
+
+
+def test_arvc_infer_refuses_a_no_f0_file_clearly(no_f0):
+    from arvc.infer.convert import load_voice_model
+
+    with pytest.raises(ValueError, match="without pitch guidance.*arvc converts pitch-guided models only"):
+        load_voice_model(no_f0[3])
 
 
 # fp16 against the fp32 torch generator: measured max |difference| 1.1e-4 (about one float16 step at the

@@ -59,30 +59,79 @@ def inspect_command(
 
 @app.command(name="export")
 def export_command(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder, runs/NAME.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_OR_MODEL",
+            help="A run folder (runs/NAME), or with --onnx/--onnx-half a model file: model.safetensors/json "
+            "(or its folder), RVC .pth, ckpt_*.pt.",
+        ),
+    ],
     onnx: Annotated[
         bool,
-        typer.Option("--onnx", help="Also write export/model.onnx for w-okada's VC Client (arvc[onnx])."),
+        typer.Option("--onnx", help="Also write model.onnx for w-okada's VC Client (arvc\\[onnx])."),
     ] = False,
     onnx_half: Annotated[
         bool,
-        typer.Option(
-            "--onnx-half", help="Also write export/model_fp16.onnx (float16, for the client on a GPU)."
-        ),
+        typer.Option("--onnx-half", help="Also write model_fp16.onnx (float16, for the client on a GPU)."),
     ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="A model file's .onnx (default: beside it, NAME.onnx / NAME_fp16.onnx)."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="A model file's export: replace an existing .onnx.")
+    ] = False,
+    embedder_layer: EmbedderLayerOption = None,
 ) -> None:
-    """Export the run's newest checkpoint to RUN/export (safetensors + json, and RVC's .pth if RVC-sized)."""
+    """Export the run's newest checkpoint to RUN/export (safetensors + json, and RVC's .pth if RVC-sized),
+    or a model file to ONNX for the VC Client."""
     from arvc.modelfile.export import ExportError
     from arvc.modelfile.read import PretrainedError
+
+    if source.is_file() or (source / "model.safetensors").is_file():  # a model file or an export folder
+        _export_model_file(source, onnx, onnx_half, output, overwrite, embedder_layer)
+        return
+    if output is not None or overwrite or embedder_layer is not None:
+        fail(
+            f"{source} is not a model file: -o, --overwrite and --embedder-layer are for exporting a model "
+            "file to ONNX; a run exports to RUN/export (the HuBERT layer is the run's own)"
+        )
     from arvc.train.export import export_run
 
     try:
-        done = export_run(run_dir, onnx=onnx, onnx_half=onnx_half)
+        done = export_run(source, onnx=onnx, onnx_half=onnx_half)
     except (PretrainedError, ExportError, ImportError, OSError) as error:
         fail(str(error))
     _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step})")
     for kind, path in done.written.items():
         _app.console.print(f"  {kind}: {path}", highlight=False)
+
+
+def _export_model_file(model: Path, onnx: bool, half: bool, output, overwrite: bool, layer) -> None:
+    """`arvc export MODEL --onnx/--onnx-half`: the model file's generator as VC Client ONNX file(s)."""
+    from arvc.modelfile.export import ExportError
+    from arvc.modelfile.onnx import export_model_file_onnx
+    from arvc.modelfile.read import PretrainedError
+
+    if not (onnx or half):
+        fail(
+            f"{model} is a model file: it exports to ONNX only (pass --onnx or --onnx-half); a run folder "
+            "exports to safetensors + RVC .pth (arvc export runs/NAME)"
+        )
+    if onnx and half and output is not None:
+        fail("-o names one .onnx file: export --onnx and --onnx-half one at a time, each with its -o")
+    try:
+        for kind, asked in (("onnx", onnx), ("onnx-fp16", half)):
+            if asked:
+                path = export_model_file_onnx(
+                    model, output, half=kind == "onnx-fp16", overwrite=overwrite, embedder_layer=layer
+                )
+                _app.console.print(f"  {kind}: {path}", highlight=False)
+    except (PretrainedError, ExportError, ImportError, OSError) as error:
+        fail(str(error))
 
 
 @app.command(name="merge")
@@ -111,15 +160,19 @@ def merge_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the model files in OUTPUT.")
     ] = False,
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="Also write OUTPUT/model.onnx for the VC Client (arvc\\[onnx]).")
+    ] = False,
 ) -> None:
     """Merge voice models as RVC does: a weighted average of their weights, saved in fp16."""
+    from arvc.modelfile.export import ExportError
     from arvc.modelfile.merge import MergeError, merge_models, parse_weights
     from arvc.modelfile.read import PretrainedError
 
     try:
         shares = parse_weights(len(models), ratio, weights)
-        done = merge_models(models, shares, output, overwrite=overwrite)
-    except (MergeError, PretrainedError, OSError) as error:  # OSError: a failed write (WriteError)
+        done = merge_models(models, shares, output, overwrite=overwrite, onnx=onnx)
+    except (MergeError, PretrainedError, ExportError, ImportError, OSError) as error:  # OSError: WriteError
         fail(str(error))
     _app.console.print(
         "merged " + " + ".join(f"{w:g} x {p}" for p, w in zip(models, shares, strict=True)), highlight=False

@@ -145,11 +145,14 @@ class Synthesizer(nn.Module):
     """RVC v2 generator (``SynthesizerTrnMs768NSFsid``) built from a :class:`RunConfig`.
 
     ``data.feature_dim`` sets the content-feature width (768 for HuBERT; 256 gives RVC v1's
-    ``SynthesizerTrnMs256NSFsid`` layout).
+    ``SynthesizerTrnMs256NSFsid`` layout). ``f0=False`` builds RVC's model without pitch guidance
+    (``SynthesizerTrnMs768NSFsid_nono`` / ``SynthesizerTrnMs256NSFsid_nono``: no pitch embedding, a plain
+    HiFi-GAN decoder) to run RVC's f0=0 files: :meth:`infer` only (arvc trains pitch-guided models).
     """
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, f0: bool = True) -> None:
         super().__init__()
+        self.f0 = f0
         m, d = cfg.model, cfg.data
         self.segment_size = cfg.segment_frames
         self.hop_length = d.hop_length
@@ -165,6 +168,7 @@ class Synthesizer(nn.Module):
             m.n_layers,
             m.kernel_size,
             m.p_dropout,
+            f0=f0,
         )
         if cfg.version == "v1":
             self.enc_p = text_encoder()
@@ -178,6 +182,7 @@ class Synthesizer(nn.Module):
             m.upsample_kernel_sizes,
             gin_channels=m.gin_channels,
             sr=d.sampling_rate,
+            pitch=f0,
         )
         self.enc_q = PosteriorEncoder(
             cfg.spec_channels,
@@ -232,15 +237,18 @@ class Synthesizer(nn.Module):
         self,
         phone: torch.Tensor,
         phone_lengths: torch.Tensor,
-        pitch: torch.Tensor,
-        nsff0: torch.Tensor,
+        pitch: torch.Tensor | None,
+        nsff0: torch.Tensor | None,
         sid: torch.Tensor,
         noise_scale: float = DEFAULT_NOISE_SCALE,
     ) -> torch.Tensor:
         """Convert: sample the prior (temperature ``noise_scale``), invert the flow, decode.
 
-        Returns audio ``[B, 1, T*hop]``; frames past ``phone_lengths`` decode from zeros.
+        Returns audio ``[B, 1, T*hop]``; frames past ``phone_lengths`` decode from zeros. A model without
+        pitch guidance (``f0=False``) ignores `pitch` and `nsff0` (pass None).
         """
+        if not self.f0:
+            pitch = nsff0 = None
         g = self.emb_g(sid).unsqueeze(-1)
         m_p, logs_p, x_mask = self.enc_p(phone, pitch, phone_lengths)
         z_p = (m_p + torch.exp(logs_p) * torch.randn_like(m_p) * noise_scale) * x_mask

@@ -88,7 +88,10 @@ class SourceModuleHnNSF(nn.Module):
 
 
 class GeneratorNSF(nn.Module):
-    """HiFi-GAN generator with an NSF excitation added after every upsampling layer."""
+    """HiFi-GAN generator with an NSF excitation added after every upsampling layer.
+
+    ``pitch=False`` builds RVC's plain HiFi-GAN ``Generator`` of its no-f0 ("nono") models instead: no
+    excitation source, no ``m_source``/``noise_convs`` (inference of RVC's nono files only)."""
 
     def __init__(
         self,
@@ -101,24 +104,25 @@ class GeneratorNSF(nn.Module):
         upsample_kernel_sizes: list[int],
         gin_channels: int,
         sr: int,
+        pitch: bool = True,
     ) -> None:
         super().__init__()
         self.num_kernels = len(resblock_kernel_sizes)
         self.upp = math.prod(upsample_rates)
         block = ResBlock1 if resblock == "1" else ResBlock2
         # Registration order mirrors RVC so parameters enumerate in the same order.
-        self.m_source = SourceModuleHnNSF(sampling_rate=sr, harmonic_num=0)
-        self.noise_convs = nn.ModuleList()
+        if pitch:
+            self.m_source = SourceModuleHnNSF(sampling_rate=sr, harmonic_num=0)
+            self.noise_convs = nn.ModuleList()
         self.conv_pre = nn.Conv1d(initial_channel, upsample_initial_channel, 7, 1, padding=3)
         self.ups = nn.ModuleList()
         for i, (u, k) in enumerate(zip(upsample_rates, upsample_kernel_sizes, strict=True)):
             c_in, c_out = upsample_initial_channel // 2**i, upsample_initial_channel // 2 ** (i + 1)
             self.ups.append(WNConvTranspose1d(c_in, c_out, k, u, padding=(k - u) // 2))
-            # Bring the sample-rate excitation down to this stage's rate.
             stride = math.prod(upsample_rates[i + 1 :])
-            if stride > 1:
+            if pitch and stride > 1:  # bring the sample-rate excitation down to this stage's rate
                 self.noise_convs.append(nn.Conv1d(1, c_out, stride * 2, stride=stride, padding=stride // 2))
-            else:
+            elif pitch:
                 self.noise_convs.append(nn.Conv1d(1, c_out, 1))
         self.resblocks = nn.ModuleList()
         for i in range(len(self.ups)):
@@ -130,14 +134,20 @@ class GeneratorNSF(nn.Module):
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
         self.checkpointing = False  # recompute the resblocks in backward (arvc.model.checkpointing)
 
-    def forward(self, x: torch.Tensor, f0: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
-        """Latent ``x [B, C, T]``, ``f0 [B, T]`` (Hz), speaker ``g [B, gin, 1]`` -> ``[B, 1, T*upp]``."""
-        source = self.m_source(f0, self.upp).transpose(1, 2)
+    def forward(
+        self, x: torch.Tensor, f0: torch.Tensor | None, g: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Latent ``x [B, C, T]``, ``f0 [B, T]`` (Hz; None without pitch), speaker ``g [B, gin, 1]`` ->
+        ``[B, 1, T*upp]``."""
+        pitch = hasattr(self, "m_source")
+        source = self.m_source(f0, self.upp).transpose(1, 2) if pitch else None
         x = self.conv_pre(x)
         if g is not None:
             x = x + self.cond(g)
-        for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
-            x = up(F.leaky_relu(x, LRELU_SLOPE)) + noise_conv(source)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            if pitch:
+                x = x + self.noise_convs[i](source)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
             x = sum(checkpointed(block, x, enabled=self.checkpointing) for block in blocks) / self.num_kernels
         # The final activation uses leaky_relu's default slope (0.01), as in RVC.

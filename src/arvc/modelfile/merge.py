@@ -24,6 +24,7 @@ import torch
 from arvc.config import RunConfig
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator, name_some, non_finite_tensors
+from arvc.modelfile.onnx import ONNX_FILE, ONNX_HALF_FILE, export_onnx, require_onnx
 from arvc.modelfile.read import _PHONE_KEY, ModelFile, load_state_strict, read_model_file
 
 __all__ = [
@@ -49,7 +50,7 @@ class MergeError(ValueError):
 
 @dataclass
 class MergeResult:
-    written: dict[str, Path]  # kind (safetensors, config, rvc) -> file
+    written: dict[str, Path]  # kind (safetensors, config, rvc, onnx) -> file
     sources: list[ModelFile]
     weights: list[float]
 
@@ -110,11 +111,6 @@ def _inference_weights(mf: ModelFile) -> dict[str, torch.Tensor]:
     return {k: v for k, v in mf.generator.items() if "enc_q" not in k}  # RVC's extract(): no enc_q
 
 
-def _content_features(mf: ModelFile) -> str | None:
-    """What the model converts from: its file's record, else HuBERT for RVC's own files."""
-    return mf.features or ("hubert" if mf.kind.startswith("rvc") else None)
-
-
 def _describe(mf: ModelFile) -> str:
     return mf.path.name if mf.path.name not in ("model.safetensors", "model.json") else str(mf.path.parent)
 
@@ -139,7 +135,7 @@ def check_mergeable(models: list[ModelFile]) -> None:
             lambda m: m.generator[_PHONE_KEY].shape[-1] if _PHONE_KEY in m.generator else None,
             "-d",
         ),
-        ("content features", _content_features, ""),
+        ("content features", lambda m: m.content_features, ""),
     )
     for name, value, unit in properties:
         for other in models[1:]:
@@ -191,11 +187,19 @@ def check_output_folder(out_dir: Path, overwrite: bool) -> None:
 
 
 def merge_models(
-    paths: list[str | Path], weights: list[float], out_dir: str | Path, overwrite: bool = False
+    paths: list[str | Path],
+    weights: list[float],
+    out_dir: str | Path,
+    overwrite: bool = False,
+    onnx: bool = False,
 ) -> MergeResult:
     """Merge the models at `paths` with `weights` (see :func:`parse_weights`) into the export folder
-    `out_dir`. Every check runs before anything is written; files are written atomically."""
+    `out_dir`; with `onnx` also ``model.onnx`` for the VC Client (:mod:`arvc.modelfile.onnx`, ImportError
+    naming the extra when it is missing). Every check runs before anything is written; files are written
+    atomically, the ONNX file (built and run in onnxruntime before it is written) first."""
     out_dir = Path(out_dir)
+    if onnx:
+        require_onnx()
     if len(weights) != len(paths):
         raise MergeError(f"{len(weights)} weights for {len(paths)} models; give one weight per model")
     check_output_folder(out_dir, overwrite)
@@ -222,16 +226,21 @@ def merge_models(
     info = "arvc merge: " + " + ".join(
         f"{w:g} x {_describe(m)}" for m, w in zip(models, weights, strict=True)
     )
-    stale = out_dir / "model_rvc.pth"
+    features = models[0].content_features
+    onnx_file = export_onnx(net, cfg, out_dir / ONNX_FILE, features=features) if onnx else None
     written = export_generator(
         net,
         cfg,
         out_dir,
         info=info,
-        features=_content_features(models[0]),
+        features=features,
         extra={"merged_from": sources, "merge_rule": "RVC process_ckpt.merge: sum(w * float(W)) -> fp16"},
     )
-    if "rvc" not in written and stale.exists():  # an --overwrite'n folder: its old .pth is another model
-        stale.unlink()
+    if onnx_file is not None:
+        written["onnx"] = onnx_file
+    for kind, name in (("rvc", "model_rvc.pth"), ("onnx", ONNX_FILE), ("onnx-fp16", ONNX_HALF_FILE)):
+        stale = out_dir / name
+        if kind not in written and stale.exists():  # an --overwrite'n folder: its old file is another model
+            stale.unlink()
     logger.info("merged %d models into %s", len(models), out_dir)
     return MergeResult(written, models, weights)

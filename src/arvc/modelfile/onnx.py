@@ -15,8 +15,9 @@ and reads them like this, so arvc writes exactly that:
   samplingRate, f0, embChannels, embedder, embOutputLayer, useFinalProj}``. Without it the client treats
   the file as deprecated and assumes 48 kHz and 256-d features.
 
-arvc's generator always has pitch guidance, so only the f0 interface is written (the client's no-f0
-variant, inputs ``feats``, ``p_len``, ``sid``, is for models arvc does not build).
+A model without pitch guidance (RVC's f0=0 "nono" files, :class:`arvc.model.Synthesizer` with
+``f0=False``) gets the client's no-f0 interface: inputs ``feats``, ``p_len``, ``sid``, metadata ``f0``
+false and the client's nono model types. arvc itself converts pitch-guided models only.
 
 The exporter is torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``): it is still in
 torch 2.11-2.13 (deprecated, with a warning), traces this model as the client's own exporter does and
@@ -39,11 +40,13 @@ from torch import nn
 
 from arvc._files import write_bytes
 from arvc.config import RunConfig, load_config
-from arvc.model.generator import DEFAULT_NOISE_SCALE
+from arvc.model.generator import DEFAULT_NOISE_SCALE, Synthesizer
 from arvc.modelfile.export import ExportError, check_finite, inference_state_dict
+from arvc.modelfile.read import _PITCH_KEY, load_state_strict, read_model_file
 
 __all__ = [
     "F0_INPUTS",
+    "NO_F0_INPUTS",
     "ONNX_FILE",
     "ONNX_HALF_FILE",
     "ONNX_NEEDED",
@@ -52,6 +55,8 @@ __all__ = [
     "OnnxVoice",
     "client_metadata",
     "export_onnx",
+    "export_model_file_onnx",
+    "onnx_path_for",
     "load_onnx_voice",
     "require_onnx",
 ]
@@ -63,6 +68,7 @@ ONNX_FILE = "model.onnx"
 ONNX_HALF_FILE = "model_fp16.onnx"
 OPSET = 17
 F0_INPUTS = ("feats", "p_len", "pitch", "pitchf", "sid")
+NO_F0_INPUTS = ("feats", "p_len", "sid")  # the client's interface for models without pitch guidance
 OUTPUT = "audio"
 LENGTH_AXIS = "T"
 SAMPLES = "samples"  # T * hop
@@ -74,6 +80,7 @@ ARVC_KEY = "arvc"
 CLIENT_VERSION = "2.1"  # the client's "clip inside the graph" ONNX version
 # The client's model types (its EnumInferenceTypes) for RVC's pitch-guided v1 / v2 generators.
 MODEL_TYPES = {"v1": "pyTorchRVC", "v2": "pyTorchRVCv2"}
+NO_F0_MODEL_TYPES = {"v1": "pyTorchRVCNono", "v2": "pyTorchRVCv2Nono"}  # f0=0 ("nono") models
 # What the client assumes for RVC's official v1 / v2 models: the HuBERT layer and final_proj use.
 OFFICIAL_EMBEDDER = {256: (9, True), 768: (12, False)}
 EXAMPLE_FRAMES = 64  # the traced example's length; the length axis stays dynamic
@@ -90,8 +97,8 @@ def require_onnx():
     return onnx
 
 
-def client_metadata(cfg: RunConfig, embedder_layer: int | None = None) -> dict:
-    """The VC Client's ``metadata`` JSON for a pitch-guided generator of config `cfg`.
+def client_metadata(cfg: RunConfig, embedder_layer: int | None = None, f0: bool = True) -> dict:
+    """The VC Client's ``metadata`` JSON for a generator of config `cfg` (`f0`: with pitch guidance).
 
     `embedder_layer` is the HuBERT layer the model was trained on (None: the default, 12 for 768-d
     features and 9 through final_proj for 256-d, as RVC and the client use)."""
@@ -100,9 +107,9 @@ def client_metadata(cfg: RunConfig, embedder_layer: int | None = None) -> dict:
     return {
         "application": "VC_CLIENT",
         "version": CLIENT_VERSION,
-        "modelType": MODEL_TYPES.get(cfg.version, MODEL_TYPES["v2"]),
+        "modelType": (MODEL_TYPES if f0 else NO_F0_MODEL_TYPES).get(cfg.version, MODEL_TYPES["v2"]),
         "samplingRate": cfg.data.sampling_rate,
-        "f0": True,
+        "f0": bool(f0),
         "embChannels": dim,
         "embedder": "hubert_base",
         "embOutputLayer": layer if embedder_layer is None else int(embedder_layer),
@@ -121,6 +128,14 @@ class ClientGraph(nn.Module):
 
     def forward(self, feats, p_len, pitch, pitchf, sid):  # the argument names are the graph's inputs
         audio = self.generator.infer(feats, p_len, pitch, pitchf, sid, noise_scale=self.noise_scale)
+        return torch.clamp(audio[0, 0], -1.0, 1.0)
+
+
+class NoF0ClientGraph(ClientGraph):
+    """The client's interface of a model without pitch guidance: ``feats, p_len, sid``."""
+
+    def forward(self, feats, p_len, sid):  # the argument names are the graph's inputs
+        audio = self.generator.infer(feats, p_len, None, None, sid, noise_scale=self.noise_scale)
         return torch.clamp(audio[0, 0], -1.0, 1.0)
 
 
@@ -144,7 +159,8 @@ def export_onnx(
     """Write `generator` (an :class:`arvc.model.Synthesizer` of `cfg`) as a VC Client ONNX file at `path`.
 
     Refused before anything is written: a missing onnx/onnxruntime (ImportError naming the extra),
-    NaN/inf weights, a generator without pitch guidance. The graph is built in memory, loaded into
+    NaN/inf weights. A generator without pitch guidance gets the client's no-f0 interface
+    (:data:`NO_F0_INPUTS`). The graph is built in memory, loaded into
     onnxruntime and run once, then written atomically (an existing file is kept on any failure).
     `noise_scale` is the prior's temperature (the client's 0.66666; tests export 0 to compare exactly).
     `features` (mel, hubert) is what the model was trained on: a mel model exports, for arvc only, with
@@ -154,8 +170,8 @@ def export_onnx(
     onnx = require_onnx()
     path = Path(path)
     check_finite(inference_state_dict(generator), path.parent)
-    if not hasattr(getattr(generator, "enc_p", None), "emb_pitch"):
-        raise ExportError(f"the generator has no pitch guidance (f0=0): arvc exports f0 models only ({path})")
+    f0 = hasattr(getattr(generator, "enc_p", None), "emb_pitch")
+    inputs = F0_INPUTS if f0 else NO_F0_INPUTS
     if features == "mel" or cfg.data.feature_dim not in OFFICIAL_EMBEDDER:
         logger.warning(
             "%s takes %d-d %s features; the VC Client feeds 256/768-d HuBERT/ContentVec features, so only "
@@ -165,16 +181,17 @@ def export_onnx(
             features or "content",
         )
     dtype = torch.float16 if half else torch.float32
-    net = ClientGraph(_inference_copy(generator).to(dtype), noise_scale)
+    net = (ClientGraph if f0 else NoF0ClientGraph)(_inference_copy(generator).to(dtype), noise_scale)
     frames, dim = EXAMPLE_FRAMES, cfg.data.feature_dim
-    example = (
-        torch.zeros(1, frames, dim, dtype=dtype),
-        torch.tensor([frames], dtype=torch.int64),
-        torch.ones(1, frames, dtype=torch.int64),
-        torch.full((1, frames), 100.0),
-        torch.zeros(1, dtype=torch.int64),
-    )
-    metadata = client_metadata(cfg, embedder_layer)
+    values = {
+        "feats": torch.zeros(1, frames, dim, dtype=dtype),
+        "p_len": torch.tensor([frames], dtype=torch.int64),
+        "pitch": torch.ones(1, frames, dtype=torch.int64),
+        "pitchf": torch.full((1, frames), 100.0),
+        "sid": torch.zeros(1, dtype=torch.int64),
+    }
+    example = tuple(values[name] for name in inputs)
+    metadata = client_metadata(cfg, embedder_layer, f0=f0)
     # Built and checked in memory, then written in one atomic step: an export or check that fails leaves
     # nothing behind (and is not mistaken for a failed write).
     buffer = io.BytesIO()
@@ -187,9 +204,9 @@ def export_onnx(
             example,
             buffer,
             dynamo=False,
-            input_names=list(F0_INPUTS),
+            input_names=list(inputs),
             output_names=[OUTPUT],
-            dynamic_axes=DYNAMIC_AXES,
+            dynamic_axes={name: axes for name, axes in DYNAMIC_AXES.items() if name in (*inputs, OUTPUT)},
             opset_version=OPSET,
             do_constant_folding=False,
         )
@@ -199,20 +216,71 @@ def export_onnx(
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     data = model.SerializeToString()
-    _check_runs(data, example, cfg.data.hop_length)
+    _check_runs(data, dict(zip(inputs, example, strict=True)), cfg.data.hop_length)
     write_bytes(path, data)
     logger.info("wrote %s (VC Client ONNX, %s, %s)", path, "fp16" if half else "fp32", json.dumps(metadata))
     return path
 
 
-def _check_runs(data: bytes, example: tuple[torch.Tensor, ...], hop: int) -> None:
+def onnx_path_for(model: Path, half: bool = False) -> Path:
+    """Where `arvc export MODEL --onnx` writes by default: beside the model, ``model.onnx`` for an arvc
+    export (``model_fp16.onnx`` for fp16), else the file's own name with ``.onnx`` (``_fp16.onnx``)."""
+    if model.name in ("model.safetensors", "model.json"):
+        return model.with_name(ONNX_HALF_FILE if half else ONNX_FILE)
+    return model.with_name(model.stem + ("_fp16" if half else "") + ".onnx")
+
+
+def export_model_file_onnx(
+    model: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    half: bool = False,
+    overwrite: bool = False,
+    embedder_layer: int | None = None,
+) -> Path:
+    """Export the generator in a model file (an arvc export or its folder, an RVC inference ``.pth``, an
+    arvc checkpoint or an RVC ``G_*.pth`` of a preset's shape) as a VC Client ONNX file at `out` (default
+    :func:`onnx_path_for`). Everything that would refuse the export is checked before anything is written:
+    a missing extra (ImportError), an unreadable or unfitting file (PretrainedError), a model without a
+    configuration, an output that exists without `overwrite` or is not an ``.onnx`` file (ExportError). An
+    RVC file without pitch guidance (f0=0) gets the client's no-f0 interface. The content features are
+    the file's record, else HuBERT for RVC's own files."""
+    require_onnx()
+    model = Path(model)
+    if model.is_dir() and (model / "model.safetensors").is_file():  # an export folder: its model
+        model = model / "model.safetensors"
+    if model.suffix.lower() == ".onnx":
+        raise ExportError(f"{model} is already an ONNX file; pass the model it was exported from")
+    target = Path(out) if out is not None else onnx_path_for(model, half)
+    if target.is_dir():
+        raise ExportError(f"-o {target} is a folder; name the .onnx file to write, e.g. {target / ONNX_FILE}")
+    if target.suffix.lower() != ".onnx":
+        raise ExportError(f"-o {target} must name an .onnx file (e.g. {target.with_suffix('.onnx')})")
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} exists; replace it (--overwrite) or write another .onnx path (-o)")
+    mf = read_model_file(model)  # PretrainedError names a bad file
+    if mf.generator is None:
+        raise ExportError(f"{mf.path} is a discriminator file; ONNX export needs a generator (voice model)")
+    if mf.config is None:
+        raise ExportError(
+            f"{mf.path} ({mf.summary()}) does not say which configuration it has; pass its inference file "
+            "(RVC's weights/NAME.pth or an arvc export)"
+        )
+    net = Synthesizer(mf.config, f0=_PITCH_KEY in mf.generator)  # an RVC f0=0 file: the client's no-f0 graph
+    quiet = logging.DEBUG  # inference files have no enc_q, which the ONNX graph does not use
+    load_state_strict(net, mf.generator, mf, mf.config, optional=("enc_q.",), absent_level=quiet)
+    features = mf.content_features
+    return export_onnx(net, mf.config, target, embedder_layer=embedder_layer, features=features, half=half)
+
+
+def _check_runs(data: bytes, example: dict[str, torch.Tensor], hop: int) -> None:
     """Load the file into onnxruntime and run it once: a file that does not run is not written."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    feeds = {name: value.numpy() for name, value in zip(F0_INPUTS, example, strict=True)}
+    feeds = {name: value.numpy() for name, value in example.items()}
     (audio,) = session.run([OUTPUT], feeds)
-    expected = example[0].shape[1] * hop
+    expected = example["feats"].shape[1] * hop
     if audio.shape != (expected,) or not bool(torch.isfinite(torch.from_numpy(audio)).all()):
         raise ExportError(
             f"the exported graph gave audio of shape {audio.shape} (finite: "
@@ -274,6 +342,11 @@ def load_onnx_voice(path: str | os.PathLike) -> tuple[OnnxVoice, RunConfig]:
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph classes
         raise ValueError(f"{path} is not an ONNX model onnxruntime can load: {error}") from error
     names = tuple(i.name for i in session.get_inputs())
+    if names == NO_F0_INPUTS:
+        raise ValueError(
+            f"{path} is a model without pitch guidance (the VC Client's no-f0 interface {list(names)}): the "
+            "client runs it, arvc converts pitch-guided models only"
+        )
     if names != F0_INPUTS or [o.name for o in session.get_outputs()] != [OUTPUT]:
         raise ValueError(
             f"{path} has inputs {list(names)} and outputs {[o.name for o in session.get_outputs()]}; arvc "

@@ -73,6 +73,11 @@ class ModelFile:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def content_features(self) -> str | None:
+        """What the model converts from: the file's record, else HuBERT for RVC's own files."""
+        return self.features or ("hubert" if self.kind.startswith("rvc") else None)
+
+    @property
     def contents(self) -> list[str]:
         return [n for n, sd in (("generator", self.generator), ("discriminator", self.discriminator)) if sd]
 

@@ -453,8 +453,13 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
             m_path = gr.Textbox(label="Model file or run folder", elem_id="m-path")
             with gr.Row():
                 inspect_button = gr.Button("Inspect", elem_id="inspect")
-                export_button = gr.Button("Export the run", elem_id="export")
+                export_button = gr.Button("Export (a run; a model file: to ONNX)", elem_id="export")
                 index_button = gr.Button("Build the run's index", elem_id="index")
+            m_onnx = gr.Checkbox(
+                label="ONNX for w-okada's VC Client too (export and merge; needs arvc[onnx])",
+                value=False,
+                elem_id="m-onnx",
+            )
             with gr.Accordion("Merge models (RVC's model fusion)", open=False):
                 merge_paths = gr.Textbox(
                     label="Models to merge, one per line (RVC .pth, export folder, model.safetensors)",
@@ -479,12 +484,18 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                     gr.Warning(f"error: {error}")
                     return None
 
-            def export(text):
+            def export(text, onnx):
+                from arvc.modelfile.onnx import export_model_file_onnx
                 from arvc.train.export import export_run
 
                 try:
-                    done = export_run(inside(root, text, "run folder") or Path(""))
-                except ValueError as error:
+                    path = inside(root, text, "run folder or model file") or Path("")
+                    if path.is_file():  # a model file: its ONNX beside it (never replacing a file)
+                        if not onnx:
+                            raise ValueError(f"{text} is a model file: tick ONNX to export it to ONNX")
+                        return {"onnx": str(export_model_file_onnx(path))}
+                    done = export_run(path, onnx=bool(onnx))
+                except (ValueError, RuntimeError, ImportError, OSError) as error:  # + ExportError
                     gr.Warning(f"error: {error}")
                     return None
                 return {"checkpoint": done.checkpoint.name, "epoch": done.epoch, "step": done.step,
@@ -499,7 +510,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                     gr.Warning(f"error: {error}")
                     return None
 
-            def merge(paths_text, weights_text, out_text, overwrite):
+            def merge(paths_text, weights_text, out_text, overwrite, onnx=False):
                 from arvc.modelfile.merge import merge_models, parse_weights
 
                 try:
@@ -509,14 +520,14 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                     out = inside(root, out_text, "output folder")
                     if out is None:
                         raise ValueError("give an output folder for the merged model")
-                    done = merge_models(paths, shares, out, overwrite=bool(overwrite))
-                except (ValueError, OSError) as error:  # MergeError, PretrainedError, PathRefused, WriteError
+                    done = merge_models(paths, shares, out, overwrite=bool(overwrite), onnx=bool(onnx))
+                except (ValueError, RuntimeError, ImportError, OSError) as error:  # + ExportError, WriteError
                     gr.Warning(f"error: {error}")
                     return None
                 return {"weights": shares, **{k: str(v) for k, v in done.written.items()}}
 
             inspect_button.click(inspect_file, m_path, m_out)
-            merge_button.click(merge, [merge_paths, merge_weights, merge_out, merge_overwrite], m_out)
-            export_button.click(export, m_path, m_out)
+            merge_button.click(merge, [merge_paths, merge_weights, merge_out, merge_overwrite, m_onnx], m_out)
+            export_button.click(export, [m_path, m_onnx], m_out)
             index_button.click(index, m_path, m_out)
     return app
