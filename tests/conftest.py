@@ -103,3 +103,35 @@ def three_recordings(tmp_path_factory):
     for name in ("a.wav", "b.wav", "c.wav"):
         shutil.copy(clip, folder / name)
     return folder
+
+
+# --- TEMPORARY: delete this fixture when branch `sf` (the real AdamWScheduleFree registry entry) lands ---
+@pytest.fixture(autouse=True)
+def _schedule_free_reference_entry(monkeypatch):
+    """Until arvc's own AdamWScheduleFree is in the registry (branch `sf`), `get_spec("AdamWScheduleFree")`
+    (hence `--optimizer AdamWScheduleFree`, `build_optimizer`, the trainer) builds the reference, the
+    `schedulefree` package's class, paired with the constant schedule. Only the registry module's
+    OPTIMIZERS is patched (what get_spec and spec_for_optimizer read): `arvc.optim.OPTIMIZERS`, the
+    comparison's contestants and `arvc optimizers` are unchanged. A no-op once the real entry exists."""
+    from types import MappingProxyType
+
+    from arvc.optim import registry
+
+    if "AdamWScheduleFree" in registry.OPTIMIZERS:
+        return
+    try:
+        import schedulefree
+    except ImportError:
+        return
+    spec = registry.OptimizerSpec(
+        name="AdamWScheduleFree",
+        cls=schedulefree.AdamWScheduleFree,
+        rating=3,
+        category="Schedule-free",
+        best_for="no fixed run length (the reference, for tests)",
+        description="schedulefree's AdamWScheduleFree (test stand-in for arvc's entry)",
+        paper="Defazio et al., The Road Less Scheduled, 2024 (arXiv:2405.15682)",
+        weight_decay="decoupled, at y",
+        paired_scheduler="constant",
+    )
+    monkeypatch.setattr(registry, "OPTIMIZERS", MappingProxyType({**registry.OPTIMIZERS, spec.name: spec}))

@@ -70,6 +70,13 @@ def export_command(
             "--onnx-half", help="Also write export/model_fp16.onnx (float16, for the client on a GPU)."
         ),
     ] = False,
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="averaged (default): the weights the run evaluated (an --ema run's EMA, a schedule-free "
+            "optimizer's average); live: the weights it trained."
+        ),
+    ] = "averaged",
 ) -> None:
     """Export the run's newest checkpoint to RUN/export (safetensors + json, and RVC's .pth if RVC-sized)."""
     from arvc.modelfile.export import ExportError
@@ -77,10 +84,12 @@ def export_command(
     from arvc.train.export import export_run
 
     try:
-        done = export_run(run_dir, onnx=onnx, onnx_half=onnx_half)
+        done = export_run(run_dir, onnx=onnx, onnx_half=onnx_half, weights=weights)
     except (PretrainedError, ExportError, ImportError, OSError) as error:
         fail(str(error))
-    _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step})")
+    _app.console.print(
+        f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step}, {done.weights} weights)"
+    )
     for kind, path in done.written.items():
         _app.console.print(f"  {kind}: {path}", highlight=False)
 
