@@ -66,15 +66,16 @@ class WeightAverage:
         return sum(w.numel() * w.element_size() for w in self.weights)
 
     def state_dict(self) -> dict:
+        """decay, updates and the averaged parameters by name ("generator")."""
         return {
             "decay": self.decay,
             "updates": self.updates,
-            "weights": {name: w.clone() for name, w in zip(self.names, self.weights, strict=True)},
+            "generator": {name: w.clone() for name, w in zip(self.names, self.weights, strict=True)},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        saved = state["weights"]
-        if sorted(saved) != sorted(self.names):
+        saved = state["generator"]
+        if not set(self.names) <= set(saved):
             raise ValueError("the checkpoint's EMA weights do not match the generator's parameters")
         with torch.no_grad():
             for name, mine in zip(self.names, self.weights, strict=True):
@@ -125,7 +126,7 @@ def averaged_record(
     a run that does not average (its live weights are the evaluated ones)."""
     if average is not None:
         state = average.state_dict()
-        weights = {**net_g.state_dict(), **state.pop("weights")}  # (buffers, if G had any: the live ones)
+        weights = {**net_g.state_dict(), **state["generator"]}  # (buffers, if G had any: the live ones)
         return {"kind": "ema", **state, "generator": weights}
     if has_weight_modes(optim_g):
         with evaluation_weights(net_g, optim_g):
