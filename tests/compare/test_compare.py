@@ -168,7 +168,8 @@ def test_a_failing_optimizer_does_not_stop_the_others(voice, tmp_path, monkeypat
 
 def test_optimizer_names():
     assert [v.name for v in resolve_optimizers("all")] == list(VARIANTS)
-    assert len(VARIANTS) == 8
+    assert len(VARIANTS) == 9
+    assert VARIANTS["AdamW+EMA"].optimizer == "AdamW" and 0 < VARIANTS["AdamW+EMA"].ema < 1
     assert [v.name for v in resolve_optimizers("adamw, anyprecisionadamw-bf16-kahan")] == [
         "AdamW",
         "AnyPrecisionAdamW-bf16-kahan",
