@@ -87,9 +87,8 @@ def export_command(
         done = export_run(run_dir, onnx=onnx, onnx_half=onnx_half, weights=weights)
     except (PretrainedError, ExportError, ImportError, OSError) as error:
         fail(str(error))
-    _app.console.print(
-        f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step}, {done.weights} weights)"
-    )
+    which = f", {done.weights} weights" if done.weights != "live" or weights == "live" else ""
+    _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step}{which})")
     for kind, path in done.written.items():
         _app.console.print(f"  {kind}: {path}", highlight=False)
 

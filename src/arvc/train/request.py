@@ -312,13 +312,15 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     check_processes(r.nproc, r.device, cfg.train.batch_size)
     if r.zero and r.use_8bit:
         raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
-    optimizer = get_spec(r.optimizer or (saved["optim_g"]["name"] if r.resume is not None else "AdamW")).name
-    use_8bit = r.use_8bit
-    if use_8bit is None and r.resume is not None and saved["optim_g"]["name"] == optimizer:
-        use_8bit = saved["optim_g"]["hyperparameters"].get("use_8bit")  # (as train.optimizers resolves it)
-    conflict = averaging_conflict(optimizer, cfg.train.ema, r.zero, bool(use_8bit))
-    if conflict:
-        raise ValueError(conflict)
+    if cfg.train.ema is not None or r.zero:  # (settings that a schedule-free optimizer cannot take)
+        saved_optim = saved.get("optim_g") or {} if r.resume is not None else {}
+        optimizer = get_spec(r.optimizer or saved_optim.get("name") or "AdamW").name
+        use_8bit = r.use_8bit
+        if use_8bit is None and saved_optim.get("name") == optimizer:  # (as train.optimizers resolves it)
+            use_8bit = (saved_optim.get("hyperparameters") or {}).get("use_8bit")
+        conflict = averaging_conflict(optimizer, cfg.train.ema, r.zero, bool(use_8bit))
+        if conflict:
+            raise ValueError(conflict)
     options = TrainOptions(
         run_dir=run_dir,
         data_dir=run_dir / "data",
