@@ -17,6 +17,7 @@ from trainkit import options, tiny
 
 from arvc.config import load_config
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
+from arvc.optim.registry import has_weight_modes
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 from arvc.train.loop import TrainError, train
 from arvc.train.memory import estimate_memory
@@ -86,7 +87,7 @@ def test_a_schedule_free_run_evaluates_and_exports_x_and_resumes_bit_exact(tmp_p
     net = Synthesizer(tiny())
     net.load_state_dict(a["generator"])
     optimizer = make_optimizer(net.parameters(), a["optim_g"]["hyperparameters"])
-    assert isinstance(optimizer, schedulefree.AdamWScheduleFree)
+    assert has_weight_modes(optimizer)
     optimizer.load_state_dict(a["optim_g"]["state"])
     optimizer.eval()
     x = a["averaged"]["generator"]
@@ -180,7 +181,8 @@ def test_the_memory_estimate_counts_the_ema_and_schedule_free_state():
     assert "EMA weights" in with_ema.describe() and "EMA" not in plain.describe()
     hp = {"optimizer": SF, "lr": 1e-3, "betas": (0.8, 0.99), "eps": 1e-9, "weight_decay": 0.01,
           "use_8bit": False, "kwargs": {}}  # fmt: skip
-    assert run_state_bytes_per_param(hp, torch.float32) == 8.0, "z and the second moment, fp32 each"
+    state = run_state_bytes_per_param(hp, torch.float32)
+    assert state == pytest.approx(8.0, abs=0.01), "z and the second moment, fp32 each"
 
 
 def test_another_scheduler_with_a_schedule_free_optimizer_warns_once(caplog):

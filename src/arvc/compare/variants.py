@@ -1,7 +1,6 @@
 """The contestants of `arvc compare`: the registry's optimizers plus the settings worth comparing.
 
-"all" is every registry optimizer (schedule-free ones included: each is evaluated at its averaged
-weights), AdamW with bitsandbytes' 8-bit state, AdamW with an EMA of the generator's weights, and
+"all" is every registry optimizer (read from `OPTIMIZERS`), AdamW with bitsandbytes' 8-bit state, and
 AnyPrecisionAdamW in bf16 with and without Kahan summation.
 """
 
@@ -34,6 +33,8 @@ class Variant:
 def _variants() -> dict[str, Variant]:
     variants = {name: Variant(name, name) for name in OPTIMIZERS}
     variants["AdamW+8bit"] = Variant("AdamW+8bit", "AdamW", use_8bit=True)
+    # AdamW evaluated at an EMA of G's weights (`--ema`; a schedule-free optimizer is evaluated at its own
+    # average, the others at their live weights: arvc.train.weights)
     variants["AdamW+EMA"] = Variant("AdamW+EMA", "AdamW", ema=COMPARE_EMA)
     # Each optimizer's bf16-weights settings worth comparing, from its registry spec
     # (AnyPrecisionAdamW-bf16-kahan: the loop's bf16 mode; -plain: the same without Kahan summation).
