@@ -130,6 +130,9 @@ class TrainConfig:
     val_every: int = 1
     early_stop: int | None = None
     min_delta: float = 0.0
+    # EMA of the generator's weights (arvc.train.weights): the decay, in (0, 1) (e.g. 0.999), or None (off).
+    # Validation, listening samples and the exports use the averaged weights; checkpoints hold both.
+    ema: float | None = None
 
     @property
     def step_batch(self) -> int:
@@ -376,6 +379,8 @@ def _train_errors(t: TrainConfig) -> list[str]:
         errors.append(f"train.min_delta = {t.min_delta!r} must be a finite number >= 0")
     if t.early_stop is not None and t.val_fraction == 0:
         errors.append("train.early_stop needs held-out validation: train.val_fraction must be > 0")
+    if t.ema is not None and not (_finite(t.ema) and 0 < t.ema < 1):
+        errors.append(f"train.ema = {t.ema!r} must be a decay between 0 and 1, e.g. 0.999, or null (no EMA)")
     if t.keep_last < 0:
         errors.append(f"train.keep_last = {t.keep_last!r} must be >= 0 (0 keeps every checkpoint)")
     if not (_finite(t.lr_decay) and 0 < t.lr_decay <= 1):

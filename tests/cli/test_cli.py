@@ -84,6 +84,10 @@ def test_recommend():
     assert advice["optimizer"] == "AnyPrecisionAdamW"
     bad = runner.invoke(app, ["recommend", "--precision", "int4"])
     assert bad.exit_code == 2
+    # stopping on validation: a schedule-free optimizer, and the command to run says --early-stop
+    result = runner.invoke(app, ["recommend", "--early-stop"])
+    assert result.exit_code == 0, result.output
+    assert "--optimizer AdamWScheduleFree" in result.output and "--early-stop 10" in result.output
 
 
 # --- arvc train / preprocess ----------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Two sizes of each family, the same checks (interface, metadata, onnxruntime == t
   source at the family's sample rate) is the family's; only the weight tensors are smaller.
 - Marked ``slow`` (the project's mark for long tests; ``-m slow`` runs only them, ``-m "not slow"`` skips
   them), the *full-size* preset itself (random weights): v2-40k in every run, the other five families
-  marked ``fullsize`` too, which the suite deselects by default (``pytest -m fullsize`` runs them). Measured here on 2 CPU cores shared with other
+  marked ``fullsize`` too, which the suite deselects by default (``pytest -m fullsize`` runs them).
+  Measured here on 2 CPU cores shared with other
   work (load average 10-11): 23-40 s per family for export + checks, 3.5 min for the six f0 and 3.3 min
   for the six no-f0 ones (7 min for the 12 slow tests); the reduced ones 7-12 s each, 2 min for the 12
   (the TorchScript trace and onnxruntime's session dominate, not the weights' size); one full-size v2-40k

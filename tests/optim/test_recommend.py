@@ -34,3 +34,17 @@ def test_long_bf16_runs_get_kahan():
 def test_bad_input(epochs, precision):
     with pytest.raises(ValueError):
         recommend(epochs, precision)
+
+
+def test_early_stopping_gets_a_schedule_free_optimizer_when_the_registry_has_one(monkeypatch):
+    """No fixed run length (stopping on held-out validation): a schedule-free optimizer, whose averaged
+    weights are good whenever training stops (issue #33); without one in the registry, the usual rules."""
+    from arvc.optim import registry
+
+    advice = recommend(300, "fp32", early_stop=True)
+    assert registry.get_spec(advice.optimizer).schedule_free
+    assert advice.early_stop and "needs no schedule" in advice.reason
+    assert recommend(300, "fp32").optimizer == "AdamW", "a fixed run length: the guide's default"
+    plain = {k: s for k, s in registry.OPTIMIZERS.items() if not s.schedule_free}
+    monkeypatch.setattr(registry, "OPTIMIZERS", plain)
+    assert recommend(300, "fp32", early_stop=True).optimizer == "AdamW"

@@ -226,6 +226,34 @@ def test_zero_checkpoint_holds_the_consolidated_optimizer_state(runs):
             assert torch.allclose(zs["state"][index]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6)
 
 
+def test_an_ema_in_two_processes_matches_one_process(tmp_path, data_dir):
+    """--ema under DDP (and ZeRO): every rank averages the same synchronised weights after each G step, so
+    the checkpoint's EMA follows the one-process run's as closely as the live weights do (issue #33)."""
+    ema = {**OVERRIDES, "train.ema": 0.9}
+    data = str(data_dir)
+    one_process(tmp_path / "one", data_dir, overrides=ema, max_steps=4)
+    common = {"data_dir": data, "max_steps": 4}
+    outcomes = launch(
+        tmp_path,
+        "ema",
+        [
+            {"options": {"run_dir": str(tmp_path / "two"), **common}, "overrides": ema},
+            {"options": {"run_dir": str(tmp_path / "zero"), "zero": True, **common}, "overrides": ema},
+        ],
+    )
+    for outcome in outcomes:
+        assert all("error" not in rank for rank in outcome), outcome[0].get("traceback")
+    start = initial_weights()["generator"]
+    reference = load_checkpoint(latest_checkpoint(tmp_path / "one"))["averaged"]
+    assert reference["updates"] == 4
+    d_ref = torch.cat([(reference["generator"][k] - start[k]).flatten() for k in start])
+    for name in ("two", "zero"):
+        averaged = load_checkpoint(latest_checkpoint(tmp_path / name))["averaged"]
+        assert averaged["kind"] == "ema" and averaged["updates"] == 4, name
+        d_run = torch.cat([(averaged["generator"][k] - start[k]).flatten() for k in start])
+        assert float((d_run - d_ref).norm() / d_ref.norm()) < TOLERANCE["generator"], name
+
+
 # ---------------------------------------------------------------------------------------------------------
 SMOKE = [
     *[(name, {"optimizer": name}) for name in OPTIMIZERS],

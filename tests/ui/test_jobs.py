@@ -224,3 +224,23 @@ def test_a_comparison_on_an_rvc_config_with_mel_features_takes_no_slot(tmp_path)
     with pytest.raises(ValueError, match="hidden_channels"):
         jobs.start_compare(None, out, "AdamW", overrides={"model.hidden_channels": 0}, epochs=1, seeds=1)
     assert jobs.status() is None and not (tmp_path / "compare").exists()
+
+
+def test_the_train_tab_passes_the_ema_decay_and_its_refusals_take_no_slot(tmp_path, monkeypatch):
+    """The Train tab's EMA field reaches the request: a decay out of (0, 1), or an EMA on top of a
+    schedule-free optimizer (issue #33), is the CLI's error, before any work; 0 means off."""
+    from arvc.ui import app as ui_app
+
+    said = []
+    monkeypatch.setattr(ui_app.gr, "Warning", lambda message: said.append(message))
+    jobs = Jobs()
+    page = ui_app.build_app(tmp_path, jobs)
+    (start,) = [f.fn for f in page.fns.values() if getattr(f.fn, "__name__", "") == "start_training"]
+    common = dict(lr_value=1e-3, epochs_value=2, batch_value=2, precision_value="auto", use_8bit=False,
+                  steps_value=0)  # fmt: skip
+    start("", "r", "tiny", ui_app.AUTO_F0, "", ui_app.AUTO_FEATURES, "", opt="AdamW", ema_value=1.5, **common)
+    assert said[-1].startswith("error: --ema 1.5: the EMA decay must be between 0 and 1"), said
+    start("", "r", "tiny", ui_app.AUTO_F0, "", ui_app.AUTO_FEATURES, "", opt="AdamWScheduleFree",
+          ema_value=0.999, **common)  # fmt: skip
+    assert "--ema 0.999 with AdamWScheduleFree" in said[-1] and "drop --ema" in said[-1], said
+    assert jobs.status() is None and not (tmp_path / "runs").exists()

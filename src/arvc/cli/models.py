@@ -85,6 +85,13 @@ def export_command(
         bool, typer.Option("--overwrite", help="A model file's export: replace an existing .onnx.")
     ] = False,
     embedder_layer: EmbedderLayerOption = None,
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="averaged (default): the weights the run evaluated (an --ema run's EMA, a schedule-free "
+            "optimizer's average); live: the weights it trained."
+        ),
+    ] = "averaged",
 ) -> None:
     """Export the run's newest checkpoint to RUN/export (safetensors + json, and RVC's .pth if RVC-sized),
     or a model file to ONNX for the VC Client."""
@@ -92,6 +99,11 @@ def export_command(
     from arvc.modelfile.read import PretrainedError
 
     if source.is_file() or (source / "model.safetensors").is_file():  # a model file or an export folder
+        if weights != "averaged":
+            fail(
+                f"--weights {weights} is for a run folder (which weights of its checkpoint to export); "
+                f"{source} is a model file, exported as it is"
+            )
         _export_model_file(source, onnx, onnx_half, output, overwrite, embedder_layer)
         return
     if output is not None or overwrite or embedder_layer is not None:
@@ -102,10 +114,11 @@ def export_command(
     from arvc.train.export import export_run
 
     try:
-        done = export_run(source, onnx=onnx, onnx_half=onnx_half)
+        done = export_run(source, onnx=onnx, onnx_half=onnx_half, weights=weights)
     except (PretrainedError, ExportError, ImportError, OSError) as error:
         fail(str(error))
-    _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step})")
+    which = f", {done.weights} weights" if done.weights != "live" or weights == "live" else ""
+    _app.console.print(f"exported {done.checkpoint.name} (epoch {done.epoch}, step {done.step}{which})")
     for kind, path in done.written.items():
         _app.console.print(f"  {kind}: {path}", highlight=False)
 

@@ -108,11 +108,17 @@ def optimizers(
 def recommend_command(
     epochs: Annotated[int, typer.Option(min=1, help="Planned number of epochs.")] = 300,
     precision: Annotated[str, typer.Option(help=f"One of {', '.join(PRECISIONS)}.")] = "fp32",
+    early_stop: Annotated[
+        bool,
+        typer.Option(
+            "--early-stop", help="The run will stop on held-out validation (no fixed number of epochs)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Print the guide's recommended optimizer and settings for a run, with the reason."""
     try:
-        advice = recommend(epochs, precision)
+        advice = recommend(epochs, precision, early_stop=early_stop)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     if as_json:
@@ -126,6 +132,7 @@ def recommend_command(
     command = (  # DATASET/ stands out: copied as is, a command without a dataset trains the demo voice
         f"arvc train {DATASET_PLACEHOLDER} --optimizer {advice.optimizer} --lr {advice.lr:g} "
         f"--batch-size {advice.batch_size} --epochs {advice.epochs} --precision {precision}"
+        + (f" --early-stop {advice.early_stop}" if advice.early_stop else "")
     )
     _app.console.print(f"  {command}", soft_wrap=True, highlight=False, markup=False)
     _app.console.print(f"  ({DATASET_PLACEHOLDER}: your folder of recordings)", highlight=False, markup=False)

@@ -327,6 +327,14 @@ def train(
     min_delta: Annotated[
         float | None, typer.Option(min=0.0, help="Early stopping: smallest held-out mel L1 gain that counts.")
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            metavar="DECAY",
+            help="Keep an EMA of the generator's weights (e.g. 0.999); validation, samples and exports use "
+            "it. Not with a schedule-free optimizer (it averages already).",
+        ),
+    ] = None,
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
     from arvc._files import WriteError
@@ -382,6 +390,7 @@ def train(
                 val_every=val_every,
                 early_stop=early_stop,
                 min_delta=min_delta,
+                ema=ema,
             )
         )
     except (ValueError, PretrainedError, ImportError, TrainError, CheckpointError) as error:  # DataError too

@@ -11,6 +11,7 @@ its newest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -158,11 +159,15 @@ class _Recorder:
         self.eval_s, self.lr, self.step = 0.0, None, 0
         self.nonfinite = last.get("nonfinite", 0)
         self.optimizers: tuple = ()
+        self.evaluation_weights = contextlib.nullcontext  # the run's (arvc.train.weights), once it starts
 
     # --- Callbacks ---
     def on_optimizers(self, optim_g, optim_d) -> None:
         self.optimizers = (optim_g, optim_d)
         self.timer.attach(*self.optimizers)
+
+    def on_evaluation_weights(self, weights) -> None:
+        self.evaluation_weights = weights
 
     def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         self.started = time.perf_counter()  # wall time counts training, not model building or data loading
@@ -188,9 +193,11 @@ class _Recorder:
             self.progress("epoch", epoch=epoch, losses=losses)
 
     def record(self, epoch: int) -> None:
-        """Evaluate the live generator and append this point to epochs.jsonl."""
+        """Evaluate the generator on the weights its run evaluates (a schedule-free optimizer's average,
+        the EMA, else the live ones) and append this point to epochs.jsonl."""
         evaluating = time.perf_counter()
-        scores = self.evaluator(list(self.optimizers[0].param_groups[0]["params"]))
+        with self.evaluation_weights():
+            scores = self.evaluator(list(self.optimizers[0].param_groups[0]["params"]))
         mel_l1 = scores.mel_l1
         self.eval_s += time.perf_counter() - evaluating
         record = {
@@ -271,6 +278,8 @@ def _run_one(variant: Variant, run_dir: Path, cfg, contest: _Contest):  # cfg: t
             variant, run_dir, cfg, records, run_precision, saved_epoch, steps, final, (), None
         ), None
     resume = run_dir if saved_epoch is not None else None
+    if variant.ema is not None:
+        cfg = apply_overrides(cfg, {"train.ema": variant.ema})
     options = TrainOptions(
         run_dir=run_dir,
         data_dir=contest.train_dir,
@@ -336,6 +345,7 @@ def _summarize(
         "use_8bit": variant.use_8bit,
         "precision": precision,
         "kwargs": variant.kwargs,
+        "ema": variant.ema,
         "epochs": epochs,
         "steps": steps,
         "final_losses": final_losses,

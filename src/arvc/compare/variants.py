@@ -11,7 +11,11 @@ from typing import Any
 
 from arvc.optim import OPTIMIZERS, get_spec
 
-__all__ = ["VARIANTS", "Variant", "resolve_optimizers"]
+__all__ = ["COMPARE_EMA", "VARIANTS", "Variant", "resolve_optimizers"]
+
+# The AdamW+EMA contestant's decay: its horizon, 1 / (1 - decay) = 100 steps, fits the comparison's runs
+# (300 steps by default); 0.999 (1000 steps) would still weigh the first steps' weights at the end.
+COMPARE_EMA = 0.99
 
 
 @dataclass(frozen=True)
@@ -23,11 +27,15 @@ class Variant:
     use_8bit: bool = False
     precision: str | None = None  # None: the comparison's precision
     kwargs: dict[str, Any] = field(default_factory=dict)
+    ema: float | None = None  # train.ema: evaluated at an EMA of G's weights (arvc.train.weights)
 
 
 def _variants() -> dict[str, Variant]:
     variants = {name: Variant(name, name) for name in OPTIMIZERS}
     variants["AdamW+8bit"] = Variant("AdamW+8bit", "AdamW", use_8bit=True)
+    # AdamW evaluated at an EMA of G's weights (`--ema`; a schedule-free optimizer is evaluated at its own
+    # average, the others at their live weights: arvc.train.weights)
+    variants["AdamW+EMA"] = Variant("AdamW+EMA", "AdamW", ema=COMPARE_EMA)
     # Each optimizer's bf16-weights settings worth comparing, from its registry spec
     # (AnyPrecisionAdamW-bf16-kahan: the loop's bf16 mode; -plain: the same without Kahan summation).
     for spec in OPTIMIZERS.values():

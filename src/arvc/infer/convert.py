@@ -90,8 +90,11 @@ def load_voice_model(path: str | os.PathLike, device: str = AUTO_DEVICE) -> tupl
             "which conversion needs (content features and pitch run at 50 and 100 frames/s)"
         )
     net = Synthesizer(cfg)
+    # A checkpoint of a run that averages converts with the weights the run evaluates and exports
+    # (schedule-free x, the EMA: arvc.train.weights), as its export would.
+    weights = mf.averaged_generator if mf.averaged_generator is not None else mf.generator
     # enc_q (training only) is absent from inference files: not worth more than a debug line here.
-    load_state_strict(net, mf.generator, mf, cfg, optional=("enc_q.",), absent_level=logging.DEBUG)
+    load_state_strict(net, weights, mf, cfg, optional=("enc_q.",), absent_level=logging.DEBUG)
     net.remove_weight_norm()
     net.trained_features = mf.features
     logger.info("converting on %s", where.describe())

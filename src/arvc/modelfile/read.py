@@ -71,6 +71,10 @@ class ModelFile:
     step: int | None = None
     features: str | None = None  # content features it was trained on (mel, hubert), where the file says
     extra: dict[str, Any] = field(default_factory=dict)
+    # An arvc checkpoint of a run that averages (arvc.train.weights): the generator it evaluates and exports
+    # (schedule-free x, the EMA) beside `generator`, the live weights it trains; and which ("ema", ...).
+    averaged_generator: dict[str, torch.Tensor] | None = None
+    averaged_kind: str | None = None
 
     @property
     def content_features(self) -> str | None:
@@ -198,6 +202,10 @@ def _from_checkpoint(path: Path, data: dict) -> ModelFile:
         step=data.get("step"),
         extra={key: data[key] for key in ("precision", "device", "device_name") if data.get(key)},
     )
+    averaged = data.get("averaged")
+    if isinstance(averaged, dict):
+        mf.averaged_generator = _state_dict(path, averaged.get("generator"), "'averaged' generator")
+        mf.averaged_kind = str(averaged.get("kind"))
     return _fill(mf)
 
 

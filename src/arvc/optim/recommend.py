@@ -14,6 +14,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SHORT_RUN_EPOCHS = 200
 LONG_BF16_RUN_EPOCHS = 500
 GUIDE_EPOCHS = 300
+EARLY_STOP_PATIENCE = 10  # evaluations without improvement, suggested with a schedule-free optimizer
 
 
 @dataclass(frozen=True)
@@ -24,15 +25,31 @@ class Recommendation:
     epochs: int
     reason: str
     options: dict[str, Any] = field(default_factory=dict)
+    early_stop: int | None = None  # the patience to pass as --early-stop (None: none)
 
 
-def recommend(epochs: int, precision: str = "fp32") -> Recommendation:
-    """Short runs → RAdam (no warm-up to wait for); long bf16 runs → AnyPrecisionAdamW + Kahan;
-    everything else → AdamW, lr 1e-3, batch 8 (the guide's reliable default, 300 epochs)."""
+def recommend(epochs: int, precision: str = "fp32", early_stop: bool = False) -> Recommendation:
+    """Stopping on held-out validation (`early_stop`: no fixed run length) → a schedule-free optimizer,
+    when the registry has one; short runs → RAdam (no warm-up to wait for); long bf16 runs →
+    AnyPrecisionAdamW + Kahan; everything else → AdamW, lr 1e-3, batch 8 (the guide's reliable default,
+    300 epochs)."""
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"Invalid epochs: {epochs!r}; expected an integer >= 1")
     if precision not in PRECISIONS:
         raise ValueError(f"Invalid precision: {precision!r}; valid: {', '.join(PRECISIONS)}")
+    schedule_free = next((s for s in registry.OPTIMIZERS.values() if s.schedule_free), None)
+    if early_stop and schedule_free is not None:
+        return Recommendation(
+            schedule_free.name,
+            1e-3,
+            8,
+            epochs,
+            f"Stopping early on held-out validation: the run's length is not known in advance, and "
+            f"{schedule_free.name} needs no schedule fitted to it (it trains at a constant lr, and the "
+            "averaged weights it evaluates and exports are good whenever training stops); "
+            f"{epochs} epochs is then only an upper bound.",
+            early_stop=EARLY_STOP_PATIENCE,
+        )
     if epochs <= SHORT_RUN_EPOCHS:
         return Recommendation(
             "RAdam",

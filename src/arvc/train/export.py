@@ -11,6 +11,7 @@ from arvc.modelfile.export import export_generator
 from arvc.modelfile.onnx import ONNX_FILE, ONNX_HALF_FILE, export_onnx, require_onnx
 from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file
 from arvc.train.checkpoint import latest_checkpoint
+from arvc.train.weights import WEIGHTS
 
 __all__ = ["RunExport", "export_run"]
 
@@ -21,17 +22,26 @@ class RunExport:
     epoch: int
     step: int
     written: dict[str, Path]  # kind (safetensors, config, pth) -> file
+    weights: str = "live"  # which of the checkpoint's weights were exported: "live" or e.g. "ema"
 
 
-def export_run(run_dir: Path, onnx: bool = False, onnx_half: bool = False) -> RunExport:
+def export_run(
+    run_dir: Path, onnx: bool = False, onnx_half: bool = False, weights: str = "averaged"
+) -> RunExport:
     """Write RUN/export (safetensors + json, and RVC's .pth if RVC-sized) from the newest checkpoint; with
     `onnx` also RUN/export/model.onnx for the VC Client (:mod:`arvc.modelfile.onnx`), with `onnx_half` its
     fp16 twin RUN/export/model_fp16.onnx. Raises PretrainedError (a ValueError) naming what is missing or
     wrong, ImportError when onnx is asked for but not installed (before anything is written).
 
+    `weights`: "averaged" (default) exports the weights the run evaluated (an --ema run's EMA, a
+    schedule-free run's x; a run that averages nothing has only its live weights), "live" the weights it
+    trained (arvc.train.weights).
+
     A run another process is training may be exported (its checkpoints are written atomically): this
     exports its newest checkpoint, and the trainer's own export at the end replaces it."""
     run_dir = Path(run_dir)
+    if weights not in WEIGHTS:
+        raise PretrainedError(f"--weights {weights!r}: use one of {', '.join(WEIGHTS)}")
     if onnx or onnx_half:
         require_onnx()
     if not run_dir.is_dir():
@@ -51,11 +61,13 @@ def export_run(run_dir: Path, onnx: bool = False, onnx_half: bool = False) -> Ru
             if attempt or checkpoint.exists():
                 raise
     net = Synthesizer(mf.config)
-    load_state_strict(net, mf.generator, source=mf, cfg=mf.config)
+    averaged = weights == "averaged" and mf.averaged_generator is not None
+    state = mf.averaged_generator if averaged else mf.generator
+    load_state_strict(net, state, source=mf, cfg=mf.config)
     features = recorded_features(run_dir / "data")
-    written = export_generator(
-        net, mf.config, run_dir / "export", info=f"arvc {mf.optimizer} epoch {mf.epoch}", features=features
-    )
+    which = mf.averaged_kind if averaged else "live"
+    info = f"arvc {mf.optimizer} epoch {mf.epoch}" + (f" ({which} weights)" if averaged else "")
+    written = export_generator(net, mf.config, run_dir / "export", info=info, features=features)
     for kind, asked, name, half in (
         ("onnx", onnx, ONNX_FILE, False),
         ("onnx-fp16", onnx_half, ONNX_HALF_FILE, True),
@@ -69,4 +81,4 @@ def export_run(run_dir: Path, onnx: bool = False, onnx_half: bool = False) -> Ru
                 features=features,
                 half=half,
             )
-    return RunExport(checkpoint, mf.epoch, mf.step, written)
+    return RunExport(checkpoint, mf.epoch, mf.step, written, which)

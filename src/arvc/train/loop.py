@@ -78,6 +78,14 @@ from arvc.train.precision import AUTO, device_precision, tf32_matmuls
 from arvc.train.runlock import run_lock
 from arvc.train.step import GanStep, autocast
 from arvc.train.validation import Evaluation, Validator
+from arvc.train.weights import (
+    AVERAGED,
+    WeightAverage,
+    averaged_record,
+    averaging_conflict,
+    evaluation_weights,
+    set_train_mode,
+)
 
 __all__ = [
     "DEFAULT_LR",
@@ -150,7 +158,9 @@ class Callbacks(Protocol):
     def on_epoch(self, epoch: int, losses: dict[str, float]) -> None: ...
 
     # Optional: `on_optimizers(optim_g, optim_d)` is called once the optimizers exist (e.g. to time their
-    # steps with register_step_pre_hook/register_step_post_hook).
+    # steps with register_step_pre_hook/register_step_post_hook); `on_evaluation_weights(weights)` with a
+    # function whose `with weights():` puts the weights the run evaluates into G (schedule-free x, the EMA;
+    # arvc.train.weights) and the live ones back after.
 
 
 class _Silent:
@@ -187,6 +197,8 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks, device: Devic
     run = _build_run(opts, hp, ranks, checkpoint, tf32, device.model)
     if hasattr(callbacks, "on_optimizers"):
         callbacks.on_optimizers(run.optim_g, run.optim_d)
+    if hasattr(callbacks, "on_evaluation_weights"):
+        callbacks.on_evaluation_weights(lambda: _evaluated(run))
     progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
     _start_writing(run, progress, resume_from, compile=opts.compile)
     progress.last_checkpoint = resume_from
@@ -265,6 +277,7 @@ class _Run:
     train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
     features: str | None = None  # what the data holds (mel, hubert), recorded in the exports
+    average: WeightAverage | None = None  # --ema: the EMA of G's weights (arvc.train.weights)
 
 
 @dataclass
@@ -318,6 +331,9 @@ def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | Non
         logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
     if opts.zero and ranks.distributed and hp["use_8bit"]:
         raise TrainError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
+    conflict = averaging_conflict(hp["optimizer"], cfg.train.ema, opts.zero, hp["use_8bit"])
+    if conflict:
+        raise TrainError(conflict)
     return opts, hp, tf32
 
 
@@ -388,13 +404,15 @@ def _build_run(
     # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
     optim_g = run_optimizer(net_g.parameters(), hp, "generator", cfg.train.seed, ranks if zero else None)
     optim_d = run_optimizer(net_d.parameters(), hp, "discriminator", cfg.train.seed, ranks if zero else None)
+    set_train_mode(optim_g, optim_d)  # schedule-free: the weights train at y (arvc.train.weights)
     schedule = plan_schedule(cfg, hp, checkpoint)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
     validator = Validator(cfg, opts.data_dir, split.held, cfg.train.seed, device) if split.held else None
+    average = WeightAverage(net_g, cfg.train.ema) if cfg.train.ema is not None else None
     return _Run(
         cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
         net_g, net_d, optim_g, optim_d, schedule, scaler, split, validator, tf32, device_name,
-        features=recorded_features(opts.data_dir),
+        features=recorded_features(opts.data_dir), average=average,
     )  # fmt: skip
 
 
@@ -406,7 +424,8 @@ def _fit_memory(opts, cfg, hp, device, net_g, net_d, dataset, checkpoint, ranks,
     activations = probe_activations(cfg, net_g, net_d, frames, lambda: autocast(opts.precision, device.type))
     state = run_state_bytes_per_param(hp, next(net_g.parameters()).dtype) / (ranks.world_size if zero else 1)
     free, what = free_memory(device)
-    fixed = estimate_memory(net_g, net_d, state, 0, 0).total
+    ema = cfg.train.ema is not None
+    fixed = estimate_memory(net_g, net_d, state, 0, 0, ema=ema).total
     t = cfg.train
     auto = opts.auto_batch_size and checkpoint is None
     if opts.auto_batch_size and checkpoint is not None:
@@ -424,7 +443,7 @@ def _fit_memory(opts, cfg, hp, device, net_g, net_d, dataset, checkpoint, ranks,
     )  # fmt: skip
     if plan.batch_size == 0:
         smallest = t.checkpointing != "off"
-        need = estimate_memory(net_g, net_d, state, activations.per_item(smallest), 1, 1, smallest)
+        need = estimate_memory(net_g, net_d, state, activations.per_item(smallest), 1, 1, smallest, ema=ema)
         raise TrainError(
             f"not even batch 1 fits: a step needs {need.describe()}, but only {free / GIB:.2f} GiB of "
             f"{what} is free; close other programs, use a smaller --config, or train on another device"
@@ -440,8 +459,9 @@ def _fit_memory(opts, cfg, hp, device, net_g, net_d, dataset, checkpoint, ranks,
     t = cfg.train
     per_item = activations.per_item(plan.checkpointing)
     estimate = estimate_memory(
-        net_g, net_d, state, per_item, t.batch_size // ranks.world_size, t.accumulate, plan.checkpointing
-    )
+        net_g, net_d, state, per_item, t.batch_size // ranks.world_size, t.accumulate, plan.checkpointing,
+        ema=ema,
+    )  # fmt: skip
     if ranks.is_main:
         room = f"{free / GIB:.2f} GiB {what}" if free is not None else f"{what} unknown"
         logger.info("memory per step: %s; %s", estimate.describe(), room)
@@ -494,6 +514,8 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
         ("discriminator", run.optim_d, "optim_d"),
     ):
         restore_optimizer(name, optimizer, checkpoint[key], run.hp)
+    if run.average is not None:  # (its decay is train.ema, which a resume keeps)
+        run.average.load_state_dict(checkpoint[AVERAGED])
     run.scaler.load_state_dict(checkpoint["scaler"])
     record = checkpoint.get("validation") or {}
     progress.best, progress.reference = record.get("best"), record.get("reference")
@@ -574,6 +596,8 @@ def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, c
         progress.step, progress.batches_done = progress.step + 1, progress.batches_done + 1
         progress.losses = losses = result.losses
         progress.bad_steps = progress.bad_steps + 1 if result.skipped else 0
+        if run.average is not None and "generator" not in result.skipped:
+            run.average.update(run.net_g)  # after each G step
         step = progress.step
         if result.skipped:
             reason = "non-finite loss or gradients"
@@ -625,7 +649,8 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
     t = run.cfg.train
     if run.validator is None or (epoch % t.val_every and epoch != t.epochs):
         return None
-    evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS)
+    with _evaluated(run):
+        evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS)
     record = {"epoch": epoch, "step": progress.step, "mel_l1": evaluation.mel_l1, "stft": evaluation.stft}
     improved = evaluation.finite and (progress.best is None or evaluation.mel_l1 < progress.best["mel_l1"])
     if improved:
@@ -670,6 +695,11 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
     return evaluation
 
 
+def _evaluated(run: _Run):
+    """`with _evaluated(run):` G holds the weights the run evaluates and exports (arvc.train.weights)."""
+    return evaluation_weights(run.net_g, run.optim_g, run.average)
+
+
 def _export_best(run: _Run, progress: _Progress) -> None:
     """Export the generator as it is now (the best so far) to export/best/, with best.json saying which."""
     best = progress.best
@@ -677,7 +707,8 @@ def _export_best(run: _Run, progress: _Progress) -> None:
 
     def export() -> None:
         info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
-        export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
+        with _evaluated(run):
+            export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))
 
     run.ranks.on_main(export, "export the best model")
@@ -692,7 +723,8 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
     if run.validator is None:
         return
     if evaluation is None:  # a save between evaluations: convert (the scores are not recorded)
-        evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS)
+        with _evaluated(run):
+            evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS)
     names = run.validator.names[:SAMPLE_CLIPS]
     originals = run.validator.originals(SAMPLE_CLIPS)
     sample_rate = run.cfg.data.sampling_rate
@@ -725,6 +757,7 @@ def _save(run: _Run, progress: _Progress, epochs_done: int, batches_done: int, s
 
 def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_done: int) -> dict:
     hp, step = run.hp, progress.step
+    averaged = averaged_record(run.net_g, run.optim_g, run.average)
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -736,7 +769,7 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
         "tf32": run.tf32,
         "device": str(run.device),  # where it was written (rank 0's); a resume may continue anywhere
         "device_name": run.device_name,
-        "generator": run.net_g.state_dict(),
+        "generator": run.net_g.state_dict(),  # the live weights (schedule-free: y), which G trains
         "discriminator": run.net_d.state_dict(),
         "optim_g": optimizer_record(hp["optimizer"], hp, run.optim_g),
         "optim_d": optimizer_record(hp["optimizer"], hp, run.optim_d),
@@ -751,6 +784,8 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
             "stale": progress.stale,
             "last": progress.last_validation,
         },
+        # the evaluated weights (schedule-free x, the EMA), when they are not the live ones
+        **({AVERAGED: averaged} if averaged is not None else {}),
     }
 
 
@@ -826,9 +861,13 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
             logger.warning(message, progress.stopped_by, progress.step, run.run_dir)
         return result
     info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}"
-    export = lambda: export_generator(  # noqa: E731
-        run.net_g, run.cfg, run.run_dir / "export", info=info, features=run.features
-    )
+
+    def export() -> dict[str, Path]:
+        with _evaluated(run):
+            return export_generator(
+                run.net_g, run.cfg, run.run_dir / "export", info=info, features=run.features
+            )
+
     result.exports = run.ranks.on_main(export, "export") or {}  # the model is exported by rank 0
     if progress.best is not None:
         result.exports["best"] = run.run_dir / "export" / "best"

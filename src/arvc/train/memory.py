@@ -5,7 +5,9 @@ RVC trainers find their batch size by running out of memory (RVC #656: "try batc
 3x slower (RVC #2137). arvc estimates the peak of one step from its parts:
 
 - weights and gradients of G and D (their parameters, in the dtype they train in);
-- optimizer state, as the registry measures it (`state_bytes_per_param`: the real buffers after a step);
+- optimizer state, as the registry measures it (`state_bytes_per_param`: the real buffers after a step;
+  a schedule-free optimizer's z and second moment included);
+- with `--ema`, the EMA of G's weights (one fp32 copy of G's parameters, arvc.train.weights);
 - activations: the tensors autograd keeps for backward, counted (``saved_tensors_hooks``) during a probe
   forward of one item as long as the longest training piece — G's forward with D's phase on top (real and
   fake through D with D's parameters taking gradients: the larger of D's two phases) — and scaled by the
@@ -61,15 +63,18 @@ class MemoryEstimate:
     activations: int
     accumulate: int = 1  # micro-batches per step (the memory is one micro-batch's)
     checkpointing: bool = False
+    ema: int = 0  # bytes of the EMA weights (--ema)
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer_state + self.activations
+        return self.weights + self.gradients + self.optimizer_state + self.activations + self.ema
 
     def describe(self) -> str:
         parts = (
             f"weights {self.weights / GIB:.2f}, gradients {self.gradients / GIB:.2f}, optimizer state "
-            f"{self.optimizer_state / GIB:.2f}, activations {self.activations / GIB:.2f}"
+            f"{self.optimizer_state / GIB:.2f}, "
+            + (f"EMA weights {self.ema / GIB:.2f}, " if self.ema else "")
+            + f"activations {self.activations / GIB:.2f}"
             + (" checkpointed" if self.checkpointing else "")
         )
         batch = f"batch {self.batch_size}" + (
@@ -190,14 +195,19 @@ def estimate_memory(
     batch_size: int,
     accumulate: int = 1,
     checkpointing: bool = False,
+    ema: bool = False,
 ) -> MemoryEstimate:
-    """The peak of one step at micro-batch `batch_size` (`activations_per_item` as checkpointed or not)."""
+    """The peak of one step at micro-batch `batch_size` (`activations_per_item` as checkpointed or not);
+    `ema`: the run keeps an EMA of G's weights (one fp32 copy of G's parameters)."""
     params = [p for m in (net_g, net_d) for p in m.parameters()]
     weights = sum(p.numel() * p.element_size() for p in params)
     numel = sum(p.numel() for p in params)
     activations = activations_per_item * batch_size
     state = int(state_bytes_per_param * numel)
-    return MemoryEstimate(batch_size, weights, weights, state, activations, accumulate, checkpointing)
+    averaged = 4 * sum(p.numel() for p in net_g.parameters()) if ema else 0
+    return MemoryEstimate(
+        batch_size, weights, weights, state, activations, accumulate, checkpointing, averaged
+    )
 
 
 def free_memory(device: torch.device) -> tuple[int | None, str]:

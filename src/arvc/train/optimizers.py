@@ -17,6 +17,7 @@ import torch
 
 from arvc.config import RunConfig
 from arvc.optim import build_optimizer, get_spec
+from arvc.optim.registry import has_weight_modes
 from arvc.optim.schedulers import (
     INVERSE_SQRT_WARMUP,
     Schedule,
@@ -165,6 +166,8 @@ def run_state_bytes_per_param(hp: dict[str, Any], dtype: torch.dtype, numel: int
     weights' dtype): the real buffers after one step on a dummy parameter, as the registry measures."""
     param = torch.nn.Parameter(torch.zeros(numel, dtype=dtype))
     optimizer = make_optimizer([param], hp, seed=0)
+    if has_weight_modes(optimizer):  # schedule-free: steps only in train mode (its z is state too)
+        optimizer.train()
     param.grad = torch.full_like(param, 1e-3)
     optimizer.step()
     state = optimizer.state[param].values()
@@ -252,6 +255,14 @@ def plan_schedule(cfg: RunConfig, hp: dict[str, Any], checkpoint: dict | None) -
 def _new_schedule(cfg: RunConfig, hp: dict[str, Any], warmup: int | None = None) -> Schedule:
     t = cfg.train
     name = t.scheduler if t.scheduler != "auto" else paired_schedule_for(hp["optimizer"], hp["use_8bit"])
+    paired = paired_schedule_for(hp["optimizer"], hp["use_8bit"])
+    if get_spec(hp["optimizer"]).schedule_free and not hp["use_8bit"] and name != paired:
+        logger.warning(
+            "train.scheduler %s with the schedule-free %s: it needs no schedule (its averaged weights are "
+            "good whenever training stops) and is paired with %s; set train.scheduler auto (or %s) unless "
+            "you mean to compare",
+            name, hp["optimizer"], paired, paired,
+        )  # fmt: skip
     warmup = warmup or t.warmup_epochs or default_warmup_epochs(t.epochs)
     schedule = Schedule(name, hp["lr"], t.epochs, warmup, gamma=t.lr_decay)
     if name == "inverse_sqrt" and t.epochs < warmup:

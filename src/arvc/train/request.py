@@ -38,6 +38,7 @@ from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_c
 from arvc.train.loop import PRECISIONS, TrainOptions, resolve_resume
 from arvc.train.precision import AUTO
 from arvc.train.runlock import check_unlocked
+from arvc.train.weights import averaging_conflict
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class TrainRequest:
     val_every: int | None = None
     early_stop: int | None = None
     min_delta: float | None = None
+    ema: float | None = None  # EMA decay of G's weights (train.ema), e.g. 0.999
 
 
 @dataclass
@@ -208,6 +210,11 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     )
     if bad_values:
         raise ValueError("; ".join(bad_values))
+    if r.ema is not None and not (isinstance(r.ema, (int, float)) and 0 < r.ema < 1):
+        raise ValueError(
+            f"--ema {r.ema!r}: the EMA decay must be between 0 and 1 (exclusive), e.g. 0.999 (each step "
+            "keeps 99.9% of the average); leave --ema out for none"
+        )
     overrides = dict(r.overrides)
     for key, value in (
         ("train.epochs", r.epochs),
@@ -220,6 +227,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         ("train.val_every", r.val_every),
         ("train.early_stop", r.early_stop),
         ("train.min_delta", r.min_delta),
+        ("train.ema", r.ema),
     ):
         if value is not None:
             overrides[key] = value
@@ -304,6 +312,15 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     check_processes(r.nproc, r.device, cfg.train.batch_size)
     if r.zero and r.use_8bit:
         raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
+    if cfg.train.ema is not None or r.zero:  # (settings that a schedule-free optimizer cannot take)
+        saved_optim = saved.get("optim_g") or {} if r.resume is not None else {}
+        optimizer = get_spec(r.optimizer or saved_optim.get("name") or "AdamW").name
+        use_8bit = r.use_8bit
+        if use_8bit is None and saved_optim.get("name") == optimizer:  # (as train.optimizers resolves it)
+            use_8bit = (saved_optim.get("hyperparameters") or {}).get("use_8bit")
+        conflict = averaging_conflict(optimizer, cfg.train.ema, r.zero, bool(use_8bit))
+        if conflict:
+            raise ValueError(conflict)
     options = TrainOptions(
         run_dir=run_dir,
         data_dir=run_dir / "data",

@@ -258,6 +258,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                 max_steps = gr.Number(
                     value=0, precision=0, label="Stop after N steps (0: no limit)", elem_id="max-steps"
                 )
+                ema = gr.Number(value=0, label="EMA decay of G's weights (0: off; e.g. 0.999)", elem_id="ema")
             recommendation = gr.Markdown(_recommendation(300, "auto"))
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start")
@@ -294,7 +295,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
 
         def start_training(dataset_text, name_text, config_name, f0_method, rmvpe_text, features_choice,
                            hubert_text, opt, lr_value, epochs_value, batch_value, precision_value, use_8bit,
-                           steps_value):  # fmt: skip
+                           steps_value, ema_value=0):  # fmt: skip
             try:
                 request = TrainRequest(
                     dataset=inside(root, dataset_text, "dataset folder"),
@@ -312,6 +313,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                     precision=precision_value,
                     use_8bit=bool(use_8bit) or None,
                     max_steps=_number(steps_value, int) or None,  # 0: no limit
+                    ema=_number(ema_value) or None,  # 0: off
                     device=device,
                 )
                 jobs.start_training(request)
@@ -350,6 +352,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
             precision,
             eight_bit,
             max_steps,
+            ema,
         ]
         start.click(start_training, inputs, [status, plot])
         resume.click(resume_training, [resume_run], [status, plot])
@@ -499,6 +502,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                     gr.Warning(f"error: {error}")
                     return None
                 return {"checkpoint": done.checkpoint.name, "epoch": done.epoch, "step": done.step,
+                        "weights": done.weights,
                         **{k: str(v) for k, v in done.written.items()}}  # fmt: skip
 
             def index(text):
