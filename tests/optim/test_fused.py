@@ -11,6 +11,7 @@ Tolerances, and why they are what they are:
 """
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -471,3 +472,25 @@ def test_the_build_cache_is_keyed_by_install(tmp_path):
     assert key_one == _cache_key(texts, _FLAGS, "flags: avx2", one)
     assert key_one == _cache_key(texts, _FLAGS, "flags: avx2", one.parent / ".." / "clone-1" / "_fused_cpu")
     assert key_one != _cache_key([("fused_cpu.cpp", "int main() { return 1; }")], _FLAGS, "", one)
+
+
+def test_each_scalar_table_is_laid_out_once_for_both_kernels():
+    """The per-step scalars are computed once on the host (arvc.optim._fused_args) and each op's table has
+    one named layout: the C++ kernels read it through the structs generated from that layout into the
+    build folder (what the loaded library was compiled with), a row is built by column name only."""
+    from arvc.optim import _fused_args
+
+    _fused.fused_kernels()
+    (build_directory,) = {
+        Path(p).parent for p in torch.ops.loaded_libraries if Path(p).name.startswith("arvc_fused_cpu_")
+    }
+    assert (build_directory / "scalars.h").read_text() == _fused_args.cpp_header()
+    for layout in _fused_args.LAYOUTS:
+        assert (
+            f"struct {layout.struct} {{\n  float {', '.join(layout.columns)};\n}};"
+            in _fused_args.cpp_header()
+        )
+    row = dict.fromkeys(_fused_args.RADAM.columns, 0.0)
+    assert _fused_args.RADAM.row(**{**row, "rect": 2.0})[_fused_args.RADAM.columns.index("rect")] == 2.0
+    with pytest.raises(ValueError, match="expected"):
+        _fused_args.RADAM.row(**{k: v for k, v in row.items() if k != "rect"})

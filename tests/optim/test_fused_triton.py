@@ -28,7 +28,7 @@ GPU = os.environ.get("ARVC_TRITON_GPU") == "1" and torch.cuda.is_available()
 if not GPU:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined: @triton.jit reads it then
 
-from arvc.optim import _fused, _fused_probe, build_optimizer  # noqa: E402
+from arvc.optim import _fused, _fused_args, _fused_probe, build_optimizer  # noqa: E402
 from arvc.optim._fused_triton import common  # noqa: E402
 
 TRITON_DEVICE = "cuda" if GPU else "cpu"
@@ -630,7 +630,7 @@ def test_the_launch_tables_are_built_once_and_again_only_when_a_tensor_changes(n
         return real_plan(*args)
 
     monkeypatch.setattr(module, "_plan", counted)
-    monkeypatch.setattr(common, "_plans", [])
+    monkeypatch.setattr(_fused_args, "_plans", [])
     cpu_params, params = _params(torch.float32, "cpu")[:3], _params(torch.float32, TRITON_DEVICE)[:3]
     cpu = build_optimizer(name, cpu_params, lr=1e-2)
     with triton_path():
@@ -693,3 +693,40 @@ def test_grad_scalers_scale_and_flag_are_read_by_the_kernel_not_the_host(name, m
     assert seen and all(s == (scale.data_ptr(), flag.data_ptr()) for s in seen)
     _assert_unchanged(optimizer, params, before)
     assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]
+
+
+def test_the_triton_kernels_read_each_scalar_column_by_its_one_name():
+    """The Triton kernels' offsets into a scalar table come from the op's layout in
+    arvc.optim._fused_args (the one the C++ kernels' generated structs come from), never restated."""
+    for layout in _fused_args.LAYOUTS:
+        columns = common.offsets(layout)
+        assert [getattr(columns, name).value for name in layout.columns] == list(range(layout.width))
+        assert columns.width.value == layout.width
+    for module, layout in (
+        ("adabelief", "ADABELIEF"),
+        ("radam", "RADAM"),
+        ("any_precision_adamw", "ANY_PRECISION_ADAMW"),
+    ):
+        assert (
+            sys.modules[f"arvc.optim._fused_triton.{module}"]._K.value
+            == common.offsets(getattr(_fused_args, layout)).value
+        )
+
+
+def test_a_refused_argument_fails_alike_on_both_kernels():
+    """The argument checks run once, on the host, before either kernel (arvc.optim._fused_args): the same
+    bad state is refused with the same message by the C++ and the Triton path, and nothing moves."""
+    messages = []
+    for use_triton in (False, True):
+        params = _params(torch.float32, TRITON_DEVICE if use_triton else "cpu")[:2]
+        with triton_path() if use_triton else contextlib.nullcontext():
+            optimizer = build_optimizer("RAdam", params, lr=1e-2)
+            for p in params:
+                p.grad = torch.ones_like(p)
+            optimizer.step()
+            optimizer.state[params[1]]["exp_avg_sq"] = torch.zeros(4, device=params[1].device)
+            with pytest.raises(RuntimeError, match="elements") as refused:
+                optimizer.step()
+        messages.append(str(refused.value))
+        assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]
+    assert messages[0] == messages[1]

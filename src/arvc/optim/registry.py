@@ -11,8 +11,9 @@ Adding an optimizer touches:
 Everything else — which keyword arguments a class accepts, whether it can run fused here — is read off
 the class itself (`supported_kwargs`, `arvc.optim._fused.fused_refusal`), never listed by hand. An
 optimizer with fused kernels adds them too: a C++ header in `_fused_cpu/` registered in fused_cpu.cpp, a
-Triton module in `_fused_triton/`, and one row in `arvc.optim._fused_ops.FUSED_OPS` (which feeds the CPU
-ops' fake registrations and the Triton package).
+Triton module in `_fused_triton/`, its checks and scalar table (with the table's named layout) in
+`arvc.optim._fused_args`, its CPU step in `arvc.optim._fused_cpu_steps`, and one row in
+`arvc.optim._fused_ops.FUSED_OPS` (which feeds the CPU ops' fake registrations and the Triton package).
 """
 
 from __future__ import annotations
