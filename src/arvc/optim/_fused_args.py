@@ -362,8 +362,9 @@ def kahan_buffers(compensations, compensation_of) -> list:
 
 
 def commit_steps(steps) -> None:
-    """Advance the counters of the tensors a kernel has just stepped: only after it ran, so a refused step
-    (a check) or a failed launch leaves them as they were."""
+    """Advance the counters of the tensors a Triton launch has just stepped: only after it ran, so a
+    refused step (a check) or a failed launch leaves them as they were (the C++ kernels advance theirs
+    themselves, after their update)."""
     if steps:
         torch._foreach_add_(list(steps), 1.0)
 

@@ -1,7 +1,8 @@
 """The host side of arvc's fused CPU ops: the rows of arvc.optim._fused_ops.FUSED_OPS with the Triton
 package's signatures, each checking its arguments and computing the step's scalar table with
 arvc.optim._fused_args (as the Triton ops do), then running the C++ kernel (torch.ops.arvc_fused.<op>,
-_fused_cpu/<kernel>.h, loaded by arvc.optim._fused.fused_kernels) and advancing the step counters.
+_fused_cpu/<kernel>.h, loaded by arvc.optim._fused.fused_kernels), which advances the step counters once
+its update has run.
 
 The checks are kept while the tensors stay the same (`cached_plan`, as on the Triton path), so a step
 costs them once per layout, not once per call.
@@ -19,7 +20,6 @@ from arvc.optim._fused_args import (
     check_any_precision_adamw,
     check_lengths,
     check_radam,
-    commit_steps,
     couples_decay,
     kahan_buffers,
     low_lerp_weight,
@@ -71,9 +71,8 @@ def adabelief_(
     laid_out = _checked_grads(("adabelief", bool(amsgrad)), lists, lambda *a: check_adabelief(*a, amsgrad))
     scalars = adabelief_table(step_values(steps), lr, beta1, beta2, eps, weight_decay)
     torch.ops.arvc_fused.adabelief_(
-        params, laid_out, exp_avgs, exp_avg_vars, smax, scalars, bool(amsgrad), zero_beta1(beta1)
+        params, laid_out, exp_avgs, exp_avg_vars, smax, steps, scalars, bool(amsgrad), zero_beta1(beta1)
     )
-    commit_steps(steps)
 
 
 def radam_(
@@ -103,12 +102,12 @@ def radam_(
         laid_out,
         exp_avgs,
         exp_avg_sqs,
+        steps,
         scalars,
         low_lerp_weight(beta1),
         couples_decay(weight_decay, decoupled_weight_decay),
         bool(maximize),
     )
-    commit_steps(steps)
 
 
 def any_precision_adamw_(
@@ -147,9 +146,9 @@ def any_precision_adamw_(
         exp_avg_sqs,
         list(compensations),
         list(compensation_of),
+        steps,
         any_precision_adamw_table(values, lr, beta1, beta2, eps, weight_decay),
         rounding_keys(seed, param_indices, values),
         low_lerp_weight(beta1),
         bool(stochastic_rounding),
     )
-    commit_steps(steps)

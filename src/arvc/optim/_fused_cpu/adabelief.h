@@ -42,8 +42,8 @@ void adabelief_block(float* __restrict__ p, const float* __restrict__ g, float* 
 
 // Checked, and the scalars computed, by arvc.optim._fused_args; `zero_beta1` likewise decided there.
 void adabelief_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                at::TensorList exp_avg_vars, at::TensorList max_exp_avg_vars, const Tensor& scalar_table,
-                bool amsgrad, bool zero_beta1) {
+                at::TensorList exp_avg_vars, at::TensorList max_exp_avg_vars, at::TensorList steps,
+                const Tensor& scalar_table, bool amsgrad, bool zero_beta1) {
   const std::vector<BeliefScalars> scalars = scalar_rows<BeliefScalars>(scalar_table, params.size());
   const std::vector<Chunk> chunks = make_chunks(params);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
@@ -72,6 +72,7 @@ void adabelief_(at::TensorList params, at::TensorList grads, at::TensorList exp_
       }
     }
   });
+  commit_steps(steps);
 }
 
 }  // namespace arvc_fused

@@ -188,7 +188,7 @@ bool adamw_chunk_fast(const Tensor& param, const Tensor& grad, const Tensor& m, 
 // Checked, and the scalars and keys computed, by arvc.optim._fused_args; `low_weight` likewise decided there.
 void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                           at::TensorList exp_avg_sqs, const c10::List<std::optional<Tensor>>& compensations,
-                          const Tensor& scalar_table, const Tensor& rounding_keys, bool low_weight,
+                          at::TensorList steps, const Tensor& scalar_table, const Tensor& rounding_keys, bool low_weight,
                           bool stochastic_rounding) {
   const size_t count = params.size();
   const std::vector<AdamScalars> rows = scalar_rows<AdamScalars>(scalar_table, count);
@@ -249,6 +249,7 @@ void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::Tenso
       }
     }
   });
+  commit_steps(steps);
 }
 
 }  // namespace arvc_fused

@@ -48,7 +48,7 @@ void radam_dispatch(float* p, const float* g, float* m, float* v, int64_t begin,
 // Checked, and the scalars computed (torch.optim.radam's, in double precision), by arvc.optim._fused_args;
 // `low_weight`, `coupled` (L2 weight decay) likewise decided there.
 void radam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-            const Tensor& scalar_table, bool low_weight, bool coupled, bool maximize) {
+            at::TensorList steps, const Tensor& scalar_table, bool low_weight, bool coupled, bool maximize) {
   const std::vector<RAdamScalars> scalars = scalar_rows<RAdamScalars>(scalar_table, params.size());
   const std::vector<Chunk> chunks = make_chunks(params);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
@@ -66,6 +66,7 @@ void radam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs
       else radam_dispatch<false, false>(p, g, m, v, chunk.begin, chunk.end, k, coupled, maximize);
     }
   });
+  commit_steps(steps);
 }
 
 }  // namespace arvc_fused
