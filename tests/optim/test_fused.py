@@ -456,3 +456,38 @@ def test_each_scalar_table_is_laid_out_once_for_both_kernels():
     assert _fused_args.RADAM.row(**{**row, "rect": 2.0})[_fused_args.RADAM.columns.index("rect")] == 2.0
     with pytest.raises(ValueError, match="expected"):
         _fused_args.RADAM.row(**{k: v for k, v in row.items() if k != "rect"})
+
+
+def test_the_checks_run_once_per_layout_not_once_per_step(monkeypatch):
+    """The C++ path's argument checks (arvc.optim._fused_args, the Triton path's too) are kept while the
+    tensors' layouts stay the same: new gradient tensors every step (zero_grad's default) do not run them
+    again, a gradient laid out unlike its parameter (copied for the kernel) does, every step; the steps
+    still equal the single-tensor loop's."""
+    from arvc.optim import _fused_args, _fused_cpu_steps
+
+    checks = []
+
+    def counted(*args):
+        checks.append(1)
+        return _fused_args.check_adabelief(*args)
+
+    monkeypatch.setattr(_fused_cpu_steps, "check_adabelief", counted)
+    monkeypatch.setattr(_fused_args, "_plans", [])
+    torch.manual_seed(4)
+    start = [torch.randn(6, 9), torch.randn(5)]
+    params = [torch.nn.Parameter(t.clone()) for t in start]
+    twins = [torch.nn.Parameter(t.clone()) for t in start]
+    fused, loop = AdaBelief(params, lr=1e-2, fused=True), AdaBelief(twins, lr=1e-2, foreach=False)
+    expected = []
+    for step in range(6):
+        grads = [torch.randn(6, 9), torch.randn(5)]
+        if step >= 4:  # transposed: a laid-out copy for the kernel, checked anew each step
+            grads[0] = grads[0].t().contiguous().t()
+        for p, q, g in zip(params, twins, grads, strict=True):
+            p.grad, q.grad = g.clone(memory_format=torch.preserve_format), g.clone()
+        fused.step()
+        loop.step()
+        expected.append(1 if step in (0, 4, 5) else 0)
+        assert len(checks) == sum(expected), f"step {step}"
+    for p, q in zip(params, twins, strict=True):
+        torch.testing.assert_close(p, q, atol=TOLERANCE.atol, rtol=TOLERANCE.rtol)

@@ -375,28 +375,30 @@ _PLANS_KEPT = 32  # a few optimizers (G and D), each a few groups, on one or two
 _plans: list[tuple[tuple, tuple, object]] = []  # (kind, signature, plan), the most recently used last
 
 
-def signature(*lists) -> tuple:
-    """What a plan depends on, per tensor: where its data is, its strides, size, dtype and device (all
-    the kernel sees of a tensor, and all its checks read). Any change (a new gradient tensor elsewhere,
-    `p.data = ...`, a re-laid-out buffer) gives a new plan. Lists of plain values, compared element by
-    element: cheaper than hashing 560 tuples every step."""
+def signature(*lists, addresses: bool = True) -> tuple:
+    """What a plan depends on, per tensor: where its data is (with `addresses`: a plan that holds them,
+    the Triton launch tables), its strides, size, dtype and device (all the kernel sees of a tensor, and
+    all its checks read). Any change (a new gradient tensor elsewhere, `p.data = ...`, a re-laid-out
+    buffer) gives a new plan; without `addresses` only one the checks would see (a new gradient tensor
+    laid out like the last one keeps the plan: the checks' verdict is a function of the layout alone).
+    Lists of plain values, compared element by element: cheaper than hashing 560 tuples every step."""
     tensors = [t for ts in lists for t in ts]
     present = [t for t in tensors if t is not None]
     return (
         [t is None for t in tensors],
-        [t.data_ptr() for t in present],
+        [t.data_ptr() for t in present] if addresses else [t.shape for t in present],
         [t.stride() for t in present],
-        [t.numel() for t in present],
+        [t.numel() for t in present] if addresses else [],
         [t.dtype for t in present],
         [t.device for t in present],
     )
 
 
-def cached_plan(kind: tuple, lists, build):
+def cached_plan(kind: tuple, lists, build, addresses: bool = True):
     """The plan for these tensor `lists` of a kernel (`kind`: its path, name and static arguments): built
     by `build()` (which runs the checks) on first sight, or when any tensor's `signature` changed, then
     reused. A plan whose `keep` holds gradient copies is not kept (the copies are new every step)."""
-    current = signature(*lists)
+    current = signature(*lists, addresses=addresses)
     for index, (known_kind, known, plan) in enumerate(_plans):
         if known_kind == kind and known[1] == current[1] and known == current:
             _plans.append(_plans.pop(index))

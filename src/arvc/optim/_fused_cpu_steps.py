@@ -4,8 +4,9 @@ arvc.optim._fused_args (as the Triton ops do), then running the C++ kernel (torc
 _fused_cpu/<kernel>.h, loaded by arvc.optim._fused.fused_kernels), which advances the step counters once
 its update has run.
 
-The checks are kept while the tensors stay the same (`cached_plan`, as on the Triton path), so a step
-costs them once per layout, not once per call.
+The checks are kept while the tensors' layouts stay the same (`cached_plan` without addresses: the C++
+kernel is handed the tensors themselves, so a new gradient tensor laid out like the last one keeps the
+verdict), so a step pays them once per layout, not once per call.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class _Checked:
 
 def _checked_grads(kind: tuple, lists: tuple, check) -> list:
     """The gradients the kernel gets, the arguments in `lists` checked by `check` (once per layout)."""
-    plan = cached_plan(("cpu", *kind), lists, lambda: _Checked(check(*lists), lists[1]))
+    plan = cached_plan(("cpu", *kind), lists, lambda: _Checked(check(*lists), lists[1]), addresses=False)
     return plan.grads if plan.keep else list(lists[1])
 
 
