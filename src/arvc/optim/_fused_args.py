@@ -34,7 +34,9 @@ __all__ = [
     "LAYOUTS",
     "RADAM",
     "ScalarLayout",
+    "adabelief_lists",
     "adabelief_table",
+    "any_precision_adamw_lists",
     "any_precision_adamw_table",
     "cached_plan",
     "check_adabelief",
@@ -51,6 +53,7 @@ __all__ = [
     "kahan_buffers",
     "low_lerp_weight",
     "matching_grad",
+    "radam_lists",
     "radam_table",
     "rounding_keys",
     "signature",
@@ -359,6 +362,35 @@ def kahan_buffers(compensations, compensation_of) -> list:
     if any(index >= len(compensations) for index in compensation_of):
         raise RuntimeError("arvc fused AnyPrecisionAdamW: compensation index out of range")
     return [compensations[index] if index >= 0 else None for index in compensation_of]
+
+
+# --- each op's tensor lists, their lengths checked (None: no tensors, nothing to do) ----------------------
+
+
+def adabelief_lists(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgrad) -> tuple | None:
+    """(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars or [], steps)."""
+    smax = list(max_exp_avg_vars) if amsgrad else []
+    check_lengths(
+        "AdaBelief", len(params), grads, exp_avgs, exp_avg_vars, steps, *([smax] if amsgrad else [])
+    )
+    return (params, grads, exp_avgs, exp_avg_vars, smax, steps) if params else None
+
+
+def radam_lists(params, grads, exp_avgs, exp_avg_sqs, steps) -> tuple | None:
+    """(params, grads, exp_avgs, exp_avg_sqs, steps)."""
+    check_lengths("RAdam", len(params), grads, exp_avgs, exp_avg_sqs, steps)
+    return (params, grads, exp_avgs, exp_avg_sqs, steps) if params else None
+
+
+def any_precision_adamw_lists(
+    params, grads, exp_avgs, exp_avg_sqs, compensations, compensation_of, steps, param_indices
+) -> tuple | None:
+    """(params, grads, exp_avgs, exp_avg_sqs, each parameter's compensation buffer or None, steps)."""
+    check_lengths(
+        "AnyPrecisionAdamW", len(params), grads, exp_avgs, exp_avg_sqs, compensation_of, steps, param_indices
+    )
+    kahan = kahan_buffers(compensations, compensation_of)
+    return (params, grads, exp_avgs, exp_avg_sqs, kahan, steps) if params else None
 
 
 def commit_steps(steps) -> None:

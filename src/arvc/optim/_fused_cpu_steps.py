@@ -14,16 +14,17 @@ from __future__ import annotations
 import torch
 
 from arvc.optim._fused_args import (
+    adabelief_lists,
     adabelief_table,
+    any_precision_adamw_lists,
     any_precision_adamw_table,
     cached_plan,
     check_adabelief,
     check_any_precision_adamw,
-    check_lengths,
     check_radam,
     couples_decay,
-    kahan_buffers,
     low_lerp_weight,
+    radam_lists,
     radam_table,
     rounding_keys,
     step_values,
@@ -63,12 +64,10 @@ def adabelief_(
     weight_decay: float,
 ) -> None:
     """AdaBelief / AdaBeliefV2 on CPU tensors (_fused_cpu/adabelief.h)."""
-    count = len(params)
-    smax = list(max_exp_avg_vars) if amsgrad else []
-    check_lengths("AdaBelief", count, grads, exp_avgs, exp_avg_vars, steps, *([smax] if amsgrad else []))
-    if count == 0:
+    lists = adabelief_lists(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgrad)
+    if lists is None:
         return
-    lists = (params, grads, exp_avgs, exp_avg_vars, smax, steps)
+    smax = lists[4]
     laid_out = _checked_grads(("adabelief", bool(amsgrad)), lists, lambda *a: check_adabelief(*a, amsgrad))
     scalars = adabelief_table(step_values(steps), lr, beta1, beta2, eps, weight_decay)
     torch.ops.arvc_fused.adabelief_(
@@ -91,11 +90,9 @@ def radam_(
     maximize: bool,
 ) -> None:
     """RAdam on CPU tensors (_fused_cpu/radam.h)."""
-    count = len(params)
-    check_lengths("RAdam", count, grads, exp_avgs, exp_avg_sqs, steps)
-    if count == 0:
+    lists = radam_lists(params, grads, exp_avgs, exp_avg_sqs, steps)
+    if lists is None:
         return
-    lists = (params, grads, exp_avgs, exp_avg_sqs, steps)
     laid_out = _checked_grads(("radam",), lists, check_radam)
     scalars = radam_table(step_values(steps), lr, beta1, beta2, eps, weight_decay)
     torch.ops.arvc_fused.radam_(
@@ -130,14 +127,11 @@ def any_precision_adamw_(
 ) -> None:
     """AnyPrecisionAdamW on CPU tensors (_fused_cpu/any_precision_adamw.h; the Kahan buffers that exist
     as a list plus, per parameter, the index of its own, -1: none)."""
-    count = len(params)
-    check_lengths(
-        "AnyPrecisionAdamW", count, grads, exp_avgs, exp_avg_sqs, compensation_of, steps, param_indices
+    lists = any_precision_adamw_lists(
+        params, grads, exp_avgs, exp_avg_sqs, compensations, compensation_of, steps, param_indices
     )
-    kahan = kahan_buffers(compensations, compensation_of)
-    if count == 0:
+    if lists is None:
         return
-    lists = (params, grads, exp_avgs, exp_avg_sqs, kahan, steps)
     laid_out = _checked_grads(("any_precision_adamw",), lists, check_any_precision_adamw)
     values = step_values(steps)
     torch.ops.arvc_fused.any_precision_adamw_(

@@ -8,10 +8,10 @@ import triton.language as tl
 
 from arvc.optim._fused_args import (
     ADABELIEF,
+    adabelief_lists,
     adabelief_table,
     cached_plan,
     check_adabelief,
-    check_lengths,
     commit_steps,
     step_values,
     zero_beta1,
@@ -146,12 +146,9 @@ def adabelief_(
     """The CPU op's signature and semantics (torch.ops.arvc_fused.adabelief_), on the tensors' device;
     `grad_scale`: divide every gradient by it first, a set `found_inf`: skip the step (GradScaler's, AMP
     without an unscale pass; device tensors, read by the kernel, not the host)."""
-    count = len(params)
-    smax = list(max_exp_avg_vars) if amsgrad else []
-    check_lengths("AdaBelief", count, grads, exp_avgs, exp_avg_vars, steps, *([smax] if amsgrad else []))
-    if count == 0:
+    lists = adabelief_lists(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgrad)
+    if lists is None:
         return
-    lists = (params, grads, exp_avgs, exp_avg_vars, smax, steps)
     plan = cached_plan(("triton", "adabelief", bool(amsgrad)), lists, lambda: _plan(*lists, amsgrad))
     scalars = adabelief_table(step_values(steps), lr, beta1, beta2, eps, weight_decay)
     skipped = Skipped(found_inf)

@@ -9,12 +9,11 @@ import triton.language as tl
 
 from arvc.optim._fused_args import (
     ANY_PRECISION_ADAMW,
+    any_precision_adamw_lists,
     any_precision_adamw_table,
     cached_plan,
     check_any_precision_adamw,
-    check_lengths,
     commit_steps,
-    kahan_buffers,
     low_lerp_weight,
     rounding_keys,
     step_values,
@@ -225,14 +224,11 @@ def any_precision_adamw_(
     """torch.ops.arvc_fused.any_precision_adamw_ on the tensors' device (the Kahan buffers that exist as a
     list plus, per parameter, the index of its own, -1: none); `grad_scale` divides every gradient first
     and a set `found_inf` skips the step (GradScaler's, as device tensors read by the kernel)."""
-    count = len(params)
-    check_lengths(
-        "AnyPrecisionAdamW", count, grads, exp_avgs, exp_avg_sqs, compensation_of, steps, param_indices
+    lists = any_precision_adamw_lists(
+        params, grads, exp_avgs, exp_avg_sqs, compensations, compensation_of, steps, param_indices
     )
-    kahan = kahan_buffers(compensations, compensation_of)
-    if count == 0:
+    if lists is None:
         return
-    lists = (params, grads, exp_avgs, exp_avg_sqs, kahan, steps)
     plan = cached_plan(("triton", "any_precision_adamw"), lists, lambda: _plan(*lists))
     values = step_values(steps)
     scalars = any_precision_adamw_table(values, lr, beta1, beta2, eps, weight_decay)

@@ -8,11 +8,11 @@ import triton.language as tl
 from arvc.optim._fused_args import (
     RADAM,
     cached_plan,
-    check_lengths,
     check_radam,
     commit_steps,
     couples_decay,
     low_lerp_weight,
+    radam_lists,
     radam_table,
     step_values,
 )
@@ -133,11 +133,9 @@ def radam_(
 ) -> None:
     """torch.ops.arvc_fused.radam_ on the tensors' device; `grad_scale` divides every gradient first and a
     set `found_inf` skips the step (GradScaler's, as device tensors: read by the kernel, not the host)."""
-    count = len(params)
-    check_lengths("RAdam", count, grads, exp_avgs, exp_avg_sqs, steps)
-    if count == 0:
+    lists = radam_lists(params, grads, exp_avgs, exp_avg_sqs, steps)
+    if lists is None:
         return
-    lists = (params, grads, exp_avgs, exp_avg_sqs, steps)
     plan = cached_plan(("triton", "radam"), lists, lambda: _plan(*lists))
     scalars = radam_table(step_values(steps), lr, beta1, beta2, eps, weight_decay)
     skipped = Skipped(found_inf)
