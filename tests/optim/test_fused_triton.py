@@ -699,3 +699,24 @@ def test_a_refused_argument_fails_alike_on_both_kernels():
         messages.append(str(refused.value))
         assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]
     assert messages[0] == messages[1]
+
+
+def test_a_changed_host_side_checks_the_kernels_again(monkeypatch):
+    """The kept verdicts are keyed by the kernels' source, and the per-step scalars the kernels get are
+    computed in arvc.optim._fused_args: a change there (a wrong bias correction) must check again too."""
+    import pathlib
+
+    _fused_probe._kernels_hash.cache_clear()
+    before = _fused_probe._kernels_hash()
+    real = pathlib.Path.read_text
+
+    def edited(self, *args, **kwargs):
+        return real(self, *args, **kwargs) + ("\n# changed" if self.name == "_fused_args.py" else "")
+
+    monkeypatch.setattr(pathlib.Path, "read_text", edited)
+    _fused_probe._kernels_hash.cache_clear()
+    try:
+        assert _fused_probe._kernels_hash() != before
+    finally:
+        monkeypatch.undo()
+        _fused_probe._kernels_hash.cache_clear()
