@@ -5,8 +5,9 @@ A fused step (arvc.optim._fused.fused_op) goes through one of the functions here
 runs: the C++ one on CPU tensors (arvc.optim._fused_cpu_steps, into _fused_cpu/) or the Triton one on CUDA
 tensors (arvc.optim._fused_triton). So that the two stay bit for bit the same step:
 
-* the checks (`check_<op>`) run here, everything before anything moves, and are kept while the tensors
-  stay the same (`cached_plan`); the kernels themselves check nothing;
+* the checks (`<op>_lists` for the lengths, `check_<op>` for the tensors) run here, everything before
+  anything moves, and are kept while the tensors stay the same (`cached_plan`: per address on the Triton
+  path, whose launch tables hold them; per layout on the C++ path); the kernels themselves check nothing;
 * the per-step scalars (bias corrections, RAdam's rectification, step sizes) are computed here in float64,
   as torch.optim computes them in Python, and rounded once to float32 (`<op>_table`); the compile-time
   choices made from them (`low_lerp_weight`, ...) too;
