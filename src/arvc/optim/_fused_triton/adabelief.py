@@ -143,7 +143,7 @@ def adabelief_(
     grad_scale=None,
     found_inf=None,
 ) -> None:
-    """The CPU op's signature and semantics (torch.ops.arvc_fused.adabelief_), on the tensors' device;
+    """The CPU op's signature and semantics (arvc.optim._fused_cpu_steps.adabelief_), on the tensors' device;
     `grad_scale`: divide every gradient by it first, a set `found_inf`: skip the step (GradScaler's, AMP
     without an unscale pass; device tensors, read by the kernel, not the host)."""
     lists = adabelief_lists(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgrad)

@@ -221,9 +221,10 @@ def any_precision_adamw_(
     grad_scale=None,
     found_inf=None,
 ) -> None:
-    """torch.ops.arvc_fused.any_precision_adamw_ on the tensors' device (the Kahan buffers that exist as a
-    list plus, per parameter, the index of its own, -1: none); `grad_scale` divides every gradient first
-    and a set `found_inf` skips the step (GradScaler's, as device tensors read by the kernel)."""
+    """arvc.optim._fused_cpu_steps.any_precision_adamw_ on the tensors' device (the Kahan buffers that
+    exist as a list plus, per parameter, the index of its own, -1: none); `grad_scale` divides every
+    gradient first and a set `found_inf` skips the step (GradScaler's, as device tensors read by the
+    kernel)."""
     lists = any_precision_adamw_lists(
         params, grads, exp_avgs, exp_avg_sqs, compensations, compensation_of, steps, param_indices
     )

@@ -131,8 +131,9 @@ def radam_(
     grad_scale=None,
     found_inf=None,
 ) -> None:
-    """torch.ops.arvc_fused.radam_ on the tensors' device; `grad_scale` divides every gradient first and a
-    set `found_inf` skips the step (GradScaler's, as device tensors: read by the kernel, not the host)."""
+    """arvc.optim._fused_cpu_steps.radam_ on the tensors' device; `grad_scale` divides every gradient first
+    and a set `found_inf` skips the step (GradScaler's, as device tensors: read by the kernel, not the
+    host)."""
     lists = radam_lists(params, grads, exp_avgs, exp_avg_sqs, steps)
     if lists is None:
         return
