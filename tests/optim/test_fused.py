@@ -1,22 +1,20 @@
 """The fused C++ path computes the single-tensor reference's update (issue #4's "all paths agree").
 
-Tolerances, and why they are what they are:
-* float32 parameters and state: within 1e-6 (the issue's bound). The kernel runs the reference's float32
-  operations in the same order; torch's own vectorized ops may use fused multiply-add, so the two can
-  differ in the last bit of a step, never more.
-* bf16/fp16 storage: a last-bit difference in the float32 value can flip a rounding decision, so a
-  stored element may differ by one unit in the last place of its dtype, and only rarely. Both bounds
-  are checked after every step (from a shared state): at most 1 ulp (+1e-6 absolute, for results of
-  cancellation) anywhere, and at most 0.5% of the elements.
+The configurations are the FUSED rows of _optim_helpers.CONFIGS, and the tolerance is its
+TOLERANCES[FUSED] (stated and explained there): float32 within 1e-6; bf16/fp16 storage at most 1 ulp
+(+1e-6 absolute, for results of cancellation) anywhere and on at most 0.5% of the elements, checked after
+every step from a shared state.
 """
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
-from _optim_helpers import gradient_stream
+from _optim_helpers import FUSED, FUSED_KERNELS, TOLERANCES, configs, gradient_stream
 
 from arvc.optim import (
+    OPTIMIZERS,
     AdaBelief,
     AdaBeliefV2,
     AnyPrecisionAdamW,
@@ -27,43 +25,7 @@ from arvc.optim import (
 )
 
 SHAPES = [(7, 5), (5,), (40_000,), (2, 3, 4), (70_001,)]  # > one 32k chunk, odd sizes
-
-FLOAT32_CASES = [
-    pytest.param(AdaBelief, {}, id="AdaBelief"),
-    pytest.param(AdaBelief, {"betas": (0.0, 0.99)}, id="AdaBelief-beta1-0"),
-    pytest.param(AdaBeliefV2, {}, id="AdaBeliefV2"),
-    pytest.param(AnyPrecisionAdamW, {}, id="AnyPrecisionAdamW"),
-    pytest.param(AnyPrecisionAdamW, {"betas": (0.6, 0.95)}, id="AnyPrecisionAdamW-lerp-high-weight"),
-    pytest.param(RAdam, {}, id="RAdam"),
-    pytest.param(RAdam, {"decoupled_weight_decay": True}, id="RAdam-decoupled"),
-    pytest.param(RAdam, {"maximize": True, "betas": (0.3, 0.9)}, id="RAdam-maximize"),
-]
-
-LOW_PRECISION_CASES = [
-    pytest.param(torch.bfloat16, {}, id="bf16-params"),
-    pytest.param(torch.bfloat16, {"use_kahan_summation": True}, id="bf16-kahan"),
-    pytest.param(
-        torch.bfloat16,
-        {"use_kahan_summation": True, "momentum_dtype": "bf16", "variance_dtype": "bf16"},
-        id="bf16-kahan-bf16-moments-sr",
-    ),
-    pytest.param(
-        torch.bfloat16,
-        {"momentum_dtype": "bf16", "variance_dtype": "bf16", "stochastic_rounding": False},
-        id="bf16-moments-nearest",
-    ),
-    pytest.param(torch.float32, {"momentum_dtype": "bf16", "variance_dtype": "bf16"}, id="fp32-bf16-moments"),
-    pytest.param(
-        torch.float16,
-        {"use_kahan_summation": True, "momentum_dtype": "fp16", "variance_dtype": "fp16"},
-        id="fp16-kahan-fp16-moments-sr",
-    ),
-    pytest.param(
-        torch.bfloat16,
-        {"use_kahan_summation": True, "momentum_dtype": "fp16", "variance_dtype": "bf16"},
-        id="mixed-buffers-blocked-path",
-    ),
-]
+TOLERANCE = TOLERANCES[FUSED]
 
 
 def _optimizer(cls, kwargs, path, start, lr):
@@ -95,14 +57,16 @@ def _ulp(x: torch.Tensor) -> torch.Tensor:
 def _assert_agree(expected: torch.Tensor, actual: torch.Tensor, what: str):
     assert expected.dtype == actual.dtype, what
     if expected.dtype == torch.float32:
-        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-6, msg=what)
+        torch.testing.assert_close(actual, expected, atol=TOLERANCE.atol, rtol=TOLERANCE.rtol, msg=what)
         return
     differ = expected != actual
-    # 1 ulp of the stored value, plus 1e-6 for results of cancellation (m + w*(g - m) ≈ 0: the float32
+    # `ulps` of the stored value, plus atol for results of cancellation (m + w*(g - m) ≈ 0: the float32
     # inputs' last bits decide whether the result is 4e-9 or 0, far below the operands' ulps).
-    bound = torch.maximum(_ulp(expected), _ulp(actual)) + 1e-6
-    assert (expected.float() - actual.float()).abs().le(bound).all(), f"{what}: more than 1 ulp"
-    assert differ.float().mean().item() <= 0.005, f"{what}: {differ.sum().item()} elements differ"
+    bound = TOLERANCE.ulps * torch.maximum(_ulp(expected), _ulp(actual)) + TOLERANCE.atol
+    assert (expected.float() - actual.float()).abs().le(bound).all(), (
+        f"{what}: more than {TOLERANCE.ulps} ulp"
+    )
+    assert differ.float().mean().item() <= TOLERANCE.flipped, f"{what}: {differ.sum().item()} elements differ"
 
 
 def _assert_same_run(reference, fused, reference_params, fused_params):
@@ -122,7 +86,7 @@ def _assert_same_run(reference, fused, reference_params, fused_params):
             _assert_agree(value, fused.state[q][key], key)
 
 
-@pytest.mark.parametrize("cls, kwargs", FLOAT32_CASES)
+@pytest.mark.parametrize("cls, kwargs", configs(FUSED, "cls", "kwargs", where=lambda c: not c.low_precision))
 def test_fused_matches_the_single_tensor_reference_in_float32(cls, kwargs):
     # RAdam's reference is torch.optim.RAdam's own for-loop; arvc's optimizers have their own.
     reference_cls = torch.optim.RAdam if cls is RAdam else cls
@@ -153,17 +117,16 @@ def _step_by_step(cls, kwargs, dtype, steps=20, lr=1e-3):
     return fused
 
 
-@pytest.mark.parametrize("dtype, kwargs", LOW_PRECISION_CASES)
-def test_fused_any_precision_adamw_matches_with_kahan_and_stochastic_rounding(dtype, kwargs):
-    fused = _step_by_step(AnyPrecisionAdamW, kwargs, dtype)
-    for group in fused.param_groups:  # the buffers kept the dtypes asked for
+@pytest.mark.parametrize(
+    "cls, dtype, kwargs", configs(FUSED, "cls", "dtype", "kwargs", where=lambda c: c.low_precision)
+)
+def test_fused_matches_with_low_precision_storage_kahan_and_stochastic_rounding(cls, dtype, kwargs):
+    fused = _step_by_step(cls, kwargs, dtype)
+    for group in fused.param_groups:  # the buffers kept the dtypes asked for (AnyPrecisionAdamW's choice)
         for p in group["params"]:
-            assert fused.state[p]["exp_avg"].dtype == group["momentum_dtype"]
-            assert fused.state[p]["exp_avg_sq"].dtype == group["variance_dtype"]
-
-
-def test_fused_adabelief_with_bf16_parameters_matches():
-    _step_by_step(AdaBelief, {}, torch.bfloat16)
+            if "momentum_dtype" in group:
+                assert fused.state[p]["exp_avg"].dtype == group["momentum_dtype"]
+                assert fused.state[p]["exp_avg_sq"].dtype == group["variance_dtype"]
 
 
 def test_a_gradient_laid_out_unlike_its_parameter_is_handled():
@@ -175,7 +138,7 @@ def test_a_gradient_laid_out_unlike_its_parameter_is_handled():
         param.grad, twin.grad = grad.t(), grad.t().contiguous()  # a transposed (non-contiguous) gradient
         fused.step()
         loop.step()
-    torch.testing.assert_close(param, twin, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(param, twin, atol=TOLERANCE.atol, rtol=TOLERANCE.rtol)
 
 
 def test_resume_crosses_paths():
@@ -216,7 +179,7 @@ def test_a_changing_learning_rate_builds_once_and_never_compiles(monkeypatch):
             scheduler.step()
         runs[path] = (param.detach(), lrs)
     assert len(set(runs["fused"][1])) == 50  # the lr really changed every step
-    torch.testing.assert_close(runs["fused"][0], runs["single"][0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(runs["fused"][0], runs["single"][0], atol=TOLERANCE.atol, rtol=TOLERANCE.rtol)
     assert _fused.builds - builds_before <= 1
     assert sum(counters["stats"].values()) == graphs_before
 
@@ -226,7 +189,7 @@ def test_registry_switches_fused_on_for_cpu_and_off_where_no_kernel_exists():
         param = torch.nn.Parameter(torch.zeros(4, dtype=dtype))
         return build_optimizer(name, [param], lr=1e-3, **extra).param_groups[0]["fused"]
 
-    for name in ("RAdam", "AnyPrecisionAdamW", "AdaBelief", "AdaBeliefV2"):
+    for name in FUSED_KERNELS:
         assert fused_of(name, torch.float32) is True, name
         assert fused_of(name, torch.float32, foreach=True) is False, name  # the user's choice wins
     assert fused_of("AdaBelief", torch.float64) is False  # no float64 kernel: foreach
@@ -336,11 +299,11 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, caplog):
     assert "stale build lock" in caplog.text
 
 
-@pytest.mark.parametrize("cls", [AdaBelief, AdaBeliefV2, AnyPrecisionAdamW, RAdam])
-def test_a_fused_step_counts_as_an_in_place_change_for_autograd(cls):
+@pytest.mark.parametrize("name", FUSED_KERNELS)
+def test_a_fused_step_counts_as_an_in_place_change_for_autograd(name):
     """Like torch's own optimizers: backward through a graph that saved the old weights fails loudly."""
     weight = torch.nn.Parameter(torch.randn(4, 4))
-    optimizer = cls([weight], lr=1e-2, fused=True)
+    optimizer = OPTIMIZERS[name].cls([weight], lr=1e-2, fused=True)
     x = torch.randn(2, 4, requires_grad=True)
     loss = (x @ weight).pow(2).sum()  # saves `weight` for the gradient of x
     weight.grad = torch.randn(4, 4)
@@ -367,7 +330,7 @@ def test_channels_last_parameters_round_with_the_same_bits():
         states.append(optimizer.state[param])
     for key in ("exp_avg", "exp_avg_sq"):
         differ = (states[0][key] != states[1][key]).float().mean().item()
-        assert differ <= 0.005, f"{key}: {differ:.1%} of elements differ"
+        assert differ <= TOLERANCE.flipped, f"{key}: {differ:.1%} of elements differ"
 
 
 def test_amsgrad_maximum_keeps_a_nan_as_torch_maximum_does():
@@ -400,7 +363,7 @@ def test_state_follows_a_parameter_converted_to_channels_last():
         optimizer.step()
         assert optimizer.state[param]["exp_avg"] is buffer
         runs.append(param.detach().clone())
-    torch.testing.assert_close(runs[1], runs[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(runs[1], runs[0], atol=TOLERANCE.atol, rtol=TOLERANCE.rtol)
 
 
 def test_a_refused_step_changes_nothing():
@@ -424,7 +387,7 @@ def test_any_int_seed_rounds_as_the_reference(seed):
         param.grad = torch.linspace(1, 2, 5000)
         optimizer.step()
         states.append(optimizer.state[param]["exp_avg_sq"])
-    assert (states[0] != states[1]).float().mean().item() <= 0.005
+    assert (states[0] != states[1]).float().mean().item() <= TOLERANCE.flipped
 
 
 def test_the_cpu_library_registers_exactly_the_declared_fused_ops():
@@ -471,3 +434,60 @@ def test_the_build_cache_is_keyed_by_install(tmp_path):
     assert key_one == _cache_key(texts, _FLAGS, "flags: avx2", one)
     assert key_one == _cache_key(texts, _FLAGS, "flags: avx2", one.parent / ".." / "clone-1" / "_fused_cpu")
     assert key_one != _cache_key([("fused_cpu.cpp", "int main() { return 1; }")], _FLAGS, "", one)
+
+
+def test_each_scalar_table_is_laid_out_once_for_both_kernels():
+    """The per-step scalars are computed once on the host (arvc.optim._fused_args) and each op's table has
+    one named layout: the C++ kernels read it through the structs generated from that layout into the
+    build folder (what the loaded library was compiled with), a row is built by column name only."""
+    from arvc.optim import _fused_args
+
+    _fused.fused_kernels()
+    (build_directory,) = {
+        Path(p).parent for p in torch.ops.loaded_libraries if Path(p).name.startswith("arvc_fused_cpu_")
+    }
+    assert (build_directory / "scalars.h").read_text() == _fused_args.cpp_header()
+    for layout in _fused_args.LAYOUTS:
+        assert (
+            f"struct {layout.struct} {{\n  float {', '.join(layout.columns)};\n}};"
+            in _fused_args.cpp_header()
+        )
+    row = dict.fromkeys(_fused_args.RADAM.columns, 0.0)
+    assert _fused_args.RADAM.row(**{**row, "rect": 2.0})[_fused_args.RADAM.columns.index("rect")] == 2.0
+    with pytest.raises(ValueError, match="expected"):
+        _fused_args.RADAM.row(**{k: v for k, v in row.items() if k != "rect"})
+
+
+def test_the_checks_run_once_per_layout_not_once_per_step(monkeypatch):
+    """The C++ path's argument checks (arvc.optim._fused_args, the Triton path's too) are kept while the
+    tensors' layouts stay the same: new gradient tensors every step (zero_grad's default) do not run them
+    again, a gradient laid out unlike its parameter (copied for the kernel) does, every step; the steps
+    still equal the single-tensor loop's."""
+    from arvc.optim import _fused_args, _fused_cpu_steps
+
+    checks = []
+
+    def counted(*args):
+        checks.append(1)
+        return _fused_args.check_adabelief(*args)
+
+    monkeypatch.setattr(_fused_cpu_steps, "check_adabelief", counted)
+    monkeypatch.setattr(_fused_args, "_plans", [])
+    torch.manual_seed(4)
+    start = [torch.randn(6, 9), torch.randn(5)]
+    params = [torch.nn.Parameter(t.clone()) for t in start]
+    twins = [torch.nn.Parameter(t.clone()) for t in start]
+    fused, loop = AdaBelief(params, lr=1e-2, fused=True), AdaBelief(twins, lr=1e-2, foreach=False)
+    expected = []
+    for step in range(6):
+        grads = [torch.randn(6, 9), torch.randn(5)]
+        if step >= 4:  # transposed: a laid-out copy for the kernel, checked anew each step
+            grads[0] = grads[0].t().contiguous().t()
+        for p, q, g in zip(params, twins, grads, strict=True):
+            p.grad, q.grad = g.clone(memory_format=torch.preserve_format), g.clone()
+        fused.step()
+        loop.step()
+        expected.append(1 if step in (0, 4, 5) else 0)
+        assert len(checks) == sum(expected), f"step {step}"
+    for p, q in zip(params, twins, strict=True):
+        torch.testing.assert_close(p, q, atol=TOLERANCE.atol, rtol=TOLERANCE.rtol)

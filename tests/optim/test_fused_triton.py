@@ -8,8 +8,9 @@ as integer bit operations, no a*b+c fusion; see _fused_triton/common.py), and co
 PTX for sm_75 to sm_120 (test_the_ptx_...) hold the compiled code to that. On a GPU machine,
 ARVC_TRITON_GPU=1 runs the same comparisons with the Triton side on CUDA (benchmarks/gpu_check.py).
 
-Tolerance: none. Every comparison is of raw bits (NaN equals NaN, whatever its payload), for float32 as
-for bf16/fp16 storage: both kernels perform the same IEEE float32 operations in the same order.
+The configurations are the TRITON rows of _optim_helpers.CONFIGS. Tolerance: none (TOLERANCES[TRITON]).
+Every comparison is of raw bits (NaN equals NaN, whatever its payload), for float32 as for bf16/fp16
+storage: both kernels perform the same IEEE float32 operations in the same order.
 """
 
 import contextlib
@@ -28,7 +29,9 @@ GPU = os.environ.get("ARVC_TRITON_GPU") == "1" and torch.cuda.is_available()
 if not GPU:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined: @triton.jit reads it then
 
-from arvc.optim import _fused, _fused_probe, build_optimizer  # noqa: E402
+from _optim_helpers import FUSED_KERNELS, ONE_PER_KERNEL, TRITON, configs  # noqa: E402
+
+from arvc.optim import _fused, _fused_args, _fused_probe, build_optimizer  # noqa: E402
 from arvc.optim._fused_triton import common  # noqa: E402
 
 TRITON_DEVICE = "cuda" if GPU else "cpu"
@@ -90,32 +93,7 @@ def _assert_identical(a, b, what):
     assert differ == 0, f"{what}: {differ} of {a.numel()} elements differ"
 
 
-CASES = [
-    ("AdaBelief", torch.float32, {}),
-    ("AdaBelief", torch.float32, {"betas": (0.0, 0.99)}),
-    ("AdaBelief", torch.bfloat16, {}),
-    ("AdaBelief", torch.float16, {"weight_decay": 0.1}),
-    ("AdaBeliefV2", torch.float32, {}),
-    ("AdaBeliefV2", torch.bfloat16, {}),
-    ("RAdam", torch.float32, {}),
-    ("RAdam", torch.float32, {"decoupled_weight_decay": False, "betas": (0.3, 0.9)}),
-    ("RAdam", torch.float32, {"maximize": True}),
-    ("AnyPrecisionAdamW", torch.float32, {}),
-    ("AnyPrecisionAdamW", torch.float32, {"momentum_dtype": "bf16", "variance_dtype": "bf16"}),
-    ("AnyPrecisionAdamW", torch.float32, {"betas": (0.6, 0.95)}),  # the lerp's other branch
-    (
-        "AnyPrecisionAdamW",
-        torch.bfloat16,
-        {"use_kahan_summation": True, "momentum_dtype": "bf16", "variance_dtype": "bf16", "seed": 77},
-    ),
-    ("AnyPrecisionAdamW", torch.bfloat16, {"use_kahan_summation": True, "stochastic_rounding": False}),
-    (
-        "AnyPrecisionAdamW",
-        torch.float16,
-        {"use_kahan_summation": True, "momentum_dtype": "fp16", "variance_dtype": "fp16", "seed": -3},
-    ),
-    ("AnyPrecisionAdamW", torch.bfloat16, {"momentum_dtype": "fp16", "variance_dtype": "bf16"}),  # mixed
-]
+CASES = configs(TRITON)  # the TRITON rows of _optim_helpers.CONFIGS (tolerance: TOLERANCES[TRITON], none)
 
 
 def _build(name, params, kwargs):
@@ -142,7 +120,7 @@ def _run_both(name, dtype, kwargs, steps=4, amp=None):
     return cpu, cpu_params, triton, triton_params
 
 
-@pytest.mark.parametrize("name, dtype, kwargs", CASES, ids=lambda v: str(v).removeprefix("torch."))
+@pytest.mark.parametrize("name, dtype, kwargs", CASES)
 def test_the_triton_step_equals_the_cpu_kernel_bit_for_bit(name, dtype, kwargs):
     cpu, cpu_params, triton, triton_params = _run_both(name, dtype, kwargs)
     for i, (p, q) in enumerate(zip(cpu_params, triton_params, strict=True)):
@@ -181,9 +159,9 @@ def test_a_changing_learning_rate_never_recompiles(monkeypatch):
         launches.append((kernel, tuple(sorted(constants.items()))))
         launch_blocks(kernel, launch, **constants)
 
-    for module in ("adabelief", "radam", "any_precision_adamw"):
-        monkeypatch.setattr(f"arvc.optim._fused_triton.{module}.launch_blocks", spy)
-    for name in ("AdaBelief", "RAdam", "AnyPrecisionAdamW"):
+    for name in ONE_PER_KERNEL:
+        monkeypatch.setattr(f"arvc.optim._fused_triton.{FUSED_KERNELS[name]}.launch_blocks", spy)
+    for name in ONE_PER_KERNEL:
         launches.clear()
         _run_both(name, torch.float32, {}, steps=1)
         first = set(launches)
@@ -207,7 +185,7 @@ def test_a_refused_step_changes_nothing():
         _assert_identical(p, b, "a parameter of a refused step")
 
 
-@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+@pytest.mark.parametrize("name", ONE_PER_KERNEL)
 def test_a_triton_step_counts_as_an_in_place_change_for_autograd(name):
     param = torch.nn.Parameter(torch.ones(3, device=TRITON_DEVICE))
     with triton_path():
@@ -219,7 +197,7 @@ def test_a_triton_step_counts_as_an_in_place_change_for_autograd(name):
         loss.backward()
 
 
-@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+@pytest.mark.parametrize("name", ONE_PER_KERNEL)
 def test_grad_scaler_hands_its_scale_to_the_kernel(name):
     """With every group fused, GradScaler passes its scale and overflow flag to step() (as to torch's
     fused Adam) instead of unscaling in a pass of its own: the kernel divides by the scale, the C++ path
@@ -335,13 +313,6 @@ def test_the_ptx_for_blackwell_is_exact_and_does_not_spill(ptx_reports):
 
 # --- the first-use check (arvc.optim._fused_probe): a kernel that fails or computes wrongly never runs ---
 
-KERNEL_MODULE = {
-    "AdaBelief": "adabelief",
-    "AdaBeliefV2": "adabelief",
-    "RAdam": "radam",
-    "AnyPrecisionAdamW": "any_precision_adamw",
-}
-
 
 @pytest.fixture
 def verdict_file(monkeypatch, tmp_path):
@@ -355,7 +326,7 @@ def verdict_file(monkeypatch, tmp_path):
 def _inject(monkeypatch, name, launch):
     """Replace the kernel launch of `name`'s module by `launch(real, kernel, table, **constants)`;
     returns the list of launches made through it."""
-    module = f"arvc.optim._fused_triton.{KERNEL_MODULE[name]}"
+    module = f"arvc.optim._fused_triton.{FUSED_KERNELS[name]}"
     real = common.launch_blocks
     calls = []
 
@@ -387,7 +358,7 @@ def _train_two_steps(name, kwargs):
     return optimizer, params, expected
 
 
-@pytest.mark.parametrize("name, dtype, kwargs", CASES, ids=lambda v: str(v).removeprefix("torch."))
+@pytest.mark.parametrize("name, dtype, kwargs", CASES)
 def test_a_working_kernel_passes_its_first_use_check_once(name, dtype, kwargs, verdict_file, monkeypatch):
     """Every configuration of the bit-exact tests passes the check against the foreach path within the
     stated tolerance; the verdict is kept, and neither this process nor a later one probes again."""
@@ -404,7 +375,7 @@ def test_a_working_kernel_passes_its_first_use_check_once(name, dtype, kwargs, v
     assert [v["ok"] for v in _saved_verdicts(verdict_file)] == [True]
 
 
-@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+@pytest.mark.parametrize("name", ONE_PER_KERNEL)
 def test_a_kernel_that_fails_on_first_use_leaves_the_run_on_foreach_with_one_warning(
     name, verdict_file, monkeypatch
 ):
@@ -505,9 +476,7 @@ def _assert_unchanged(optimizer, params, before):
         _assert_identical(value, saved, f"parameter {i}")
 
 
-@pytest.mark.parametrize(
-    "name, kwargs", [("AdaBelief", {}), ("AdaBeliefV2", {}), ("RAdam", {}), ("AnyPrecisionAdamW", {})]
-)
+@pytest.mark.parametrize("name, kwargs", [(name, {}) for name in FUSED_KERNELS])
 def test_a_launch_that_fails_changes_nothing_and_the_step_can_be_taken_again(name, kwargs, monkeypatch):
     """The kernel's launch raises (a compile or launch error after every check passed): no step counter
     moves, no parameter or buffer changes; the same step taken again then equals an unfailed run's."""
@@ -598,7 +567,7 @@ def test_a_launch_runs_with_its_tensors_cuda_device_made_current(monkeypatch):
     assert seen == [[torch.device("cuda", 1)]] and current == []
 
 
-@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+@pytest.mark.parametrize("name", ONE_PER_KERNEL)
 def test_every_launch_is_on_its_parameters_device(name, monkeypatch):
     devices = []
 
@@ -616,12 +585,12 @@ def test_every_launch_is_on_its_parameters_device(name, monkeypatch):
     assert devices and set(devices) == {params[0].device}
 
 
-@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+@pytest.mark.parametrize("name", ONE_PER_KERNEL)
 def test_the_launch_tables_are_built_once_and_again_only_when_a_tensor_changes(name, monkeypatch):
     """The checks and the pointer tables of a group are kept from step to step (host time: see
     docs/performance.md) and rebuilt when any tensor moves or changes (here: a gradient replaced by a
     tensor elsewhere, a parameter's data replaced); every step still equals the C++ kernel's."""
-    module = sys.modules[f"arvc.optim._fused_triton.{KERNEL_MODULE[name]}"]
+    module = sys.modules[f"arvc.optim._fused_triton.{FUSED_KERNELS[name]}"]
     builds = []
     real_plan = module._plan
 
@@ -630,7 +599,7 @@ def test_the_launch_tables_are_built_once_and_again_only_when_a_tensor_changes(n
         return real_plan(*args)
 
     monkeypatch.setattr(module, "_plan", counted)
-    monkeypatch.setattr(common, "_plans", [])
+    monkeypatch.setattr(_fused_args, "_plans", [])
     cpu_params, params = _params(torch.float32, "cpu")[:3], _params(torch.float32, TRITON_DEVICE)[:3]
     cpu = build_optimizer(name, cpu_params, lr=1e-2)
     with triton_path():
@@ -654,7 +623,7 @@ def test_the_launch_tables_are_built_once_and_again_only_when_a_tensor_changes(n
         _assert_identical(p, q, "a parameter after kept and rebuilt tables")
 
 
-@pytest.mark.parametrize("name", ["AdaBelief", "RAdam", "AnyPrecisionAdamW"])
+@pytest.mark.parametrize("name", ONE_PER_KERNEL)
 def test_grad_scalers_scale_and_flag_are_read_by_the_kernel_not_the_host(name, monkeypatch):
     """GradScaler's scale and overflow flag go to the kernel as tensors (pointers), never read on the host
     before the launch (on a GPU that read waits for the whole backward pass); the flag alone is copied
@@ -693,3 +662,61 @@ def test_grad_scalers_scale_and_flag_are_read_by_the_kernel_not_the_host(name, m
     assert seen and all(s == (scale.data_ptr(), flag.data_ptr()) for s in seen)
     _assert_unchanged(optimizer, params, before)
     assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]
+
+
+def test_the_triton_kernels_read_each_scalar_column_by_its_one_name():
+    """The Triton kernels' offsets into a scalar table come from the op's layout in
+    arvc.optim._fused_args (the one the C++ kernels' generated structs come from), never restated."""
+    for layout in _fused_args.LAYOUTS:
+        columns = common.offsets(layout)
+        assert [getattr(columns, name).value for name in layout.columns] == list(range(layout.width))
+        assert columns.width.value == layout.width
+    for module, layout in (
+        ("adabelief", "ADABELIEF"),
+        ("radam", "RADAM"),
+        ("any_precision_adamw", "ANY_PRECISION_ADAMW"),
+    ):
+        assert (
+            sys.modules[f"arvc.optim._fused_triton.{module}"]._K.value
+            == common.offsets(getattr(_fused_args, layout)).value
+        )
+
+
+def test_a_refused_argument_fails_alike_on_both_kernels():
+    """The argument checks run once, on the host, before either kernel (arvc.optim._fused_args): the same
+    bad state is refused with the same message by the C++ and the Triton path, and nothing moves."""
+    messages = []
+    for use_triton in (False, True):
+        params = _params(torch.float32, TRITON_DEVICE if use_triton else "cpu")[:2]
+        with triton_path() if use_triton else contextlib.nullcontext():
+            optimizer = build_optimizer("RAdam", params, lr=1e-2)
+            for p in params:
+                p.grad = torch.ones_like(p)
+            optimizer.step()
+            optimizer.state[params[1]]["exp_avg_sq"] = torch.zeros(4, device=params[1].device)
+            with pytest.raises(RuntimeError, match="elements") as refused:
+                optimizer.step()
+        messages.append(str(refused.value))
+        assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]
+    assert messages[0] == messages[1]
+
+
+def test_a_changed_host_side_checks_the_kernels_again(monkeypatch):
+    """The kept verdicts are keyed by the kernels' source, and the per-step scalars the kernels get are
+    computed in arvc.optim._fused_args: a change there (a wrong bias correction) must check again too."""
+    import pathlib
+
+    _fused_probe._kernels_hash.cache_clear()
+    before = _fused_probe._kernels_hash()
+    real = pathlib.Path.read_text
+
+    def edited(self, *args, **kwargs):
+        return real(self, *args, **kwargs) + ("\n# changed" if self.name == "_fused_args.py" else "")
+
+    monkeypatch.setattr(pathlib.Path, "read_text", edited)
+    _fused_probe._kernels_hash.cache_clear()
+    try:
+        assert _fused_probe._kernels_hash() != before
+    finally:
+        monkeypatch.undo()
+        _fused_probe._kernels_hash.cache_clear()

@@ -8,9 +8,9 @@ import io
 
 import pytest
 import torch
-from _optim_helpers import feed, gradient_stream, make_model, two_groups
+from _optim_helpers import RESUME, configs, feed, gradient_stream, make_model, two_groups
 
-from arvc.optim import OPTIMIZERS, AnyPrecisionAdamW
+from arvc.optim import OPTIMIZERS
 
 ALL = [spec.cls for spec in OPTIMIZERS.values()]
 IDS = list(OPTIMIZERS)
@@ -32,22 +32,11 @@ def test_bad_hyperparameters_raise_naming_the_parameter(cls, kwargs, message):
         cls([torch.nn.Parameter(torch.zeros(2))], **kwargs)
 
 
-# Configurations whose resume must be exact, low-precision buffers included.
-RESUME_CASES = [pytest.param(spec.cls, torch.float32, {}, id=name) for name, spec in OPTIMIZERS.items()] + [
-    pytest.param(
-        AnyPrecisionAdamW,
-        torch.bfloat16,
-        dict(use_kahan_summation=True, momentum_dtype="bfloat16", variance_dtype="bfloat16", seed=3),
-        id="AnyPrecisionAdamW-bf16-kahan-sr",
-    ),
-    pytest.param(
-        AnyPrecisionAdamW,
-        torch.float32,
-        dict(momentum_dtype="bfloat16", variance_dtype="float16"),
-        id="AnyPrecisionAdamW-fp32-params-low-buffers",
-    ),
-    pytest.param(OPTIMIZERS["AdaBelief"].cls, torch.bfloat16, {}, id="AdaBelief-bf16"),
-]
+# Configurations whose resume must be exact: every registry entry in float32, and the RESUME rows of
+# _optim_helpers.CONFIGS (low-precision buffers included).
+RESUME_CASES = [
+    pytest.param(spec.cls, torch.float32, {}, id=name) for name, spec in OPTIMIZERS.items()
+] + configs(RESUME, "cls", "dtype", "kwargs")
 
 
 def _save_load(optimizer_state: dict) -> dict:

@@ -35,7 +35,9 @@ from typing import Any
 
 import torch
 
+from arvc.optim import _fused_cpu_steps
 from arvc.optim._checks import parse_dtype, real_dtype, unscaled
+from arvc.optim._fused_args import cpp_header
 from arvc.optim._fused_ops import FUSED_OPS
 from arvc.optim._rounding import is_dense
 
@@ -64,6 +66,7 @@ FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 _FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
+_GENERATED_HEADER = "scalars.h"  # written into the build folder from arvc.optim._fused_args.cpp_header
 
 
 class FusedUnavailable(RuntimeError):
@@ -107,20 +110,24 @@ def _build():
 
     sources = importlib.resources.files("arvc.optim") / "_fused_cpu"
     texts = [(f.name, f.read_text()) for f in sorted(sources.iterdir(), key=lambda f: f.name)]
+    generated = cpp_header()  # the scalar tables' structs, from the layouts the Triton kernels read too
     cpu_flags, cpu_features = _cpu_flags()
     flags = _FLAGS + cpu_flags
-    key = _cache_key(texts, flags, cpu_features, Path(str(sources)))
+    key = _cache_key([*texts, (_GENERATED_HEADER, generated)], flags, cpu_features, Path(str(sources)))
     started = time.perf_counter()
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     build_directory = root / f"arvc_fused_cpu_{key}"
     build_directory.mkdir(parents=True, exist_ok=True)
     with _exclusive(build_directory), importlib.resources.as_file(sources) as folder:
+        header = build_directory / _GENERATED_HEADER
+        if not header.exists() or header.read_text() != generated:
+            header.write_text(generated)  # under the build lock; keyed above, so the same text every time
         if not any(build_directory.glob("*.so")):
             logger.info("building arvc's fused CPU optimizer kernels (first use here; cached after)")
         cpp_extension.load(
             name=f"arvc_fused_cpu_{key}",
             sources=[str(folder / "fused_cpu.cpp")],
-            extra_include_paths=[str(folder)],
+            extra_include_paths=[str(folder), str(build_directory)],
             build_directory=str(build_directory),
             extra_cflags=flags,
             extra_ldflags=["-fopenmp"],
@@ -224,10 +231,12 @@ def triton_kernels():
 
 
 def fused_op(name: str, device, grad_scale=None, found_inf=None):
-    """The fused step `name` (a row of FUSED_OPS) for tensors on `device`:
-    the C++ op on CPU, the Triton one on CUDA. With `grad_scale` the gradients are divided by it first
-    (GradScaler's scale: inside the Triton kernel, as torch's fused Adam; on the CPU, into a copy); a
-    set `found_inf` (Triton only, a device tensor the kernel reads; see amp_step) skips the step."""
+    """The fused step `name` (a row of FUSED_OPS) for tensors on `device`: the C++ op on CPU (through
+    arvc.optim._fused_cpu_steps), the Triton one on CUDA; both check their arguments and compute the
+    step's scalars with arvc.optim._fused_args before their kernel runs. With `grad_scale` the gradients
+    are divided by it first (GradScaler's scale: inside the Triton kernel, as torch's fused Adam; on the
+    CPU, into a copy); a set `found_inf` (Triton only, a device tensor the kernel reads; see amp_step)
+    skips the step."""
     if _uses_triton(device):
         kernel = getattr(triton_kernels(), name)
         if grad_scale is None and found_inf is None:
@@ -235,7 +244,8 @@ def fused_op(name: str, device, grad_scale=None, found_inf=None):
         return functools.partial(kernel, grad_scale=grad_scale, found_inf=found_inf)
     if found_inf is not None:
         raise RuntimeError("arvc fused step: found_inf is read on the host for CPU kernels (amp_step)")
-    kernel = getattr(fused_kernels(), name)
+    fused_kernels()
+    kernel = getattr(_fused_cpu_steps, name)
     return kernel if grad_scale is None else unscaled(kernel, grad_scale)
 
 

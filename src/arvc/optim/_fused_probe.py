@@ -80,9 +80,11 @@ def tolerance(dtype: torch.dtype) -> float:
 
 @functools.cache
 def _kernels_hash() -> str:
-    """A hash of the Triton kernels' source: a new arvc whose kernels changed checks again."""
-    folder = importlib.resources.files("arvc.optim") / "_fused_triton"
-    texts = sorted((f.name, f.read_text()) for f in folder.iterdir() if f.name.endswith(".py"))
+    """A hash of the Triton kernels' source and of the host side that feeds them (arvc.optim._fused_args:
+    the checks and the per-step scalars): a new arvc whose kernels changed checks again."""
+    optim = importlib.resources.files("arvc.optim")
+    sources = [f for f in (optim / "_fused_triton").iterdir() if f.name.endswith(".py")]
+    texts = sorted((f.name, f.read_text()) for f in [*sources, optim / "_fused_args.py"])
     return hashlib.sha256("\n".join(n + t for n, t in texts).encode()).hexdigest()[:12]
 
 

@@ -18,8 +18,9 @@ the UI, `arvc compare`, the benchmark and the generic tests iterate `OPTIMIZERS`
 RAdamScheduleFree were added this way (issue 33); the tests that assumed every class has a fused path or
 a per-parameter step counter now read that off the class or its state. An
 optimizer with fused kernels adds them too: a C++ header in `_fused_cpu/` registered in fused_cpu.cpp, a
-Triton module in `_fused_triton/`, and one row in `arvc.optim._fused_ops.FUSED_OPS` (which feeds the CPU
-ops' fake registrations and the Triton package).
+Triton module in `_fused_triton/`, its checks and scalar table (with the table's named layout) in
+`arvc.optim._fused_args`, its CPU step in `arvc.optim._fused_cpu_steps`, and one row in
+`arvc.optim._fused_ops.FUSED_OPS` (which feeds the CPU ops' fake registrations and the Triton package).
 """
 
 from __future__ import annotations

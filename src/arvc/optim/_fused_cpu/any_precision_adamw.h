@@ -8,8 +8,9 @@ namespace arvc_fused {
 constexpr int kMomentum = 0, kVariance = 1;  // lanes of the rounding hash (anyprecision_adamw.py)
 
 // --- AnyPrecisionAdamW ----------------------------------------------------------------------------------
-struct AdamScalars {
-  float decay, lerp_weight, beta2, one_minus_beta2, eps, bias_correction2_sqrt, step_size;
+// One tensor's step: its row of the scalar table (AdamScalars: arvc.optim._fused_args.ANY_PRECISION_ADAMW)
+// and its stochastic-rounding key (arvc.optim._fused_args.rounding_keys).
+struct AdamStep : AdamScalars {
   uint32_t rounding_key;
 };
 
@@ -76,7 +77,7 @@ ARVC_INLINE void store_careful(typename Storage::raw* dst, float value, uint32_t
 template <class Param, class State, bool KAHAN, bool STOCHASTIC, bool LOW_WEIGHT>
 void adamw_range(typename Param::raw* __restrict__ p, const typename Param::raw* __restrict__ g,
                  typename State::raw* __restrict__ m, typename State::raw* __restrict__ v,
-                 uint16_t* __restrict__ c, int64_t begin, int64_t end, const AdamScalars& k) {
+                 uint16_t* __restrict__ c, int64_t begin, int64_t end, const AdamStep& k) {
   constexpr bool kLowParam = !std::is_same_v<Param, Float32Storage>;
   constexpr bool kLowState = !std::is_same_v<State, Float32Storage>;
   const float w = k.lerp_weight, decay = k.decay, beta2 = k.beta2, one_minus_beta2 = k.one_minus_beta2,
@@ -144,13 +145,13 @@ inline typename T::raw* raw_ptr(const Tensor& t) {
 
 template <class Param, class State, bool KAHAN>
 void adamw_chunk_typed(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                       const Tensor& c, int64_t begin, int64_t end, const AdamScalars& k, bool stochastic) {
+                       const Tensor& c, int64_t begin, int64_t end, const AdamStep& k, bool low,
+                       bool stochastic) {
   auto* p = raw_ptr<Param>(param);
   auto* g = raw_ptr<Param>(grad);
   auto* mp = raw_ptr<State>(m);
   auto* vp = raw_ptr<State>(v);
   uint16_t* cp = KAHAN ? bf16_bits_mut(c) : nullptr;
-  const bool low = k.lerp_weight < 0.5f;
   if (stochastic && low) adamw_range<Param, State, KAHAN, true, true>(p, g, mp, vp, cp, begin, end, k);
   else if (stochastic) adamw_range<Param, State, KAHAN, true, false>(p, g, mp, vp, cp, begin, end, k);
   else if (low) adamw_range<Param, State, KAHAN, false, true>(p, g, mp, vp, cp, begin, end, k);
@@ -159,23 +160,24 @@ void adamw_chunk_typed(const Tensor& param, const Tensor& grad, const Tensor& m,
 
 // Runs the one-loop kernel when the layout is a common one; false means "use the blocked path".
 bool adamw_chunk_fast(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                      const Tensor& c, int64_t begin, int64_t end, const AdamScalars& k, bool stochastic) {
+                      const Tensor& c, int64_t begin, int64_t end, const AdamStep& k, bool low,
+                      bool stochastic) {
   const auto pt = param.scalar_type(), mt = m.scalar_type(), vt = v.scalar_type();
   const bool kahan = c.defined();
   if (mt != vt || (kahan && c.scalar_type() != ScalarType::BFloat16)) return false;
   const bool state_f32 = mt == ScalarType::Float, state_bf16 = mt == ScalarType::BFloat16;
   if (pt == ScalarType::Float && state_f32) {
-    adamw_chunk_typed<Float32Storage, Float32Storage, false>(param, grad, m, v, c, begin, end, k, stochastic);
+    adamw_chunk_typed<Float32Storage, Float32Storage, false>(param, grad, m, v, c, begin, end, k, low, stochastic);
   } else if (pt == ScalarType::Float && state_bf16) {
-    adamw_chunk_typed<Float32Storage, BFloat16Storage, false>(param, grad, m, v, c, begin, end, k, stochastic);
+    adamw_chunk_typed<Float32Storage, BFloat16Storage, false>(param, grad, m, v, c, begin, end, k, low, stochastic);
   } else if (pt == ScalarType::BFloat16 && state_f32 && kahan) {
-    adamw_chunk_typed<BFloat16Storage, Float32Storage, true>(param, grad, m, v, c, begin, end, k, stochastic);
+    adamw_chunk_typed<BFloat16Storage, Float32Storage, true>(param, grad, m, v, c, begin, end, k, low, stochastic);
   } else if (pt == ScalarType::BFloat16 && state_f32) {
-    adamw_chunk_typed<BFloat16Storage, Float32Storage, false>(param, grad, m, v, c, begin, end, k, stochastic);
+    adamw_chunk_typed<BFloat16Storage, Float32Storage, false>(param, grad, m, v, c, begin, end, k, low, stochastic);
   } else if (pt == ScalarType::BFloat16 && state_bf16 && kahan) {
-    adamw_chunk_typed<BFloat16Storage, BFloat16Storage, true>(param, grad, m, v, c, begin, end, k, stochastic);
+    adamw_chunk_typed<BFloat16Storage, BFloat16Storage, true>(param, grad, m, v, c, begin, end, k, low, stochastic);
   } else if (pt == ScalarType::BFloat16 && state_bf16) {
-    adamw_chunk_typed<BFloat16Storage, BFloat16Storage, false>(param, grad, m, v, c, begin, end, k, stochastic);
+    adamw_chunk_typed<BFloat16Storage, BFloat16Storage, false>(param, grad, m, v, c, begin, end, k, low, stochastic);
   } else {
     return false;
   }
@@ -183,42 +185,24 @@ bool adamw_chunk_fast(const Tensor& param, const Tensor& grad, const Tensor& m, 
 }
 
 
+// Checked, and the scalars and keys computed, by arvc.optim._fused_args; `low_weight` likewise decided there.
 void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                           at::TensorList exp_avg_sqs, const c10::List<std::optional<Tensor>>& compensations,
-                          at::TensorList steps, at::IntArrayRef param_indices, double lr, double beta1,
-                          double beta2, double eps, double weight_decay, int64_t seed,
+                          at::TensorList steps, const Tensor& scalar_table, const Tensor& rounding_keys, bool low_weight,
                           bool stochastic_rounding) {
   const size_t count = params.size();
-  TORCH_CHECK(grads.size() == count && exp_avgs.size() == count && exp_avg_sqs.size() == count &&
-                  compensations.size() == count && steps.size() == count && param_indices.size() == count,
-              "arvc fused AnyPrecisionAdamW: tensor lists differ in length");
-  std::vector<Tensor> grads_laid_out(count), kahan(count);
-  std::vector<AdamScalars> scalars(count);
+  const std::vector<AdamScalars> rows = scalar_rows<AdamScalars>(scalar_table, count);
+  TORCH_CHECK(rounding_keys.scalar_type() == ScalarType::Long && rounding_keys.numel() == static_cast<int64_t>(count) &&
+                  rounding_keys.is_contiguous(),
+              "arvc fused AnyPrecisionAdamW: one int64 rounding key per tensor");
+  const int64_t* keys = rounding_keys.const_data_ptr<int64_t>();
+  std::vector<AdamStep> scalars(count);
+  std::vector<Tensor> kahan(count);
   for (size_t i = 0; i < count; ++i) {
-    const Tensor& param = params[i];
-    check_param(param);
-    check_tensor(param, param, "parameter");
-    check_tensor(grads[i], param, "gradient", false);
-    check_tensor(exp_avgs[i], param, "exp_avg");
-    check_tensor(exp_avg_sqs[i], param, "exp_avg_sq");
+    static_cast<AdamScalars&>(scalars[i]) = rows[i];
+    scalars[i].rounding_key = static_cast<uint32_t>(keys[i]);
     const std::optional<Tensor> compensation = compensations.get(i);
-    if (compensation.has_value() && compensation->defined()) {
-      check_tensor(*compensation, param, "compensation");
-      TORCH_CHECK(param.scalar_type() != ScalarType::Float,
-                  "arvc fused AnyPrecisionAdamW: float32 parameters have no compensation buffer");
-      kahan[i] = *compensation;
-    }
-    grads_laid_out[i] = matching_grad(grads[i], param);
-    const int64_t step = next_step(steps[i]);
-    const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
-    scalars[i] = {static_cast<float>(1.0 - lr * weight_decay),
-                  static_cast<float>(1.0 - beta1),
-                  static_cast<float>(beta2),
-                  static_cast<float>(1.0 - beta2),
-                  static_cast<float>(eps),
-                  static_cast<float>(std::pow(1.0 - std::pow(beta2, static_cast<double>(step)), 0.5)),
-                  static_cast<float>(-(lr / bias_correction1)),
-                  rounding_key(seed, param_indices[i], step)};
+    if (compensation.has_value() && compensation->defined()) kahan[i] = *compensation;
   }
   const std::vector<Chunk> chunks = make_chunks(params);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
@@ -230,17 +214,17 @@ void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::Tenso
       const Tensor& exp_avg = exp_avgs[chunk.tensor];
       const Tensor& exp_avg_sq = exp_avg_sqs[chunk.tensor];
       const Tensor& compensation = kahan[chunk.tensor];
-      const AdamScalars& k = scalars[chunk.tensor];
+      const AdamStep& k = scalars[chunk.tensor];
       const bool low_precision_param = param.scalar_type() != ScalarType::Float;
-      if (adamw_chunk_fast(param, grads_laid_out[chunk.tensor], exp_avg, exp_avg_sq, compensation, chunk.begin,
-                           chunk.end, k, stochastic_rounding)) {
+      if (adamw_chunk_fast(param, grads[chunk.tensor], exp_avg, exp_avg_sq, compensation, chunk.begin,
+                           chunk.end, k, low_weight, stochastic_rounding)) {
         continue;
       }
       // Other layouts (float16 anywhere, mixed moment dtypes): blocks through float32 scratch.
       for (int64_t b = chunk.begin; b < chunk.end; b += kBlock) {
         const int64_t n = std::min(kBlock, chunk.end - b);
         float* p = block_of(param, b, n, p_scratch);
-        const float* g = block_of(grads_laid_out[chunk.tensor], b, n, g_scratch);
+        const float* g = block_of(grads[chunk.tensor], b, n, g_scratch);
         float* m = block_of(exp_avg, b, n, m_scratch);
         float* v = block_of(exp_avg_sq, b, n, v_scratch);
         if (compensation.defined()) {
@@ -249,7 +233,7 @@ void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::Tenso
         }
         // The one-pass loop itself, on the float32 views of this block.
         using F32 = Float32Storage;
-        if (k.lerp_weight < 0.5f) adamw_range<F32, F32, false, false, true>(p, g, m, v, nullptr, 0, n, k);
+        if (low_weight) adamw_range<F32, F32, false, false, true>(p, g, m, v, nullptr, 0, n, k);
         else adamw_range<F32, F32, false, false, false>(p, g, m, v, nullptr, 0, n, k);
         if (m == m_scratch) store_rounded(m, n, exp_avg, b, stochastic_rounding, k.rounding_key, kMomentum);
         if (v == v_scratch) store_rounded(v, n, exp_avg_sq, b, stochastic_rounding, k.rounding_key, kVariance);
@@ -265,7 +249,7 @@ void any_precision_adamw_(at::TensorList params, at::TensorList grads, at::Tenso
       }
     }
   });
-  commit_steps(steps);  // after the update: an error before it leaves every counter as it was
+  commit_steps(steps);
 }
 
 }  // namespace arvc_fused

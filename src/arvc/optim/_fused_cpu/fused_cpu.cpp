@@ -11,6 +11,8 @@
 // vectorized lerp_/add_(alpha=) using fused multiply-adds, which moves the reference's last bit.
 //
 // Registered as torch ops (torch.ops.arvc_fused.*) so no pybind11 headers are needed: builds in seconds.
+// They are called through arvc.optim._fused_cpu_steps, which checks their arguments and computes each
+// step's scalar table (arvc.optim._fused_args, the same for the Triton kernels).
 // The schemas mark what each op writes (Tensor(a!)[]), and arvc.optim._fused registers fake
 // implementations, so torch.compile can trace a step that calls them.
 
@@ -29,19 +31,14 @@ namespace {
 // in that list (-1: none): torch.compile can trace an op that writes a Tensor[] but not a Tensor?[].
 void any_precision_adamw_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                             at::TensorList exp_avg_sqs, at::TensorList compensations,
-                            at::IntArrayRef compensation_of, at::TensorList steps, at::IntArrayRef param_indices,
-                            double lr, double beta1, double beta2, double eps, double weight_decay, int64_t seed,
-                            bool stochastic_rounding) {
-  TORCH_CHECK(compensation_of.size() == params.size(),
-              "arvc fused AnyPrecisionAdamW: tensor lists differ in length");
+                            at::IntArrayRef compensation_of, at::TensorList steps, const at::Tensor& scalars,
+                            const at::Tensor& keys, bool low_weight, bool stochastic_rounding) {
   c10::List<std::optional<Tensor>> optional_compensations;
   for (const int64_t index : compensation_of) {
-    TORCH_CHECK(index < static_cast<int64_t>(compensations.size()),
-                "arvc fused AnyPrecisionAdamW: compensation index out of range");
     optional_compensations.push_back(index < 0 ? std::optional<Tensor>() : std::optional<Tensor>(compensations[index]));
   }
-  any_precision_adamw_(params, grads, exp_avgs, exp_avg_sqs, optional_compensations, steps, param_indices, lr,
-                       beta1, beta2, eps, weight_decay, seed, stochastic_rounding);
+  any_precision_adamw_(params, grads, exp_avgs, exp_avg_sqs, optional_compensations, steps, scalars, keys,
+                       low_weight, stochastic_rounding);
 }
 
 }  // namespace
@@ -49,17 +46,15 @@ void any_precision_adamw_op(at::TensorList params, at::TensorList grads, at::Ten
 TORCH_LIBRARY(arvc_fused, m) {
   m.def(
       "adabelief_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_vars, "
-      "Tensor(d!)[] max_exp_avg_vars, Tensor(e!)[] steps, bool amsgrad, float lr, float beta1, float beta2, "
-      "float eps, float weight_decay) -> ()");
+      "Tensor(d!)[] max_exp_avg_vars, Tensor(e!)[] steps, Tensor scalars, bool amsgrad, bool zero_beta1) -> ()");
   m.def(
       "any_precision_adamw_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-      "Tensor(d!)[] compensations, int[] compensation_of, Tensor(e!)[] steps, int[] param_indices, "
-      " float lr, float beta1, float beta2, "
-      "float eps, float weight_decay, int seed, bool stochastic_rounding) -> ()");
+      "Tensor(d!)[] compensations, int[] compensation_of, Tensor(e!)[] steps, Tensor scalars, Tensor keys, "
+      "bool low_weight, "
+      "bool stochastic_rounding) -> ()");
   m.def(
-      "radam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, "
-      "float lr, float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
-      "bool maximize) -> ()");
+      "radam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] steps, Tensor scalars, bool low_weight, bool coupled, bool maximize) -> ()");
   // Not optimizer steps: set / restore denormal flushing on every intra-op thread (see optim/denormals.py).
   m.def("set_flush_denormal_all(bool on) -> int[]", set_flush_denormal_all);
   m.def("restore_flush_denormal_all(int[] previous) -> ()", restore_flush_denormal_all);

@@ -1,4 +1,4 @@
-"""arvc's fused GPU optimizer steps, in Triton: the CPU kernels' ops (torch.ops.arvc_fused.*) with the same
+"""arvc's fused GPU optimizer steps, in Triton: the CPU ops (arvc.optim._fused_cpu_steps.*) with the same
 signatures and semantics, for CUDA tensors; one launch per (device, storage dtypes) group.
 
 Imported only when a fused step runs on a GPU (or by the tests, under TRITON_INTERPRET=1 on CPU tensors):

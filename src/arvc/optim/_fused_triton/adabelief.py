@@ -3,52 +3,50 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
 import triton
 import triton.language as tl
 
+from arvc.optim._fused_args import (
+    ADABELIEF,
+    adabelief_lists,
+    adabelief_table,
+    cached_plan,
+    check_adabelief,
+    commit_steps,
+    step_values,
+    zero_beta1,
+)
 from arvc.optim._fused_triton.common import (
     KINDS,
     Launch,
     Plan,
     Skipped,
     block_of,
-    cached_plan,
-    check_lengths,
-    check_param,
-    check_tensor,
-    commit_steps,
-    float32,
     groups,
     launch_blocks,
     load_f32,
-    matching_grad,
-    next_step,
-    per_tensor,
-    step_values,
+    offsets,
     store_f32,
 )
 
 __all__ = ["adabelief_"]
 
 _WIDTH = tl.constexpr(6)  # numel, param, grad, exp_avg, exp_avg_var, max_exp_avg_var
-_SCALARS = tl.constexpr(8)  # per-step numbers per tensor (see adabelief_)
+_K = offsets(ADABELIEF)  # the per-step scalars' columns (arvc.optim._fused_args.ADABELIEF)
 
 
 @triton.jit
 def _update(
     row, scalars, scale, offsets, mask, AMSGRAD, ZERO_BETA1, P_KIND, G_KIND, HAS_SCALE, MASKED, ALIGNED
 ):
-    decay = tl.load(scalars)
-    beta1 = tl.load(scalars + 1)
-    one_minus_beta1 = tl.load(scalars + 2)
-    beta2 = tl.load(scalars + 3)
-    one_minus_beta2 = tl.load(scalars + 4)
-    eps = tl.load(scalars + 5)
-    bias_correction2_sqrt = tl.load(scalars + 6)
-    step_size = tl.load(scalars + 7)
+    decay = tl.load(scalars + _K.decay)
+    beta1 = tl.load(scalars + _K.beta1)
+    one_minus_beta1 = tl.load(scalars + _K.one_minus_beta1)
+    beta2 = tl.load(scalars + _K.beta2)
+    one_minus_beta2 = tl.load(scalars + _K.one_minus_beta2)
+    eps = tl.load(scalars + _K.eps)
+    bias_correction2_sqrt = tl.load(scalars + _K.bias_correction2_sqrt)
+    step_size = tl.load(scalars + _K.step_size)
     p_address = tl.load(row + 1)
     m_address = tl.load(row + 3)
     s_address = tl.load(row + 4)
@@ -96,7 +94,7 @@ def _adabelief_kernel(
     BLOCK: tl.constexpr,
 ):
     tensor, row, offsets, mask, full = block_of(blocks, rows, _WIDTH, BLOCK)
-    k = scalars + tensor * _SCALARS
+    k = scalars + tensor * _K.width
     if tl.load(found_inf) == 0.0:  # GradScaler found inf/NaN gradients: the step writes nothing
         if full:
             _update(
@@ -109,18 +107,9 @@ def _adabelief_kernel(
 
 
 def _plan(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgrad) -> Plan:
-    """Every check, once per layout; the launches' tables (one per device, parameter and gradient dtype)."""
-    laid_out = []
-    for i, param in enumerate(params):
-        check_param(param)
-        check_tensor(param, param, "parameter")
-        check_tensor(grads[i], param, "gradient", False)
-        for buffer in (exp_avgs[i], exp_avg_vars[i], *([max_exp_avg_vars[i]] if amsgrad else [])):
-            check_tensor(buffer, param, "state")
-            if buffer.dtype != torch.float32:
-                raise RuntimeError("arvc fused AdaBelief: state must be float32")
-        laid_out.append(matching_grad(grads[i], param))
-        next_step(steps[i])
+    """Every check (arvc.optim._fused_args), once per layout; the launches' tables (one per device,
+    parameter and gradient dtype)."""
+    laid_out = check_adabelief(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgrad)
     keys = [(p.device, KINDS[p.dtype], KINDS[g.dtype]) for p, g in zip(params, laid_out, strict=True)]
     launches = []
     for key, members in groups(keys).items():
@@ -154,30 +143,14 @@ def adabelief_(
     grad_scale=None,
     found_inf=None,
 ) -> None:
-    """The CPU op's signature and semantics (torch.ops.arvc_fused.adabelief_), on the tensors' device;
+    """The CPU op's signature and semantics (arvc.optim._fused_cpu_steps.adabelief_), on the tensors' device;
     `grad_scale`: divide every gradient by it first, a set `found_inf`: skip the step (GradScaler's, AMP
     without an unscale pass; device tensors, read by the kernel, not the host)."""
-    count = len(params)
-    smax = list(max_exp_avg_vars) if amsgrad else []
-    check_lengths("AdaBelief", count, grads, exp_avgs, exp_avg_vars, steps, *([smax] if amsgrad else []))
-    if count == 0:
+    lists = adabelief_lists(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgrad)
+    if lists is None:
         return
-    lists = (params, grads, exp_avgs, exp_avg_vars, smax, steps)
-    plan = cached_plan(("adabelief", bool(amsgrad)), lists, lambda: _plan(*lists, amsgrad))
-
-    def row(step: int) -> list[float]:
-        return [
-            1.0 - lr * weight_decay,
-            beta1,
-            1.0 - beta1,
-            beta2,
-            1.0 - beta2,
-            eps,
-            math.sqrt(1.0 - beta2 ** float(step)),
-            -lr / (1.0 - beta1 ** float(step)),
-        ]
-
-    scalars = per_tensor(step_values(steps), row)
+    plan = cached_plan(("triton", "adabelief", bool(amsgrad)), lists, lambda: _plan(*lists, amsgrad))
+    scalars = adabelief_table(step_values(steps), lr, beta1, beta2, eps, weight_decay)
     skipped = Skipped(found_inf)
     for (_, p_kind, g_kind), launch in plan.launches:
         launch.prepare(scalars, grad_scale=grad_scale, found_inf=found_inf)
@@ -185,7 +158,7 @@ def adabelief_(
             _adabelief_kernel,
             launch,
             AMSGRAD=bool(amsgrad),
-            ZERO_BETA1=float32(beta1) == 0.0,  # the CPU kernel tests its float32 beta1
+            ZERO_BETA1=zero_beta1(beta1),
             P_KIND=p_kind,
             G_KIND=g_kind,
             HAS_SCALE=grad_scale is not None,

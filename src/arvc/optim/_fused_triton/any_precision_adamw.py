@@ -4,10 +4,20 @@ hash — one launch per (device, storage dtypes) group."""
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
+from arvc.optim._fused_args import (
+    ANY_PRECISION_ADAMW,
+    any_precision_adamw_lists,
+    any_precision_adamw_table,
+    cached_plan,
+    check_any_precision_adamw,
+    commit_steps,
+    low_lerp_weight,
+    rounding_keys,
+    step_values,
+)
 from arvc.optim._fused_triton.common import (
     KINDS,
     Launch,
@@ -15,29 +25,18 @@ from arvc.optim._fused_triton.common import (
     Skipped,
     bf16_nearest,
     block_of,
-    cached_plan,
-    check_lengths,
-    check_param,
-    check_tensor,
-    commit_steps,
-    float32,
     groups,
     launch_blocks,
     load_f32,
-    matching_grad,
     mix32,
-    next_step,
-    per_tensor,
-    step_values,
+    offsets,
     store_f32,
 )
-from arvc.optim._rounding import rounding_seeds
 
 __all__ = ["any_precision_adamw_"]
 
 _WIDTH = tl.constexpr(6)  # numel, param, grad, exp_avg, exp_avg_sq, compensation (0: none)
-_SCALARS = tl.constexpr(7)  # per-step numbers per tensor (see any_precision_adamw_)
-_MOMENTUM, _VARIANCE = 0, 1  # lanes of the rounding hash
+_K = offsets(ANY_PRECISION_ADAMW)  # the per-step scalars' columns (arvc.optim._fused_args)
 
 
 @triton.jit
@@ -70,13 +69,13 @@ def _update(
     MASKED,
     ALIGNED,
 ):
-    decay = tl.load(k)
-    w = tl.load(k + 1)
-    beta2 = tl.load(k + 2)
-    one_minus_beta2 = tl.load(k + 3)
-    eps = tl.load(k + 4)
-    bias_correction2_sqrt = tl.load(k + 5)
-    step_size = tl.load(k + 6)
+    decay = tl.load(k + _K.decay)
+    w = tl.load(k + _K.lerp_weight)
+    beta2 = tl.load(k + _K.beta2)
+    one_minus_beta2 = tl.load(k + _K.one_minus_beta2)
+    eps = tl.load(k + _K.eps)
+    bias_correction2_sqrt = tl.load(k + _K.bias_correction2_sqrt)
+    step_size = tl.load(k + _K.step_size)
     p_address = tl.load(row + 1)
     m_address = tl.load(row + 3)
     v_address = tl.load(row + 4)
@@ -130,7 +129,7 @@ def _any_precision_adamw_kernel(
     BLOCK: tl.constexpr,
 ):
     tensor, row, offsets, mask, full = block_of(blocks, rows, _WIDTH, BLOCK)
-    k = scalars + tensor * _SCALARS
+    k = scalars + tensor * _K.width
     if tl.load(found_inf) == 0.0:  # GradScaler found inf/NaN gradients: the step writes nothing
         if full:
             _update(
@@ -173,22 +172,9 @@ def _any_precision_adamw_kernel(
 
 
 def _plan(params, grads, exp_avgs, exp_avg_sqs, kahan, steps) -> Plan:
-    """Every check, once per layout; the launches' tables (one per device and storage dtypes)."""
-    laid_out = []
-    for i, param in enumerate(params):
-        check_param(param)
-        check_tensor(param, param, "parameter")
-        check_tensor(grads[i], param, "gradient", False)
-        check_tensor(exp_avgs[i], param, "exp_avg")
-        check_tensor(exp_avg_sqs[i], param, "exp_avg_sq")
-        if kahan[i] is not None:
-            check_tensor(kahan[i], param, "compensation")
-            if param.dtype == torch.float32:
-                raise RuntimeError(
-                    "arvc fused AnyPrecisionAdamW: float32 parameters have no compensation buffer"
-                )
-        laid_out.append(matching_grad(grads[i], param))
-        next_step(steps[i])
+    """Every check (arvc.optim._fused_args), once per layout; the launches' tables (one per device and
+    storage dtypes)."""
+    laid_out = check_any_precision_adamw(params, grads, exp_avgs, exp_avg_sqs, kahan, steps)
     group_keys = [
         (
             p.device,
@@ -235,39 +221,21 @@ def any_precision_adamw_(
     grad_scale=None,
     found_inf=None,
 ) -> None:
-    """torch.ops.arvc_fused.any_precision_adamw_ on the tensors' device (the Kahan buffers that exist as a
-    list plus, per parameter, the index of its own, -1: none); `grad_scale` divides every gradient first
-    and a set `found_inf` skips the step (GradScaler's, as device tensors read by the kernel)."""
-    count = len(params)
-    check_lengths(
-        "AnyPrecisionAdamW", count, grads, exp_avgs, exp_avg_sqs, compensation_of, steps, param_indices
+    """arvc.optim._fused_cpu_steps.any_precision_adamw_ on the tensors' device (the Kahan buffers that
+    exist as a list plus, per parameter, the index of its own, -1: none); `grad_scale` divides every
+    gradient first and a set `found_inf` skips the step (GradScaler's, as device tensors read by the
+    kernel)."""
+    lists = any_precision_adamw_lists(
+        params, grads, exp_avgs, exp_avg_sqs, compensations, compensation_of, steps, param_indices
     )
-    if any(index >= len(compensations) for index in compensation_of):
-        raise RuntimeError("arvc fused AnyPrecisionAdamW: compensation index out of range")
-    if count == 0:
+    if lists is None:
         return
-    kahan = [compensations[index] if index >= 0 else None for index in compensation_of]
-    lists = (params, grads, exp_avgs, exp_avg_sqs, kahan, steps)
-    plan = cached_plan(("any_precision_adamw",), lists, lambda: _plan(*lists))
+    plan = cached_plan(("triton", "any_precision_adamw"), lists, lambda: _plan(*lists))
     values = step_values(steps)
-
-    def row(step: int) -> list[float]:
-        bias_correction1 = 1.0 - beta1 ** float(step)
-        return [
-            1.0 - lr * weight_decay,
-            1.0 - beta1,
-            beta2,
-            1.0 - beta2,
-            eps,
-            (1.0 - beta2 ** float(step)) ** 0.5,
-            -(lr / bias_correction1),
-        ]
-
-    scalars = per_tensor(values, row)
-    # rounding_key of _fused_cpu/common.h: the low 32 bits of the 63-bit seed for buffer id 0
-    keys = torch.from_numpy(rounding_seeds(seed, param_indices, values, 0) & 0xFFFFFFFF)
+    scalars = any_precision_adamw_table(values, lr, beta1, beta2, eps, weight_decay)
+    keys = rounding_keys(seed, param_indices, values)
     skipped = Skipped(found_inf)
-    low_weight = float32(1.0 - beta1) < 0.5
+    low_weight = low_lerp_weight(beta1)
     for (_, p_kind, g_kind, m_kind, v_kind, c_kind), launch in plan.launches:
         launch.prepare(scalars, (keys,), grad_scale=grad_scale, found_inf=found_inf)
         launch_blocks(

@@ -1,4 +1,6 @@
-"""Shared by arvc's Triton kernels: typed loads and stores, the rounding hash, and the host-side tables.
+"""Shared by arvc's Triton kernels: typed loads and stores, the rounding hash, the launch tables, and the
+scalar tables' column offsets by name. The argument checks and the per-step scalars are not here: they are
+arvc.optim._fused_args's, run once before either kernel (C++ or Triton).
 
 The kernels mirror the fused CPU kernels (_fused_cpu/) operation for operation, so that a GPU step equals
 the CPU step bit for bit. What that takes in Triton:
@@ -17,14 +19,14 @@ Storage kinds are compile-time constants: 0 float32, 1 bfloat16 (raw uint16 bits
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from arvc.optim._rounding import is_dense
+from arvc.optim._fused_args import KINDS, ScalarLayout
 
 __all__ = [
     "BLOCK",
@@ -32,26 +34,32 @@ __all__ = [
     "Launch",
     "Plan",
     "Skipped",
-    "cached_plan",
-    "per_tensor",
-    "signature",
-    "step_values",
-    "upload",
-    "check_lengths",
-    "check_param",
-    "check_tensor",
-    "commit_steps",
-    "float32",
     "groups",
     "launch_blocks",
-    "matching_grad",
-    "next_step",
+    "offsets",
     "on_device",
+    "upload",
 ]
 
 BLOCK = 1024  # elements per program
-KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _ALIGNMENT = 16  # bytes: a tensor whose every buffer starts on it gets the vectorised (aligned) kernel
+
+
+class _Offsets(tl.constexpr):
+    """A scalar layout's column offsets as a compile-time constant a kernel reads by name: `K.decay` is
+    the column's index, `K.width` the row's length (a tl.constexpr holding a namedtuple: a jit function
+    may read only constexpr globals, and the compiler sees the namedtuple's fields)."""
+
+    def __init__(self, layout: ScalarLayout):
+        columns = collections.namedtuple(layout.struct, [*layout.columns, "width"])
+        super().__init__(columns(*range(layout.width), layout.width))
+        for index, name in enumerate(columns._fields):
+            setattr(self, name, tl.constexpr(index))
+
+
+def offsets(layout: ScalarLayout) -> tl.constexpr:
+    """The column offsets of `layout` (arvc.optim._fused_args) for a kernel: `tl.load(row + K.eps)`."""
+    return _Offsets(layout)
 
 
 @triton.jit
@@ -190,10 +198,11 @@ def block_of(blocks, table, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
 class Launch:
     """One multi-tensor launch: its tables on the device and what each step hands it.
 
-    Kept from step to step (see `cached_plan`): `rows` (int64, one per tensor: numel, then the buffers'
-    addresses, 0: none) and `blocks` (each program's (tensor, first element)). Given each step:
-    `scalars` (float32, one row per tensor: computed in float64 as the CPU kernel does, rounded once to
-    float32), `extra` (kernel-specific per-step tables, e.g. rounding keys), GradScaler's `scale` and
+    Kept from step to step (see arvc.optim._fused_args.cached_plan): `rows` (int64, one per tensor: numel,
+    then the buffers' addresses, 0: none) and `blocks` (each program's (tensor, first element)). Given
+    each step:
+    `scalars` (float32, one row per tensor: the op's table from arvc.optim._fused_args, the same the CPU
+    kernel reads), `extra` (kernel-specific per-step tables, e.g. rounding keys), GradScaler's `scale` and
     `found_inf` as device tensors the kernel reads itself (no host read: a set `found_inf` makes the
     kernel write nothing). `index` picks this launch's tensors out of the call's per-tensor tables.
     """
@@ -245,64 +254,13 @@ def _on(value, device: torch.device) -> torch.Tensor:
 
 class Plan:
     """The checked layout of one call's tensors: its launches (one per device and storage kinds), kept
-    while the tensors stay the same (`cached_plan`). `keep` holds gradient copies laid out like their
-    parameters (a call that needs them is planned anew every step: the copies are new each time)."""
+    while the tensors stay the same (arvc.optim._fused_args.cached_plan). `keep` holds gradient copies
+    laid out like their parameters (a call that needs them is planned anew every step: the copies are new
+    each time)."""
 
     def __init__(self, launches: list[tuple[tuple, Launch]], keep: list[torch.Tensor]):
         self.launches = launches
         self.keep = keep
-
-
-_PLANS_KEPT = 32  # a few optimizers (G and D), each a few groups: the tables are small
-_plans: list[tuple[tuple, tuple, Plan]] = []  # (kind, signature, plan), the most recently used last
-
-
-def signature(*lists) -> tuple:
-    """What a plan depends on, per tensor: where its data is, its strides, size, dtype and device (all
-    the kernel sees of a tensor, and all its checks read). Any change (a new gradient tensor elsewhere,
-    `p.data = ...`, a re-laid-out buffer) gives a new plan. Lists of plain values, compared element by
-    element: cheaper than hashing 560 tuples every step."""
-    tensors = [t for ts in lists for t in ts]
-    present = [t for t in tensors if t is not None]
-    return (
-        [t is None for t in tensors],
-        [t.data_ptr() for t in present],
-        [t.stride() for t in present],
-        [t.numel() for t in present],
-        [t.dtype for t in present],
-        [t.device for t in present],
-    )
-
-
-def cached_plan(kind: tuple, lists, build) -> Plan:
-    """The plan for these tensor `lists` of a kernel (`kind`: its name and static arguments): built by
-    `build()` on first sight, or when any tensor's `signature` changed, then reused."""
-    current = signature(*lists)
-    for index, (known_kind, known, plan) in enumerate(_plans):
-        if known_kind == kind and known[1] == current[1] and known == current:
-            _plans.append(_plans.pop(index))
-            return plan
-    plan = build()
-    if not plan.keep:
-        _plans.append((kind, current, plan))
-        del _plans[:-_PLANS_KEPT]
-    return plan
-
-
-def step_values(steps) -> list[int]:
-    """The step each tensor is about to take (its counter + 1; counters were checked with the plan)."""
-    return [int(step.item()) + 1 for step in steps]
-
-
-def per_tensor(values: list, row_of) -> torch.Tensor:
-    """A float32 table with one row per tensor, `row_of(value)` computed once per distinct value (the
-    steps of a group are almost always one value): float64 numbers rounded once to float32."""
-    distinct: dict = {}
-    index = [distinct.setdefault(v, len(distinct)) for v in values]
-    rows = torch.tensor([row_of(v) for v in distinct], dtype=torch.float64).to(torch.float32)
-    if len(distinct) == 1:
-        return rows.expand(len(values), -1)
-    return rows.index_select(0, torch.tensor(index, dtype=torch.int64))
 
 
 class Skipped:
@@ -356,64 +314,9 @@ def launch_blocks(kernel, launch: Launch, **constants) -> None:
         )
 
 
-# --- host-side checks (the CPU kernel's, with its messages): everything is checked before anything moves --
-
-
-def check_lengths(name: str, count: int, *lists) -> None:
-    if any(len(tensors) != count for tensors in lists):
-        raise RuntimeError(f"arvc fused {name}: tensor lists differ in length")
-
-
-def check_param(param: torch.Tensor) -> None:
-    if not is_dense(param):
-        raise RuntimeError("arvc fused step: parameters must be dense tensors (no gaps or overlaps)")
-
-
-def check_tensor(t: torch.Tensor, param: torch.Tensor, what: str, same_layout: bool = True) -> None:
-    if t.device != param.device:
-        raise RuntimeError(
-            f"arvc fused step: {what} must be on its parameter's device {param.device}, got {t.device}"
-        )
-    if t.numel() != param.numel():
-        raise RuntimeError(f"arvc fused step: {what} has {t.numel()} elements, its parameter {param.numel()}")
-    if same_layout and t.stride() != param.stride():
-        raise RuntimeError(
-            f"arvc fused step: {what} must have its parameter's memory layout (strides {list(t.stride())} vs "
-            f"{list(param.stride())})"
-        )
-    if t.dtype not in KINDS:
-        raise RuntimeError(f"arvc fused step: {what} must be float32, bfloat16 or float16, got {t.dtype}")
-
-
-def matching_grad(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """The gradient laid out like its parameter (a copy only when the layouts differ)."""
-    if grad.stride() == param.stride():
-        return grad
-    return torch.empty_like(param, dtype=grad.dtype).copy_(grad)
-
-
-def next_step(step: torch.Tensor) -> int:
-    """The step a parameter is about to take; counters stay CPU float32 scalars, as on the CPU path."""
-    if step.device.type != "cpu" or step.dtype != torch.float32 or step.numel() != 1:
-        raise RuntimeError("arvc fused step: step counters must be float32 scalars on the CPU")
-    return int(step.item()) + 1
-
-
-def commit_steps(steps) -> None:
-    """Advance the counters of the tensors a launch has just stepped: only after it was launched, so a
-    refused step (a check) or a failed launch (a compile or launch error) leaves them as they were."""
-    if steps:
-        torch._foreach_add_(list(steps), 1.0)
-
-
 def groups(keys: list) -> dict:
     """Indices of the tensors that share one launch (same device, same storage kinds), in order."""
     grouped: dict = {}
     for index, key in enumerate(keys):
         grouped.setdefault(key, []).append(index)
     return grouped
-
-
-def float32(x: float) -> float:
-    """`x` rounded to float32 (what the CPU kernel's static_cast<float> gives)."""
-    return struct.unpack("f", struct.pack("f", x))[0]

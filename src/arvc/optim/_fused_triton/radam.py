@@ -2,50 +2,51 @@
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
+from arvc.optim._fused_args import (
+    RADAM,
+    cached_plan,
+    check_radam,
+    commit_steps,
+    couples_decay,
+    low_lerp_weight,
+    radam_lists,
+    radam_table,
+    step_values,
+)
 from arvc.optim._fused_triton.common import (
     Launch,
     Plan,
     Skipped,
     block_of,
-    cached_plan,
-    check_lengths,
-    check_param,
-    check_tensor,
-    commit_steps,
-    float32,
     groups,
     launch_blocks,
     load_f32,
-    matching_grad,
-    next_step,
-    per_tensor,
-    step_values,
+    offsets,
     store_f32,
 )
 
 __all__ = ["radam_"]
 
 _WIDTH = tl.constexpr(5)  # numel, param, grad, exp_avg, exp_avg_sq
-_SCALARS = tl.constexpr(11)  # per-step numbers per tensor (see _scalars)
+_K = offsets(RADAM)  # the per-step scalars' columns (arvc.optim._fused_args.RADAM)
 
 
 @triton.jit
 def _update(row, k, scale, offsets, mask, LOW_WEIGHT, COUPLED_DECAY, MAXIMIZE, HAS_SCALE, MASKED, ALIGNED):
-    decay = tl.load(k)
-    weight_decay = tl.load(k + 1)
-    w = tl.load(k + 2)
-    beta2 = tl.load(k + 3)
-    one_minus_beta2 = tl.load(k + 4)
-    eps = tl.load(k + 5)
-    bias_correction1 = tl.load(k + 6)
-    lr = tl.load(k + 7)
-    bias_correction2_sqrt = tl.load(k + 8)
-    rect = tl.load(k + 9)
-    rectified = tl.load(k + 10) != 0.0
+    decay = tl.load(k + _K.decay)
+    weight_decay = tl.load(k + _K.weight_decay)
+    w = tl.load(k + _K.lerp_weight)
+    beta2 = tl.load(k + _K.beta2)
+    one_minus_beta2 = tl.load(k + _K.one_minus_beta2)
+    eps = tl.load(k + _K.eps)
+    bias_correction1 = tl.load(k + _K.bias_correction1)
+    lr = tl.load(k + _K.lr)
+    bias_correction2_sqrt = tl.load(k + _K.bias_correction2_sqrt)
+    rect = tl.load(k + _K.rect)
+    rectified = tl.load(k + _K.rectified) != 0.0
     p_address = tl.load(row + 1)
     m_address = tl.load(row + 3)
     v_address = tl.load(row + 4)
@@ -89,7 +90,7 @@ def _radam_kernel(
     BLOCK: tl.constexpr,
 ):
     tensor, row, offsets, mask, full = block_of(blocks, rows, _WIDTH, BLOCK)
-    k = scalars + tensor * _SCALARS
+    k = scalars + tensor * _K.width
     if tl.load(found_inf) == 0.0:  # GradScaler found inf/NaN gradients: the step writes nothing
         if full:
             _update(
@@ -102,16 +103,8 @@ def _radam_kernel(
 
 
 def _plan(params, grads, exp_avgs, exp_avg_sqs, steps) -> Plan:
-    """Every check, once per layout; the launches' tables (one launch per device)."""
-    laid_out = []
-    for i, param in enumerate(params):
-        check_param(param)
-        for t in (param, grads[i], exp_avgs[i], exp_avg_sqs[i]):
-            check_tensor(t, param, "tensor", t is not grads[i])
-            if t.dtype != torch.float32:
-                raise RuntimeError("arvc fused RAdam: float32 tensors only")
-        laid_out.append(matching_grad(grads[i], param))
-        next_step(steps[i])
+    """Every check (arvc.optim._fused_args), once per layout; the launches' tables (one per device)."""
+    laid_out = check_radam(params, grads, exp_avgs, exp_avg_sqs, steps)
     launches = []
     for device, members in groups([p.device for p in params]).items():
         addresses = [
@@ -120,34 +113,6 @@ def _plan(params, grads, exp_avgs, exp_avg_sqs, steps) -> Plan:
         ]
         launches.append((device, Launch(device, members, [params[i].numel() for i in members], addresses)))
     return Plan(launches, [g for g, grad in zip(laid_out, grads, strict=True) if g is not grad])
-
-
-def _scalars(step: int, lr, beta1, beta2, eps, weight_decay) -> list[float]:
-    """The scalars exactly as torch.optim.radam computes them in Python (double precision)."""
-    step = float(step)
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2 = 1.0 - beta2**step
-    rho_inf = 2.0 / (1.0 - beta2) - 1.0
-    rho_t = rho_inf - 2.0 * step * beta2**step / bias_correction2
-    rectified = rho_t > 5.0
-    rect = (
-        ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5
-        if rectified
-        else 1.0
-    )
-    return [
-        1.0 - lr * weight_decay if weight_decay != 0.0 else 1.0,
-        weight_decay,
-        1.0 - beta1,
-        beta2,
-        1.0 - beta2,
-        eps,
-        bias_correction1,
-        lr,
-        bias_correction2**0.5,
-        rect,
-        1.0 if rectified else 0.0,
-    ]
 
 
 def radam_(
@@ -166,19 +131,17 @@ def radam_(
     grad_scale=None,
     found_inf=None,
 ) -> None:
-    """torch.ops.arvc_fused.radam_ on the tensors' device; `grad_scale` divides every gradient first and a
-    set `found_inf` skips the step (GradScaler's, as device tensors: read by the kernel, not the host)."""
-    count = len(params)
-    check_lengths("RAdam", count, grads, exp_avgs, exp_avg_sqs, steps)
-    if count == 0:
+    """arvc.optim._fused_cpu_steps.radam_ on the tensors' device; `grad_scale` divides every gradient first
+    and a set `found_inf` skips the step (GradScaler's, as device tensors: read by the kernel, not the
+    host)."""
+    lists = radam_lists(params, grads, exp_avgs, exp_avg_sqs, steps)
+    if lists is None:
         return
-    lists = (params, grads, exp_avgs, exp_avg_sqs, steps)
-    plan = cached_plan(("radam",), lists, lambda: _plan(*lists))
-    scalars = per_tensor(step_values(steps), lambda step: _scalars(step, lr, beta1, beta2, eps, weight_decay))
+    plan = cached_plan(("triton", "radam"), lists, lambda: _plan(*lists))
+    scalars = radam_table(step_values(steps), lr, beta1, beta2, eps, weight_decay)
     skipped = Skipped(found_inf)
-    # A weight decay of 0 changes nothing in either form; torch skips it, and so does the decoupled form.
-    coupled = weight_decay != 0.0 and not decoupled_weight_decay
-    low_weight = float32(1.0 - beta1) < 0.5  # the CPU kernel tests its float32 lerp weight
+    coupled = couples_decay(weight_decay, decoupled_weight_decay)
+    low_weight = low_lerp_weight(beta1)
     for _, launch in plan.launches:
         launch.prepare(scalars, grad_scale=grad_scale, found_inf=found_inf)
         launch_blocks(
