@@ -14,9 +14,37 @@ import torch
 import trainkit
 
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
-from arvc.train.loop import STOP_REQUEST, TrainError, TrainOptions, train
+from arvc.train.faults import exit_status, interrupted
+from arvc.train.loop import STOP_REQUEST, TrainError, TrainOptions, TrainResult, train
 
 tiny = partial(trainkit.tiny, batch_size=2)
+
+
+@pytest.mark.parametrize(
+    "stopped_by, stopped_before_the_end, status",
+    [
+        (None, False, None),  # every epoch trained: exported
+        ("max_steps", False, None),  # --max-steps: exported
+        ("early_stop", False, None),  # held-out mel L1 stopped improving: exported
+        ("SIGINT", True, 130),  # Ctrl-C: checkpoint saved, resume to continue, the shell sees 130
+        ("SIGTERM", True, 143),
+        (STOP_REQUEST, True, None),  # the web UI's Stop: as Ctrl-C, but no shell to tell
+    ],
+)
+def test_the_one_table_of_how_a_run_stopped(stopped_by, stopped_before_the_end, status):
+    """How a stop is classified is decided once (arvc.train.faults) and read by the loop, the CLI, the web UI
+    and compare through it: interrupted or finished, and the exit status."""
+    result = TrainResult(2, 6, None, {}, {}, stopped_by)
+    assert interrupted(stopped_by) is stopped_before_the_end and result.interrupted is stopped_before_the_end
+    assert exit_status(stopped_by) == status
+
+
+def test_the_run_summary_says_where_and_why_it_stopped_early():
+    assert TrainResult(2, 6, None, {}, {}, "max_steps").summary() == "trained 2 epochs (6 steps)"
+    early = TrainResult(2, 6, None, {}, {}, "early_stop").summary(Path("runs/alice"))
+    assert early == (
+        "trained 2 epochs (6 steps) in runs/alice, stopped early (held-out mel L1 stopped improving)"
+    )
 
 
 def test_stopping_mid_epoch_then_resuming_is_bit_identical(tmp_path, data_dir):
@@ -159,7 +187,7 @@ def test_a_stop_request_from_another_thread_saves_like_ctrl_c(tmp_path, data_dir
 
     run = tmp_path / "run"
     result = train(TrainOptions(run_dir=run, data_dir=data_dir, config=tiny(), stop=stop), SetAfterTwoSteps())
-    assert result.stopped_by == STOP_REQUEST and result.exports == {}
+    assert result.stopped_by == STOP_REQUEST and result.interrupted and result.exports == {}
     assert load_checkpoint(result.last_checkpoint)["step"] == result.steps_done == 2
     resumed = train(TrainOptions(run_dir=run, data_dir=data_dir, config=tiny(), resume=run, max_steps=3))
     assert resumed.steps_done == 3

@@ -65,6 +65,24 @@ def test_one_training_at_a_time_and_stop_saves_a_resumable_checkpoint(tmp_path, 
     assert status.step == stopped_at + 1 and status.first_step <= stopped_at
 
 
+@pytest.mark.parametrize(
+    "stopped_by, state",
+    [(None, "finished"), ("max_steps", "finished"), ("early_stop", "finished"), ("SIGTERM", "stopped"),
+     ("stop request", "stopped")],
+)  # fmt: skip
+def test_how_a_job_ended_is_the_train_layers_classification(tmp_path, stopped_by, state):
+    from arvc.train.faults import interrupted
+    from arvc.ui.jobs import JobStatus
+
+    jobs = Jobs()
+    ends = lambda callbacks, stop: (stopped_by, {"summary": "done"})  # noqa: E731
+    jobs._start(JobStatus("train", "run", tmp_path), ends)
+    assert jobs.wait(30)
+    status = jobs.status()
+    assert status.state == state and (state == "stopped") is interrupted(stopped_by)
+    assert status.message == "done" if state == "finished" else "resume the run to continue" in status.message
+
+
 def test_a_failing_job_is_reported_and_frees_the_slot(tmp_path, voice, monkeypatch):
     import arvc.train.request as request_module
 

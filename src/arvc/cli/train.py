@@ -433,8 +433,7 @@ def train(
             soft_wrap=True,
         )
         raise typer.Exit(status)
-    early = ", stopped early (held-out mel L1 stopped improving)" if result.stopped_by == "early_stop" else ""
-    console.print(f"trained {result.epochs_done} epochs ({result.steps_done} steps) in {run_dir}{early}")
+    console.print(result.summary(run_dir))
     for kind, path in result.exports.items():
         console.print(f"  {kind}: {path}")
     best, last = result.best, result.last_validation

@@ -36,8 +36,9 @@ from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.errors import SaveInterrupted
+from arvc.train.faults import MAX_STEPS
 from arvc.train.logs import read_metrics
-from arvc.train.loop import PRECISIONS, STOP_REQUEST, TrainOptions, train
+from arvc.train.loop import PRECISIONS, TrainOptions, train
 from arvc.train.optimizers import bf16_weights
 from arvc.train.request import check_features_fit_config
 from arvc.train.runlock import RunLocked, check_unlocked, run_lock
@@ -126,7 +127,7 @@ class CompareResult:
     out_dir: Path
     # variant name → {"name", "schedule", "runs": [one result.json content (or {"seed", "error"}) per seed]}
     results: dict[str, dict]
-    stopped_by: str | None = None  # "SIGINT"/"SIGTERM"/STOP_REQUEST: stopped; run it again to go on
+    stopped_by: str | None = None  # interrupted (arvc.train.faults): stopped; run it again to go on
 
     @property
     def failures(self) -> list[tuple[str, int, str]]:
@@ -251,8 +252,8 @@ class _Contest:
 
 
 def _run_one(variant: Variant, run_dir: Path, cfg, contest: _Contest):  # cfg: this seed's config
-    """Train (or resume) one contestant; returns (result dict, None) or (None, "SIGINT"/"SIGTERM"/
-    STOP_REQUEST)."""
+    """Train (or resume) one contestant; returns (result dict, None) or (None, why it was
+    interrupted: "SIGINT"/"SIGTERM"/STOP_REQUEST, arvc.train.faults)."""
     precision, device, progress = contest.precision, contest.device, contest.progress
     records = _kept_records(run_dir)
     run_precision = variant.precision or precision
@@ -288,10 +289,10 @@ def _run_one(variant: Variant, run_dir: Path, cfg, contest: _Contest):  # cfg: t
         logger.info("%s: resuming from %s", variant.name, latest_checkpoint(run_dir))
     recorder = _Recorder(run_dir, contest.evaluator, device, records, progress)
     result = train(options, recorder)
-    if result.stopped_by in ("SIGINT", "SIGTERM", STOP_REQUEST):
+    if result.interrupted:
         return None, result.stopped_by
     if not records or records[-1]["step"] < result.steps_done:  # stopped mid-epoch by max_steps
-        recorder.record(result.epochs_done + (1 if result.stopped_by == "max_steps" else 0))
+        recorder.record(result.epochs_done + (1 if result.stopped_by == MAX_STEPS else 0))
     summary = _summarize(
         variant,
         run_dir,

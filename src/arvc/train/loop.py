@@ -55,7 +55,7 @@ from arvc.train.checkpoint import (
 )
 from arvc.train.distributed import Ranks, process_group
 from arvc.train.errors import SaveInterrupted, TrainError
-from arvc.train.faults import StopOnSignal, exit_status
+from arvc.train.faults import EARLY_STOP, MAX_STEPS, STOP_REQUEST, StopOnSignal, exit_status, interrupted
 from arvc.train.logs import NullLog, RunLog
 from arvc.train.memory import (
     GIB,
@@ -93,7 +93,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-STOP_REQUEST = "stop request"  # TrainResult.stopped_by when TrainOptions.stop was set
 SAMPLE_CLIPS = 4  # held-out pieces converted into listening samples at every save
 
 
@@ -136,10 +135,24 @@ class TrainResult:
     exports: dict[str, Path]
     final_losses: dict[str, float]
     # "SIGINT"/"SIGTERM"/STOP_REQUEST (checkpoint saved, no export), "max_steps" or "early_stop"
+    # (arvc.train.faults says what each means)
     stopped_by: str | None = None
     best: dict | None = None  # the best held-out evaluation: epoch, step, mel_l1, stft, checkpoint
     last_validation: dict | None = None  # the last one
     samples_dir: Path | None = None  # runs/RUN/samples (held-out originals and conversions)
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by a signal or a stop request: a checkpoint was saved, nothing exported; resume goes on."""
+        return interrupted(self.stopped_by)
+
+    def summary(self, where: Path | None = None) -> str:
+        """What was trained (in `where`) and, if the run stopped early, why: the line a user reads first."""
+        text = f"trained {self.epochs_done} epochs ({self.steps_done} steps)"
+        text += f" in {where}" if where is not None else ""
+        if self.stopped_by == EARLY_STOP:
+            text += ", stopped early (held-out mel L1 stopped improving)"
+        return text
 
 
 class Callbacks(Protocol):
@@ -608,7 +621,7 @@ def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, c
                 f"({latest_checkpoint(run.run_dir)}); resume from it with a lower --lr."
             )
         callbacks.on_step(epoch, step, losses, lr_g)
-        limit = "max_steps" if opts.max_steps is not None and step >= opts.max_steps else None
+        limit = MAX_STEPS if opts.max_steps is not None and step >= opts.max_steps else None
         asked = STOP_REQUEST if opts.stop is not None and opts.stop.is_set() else None
         progress.stopped_by = run.ranks.stop_reason(stop_signal.requested or asked or limit)  # all ranks
         if progress.stopped_by:
@@ -656,8 +669,8 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
         note,
     )
     patience_spent = t.early_stop is not None and progress.stale >= t.early_stop
-    if run.ranks.stop_reason("early_stop" if patience_spent else None) and progress.stopped_by is None:
-        progress.stopped_by = "early_stop"
+    if run.ranks.stop_reason(EARLY_STOP if patience_spent else None) and progress.stopped_by is None:
+        progress.stopped_by = EARLY_STOP
         logger.warning(
             "stopping early after epoch %d: held-out mel L1 has not improved by more than %g for %d "
             "evaluations (best %.4f at epoch %d)",
@@ -820,7 +833,7 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
         progress.last_validation,
         run.run_dir / SAMPLES_DIR if run.validator is not None else None,
     )
-    if progress.stopped_by not in (None, "max_steps", "early_stop"):
+    if result.interrupted:
         if run.ranks.is_main:  # the other ranks stopped with it
             message = "stopped by %s after step %d; continue with --resume %s"
             logger.warning(message, progress.stopped_by, progress.step, run.run_dir)

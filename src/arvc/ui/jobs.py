@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arvc.train.faults import interrupted
+
 __all__ = ["Busy", "JobStatus", "Jobs"]
 
 logger = logging.getLogger(__name__)
@@ -215,7 +217,7 @@ class Jobs:
                 logging.getLogger("arvc").removeHandler(handler)
             with self._lock:
                 status.result = result
-                if stopped_by in (None, "max_steps", "early_stop"):
+                if not interrupted(stopped_by):
                     status.state = "finished"
                     status.message = result.get("summary", "finished")
                 else:
@@ -249,7 +251,7 @@ class Jobs:
             with self._lock:
                 status.detail = ""
             result = train(replace(plan.options, stop=stop), callbacks)
-        summary = f"trained {result.epochs_done} epochs ({result.steps_done} steps)"
+        summary = result.summary()
         if result.best is not None:
             summary += f"; best held-out mel L1 {result.best['mel_l1']:.4f} at epoch {result.best['epoch']}"
         return result.stopped_by, {
