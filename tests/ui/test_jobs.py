@@ -184,6 +184,11 @@ def test_the_progress_plot_draws_a_held_out_curve_of_one_point(tmp_path):
     assert held_out.get_visible() and len(lines["loss_mel"].get_xdata()) == 3
     FigureCanvasAgg(figure).draw()  # it renders
 
+    # on the run's own mel loss scale: its c_mel, not RVC's 45 written into the page
+    scaled = JobStatus(kind="train", name="run", folder=tmp_path, state="training", mel_weight=20.0)
+    (axis,) = _loss_figure(scaled).axes
+    assert [list(line.get_ydata()) for line in axis.get_lines() if line.get_label() == HELD_OUT] == [[30.0]]
+
     empty = _loss_figure(None)  # before a job: every series named, nothing drawn
     assert [line.get_label() for line in empty.axes[0].get_lines()] == list(SERIES)
 

@@ -14,9 +14,9 @@ from rich.table import Table
 
 from arvc.cli import _app
 from arvc.cli._app import app
-from arvc.config import TrainConfig
+from arvc.config import PRECISIONS, TrainConfig
 from arvc.optim import OPTIMIZERS, get_spec, state_bytes_per_param
-from arvc.optim.recommend import PRECISIONS, recommend
+from arvc.optim.recommend import recommend
 
 DATASET_PLACEHOLDER = "DATASET/"
 

@@ -26,7 +26,7 @@ import torch
 from arvc.compare.evaluate import split_dataset
 from arvc.compare.report import MIN_RANKING_STEPS, finished_runs, short_run_warning
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
-from arvc.config import apply_overrides, load_config
+from arvc.config import PRECISIONS, apply_overrides, load_config
 from arvc.data.prepare import prepare_data
 from arvc.data.preprocess import DataError
 from arvc.device import AUTO as AUTO_DEVICE
@@ -38,7 +38,7 @@ from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.errors import SaveInterrupted
 from arvc.train.faults import MAX_STEPS
 from arvc.train.logs import read_metrics
-from arvc.train.loop import PRECISIONS, TrainOptions, train
+from arvc.train.loop import TrainOptions, train
 from arvc.train.optimizers import bf16_weights
 from arvc.train.request import check_features_fit_config
 from arvc.train.runlock import RunLocked, check_unlocked, run_lock

@@ -24,7 +24,7 @@ import torch
 
 from arvc._files import WriteError, write_text
 from arvc.audio.io import highpass
-from arvc.config import RunConfig, apply_overrides, optimizer_value_errors
+from arvc.config import PRECISIONS, RunConfig, apply_overrides, optimizer_value_errors
 from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.data.prepare import recorded_features
 from arvc.data.preprocess import FILELIST
@@ -81,7 +81,6 @@ from arvc.train.validation import Evaluation, Validator
 
 __all__ = [
     "DEFAULT_LR",
-    "PRECISIONS",
     "SAMPLE_CLIPS",
     "STOP_REQUEST",
     "TrainError",
@@ -92,7 +91,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 SAMPLE_CLIPS = 4  # held-out pieces converted into listening samples at every save
 
 

@@ -27,6 +27,7 @@ from arvc.train.errors import TrainError
 
 __all__ = [
     "DEFAULT_LR",
+    "DEFAULT_OPTIMIZER",
     "bf16_weights",
     "hyperparameters",
     "make_optimizer",
@@ -39,6 +40,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_LR = 1e-3  # the guide's start; see docs/training.md for the measurement behind it
+DEFAULT_OPTIMIZER = "AdamW"  # a new run that names none
 
 
 def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
@@ -47,7 +49,7 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
     On resume (`saved` = the checkpoint's record) every setting not given explicitly is the run's own;
     asking for another optimizer starts that optimizer fresh from its defaults.
     """
-    name = get_spec(opts.optimizer or (saved["name"] if saved else "AdamW")).name
+    name = get_spec(opts.optimizer or (saved["name"] if saved else DEFAULT_OPTIMIZER)).name
     previous = saved["hyperparameters"] if saved and saved["name"] == name else None
     if previous is not None:
         hp = {**previous, "betas": tuple(previous["betas"]), "kwargs": dict(previous["kwargs"])}

@@ -20,6 +20,7 @@ from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
 from arvc.config import (
     CHECKPOINTING,
     DEMO_EPOCHS,
+    PRECISIONS,
     RunConfig,
     apply_overrides,
     load_config,
@@ -35,7 +36,7 @@ from arvc.modelfile.read import read_model_file
 from arvc.optim import get_spec
 from arvc.optim.registry import eight_bit_optimizer_class
 from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_checkpoint
-from arvc.train.loop import PRECISIONS, TrainOptions, resolve_resume
+from arvc.train.loop import TrainOptions, resolve_resume
 from arvc.train.precision import AUTO
 from arvc.train.runlock import check_unlocked
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arvc.config import TrainConfig
 from arvc.train.faults import interrupted
 
 __all__ = ["Busy", "JobStatus", "Jobs"]
@@ -63,6 +64,7 @@ class JobStatus:
     log: list[str] = field(default_factory=list)  # the job's last arvc log lines (what the CLI prints)
     message: str = ""  # how it ended: result or error
     result: dict[str, Any] = field(default_factory=dict)
+    mel_weight: float = TrainConfig.c_mel  # the run's c_mel: the training mel loss is mel L1 times this
 
     @property
     def running(self) -> bool:
@@ -140,7 +142,9 @@ class Jobs:
         from arvc.train.request import plan_training
 
         plan = plan_training(request)  # every check before any work: a refused request changes nothing
-        status = JobStatus("train", plan.run_dir.name, plan.run_dir)
+        status = JobStatus(
+            "train", plan.run_dir.name, plan.run_dir, mel_weight=plan.options.config.train.c_mel
+        )
         return self._start(status, lambda callbacks, stop: self._train(plan, status, callbacks, stop))
 
     def start_compare(self, dataset: Path | None, out_dir: Path, optimizers: str, **kwargs) -> JobStatus:
