@@ -24,6 +24,7 @@ from rich.text import Text
 
 from arvc.cli._app import EmbedderLayerOption, RmvpeOption, app, console, fail
 from arvc.config import DEMO_EPOCHS
+from arvc.data.outputs import RunFolder
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DEVICE_HELP
 
@@ -442,9 +443,8 @@ def train(
             f"  held-out mel L1: best {best['mel_l1']:.4f} at epoch {best['epoch']} (export/best), "
             f"last {last['mel_l1']:.4f} at epoch {last['epoch']}"
         )
-    console.print(
-        f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}   loss plot: {run_dir / 'loss.png'}"
-    )
+    folder = RunFolder(run_dir)
+    console.print(f"  TensorBoard: tensorboard --logdir {folder.tensorboard}   loss plot: {folder.loss_plot}")
     command = listen_command(
         run_dir, result, settings.f0_method, settings.features, hubert, rmvpe, settings.embedder_layer
     )
@@ -465,10 +465,11 @@ def listen_command(
     The held-out originals under samples/original are pieces the model never trained on; without them
     (no validation) the input is the user's to fill in."""
 
-    model = run_dir / "export" / ("best" if "best" in result.exports else "")
-    originals = sorted((result.samples_dir / "original").glob("*.wav")) if result.samples_dir else []
+    folder = RunFolder(run_dir)
+    model = result.exports.get("best", folder.export)
+    originals = sorted(folder.sample_originals.glob("*.wav")) if result.samples_dir else []
     source = originals[0] if originals else Path("YOUR_RECORDING.wav")
-    output = run_dir / "samples" / f"{source.stem}_converted.wav"
+    output = folder.samples / f"{source.stem}_converted.wav"
     words = ["arvc", "infer", str(model), str(source), str(output), "--f0", f0_method]
     if f0_method == "rmvpe":
         words += ["--rmvpe", str(rmvpe) if rmvpe is not None else "RMVPE.pt"]
@@ -522,7 +523,7 @@ def preprocess(
         with run_lock(runs_dir / name), _preprocess_progress() as progress:
             result = run_preprocess(
                 dataset,
-                runs_dir / name / "data",
+                RunFolder(runs_dir / name).data,
                 sample_rate,
                 f0,
                 features=features,

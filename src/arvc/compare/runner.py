@@ -27,6 +27,7 @@ from arvc.compare.evaluate import split_dataset
 from arvc.compare.report import MIN_RANKING_STEPS, finished_runs, short_run_warning
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import PRECISIONS, apply_overrides, load_config
+from arvc.data.outputs import RunFolder
 from arvc.data.prepare import prepare_data
 from arvc.data.preprocess import DataError
 from arvc.device import AUTO as AUTO_DEVICE
@@ -261,7 +262,7 @@ def _run_one(variant: Variant, run_dir: Path, cfg, contest: _Contest):  # cfg: t
     if (
         saved_epoch is not None
         and saved_epoch >= cfg.train.epochs
-        and (run_dir / "export").is_dir()
+        and RunFolder(run_dir).export.is_dir()
         and records
     ):
         # Trained to the end but stopped before result.json was written: only the summary is missing.

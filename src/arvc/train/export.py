@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from arvc.data.outputs import RunFolder
 from arvc.data.prepare import recorded_embedder_layer, recorded_features
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator
@@ -32,6 +33,7 @@ def export_run(run_dir: Path, onnx: bool = False, onnx_half: bool = False) -> Ru
     A run another process is training may be exported (its checkpoints are written atomically): this
     exports its newest checkpoint, and the trainer's own export at the end replaces it."""
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     if onnx or onnx_half:
         require_onnx()
     if not run_dir.is_dir():
@@ -40,7 +42,7 @@ def export_run(run_dir: Path, onnx: bool = False, onnx_half: bool = False) -> Ru
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise PretrainedError(
-                f"no checkpoint in {run_dir / 'checkpoints'}; train first (arvc train) or check the folder"
+                f"no checkpoint in {folder.checkpoints}; train first (arvc train) or check the folder"
             )
         try:
             mf = read_model_file(checkpoint)
@@ -52,9 +54,9 @@ def export_run(run_dir: Path, onnx: bool = False, onnx_half: bool = False) -> Ru
                 raise
     net = Synthesizer(mf.config)
     load_state_strict(net, mf.generator, source=mf, cfg=mf.config)
-    features = recorded_features(run_dir / "data")
+    features = recorded_features(folder.data)
     written = export_generator(
-        net, mf.config, run_dir / "export", info=f"arvc {mf.optimizer} epoch {mf.epoch}", features=features
+        net, mf.config, folder.export, info=f"arvc {mf.optimizer} epoch {mf.epoch}", features=features
     )
     for kind, asked, name, half in (
         ("onnx", onnx, ONNX_FILE, False),
@@ -64,8 +66,8 @@ def export_run(run_dir: Path, onnx: bool = False, onnx_half: bool = False) -> Ru
             written[kind] = export_onnx(
                 net,
                 mf.config,
-                run_dir / "export" / name,
-                embedder_layer=recorded_embedder_layer(run_dir / "data"),
+                folder.export / name,
+                embedder_layer=recorded_embedder_layer(folder.data),
                 features=features,
                 half=half,
             )

@@ -26,9 +26,10 @@ from arvc._files import WriteError, write_text
 from arvc.audio.io import highpass
 from arvc.config import PRECISIONS, RunConfig, apply_overrides, optimizer_value_errors
 from arvc.data.dataset import VoiceDataset, make_loader
+from arvc.data.outputs import RunFolder
 from arvc.data.prepare import recorded_features
 from arvc.data.preprocess import FILELIST
-from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
+from arvc.data.split import Split, split_pieces, write_split
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DeviceChoice, current_gpu, resolve_device
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
@@ -276,6 +277,10 @@ class _Run:
     train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
     features: str | None = None  # what the data holds (mel, hubert), recorded in the exports
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
 
 
 @dataclass
@@ -535,9 +540,9 @@ def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, com
         remove_stale_temporaries(run.run_dir)
         if resume_from is not None:  # from an older checkpoint: the later ones are another continuation
             abandon_later_checkpoints(run.run_dir, resume_from, (progress.epochs_done, progress.step))
-        write_text(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        write_text(run.folder.config, json.dumps(cfg.to_dict(), indent=2))
         if run.split.held:  # for the user to read; the checkpoint keeps it too
-            write_split(run.split, run.run_dir / SPLIT_FILE)
+            write_split(run.split, run.folder.split)
         resume_step = progress.step if resume_from is not None else None
         return RunLog(run.run_dir, resume_step=resume_step, validation=run.validator is not None)
 
@@ -684,7 +689,7 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
 def _export_best(run: _Run, progress: _Progress) -> None:
     """Export the generator as it is now (the best so far) to export/best/, with best.json saying which."""
     best = progress.best
-    folder = best_record(run.run_dir).parent
+    folder = run.folder.best_export
 
     def export() -> None:
         info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
@@ -692,9 +697,6 @@ def _export_best(run: _Run, progress: _Progress) -> None:
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))
 
     run.ranks.on_main(export, "export the best model")
-
-
-SAMPLES_DIR = "samples"
 
 
 def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evaluation | None) -> None:
@@ -707,7 +709,6 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
     names = run.validator.names[:SAMPLE_CLIPS]
     originals = run.validator.originals(SAMPLE_CLIPS)
     sample_rate = run.cfg.data.sampling_rate
-    folder = run.run_dir / SAMPLES_DIR
     # as `arvc infer` gives them: without the generator's DC offset (see arvc.infer.convert)
     waves = [
         torch.from_numpy(highpass(w.detach().float().cpu().reshape(-1).numpy(), sample_rate, settle=True))
@@ -715,8 +716,8 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
     ]
 
     def write() -> None:
-        run.log.log_samples(folder / "original", names, originals, sample_rate, step=0, once=True)
-        converted = folder / f"epoch_{epoch:04d}"
+        run.log.log_samples(run.folder.sample_originals, names, originals, sample_rate, step=0, once=True)
+        converted = run.folder.epoch_samples(epoch)
         run.log.log_samples(converted, names, waves, sample_rate, progress.step)
 
     run.ranks.on_main(write, "write listening samples")
@@ -814,7 +815,7 @@ def _write(run: _Run, path: Path, state: dict, signals: StopOnSignal) -> None:
             + str(run.run_dir)
         ) from error
     if run.cfg.train.keep_last:
-        protect = run.run_dir / "checkpoints" / best if best else None
+        protect = run.folder.checkpoints / best if best else None
         prune_checkpoints(run.run_dir, run.cfg.train.keep_last, written=path, protect=protect)
 
 
@@ -829,7 +830,7 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
         progress.stopped_by,
         progress.best,
         progress.last_validation,
-        run.run_dir / SAMPLES_DIR if run.validator is not None else None,
+        run.folder.samples if run.validator is not None else None,
     )
     if result.interrupted:
         if run.ranks.is_main:  # the other ranks stopped with it
@@ -838,13 +839,13 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
         return result
     info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}"
     export = lambda: export_generator(  # noqa: E731
-        run.net_g, run.cfg, run.run_dir / "export", info=info, features=run.features
+        run.net_g, run.cfg, run.folder.export, info=info, features=run.features
     )
     result.exports = run.ranks.on_main(export, "export") or {}  # the model is exported by rank 0
     if progress.best is not None:
-        result.exports["best"] = run.run_dir / "export" / "best"
+        result.exports["best"] = run.folder.best_export
     logger.info(
-        "done: %d epochs, %d steps; model in %s", progress.epochs_done, progress.step, run.run_dir / "export"
+        "done: %d epochs, %d steps; model in %s", progress.epochs_done, progress.step, run.folder.export
     )
     return result
 

@@ -19,6 +19,7 @@ import gradio as gr
 from arvc.audio.f0 import F0_METHODS
 from arvc.audio.features import FEATURE_EXTRACTORS
 from arvc.config import BUILTIN_CONFIGS, PRECISIONS, TrainConfig
+from arvc.data.outputs import RunFolder
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import resolve_device
 from arvc.optim import OPTIMIZERS
@@ -70,6 +71,7 @@ def optimizer_rows() -> list[list]:
 
 def runs_of(runs_dir: Path) -> list[str]:
     """Run names under runs_dir that have a checkpoint to resume from and that no process trains now."""
+    from arvc.train.checkpoint import latest_checkpoint
     from arvc.train.runlock import lock_holder
 
     if not runs_dir.is_dir():
@@ -77,9 +79,7 @@ def runs_of(runs_dir: Path) -> list[str]:
     return sorted(
         p.name
         for p in runs_dir.iterdir()
-        if (p / "checkpoints").is_dir()
-        and any((p / "checkpoints").glob("*.pt"))
-        and lock_holder(p, include_self=True) is None
+        if latest_checkpoint(p) is not None and lock_holder(p, include_self=True) is None
     )
 
 
@@ -87,7 +87,8 @@ def exports_of(runs_dir: Path) -> list[str]:
     """The exported models under runs_dir (each run's export and export/best), as paths to convert with."""
     if not runs_dir.is_dir():
         return []
-    folders = [*runs_dir.glob("*/export"), *runs_dir.glob("*/export/best")]
+    runs = [RunFolder(p) for p in runs_dir.iterdir() if p.is_dir()]
+    folders = [folder for run in runs for folder in (run.export, run.best_export)]
     return sorted(str(f) for f in folders if (f / "model.safetensors").is_file())
 
 
@@ -194,13 +195,14 @@ def _samples(status) -> tuple[str | None, str | None, str]:
     """(a held-out original, its conversion at the latest saved epoch, a label) once a training ended."""
     if status is None or status.kind != "train" or status.running or not status.result.get("samples_dir"):
         return None, None, ""
-    folder = Path(status.result["samples_dir"])
-    epochs = sorted(folder.glob("epoch_*"))
+    run = RunFolder(status.folder)
+    epochs = run.sampled_epochs()
     if not epochs:
         return None, None, ""
-    converted = sorted(epochs[-1].glob("*.wav"))
-    original = folder / "original" / converted[0].name if converted else None
-    label = f"{converted[0].stem}, converted at epoch {int(epochs[-1].name.split('_')[1])}"
+    epoch, latest = epochs[-1]
+    converted = sorted(latest.glob("*.wav"))
+    original = run.sample_originals / converted[0].name if converted else None
+    label = f"{converted[0].stem}, converted at epoch {epoch}"
     return (
         (str(original) if original and original.is_file() else None),
         (str(converted[0]) if converted else None),
