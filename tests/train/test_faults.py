@@ -13,6 +13,7 @@ import pytest
 import torch
 import trainkit
 
+from arvc.train.callbacks import Callbacks
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 from arvc.train.faults import exit_status, interrupted
 from arvc.train.loop import STOP_REQUEST, TrainError, TrainOptions, TrainResult, train
@@ -126,11 +127,9 @@ def test_weights_gone_non_finite_are_never_a_checkpoint_and_the_good_one_is_kept
     checkpoint at the next save, and keep_last=1 then deleted the last good one. Now the save is refused
     with an error naming the good checkpoint, which stays."""
 
-    class NanWeightsInEpoch2:
+    class NanWeightsInEpoch2(Callbacks):
         def on_start(self, total_epochs, steps_per_epoch, start_epoch):
             self.per_epoch = steps_per_epoch
-
-        def on_epoch(self, *_): ...
 
         def on_step(self, epoch, step, losses, lr):
             if step == self.per_epoch + 1:
@@ -176,10 +175,7 @@ def test_a_stop_request_from_another_thread_saves_like_ctrl_c(tmp_path, data_dir
 
     stop = threading.Event()
 
-    class SetAfterTwoSteps:
-        def on_start(self, *_): ...
-        def on_epoch(self, *_): ...
-
+    class SetAfterTwoSteps(Callbacks):
         def on_step(self, epoch, step, losses, lr):
             if step == 2:
                 threading.Thread(target=stop.set).start()  # another thread, as the UI's server is
@@ -267,10 +263,7 @@ def test_a_second_ctrl_c_during_the_save_is_reported_as_such(tmp_path, data_dir,
         with atomic_file(path) as temporary, open(temporary, "wb") as handle:
             torch.save(state, SecondCtrlCWhileWriting(handle))
 
-    class CtrlCAtStep2:
-        def on_start(self, *_): ...
-        def on_epoch(self, *_): ...
-
+    class CtrlCAtStep2(Callbacks):
         def on_step(self, epoch, step, losses, lr):
             if step == 2:
                 os.kill(os.getpid(), signal.SIGINT)

@@ -27,6 +27,7 @@ from arvc.config import DEMO_EPOCHS
 from arvc.data.outputs import RunFolder
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DEVICE_HELP
+from arvc.train.callbacks import Callbacks
 
 # --- training -------------------------------------------------------------------------------------------
 
@@ -57,7 +58,7 @@ def _stats(losses: dict, lr: float) -> str:
     return f"mel {losses['loss_mel']:.2f}  G {losses['loss_g']:.2f}  D {losses['loss_d']:.2f}  lr {lr:.2e}"
 
 
-class _LineCallbacks:
+class _LineCallbacks(Callbacks):
     """Training progress as plain lines, for output that is not a terminal (nohup, Colab, CI logs), where a
     bar is drawn once at the end: a line after every epoch and, within one, at most every PROGRESS_SECONDS,
     with epoch i/M, step, losses, seconds per step and the time left."""
@@ -93,7 +94,7 @@ class _LineCallbacks:
         )
 
 
-class _ProgressCallbacks:
+class _ProgressCallbacks(Callbacks):
     """A rich progress bar for the training loop: epoch, step, losses, lr, it/s, ETA."""
 
     def __init__(self, progress: Progress) -> None:
@@ -113,9 +114,6 @@ class _ProgressCallbacks:
     def on_step(self, epoch: int, step: int, losses: dict, lr: float) -> None:
         stats = _stats(losses, lr)
         self.progress.update(self.task, advance=1, epoch=f"{epoch}/{self.total_epochs}", stats=stats)
-
-    def on_epoch(self, epoch: int, losses: dict) -> None:
-        pass
 
 
 class _SpeedColumn(ProgressColumn):

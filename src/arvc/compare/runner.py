@@ -35,6 +35,7 @@ from arvc.device import resolve_device
 from arvc.optim import get_spec, state_bytes_per_param
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
+from arvc.train.callbacks import Callbacks
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.errors import SaveInterrupted
 from arvc.train.faults import MAX_STEPS
@@ -146,7 +147,7 @@ class CompareResult:
         return list(finished_runs(self.results))
 
 
-class _Recorder:
+class _Recorder(Callbacks):
     """Training callbacks: time each optimizer.step, evaluate after each epoch, persist per-epoch records."""
 
     def __init__(self, run_dir: Path, evaluator: Validator, device: str, records: list[dict], progress):
@@ -161,7 +162,6 @@ class _Recorder:
         self.nonfinite = last.get("nonfinite", 0)
         self.optimizers: tuple = ()
 
-    # --- Callbacks ---
     def on_optimizers(self, optim_g, optim_d) -> None:
         self.optimizers = (optim_g, optim_d)
         self.timer.attach(*self.optimizers)

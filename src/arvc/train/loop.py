@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -38,6 +38,7 @@ from arvc.modelfile.export import export_generator, name_some, non_finite_tensor
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import Schedule
+from arvc.train.callbacks import Callbacks
 from arvc.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -81,6 +82,7 @@ from arvc.train.step import GanStep, autocast
 from arvc.train.validation import Evaluation, Validator
 
 __all__ = [
+    "Callbacks",
     "DEFAULT_LR",
     "SAMPLE_CLIPS",
     "STOP_REQUEST",
@@ -154,23 +156,6 @@ class TrainResult:
         return text
 
 
-class Callbacks(Protocol):
-    """How the CLI shows progress; the library itself never prints."""
-
-    def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None: ...
-    def on_step(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None: ...
-    def on_epoch(self, epoch: int, losses: dict[str, float]) -> None: ...
-
-    # Optional: `on_optimizers(optim_g, optim_d)` is called once the optimizers exist (e.g. to time their
-    # steps with register_step_pre_hook/register_step_post_hook).
-
-
-class _Silent:
-    def on_start(self, *args) -> None: ...
-    def on_step(self, *args) -> None: ...
-    def on_epoch(self, *args) -> None: ...
-
-
 # ---------------------------------------------------------------------------------------------------------
 def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult:
     """Train (or continue training) a voice model; returns where the results are.
@@ -187,7 +172,7 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
         run_lock(opts.run_dir),  # one trainer per run folder
         _current_gpu(asked.device, ranks),
     ):
-        callbacks = callbacks if callbacks is not None and ranks.is_main else _Silent()
+        callbacks = callbacks if callbacks is not None and ranks.is_main else Callbacks()
         return _train(opts, callbacks, ranks, _training_device(asked, ranks))
 
 
@@ -197,8 +182,7 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks, device: Devic
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     opts, hp, tf32 = _settle(opts, checkpoint, resume_from, ranks)  # every check before any work
     run = _build_run(opts, hp, ranks, checkpoint, tf32, device.model)
-    if hasattr(callbacks, "on_optimizers"):
-        callbacks.on_optimizers(run.optim_g, run.optim_d)
+    callbacks.on_optimizers(run.optim_g, run.optim_d)
     progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
     _start_writing(run, progress, resume_from, compile=opts.compile)
     progress.last_checkpoint = resume_from
@@ -560,17 +544,17 @@ def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, com
     elif not ranks.distributed:
         d_frozen = d_forward
     run.train_step = GanStep(
-        cfg,
-        run.net_g,
-        run.net_d,
-        g_forward,
-        d_forward,
-        run.optim_g,
-        run.optim_d,
-        run.scaler,
-        run.precision,
-        d_frozen,
-        ranks,
+        cfg=cfg,
+        net_g=run.net_g,
+        net_d=run.net_d,
+        optim_g=run.optim_g,
+        optim_d=run.optim_d,
+        scaler=run.scaler,
+        precision=run.precision,
+        g_forward=g_forward,
+        d_forward=d_forward,
+        d_frozen=d_frozen,
+        ranks=ranks,
     )
 
 

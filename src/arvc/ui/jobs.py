@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from arvc.config import TrainConfig
+from arvc.train.callbacks import Callbacks
 from arvc.train.faults import interrupted
 
 __all__ = ["Busy", "JobStatus", "Jobs"]
@@ -77,8 +78,8 @@ class JobStatus:
         return (time.time() - self.step_started) / done * max(0, self.total_steps - self.step)
 
 
-class _Callbacks:
-    """arvc.train.loop.Callbacks that write into a JobStatus (read by the page on its timer)."""
+class _Callbacks(Callbacks):
+    """arvc.train.callbacks.Callbacks that write into a JobStatus (read by the page on its timer)."""
 
     def __init__(self, status: JobStatus, lock: threading.Lock) -> None:
         self.status, self.lock = status, lock
@@ -100,8 +101,6 @@ class _Callbacks:
             )
             if len(s.losses) > MAX_POINTS:
                 s.losses = s.losses[::2]
-
-    def on_epoch(self, epoch: int, losses: dict[str, float]) -> None: ...
 
 
 class Jobs:
