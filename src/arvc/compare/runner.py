@@ -34,7 +34,7 @@ from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import resolve_device
 from arvc.optim import get_spec, state_bytes_per_param
 from arvc.optim.denormals import flush_denormals
-from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
+from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule
 from arvc.train.callbacks import Callbacks
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.errors import SaveInterrupted
@@ -91,7 +91,7 @@ def schedule_setting(schedule: str) -> str:
 
 def contestant_schedule(variant: Variant, scheduler: str) -> str:
     """The schedule one contestant follows under `train.scheduler` (what "auto" resolves to)."""
-    return scheduler if scheduler != "auto" else paired_schedule_for(variant.optimizer, variant.use_8bit)
+    return scheduler if scheduler != "auto" else paired_schedule(variant.optimizer, variant.use_8bit)
 
 
 def warmup_epochs_of(cfg) -> int:

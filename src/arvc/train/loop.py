@@ -70,10 +70,10 @@ from arvc.train.memory import (
 from arvc.train.optimizers import (
     DEFAULT_LR,
     bf16_weights,
+    build_for_role,
     hyperparameters,
     plan_schedule,
     restore_optimizer,
-    run_optimizer,
     run_state_bytes_per_param,
 )
 from arvc.train.precision import AUTO, device_precision, tf32_matmuls
@@ -180,11 +180,11 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks, device: Devic
     opts = replace(opts, device=device.name)
     resume_from = resolve_resume(opts.resume) if opts.resume is not None else None
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-    opts, hp, tf32 = _settle(opts, checkpoint, resume_from, ranks)  # every check before any work
+    opts, hp, tf32 = _check_and_resolve(opts, checkpoint, resume_from, ranks)  # every check before any work
     run = _build_run(opts, hp, ranks, checkpoint, tf32, device.model)
     callbacks.on_optimizers(run.optim_g, run.optim_d)
     progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
-    _start_writing(run, progress, resume_from, compile=opts.compile)
+    _prepare_folder_and_step(run, progress, resume_from, compile=opts.compile)
     progress.last_checkpoint = resume_from
 
     cfg = run.cfg
@@ -238,7 +238,8 @@ def _training_device(asked: DeviceChoice, ranks: Ranks) -> DeviceChoice:
 
 @dataclass
 class _Run:
-    """What a run is made of: built by `_build_run` (train step and log by `_start_writing`), then fixed."""
+    """What a run is made of: built by `_build_run` (train step and log by `_prepare_folder_and_step`),
+    then fixed."""
 
     cfg: RunConfig
     precision: str
@@ -258,7 +259,7 @@ class _Run:
     validator: Validator | None
     tf32: bool  # TF32 matmuls (auto precision on Ampere and newer)
     device_name: str = ""  # the GPU's model ("" on the CPU)
-    train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
+    train_step: GanStep | None = None  # set by _prepare_folder_and_step (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
     features: str | None = None  # what the data holds (mel, hubert), recorded in the exports
 
@@ -295,7 +296,7 @@ def resolve_resume(resume: Path) -> Path:
     return resume
 
 
-def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
+def _check_and_resolve(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
     """Check the options against each other and the checkpoint; resolve precision and hyperparameters."""
     cfg = opts.config
     # The CLI checks its flags; a caller from Python gets the same checks here, before any work, except that
@@ -386,8 +387,8 @@ def _build_run(
     )
 
     # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
-    optim_g = run_optimizer(net_g.parameters(), hp, "generator", cfg.train.seed, ranks if zero else None)
-    optim_d = run_optimizer(net_d.parameters(), hp, "discriminator", cfg.train.seed, ranks if zero else None)
+    optim_g = build_for_role(net_g.parameters(), hp, "generator", cfg.train.seed, ranks if zero else None)
+    optim_d = build_for_role(net_d.parameters(), hp, "discriminator", cfg.train.seed, ranks if zero else None)
     schedule = plan_schedule(cfg, hp, checkpoint)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
     validator = Validator(cfg, opts.data_dir, split.held, cfg.train.seed, device) if split.held else None
@@ -513,7 +514,7 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
     return progress
 
 
-def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, compile: bool) -> None:
+def _prepare_folder_and_step(run: _Run, progress: _Progress, resume_from: Path | None, compile: bool) -> None:
     """Seed the ranks, prepare the run folder and its logs, wrap the models and make the train step."""
     cfg, ranks = run.cfg, run.ranks
     if ranks.distributed:

@@ -21,7 +21,7 @@ from arvc.optim.schedulers import (
     INVERSE_SQRT_WARMUP,
     Schedule,
     default_warmup_epochs,
-    paired_schedule_for,
+    paired_schedule,
 )
 from arvc.train.errors import TrainError
 
@@ -30,11 +30,11 @@ __all__ = [
     "DEFAULT_OPTIMIZER",
     "bf16_weights",
     "hyperparameters",
-    "make_optimizer",
+    "build_from_hyperparameters",
     "optimizer_seed",
     "plan_schedule",
     "restore_optimizer",
-    "run_optimizer",
+    "build_for_role",
 ]
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def optimizer_seed(run_seed: int, role: str) -> int:
     return (int(words[0]) << 31) ^ int(words[1])  # 63 bits, non-negative
 
 
-def make_optimizer(
+def build_from_hyperparameters(
     params, hp: dict[str, Any], seed: int | None = None, param_indices=None
 ) -> torch.optim.Optimizer:
     """Build the run's optimizer from `hp`. `seed` seeds stochastic rounding and `param_indices` numbers the
@@ -166,20 +166,22 @@ def run_state_bytes_per_param(hp: dict[str, Any], dtype: torch.dtype, numel: int
     """Bytes of optimizer state per parameter of the run's optimizer as the run builds it (its kwargs, its
     weights' dtype): the real buffers after one step on a dummy parameter, as the registry measures."""
     param = torch.nn.Parameter(torch.zeros(numel, dtype=dtype))
-    optimizer = make_optimizer([param], hp, seed=0)
+    optimizer = build_from_hyperparameters([param], hp, seed=0)
     param.grad = torch.full_like(param, 1e-3)
     optimizer.step()
     state = optimizer.state[param].values()
     return sum(v.numel() * v.element_size() for v in state if isinstance(v, torch.Tensor)) / numel
 
 
-def run_optimizer(params, hp: dict[str, Any], role: str, run_seed: int, ranks=None) -> torch.optim.Optimizer:
+def build_for_role(params, hp: dict[str, Any], role: str, run_seed: int, ranks=None) -> torch.optim.Optimizer:
     """The optimizer of `role` ("generator"/"discriminator") of a run; `ranks` (a distributed.Ranks) to
     shard it with ZeRO, each shard numbering its parameters by their place in the whole model."""
     seed = optimizer_seed(run_seed, role)
     if ranks is None:
-        return make_optimizer(params, hp, seed)
-    return ranks.zero(params, lambda shard, indices: make_optimizer(shard, hp, seed, indices), hp["lr"])
+        return build_from_hyperparameters(params, hp, seed)
+    return ranks.zero(
+        params, lambda shard, indices: build_from_hyperparameters(shard, hp, seed, indices), hp["lr"]
+    )
 
 
 def restore_optimizer(name: str, optimizer, saved: dict, hp: dict) -> None:
@@ -253,7 +255,7 @@ def plan_schedule(cfg: RunConfig, hp: dict[str, Any], checkpoint: dict | None) -
 
 def _new_schedule(cfg: RunConfig, hp: dict[str, Any], warmup: int | None = None) -> Schedule:
     t = cfg.train
-    name = t.scheduler if t.scheduler != "auto" else paired_schedule_for(hp["optimizer"], hp["use_8bit"])
+    name = t.scheduler if t.scheduler != "auto" else paired_schedule(hp["optimizer"], hp["use_8bit"])
     warmup = warmup or t.warmup_epochs or default_warmup_epochs(t.epochs)
     schedule = Schedule(name, hp["lr"], t.epochs, warmup, gamma=t.lr_decay)
     if name == "inverse_sqrt" and t.epochs < warmup:
