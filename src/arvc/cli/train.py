@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from arvc.cli._app import EmbedderLayerOption, RmvpeOption, app, console, fail
+from arvc.cli._app import ConfigOption, EmbedderLayerOption, RmvpeOption, app, console, fail
 from arvc.config import DEMO_EPOCHS
 from arvc.data.outputs import RunFolder
 from arvc.device import AUTO as AUTO_DEVICE
@@ -212,9 +212,7 @@ def train(
         str | None, typer.Option(help="Run name (runs/NAME); default: the dataset folder or 'demo'.")
     ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
-    config: Annotated[
-        str, typer.Option(help="tiny, v2-32k/40k/48k, v1-32k/40k/48k or a JSON file.")
-    ] = "tiny",
+    config: ConfigOption = "tiny",
     optimizer: Annotated[
         str | None, typer.Option(help="Any name from `arvc optimizers` (default AdamW).")
     ] = None,
