@@ -23,13 +23,23 @@ from rich.progress import (
 from rich.text import Text
 
 from arvc.cli._app import ConfigOption, EmbedderLayerOption, RmvpeOption, app, console, fail
-from arvc.config import DEMO_EPOCHS
+from arvc.config import DEMO_EPOCHS, TrainConfig
 from arvc.data.outputs import RunFolder
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DEVICE_HELP
 from arvc.train.callbacks import Callbacks
+from arvc.train.optimizers import DEFAULT_LR, DEFAULT_OPTIMIZER
 
 # --- training -------------------------------------------------------------------------------------------
+
+
+_DEFAULTS = TrainConfig()  # what a flag left out means, for the help texts
+
+
+def _short(value: float) -> str:
+    """A default as a person writes it: 1e-3 and 1e-9, but 0.01 and 0.8."""
+    plain, power = f"{value:g}", f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+    return power if float(power) == value and len(power) < len(plain) else plain
 
 
 PROGRESS_SECONDS = 30.0  # output that is not a terminal: a progress line at most this often (and per epoch)
@@ -214,19 +224,26 @@ def train(
     runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
     config: ConfigOption = "tiny",
     optimizer: Annotated[
-        str | None, typer.Option(help="Any name from `arvc optimizers` (default AdamW).")
+        str | None, typer.Option(help=f"Any name from `arvc optimizers` (default {DEFAULT_OPTIMIZER}).")
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default 1e-3).")] = None,
-    betas: Annotated[str | None, typer.Option(help="beta1,beta2 (default RVC's 0.8,0.99).")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"Learning rate (default {_short(DEFAULT_LR)}).")] = None,
+    betas: Annotated[
+        str | None,
+        typer.Option(help="beta1,beta2 (default RVC's {},{}).".format(*map(_short, _DEFAULTS.betas))),
+    ] = None,
     eps: Annotated[
         float | None,
         typer.Option(
-            help="Epsilon in Adam's meaning (default RVC's 1e-9; AdaBelief/AdaBeliefV2 get its square, "
-            "1e-18; a value given here is used as is)."
+            help=f"Epsilon in Adam's meaning (default RVC's {_short(_DEFAULTS.eps)}; AdaBelief/AdaBeliefV2 "
+            f"get its square, {_short(_DEFAULTS.eps**2)}; a value given here is used as is)."
         ),
     ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(help="Decoupled weight decay (default: RVC's 0.01, for every optimizer).")
+        float | None,
+        typer.Option(
+            help=f"Decoupled weight decay (default: RVC's {_short(_DEFAULTS.weight_decay)}, for every "
+            "optimizer)."
+        ),
     ] = None,
     use_8bit: Annotated[
         bool | None, typer.Option("--use-8bit", help="bitsandbytes AdamW8bit (arvc\\[bnb]).")
@@ -239,11 +256,14 @@ def train(
         ),
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option(min=1, help=f"Epochs (config: 300; the demo: {DEMO_EPOCHS}).")
+        int | None, typer.Option(min=1, help=f"Epochs (config: {_DEFAULTS.epochs}; the demo: {DEMO_EPOCHS}).")
     ] = None,
     batch_size: Annotated[
         str | None,
-        typer.Option(help="Batch size (default 8), or auto: the largest that fits the device's free memory."),
+        typer.Option(
+            help=f"Batch size (default {_DEFAULTS.batch_size}), or auto: the largest that fits the "
+            "device's free memory."
+        ),
     ] = None,
     accumulate: Annotated[
         int | None,
@@ -312,7 +332,10 @@ def train(
     ] = False,
     val_fraction: Annotated[
         float | None,
-        typer.Option(help="Pieces held out for validation (default 0.1; at least 2, at most 20; 0: none)."),
+        typer.Option(
+            help=f"Pieces held out for validation (default {_short(_DEFAULTS.val_fraction)}; at least 2, "
+            "at most 20; 0: none)."
+        ),
     ] = None,
     val_every: Annotated[
         int | None, typer.Option(min=1, help="Evaluate on the held-out pieces every K epochs (default 1).")
