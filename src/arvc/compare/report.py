@@ -11,12 +11,14 @@ import json
 import logging
 from pathlib import Path
 
+from arvc.data.outputs import COMPARE_SETUP
 from arvc.train.logs import read_metrics
 
 __all__ = [
     "COLUMNS",
     "FIGURES",
     "MIN_RANKING_STEPS",
+    "REPORT_FILE",
     "TIE_RULE",
     "collect_results",
     "ranking",
@@ -62,6 +64,7 @@ TIE_RULE = (
 # shortest in which every paired schedule takes its shape (docs/compare.md); 25-step runs ranked schedules
 # and noise.
 MIN_RANKING_STEPS = 300
+REPORT_FILE = "report.md"  # the comparison's report, beside its figures (and report.html)
 
 
 def short_run_warning(steps: int) -> str:
@@ -307,7 +310,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _notes(out_dir: Path, results: dict[str, dict]) -> list[str]:
-    setup = out_dir / "compare.json"
+    setup = out_dir / COMPARE_SETUP
     info = json.loads(setup.read_text()) if setup.is_file() else {}
     train = info.get("config", {}).get("train", {})
     seeds = info.get("seeds") or [train.get("seed")]
@@ -376,7 +379,7 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
         if file not in figures:
             continue
         md += [f"## {title}", "", f"![{title}]({file})", ""]
-    md_path = out_dir / "report.md"
+    md_path = out_dir / REPORT_FILE
     md_path.write_text("\n".join(md))
 
     cells = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)

@@ -27,7 +27,7 @@ from arvc.compare.evaluate import split_dataset
 from arvc.compare.report import MIN_RANKING_STEPS, finished_runs, short_run_warning
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
 from arvc.config import PRECISIONS, apply_overrides, load_config
-from arvc.data.outputs import RunFolder
+from arvc.data.outputs import COMPARE_SETUP, RunFolder
 from arvc.data.prepare import prepare_data
 from arvc.data.preprocess import DataError
 from arvc.device import AUTO as AUTO_DEVICE
@@ -378,7 +378,7 @@ _ABSENT = object()
 def _check_same_setup(out_dir: Path, setup: dict, extra: dict | None = None) -> None:
     """Finished runs are reused, so a comparison folder must keep one setup (optimizers and seeds may be
     added). `extra` (seeds, warnings) is recorded in compare.json for the report but not compared."""
-    path = out_dir / "compare.json"
+    path = out_dir / COMPARE_SETUP
     setup = json.loads(json.dumps(setup))
     if path.is_file():
         old = json.loads(path.read_text())

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "COMPARE_SETUP",
     "FILELIST",
     "MANIFEST",
     "RESTARTED_PREFIX",
@@ -43,7 +44,7 @@ _DATA = "data"  # the run's preprocessed data
 MANIFEST = "preprocess.json"  # in a data folder: data/preprocess.py writes it first, before any slice
 FILELIST = "filelist.txt"  # in a data folder: one line per training piece
 SPLIT_FILE = "split.json"  # the held-out validation pieces (arvc.data.split), for the user to read
-_COMPARE_MARKER = "compare.json"  # compare/runner.py writes it before any run
+COMPARE_SETUP = "compare.json"  # in a comparison folder: compare/runner.py writes it before any run
 RUN_LOCK = ".arvc-run.lock"  # held while a process trains the run (arvc.train.runlock)
 
 
@@ -177,7 +178,7 @@ def arvc_output_kind(folder: str | os.PathLike) -> str | None:
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
         return "preprocessed data"
-    if (folder / _COMPARE_MARKER).is_file():
+    if (folder / COMPARE_SETUP).is_file():
         return "a comparison"
     run = RunFolder(folder)
     if (run.data / MANIFEST).is_file() or (run.config.is_file() and run_products(folder)):

@@ -403,10 +403,12 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                 return _status_text(jobs.status())
 
             def compare_report():
+                from arvc.compare.report import REPORT_FILE
+
                 current = jobs.status()
                 if current is None or current.kind != "compare":
                     return "", "", []
-                report = current.folder / "report.md"
+                report = current.folder / REPORT_FILE
                 text = report_for_page(report.read_text()) if report.is_file() and not current.running else ""
                 figures = report_figures(current.folder) if text else []
                 return _status_text(current), text, figures

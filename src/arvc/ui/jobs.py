@@ -165,6 +165,7 @@ class Jobs:
         status = JobStatus("compare", out_dir.name, out_dir)
 
         def run(callbacks, stop):
+            from arvc.compare.report import REPORT_FILE
             from arvc.compare.runner import run_compare
 
             def progress(event: str, **info) -> None:
@@ -185,7 +186,7 @@ class Jobs:
             if not result.ranked and not result.stopped_by:
                 failed = (f"{name} seed {seed}: {error}" for name, seed, error in result.failures)
                 raise RuntimeError("no contestant finished: " + "; ".join(failed))
-            report = out_dir / "report.md"
+            report = out_dir / REPORT_FILE
             return result.stopped_by, {"report": report if report.is_file() else None}
 
         return self._start(status, run)
