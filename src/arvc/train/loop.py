@@ -280,8 +280,10 @@ class _Progress:
     stopped_by: str | None = None
     last_checkpoint: Path | None = None
     best: dict | None = None  # the best evaluation so far: epoch, step, mel_l1, stft, checkpoint (a name)
-    reference: float | None = None  # early stopping: held-out mel L1 at the last improvement by > min_delta
-    stale: int = 0  # evaluations since then
+    # early stopping: the held-out mel L1 a new evaluation must beat by more than min_delta (the one of the
+    # last such gain), and the evaluations since that gain (checkpoint keys "reference" and "stale")
+    mel_l1_to_beat: float | None = None
+    evaluations_without_gain: int = 0
     last_validation: dict | None = None
 
 
@@ -497,8 +499,8 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
         restore_optimizer(name, optimizer, checkpoint[key], run.hp)
     run.scaler.load_state_dict(checkpoint["scaler"])
     record = checkpoint.get("validation") or {}
-    progress.best, progress.reference = record.get("best"), record.get("reference")
-    progress.stale, progress.last_validation = record.get("stale", 0), record.get("last")
+    progress.best, progress.mel_l1_to_beat = record.get("best"), record.get("reference")
+    progress.evaluations_without_gain, progress.last_validation = record.get("stale", 0), record.get("last")
     if not run.ranks.distributed:
         set_rng_state(checkpoint["rng"])
     written_on = checkpoint.get("device")  # absent in checkpoints of older arvc versions
@@ -633,11 +635,11 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
         name = checkpoint_path(run.run_dir, epoch, progress.step).name
         progress.best = {**record, "checkpoint": name}
     if evaluation.finite and (
-        progress.reference is None or evaluation.mel_l1 < progress.reference - t.min_delta
+        progress.mel_l1_to_beat is None or evaluation.mel_l1 < progress.mel_l1_to_beat - t.min_delta
     ):
-        progress.reference, progress.stale = evaluation.mel_l1, 0
+        progress.mel_l1_to_beat, progress.evaluations_without_gain = evaluation.mel_l1, 0
     else:
-        progress.stale += 1
+        progress.evaluations_without_gain += 1
     progress.last_validation = record
     run.ranks.on_main(lambda: run.log.log_validation(record, evaluation, improved), "log validation")
     best = progress.best
@@ -656,7 +658,7 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
         evaluation.stft,
         note,
     )
-    patience_spent = t.early_stop is not None and progress.stale >= t.early_stop
+    patience_spent = t.early_stop is not None and progress.evaluations_without_gain >= t.early_stop
     if run.ranks.stop_reason(EARLY_STOP if patience_spent else None) and progress.stopped_by is None:
         progress.stopped_by = EARLY_STOP
         logger.warning(
@@ -664,7 +666,7 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
             "evaluations (best %.4f at epoch %d)",
             epoch,
             t.min_delta,
-            progress.stale,
+            progress.evaluations_without_gain,
             progress.best["mel_l1"] if progress.best else float("nan"),
             progress.best["epoch"] if progress.best else 0,
         )
@@ -744,8 +746,8 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
             "held": run.split.held,
             "how": run.split.how,
             "best": progress.best,
-            "reference": progress.reference,
-            "stale": progress.stale,
+            "reference": progress.mel_l1_to_beat,
+            "stale": progress.evaluations_without_gain,
             "last": progress.last_validation,
         },
     }
