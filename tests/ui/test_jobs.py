@@ -83,6 +83,36 @@ def test_how_a_job_ended_is_the_train_layers_classification(tmp_path, stopped_by
     assert status.message == "done" if state == "finished" else "resume the run to continue" in status.message
 
 
+def test_the_page_finds_runs_samples_and_exports_where_the_run_folder_says(tmp_path):
+    """The page reads a run's files through the layout training writes them by (RunFolder), and lists as
+    resumable only the runs `--resume` would find a checkpoint in."""
+    from arvc.data.outputs import RunFolder
+    from arvc.train.checkpoint import checkpoint_path
+    from arvc.ui.app import _samples, exports_of
+    from arvc.ui.jobs import JobStatus
+
+    run = RunFolder(tmp_path / "runs" / "alice")
+    for folder in (run.epoch_samples(2), run.epoch_samples(10), run.sample_originals):
+        folder.mkdir(parents=True)
+        (folder / "a_1.wav").write_bytes(b"")
+    for folder in (run.export, run.best_export):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"")
+    finished = JobStatus(
+        "train", "alice", run.root, state="finished", result={"samples_dir": str(run.samples)}
+    )
+    original, converted = str(run.sample_originals / "a_1.wav"), str(run.epoch_samples(10) / "a_1.wav")
+    assert _samples(finished) == (original, converted, "a_1, converted at epoch 10")
+    assert exports_of(tmp_path / "runs") == sorted([str(run.export), str(run.best_export)])
+
+    assert runs_of(tmp_path / "runs") == []  # no checkpoint yet
+    run.checkpoints.mkdir()
+    (run.checkpoints / "notes.pt").write_bytes(b"")  # not a checkpoint's name: resume would not find it
+    assert runs_of(tmp_path / "runs") == []
+    checkpoint_path(run.root, 1, 5).write_bytes(b"")
+    assert runs_of(tmp_path / "runs") == ["alice"]
+
+
 def test_a_failing_job_is_reported_and_frees_the_slot(tmp_path, voice, monkeypatch):
     import arvc.train.request as request_module
 
