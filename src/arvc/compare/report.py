@@ -33,6 +33,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+REPORT_FILE = "report.md"  # the comparison's report, beside its figures (and report.html)
 COLUMNS = (
     "optimizer",
     "schedule",
@@ -64,7 +65,6 @@ TIE_RULE = (
 # shortest in which every paired schedule takes its shape (docs/compare.md); 25-step runs ranked schedules
 # and noise.
 MIN_RANKING_STEPS = 300
-REPORT_FILE = "report.md"  # the comparison's report, beside its figures (and report.html)
 
 
 def short_run_warning(steps: int) -> str:
