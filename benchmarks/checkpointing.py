@@ -49,7 +49,9 @@ def run_case(config: str, batch_size: int, on: bool, frames: int, steps: int) ->
     optim_g = torch.optim.AdamW(net_g.parameters(), lr=1e-4, betas=(0.8, 0.99), eps=1e-9)
     optim_d = torch.optim.AdamW(net_d.parameters(), lr=1e-4, betas=(0.8, 0.99), eps=1e-9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step = GanStep(cfg, net_g, net_d, net_g, net_d, optim_g, optim_d, scaler, "fp32")
+    step = GanStep(
+        cfg=cfg, net_g=net_g, net_d=net_d, optim_g=optim_g, optim_d=optim_d, scaler=scaler, precision="fp32"
+    )
     batch = _batch(cfg, batch_size, frames)
     before = _rss()
     times = []

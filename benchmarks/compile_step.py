@@ -38,7 +38,17 @@ def make_step(cfg, compiled: bool, backend: str = "inductor"):
     if compiled:
         g_forward, d_forward = (torch.compile(net, backend=backend) for net in (net_g, net_d))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step = GanStep(cfg, net_g, net_d, g_forward, d_forward, optim_g, optim_d, scaler, "fp32")
+    step = GanStep(
+        cfg=cfg,
+        net_g=net_g,
+        net_d=net_d,
+        optim_g=optim_g,
+        optim_d=optim_d,
+        scaler=scaler,
+        precision="fp32",
+        g_forward=g_forward,
+        d_forward=d_forward,
+    )
     counter = iter(range(1, 1 << 30))
     return lambda b: step(b, next(counter)).losses
 

@@ -17,15 +17,13 @@ from pathlib import Path
 
 from arvc.config import apply_overrides, load_config
 from arvc.data.prepare import prepare_data
+from arvc.train.callbacks import Callbacks
 from arvc.train.loop import TrainOptions, train
 
 
-class _Recorder:
+class _Recorder(Callbacks):
     def __init__(self) -> None:
         self.mel_by_epoch: dict[int, list[float]] = {}
-
-    def on_start(self, *args) -> None: ...
-    def on_epoch(self, *args) -> None: ...
 
     def on_step(self, epoch, step, losses, lr) -> None:
         self.mel_by_epoch.setdefault(epoch, []).append(losses["loss_mel"])

@@ -131,7 +131,9 @@ def arvc_step(cfg):
     optim_g = build_optimizer("AdamW", net_g.parameters(), weight_decay=cfg.train.weight_decay, **hp)
     optim_d = build_optimizer("AdamW", net_d.parameters(), weight_decay=cfg.train.weight_decay, **hp)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step = GanStep(cfg, net_g, net_d, net_g, net_d, optim_g, optim_d, scaler, "fp32")
+    step = GanStep(
+        cfg=cfg, net_g=net_g, net_d=net_d, optim_g=optim_g, optim_d=optim_d, scaler=scaler, precision="fp32"
+    )
     counter = iter(range(1, 1 << 30))
     return lambda b: step(b, next(counter)).losses["loss_g"]
 

@@ -25,6 +25,7 @@ __all__ = [
     "BUILTIN_CONFIGS",
     "CHECKPOINTING",
     "DEMO_EPOCHS",
+    "PRECISIONS",
     "DataConfig",
     "ModelConfig",
     "RunConfig",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 BUILTIN_CONFIGS = ("tiny", "v2-32k", "v2-40k", "v2-48k", "v1-32k", "v1-40k", "v1-48k")
+PRECISIONS = ("fp32", "bf16", "fp16")  # what a run trains in; "auto" picks one (arvc.train.precision)
 DEMO_EPOCHS = 60  # a new run on the demo voice (no dataset) without epochs given: ~10 min on a 2-core CPU
 
 # RVC's export code (process_ckpt.savee / extract_small_model) always writes 32 as the second

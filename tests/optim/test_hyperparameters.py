@@ -128,7 +128,7 @@ def test_no_module_decides_by_an_optimizer_name():
 
 
 def test_rounding_seeds_come_from_the_run_seed_one_per_optimizer():
-    from arvc.train.optimizers import optimizer_seed, run_optimizer
+    from arvc.train.optimizers import build_for_role, optimizer_seed
 
     seeds = {
         (s, role): optimizer_seed(s, role) for s in (0, 1234, 1235) for role in ("generator", "discriminator")
@@ -147,11 +147,11 @@ def test_rounding_seeds_come_from_the_run_seed_one_per_optimizer():
     }
     hp.update(use_8bit=False, kwargs={})
     param = torch.nn.Parameter(torch.zeros(4))
-    built = run_optimizer([param], hp, "discriminator", 1234)
+    built = build_for_role([param], hp, "discriminator", 1234)
     assert built.param_groups[0]["seed"] == seeds[1234, "discriminator"]
-    explicit = run_optimizer([param], {**hp, "kwargs": {"seed": 7}}, "generator", 1234)
+    explicit = build_for_role([param], {**hp, "kwargs": {"seed": 7}}, "generator", 1234)
     assert explicit.param_groups[0]["seed"] == 7  # a seed the user passed is theirs
-    adamw = run_optimizer([param], {**hp, "optimizer": "AdamW"}, "generator", 1234)  # takes no seed
+    adamw = build_for_role([param], {**hp, "optimizer": "AdamW"}, "generator", 1234)  # takes no seed
     assert "seed" not in adamw.param_groups[0]
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, ExponentialLR
 
-from arvc.optim import InverseSqrt, build_optimizer, build_scheduler
-from arvc.optim.schedulers import Schedule, default_warmup_epochs
+from arvc.optim import OPTIMIZERS, InverseSqrt, build_optimizer, build_scheduler
+from arvc.optim.schedulers import Schedule, default_warmup_epochs, paired_schedule
 
 
 def optimizer_for(name, lr=1e-3):
@@ -38,6 +38,15 @@ def lrs(scheduler, epochs):
 def test_auto_pairs_each_optimizer(name, expected):
     scheduler = build_scheduler(optimizer_for(name), "auto", total_epochs=50)
     assert type(scheduler) is expected
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_one_pairing_rule_for_a_name_and_for_a_built_optimizer(name):
+    """The schedule "auto" means is decided by one function, asked with a registry name (the trainer, compare)
+    or with the optimizer built (build_scheduler); 8-bit always gets RVC's exponential decay."""
+    expected = OPTIMIZERS[name].paired_scheduler or "exponential"
+    assert paired_schedule(name) == paired_schedule(optimizer_for(name)) == expected
+    assert paired_schedule(name, use_8bit=True) == "exponential"
 
 
 def test_auto_parameters_follow_rvc_and_the_guide():

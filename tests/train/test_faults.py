@@ -13,10 +13,39 @@ import pytest
 import torch
 import trainkit
 
+from arvc.train.callbacks import Callbacks
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
-from arvc.train.loop import STOP_REQUEST, TrainError, TrainOptions, train
+from arvc.train.faults import exit_status, interrupted
+from arvc.train.loop import STOP_REQUEST, TrainError, TrainOptions, TrainResult, train
 
 tiny = partial(trainkit.tiny, batch_size=2)
+
+
+@pytest.mark.parametrize(
+    "stopped_by, stopped_before_the_end, status",
+    [
+        (None, False, None),  # every epoch trained: exported
+        ("max_steps", False, None),  # --max-steps: exported
+        ("early_stop", False, None),  # held-out mel L1 stopped improving: exported
+        ("SIGINT", True, 130),  # Ctrl-C: checkpoint saved, resume to continue, the shell sees 130
+        ("SIGTERM", True, 143),
+        (STOP_REQUEST, True, None),  # the web UI's Stop: as Ctrl-C, but no shell to tell
+    ],
+)
+def test_the_one_table_of_how_a_run_stopped(stopped_by, stopped_before_the_end, status):
+    """How a stop is classified is decided once (arvc.train.faults) and read by the loop, the CLI, the web UI
+    and compare through it: interrupted or finished, and the exit status."""
+    result = TrainResult(2, 6, None, {}, {}, stopped_by)
+    assert interrupted(stopped_by) is stopped_before_the_end and result.interrupted is stopped_before_the_end
+    assert exit_status(stopped_by) == status
+
+
+def test_the_run_summary_says_where_and_why_it_stopped_early():
+    assert TrainResult(2, 6, None, {}, {}, "max_steps").summary() == "trained 2 epochs (6 steps)"
+    early = TrainResult(2, 6, None, {}, {}, "early_stop").summary(Path("runs/alice"))
+    assert early == (
+        "trained 2 epochs (6 steps) in runs/alice, stopped early (held-out mel L1 stopped improving)"
+    )
 
 
 def test_stopping_mid_epoch_then_resuming_is_bit_identical(tmp_path, data_dir):
@@ -98,11 +127,9 @@ def test_weights_gone_non_finite_are_never_a_checkpoint_and_the_good_one_is_kept
     checkpoint at the next save, and keep_last=1 then deleted the last good one. Now the save is refused
     with an error naming the good checkpoint, which stays."""
 
-    class NanWeightsInEpoch2:
+    class NanWeightsInEpoch2(Callbacks):
         def on_start(self, total_epochs, steps_per_epoch, start_epoch):
             self.per_epoch = steps_per_epoch
-
-        def on_epoch(self, *_): ...
 
         def on_step(self, epoch, step, losses, lr):
             if step == self.per_epoch + 1:
@@ -148,10 +175,7 @@ def test_a_stop_request_from_another_thread_saves_like_ctrl_c(tmp_path, data_dir
 
     stop = threading.Event()
 
-    class SetAfterTwoSteps:
-        def on_start(self, *_): ...
-        def on_epoch(self, *_): ...
-
+    class SetAfterTwoSteps(Callbacks):
         def on_step(self, epoch, step, losses, lr):
             if step == 2:
                 threading.Thread(target=stop.set).start()  # another thread, as the UI's server is
@@ -159,7 +183,7 @@ def test_a_stop_request_from_another_thread_saves_like_ctrl_c(tmp_path, data_dir
 
     run = tmp_path / "run"
     result = train(TrainOptions(run_dir=run, data_dir=data_dir, config=tiny(), stop=stop), SetAfterTwoSteps())
-    assert result.stopped_by == STOP_REQUEST and result.exports == {}
+    assert result.stopped_by == STOP_REQUEST and result.interrupted and result.exports == {}
     assert load_checkpoint(result.last_checkpoint)["step"] == result.steps_done == 2
     resumed = train(TrainOptions(run_dir=run, data_dir=data_dir, config=tiny(), resume=run, max_steps=3))
     assert resumed.steps_done == 3
@@ -239,10 +263,7 @@ def test_a_second_ctrl_c_during_the_save_is_reported_as_such(tmp_path, data_dir,
         with atomic_file(path) as temporary, open(temporary, "wb") as handle:
             torch.save(state, SecondCtrlCWhileWriting(handle))
 
-    class CtrlCAtStep2:
-        def on_start(self, *_): ...
-        def on_epoch(self, *_): ...
-
+    class CtrlCAtStep2(Callbacks):
         def on_step(self, epoch, step, losses, lr):
             if step == 2:
                 os.kill(os.getpid(), signal.SIGINT)

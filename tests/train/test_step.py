@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-from trainkit import tiny
+from trainkit import gan_step, tiny
 
 import arvc.train.step as step_module
 from arvc.data.dataset import VoiceDataset, collate
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
-from arvc.train.step import GanStep, _grad_norm
+from arvc.train.step import _grad_norm
 
 
 def _module_with_grads():
@@ -53,8 +53,7 @@ def _gan_step(cfg, models, optimizer=torch.optim.SGD):
     """A GanStep on copies of `models` (fp32, one process), and its (net_g, net_d, optim_g, optim_d)."""
     net_g, net_d = (copy.deepcopy(m) for m in models)
     optim_g, optim_d = (optimizer(m.parameters(), lr=0.01) for m in (net_g, net_d))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step = GanStep(cfg, net_g, net_d, net_g, net_d, optim_g, optim_d, scaler, "fp32")
+    step = gan_step(cfg, net_g, net_d, optim_g, optim_d)
     return step, (net_g, net_d, optim_g, optim_d)
 
 

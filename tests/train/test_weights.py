@@ -21,7 +21,7 @@ from arvc.optim.registry import has_weight_modes
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 from arvc.train.loop import TrainError, train
 from arvc.train.memory import estimate_memory
-from arvc.train.optimizers import make_optimizer, plan_schedule, run_state_bytes_per_param
+from arvc.train.optimizers import build_from_hyperparameters, plan_schedule, run_state_bytes_per_param
 from arvc.train.validation import Validator
 from arvc.train.weights import WeightAverage, evaluation_weights
 
@@ -86,7 +86,7 @@ def test_a_schedule_free_run_evaluates_and_exports_x_and_resumes_bit_exact(tmp_p
     # loaded, eval() turns the live y into them.
     net = Synthesizer(tiny())
     net.load_state_dict(a["generator"])
-    optimizer = make_optimizer(net.parameters(), a["optim_g"]["hyperparameters"])
+    optimizer = build_from_hyperparameters(net.parameters(), a["optim_g"]["hyperparameters"])
     assert has_weight_modes(optimizer)
     optimizer.load_state_dict(a["optim_g"]["state"])
     optimizer.eval()

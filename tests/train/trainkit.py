@@ -28,6 +28,16 @@ def options(tmp_path, data_dir, name: str = "run", batch_size: int = 4, **kwargs
     return TrainOptions(run_dir=tmp_path / name, data_dir=data_dir, **kwargs)
 
 
+def gan_step(cfg, net_g, net_d, optim_g, optim_d, **kwargs) -> GanStep:
+    """A GanStep of one process in fp32 (no loss scaling) on these models; `kwargs`: its other arguments
+    (g_forward, d_forward, d_frozen, ranks)."""
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return GanStep(
+        cfg=cfg, net_g=net_g, net_d=net_d, optim_g=optim_g, optim_d=optim_d, scaler=scaler, precision="fp32",
+        **kwargs,
+    )  # fmt: skip
+
+
 def step_on(cfg, models, batch, checkpointing: bool = False):
     """One real GanStep (SGD, so the update is the gradient itself) as step 7 on copies of `models`
     (generator, discriminator); returns the gradients each optimizer stepped with ({"g": {name: grad},
@@ -43,7 +53,6 @@ def step_on(cfg, models, batch, checkpointing: bool = False):
                 name, {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
             )
         )
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step = GanStep(cfg, net_g, net_d, net_g, net_d, optim_g, optim_d, scaler, "fp32")
+    step = gan_step(cfg, net_g, net_d, optim_g, optim_d)
     result = step(batch, 7)
     return seen, result, {**net_g.state_dict(), **{f"d.{k}": v for k, v in net_d.state_dict().items()}}

@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 zero_rounding_worker.py OUT.pt
 
-Under torchrun the optimizer is ZeRO-sharded (`run_optimizer(..., ranks)`); alone it is one optimizer.
+Under torchrun the optimizer is ZeRO-sharded (`build_for_role(..., ranks)`); alone it is one optimizer.
 Rank 0 saves the consolidated optimizer state and the parameters to OUT.pt.
 """
 
@@ -12,7 +12,7 @@ import torch
 
 from arvc.optim import get_spec
 from arvc.train.distributed import process_group
-from arvc.train.optimizers import run_optimizer
+from arvc.train.optimizers import build_for_role
 
 HP = {
     "optimizer": "AnyPrecisionAdamW",
@@ -30,7 +30,7 @@ def main(out: str) -> None:
     with process_group() as ranks:
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(size).to(torch.bfloat16)) for size in SIZES]
-        optimizer = run_optimizer(params, HP, "generator", 1234, ranks if ranks.distributed else None)
+        optimizer = build_for_role(params, HP, "generator", 1234, ranks if ranks.distributed else None)
         for step in range(3):
             gen = torch.Generator().manual_seed(step)
             for p in params:

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from arvc.data.demo import generate_demo_voice
+from arvc.optim import OPTIMIZERS
 from arvc.train.request import TrainRequest
 from arvc.ui.jobs import Busy, Jobs
 
@@ -65,6 +66,54 @@ def test_one_training_at_a_time_and_stop_saves_a_resumable_checkpoint(tmp_path, 
     assert status.step == stopped_at + 1 and status.first_step <= stopped_at
 
 
+@pytest.mark.parametrize(
+    "stopped_by, state",
+    [(None, "finished"), ("max_steps", "finished"), ("early_stop", "finished"), ("SIGTERM", "stopped"),
+     ("stop request", "stopped")],
+)  # fmt: skip
+def test_how_a_job_ended_is_the_train_layers_classification(tmp_path, stopped_by, state):
+    from arvc.train.faults import interrupted
+    from arvc.ui.jobs import JobStatus
+
+    jobs = Jobs()
+    ends = lambda callbacks, stop: (stopped_by, {"summary": "done"})  # noqa: E731
+    jobs._start(JobStatus("train", "run", tmp_path), ends)
+    assert jobs.wait(30)
+    status = jobs.status()
+    assert status.state == state and (state == "stopped") is interrupted(stopped_by)
+    assert status.message == "done" if state == "finished" else "resume the run to continue" in status.message
+
+
+def test_the_page_finds_runs_samples_and_exports_where_the_run_folder_says(tmp_path):
+    """The page reads a run's files through the layout training writes them by (RunFolder), and lists as
+    resumable only the runs `--resume` would find a checkpoint in."""
+    from arvc.data.outputs import RunFolder
+    from arvc.train.checkpoint import checkpoint_path
+    from arvc.ui.app import _samples, exports_of
+    from arvc.ui.jobs import JobStatus
+
+    run = RunFolder(tmp_path / "runs" / "alice")
+    for folder in (run.epoch_samples(2), run.epoch_samples(10), run.sample_originals):
+        folder.mkdir(parents=True)
+        (folder / "a_1.wav").write_bytes(b"")
+    for folder in (run.export, run.best_export):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"")
+    finished = JobStatus(
+        "train", "alice", run.root, state="finished", result={"samples_dir": str(run.samples)}
+    )
+    original, converted = str(run.sample_originals / "a_1.wav"), str(run.epoch_samples(10) / "a_1.wav")
+    assert _samples(finished) == (original, converted, "a_1, converted at epoch 10")
+    assert exports_of(tmp_path / "runs") == sorted([str(run.export), str(run.best_export)])
+
+    assert runs_of(tmp_path / "runs") == []  # no checkpoint yet
+    run.checkpoints.mkdir()
+    (run.checkpoints / "notes.pt").write_bytes(b"")  # not a checkpoint's name: resume would not find it
+    assert runs_of(tmp_path / "runs") == []
+    checkpoint_path(run.root, 1, 5).write_bytes(b"")
+    assert runs_of(tmp_path / "runs") == ["alice"]
+
+
 def test_a_failing_job_is_reported_and_frees_the_slot(tmp_path, voice, monkeypatch):
     import arvc.train.request as request_module
 
@@ -95,8 +144,11 @@ def test_paths_outside_the_server_folder_are_refused(tmp_path):
 
 def test_the_optimizer_table_is_the_registry():
     rows = optimizer_rows()
-    assert [r[1] for r in rows] == ["AdamW", "RAdam", "AnyPrecisionAdamW", "AdaBelief", "AdaBeliefV2"]
-    assert [r[0].count("★") for r in rows] == [5, 4, 4, 3, 3]
+    assert [r[1] for r in rows] == list(OPTIMIZERS)
+    assert [r[0].count("★") for r in rows] == [spec.rating for spec in OPTIMIZERS.values()]
+    # The guide's five first, with its ratings.
+    assert [r[1] for r in rows[:5]] == ["AdamW", "RAdam", "AnyPrecisionAdamW", "AdaBelief", "AdaBeliefV2"]
+    assert [r[0].count("★") for r in rows[:5]] == [5, 4, 4, 3, 3]
 
 
 def test_a_comparison_runs_in_the_slot_and_leaves_its_report(tmp_path, voice):
@@ -165,6 +217,11 @@ def test_the_progress_plot_draws_a_held_out_curve_of_one_point(tmp_path):
     assert held_out.get_marker() not in (None, "", "None", " ") and held_out.get_markersize() > 0
     assert held_out.get_visible() and len(lines["loss_mel"].get_xdata()) == 3
     FigureCanvasAgg(figure).draw()  # it renders
+
+    # on the run's own mel loss scale: its c_mel, not RVC's 45 written into the page
+    scaled = JobStatus(kind="train", name="run", folder=tmp_path, state="training", mel_weight=20.0)
+    (axis,) = _loss_figure(scaled).axes
+    assert [list(line.get_ydata()) for line in axis.get_lines() if line.get_label() == HELD_OUT] == [[30.0]]
 
     empty = _loss_figure(None)  # before a job: every series named, nothing drawn
     assert [line.get_label() for line in empty.axes[0].get_lines()] == list(SERIES)

@@ -39,6 +39,7 @@ console = Console(soft_wrap=not _is_terminal(sys.stdout))
 RmvpeOption = Annotated[
     Path | None, typer.Option(help="RVC's rmvpe.pt for --f0 rmvpe (RVC WebUI: assets/rmvpe/rmvpe.pt).")
 ]
+ConfigOption = Annotated[str, typer.Option(help="tiny, v2-32k/40k/48k, v1-32k/40k/48k or a JSON file.")]
 EmbedderLayerOption = Annotated[
     int | None,
     typer.Option(min=1, help="HuBERT layer (default: the model's; v2: last, v1: 9th through final_proj)."),

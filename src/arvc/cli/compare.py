@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from arvc.cli._app import app, console, fail
+from arvc.cli._app import ConfigOption, app, console, fail
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DEVICE_HELP
 
@@ -91,9 +91,7 @@ def compare(
         str | None, typer.Option(help="Comparison name (OUT_DIR/NAME); default: dataset or 'demo'.")
     ] = None,
     out_dir: Annotated[Path, typer.Option(help="Where comparisons are kept.")] = Path("compare"),
-    config: Annotated[
-        str, typer.Option(help="tiny, v2-32k/40k/48k, v1-32k/40k/48k or a JSON file.")
-    ] = "tiny",
+    config: ConfigOption = "tiny",
     seed: Annotated[
         int, typer.Option(help="First seed (runs use seed ... seed+seeds-1); also makes the held-out split.")
     ] = 1234,

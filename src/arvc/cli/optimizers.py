@@ -14,9 +14,9 @@ from rich.table import Table
 
 from arvc.cli import _app
 from arvc.cli._app import app
-from arvc.config import TrainConfig
+from arvc.config import PRECISIONS, TrainConfig
 from arvc.optim import OPTIMIZERS, get_spec, state_bytes_per_param
-from arvc.optim.recommend import PRECISIONS, recommend
+from arvc.optim.recommend import GUIDE_EPOCHS, recommend
 
 DATASET_PLACEHOLDER = "DATASET/"
 
@@ -106,7 +106,7 @@ def optimizers(
 
 @app.command(name="recommend")
 def recommend_command(
-    epochs: Annotated[int, typer.Option(min=1, help="Planned number of epochs.")] = 300,
+    epochs: Annotated[int, typer.Option(min=1, help="Planned number of epochs.")] = GUIDE_EPOCHS,
     precision: Annotated[str, typer.Option(help=f"One of {', '.join(PRECISIONS)}.")] = "fp32",
     early_stop: Annotated[
         bool,

@@ -22,12 +22,24 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from arvc.cli._app import EmbedderLayerOption, RmvpeOption, app, console, fail
-from arvc.config import DEMO_EPOCHS
+from arvc.cli._app import ConfigOption, EmbedderLayerOption, RmvpeOption, app, console, fail
+from arvc.config import DEMO_EPOCHS, TrainConfig
+from arvc.data.outputs import RunFolder
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DEVICE_HELP
+from arvc.train.callbacks import Callbacks
+from arvc.train.optimizers import DEFAULT_LR, DEFAULT_OPTIMIZER
 
 # --- training -------------------------------------------------------------------------------------------
+
+
+_DEFAULTS = TrainConfig()  # what a flag left out means, for the help texts
+
+
+def _short(value: float) -> str:
+    """A default as a person writes it: 1e-3 and 1e-9, but 0.01 and 0.8."""
+    plain, power = f"{value:g}", f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+    return power if float(power) == value and len(power) < len(plain) else plain
 
 
 PROGRESS_SECONDS = 30.0  # output that is not a terminal: a progress line at most this often (and per epoch)
@@ -56,7 +68,7 @@ def _stats(losses: dict, lr: float) -> str:
     return f"mel {losses['loss_mel']:.2f}  G {losses['loss_g']:.2f}  D {losses['loss_d']:.2f}  lr {lr:.2e}"
 
 
-class _LineCallbacks:
+class _LineCallbacks(Callbacks):
     """Training progress as plain lines, for output that is not a terminal (nohup, Colab, CI logs), where a
     bar is drawn once at the end: a line after every epoch and, within one, at most every PROGRESS_SECONDS,
     with epoch i/M, step, losses, seconds per step and the time left."""
@@ -92,7 +104,7 @@ class _LineCallbacks:
         )
 
 
-class _ProgressCallbacks:
+class _ProgressCallbacks(Callbacks):
     """A rich progress bar for the training loop: epoch, step, losses, lr, it/s, ETA."""
 
     def __init__(self, progress: Progress) -> None:
@@ -112,9 +124,6 @@ class _ProgressCallbacks:
     def on_step(self, epoch: int, step: int, losses: dict, lr: float) -> None:
         stats = _stats(losses, lr)
         self.progress.update(self.task, advance=1, epoch=f"{epoch}/{self.total_epochs}", stats=stats)
-
-    def on_epoch(self, epoch: int, losses: dict) -> None:
-        pass
 
 
 class _SpeedColumn(ProgressColumn):
@@ -213,23 +222,28 @@ def train(
         str | None, typer.Option(help="Run name (runs/NAME); default: the dataset folder or 'demo'.")
     ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs are kept.")] = Path("runs"),
-    config: Annotated[
-        str, typer.Option(help="tiny, v2-32k/40k/48k, v1-32k/40k/48k or a JSON file.")
-    ] = "tiny",
+    config: ConfigOption = "tiny",
     optimizer: Annotated[
-        str | None, typer.Option(help="Any name from `arvc optimizers` (default AdamW).")
+        str | None, typer.Option(help=f"Any name from `arvc optimizers` (default {DEFAULT_OPTIMIZER}).")
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default 1e-3).")] = None,
-    betas: Annotated[str | None, typer.Option(help="beta1,beta2 (default RVC's 0.8,0.99).")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"Learning rate (default {_short(DEFAULT_LR)}).")] = None,
+    betas: Annotated[
+        str | None,
+        typer.Option(help="beta1,beta2 (default RVC's {},{}).".format(*map(_short, _DEFAULTS.betas))),
+    ] = None,
     eps: Annotated[
         float | None,
         typer.Option(
-            help="Epsilon in Adam's meaning (default RVC's 1e-9; AdaBelief/AdaBeliefV2 get its square, "
-            "1e-18; a value given here is used as is)."
+            help=f"Epsilon in Adam's meaning (default RVC's {_short(_DEFAULTS.eps)}; AdaBelief/AdaBeliefV2 "
+            f"get its square, {_short(_DEFAULTS.eps**2)}; a value given here is used as is)."
         ),
     ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(help="Decoupled weight decay (default: RVC's 0.01, for every optimizer).")
+        float | None,
+        typer.Option(
+            help=f"Decoupled weight decay (default: RVC's {_short(_DEFAULTS.weight_decay)}, for every "
+            "optimizer)."
+        ),
     ] = None,
     use_8bit: Annotated[
         bool | None, typer.Option("--use-8bit", help="bitsandbytes AdamW8bit (arvc\\[bnb]).")
@@ -242,11 +256,14 @@ def train(
         ),
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option(min=1, help=f"Epochs (config: 300; the demo: {DEMO_EPOCHS}).")
+        int | None, typer.Option(min=1, help=f"Epochs (config: {_DEFAULTS.epochs}; the demo: {DEMO_EPOCHS}).")
     ] = None,
     batch_size: Annotated[
         str | None,
-        typer.Option(help="Batch size (default 8), or auto: the largest that fits the device's free memory."),
+        typer.Option(
+            help=f"Batch size (default {_DEFAULTS.batch_size}), or auto: the largest that fits the "
+            "device's free memory."
+        ),
     ] = None,
     accumulate: Annotated[
         int | None,
@@ -315,7 +332,10 @@ def train(
     ] = False,
     val_fraction: Annotated[
         float | None,
-        typer.Option(help="Pieces held out for validation (default 0.1; at least 2, at most 20; 0: none)."),
+        typer.Option(
+            help=f"Pieces held out for validation (default {_short(_DEFAULTS.val_fraction)}; at least 2, "
+            "at most 20; 0: none)."
+        ),
     ] = None,
     val_every: Annotated[
         int | None, typer.Option(min=1, help="Evaluate on the held-out pieces every K epochs (default 1).")
@@ -442,8 +462,7 @@ def train(
             soft_wrap=True,
         )
         raise typer.Exit(status)
-    early = ", stopped early (held-out mel L1 stopped improving)" if result.stopped_by == "early_stop" else ""
-    console.print(f"trained {result.epochs_done} epochs ({result.steps_done} steps) in {run_dir}{early}")
+    console.print(result.summary(run_dir))
     for kind, path in result.exports.items():
         console.print(f"  {kind}: {path}")
     best, last = result.best, result.last_validation
@@ -452,9 +471,8 @@ def train(
             f"  held-out mel L1: best {best['mel_l1']:.4f} at epoch {best['epoch']} (export/best), "
             f"last {last['mel_l1']:.4f} at epoch {last['epoch']}"
         )
-    console.print(
-        f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}   loss plot: {run_dir / 'loss.png'}"
-    )
+    folder = RunFolder(run_dir)
+    console.print(f"  TensorBoard: tensorboard --logdir {folder.tensorboard}   loss plot: {folder.loss_plot}")
     command = listen_command(
         run_dir, result, settings.f0_method, settings.features, hubert, rmvpe, settings.embedder_layer
     )
@@ -475,10 +493,11 @@ def listen_command(
     The held-out originals under samples/original are pieces the model never trained on; without them
     (no validation) the input is the user's to fill in."""
 
-    model = run_dir / "export" / ("best" if "best" in result.exports else "")
-    originals = sorted((result.samples_dir / "original").glob("*.wav")) if result.samples_dir else []
+    folder = RunFolder(run_dir)
+    model = result.exports.get("best", folder.export)
+    originals = sorted(folder.sample_originals.glob("*.wav")) if result.samples_dir else []
     source = originals[0] if originals else Path("YOUR_RECORDING.wav")
-    output = run_dir / "samples" / f"{source.stem}_converted.wav"
+    output = folder.samples / f"{source.stem}_converted.wav"
     words = ["arvc", "infer", str(model), str(source), str(output), "--f0", f0_method]
     if f0_method == "rmvpe":
         words += ["--rmvpe", str(rmvpe) if rmvpe is not None else "RMVPE.pt"]
@@ -532,7 +551,7 @@ def preprocess(
         with run_lock(runs_dir / name), _preprocess_progress() as progress:
             result = run_preprocess(
                 dataset,
-                runs_dir / name / "data",
+                RunFolder(runs_dir / name).data,
                 sample_rate,
                 f0,
                 features=features,

@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+from arvc.data.outputs import COMPARE_SETUP
 from arvc.optim import OPTIMIZERS
 from arvc.train.logs import read_metrics
 
@@ -18,6 +19,7 @@ __all__ = [
     "COLUMNS",
     "FIGURES",
     "MIN_RANKING_STEPS",
+    "REPORT_FILE",
     "TIE_RULE",
     "collect_results",
     "ranking",
@@ -32,6 +34,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+REPORT_FILE = "report.md"  # the comparison's report, beside its figures (and report.html)
 COLUMNS = (
     "optimizer",
     "schedule",
@@ -313,7 +316,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _notes(out_dir: Path, results: dict[str, dict]) -> list[str]:
-    setup = out_dir / "compare.json"
+    setup = out_dir / COMPARE_SETUP
     info = json.loads(setup.read_text()) if setup.is_file() else {}
     train = info.get("config", {}).get("train", {})
     seeds = info.get("seeds") or [train.get("seed")]
@@ -381,7 +384,7 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
         if file not in figures:
             continue
         md += [f"## {title}", "", f"![{title}]({file})", ""]
-    md_path = out_dir / "report.md"
+    md_path = out_dir / REPORT_FILE
     md_path.write_text("\n".join(md))
 
     cells = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)

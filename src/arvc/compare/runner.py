@@ -27,18 +27,21 @@ import torch
 from arvc.compare.evaluate import split_dataset
 from arvc.compare.report import MIN_RANKING_STEPS, finished_runs, short_run_warning
 from arvc.compare.variants import VARIANTS, Variant, resolve_optimizers
-from arvc.config import apply_overrides, load_config
+from arvc.config import PRECISIONS, apply_overrides, load_config
+from arvc.data.outputs import COMPARE_SETUP, RunFolder
 from arvc.data.prepare import prepare_data
 from arvc.data.preprocess import DataError
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import resolve_device
 from arvc.optim import get_spec, state_bytes_per_param
 from arvc.optim.denormals import flush_denormals
-from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule_for
+from arvc.optim.schedulers import SCHEDULERS, default_warmup_epochs, paired_schedule
+from arvc.train.callbacks import Callbacks
 from arvc.train.checkpoint import checkpoint_position, latest_checkpoint
 from arvc.train.errors import SaveInterrupted
+from arvc.train.faults import MAX_STEPS
 from arvc.train.logs import read_metrics
-from arvc.train.loop import PRECISIONS, STOP_REQUEST, TrainOptions, train
+from arvc.train.loop import TrainOptions, train
 from arvc.train.optimizers import bf16_weights
 from arvc.train.request import check_features_fit_config
 from arvc.train.runlock import RunLocked, check_unlocked, run_lock
@@ -89,7 +92,7 @@ def schedule_setting(schedule: str) -> str:
 
 def contestant_schedule(variant: Variant, scheduler: str) -> str:
     """The schedule one contestant follows under `train.scheduler` (what "auto" resolves to)."""
-    return scheduler if scheduler != "auto" else paired_schedule_for(variant.optimizer, variant.use_8bit)
+    return scheduler if scheduler != "auto" else paired_schedule(variant.optimizer, variant.use_8bit)
 
 
 def warmup_epochs_of(cfg) -> int:
@@ -127,7 +130,7 @@ class CompareResult:
     out_dir: Path
     # variant name → {"name", "schedule", "runs": [one result.json content (or {"seed", "error"}) per seed]}
     results: dict[str, dict]
-    stopped_by: str | None = None  # "SIGINT"/"SIGTERM"/STOP_REQUEST: stopped; run it again to go on
+    stopped_by: str | None = None  # interrupted (arvc.train.faults): stopped; run it again to go on
 
     @property
     def failures(self) -> list[tuple[str, int, str]]:
@@ -145,7 +148,7 @@ class CompareResult:
         return list(finished_runs(self.results))
 
 
-class _Recorder:
+class _Recorder(Callbacks):
     """Training callbacks: time each optimizer.step, evaluate after each epoch, persist per-epoch records."""
 
     def __init__(self, run_dir: Path, evaluator: Validator, device: str, records: list[dict], progress):
@@ -161,7 +164,6 @@ class _Recorder:
         self.optimizers: tuple = ()
         self.evaluation_weights = contextlib.nullcontext  # the run's (arvc.train.weights), once it starts
 
-    # --- Callbacks ---
     def on_optimizers(self, optim_g, optim_d) -> None:
         self.optimizers = (optim_g, optim_d)
         self.timer.attach(*self.optimizers)
@@ -258,8 +260,8 @@ class _Contest:
 
 
 def _run_one(variant: Variant, run_dir: Path, cfg, contest: _Contest):  # cfg: this seed's config
-    """Train (or resume) one contestant; returns (result dict, None) or (None, "SIGINT"/"SIGTERM"/
-    STOP_REQUEST)."""
+    """Train (or resume) one contestant; returns (result dict, None) or (None, why it was
+    interrupted: "SIGINT"/"SIGTERM"/STOP_REQUEST, arvc.train.faults)."""
     precision, device, progress = contest.precision, contest.device, contest.progress
     records = _kept_records(run_dir)
     run_precision = variant.precision or precision
@@ -267,7 +269,7 @@ def _run_one(variant: Variant, run_dir: Path, cfg, contest: _Contest):  # cfg: t
     if (
         saved_epoch is not None
         and saved_epoch >= cfg.train.epochs
-        and (run_dir / "export").is_dir()
+        and RunFolder(run_dir).export.is_dir()
         and records
     ):
         # Trained to the end but stopped before result.json was written: only the summary is missing.
@@ -297,10 +299,10 @@ def _run_one(variant: Variant, run_dir: Path, cfg, contest: _Contest):  # cfg: t
         logger.info("%s: resuming from %s", variant.name, latest_checkpoint(run_dir))
     recorder = _Recorder(run_dir, contest.evaluator, device, records, progress)
     result = train(options, recorder)
-    if result.stopped_by in ("SIGINT", "SIGTERM", STOP_REQUEST):
+    if result.interrupted:
         return None, result.stopped_by
     if not records or records[-1]["step"] < result.steps_done:  # stopped mid-epoch by max_steps
-        recorder.record(result.epochs_done + (1 if result.stopped_by == "max_steps" else 0))
+        recorder.record(result.epochs_done + (1 if result.stopped_by == MAX_STEPS else 0))
     summary = _summarize(
         variant,
         run_dir,
@@ -386,7 +388,7 @@ _ABSENT = object()
 def _check_same_setup(out_dir: Path, setup: dict, extra: dict | None = None) -> None:
     """Finished runs are reused, so a comparison folder must keep one setup (optimizers and seeds may be
     added). `extra` (seeds, warnings) is recorded in compare.json for the report but not compared."""
-    path = out_dir / "compare.json"
+    path = out_dir / COMPARE_SETUP
     setup = json.loads(json.dumps(setup))
     if path.is_file():
         old = json.loads(path.read_text())

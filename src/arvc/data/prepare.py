@@ -11,6 +11,7 @@ from pathlib import Path
 from arvc._files import cache_dir
 from arvc.config import RunConfig
 from arvc.data.demo import DEMO_MANIFEST, generate_demo_voice
+from arvc.data.outputs import RunFolder
 from arvc.data.preprocess import MANIFEST, DataError, PreprocessResult, Progress, preprocess
 from arvc.device import AUTO as AUTO_DEVICE
 
@@ -192,7 +193,7 @@ def prepare_data(
         dataset_dir = demo_dir
     return preprocess(
         dataset_dir,
-        Path(run_dir) / "data",
+        RunFolder(run_dir).data,
         cfg.data.sampling_rate,
         f0_method,
         features=features,

@@ -42,7 +42,7 @@ from arvc.audio.io import (
     write_wav,
 )
 from arvc.audio.rmvpe import RMVPEError
-from arvc.data.outputs import find_arvc_outputs
+from arvc.data.outputs import FILELIST, MANIFEST, find_arvc_outputs
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import resolve_device
 
@@ -69,8 +69,6 @@ STAGE_DIRS = {
     "f0nsf": "2b-f0nsf",
     "feature": "3_feature",
 }
-MANIFEST = "preprocess.json"
-FILELIST = "filelist.txt"
 _MANIFEST_VERSION = 1
 # Which stages a changed setting invalidates.
 _STALE_ON = {

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from arvc._files import write_text
+from arvc.data.outputs import SPLIT_FILE
 from arvc.data.preprocess import DataError
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 DEFAULT_VAL_FRACTION = 0.1
 MIN_HELD_PIECES = 2  # one piece is too noisy a score
 MAX_HELD_PIECES = 20  # every evaluation converts them all: keep it a small fraction of an epoch
-SPLIT_FILE = "split.json"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from arvc._files import atomic_file, write_text
+from arvc.data.outputs import MANIFEST, RunFolder
 
 __all__ = [
     "FeatureIndex",
@@ -124,11 +125,14 @@ def _read_json(path: Path) -> dict:
 
 def build_index(run_dir: str | os.PathLike) -> Path:
     """Build ``run_dir/export/added.index`` from ``run_dir/data/3_feature/*.npy``; returns its path."""
+    from arvc.data.preprocess import STAGE_DIRS  # (the audio stack: only when an index is built)
+
     faiss = _faiss()
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise FeatureIndexError(f"run folder {run_dir} does not exist; pass runs/NAME of a trained run")
-    features = _read_features(run_dir / "data" / "3_feature")
+    folder = RunFolder(run_dir)
+    features = _read_features(folder.data / STAGE_DIRS["feature"])
     n_frames, dim = features.shape
     features = features[np.random.default_rng(0).permutation(n_frames)]
     if n_frames > KMEANS_ABOVE:
@@ -146,8 +150,8 @@ def build_index(run_dir: str | os.PathLike) -> Path:
     for start in range(0, n, ADD_BATCH):
         index.add(features[start : start + ADD_BATCH])
 
-    config = _read_json(run_dir / "config.json")
-    settings = _read_json(run_dir / "data" / "preprocess.json")
+    config = _read_json(folder.config)
+    settings = _read_json(folder.data / MANIFEST)
     meta = {
         "format": INDEX_FORMAT,
         "feature_dim": dim,
@@ -159,7 +163,7 @@ def build_index(run_dir: str | os.PathLike) -> Path:
         "n_frames": n_frames,
         "run": run_dir.name,
     }
-    out = run_dir / "export" / INDEX_FILENAME
+    out = folder.export / INDEX_FILENAME
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as temporary:
         faiss.write_index(index, str(temporary))

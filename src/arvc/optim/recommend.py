@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from arvc.config import PRECISIONS
 from arvc.optim import registry
 
-__all__ = ["PRECISIONS", "Recommendation", "recommend"]
-
-PRECISIONS = ("fp32", "bf16", "fp16")
+__all__ = ["Recommendation", "recommend"]
 
 SHORT_RUN_EPOCHS = 200
 LONG_BF16_RUN_EPOCHS = 500

@@ -30,8 +30,7 @@ __all__ = [
     "Schedule",
     "build_scheduler",
     "default_warmup_epochs",
-    "paired_scheduler_name",
-    "paired_schedule_for",
+    "paired_schedule",
     "scheduled_lr",
 ]
 
@@ -182,23 +181,15 @@ class InverseSqrt(LRScheduler):
         return self.get_lr()
 
 
-def paired_scheduler_name(optimizer: Optimizer) -> str:
-    """The schedule "auto" picks: the registry's pairing for the optimizer's class, else RVC's decay."""
-    from arvc.optim.registry import spec_for_optimizer
+def paired_schedule(optimizer: Optimizer | str, use_8bit: bool = False) -> str:
+    """The schedule "auto" picks for an optimizer, a registry name or a built one (its class's entry): the
+    registry's pairing; RVC's exponential decay for 8-bit optimizers and for optimizers without one."""
+    from arvc.optim.registry import get_spec, spec_for_optimizer
 
-    spec = spec_for_optimizer(optimizer)
-    if spec is not None and spec.paired_scheduler is not None:
-        return spec.paired_scheduler
-    return "exponential"
-
-
-def paired_schedule_for(optimizer_name: str, use_8bit: bool = False) -> str:
-    """The schedule "auto" picks for a registry name (as `paired_scheduler_name` does for an object):
-    the spec's pairing; RVC's exponential decay for 8-bit optimizers and optimizers without one."""
-    from arvc.optim.registry import get_spec
-
-    spec = get_spec(optimizer_name)
-    return spec.paired_scheduler if spec.paired_scheduler is not None and not use_8bit else "exponential"
+    spec = get_spec(optimizer) if isinstance(optimizer, str) else spec_for_optimizer(optimizer)
+    if spec is None or spec.paired_scheduler is None or use_8bit:
+        return "exponential"
+    return spec.paired_scheduler
 
 
 def build_scheduler(
@@ -223,7 +214,7 @@ def build_scheduler(
     if key not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
     if key == "auto":
-        key = paired_scheduler_name(optimizer)
+        key = paired_schedule(optimizer)
         logger.debug("scheduler 'auto' -> %s for %s", key, type(optimizer).__name__)
     if key == "cosine":
         return CosineAnnealingLR(optimizer, T_max=total_epochs, eta_min=eta_min)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from arvc._files import atomic_file, write_text
+from arvc.data.outputs import RunFolder
 from arvc.modelfile.formats import CHECKPOINT_FORMAT
 
 __all__ = [
@@ -57,7 +58,7 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_path(run_dir: Path, epoch: int, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"ckpt_E{epoch:05d}_S{step:08d}.pt"
+    return RunFolder(run_dir).checkpoints / f"ckpt_E{epoch:05d}_S{step:08d}.pt"
 
 
 def checkpoint_position(path: Path) -> tuple[int, int] | None:
@@ -68,7 +69,7 @@ def checkpoint_position(path: Path) -> tuple[int, int] | None:
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints of a run, oldest first (temporary files of an interrupted save are not listed)."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = RunFolder(run_dir).checkpoints
     if not folder.is_dir():
         return []
     found = [(position, p) for p in folder.iterdir() if (position := checkpoint_position(p)) is not None]
@@ -83,7 +84,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def best_record(run_dir: Path) -> Path:
     """export/best/best.json: the best held-out epoch's scores and its checkpoint, as a name inside
     checkpoints/ ("abandoned/<UTC time>/NAME" once a resume from an older checkpoint moved it there)."""
-    return Path(run_dir) / "export" / "best" / "best.json"
+    return RunFolder(run_dir).best_record
 
 
 def _best_checkpoint(run_dir: Path) -> tuple[dict, str] | None:
@@ -104,7 +105,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete temporary files a killed save left behind (they are never read as checkpoints)."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = RunFolder(run_dir).checkpoints
     stale = sorted(folder.glob(".ckpt_*.tmp")) if folder.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)
@@ -125,7 +126,7 @@ def prune_checkpoints(
     if keep_last < 1:
         raise ValueError(f"Invalid keep_last: {keep_last}; keep at least one checkpoint")
     named = _best_checkpoint(run_dir)
-    exported_best = Path(run_dir) / "checkpoints" / named[1] if named else None
+    exported_best = RunFolder(run_dir).checkpoints / named[1] if named else None
     kept = {Path(p) for p in (written, protect, exported_best) if p is not None}
     others = [p for p in list_checkpoints(run_dir) if p not in kept]
     for old in others[: len(others) - (keep_last - (written is not None))]:
@@ -136,7 +137,7 @@ def _abandoned_folder(run_dir: Path) -> Path:
     """A new folder checkpoints/abandoned/<UTC time>/ for one resume's abandoned checkpoints: a second
     resume from the same checkpoint abandons a continuation whose checkpoints have the same names as the
     first's, which one shared folder would overwrite (and best.json would name other weights)."""
-    parent = Path(run_dir) / "checkpoints" / "abandoned"
+    parent = RunFolder(run_dir).checkpoints / "abandoned"
     parent.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     for attempt in itertools.count(1):  # unique even for two resumes within a microsecond
@@ -165,7 +166,7 @@ def abandon_later_checkpoints(
     if at is None:
         return []
     later = [p for p in list_checkpoints(run_dir) if checkpoint_position(p) > tuple(at)]
-    if not later or resume_from.parent.resolve() != (Path(run_dir) / "checkpoints").resolve():
+    if not later or resume_from.parent.resolve() != RunFolder(run_dir).checkpoints.resolve():
         return []
     folder = _abandoned_folder(run_dir)
     for path in later:
@@ -173,7 +174,7 @@ def abandon_later_checkpoints(
     named = _best_checkpoint(run_dir)
     if named is not None and named[1] in {p.name for p in later}:  # best.json follows its checkpoint
         record, name = named
-        record["checkpoint"] = folder.joinpath(name).relative_to(Path(run_dir) / "checkpoints").as_posix()
+        record["checkpoint"] = folder.joinpath(name).relative_to(RunFolder(run_dir).checkpoints).as_posix()
         record["note"] = (
             f"the run was resumed from the older {resume_from.name}: this model and its checkpoint belong "
             "to the continuation that resume replaced (export/best is replaced when the new one validates "

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from arvc.device import AUTO, resolve_device
+from arvc.train.faults import EARLY_STOP, MAX_STEPS
 
 __all__ = ["DistributedError", "Ranks", "launch", "process_group"]
 
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waiting longer than this fails instead of hanging
 FAILURE_GRACE = 30.0  # seconds `launch` lets the other ranks stop on their own after one failed
-STOP_CODES = {None: 0, "max_steps": 1, "early_stop": 2, "SIGINT": 3, "SIGTERM": 4}
+STOP_CODES = {None: 0, MAX_STEPS: 1, EARLY_STOP: 2, "SIGINT": 3, "SIGTERM": 4}  # arvc.train.faults' names
 T = TypeVar("T")
 
 

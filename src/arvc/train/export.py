@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from arvc.data.outputs import RunFolder
 from arvc.data.prepare import recorded_embedder_layer, recorded_features
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator
@@ -42,6 +43,7 @@ def export_run(
     run_dir = Path(run_dir)
     if weights not in WEIGHTS:
         raise PretrainedError(f"--weights {weights!r}: use one of {', '.join(WEIGHTS)}")
+    folder = RunFolder(run_dir)
     if onnx or onnx_half:
         require_onnx()
     if not run_dir.is_dir():
@@ -50,7 +52,7 @@ def export_run(
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise PretrainedError(
-                f"no checkpoint in {run_dir / 'checkpoints'}; train first (arvc train) or check the folder"
+                f"no checkpoint in {folder.checkpoints}; train first (arvc train) or check the folder"
             )
         try:
             mf = read_model_file(checkpoint)
@@ -64,10 +66,10 @@ def export_run(
     averaged = weights == "averaged" and mf.averaged_generator is not None
     state = mf.averaged_generator if averaged else mf.generator
     load_state_strict(net, state, source=mf, cfg=mf.config)
-    features = recorded_features(run_dir / "data")
+    features = recorded_features(folder.data)
     which = mf.averaged_kind if averaged else "live"
     info = f"arvc {mf.optimizer} epoch {mf.epoch}" + (f" ({which} weights)" if averaged else "")
-    written = export_generator(net, mf.config, run_dir / "export", info=info, features=features)
+    written = export_generator(net, mf.config, folder.export, info=info, features=features)
     for kind, asked, name, half in (
         ("onnx", onnx, ONNX_FILE, False),
         ("onnx-fp16", onnx_half, ONNX_HALF_FILE, True),
@@ -76,8 +78,8 @@ def export_run(
             written[kind] = export_onnx(
                 net,
                 mf.config,
-                run_dir / "export" / name,
-                embedder_layer=recorded_embedder_layer(run_dir / "data"),
+                folder.export / name,
+                embedder_layer=recorded_embedder_layer(folder.data),
                 features=features,
                 half=half,
             )

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from arvc._files import WriteError, atomic_file
+from arvc.data.outputs import RunFolder
 
 __all__ = ["METRIC_FIELDS", "VALIDATION_FIELDS", "NullLog", "RunLog", "read_metrics", "read_validation"]
 
@@ -44,12 +45,12 @@ def _read_csv(path: Path, last_field: str) -> list[dict]:
 def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of `run_dir/metrics.csv` as dicts of strings ([] if there is none); a torn last line
     (a run killed mid-write) is dropped."""
-    return _read_csv(Path(run_dir) / "metrics.csv", "seconds")
+    return _read_csv(RunFolder(run_dir).metrics, "seconds")
 
 
 def read_validation(run_dir: Path) -> list[dict]:
     """The rows of `run_dir/validation.csv` (one per held-out evaluation), as read_metrics reads its file."""
-    return _read_csv(Path(run_dir) / "validation.csv", "best")
+    return _read_csv(RunFolder(run_dir).validation, "best")
 
 
 def _append_row(path: Path, fields: tuple[str, ...], row: dict) -> None:
@@ -68,9 +69,12 @@ class RunLog:
 
     def __init__(self, run_dir: Path, resume_step: int | None = None, validation: bool = False) -> None:
         self.run_dir = Path(run_dir)
-        self.csv_path = self.run_dir / "metrics.csv"
-        self.validation_path = self.run_dir / "validation.csv"
-        self.plot_path = self.run_dir / "loss.png"
+        folder = RunFolder(run_dir)
+        self.csv_path, self.validation_path, self.plot_path = (
+            folder.metrics,
+            folder.validation,
+            folder.loss_plot,
+        )
         files = [(self.csv_path, METRIC_FIELDS, self.rows)]
         if validation:  # validation.csv: one row per held-out evaluation
             files.append((self.validation_path, VALIDATION_FIELDS, lambda: read_validation(self.run_dir)))
@@ -79,7 +83,7 @@ class RunLog:
             self._rewrite(path, fields, kept)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=resume_step)
+        self.writer = SummaryWriter(log_dir=str(folder.tensorboard), purge_step=resume_step)
 
     def rows(self) -> list[dict]:
         return read_metrics(self.run_dir)

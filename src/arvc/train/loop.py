@@ -18,17 +18,18 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from arvc._files import WriteError, write_text
 from arvc.audio.io import highpass
-from arvc.config import RunConfig, apply_overrides, optimizer_value_errors
+from arvc.config import PRECISIONS, RunConfig, apply_overrides, optimizer_value_errors
 from arvc.data.dataset import VoiceDataset, make_loader
+from arvc.data.outputs import RunFolder
 from arvc.data.prepare import recorded_features
 from arvc.data.preprocess import FILELIST
-from arvc.data.split import SPLIT_FILE, Split, split_pieces, write_split
+from arvc.data.split import Split, split_pieces, write_split
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DeviceChoice, current_gpu, resolve_device
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
@@ -37,6 +38,7 @@ from arvc.modelfile.export import export_generator, name_some, non_finite_tensor
 from arvc.modelfile.read import load_pretrained_discriminator, load_pretrained_generator
 from arvc.optim.denormals import flush_denormals
 from arvc.optim.schedulers import Schedule
+from arvc.train.callbacks import Callbacks
 from arvc.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -55,7 +57,7 @@ from arvc.train.checkpoint import (
 )
 from arvc.train.distributed import Ranks, process_group
 from arvc.train.errors import SaveInterrupted, TrainError
-from arvc.train.faults import StopOnSignal, exit_status
+from arvc.train.faults import EARLY_STOP, MAX_STEPS, STOP_REQUEST, StopOnSignal, exit_status, interrupted
 from arvc.train.logs import NullLog, RunLog
 from arvc.train.memory import (
     GIB,
@@ -68,10 +70,10 @@ from arvc.train.memory import (
 from arvc.train.optimizers import (
     DEFAULT_LR,
     bf16_weights,
+    build_for_role,
     hyperparameters,
     plan_schedule,
     restore_optimizer,
-    run_optimizer,
     run_state_bytes_per_param,
 )
 from arvc.train.precision import AUTO, device_precision, tf32_matmuls
@@ -88,8 +90,8 @@ from arvc.train.weights import (
 )
 
 __all__ = [
+    "Callbacks",
     "DEFAULT_LR",
-    "PRECISIONS",
     "SAMPLE_CLIPS",
     "STOP_REQUEST",
     "TrainError",
@@ -100,8 +102,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-STOP_REQUEST = "stop request"  # TrainResult.stopped_by when TrainOptions.stop was set
 SAMPLE_CLIPS = 4  # held-out pieces converted into listening samples at every save
 
 
@@ -144,29 +144,24 @@ class TrainResult:
     exports: dict[str, Path]
     final_losses: dict[str, float]
     # "SIGINT"/"SIGTERM"/STOP_REQUEST (checkpoint saved, no export), "max_steps" or "early_stop"
+    # (arvc.train.faults says what each means)
     stopped_by: str | None = None
     best: dict | None = None  # the best held-out evaluation: epoch, step, mel_l1, stft, checkpoint
     last_validation: dict | None = None  # the last one
     samples_dir: Path | None = None  # runs/RUN/samples (held-out originals and conversions)
 
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by a signal or a stop request: a checkpoint was saved, nothing exported; resume goes on."""
+        return interrupted(self.stopped_by)
 
-class Callbacks(Protocol):
-    """How the CLI shows progress; the library itself never prints."""
-
-    def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None: ...
-    def on_step(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None: ...
-    def on_epoch(self, epoch: int, losses: dict[str, float]) -> None: ...
-
-    # Optional: `on_optimizers(optim_g, optim_d)` is called once the optimizers exist (e.g. to time their
-    # steps with register_step_pre_hook/register_step_post_hook); `on_evaluation_weights(weights)` with a
-    # function whose `with weights():` puts the weights the run evaluates into G (schedule-free x, the EMA;
-    # arvc.train.weights) and the live ones back after.
-
-
-class _Silent:
-    def on_start(self, *args) -> None: ...
-    def on_step(self, *args) -> None: ...
-    def on_epoch(self, *args) -> None: ...
+    def summary(self, where: Path | None = None) -> str:
+        """What was trained (in `where`) and, if the run stopped early, why: the line a user reads first."""
+        text = f"trained {self.epochs_done} epochs ({self.steps_done} steps)"
+        text += f" in {where}" if where is not None else ""
+        if self.stopped_by == EARLY_STOP:
+            text += ", stopped early (held-out mel L1 stopped improving)"
+        return text
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,7 +180,7 @@ def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult
         run_lock(opts.run_dir),  # one trainer per run folder
         _current_gpu(asked.device, ranks),
     ):
-        callbacks = callbacks if callbacks is not None and ranks.is_main else _Silent()
+        callbacks = callbacks if callbacks is not None and ranks.is_main else Callbacks()
         return _train(opts, callbacks, ranks, _training_device(asked, ranks))
 
 
@@ -193,14 +188,12 @@ def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks, device: Devic
     opts = replace(opts, device=device.name)
     resume_from = resolve_resume(opts.resume) if opts.resume is not None else None
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-    opts, hp, tf32 = _settle(opts, checkpoint, resume_from, ranks)  # every check before any work
+    opts, hp, tf32 = _check_and_resolve(opts, checkpoint, resume_from, ranks)  # every check before any work
     run = _build_run(opts, hp, ranks, checkpoint, tf32, device.model)
-    if hasattr(callbacks, "on_optimizers"):
-        callbacks.on_optimizers(run.optim_g, run.optim_d)
-    if hasattr(callbacks, "on_evaluation_weights"):
-        callbacks.on_evaluation_weights(lambda: _evaluated(run))
+    callbacks.on_optimizers(run.optim_g, run.optim_d)
+    callbacks.on_evaluation_weights(lambda: _evaluated(run))
     progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
-    _start_writing(run, progress, resume_from, compile=opts.compile)
+    _prepare_folder_and_step(run, progress, resume_from, compile=opts.compile)
     progress.last_checkpoint = resume_from
 
     cfg = run.cfg
@@ -254,7 +247,8 @@ def _training_device(asked: DeviceChoice, ranks: Ranks) -> DeviceChoice:
 
 @dataclass
 class _Run:
-    """What a run is made of: built by `_build_run` (train step and log by `_start_writing`), then fixed."""
+    """What a run is made of: built by `_build_run` (train step and log by `_prepare_folder_and_step`),
+    then fixed."""
 
     cfg: RunConfig
     precision: str
@@ -274,10 +268,14 @@ class _Run:
     validator: Validator | None
     tf32: bool  # TF32 matmuls (auto precision on Ampere and newer)
     device_name: str = ""  # the GPU's model ("" on the CPU)
-    train_step: GanStep | None = None  # set by _start_writing (after a resume restored the RNG)
+    train_step: GanStep | None = None  # set by _prepare_folder_and_step (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
     features: str | None = None  # what the data holds (mel, hubert), recorded in the exports
     average: WeightAverage | None = None  # --ema: the EMA of G's weights (arvc.train.weights)
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
 
 
 @dataclass
@@ -292,8 +290,10 @@ class _Progress:
     stopped_by: str | None = None
     last_checkpoint: Path | None = None
     best: dict | None = None  # the best evaluation so far: epoch, step, mel_l1, stft, checkpoint (a name)
-    reference: float | None = None  # early stopping: held-out mel L1 at the last improvement by > min_delta
-    stale: int = 0  # evaluations since then
+    # early stopping: the held-out mel L1 a new evaluation must beat by more than min_delta (the one of the
+    # last such gain), and the evaluations since that gain (checkpoint keys "reference" and "stale")
+    mel_l1_to_beat: float | None = None
+    evaluations_without_gain: int = 0
     last_validation: dict | None = None
 
 
@@ -308,7 +308,7 @@ def resolve_resume(resume: Path) -> Path:
     return resume
 
 
-def _settle(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
+def _check_and_resolve(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
     """Check the options against each other and the checkpoint; resolve precision and hyperparameters."""
     cfg = opts.config
     # The CLI checks its flags; a caller from Python gets the same checks here, before any work, except that
@@ -402,8 +402,8 @@ def _build_run(
     )
 
     # Optimizers from the registry (--zero: each rank steps a shard); the lr plan (new, or the checkpoint's).
-    optim_g = run_optimizer(net_g.parameters(), hp, "generator", cfg.train.seed, ranks if zero else None)
-    optim_d = run_optimizer(net_d.parameters(), hp, "discriminator", cfg.train.seed, ranks if zero else None)
+    optim_g = build_for_role(net_g.parameters(), hp, "generator", cfg.train.seed, ranks if zero else None)
+    optim_d = build_for_role(net_d.parameters(), hp, "discriminator", cfg.train.seed, ranks if zero else None)
     set_train_mode(optim_g, optim_d)  # schedule-free: the weights train at y (arvc.train.weights)
     schedule = plan_schedule(cfg, hp, checkpoint)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
@@ -518,8 +518,8 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
         run.average.load_state_dict(checkpoint[AVERAGED])
     run.scaler.load_state_dict(checkpoint["scaler"])
     record = checkpoint.get("validation") or {}
-    progress.best, progress.reference = record.get("best"), record.get("reference")
-    progress.stale, progress.last_validation = record.get("stale", 0), record.get("last")
+    progress.best, progress.mel_l1_to_beat = record.get("best"), record.get("reference")
+    progress.evaluations_without_gain, progress.last_validation = record.get("stale", 0), record.get("last")
     if not run.ranks.distributed:
         set_rng_state(checkpoint["rng"])
     written_on = checkpoint.get("device")  # absent in checkpoints of older arvc versions
@@ -535,7 +535,7 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
     return progress
 
 
-def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, compile: bool) -> None:
+def _prepare_folder_and_step(run: _Run, progress: _Progress, resume_from: Path | None, compile: bool) -> None:
     """Seed the ranks, prepare the run folder and its logs, wrap the models and make the train step."""
     cfg, ranks = run.cfg, run.ranks
     if ranks.distributed:
@@ -546,9 +546,9 @@ def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, com
         remove_stale_temporaries(run.run_dir)
         if resume_from is not None:  # from an older checkpoint: the later ones are another continuation
             abandon_later_checkpoints(run.run_dir, resume_from, (progress.epochs_done, progress.step))
-        write_text(run.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        write_text(run.folder.config, json.dumps(cfg.to_dict(), indent=2))
         if run.split.held:  # for the user to read; the checkpoint keeps it too
-            write_split(run.split, run.run_dir / SPLIT_FILE)
+            write_split(run.split, run.folder.split)
         resume_step = progress.step if resume_from is not None else None
         return RunLog(run.run_dir, resume_step=resume_step, validation=run.validator is not None)
 
@@ -566,17 +566,17 @@ def _start_writing(run: _Run, progress: _Progress, resume_from: Path | None, com
     elif not ranks.distributed:
         d_frozen = d_forward
     run.train_step = GanStep(
-        cfg,
-        run.net_g,
-        run.net_d,
-        g_forward,
-        d_forward,
-        run.optim_g,
-        run.optim_d,
-        run.scaler,
-        run.precision,
-        d_frozen,
-        ranks,
+        cfg=cfg,
+        net_g=run.net_g,
+        net_d=run.net_d,
+        optim_g=run.optim_g,
+        optim_d=run.optim_d,
+        scaler=run.scaler,
+        precision=run.precision,
+        g_forward=g_forward,
+        d_forward=d_forward,
+        d_frozen=d_frozen,
+        ranks=ranks,
     )
 
 
@@ -632,7 +632,7 @@ def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, c
                 f"({latest_checkpoint(run.run_dir)}); resume from it with a lower --lr."
             )
         callbacks.on_step(epoch, step, losses, lr_g)
-        limit = "max_steps" if opts.max_steps is not None and step >= opts.max_steps else None
+        limit = MAX_STEPS if opts.max_steps is not None and step >= opts.max_steps else None
         asked = STOP_REQUEST if opts.stop is not None and opts.stop.is_set() else None
         progress.stopped_by = run.ranks.stop_reason(stop_signal.requested or asked or limit)  # all ranks
         if progress.stopped_by:
@@ -657,11 +657,11 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
         name = checkpoint_path(run.run_dir, epoch, progress.step).name
         progress.best = {**record, "checkpoint": name}
     if evaluation.finite and (
-        progress.reference is None or evaluation.mel_l1 < progress.reference - t.min_delta
+        progress.mel_l1_to_beat is None or evaluation.mel_l1 < progress.mel_l1_to_beat - t.min_delta
     ):
-        progress.reference, progress.stale = evaluation.mel_l1, 0
+        progress.mel_l1_to_beat, progress.evaluations_without_gain = evaluation.mel_l1, 0
     else:
-        progress.stale += 1
+        progress.evaluations_without_gain += 1
     progress.last_validation = record
     run.ranks.on_main(lambda: run.log.log_validation(record, evaluation, improved), "log validation")
     best = progress.best
@@ -680,15 +680,15 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
         evaluation.stft,
         note,
     )
-    patience_spent = t.early_stop is not None and progress.stale >= t.early_stop
-    if run.ranks.stop_reason("early_stop" if patience_spent else None) and progress.stopped_by is None:
-        progress.stopped_by = "early_stop"
+    patience_spent = t.early_stop is not None and progress.evaluations_without_gain >= t.early_stop
+    if run.ranks.stop_reason(EARLY_STOP if patience_spent else None) and progress.stopped_by is None:
+        progress.stopped_by = EARLY_STOP
         logger.warning(
             "stopping early after epoch %d: held-out mel L1 has not improved by more than %g for %d "
             "evaluations (best %.4f at epoch %d)",
             epoch,
             t.min_delta,
-            progress.stale,
+            progress.evaluations_without_gain,
             progress.best["mel_l1"] if progress.best else float("nan"),
             progress.best["epoch"] if progress.best else 0,
         )
@@ -703,7 +703,7 @@ def _evaluated(run: _Run):
 def _export_best(run: _Run, progress: _Progress) -> None:
     """Export the generator as it is now (the best so far) to export/best/, with best.json saying which."""
     best = progress.best
-    folder = best_record(run.run_dir).parent
+    folder = run.folder.best_export
 
     def export() -> None:
         info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
@@ -712,9 +712,6 @@ def _export_best(run: _Run, progress: _Progress) -> None:
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))
 
     run.ranks.on_main(export, "export the best model")
-
-
-SAMPLES_DIR = "samples"
 
 
 def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evaluation | None) -> None:
@@ -728,7 +725,6 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
     names = run.validator.names[:SAMPLE_CLIPS]
     originals = run.validator.originals(SAMPLE_CLIPS)
     sample_rate = run.cfg.data.sampling_rate
-    folder = run.run_dir / SAMPLES_DIR
     # as `arvc infer` gives them: without the generator's DC offset (see arvc.infer.convert)
     waves = [
         torch.from_numpy(highpass(w.detach().float().cpu().reshape(-1).numpy(), sample_rate, settle=True))
@@ -736,8 +732,8 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
     ]
 
     def write() -> None:
-        run.log.log_samples(folder / "original", names, originals, sample_rate, step=0, once=True)
-        converted = folder / f"epoch_{epoch:04d}"
+        run.log.log_samples(run.folder.sample_originals, names, originals, sample_rate, step=0, once=True)
+        converted = run.folder.epoch_samples(epoch)
         run.log.log_samples(converted, names, waves, sample_rate, progress.step)
 
     run.ranks.on_main(write, "write listening samples")
@@ -780,8 +776,8 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
             "held": run.split.held,
             "how": run.split.how,
             "best": progress.best,
-            "reference": progress.reference,
-            "stale": progress.stale,
+            "reference": progress.mel_l1_to_beat,
+            "stale": progress.evaluations_without_gain,
             "last": progress.last_validation,
         },
         # the evaluated weights (schedule-free x, the EMA), when they are not the live ones
@@ -838,7 +834,7 @@ def _write(run: _Run, path: Path, state: dict, signals: StopOnSignal) -> None:
             + str(run.run_dir)
         ) from error
     if run.cfg.train.keep_last:
-        protect = run.run_dir / "checkpoints" / best if best else None
+        protect = run.folder.checkpoints / best if best else None
         prune_checkpoints(run.run_dir, run.cfg.train.keep_last, written=path, protect=protect)
 
 
@@ -853,9 +849,9 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
         progress.stopped_by,
         progress.best,
         progress.last_validation,
-        run.run_dir / SAMPLES_DIR if run.validator is not None else None,
+        run.folder.samples if run.validator is not None else None,
     )
-    if progress.stopped_by not in (None, "max_steps", "early_stop"):
+    if result.interrupted:
         if run.ranks.is_main:  # the other ranks stopped with it
             message = "stopped by %s after step %d; continue with --resume %s"
             logger.warning(message, progress.stopped_by, progress.step, run.run_dir)
@@ -864,15 +860,13 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
 
     def export() -> dict[str, Path]:
         with _evaluated(run):
-            return export_generator(
-                run.net_g, run.cfg, run.run_dir / "export", info=info, features=run.features
-            )
+            return export_generator(run.net_g, run.cfg, run.folder.export, info=info, features=run.features)
 
     result.exports = run.ranks.on_main(export, "export") or {}  # the model is exported by rank 0
     if progress.best is not None:
-        result.exports["best"] = run.run_dir / "export" / "best"
+        result.exports["best"] = run.folder.best_export
     logger.info(
-        "done: %d epochs, %d steps; model in %s", progress.epochs_done, progress.step, run.run_dir / "export"
+        "done: %d epochs, %d steps; model in %s", progress.epochs_done, progress.step, run.folder.export
     )
     return result
 

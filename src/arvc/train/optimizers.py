@@ -22,24 +22,26 @@ from arvc.optim.schedulers import (
     INVERSE_SQRT_WARMUP,
     Schedule,
     default_warmup_epochs,
-    paired_schedule_for,
+    paired_schedule,
 )
 from arvc.train.errors import TrainError
 
 __all__ = [
     "DEFAULT_LR",
+    "DEFAULT_OPTIMIZER",
     "bf16_weights",
     "hyperparameters",
-    "make_optimizer",
+    "build_from_hyperparameters",
     "optimizer_seed",
     "plan_schedule",
     "restore_optimizer",
-    "run_optimizer",
+    "build_for_role",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LR = 1e-3  # the guide's start; see docs/training.md for the measurement behind it
+DEFAULT_OPTIMIZER = "AdamW"  # a new run that names none
 
 
 def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
@@ -48,7 +50,7 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
     On resume (`saved` = the checkpoint's record) every setting not given explicitly is the run's own;
     asking for another optimizer starts that optimizer fresh from its defaults.
     """
-    name = get_spec(opts.optimizer or (saved["name"] if saved else "AdamW")).name
+    name = get_spec(opts.optimizer or (saved["name"] if saved else DEFAULT_OPTIMIZER)).name
     previous = saved["hyperparameters"] if saved and saved["name"] == name else None
     if previous is not None:
         hp = {**previous, "betas": tuple(previous["betas"]), "kwargs": dict(previous["kwargs"])}
@@ -136,7 +138,7 @@ def optimizer_seed(run_seed: int, role: str) -> int:
     return (int(words[0]) << 31) ^ int(words[1])  # 63 bits, non-negative
 
 
-def make_optimizer(
+def build_from_hyperparameters(
     params, hp: dict[str, Any], seed: int | None = None, param_indices=None
 ) -> torch.optim.Optimizer:
     """Build the run's optimizer from `hp`. `seed` seeds stochastic rounding and `param_indices` numbers the
@@ -165,7 +167,7 @@ def run_state_bytes_per_param(hp: dict[str, Any], dtype: torch.dtype, numel: int
     """Bytes of optimizer state per parameter of the run's optimizer as the run builds it (its kwargs, its
     weights' dtype): the real buffers after one step on a dummy parameter, as the registry measures."""
     param = torch.nn.Parameter(torch.zeros(numel, dtype=dtype))
-    optimizer = make_optimizer([param], hp, seed=0)
+    optimizer = build_from_hyperparameters([param], hp, seed=0)
     if has_weight_modes(optimizer):  # schedule-free: steps only in train mode (its z is state too)
         optimizer.train()
     param.grad = torch.full_like(param, 1e-3)
@@ -174,13 +176,15 @@ def run_state_bytes_per_param(hp: dict[str, Any], dtype: torch.dtype, numel: int
     return sum(v.numel() * v.element_size() for v in state if isinstance(v, torch.Tensor)) / numel
 
 
-def run_optimizer(params, hp: dict[str, Any], role: str, run_seed: int, ranks=None) -> torch.optim.Optimizer:
+def build_for_role(params, hp: dict[str, Any], role: str, run_seed: int, ranks=None) -> torch.optim.Optimizer:
     """The optimizer of `role` ("generator"/"discriminator") of a run; `ranks` (a distributed.Ranks) to
     shard it with ZeRO, each shard numbering its parameters by their place in the whole model."""
     seed = optimizer_seed(run_seed, role)
     if ranks is None:
-        return make_optimizer(params, hp, seed)
-    return ranks.zero(params, lambda shard, indices: make_optimizer(shard, hp, seed, indices), hp["lr"])
+        return build_from_hyperparameters(params, hp, seed)
+    return ranks.zero(
+        params, lambda shard, indices: build_from_hyperparameters(shard, hp, seed, indices), hp["lr"]
+    )
 
 
 def restore_optimizer(name: str, optimizer, saved: dict, hp: dict) -> None:
@@ -254,8 +258,8 @@ def plan_schedule(cfg: RunConfig, hp: dict[str, Any], checkpoint: dict | None) -
 
 def _new_schedule(cfg: RunConfig, hp: dict[str, Any], warmup: int | None = None) -> Schedule:
     t = cfg.train
-    name = t.scheduler if t.scheduler != "auto" else paired_schedule_for(hp["optimizer"], hp["use_8bit"])
-    paired = paired_schedule_for(hp["optimizer"], hp["use_8bit"])
+    paired = paired_schedule(hp["optimizer"], hp["use_8bit"])
+    name = t.scheduler if t.scheduler != "auto" else paired
     if get_spec(hp["optimizer"]).schedule_free and not hp["use_8bit"] and name != paired:
         logger.warning(
             "train.scheduler %s with the schedule-free %s: it needs no schedule (its averaged weights are "

@@ -20,12 +20,13 @@ from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
 from arvc.config import (
     CHECKPOINTING,
     DEMO_EPOCHS,
+    PRECISIONS,
     RunConfig,
     apply_overrides,
     load_config,
     optimizer_value_errors,
 )
-from arvc.data.outputs import check_run_name, leftovers_of_a_run, restarted_folder, run_products
+from arvc.data.outputs import RunFolder, check_run_name, leftovers_of_a_run, restarted_folder, run_products
 from arvc.data.prepare import DataSettings, data_settings, prepare_data, preprocessed_from
 from arvc.data.preprocess import unused_analysis_flags
 from arvc.device import AUTO as AUTO_DEVICE
@@ -35,7 +36,7 @@ from arvc.modelfile.read import read_model_file
 from arvc.optim import get_spec
 from arvc.optim.registry import eight_bit_optimizer_class
 from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_checkpoint
-from arvc.train.loop import PRECISIONS, TrainOptions, resolve_resume
+from arvc.train.loop import TrainOptions, resolve_resume
 from arvc.train.precision import AUTO
 from arvc.train.runlock import check_unlocked
 from arvc.train.weights import averaging_conflict
@@ -106,6 +107,10 @@ class TrainPlan:
     # `prepare` before any other work.
     leftovers: list[Path] = field(default_factory=list)
     restart_folder: Path | None = None
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
 
 
 def _batch_size(value: int | str | None) -> int | None:
@@ -238,7 +243,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         if r.resume.is_dir() and latest_checkpoint(r.resume) is None:
             raise ValueError(_nothing_to_resume(r.resume))
         resume_file = resolve_resume(r.resume)
-        if not r.resume.is_dir() and resume_file.parent.name != "checkpoints":
+        if not r.resume.is_dir() and resume_file.parent != RunFolder(resume_file.parent.parent).checkpoints:
             # Its run is the folder above checkpoints/: anywhere else that would be a folder of the
             # user's (~ for ~/Downloads/ckpt.pt), filled with demo data and run files.
             raise ValueError(
@@ -265,10 +270,11 @@ def plan_training(request: TrainRequest) -> TrainPlan:
                 f"{run_dir} already holds a run ({', '.join(p.name for p in products)}); continue it "
                 f"with --resume {run_dir}, or choose another --name (nothing was changed)"
             )
-        if (run_dir / "export") in products:  # a model, and no checkpoint to continue from
+        export = RunFolder(run_dir).export
+        if export in products:  # a model, and no checkpoint to continue from
             raise ValueError(
-                f"{run_dir} holds an exported model ({run_dir / 'export'}) but no checkpoint: choose another "
-                f"--name, or move {run_dir / 'export'} out of the run to train it again (nothing was changed)"
+                f"{run_dir} holds an exported model ({export}) but no checkpoint: choose another "
+                f"--name, or move {export} out of the run to train it again (nothing was changed)"
             )
         if products:  # killed before its first checkpoint: start it again, keeping what it left
             leftovers = leftovers_of_a_run(run_dir)
@@ -284,7 +290,8 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     if r.resume is not None:
         check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
         _check_there_is_more_to_train(saved, cfg, r.max_steps, resume_file)
-    settings = data_settings(run_dir / "data", cfg, r.f0, r.features, r.embedder_layer)  # reuses data there
+    data_dir = RunFolder(run_dir).data
+    settings = data_settings(data_dir, cfg, r.f0, r.features, r.embedder_layer)  # reuses data there
     unused = unused_analysis_flags(
         settings.f0_method, settings.features, rmvpe=r.rmvpe, hubert=r.hubert, embedder_layer=r.embedder_layer
     )
@@ -305,10 +312,10 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     if settings.f0_method == "rmvpe":
         if r.rmvpe is not None:
             rmvpe_model(r.rmvpe)  # a missing or wrong file fails here (loaded once, reused by preprocessing)
-        elif not (run_dir / "data" / "filelist.txt").is_file():
+        elif not RunFolder(run_dir).filelist.is_file():
             raise ValueError(RMVPE_NEEDED)
     if settings.features == "hubert" and (r.hubert is None or not r.hubert.exists()):
-        raise ValueError(f"{run_dir / 'data'} holds hubert features: pass --hubert PATH (got {r.hubert})")
+        raise ValueError(f"{data_dir} holds hubert features: pass --hubert PATH (got {r.hubert})")
     check_processes(r.nproc, r.device, cfg.train.batch_size)
     if r.zero and r.use_8bit:
         raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
@@ -323,7 +330,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             raise ValueError(conflict)
     options = TrainOptions(
         run_dir=run_dir,
-        data_dir=run_dir / "data",
+        data_dir=data_dir,
         config=cfg,
         optimizer=r.optimizer,
         lr=r.lr,
@@ -344,12 +351,11 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     plan = TrainPlan(request, run_dir, cfg, settings, options)
     if leftovers:
         plan.leftovers, plan.restart_folder = leftovers, restarted_folder(run_dir)
-        data = run_dir / "data"
         logger.warning(
             "%s holds a run that stopped before its first checkpoint: starting it again. Reused: %s; "
             "moved to %s (nothing is deleted): %s",
             run_dir,
-            f"the preprocessed data in {data}" if (data / "filelist.txt").is_file() else "nothing",
+            f"the preprocessed data in {data_dir}" if plan.folder.filelist.is_file() else "nothing",
             plan.restart_folder,
             ", ".join(p.name for p in leftovers),
         )
@@ -359,12 +365,10 @@ def plan_training(request: TrainRequest) -> TrainPlan:
 def _nothing_to_resume(run_dir: Path) -> str:
     """--resume of a run folder without a checkpoint: the run was stopped before its first save. The
     message gives the command that starts it again (same name, same data)."""
-    what = [p.name for p in leftovers_of_a_run(run_dir)]
-    if not what and not (run_dir / "data").is_dir():
-        return (
-            f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}; pass runs/NAME of a trained run"
-        )
-    source = preprocessed_from(run_dir / "data")
+    what, folder = [p.name for p in leftovers_of_a_run(run_dir)], RunFolder(run_dir)
+    if not what and not folder.data.is_dir():
+        return f"--resume {run_dir}: no checkpoint in {folder.checkpoints}; pass runs/NAME of a trained run"
+    source = preprocessed_from(folder.data)
     words = ["arvc", "train"]
     if source is not None and not source.demo:
         words.append(str(source.folder) if source.folder is not None else "RECORDINGS")
@@ -372,12 +376,12 @@ def _nothing_to_resume(run_dir: Path) -> str:
     if run_dir.parent != TrainRequest.runs_dir:
         words += ["--runs-dir", str(run_dir.parent)]
     kept = []
-    if (run_dir / "data" / "filelist.txt").is_file():
-        kept.append(f"its preprocessed data in {run_dir / 'data'} is reused")
+    if folder.filelist.is_file():
+        kept.append(f"its preprocessed data in {folder.data} is reused")
     if what:
         kept.append(f"{', '.join(what)} are moved to a dated {run_dir.name}/restarted-… folder")
     return (
-        f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}; the run stopped before its first "
+        f"--resume {run_dir}: no checkpoint in {folder.checkpoints}; the run stopped before its first "
         f"save, so there is nothing to continue. Start it again with: {shlex.join(words)}"
         + (f" ({'; '.join(kept)})" if kept else "")
         + " (nothing was changed)"
@@ -388,7 +392,8 @@ def _check_the_data_is_the_demo_voice(r: TrainRequest, run_dir: Path) -> None:
     """No dataset means the demo voice: into a run whose data/ came from the user's recordings (`arvc
     preprocess RECORDINGS --name X`, then `arvc train --name X`) it would preprocess the demo voice beside
     them, and the run would train on both."""
-    source = preprocessed_from(run_dir / "data")
+    data_dir = RunFolder(run_dir).data
+    source = preprocessed_from(data_dir)
     if source is None or source.demo:
         return
     folder = str(source.folder) if source.folder is not None else "RECORDINGS"
@@ -401,7 +406,7 @@ def _check_the_data_is_the_demo_voice(r: TrainRequest, run_dir: Path) -> None:
         else "from recordings (their folder is not recorded)"
     )
     raise ValueError(
-        f"{run_dir / 'data'} holds data preprocessed {where}, and no dataset was given, which means the "
+        f"{data_dir} holds data preprocessed {where}, and no dataset was given, which means the "
         f"demo voice: it would be preprocessed into the same run. Pass the dataset: {shlex.join(words)} "
         "(nothing was changed)"
     )
@@ -422,12 +427,12 @@ def _say_what_resume_ignores(r: TrainRequest, run_dir: Path) -> None:
         logger.warning(
             "--resume continues %s with its own config, where it is: %s ignored", run_dir, ", ".join(ignored)
         )
-    if r.dataset is not None and (run_dir / "data" / "filelist.txt").is_file():
+    if r.dataset is not None and RunFolder(run_dir).filelist.is_file():
         logger.warning(
             "--resume: %s is not read; the run trains on the data it prepared in %s (to train on new "
             "recordings, start a new run from its weights with --pretrained-g/--pretrained-d)",
             r.dataset,
-            run_dir / "data",
+            RunFolder(run_dir).data,
         )
 
 
@@ -472,7 +477,7 @@ def prepare(plan: TrainPlan, progress=None, device: str | None = None) -> None:
         logger.info(
             "moved %d leftover(s) of the earlier start to %s", len(plan.leftovers), plan.restart_folder
         )
-    if r.resume is None or not (plan.run_dir / "data" / "filelist.txt").is_file():
+    if r.resume is None or not plan.folder.filelist.is_file():
         prepare_data(
             plan.cfg,
             plan.run_dir,

@@ -75,29 +75,33 @@ def _grad_norm(module: torch.nn.Module, clip: float | None) -> float:
 class GanStep:
     """Holds what every step needs; `__call__(batch, step)` performs one D update and one G update.
 
-    `g_forward`/`d_forward` are the models as called for an update (DDP-wrapped and/or compiled);
-    `d_frozen` is the discriminator as called in G's phase, where its parameters take no gradient (a
-    DDP wrapper there would wait for gradients that never come). `ranks` is the run's
-    `distributed.Ranks` (one process: every collective is the identity).
+    Every argument is by keyword. `net_g`/`net_d` are the models themselves (their parameters, clipped and
+    checked); `g_forward`/`d_forward` the models as called for an update (DDP-wrapped and/or compiled;
+    default: the models); `d_frozen` the discriminator as called in G's phase, where its parameters take no
+    gradient (a DDP wrapper there would wait for gradients that never come; default: `d_forward`).
+    `precision` is fp32, bf16 or fp16 (autocast; fp16 with the `scaler` enabled). `ranks` is the run's
+    `distributed.Ranks` (default: one process, where every collective is the identity).
     """
 
     def __init__(
         self,
+        *,
         cfg: RunConfig,
-        net_g,
-        net_d,
-        g_forward,
-        d_forward,
-        optim_g,
-        optim_d,
-        scaler,
-        precision,
+        net_g: torch.nn.Module,
+        net_d: torch.nn.Module,
+        optim_g: torch.optim.Optimizer,
+        optim_d: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        precision: str,
+        g_forward=None,
+        d_forward=None,
         d_frozen=None,
-        ranks=None,
+        ranks: Ranks | None = None,
     ):
         self.cfg, self.net_g, self.net_d = cfg, net_g, net_d
-        self.g_forward, self.d_forward = g_forward, d_forward
-        self.d_frozen = d_frozen if d_frozen is not None else d_forward
+        self.g_forward = g_forward if g_forward is not None else net_g
+        self.d_forward = d_forward if d_forward is not None else net_d
+        self.d_frozen = d_frozen if d_frozen is not None else self.d_forward
         self.optim_g, self.optim_d, self.scaler, self.precision = optim_g, optim_d, scaler, precision
         self.ranks = ranks if ranks is not None else Ranks()
 

@@ -18,19 +18,21 @@ import gradio as gr
 
 from arvc.audio.f0 import F0_METHODS
 from arvc.audio.features import FEATURE_EXTRACTORS
-from arvc.config import BUILTIN_CONFIGS
+from arvc.config import BUILTIN_CONFIGS, PRECISIONS, TrainConfig
+from arvc.data.outputs import RunFolder
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import resolve_device
 from arvc.optim import OPTIMIZERS
+from arvc.train.optimizers import DEFAULT_LR, DEFAULT_OPTIMIZER
+from arvc.train.precision import AUTO as AUTO_PRECISION
 from arvc.ui.jobs import Busy, Jobs
 
 __all__ = ["build_app", "exports_of", "inside", "optimizer_rows", "runs_of"]
 
 logger = logging.getLogger(__name__)
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 AUTO_F0 = "auto (the run's data, else pm)"
 AUTO_FEATURES = "auto (the run's data, else mel)"
-HELD_OUT = "held-out mel ×45"
+HELD_OUT = "held-out mel × c_mel"
 SERIES = ("loss_mel", "loss_g", "loss_d", HELD_OUT)
 OPTIMIZER_HEADERS = ["rating", "name", "category", "best for", "paired scheduler"]
 
@@ -69,6 +71,7 @@ def optimizer_rows() -> list[list]:
 
 def runs_of(runs_dir: Path) -> list[str]:
     """Run names under runs_dir that have a checkpoint to resume from and that no process trains now."""
+    from arvc.train.checkpoint import latest_checkpoint
     from arvc.train.runlock import lock_holder
 
     if not runs_dir.is_dir():
@@ -76,9 +79,7 @@ def runs_of(runs_dir: Path) -> list[str]:
     return sorted(
         p.name
         for p in runs_dir.iterdir()
-        if (p / "checkpoints").is_dir()
-        and any((p / "checkpoints").glob("*.pt"))
-        and lock_holder(p, include_self=True) is None
+        if latest_checkpoint(p) is not None and lock_holder(p, include_self=True) is None
     )
 
 
@@ -86,7 +87,8 @@ def exports_of(runs_dir: Path) -> list[str]:
     """The exported models under runs_dir (each run's export and export/best), as paths to convert with."""
     if not runs_dir.is_dir():
         return []
-    folders = [*runs_dir.glob("*/export"), *runs_dir.glob("*/export/best")]
+    runs = [RunFolder(p) for p in runs_dir.iterdir() if p.is_dir()]
+    folders = [folder for run in runs for folder in (run.export, run.best_export)]
     return sorted(str(f) for f in folders if (f / "model.safetensors").is_file())
 
 
@@ -110,7 +112,7 @@ def _recommendation(epochs, precision) -> str:
     from arvc.optim.recommend import recommend
 
     try:
-        r = recommend(int(epochs), "fp32" if precision == "auto" else precision)
+        r = recommend(int(epochs), "fp32" if precision == AUTO_PRECISION else precision)
     except (TypeError, ValueError) as error:
         return f"error: {error}"
     return (
@@ -156,11 +158,11 @@ def _loss_frame(status):
             from arvc.train.logs import read_validation
 
             for row in read_validation(status.folder):
-                # on the same axis as the training mel loss (×45 in the loss): held-out mel L1 × c_mel
+                # on the same axis as the training mel loss (mel L1 × the run's c_mel, 45 by default)
                 rows.append(
                     {
                         "step": int(row["step"]),
-                        "value": float(row["val_mel_l1"]) * 45,
+                        "value": float(row["val_mel_l1"]) * status.mel_weight,
                         "series": HELD_OUT,
                     }
                 )
@@ -170,7 +172,7 @@ def _loss_frame(status):
 
 
 def _loss_figure(status):
-    """The Train tab's plot: the training losses as lines and the held-out mel L1 (×45, on the training
+    """The Train tab's plot: the training losses as lines and the held-out mel L1 (× c_mel, on the training
     mel loss's scale) as a line with a marker on each evaluation, so that its first point shows before
     there is a line to draw (a plain line of one point draws nothing, though its legend entry is there).
     Every series is in the legend from the start."""
@@ -193,13 +195,14 @@ def _samples(status) -> tuple[str | None, str | None, str]:
     """(a held-out original, its conversion at the latest saved epoch, a label) once a training ended."""
     if status is None or status.kind != "train" or status.running or not status.result.get("samples_dir"):
         return None, None, ""
-    folder = Path(status.result["samples_dir"])
-    epochs = sorted(folder.glob("epoch_*"))
+    run = RunFolder(status.folder)
+    epochs = run.sampled_epochs()
     if not epochs:
         return None, None, ""
-    converted = sorted(epochs[-1].glob("*.wav"))
-    original = folder / "original" / converted[0].name if converted else None
-    label = f"{converted[0].stem}, converted at epoch {int(epochs[-1].name.split('_')[1])}"
+    epoch, latest = epochs[-1]
+    converted = sorted(latest.glob("*.wav"))
+    original = run.sample_originals / converted[0].name if converted else None
+    label = f"{converted[0].stem}, converted at epoch {epoch}"
     return (
         (str(original) if original and original.is_file() else None),
         (str(converted[0]) if converted else None),
@@ -210,8 +213,11 @@ def _samples(status) -> tuple[str | None, str | None, str]:
 def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -> gr.Blocks:
     """The page, for a server whose folder is `root` (runs in root/runs, comparisons in root/compare);
     trainings, comparisons and conversions run on `device` (arvc.device: auto, cpu, cuda, cuda:N)."""
+    from arvc.compare.runner import DEFAULT_EPOCHS as COMPARE_EPOCHS
+    from arvc.compare.runner import DEFAULT_SEEDS as COMPARE_SEEDS
     from arvc.train.request import TrainRequest
 
+    defaults = TrainConfig()  # the fields' first values: the CLI's defaults
     where = resolve_device(device)  # a bad device: ValueError now, not at the first job
     root = Path(root).resolve()
     jobs = jobs if jobs is not None else Jobs()
@@ -248,18 +254,20 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                 )
             with gr.Row():
                 optimizer = gr.Dropdown(
-                    list(OPTIMIZERS), value="AdamW", label="Optimizer", elem_id="optimizer"
+                    list(OPTIMIZERS), value=DEFAULT_OPTIMIZER, label="Optimizer", elem_id="optimizer"
                 )
-                lr = gr.Number(value=1e-3, label="Learning rate")
-                epochs = gr.Number(value=300, precision=0, label="Epochs", elem_id="epochs")
-                batch = gr.Number(value=8, precision=0, label="Batch size", elem_id="batch")
-                precision = gr.Dropdown(list(PRECISION_CHOICES), value="auto", label="Precision")
+                lr = gr.Number(value=DEFAULT_LR, label="Learning rate")
+                epochs = gr.Number(value=defaults.epochs, precision=0, label="Epochs", elem_id="epochs")
+                batch = gr.Number(value=defaults.batch_size, precision=0, label="Batch size", elem_id="batch")
+                precision = gr.Dropdown(
+                    [AUTO_PRECISION, *PRECISIONS], value=AUTO_PRECISION, label="Precision"
+                )
                 eight_bit = gr.Checkbox(label="8-bit (bitsandbytes)")
                 max_steps = gr.Number(
                     value=0, precision=0, label="Stop after N steps (0: no limit)", elem_id="max-steps"
                 )
                 ema = gr.Number(value=0, label="EMA decay of G's weights (0: off; e.g. 0.999)", elem_id="ema")
-            recommendation = gr.Markdown(_recommendation(300, "auto"))
+            recommendation = gr.Markdown(_recommendation(defaults.epochs, AUTO_PRECISION))
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start")
                 stop = gr.Button("Stop (save a checkpoint)", elem_id="stop")
@@ -371,9 +379,11 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                 c_optimizers = gr.Textbox(
                     label="Contestants ('all' or names)", value="all", elem_id="c-optimizers"
                 )
-                c_seeds = gr.Number(value=3, precision=0, label="Seeds", elem_id="c-seeds")
-                c_epochs = gr.Number(value=60, precision=0, label="Epochs", elem_id="c-epochs")
-                c_batch = gr.Number(value=8, precision=0, label="Batch size", elem_id="c-batch")
+                c_seeds = gr.Number(value=COMPARE_SEEDS, precision=0, label="Seeds", elem_id="c-seeds")
+                c_epochs = gr.Number(value=COMPARE_EPOCHS, precision=0, label="Epochs", elem_id="c-epochs")
+                c_batch = gr.Number(
+                    value=defaults.batch_size, precision=0, label="Batch size", elem_id="c-batch"
+                )
             c_start = gr.Button("Run the comparison", variant="primary", elem_id="c-start")
             c_status = gr.Markdown(elem_id="c-status")
             c_report = gr.Markdown(elem_id="c-report")
@@ -386,9 +396,9 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                         inside(root, dataset_text, "dataset folder"),
                         target,
                         optimizers,
-                        epochs=_number(epochs_value, int) or 60,
-                        seeds=_number(seeds, int) or 3,
-                        overrides={"train.batch_size": _number(batch_value, int) or 8},
+                        epochs=_number(epochs_value, int) or COMPARE_EPOCHS,
+                        seeds=_number(seeds, int) or COMPARE_SEEDS,
+                        overrides={"train.batch_size": _number(batch_value, int) or defaults.batch_size},
                         device=device,
                     )
                 except (Busy, ValueError, ImportError) as error:
@@ -396,10 +406,12 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                 return _status_text(jobs.status())
 
             def compare_report():
+                from arvc.compare.report import REPORT_FILE
+
                 current = jobs.status()
                 if current is None or current.kind != "compare":
                     return "", "", []
-                report = current.folder / "report.md"
+                report = current.folder / REPORT_FILE
                 text = report_for_page(report.read_text()) if report.is_file() and not current.running else ""
                 figures = report_figures(current.folder) if text else []
                 return _status_text(current), text, figures

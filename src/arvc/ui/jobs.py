@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arvc.config import TrainConfig
+from arvc.train.callbacks import Callbacks
+from arvc.train.faults import interrupted
+
 __all__ = ["Busy", "JobStatus", "Jobs"]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ class JobStatus:
     log: list[str] = field(default_factory=list)  # the job's last arvc log lines (what the CLI prints)
     message: str = ""  # how it ended: result or error
     result: dict[str, Any] = field(default_factory=dict)
+    mel_weight: float = TrainConfig.c_mel  # the run's c_mel: the training mel loss is mel L1 times this
 
     @property
     def running(self) -> bool:
@@ -73,8 +78,8 @@ class JobStatus:
         return (time.time() - self.step_started) / done * max(0, self.total_steps - self.step)
 
 
-class _Callbacks:
-    """arvc.train.loop.Callbacks that write into a JobStatus (read by the page on its timer)."""
+class _Callbacks(Callbacks):
+    """arvc.train.callbacks.Callbacks that write into a JobStatus (read by the page on its timer)."""
 
     def __init__(self, status: JobStatus, lock: threading.Lock) -> None:
         self.status, self.lock = status, lock
@@ -96,8 +101,6 @@ class _Callbacks:
             )
             if len(s.losses) > MAX_POINTS:
                 s.losses = s.losses[::2]
-
-    def on_epoch(self, epoch: int, losses: dict[str, float]) -> None: ...
 
 
 class Jobs:
@@ -138,7 +141,9 @@ class Jobs:
         from arvc.train.request import plan_training
 
         plan = plan_training(request)  # every check before any work: a refused request changes nothing
-        status = JobStatus("train", plan.run_dir.name, plan.run_dir)
+        status = JobStatus(
+            "train", plan.run_dir.name, plan.run_dir, mel_weight=plan.options.config.train.c_mel
+        )
         return self._start(status, lambda callbacks, stop: self._train(plan, status, callbacks, stop))
 
     def start_compare(self, dataset: Path | None, out_dir: Path, optimizers: str, **kwargs) -> JobStatus:
@@ -160,6 +165,7 @@ class Jobs:
         status = JobStatus("compare", out_dir.name, out_dir)
 
         def run(callbacks, stop):
+            from arvc.compare.report import REPORT_FILE
             from arvc.compare.runner import run_compare
 
             def progress(event: str, **info) -> None:
@@ -180,7 +186,7 @@ class Jobs:
             if not result.ranked and not result.stopped_by:
                 failed = (f"{name} seed {seed}: {error}" for name, seed, error in result.failures)
                 raise RuntimeError("no contestant finished: " + "; ".join(failed))
-            report = out_dir / "report.md"
+            report = out_dir / REPORT_FILE
             return result.stopped_by, {"report": report if report.is_file() else None}
 
         return self._start(status, run)
@@ -215,7 +221,7 @@ class Jobs:
                 logging.getLogger("arvc").removeHandler(handler)
             with self._lock:
                 status.result = result
-                if stopped_by in (None, "max_steps", "early_stop"):
+                if not interrupted(stopped_by):
                     status.state = "finished"
                     status.message = result.get("summary", "finished")
                 else:
@@ -249,7 +255,7 @@ class Jobs:
             with self._lock:
                 status.detail = ""
             result = train(replace(plan.options, stop=stop), callbacks)
-        summary = f"trained {result.epochs_done} epochs ({result.steps_done} steps)"
+        summary = result.summary()
         if result.best is not None:
             summary += f"; best held-out mel L1 {result.best['mel_l1']:.4f} at epoch {result.best['epoch']}"
         return result.stopped_by, {
