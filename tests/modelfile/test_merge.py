@@ -90,6 +90,7 @@ def test_two_rvc_files_merge_to_rvcs_bits(pair, tmp_path):
         ("b.pth", 0.7),
     ]
     assert meta["info"].startswith("arvc merge: 0.3 x a.pth + 0.7 x b.pth")
+    assert meta["f0"] == 1  # pitch-guided, as the .pth says
 
 
 def test_ratio_one_is_the_first_model_in_half_precision(pair, tmp_path):
