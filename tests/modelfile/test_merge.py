@@ -90,6 +90,7 @@ def test_two_rvc_files_merge_to_rvcs_bits(pair, tmp_path):
         ("b.pth", 0.7),
     ]
     assert meta["info"].startswith("arvc merge: 0.3 x a.pth + 0.7 x b.pth")
+    assert meta["f0"] == 1  # pitch-guided, as the .pth says
 
 
 def test_ratio_one_is_the_first_model_in_half_precision(pair, tmp_path):
@@ -162,6 +163,40 @@ def test_models_of_another_kind_are_refused_before_writing(pair, tmp_path, chang
     assert not (tmp_path / "out").exists()
 
 
+def test_models_without_pitch_guidance_merge_as_rvc_merges_them(pair, tmp_path):
+    """Two f0=0 ("nono") RVC files merge into RVC's nono layout, recorded as f0=0 in every file; arvc
+    inspect reads the result, arvc infer refuses it as it refuses every f0=0 model; f0 with f0=0 stays
+    refused in either order."""
+    cfg = small_rvc_config(model__spk_embed_dim=4)
+    a = rvc_file(tmp_path / "a.pth", cfg, seed=1, f0=0)
+    b = rvc_file(tmp_path / "b.pth", cfg, seed=2, f0=0)
+    assert "enc_p.emb_pitch.weight" not in a and not any(k.startswith("dec.m_source") for k in a)
+    n = sum(t.numel() for t in a.values())
+    out = tmp_path / "merged"
+    _ok([tmp_path / "a.pth", tmp_path / "b.pth", "--ratio", "0.4", "-o", out])
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors", "model_rvc.pth"]
+    saved = torch.load(out / "model_rvc.pth", weights_only=True)
+    expected = rvc_merge_reference(a, b, 0.4)
+    _assert_bits(saved["weight"], expected)
+    assert (saved["sr"], saved["f0"], saved["version"]) == ("32k", 0, "v2")
+    _assert_bits({k: v.half() for k, v in load_file(out / "model.safetensors").items()}, expected)
+    assert json.loads((out / "model.json").read_text())["f0"] == 0
+    for path in (out, out / "model_rvc.pth"):
+        result = runner.invoke(app, ["inspect", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        info = json.loads(result.output)
+        assert (info["f0"], info["version"], info["sample_rate"], info["parameters"]) == (0, "v2", 32000, n)
+    t = np.arange(8000) / 16000
+    sf.write(tmp_path / "in.wav", (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000)
+    result = runner.invoke(app, ["infer", str(out), str(tmp_path / "in.wav"), str(tmp_path / "o.wav")])
+    assert result.exit_code == 1 and "without pitch guidance" in " ".join(result.output.split())
+    assert not (tmp_path / "o.wav").exists()
+    folder, _, _ = pair  # a.pth there has pitch guidance
+    for first, second in ((tmp_path / "a.pth", folder / "a.pth"), (folder / "a.pth", tmp_path / "a.pth")):
+        _fails([first, second, "-o", tmp_path / "mixed"], "different pitch guidance", "nothing was written")
+    assert not (tmp_path / "mixed").exists()
+
+
 def test_mel_and_hubert_models_are_refused(pair, tmp_path):
     folder, _, _ = pair
     cfg = small_rvc_config(model__spk_embed_dim=4)
@@ -219,11 +254,13 @@ def test_arvc_merge_is_rvcs_own_merge_bit_for_bit(case, tmp_path):
     (fixtures/rvc_merge.json, recorded by running RVC's code: fixtures/make_rvc_merge.py): every tensor's
     bytes, in RVC's key order, and the fields RVC writes. RVC's "info" is its user's text, arvc's says what
     was merged; RVC's config keeps the first model's speaker count where arvc's has the merged weights'
-    (the one documented difference: case v2-speakers)."""
+    (the one documented difference: cases v2-speakers, v2-nono). Case v2-nono: two models without pitch
+    guidance (f0=0), which RVC saves with "f0": 0."""
     paths = []
     for index, (spk, seed) in enumerate(zip(case["spk"], case["seeds"], strict=True)):
         paths.append(tmp_path / f"{index}.pth")
-        patterned_rvc_file(paths[-1], merge_case_config(case, spk), seed=seed, version=case["version"])
+        config = merge_case_config(case, spk)
+        patterned_rvc_file(paths[-1], config, seed=seed, version=case["version"], f0=case.get("f0", 1))
     _ok([*paths, "--ratio", case["alpha"], "-o", tmp_path / "out"])
     saved = torch.load(tmp_path / "out" / "model_rvc.pth", map_location="cpu", weights_only=True)
     assert list(saved["weight"]) == list(case["weights"])  # the same tensors in the same order

@@ -164,6 +164,30 @@ def test_merge_writes_onnx_on_request_and_drops_a_stale_one(tmp_path):
     assert not (out / "model.onnx").exists()  # the old ONNX file was the other merge's model
 
 
+def test_a_merge_without_pitch_guidance_gets_the_clients_no_f0_interface(tmp_path):
+    """Two f0=0 ("nono") files: `arvc merge --onnx` and `arvc export MERGED --onnx` both write the client's
+    no-f0 interface (feats, p_len, sid) holding the merged weights; arvc infer refuses the file clearly."""
+    cfg = small_rvc_config()
+    rvc_file(tmp_path / "a.pth", cfg, seed=1, f0=0)
+    rvc_file(tmp_path / "b.pth", cfg, seed=2, f0=0)
+    out = tmp_path / "merged"
+    _ok(["merge", tmp_path / "a.pth", tmp_path / "b.pth", "-o", out, "--onnx"])
+    _ok(["export", out, "--onnx", "-o", tmp_path / "again.onnx"])
+    for path in (out / "model.onnx", tmp_path / "again.onnx"):
+        assert [i.name for i in _session(path).get_inputs()] == ["feats", "p_len", "sid"]
+        metadata = _props(path)["metadata"]
+        assert metadata == client_metadata(read_model_file(out).config, f0=False)
+        assert (metadata["f0"], metadata["modelType"]) == (False, "pyTorchRVCv2Nono")
+    _same_weights_as_a_direct_export(out / "model.onnx", out / "model_rvc.pth", tmp_path)
+    merged, again = _initializers(out / "model.onnx"), _initializers(tmp_path / "again.onnx")
+    assert merged.keys() == again.keys()
+    for name, value in merged.items():
+        np.testing.assert_array_equal(again[name], value, err_msg=name)
+    sf.write(tmp_path / "in.wav", np.zeros(3200, dtype=np.float32), 32000)
+    _fails(["infer", out / "model.onnx", tmp_path / "in.wav", tmp_path / "o.wav"], "without pitch guidance")
+    assert not (tmp_path / "o.wav").exists()
+
+
 def test_merge_without_onnx_installed_names_the_extra_and_writes_nothing(tmp_path, monkeypatch):
     cfg = small_rvc_config()
     rvc_file(tmp_path / "a.pth", cfg, seed=1)

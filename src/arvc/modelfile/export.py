@@ -81,12 +81,15 @@ def export_generator(
 ) -> dict[str, Path]:
     """Write `model.safetensors` + `model.json` (and `model_rvc.pth` for RVC-sized configs) to out_dir.
 
+    Whether the generator has pitch guidance (its ``f0``; False: RVC's "nono" layout, e.g. a merge of f0=0
+    models) is recorded as ``"f0": 1/0`` in model.json and the RVC `.pth`, as RVC writes it.
     `features` is what the model was trained on (mel, hubert; None: not known), recorded in both files. A
     model trained on mel features gets no RVC `.pth` whatever its size: RVC's tools would feed it HuBERT
     features. `extra` adds entries to model.json (a merge's sources). `explain=False` skips the info line
     on why no `.pth` was written (for repeated exports of one run)."""
     out_dir = Path(out_dir)
     weights = {k: v.float() for k, v in inference_state_dict(generator).items()}
+    f0 = int(getattr(generator, "f0", True))
     check_finite(weights, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -105,7 +108,7 @@ def export_generator(
     written["safetensors"] = safetensors_path
 
     config_path = out_dir / "model.json"
-    meta = {"format": EXPORT_FORMAT, "info": info, "config": cfg.to_dict()}
+    meta = {"format": EXPORT_FORMAT, "info": info, "f0": f0, "config": cfg.to_dict()}
     if features:
         meta["features"] = features
     meta.update(extra or {})
@@ -117,7 +120,7 @@ def export_generator(
             "weight": {k: v.half() for k, v in weights.items()},
             "config": rvc_config_list(cfg),
             "sr": RVC_SAMPLE_RATES[cfg.data.sampling_rate],
-            "f0": 1,
+            "f0": f0,
             "version": cfg.version,
             "info": info,
         }

@@ -8,8 +8,11 @@ RVC's bits exactly, and extends it to a weighted list ``w0 * m0 + w1 * m1 + ...`
 sum to 1). One difference: the merged config's speaker count is the merged ``emb_g``'s (RVC keeps the first
 model's count, which then no longer fits its weights).
 
-Models that RVC would merge into nonsense are refused before anything is written: another sample rate,
-version, pitch guidance (f0), feature width, content features (mel/HuBERT), or other tensor names/shapes.
+Models without pitch guidance (f0=0, RVC's "nono" models) merge with each other as RVC merges them; the result
+is written with ``"f0": 0`` (:func:`arvc.modelfile.export.export_generator`) and exports to the VC Client's
+no-f0 ONNX interface. Models that RVC would merge into nonsense are refused before anything is written:
+another sample rate, version, pitch guidance (f0 with f0=0), feature width, content features (mel/HuBERT),
+or other tensor names/shapes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from arvc.config import RunConfig
 from arvc.model import Synthesizer
 from arvc.modelfile.export import export_generator, name_some, non_finite_tensors
 from arvc.modelfile.onnx import ONNX_FILE, ONNX_HALF_FILE, export_onnx, require_onnx
-from arvc.modelfile.read import _PHONE_KEY, ModelFile, load_state_strict, read_model_file
+from arvc.modelfile.read import _PHONE_KEY, _PITCH_KEY, ModelFile, load_state_strict, read_model_file
 
 __all__ = [
     "MergeError",
@@ -146,10 +149,6 @@ def check_mergeable(models: list[ModelFile]) -> None:
                     f"{_describe(other)} is {b}{unit}. Merge models of one kind (same sample rate, version, "
                     "f0, features); nothing was written"
                 )
-    if first.f0 == 0:
-        raise MergeError(
-            f"{first.path} is a model without pitch guidance (f0=0); arvc merges and converts f0 models only"
-        )
     keys = set(_inference_weights(first))
     for other in models[1:]:
         theirs = _inference_weights(other)
@@ -216,7 +215,7 @@ def merge_models(
 
     cfg = RunConfig.from_dict(models[0].config.to_dict())  # RVC: the first model's config
     cfg.model.spk_embed_dim = merged[SPEAKER_KEY].shape[0]  # unlike RVC: the count the weights have
-    net = Synthesizer(cfg)
+    net = Synthesizer(cfg, f0=_PITCH_KEY in merged)  # f0=0 models (RVC's "nono"): their own layout
     quiet = logging.DEBUG  # the merged weights have no enc_q, as every inference file
     load_state_strict(net, merged, "the merged weights", cfg, optional=("enc_q.",), absent_level=quiet)
     sources = [
