@@ -130,6 +130,9 @@ class TrainConfig:
     val_every: int = 1
     early_stop: int | None = None
     min_delta: float = 0.0
+    # What chooses the best model (export/best): held-out "mel_l1" (lower is better), or another held-out
+    # metric of arvc.audio.score.BETTER (`arvc train --select`); fixed for a run (a resume keeps it).
+    select: str = "mel_l1"
 
     @property
     def step_batch(self) -> int:

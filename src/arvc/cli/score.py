@@ -17,16 +17,6 @@ from rich.table import Table
 from arvc.cli import _app
 from arvc.cli._app import RmvpeOption, app, fail
 
-# column key, header, format
-_COLUMNS = (
-    ("f0_rmse_cents", "F0 RMSE (cents)", "{:.1f}"),
-    ("f0_corr", "F0 corr", "{:.3f}"),
-    ("vuv_error", "V/UV error", "{:.1%}"),
-    ("mcd_db", "MCD (dB)", "{:.2f}"),
-    ("pesq_wb", "PESQ-wb", "{:.2f}"),
-    ("stoi", "STOI", "{:.3f}"),
-)
-
 
 def _mean(rows: list[dict], key: str) -> float:
     values = [r[key] for r in rows if not math.isnan(r[key])]
@@ -63,7 +53,7 @@ def score_command(
     No DTW: each conversion must be of the same take, time-aligned with its original.
     """
     from arvc.audio.io import AudioLoadError
-    from arvc.audio.score import check_metrics, pair_recordings, score_files
+    from arvc.audio.score import COLUMNS, check_metrics, pair_recordings, score_files
 
     chosen = tuple(m.strip() for m in metrics.split(",") if m.strip())
     try:
@@ -78,7 +68,7 @@ def score_command(
         except (ValueError, AudioLoadError) as error:
             fail(f"{conv_path}: {error}")
         rows.append({"name": name, **result.as_dict()})
-    keys = [key for key, _, _ in _COLUMNS if any(not math.isnan(r[key]) for r in rows)]
+    keys = [key for key, _, _ in COLUMNS if any(not math.isnan(r[key]) for r in rows)]
     mean = {key: _mean(rows, key) for key in keys}
     if as_json:
         report = {"f0_method": f0, "recordings": [_json_safe(r) for r in rows], "mean": _json_safe(mean)}
@@ -86,7 +76,7 @@ def score_command(
         return
     table = Table(title=f"{converted} against {original} (pitch: {f0})")
     table.add_column("recording")
-    shown = [c for c in _COLUMNS if c[0] in keys]
+    shown = [c for c in COLUMNS if c[0] in keys]
     for _, header, _ in shown:
         table.add_column(header, justify="right")
     for row in rows:

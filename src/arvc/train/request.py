@@ -38,6 +38,7 @@ from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_c
 from arvc.train.loop import PRECISIONS, TrainOptions, resolve_resume
 from arvc.train.precision import AUTO
 from arvc.train.runlock import check_unlocked
+from arvc.train.validation import check_select
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class TrainRequest:
     val_every: int | None = None
     early_stop: int | None = None
     min_delta: float | None = None
+    select: str | None = None  # the metric that chooses the best model (train.select)
 
 
 @dataclass
@@ -220,6 +222,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         ("train.val_every", r.val_every),
         ("train.early_stop", r.early_stop),
         ("train.min_delta", r.min_delta),
+        ("train.select", r.select),
     ):
         if value is not None:
             overrides[key] = value
@@ -273,6 +276,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             raise ValueError(f"dataset folder {r.dataset} does not exist")
     check_writable(run_dir)
     cfg = apply_overrides(cfg, overrides)
+    check_select(cfg.train.select)  # an unknown metric, or PESQ/STOI without arvc[score]
     if r.resume is not None:
         check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
         _check_there_is_more_to_train(saved, cfg, r.max_steps, resume_file)
@@ -289,6 +293,11 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         unused.append(
             f"--val-every {r.val_every} has nothing to evaluate: validation is off (val_fraction 0); drop "
             "--val-every, or hold pieces out with --val-fraction F"
+        )
+    if r.select is not None and cfg.train.val_fraction == 0:
+        unused.append(
+            f"--select {r.select} has nothing to choose from: validation is off (val_fraction 0); drop "
+            "--select, or hold pieces out with --val-fraction F"
         )
     if unused:
         raise ValueError("; ".join(unused) + " (nothing was changed)")
