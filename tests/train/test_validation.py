@@ -112,6 +112,7 @@ def test_cheap_scores_every_time_expensive_ones_every_k_and_the_selected_one_alw
     tmp_path, data_dir, monkeypatch
 ):
     monkeypatch.setattr(validation, "EXPENSIVE_EVERY", 2)
+    monkeypatch.setattr(validation, "SCORE_BUDGET", math.inf)  # any cost fits: scored at every evaluation
     result = train(options(tmp_path, data_dir, config=tiny(epochs=3, save_every=3, select="stoi")))
     rows = read_validation(tmp_path / "run")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
@@ -122,6 +123,18 @@ def test_cheap_scores_every_time_expensive_ones_every_k_and_the_selected_one_alw
     assert result.best["epoch"] == int(best["epoch"]) and best["best"] == "yes"
     saved = load_checkpoint(result.last_checkpoint)
     assert saved["config"]["train"]["select"] == "stoi", "recorded in the run (and compared on resume)"
+
+
+def test_scores_stay_within_their_time_budget_but_the_first_last_and_selected_are_always_scored(
+    tmp_path, data_dir, monkeypatch
+):
+    monkeypatch.setattr(validation, "SCORE_BUDGET", 0.0)  # no training time pays for a second scoring
+    train(options(tmp_path, data_dir, config=tiny(epochs=3, save_every=3, select="mcd_db")))
+    rows = read_validation(tmp_path / "run")
+    assert [bool(r["val_f0_rmse_cents"]) for r in rows] == [True, False, True], "the first and the last"
+    assert [bool(r["val_pesq_wb"]) for r in rows] == [True, False, True]
+    assert all(r["val_mcd_db"] for r in rows), "the selected score, whatever it costs"
+    assert rows[1]["score_s"] and float(rows[1]["score_s"]) > 0
 
 
 def test_select_chooses_the_best_model_by_its_metric_and_direction(tmp_path, data_dir, monkeypatch):

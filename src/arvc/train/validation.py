@@ -10,9 +10,12 @@ and scores the result against the recording:
 * `stft`: multi-resolution STFT loss (spectral convergence + log-magnitude L1, averaged over three
   resolutions, Parallel WaveGAN's), which also sees what the mel bands blur (phase-smearing, buzz).
 * the scores of `arvc.audio.score` (docs/scoring.md), on a fixed subset (the first `SCORE_PIECES` held-out
-  pieces), against the recording: F0 RMSE/correlation, V/UV error and MCD at every evaluation, PESQ and
-  STOI (when `arvc[score]` is installed) at every `EXPENSIVE_EVERY`-th evaluation and the last. Pitch is
-  `SCORE_F0`'s whatever the run trained with (fast, and the same for every run).
+  pieces), against the recording: F0 RMSE/correlation, V/UV error and MCD, and at every `EXPENSIVE_EVERY`-th
+  scored evaluation PESQ and STOI too (when `arvc[score]` is installed). They are computed at the first
+  evaluation, the last, and in between whenever they fit in `SCORE_BUDGET` of the time since they were
+  last computed (a token bucket: the seconds they take are paid back by training time x SCORE_BUDGET), so
+  that they never slow a run down by more than that share, on a slow CPU (every evaluation) as on a fast
+  GPU with a small dataset (every few). Pitch is `SCORE_F0`'s whatever the run trained with.
 
 The best model is chosen by `train.select` (`arvc train --select`, mel L1 by default; `BETTER` in
 `arvc.audio.score` says which way is better); the selected score is computed at every evaluation.
@@ -39,6 +42,7 @@ from arvc.model import Synthesizer
 
 __all__ = [
     "EXPENSIVE_EVERY",
+    "SCORE_BUDGET",
     "SCORE_F0",
     "SCORE_PIECES",
     "STFT_RESOLUTIONS",
@@ -54,10 +58,12 @@ logger = logging.getLogger(__name__)
 
 # (n_fft, hop, window) of Parallel WaveGAN's multi-resolution STFT loss.
 STFT_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
-#: Held-out scores: the first SCORE_PIECES pieces (a fixed subset), F0 and MCD at every evaluation, PESQ and
-#: STOI at every EXPENSIVE_EVERY-th (the first of a process included) and the last. Cost: docs/scoring.md.
+#: Held-out scores: the first SCORE_PIECES pieces (a fixed subset); F0 and MCD, and PESQ/STOI at every
+#: EXPENSIVE_EVERY-th scored evaluation (the first of a process included); at the first and the last
+#: evaluation, and in between within SCORE_BUDGET of the time since. Cost: docs/scoring.md.
 SCORE_PIECES = 4
 EXPENSIVE_EVERY = 5
+SCORE_BUDGET = 0.02
 CHEAP, EXPENSIVE = ("f0", "mcd"), ("pesq", "stoi")
 SCORE_F0 = "pm"  # the pitch extractor of the held-out scores (pm: about 25 ms per second of audio)
 
@@ -168,12 +174,20 @@ class Validator:
                 "held-out validation without %s: %s", "/".join(missing).upper(), missing[next(iter(missing))]
             )
         self.expensive = tuple(g for g in EXPENSIVE if g not in missing)
-        self.evaluations = 0  # by this process: every EXPENSIVE_EVERY-th scores PESQ and STOI
+        self.scored = 0  # evaluations of this process that computed the scores: every EXPENSIVE_EVERY-th, all
+        self.bank = 0.0  # seconds of scoring the time since the last evaluation has paid for (SCORE_BUDGET)
+        self.ended: float | None = None  # when the last evaluation ended
 
     def due(self, final: bool = False) -> tuple[str, ...]:
-        """The score groups of the next evaluation (`final`: the run's last, which scores everything)."""
-        expensive = final or self.evaluations % EXPENSIVE_EVERY == 0
+        """The score groups of the next evaluation: all of them at the run's last (`final`), the cheap ones
+        (and every EXPENSIVE_EVERY-th time the expensive ones) when the budget allows, and always the
+        `train.select` one."""
+        if self.ended is not None:
+            self.bank += SCORE_BUDGET * (time.perf_counter() - self.ended)
         chosen = GROUP.get(self.select)
+        if not (final or self.bank >= 0):
+            return (chosen,) if chosen else ()
+        expensive = final or self.scored % EXPENSIVE_EVERY == 0
         return (*CHEAP, *(g for g in self.expensive if expensive or g == chosen))
 
     def __len__(self) -> int:
@@ -203,7 +217,7 @@ class Validator:
             self.load(params)
         d = self.cfg.data
         groups = self.due(final) if scores else ()
-        self.evaluations += bool(scores)
+        self.scored += any(g in CHEAP for g in groups)
         per_piece: list[dict] = []
         score_s = 0.0
         mel_total, stft_total, waves = 0.0, 0.0, []
@@ -238,6 +252,9 @@ class Validator:
                     waves.append(wave.cpu())
                 if index == 0:
                     mel_real, mel_fake = real[0, :, :frames].cpu(), fake[0, :, :frames].cpu()
+        if scores:
+            self.bank -= score_s  # paid back by the training time until the next evaluation
+            self.ended = time.perf_counter()
         count = len(self.items)
         means = {
             key: _finite_mean([p[key] for p in per_piece]) for key in (per_piece[0] if per_piece else {})
