@@ -680,7 +680,8 @@ def _export_best(run: _Run, progress: _Progress) -> None:
 
     def export() -> None:
         select = run.cfg.train.select
-        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out {select} {best[select]:.4g})"
+        criterion = f"{'mel L1' if select == 'mel_l1' else select} {best[select]:.4f}"
+        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out {criterion})"
         export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))
 
