@@ -135,6 +135,9 @@ class TrainConfig:
     # EMA of the generator's weights (arvc.train.weights): the decay, in (0, 1) (e.g. 0.999), or None (off).
     # Validation, listening samples and the exports use the averaged weights; checkpoints hold both.
     ema: float | None = None
+    # What chooses the best model (export/best): held-out "mel_l1" (lower is better), or another held-out
+    # metric of arvc.audio.score.BETTER (`arvc train --select`); fixed for a run (a resume keeps it).
+    select: str = "mel_l1"
 
     @property
     def step_batch(self) -> int:

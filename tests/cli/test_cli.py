@@ -181,6 +181,13 @@ def test_train_ends_with_the_best_epoch_and_a_command_that_converts_with_it(tmp_
     # printed digit from the full value (1.5235507 -> "1.52355" -> "1.5235", but "1.5236" printed)
     assert abs(float(printed[3]) - float(last["val_mel_l1"])) <= 5e-5 + 1e-6
     assert int(printed[4]) == int(last["epoch"])
+    # the last evaluation's held-out scores (the last evaluation scores all of them; docs/scoring.md)
+    scores = re.search(
+        r"held-out at epoch 2: mel L1 [\d.]+, STFT [\d.]+, F0 RMSE \(cents\) .*MCD \(dB\) ([\d.]+)",
+        result.output,
+    )
+    assert scores and abs(float(scores[1]) - float(last["val_mcd_db"])) <= 0.005 + 1e-6, result.output
+    assert "PESQ-wb" in result.output.split("held-out at epoch 2:")[1].splitlines()[0]
 
     (line,) = [line for line in result.output.splitlines() if line.strip().startswith("listen: ")]
     words = shlex.split(line.split("listen: ", 1)[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -119,3 +120,83 @@ def test_a_missing_extra_is_named(folders, monkeypatch):
     monkeypatch.setitem(sys.modules, "pystoi", None)
     result = runner.invoke(app, ["score", str(folders / "originals"), str(folders / "converted")])
     assert result.exit_code == 1 and "arvc[score]" in result.output
+
+
+# --- arvc score MODEL RECORDINGS: each recording converted into the model's own voice, then scored ----------
+@pytest.fixture(scope="module")
+def voice_model(tmp_path_factory):
+    """An untrained tiny generator exported by arvc (folder and .safetensors) and as an RVC .pth, and a
+    folder of two recordings (one in a subfolder) at 16 kHz."""
+    import torch
+
+    from arvc.config import load_config, rvc_config_list
+    from arvc.model import Synthesizer
+    from arvc.modelfile.export import export_generator
+
+    root = tmp_path_factory.mktemp("model")
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    net = Synthesizer(cfg)
+    export_generator(net, cfg, root / "export", features="mel")
+    weights = {k: v.half() for k, v in net.state_dict().items() if not k.startswith("enc_q.")}
+    rvc = {"weight": weights, "config": rvc_config_list(cfg), "sr": 16000, "f0": 1, "version": "v2"}
+    torch.save(rvc, root / "voice.pth")
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):  # arvc[onnx]
+        from arvc.modelfile.onnx import export_onnx
+
+        export_onnx(net, cfg, root / "voice.onnx", noise_scale=0.0)  # its noise is not convert's seed's
+    rng = np.random.default_rng(1)
+    (root / "recordings" / "sub").mkdir(parents=True)
+    sf.write(root / "recordings" / "a.wav", synthesize_speech(1.5, 16000, rng), 16000)
+    sf.write(root / "recordings" / "sub" / "b.flac", synthesize_speech(1.2, 16000, rng), 16000)
+    return root
+
+
+@pytest.mark.parametrize("model", ["export", "export/model.safetensors", "voice.pth", "voice.onnx"])
+def test_a_model_is_scored_on_its_reconstruction_of_each_recording(voice_model, tmp_path, model):
+    if not (voice_model / model).exists():
+        pytest.skip("onnx/onnxruntime (arvc[onnx]) not installed")
+    from arvc.audio.score import score_files
+    from arvc.infer.convert import convert, load_voice_model
+
+    recordings = voice_model / "recordings"
+    args = ["score", str(voice_model / model), str(recordings), "--metrics", "f0,mcd", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # the log (stderr) says which device converts
+    assert report["model"] == str(voice_model / model)
+    assert [r["name"] for r in report["recordings"]] == ["a.wav", "sub/b.flac"]
+    # the same numbers as `arvc infer` followed by `arvc score ORIGINAL CONVERTED` (conversion is seeded)
+    net, cfg = load_voice_model(voice_model / model)
+    convert(net, cfg, recordings / "a.wav", tmp_path / "a.wav")
+    by_hand = score_files(recordings / "a.wav", tmp_path / "a.wav", metrics=("f0", "mcd"))
+    first = report["recordings"][0]
+    assert first["mcd_db"] == pytest.approx(by_hand.mcd_db, rel=1e-3) and first["mcd_db"] > 0
+    assert first["vuv_error"] == pytest.approx(by_hand.vuv_error, abs=1e-9)
+    table = runner.invoke(
+        app, ["score", str(voice_model / model), str(recordings / "a.wav"), "--metrics", "mcd"]
+    )
+    assert table.exit_code == 0, table.output
+    shown = " ".join(table.output.split())  # the title wraps
+    assert "converted to its own voice" in shown and "MCD (dB)" in shown
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["recordings/a.wav", "voice.pth"], "voice.pth is a voice model: put it first"),
+        (["voice.pth", "missing"], "missing do not exist"),
+        (["voice.pth", "empty"], "no audio files in"),
+        (["voice.pth", "export/model.json"], "is not an audio file"),
+        (["recordings", "recordings", "--features", "mel"], "--features convert with a model"),
+        (["voice.pth", "recordings", "--metrics", "loudness"], "unknown metric(s) loudness"),
+        (["recordings/a.wav", "recordings/a.wav", "--device", "cpu"], "--device convert with a model"),
+    ],
+)
+def test_a_bad_model_and_recordings_combination_is_refused_before_any_work(voice_model, args, message):
+    (voice_model / "empty").mkdir(exist_ok=True)
+    paths = [str(voice_model / a) if i < 2 else a for i, a in enumerate(args)]
+    result = runner.invoke(app, ["score", *paths])
+    assert result.exit_code == 1, result.output
+    output = " ".join(result.output.split())
+    assert output.startswith("error:") and message in output, output

@@ -72,6 +72,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         (["--set", "train.c_fm=-1"], "train.c_fm = -1.0 must be a finite number >= 0"),
         (["--set", "train.grad_clip=0"], "train.grad_clip = 0.0 must be a finite number > 0, or null"),
         (["--set", "train.seed=-1"], "train.seed = -1 must be in [0, 2**64)"),
+        (["--select", "mos"], "--select 'mos' is not a held-out metric; choose one of mel_l1, stft,"),
+        (["--set", "train.select=pesq"], "--select 'pesq' is not a held-out metric"),
+        (["--select", "stoi", "--val-fraction", "0"], "--select stoi has nothing to choose from"),
     ],
 )
 def test_bad_values_are_refused_before_preprocessing(tmp_path, recordings, args, message):
@@ -81,6 +84,13 @@ def test_bad_values_are_refused_before_preprocessing(tmp_path, recordings, args,
     assert_refused(result, message)
     assert not (runs / "x" / "data").exists(), "nothing may be preprocessed for bad input"
     assert not runs.exists()
+
+
+def test_select_of_a_score_without_its_package_names_the_extra(tmp_path, recordings, block_import):
+    block_import("pesq")
+    result = cli("train", recordings, "--runs-dir", tmp_path / "runs", "--select", "pesq_wb")
+    assert_refused(result, "--select pesq_wb: PESQ needs the 'pesq' package", "pip install 'arvc[score]'")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_several_bad_values_are_all_named():

@@ -29,6 +29,7 @@ def trained_run(tmp_path_factory):
         (["--batch-size", "4"], "train.batch_size: 2 -> 4"),
         (["--seed", "7"], "train.seed: 1234 -> 7"),
         (["--set", "data.sampling_rate=32000"], "data.sampling_rate: 16000 -> 32000"),
+        (["--select", "mcd_db"], "train.select: 'mel_l1' -> 'mcd_db'"),  # its best was chosen by mel L1
     ],
 )
 def test_resume_refuses_changes_that_cannot_continue_the_run(trained_run, tmp_path, args, message):

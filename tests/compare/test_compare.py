@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from arvc.audio.score import SCORE_NAMES
 from arvc.compare import VARIANTS, resolve_optimizers, run_compare
 from arvc.compare.evaluate import SPLIT_FILE
-from arvc.compare.report import COLUMNS, FIGURES, summarize
+from arvc.compare.report import COLUMNS, FIGURES, SCORES_HEADING, summarize
 from arvc.data.demo import generate_demo_voice
 from arvc.optim import OPTIMIZERS
 
@@ -63,6 +64,12 @@ def test_report_has_table_and_figures(compared):
         row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
         assert f"| {s['schedule']} | 2 | {s['final'][0]:.4g} ({min(finals):.4g}–{max(finals):.4g}) |" in row
     assert "Ranked by mean final held-out mel L1" in md and "overlap" in md
+    # the held-out scores: the last epoch scores everything, per seed, in the table, its rankings and a figure
+    for entry in result.results.values():
+        for run in entry["runs"]:
+            assert set(run["final_heldout_scores"]) == set(SCORE_NAMES)
+    assert SCORES_HEADING in md and "| optimizer | F0 RMSE (cents) (lower is better) |" in md
+    assert "- PESQ-wb (higher is better): " in md
     for figure in FIGURES:
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()

@@ -4,7 +4,7 @@ setting, the warm-up warning; plus one small run that puts every contestant on o
 import pytest
 from typer.testing import CliRunner
 
-from arvc.compare.report import COLUMNS, ranking, spread, summarize, table_rows, ties
+from arvc.compare.report import COLUMNS, ranking, score_table, spread, summarize, table_rows, ties
 from arvc.compare.runner import (
     DEFAULT_EPOCHS,
     DEFAULT_SEEDS,
@@ -88,6 +88,33 @@ def test_table_shows_spread_and_ties():
     assert rows["B"]["ties with (final)"] == "A, D" and rows["C"]["ties with (final)"] == "none"
     assert rows["A"]["seeds"] == "3" and rows["A"]["schedule"] == "exponential"
     assert rows["A"]["NaN / skipped steps"] == "0 / 3"
+
+
+def test_held_out_scores_are_spread_over_seeds_ranked_by_their_direction_with_ties():
+    def entry(name, pesq, mcd):
+        runs = [
+            _run(1234 + k, 1.5, final_heldout_scores={"pesq_wb": p, "mcd_db": m, "f0_corr": float("nan")})
+            for k, (p, m) in enumerate(zip(pesq, mcd, strict=True))
+        ]
+        return {"name": name, "schedule": "exponential", "runs": runs}
+
+    results = {
+        "A": entry("A", [2.0, 2.2], [7.0, 7.4]),
+        "B": entry("B", [2.1, 2.6], [8.0, 8.2]),  # PESQ overlaps A's; MCD apart
+        "C": entry("C", [3.0, 3.1], [6.0, 6.1]),
+        "old": _entry("old", [1.6, 1.6]),  # written before the scores: no cell, not ranked by them
+    }
+    header, rows, ranks = score_table(results)
+    assert header == ["optimizer", "MCD (dB) (lower is better)", "PESQ-wb (higher is better)"], (
+        "no F0 corr: nan"
+    )
+    by_name = {row[0]: row[1:] for row in rows}
+    assert by_name["A"] == ["7.2 (7–7.4)", "2.1 (2–2.2); ties B"]
+    assert by_name["C"] == ["6.05 (6–6.1)", "3.05 (3–3.1)"] and by_name["old"] == ["–", "–"]
+    mcd, pesq = ranks
+    assert mcd.startswith("MCD (dB) (lower is better): C: 6.05") and mcd.index("A:") < mcd.index("B:")
+    assert pesq.startswith("PESQ-wb (higher is better): C: 3.05") and "B: 2.35 (2.1–2.6), ties with A" in pesq
+    assert score_table({"old": _entry("old", [1.6])}) == ([], [], []), "older runs: no table"
 
 
 def test_schedule_setting():

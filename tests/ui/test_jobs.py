@@ -227,6 +227,38 @@ def test_the_progress_plot_draws_a_held_out_curve_of_one_point(tmp_path):
     assert [line.get_label() for line in empty.axes[0].get_lines()] == list(SERIES)
 
 
+def test_the_progress_plot_shows_the_held_out_scores_below_the_losses(tmp_path):
+    import csv
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from arvc.train.logs import VALIDATION_FIELDS
+    from arvc.ui.app import SERIES, _loss_figure
+    from arvc.ui.jobs import JobStatus
+
+    with (tmp_path / "validation.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=VALIDATION_FIELDS)
+        writer.writeheader()
+        common = {"val_mel_l1": "1.5", "val_stft": "6.0", "val_f0_rmse_cents": "80", "val_mcd_db": "9.5"}
+        writer.writerow({"epoch": 1, "step": 3, **common, "val_pesq_wb": "1.2", "best": "yes"})
+        writer.writerow(
+            {"epoch": 2, "step": 6, **common, "val_mcd_db": "8.5", "val_f0_corr": "nan", "best": "yes"}
+        )
+    status = JobStatus(kind="train", name="run", folder=tmp_path, state="training", losses=[])
+    figure = _loss_figure(status)
+    losses, *scores = figure.axes
+    assert [line.get_label() for line in losses.get_lines()] == list(SERIES)
+    assert [axis.get_title() for axis in scores] == [
+        "F0 RMSE (cents)",
+        "MCD (dB)",
+        "PESQ-wb",
+    ]  # no value: none
+    (mcd,) = scores[1].get_lines()
+    assert list(mcd.get_xdata()) == [3, 6] and list(mcd.get_ydata()) == [9.5, 8.5]
+    assert list(scores[2].get_lines()[0].get_xdata()) == [3], "PESQ: only the evaluations that scored it"
+    FigureCanvasAgg(figure).draw()
+
+
 @pytest.mark.parametrize(
     "count, line",
     [

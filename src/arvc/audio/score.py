@@ -30,10 +30,15 @@ __all__ = [
     "F0_HOP",
     "F0_SR",
     "MCD_ORDER",
+    "BETTER",
+    "COLUMNS",
+    "GROUP",
     "METRICS",
     "SCORE_EXTRA_HINT",
+    "SCORE_NAMES",
     "ScoreDependencyError",
     "Scores",
+    "better",
     "check_metrics",
     "f0_scores",
     "mcd",
@@ -41,6 +46,7 @@ __all__ = [
     "mcep_alpha",
     "mel_cepstrum",
     "mel_cepstrum_from_envelope",
+    "missing_metrics",
     "pair_recordings",
     "pesq_wb",
     "score",
@@ -56,6 +62,37 @@ F0_HOP = 160  # 10 ms frames, as RVC's pitch
 MCD_ORDER = 24
 #: Frames quieter than this many dB under the original's loudest frame are left out of MCD (pauses).
 MCD_SILENCE_DB = 40.0
+#: The scores of a recording (:class:`Scores`' fields but the frame count), and the group that computes each.
+SCORE_NAMES = ("f0_rmse_cents", "f0_corr", "vuv_error", "mcd_db", "pesq_wb", "stoi")
+GROUP = {
+    "f0_rmse_cents": "f0",
+    "f0_corr": "f0",
+    "vuv_error": "f0",
+    "mcd_db": "mcd",
+    "pesq_wb": "pesq",
+    "stoi": "stoi",
+}
+#: Which way is better, for every number that can choose a run's best model (`arvc train --select`): the
+#: held-out mel L1 and MR-STFT loss of validation (arvc.train.validation), then this module's scores.
+BETTER = {
+    "mel_l1": "lower",
+    "stft": "lower",
+    "f0_rmse_cents": "lower",
+    "f0_corr": "higher",
+    "vuv_error": "lower",
+    "mcd_db": "lower",
+    "pesq_wb": "higher",
+    "stoi": "higher",
+}
+#: How the scores are shown: key, header, format (`arvc score`'s table, `arvc compare`'s report).
+COLUMNS = (
+    ("f0_rmse_cents", "F0 RMSE (cents)", "{:.1f}"),
+    ("f0_corr", "F0 corr", "{:.3f}"),
+    ("vuv_error", "V/UV error", "{:.1%}"),
+    ("mcd_db", "MCD (dB)", "{:.2f}"),
+    ("pesq_wb", "PESQ-wb", "{:.2f}"),
+    ("stoi", "STOI", "{:.3f}"),
+)
 PESQ_SR = 16000  # wide-band PESQ is defined at 16 kHz
 SCORE_EXTRA_HINT = "pip install 'arvc[score]'"
 #: Lengths may differ by this many samples of 16 kHz audio (a vocoder's padding), never more.
@@ -64,6 +101,16 @@ _LENGTH_SLACK_S = 0.05
 
 class ScoreDependencyError(ImportError):
     """An optional scoring package is not installed; the message names the extra to install."""
+
+
+def better(metric: str, new: float, old: float | None) -> bool:
+    """Whether ``new`` beats ``old`` (None: nothing yet) on ``metric`` (a key of :data:`BETTER`); a
+    non-finite ``new`` never does, and a finite one beats a non-finite ``old``."""
+    if not math.isfinite(new):
+        return False
+    if old is None or not math.isfinite(old):
+        return True
+    return new < old if BETTER[metric] == "lower" else new > old
 
 
 @dataclass(frozen=True)
@@ -268,6 +315,18 @@ def _aligned(reference: np.ndarray, converted: np.ndarray, sr: int) -> tuple[np.
     _check_lengths(len(ref) / sr, len(conv) / sr)
     n = min(len(ref), len(conv))
     return ref[:n], conv[:n]
+
+
+def missing_metrics(metrics: tuple[str, ...]) -> dict[str, str]:
+    """The groups of ``metrics`` whose optional package is not installed: group -> the message saying so."""
+    missing = {}
+    for group, package, name in (("pesq", "pesq", "PESQ"), ("stoi", "pystoi", "STOI")):
+        if group in metrics:
+            try:
+                _import(package, name)
+            except ScoreDependencyError as error:
+                missing[group] = str(error)
+    return missing
 
 
 def check_metrics(metrics: tuple[str, ...], f0_method: str = "pm", rmvpe_path=None) -> None:

@@ -355,6 +355,14 @@ def train(
             "it. Not with a schedule-free optimizer (it averages already).",
         ),
     ] = None,
+    select: Annotated[
+        str | None,
+        typer.Option(
+            metavar="METRIC",
+            help="What chooses the best model (export/best): mel_l1 (default), stft, f0_rmse_cents, f0_corr, "
+            "vuv_error, mcd_db, pesq_wb, stoi (docs/scoring.md). Fixed for a run.",
+        ),
+    ] = None,
 ) -> None:
     """Train a voice model (with no arguments: the embedded demo voice, about 10 minutes on a CPU)."""
     from arvc._files import WriteError
@@ -411,6 +419,7 @@ def train(
                 early_stop=early_stop,
                 min_delta=min_delta,
                 ema=ema,
+                select=select,
             )
         )
     except (ValueError, PretrainedError, ImportError, TrainError, CheckpointError) as error:  # DataError too
@@ -467,9 +476,16 @@ def train(
         console.print(f"  {kind}: {path}")
     best, last = result.best, result.last_validation
     if best is not None and last is not None:
+        from arvc.train.validation import describe_scores
+
+        select = plan.cfg.train.select
         console.print(
-            f"  held-out mel L1: best {best['mel_l1']:.4f} at epoch {best['epoch']} (export/best), "
-            f"last {last['mel_l1']:.4f} at epoch {last['epoch']}"
+            f"  held-out {'mel L1' if select == 'mel_l1' else select}: best {best[select]:.4f} at epoch "
+            f"{best['epoch']} (export/best), last {last[select]:.4f} at epoch {last['epoch']}"
+        )
+        console.print(
+            f"  held-out at epoch {last['epoch']}: mel L1 {last['mel_l1']:.4f}, STFT {last['stft']:.4f}"
+            + describe_scores(last)
         )
     folder = RunFolder(run_dir)
     console.print(f"  TensorBoard: tensorboard --logdir {folder.tensorboard}   loss plot: {folder.loss_plot}")

@@ -9,8 +9,11 @@ import base64
 import html
 import json
 import logging
+import math
 from pathlib import Path
 
+from arvc.audio.score import BETTER
+from arvc.audio.score import COLUMNS as SCORE_COLUMNS
 from arvc.data.outputs import COMPARE_SETUP
 from arvc.optim import OPTIMIZERS
 from arvc.train.logs import read_metrics
@@ -21,8 +24,10 @@ __all__ = [
     "MIN_RANKING_STEPS",
     "REPORT_FILE",
     "TIE_RULE",
+    "SCORES_HEADING",
     "collect_results",
     "ranking",
+    "score_table",
     "short_run_warning",
     "short_runs",
     "spread",
@@ -54,6 +59,8 @@ FIGURES = {
     "line: mean over seeds, band: min–max",
     "lr_schedule.png": "Learning rate each epoch",
     "mel_vs_time.png": "Held-out mel L1 against training wall time; line: mean over seeds, band: min–max",
+    "scores.png": "Held-out scores (docs/scoring.md) at each epoch that computed them; line: mean over "
+    "seeds, band: min–max",
 }
 TIE_RULE = (
     "Two contestants tie when the min–max ranges over seeds of their final held-out mel L1 overlap "
@@ -71,6 +78,12 @@ MIN_RANKING_STEPS = 300
 def _pairings() -> str:
     """The registry's scheduler pairings, e.g. "AdaBelief cosine, AdaBeliefV2 inverse_sqrt", read off it."""
     return ", ".join(f"{s.name} {s.paired_scheduler}" for s in OPTIMIZERS.values() if s.paired_scheduler)
+
+
+SCORES_HEADING = (
+    "Held-out scores at the last evaluation (docs/scoring.md; docs/compare.md says what the demo voice can "
+    "tell), mean (min–max) over seeds; ties as for mel L1, per score:"
+)
 
 
 def short_run_warning(steps: int) -> str:
@@ -123,6 +136,7 @@ def summarize(entry: dict) -> dict:
         "seeds": [r["seed"] for r in runs],
         "final": spread([r["final_heldout_mel_l1"] for r in runs]),
         "best": spread([r["best_heldout_mel_l1"] for r in runs]),
+        "scores": _final_scores(runs),
         "loss_g": loss("loss_g"),
         "loss_d": loss("loss_d"),
         "wall_s": mean("wall_s"),
@@ -131,6 +145,22 @@ def summarize(entry: dict) -> dict:
         "nonfinite_steps": sum(r["nonfinite_steps"] for r in runs),
         "skipped_steps": sum(r["skipped_steps"] for r in runs),
     }
+
+
+def _final_scores(runs: list[dict]) -> dict[str, tuple[float, float, float]]:
+    """score → spread over seeds of its final held-out value, for the scores every seed has a finite one of
+    (runs written before the scores, or a score with nothing to measure, leave it out)."""
+    out = {}
+    for key, _, _ in SCORE_COLUMNS:
+        values = [r.get("final_heldout_scores", {}).get(key) for r in runs]
+        if all(v is not None and math.isfinite(v) for v in values):
+            out[key] = spread(values)
+    return out
+
+
+def _score_summaries(summaries: dict[str, dict], key: str) -> dict[str, dict]:
+    """The ranked contestants' spreads of one held-out score, as `ties` and `ranking` take them."""
+    return {n: {"final": s["scores"][key]} for n, s in summaries.items() if key in s.get("scores", {})}
 
 
 def ties(summaries: dict[str, dict], key: str = "final") -> dict[str, list[str]]:
@@ -142,10 +172,12 @@ def ties(summaries: dict[str, dict], key: str = "final") -> dict[str, list[str]]
     }
 
 
-def ranking(summaries: dict[str, dict]) -> list[str]:
-    """The ranked contestants, best (lowest mean final held-out mel L1) first, each with its ties."""
+def ranking(summaries: dict[str, dict], metric: str = "mel_l1") -> list[str]:
+    """The ranked contestants, best (lowest mean final held-out mel L1; for another `metric`, the best
+    by arvc.audio.score.BETTER) first, each with its ties."""
     tied = ties(summaries)
-    ranked = sorted((s["final"][0], n) for n, s in summaries.items() if "error" not in s)
+    sign = -1 if BETTER[metric] == "higher" else 1
+    ranked = sorted((sign * s["final"][0], n) for n, s in summaries.items() if "error" not in s)
     lines = []
     for place, (_, name) in enumerate(ranked, 1):
         mean, lo, hi = summaries[name]["final"]
@@ -194,6 +226,35 @@ def table_rows(results: dict[str, dict]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def score_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, rows, rankings) of the final held-out scores: one row per ranked contestant, "mean
+    (min–max)" over seeds and the contestants it ties with (TIE_RULE, per score); one ranking line per
+    score. Empty when no contestant has a score (runs written before the scores)."""
+    summaries = {n: s for n, s in ((n, summarize(e)) for n, e in results.items()) if "error" not in s}
+    keys = [c for c in SCORE_COLUMNS if any(c[0] in s["scores"] for s in summaries.values())]
+    if not keys:
+        return [], [], []
+    header = ["optimizer", *(f"{title} ({BETTER[key]} is better)" for key, title, _ in keys)]
+    tied = {key: ties(_score_summaries(summaries, key)) for key, _, _ in keys}
+    rows = []
+    for name, s in summaries.items():
+        cells = []
+        for key, _, _ in keys:
+            if key not in s["scores"]:
+                cells.append("–")
+                continue
+            with_ = tied[key][name]
+            cells.append(_range(s["scores"][key]) + (f"; ties {', '.join(with_)}" if with_ else ""))
+        rows.append([name, *cells])
+    rankings = []
+    for key, title, _ in keys:
+        order = ranking(_score_summaries(summaries, key), key)
+        rankings.append(
+            f"{title} ({BETTER[key]} is better): " + "; ".join(line.split(". ", 1)[1] for line in order)
+        )
+    return header, rows, rankings
 
 
 def collect_results(out_dir: Path, names: list[str] | None = None) -> dict[str, dict]:
@@ -282,8 +343,44 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
     )
     ax.legend(fontsize="small")
     paths["mel_vs_time.png"] = _save(fig, out_dir / "mel_vs_time.png")
+    scores = _plot_scores(plt, out_dir, done)
+    if scores is not None:
+        paths["scores.png"] = scores
     plt.close("all")
     return paths
+
+
+def _plot_scores(plt, out_dir: Path, done: dict[str, list[dict]]) -> Path | None:
+    """One small plot per held-out score: per contestant, its mean over seeds (band: min–max) at the epochs
+    every seed computed it (PESQ/STOI: every few evaluations); None when no run has a score."""
+    import numpy as np
+
+    curves: dict[str, dict[str, tuple[list[int], list[list[float]]]]] = {}
+    for key, _, _ in SCORE_COLUMNS:
+        for name, runs in done.items():
+            by_seed = [
+                {x["epoch"]: x.get("heldout_scores", {}).get(key) for x in r["epoch_records"]} for r in runs
+            ]
+            epochs = [
+                e
+                for e in sorted(by_seed[0])
+                if all(s.get(e) is not None and math.isfinite(s[e]) for s in by_seed)
+            ]
+            if epochs:
+                curves.setdefault(key, {})[name] = (epochs, [[s[e] for e in epochs] for s in by_seed])
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.2), squeeze=False)
+    titles = {key: title for key, title, _ in SCORE_COLUMNS}
+    for ax, (key, lines) in zip(axes[0], curves.items(), strict=True):
+        for name, (epochs, values) in lines.items():
+            stack = np.asarray(values, dtype=float)
+            (line,) = ax.plot(epochs, stack.mean(axis=0), marker=".", label=name)
+            ax.fill_between(epochs, stack.min(axis=0), stack.max(axis=0), color=line.get_color(), alpha=0.2)
+        ax.set(xlabel="epoch", title=f"{titles[key]}, {BETTER[key]} is better")
+        ax.title.set_fontsize("small")
+    axes[0][0].legend(fontsize="small")
+    return _save(fig, out_dir / "scores.png")
 
 
 def _plain_lr_axes(ax) -> None:
@@ -379,6 +476,12 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     md += ["| " + " | ".join(row) + " |" for row in rows]
     md += ["", heading, ""]
     md += [*ranked, ""]
+    score_header, score_rows, score_ranks = score_table(results)
+    if score_rows:
+        md += [SCORES_HEADING, ""]
+        md += ["| " + " | ".join(score_header) + " |", "|" + "---|" * len(score_header)]
+        md += ["| " + " | ".join(row) + " |" for row in score_rows]
+        md += ["", *[f"- {line}" for line in score_ranks], ""]
     md += [*[f"- {note}" for note in notes], ""]
     for file, title in FIGURES.items():
         if file not in figures:
@@ -395,6 +498,19 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
         for file, title in FIGURES.items()
         if file in figures
     )
+    scores_html = ""
+    if score_rows:
+        scores_html = (
+            f"<p>{html.escape(SCORES_HEADING)}</p>\n<table><tr>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in score_header)
+            + "</tr>\n"
+            + "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in score_rows
+            )
+            + "</table>\n<ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in score_ranks)
+            + "</ul>\n"
+        )
     ranked_html = "".join(f"<li>{html.escape(line.split('. ', 1)[1])}</li>" for line in ranked)
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     banner = (
@@ -405,7 +521,7 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
         f"</style></head><body><h1>arvc compare</h1>\n{banner}<table><tr>{cells}</tr>\n{body}</table>\n"
-        f"<p>{html.escape(heading)}</p>\n<ol>{ranked_html}</ol>\n"
+        f"<p>{html.escape(heading)}</p>\n<ol>{ranked_html}</ol>\n{scores_html}"
         f"<ul>{notes_html}</ul>\n{images}</body></html>\n"
     )
     html_path = out_dir / "report.html"

@@ -160,6 +160,7 @@ class _Recorder(Callbacks):
         self.started = time.perf_counter()
         self.timer = OptimizerStepTimer(device)
         self.eval_s, self.lr, self.step = 0.0, None, 0
+        self.total_epochs = 0
         self.nonfinite = last.get("nonfinite", 0)
         self.optimizers: tuple = ()
         self.evaluation_weights = contextlib.nullcontext  # the run's (arvc.train.weights), once it starts
@@ -173,6 +174,7 @@ class _Recorder(Callbacks):
 
     def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         self.started = time.perf_counter()  # wall time counts training, not model building or data loading
+        self.total_epochs = total_epochs
         if self.progress:
             self.progress(
                 "start",
@@ -198,8 +200,9 @@ class _Recorder(Callbacks):
         """Evaluate the generator on the weights its run evaluates (a schedule-free optimizer's average,
         the EMA, else the live ones) and append this point to epochs.jsonl."""
         evaluating = time.perf_counter()
+        params = list(self.optimizers[0].param_groups[0]["params"])
         with self.evaluation_weights():
-            scores = self.evaluator(list(self.optimizers[0].param_groups[0]["params"]))
+            scores = self.evaluator(params, final=epoch == self.total_epochs)  # the last scores everything
         mel_l1 = scores.mel_l1
         self.eval_s += time.perf_counter() - evaluating
         record = {
@@ -207,6 +210,7 @@ class _Recorder(Callbacks):
             "step": self.step,
             "heldout_mel_l1": mel_l1,
             "heldout_stft": scores.stft,
+            "heldout_scores": scores.scores,  # arvc.audio.score's, those computed this time (nan: none)
             "lr": self.lr,
             "wall_s": self.wall0 + time.perf_counter() - self.started - self.eval_s,  # training only
             "optimizer_s": self.opt0 + self.timer.total,
@@ -353,6 +357,8 @@ def _summarize(
         "final_losses": final_losses,
         "final_heldout_mel_l1": mel[-1],
         "best_heldout_mel_l1": min(mel),
+        # the held-out scores of the last evaluation (the last epoch's scores everything)
+        "final_heldout_scores": last.get("heldout_scores", {}),
         "wall_s": last["wall_s"],
         "optimizer_s": last["optimizer_s"],
         "step_s": step_s,

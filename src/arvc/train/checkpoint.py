@@ -210,6 +210,8 @@ RESUMABLE_CHANGES = (
 _WHY_FIXED = {
     "train.accumulate": "accumulate is part of the effective batch (batch_size x accumulate items per "
     "optimizer step) and of the position in the epoch the checkpoint holds",
+    "train.select": "the run's best model (export/best) was chosen by its own metric, and a new one would "
+    "compare against a best it never chose; score the run's models with `arvc score` instead",
 }
 
 

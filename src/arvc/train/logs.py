@@ -10,9 +10,18 @@ from pathlib import Path
 import torch
 
 from arvc._files import WriteError, atomic_file
+from arvc.audio.score import SCORE_NAMES
 from arvc.data.outputs import RunFolder
 
-__all__ = ["METRIC_FIELDS", "VALIDATION_FIELDS", "NullLog", "RunLog", "read_metrics", "read_validation"]
+__all__ = [
+    "METRIC_FIELDS",
+    "SCORE_FIELDS",
+    "VALIDATION_FIELDS",
+    "NullLog",
+    "RunLog",
+    "read_metrics",
+    "read_validation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +41,11 @@ METRIC_FIELDS = (
     "skipped",
     "seconds",
 )
-VALIDATION_FIELDS = ("epoch", "step", "val_mel_l1", "val_stft", "best")
+# The held-out scores (arvc.audio.score.SCORE_NAMES as val_NAME; empty where not computed that time) and the
+# seconds they took came after val_stft in 2026-12; "best" stays last (a torn line is one without it), and a
+# file with the older columns is read as it is and rewritten with these on resume.
+SCORE_FIELDS = (*(f"val_{name}" for name in SCORE_NAMES), "score_s")
+VALIDATION_FIELDS = ("epoch", "step", "val_mel_l1", "val_stft", *SCORE_FIELDS, "best")
 
 
 def _read_csv(path: Path, last_field: str) -> list[dict]:
@@ -111,11 +124,16 @@ class RunLog:
             "step": record["step"],
             "val_mel_l1": f"{record['mel_l1']:.6g}",
             "val_stft": f"{record['stft']:.6g}",
+            **{f"val_{k}": f"{v:.6g}" for k, v in evaluation.scores.items()},
+            "score_s": f"{evaluation.score_s:.3f}" if evaluation.scores else "",
             "best": "yes" if best else "no",
         }
         _append_row(self.validation_path, VALIDATION_FIELDS, row)
         self.writer.add_scalar("validation/mel_l1", record["mel_l1"], record["step"])
         self.writer.add_scalar("validation/stft", record["stft"], record["step"])
+        for key, value in evaluation.scores.items():
+            if value == value:  # nan: nothing to measure this time (no frame voiced in both, ...)
+                self.writer.add_scalar(f"validation/{key}", value, record["step"])
         if evaluation.mel_real is not None:
             self.log_mel_figure("mel/heldout", record["step"], evaluation.mel_real, evaluation.mel_fake)
 

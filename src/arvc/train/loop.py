@@ -79,7 +79,7 @@ from arvc.train.optimizers import (
 from arvc.train.precision import AUTO, device_precision, tf32_matmuls
 from arvc.train.runlock import run_lock
 from arvc.train.step import GanStep, autocast
-from arvc.train.validation import Evaluation, Validator
+from arvc.train.validation import Evaluation, Validator, check_select, describe_scores, improves
 from arvc.train.weights import (
     AVERAGED,
     WeightAverage,
@@ -324,6 +324,7 @@ def _check_and_resolve(opts: TrainOptions, checkpoint: dict | None, resume_from:
             "--pretrained-g/--pretrained-d start a new run; a resumed run continues from its checkpoint"
         )
     cfg.validate()
+    check_select(cfg.train.select)
     if checkpoint is not None:
         check_resume_config(checkpoint.get("config", {}), cfg, resume_from)
     hp = hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
@@ -643,16 +644,17 @@ def _one_epoch(run: _Run, progress: _Progress, epoch: int, opts: TrainOptions, c
 def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
     """Score the generator on the held-out pieces (when due); track the best and decide an early stop.
 
-    The best is the lowest held-out mel L1 so far; early stopping counts evaluations since held-out mel
-    L1 last improved by more than `min_delta`. Every rank evaluates the same weights on the same pieces,
-    so they agree; rank 0 writes the log."""
+    The best is the best held-out `train.select` so far (mel L1 by default); early stopping counts
+    evaluations since held-out mel L1 last improved by more than `min_delta`. Every rank evaluates the same
+    weights on the same pieces, so they agree; rank 0 writes the log."""
     t = run.cfg.train
     if run.validator is None or (epoch % t.val_every and epoch != t.epochs):
         return None
     with _evaluated(run):
-        evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS)
+        evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS, final=epoch == t.epochs)
     record = {"epoch": epoch, "step": progress.step, "mel_l1": evaluation.mel_l1, "stft": evaluation.stft}
-    improved = evaluation.finite and (progress.best is None or evaluation.mel_l1 < progress.best["mel_l1"])
+    record.update(evaluation.scores)
+    improved = evaluation.finite and improves(t.select, record, progress.best)
     if improved:
         name = checkpoint_path(run.run_dir, epoch, progress.step).name
         progress.best = {**record, "checkpoint": name}
@@ -668,16 +670,17 @@ def _validate(run: _Run, progress: _Progress, epoch: int) -> Evaluation | None:
     note = (
         " (best so far)"
         if improved
-        else f" (best {best['mel_l1']:.4f}, epoch {best['epoch']})"
+        else f" (best {t.select} {best[t.select]:.4g}, epoch {best['epoch']})"
         if best
         else ""
     )
     logger.info(
-        "epoch %d/%d: held-out mel L1 %.4f, STFT %.4f%s",
+        "epoch %d/%d: held-out mel L1 %.4f, STFT %.4f%s%s",
         epoch,
         t.epochs,
         evaluation.mel_l1,
         evaluation.stft,
+        describe_scores(evaluation.scores),
         note,
     )
     patience_spent = t.early_stop is not None and progress.evaluations_without_gain >= t.early_stop
@@ -706,7 +709,9 @@ def _export_best(run: _Run, progress: _Progress) -> None:
     folder = run.folder.best_export
 
     def export() -> None:
-        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
+        select = run.cfg.train.select
+        criterion = f"{'mel L1' if select == 'mel_l1' else select} {best[select]:.4f}"
+        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out {criterion})"
         with _evaluated(run):
             export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))
@@ -721,7 +726,7 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
         return
     if evaluation is None:  # a save between evaluations: convert (the scores are not recorded)
         with _evaluated(run):
-            evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS)
+            evaluation = run.validator(run.net_g.parameters(), keep=SAMPLE_CLIPS, scores=False)
     names = run.validator.names[:SAMPLE_CLIPS]
     originals = run.validator.originals(SAMPLE_CLIPS)
     sample_rate = run.cfg.data.sampling_rate

@@ -39,6 +39,7 @@ from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_c
 from arvc.train.loop import TrainOptions, resolve_resume
 from arvc.train.precision import AUTO
 from arvc.train.runlock import check_unlocked
+from arvc.train.validation import check_select
 from arvc.train.weights import averaging_conflict
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class TrainRequest:
     early_stop: int | None = None
     min_delta: float | None = None
     ema: float | None = None  # EMA decay of G's weights (train.ema), e.g. 0.999
+    select: str | None = None  # the metric that chooses the best model (train.select)
 
 
 @dataclass
@@ -233,6 +235,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         ("train.early_stop", r.early_stop),
         ("train.min_delta", r.min_delta),
         ("train.ema", r.ema),
+        ("train.select", r.select),
     ):
         if value is not None:
             overrides[key] = value
@@ -287,6 +290,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             raise ValueError(f"dataset folder {r.dataset} does not exist")
     check_writable(run_dir)
     cfg = apply_overrides(cfg, overrides)
+    check_select(cfg.train.select)  # an unknown metric, or PESQ/STOI without arvc[score]
     if r.resume is not None:
         check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
         _check_there_is_more_to_train(saved, cfg, r.max_steps, resume_file)
@@ -304,6 +308,11 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         unused.append(
             f"--val-every {r.val_every} has nothing to evaluate: validation is off (val_fraction 0); drop "
             "--val-every, or hold pieces out with --val-fraction F"
+        )
+    if r.select is not None and cfg.train.val_fraction == 0:
+        unused.append(
+            f"--select {r.select} has nothing to choose from: validation is off (val_fraction 0); drop "
+            "--select, or hold pieces out with --val-fraction F"
         )
     if unused:
         raise ValueError("; ".join(unused) + " (nothing was changed)")

@@ -9,27 +9,109 @@ and scores the result against the recording:
   the number the best model and early stopping are chosen by.
 * `stft`: multi-resolution STFT loss (spectral convergence + log-magnitude L1, averaged over three
   resolutions, Parallel WaveGAN's), which also sees what the mel bands blur (phase-smearing, buzz).
+* the scores of `arvc.audio.score` (docs/scoring.md), on a fixed subset (the first `SCORE_PIECES` held-out
+  pieces), against the recording: F0 RMSE/correlation, V/UV error and MCD, and at every `EXPENSIVE_EVERY`-th
+  scored evaluation PESQ and STOI too (when `arvc[score]` is installed). They are computed at the first
+  evaluation, the last, and in between whenever they fit in `SCORE_BUDGET` of the time since they were
+  last computed (a token bucket: the seconds they take are paid back by training time x SCORE_BUDGET), so
+  that they never slow a run down by more than that share, on a slow CPU (every evaluation) as on a fast
+  GPU with a small dataset (every few). Pitch is `SCORE_F0`'s whatever the run trained with.
+
+The best model is chosen by `train.select` (`arvc train --select`, mel L1 by default; `BETTER` in
+`arvc.audio.score` says which way is better); the selected score is computed at every evaluation.
 
 Evaluating never changes the training run's random stream (`torch.random.fork_rng`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from arvc.audio.mel import spec_to_mel_of, wave_to_mel_of
+from arvc.audio.score import BETTER, COLUMNS, GROUP, ScoreDependencyError, better, missing_metrics, score
 from arvc.config import RunConfig
 from arvc.data.dataset import VoiceDataset
 from arvc.model import Synthesizer
 
-__all__ = ["STFT_RESOLUTIONS", "Evaluation", "Validator", "multi_resolution_stft_loss"]
+__all__ = [
+    "EXPENSIVE_EVERY",
+    "SCORE_BUDGET",
+    "SCORE_F0",
+    "SCORE_PIECES",
+    "STFT_RESOLUTIONS",
+    "Evaluation",
+    "Validator",
+    "check_select",
+    "describe_scores",
+    "improves",
+    "multi_resolution_stft_loss",
+]
+
+logger = logging.getLogger(__name__)
 
 # (n_fft, hop, window) of Parallel WaveGAN's multi-resolution STFT loss.
 STFT_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
+#: Held-out scores: the first SCORE_PIECES pieces (a fixed subset); F0 and MCD, and PESQ/STOI at every
+#: EXPENSIVE_EVERY-th scored evaluation (the first of a process included); at the first and the last
+#: evaluation, and in between within SCORE_BUDGET of the time since. Cost: docs/scoring.md.
+SCORE_PIECES = 4
+EXPENSIVE_EVERY = 5
+SCORE_BUDGET = 0.02
+CHEAP, EXPENSIVE = ("f0", "mcd"), ("pesq", "stoi")
+SCORE_F0 = "pm"  # the pitch extractor of the held-out scores (pm: about 25 ms per second of audio)
+
+
+def check_select(select: str) -> None:
+    """Refuse an unknown `train.select` (ValueError) or one whose package is missing (ScoreDependencyError,
+    naming the extra), before any work."""
+    if select not in BETTER:
+        raise ValueError(
+            f"--select {select!r} is not a held-out metric; choose one of {', '.join(BETTER)} "
+            "(docs/scoring.md says what each measures)"
+        )
+    missing = missing_metrics((GROUP.get(select, ""),))
+    if missing:
+        raise ScoreDependencyError(f"--select {select}: {next(iter(missing.values()))}")
+
+
+def improves(select: str, record: dict, best: dict | None) -> bool:
+    """Whether an evaluation's `record` (mel_l1, stft and the scores) beats the `best` record so far on
+    `select` (a key of BETTER); a record without a finite value of it never does."""
+    return better(select, record.get(select, math.nan), None if best is None else best.get(select))
+
+
+def describe_scores(scores: dict[str, float]) -> str:
+    """The held-out scores as the end of a log line: ", F0 RMSE (cents) 35.2, MCD (dB) 6.12, ..."."""
+    return "".join(
+        f", {header} {'-' if not math.isfinite(scores[key]) else fmt.format(scores[key])}"
+        for key, header, fmt in COLUMNS
+        if key in scores
+    )
+
+
+def _piece_scores(reference: np.ndarray, converted: np.ndarray, sr: int, groups: tuple[str, ...]) -> dict:
+    """One piece's scores of `groups`, nan where a group cannot score it (a silent or non-finite
+    conversion: PESQ finds no utterance, ...): validation goes on and says nothing but nan."""
+    out: dict[str, float] = {}
+    finite = bool(np.isfinite(converted).all())
+    for part in (tuple(g for g in groups if g in CHEAP), *((g,) for g in groups if g in EXPENSIVE)):
+        if not part:
+            continue
+        try:
+            if not finite:
+                raise ValueError("non-finite conversion")
+            values = score(reference, converted, sr, f0_method=SCORE_F0, metrics=part).as_dict()
+        except ValueError:
+            values = {}
+        out.update({k: float(values.get(k, math.nan)) for k, g in GROUP.items() if g in part})
+    return out
 
 
 def multi_resolution_stft_loss(fake: torch.Tensor, real: torch.Tensor) -> float:
@@ -54,6 +136,9 @@ class Evaluation:
     waves: list[torch.Tensor] = field(default_factory=list)  # converted pieces [T] (the first `keep`)
     mel_real: torch.Tensor | None = None  # [n_mels, frames] of the first piece
     mel_fake: torch.Tensor | None = None
+    # arvc.audio.score's scores computed this time (means over the scored pieces; nan: nothing to measure)
+    scores: dict[str, float] = field(default_factory=dict)
+    score_s: float = 0.0  # seconds spent on them
 
     @property
     def finite(self) -> bool:
@@ -81,6 +166,29 @@ class Validator:
         self.items = list(dataset)
         self.names = [entry[0].stem for entry in dataset.entries]
         self.model = Synthesizer(cfg).eval().to(self.device)
+        self.select = cfg.train.select
+        check_select(self.select)
+        missing = missing_metrics(EXPENSIVE)
+        if missing and self.items:
+            logger.info(
+                "held-out validation without %s: %s", "/".join(missing).upper(), missing[next(iter(missing))]
+            )
+        self.expensive = tuple(g for g in EXPENSIVE if g not in missing)
+        self.scored = 0  # evaluations of this process that computed the scores: every EXPENSIVE_EVERY-th, all
+        self.bank = 0.0  # seconds of scoring the time since the last evaluation has paid for (SCORE_BUDGET)
+        self.ended: float | None = None  # when the last evaluation ended
+
+    def due(self, final: bool = False) -> tuple[str, ...]:
+        """The score groups of the next evaluation: all of them at the run's last (`final`), the cheap ones
+        (and every EXPENSIVE_EVERY-th time the expensive ones) when the budget allows, and always the
+        `train.select` one."""
+        if self.ended is not None:
+            self.bank += SCORE_BUDGET * (time.perf_counter() - self.ended)
+        chosen = GROUP.get(self.select)
+        if not (final or self.bank >= 0):
+            return (chosen,) if chosen else ()
+        expensive = final or self.scored % EXPENSIVE_EVERY == 0
+        return (*CHEAP, *(g for g in self.expensive if expensive or g == chosen))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -100,11 +208,18 @@ class Validator:
                 mine.copy_(theirs.detach().to(self.device, torch.float32))
 
     @torch.no_grad()
-    def __call__(self, params=None, keep: int = 0) -> Evaluation:
-        """Evaluate (loading `params` first, when given); keep the converted waves of the first `keep`."""
+    def __call__(self, params=None, keep: int = 0, final: bool = False, scores: bool = True) -> Evaluation:
+        """Evaluate (loading `params` first, when given); keep the converted waves of the first `keep`.
+
+        `scores`: compute the held-out scores due (`due(final)`), counting this as an evaluation; False
+        for a conversion only (listening samples between evaluations)."""
         if params is not None:
             self.load(params)
         d = self.cfg.data
+        groups = self.due(final) if scores else ()
+        self.scored += any(g in CHEAP for g in groups)
+        per_piece: list[dict] = []
+        score_s = 0.0
         mel_total, stft_total, waves = 0.0, 0.0, []
         mel_real = mel_fake = None
         devices = [self.device] if self.device.type == "cuda" else []
@@ -128,9 +243,25 @@ class Validator:
                 target = item.wave.reshape(-1)
                 samples = min(len(wave), len(target))
                 stft_total += multi_resolution_stft_loss(wave[:samples], target[:samples])
+                if groups and index < SCORE_PIECES:
+                    started = time.perf_counter()
+                    pair = (x[:samples].double().cpu().numpy() for x in (target, wave))
+                    per_piece.append(_piece_scores(*pair, d.sampling_rate, groups))
+                    score_s += time.perf_counter() - started
                 if index < keep:
                     waves.append(wave.cpu())
                 if index == 0:
                     mel_real, mel_fake = real[0, :, :frames].cpu(), fake[0, :, :frames].cpu()
+        if scores:
+            self.bank -= score_s  # paid back by the training time until the next evaluation
+            self.ended = time.perf_counter()
         count = len(self.items)
-        return Evaluation(mel_total / count, stft_total / count, waves, mel_real, mel_fake)
+        means = {
+            key: _finite_mean([p[key] for p in per_piece]) for key in (per_piece[0] if per_piece else {})
+        }
+        return Evaluation(mel_total / count, stft_total / count, waves, mel_real, mel_fake, means, score_s)
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan

@@ -179,8 +179,12 @@ def _loss_figure(status):
     from matplotlib.figure import Figure  # not pyplot: a figure per refresh, freed with it, no display
 
     frame = _loss_frame(status)
-    figure = Figure(figsize=(8, 3.2), layout="constrained")
-    axis = figure.add_subplot()
+    scores = _held_out_scores(status)
+    figure = Figure(figsize=(8, 5.6 if scores else 3.2), layout="constrained")
+    grid = figure.add_gridspec(
+        2 if scores else 1, max(1, len(scores)), height_ratios=[1.4, 1] if scores else None
+    )
+    axis = figure.add_subplot(grid[0, :])
     for series in SERIES:
         points = frame[frame["series"] == series].dropna()
         style = {"marker": "o", "markersize": 5} if series == HELD_OUT else {}
@@ -188,7 +192,31 @@ def _loss_figure(status):
     axis.set_xlabel("step")
     axis.grid(alpha=0.3)
     axis.legend(loc="upper right", fontsize="small")
+    for column, (title, points) in enumerate(scores.items()):  # below: one small plot per held-out score
+        small = figure.add_subplot(grid[1, column])
+        small.plot(*zip(*points, strict=True), marker="o", markersize=3)
+        small.set_title(title, fontsize="small")
+        small.tick_params(labelsize="x-small")
+        small.grid(alpha=0.3)
     return figure
+
+
+def _held_out_scores(status) -> dict[str, list[tuple[int, float]]]:
+    """A training's held-out scores (validation.csv, docs/scoring.md): header -> (step, value) of the
+    evaluations that computed it; only the scores with a value yet."""
+    if status is None or status.kind != "train":
+        return {}
+    from arvc.audio.score import COLUMNS
+    from arvc.train.logs import read_validation
+
+    rows = read_validation(status.folder)
+    found = {}
+    for key, header, _ in COLUMNS:
+        points = [(int(r["step"]), _number(r.get(f"val_{key}"))) for r in rows]
+        points = [(step, value) for step, value in points if value is not None and math.isfinite(value)]
+        if points:
+            found[header] = points
+    return found
 
 
 def _samples(status) -> tuple[str | None, str | None, str]:
