@@ -509,11 +509,11 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
         batches_done=checkpoint.get("batch_in_epoch", 0),
         step=checkpoint["step"],
     )
-    for name, optimizer, key in (
-        ("generator", run.optim_g, "optim_g"),
-        ("discriminator", run.optim_d, "optim_d"),
+    for name, optimizer, key, net in (
+        ("generator", run.optim_g, "optim_g", run.net_g),
+        ("discriminator", run.optim_d, "optim_d", run.net_d),
     ):
-        restore_optimizer(name, optimizer, checkpoint[key], run.hp)
+        restore_optimizer(name, optimizer, checkpoint[key], run.hp, net.parameters())
     if run.average is not None:  # (its decay is train.ema, which a resume keeps)
         run.average.load_state_dict(checkpoint[AVERAGED])
     run.scaler.load_state_dict(checkpoint["scaler"])
