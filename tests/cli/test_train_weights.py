@@ -121,6 +121,8 @@ def test_inspect_shows_what_the_averaged_record_holds(ema_run, schedule_free_run
         result = runner.invoke(app, ["inspect", str(latest_checkpoint(run)), "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["averaged"] == averaged
+        result = runner.invoke(app, ["inspect", str(run), "--json"])  # a run: its export says which weights
+        assert json.loads(result.stdout)["info"].endswith(f"({averaged['kind']} weights)"), result.stdout
     table = " ".join(runner.invoke(app, ["inspect", str(latest_checkpoint(ema_run))]).output.split())
     assert "│ averaged │ kind=ema, decay=0.9, updates=2 │" in table, table
 

@@ -274,7 +274,7 @@ def _read_export(path: Path, weights_path: Path, info: str | None = None) -> Mod
         cfg.data.sampling_rate,
         cfg.version,
         config=cfg,
-        info=info,
+        info=info or meta.get("info"),
         features=meta.get("features"),
     )
     return _fill(mf)

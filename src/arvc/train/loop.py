@@ -81,6 +81,7 @@ from arvc.train.validation import Evaluation, Validator
 from arvc.train.weights import (
     AVERAGED,
     WeightAverage,
+    averaged_kind,
     averaged_record,
     averaging_conflict,
     evaluation_weights,
@@ -700,13 +701,20 @@ def _evaluated(run: _Run):
     return evaluation_weights(run.net_g, run.optim_g, run.average)
 
 
+def _which_weights(run: _Run) -> str:
+    """For an export's info: " (ema weights)" / " (schedule-free weights)", as `arvc export` says it."""
+    kind = averaged_kind(run.optim_g, run.average)
+    return f" ({kind} weights)" if kind else ""
+
+
 def _export_best(run: _Run, progress: _Progress) -> None:
     """Export the generator as it is now (the best so far) to export/best/, with best.json saying which."""
     best = progress.best
     folder = best_record(run.run_dir).parent
 
     def export() -> None:
-        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out mel L1 {best['mel_l1']:.4f})"
+        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']}{_which_weights(run)}"
+        info += f" (best held-out mel L1 {best['mel_l1']:.4f})"
         with _evaluated(run):
             export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))
@@ -860,7 +868,7 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
             message = "stopped by %s after step %d; continue with --resume %s"
             logger.warning(message, progress.stopped_by, progress.step, run.run_dir)
         return result
-    info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}"
+    info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}{_which_weights(run)}"
 
     def export() -> dict[str, Path]:
         with _evaluated(run):
