@@ -92,3 +92,81 @@ def test_converting_with_a_checkpoint_uses_the_weights_the_run_evaluates(ema_run
     key = "enc_p.emb_phone.weight"  # (not weight-normed: unchanged by remove_weight_norm)
     assert torch.equal(net.state_dict()[key], checkpoint["averaged"]["generator"][key])
     assert not torch.equal(net.state_dict()[key], checkpoint["generator"][key])
+
+
+@pytest.fixture(scope="module")
+def schedule_free_run(ema_run, tmp_path_factory):
+    """Two steps of AdamWScheduleFree on the EMA run's recordings (an epoch left to train)."""
+    runs = tmp_path_factory.mktemp("sf") / "runs"
+    args = ["train", str(ema_run.parent.parent / "wav"), "--runs-dir", str(runs), "--name", "bob"]
+    result = runner.invoke(
+        app,
+        [*args, "--optimizer", "AdamWScheduleFree", "--batch-size", "1", "--epochs", "2", "--max-steps", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    return runs / "bob"
+
+
+def _close(state: dict, reference: dict, atol: float = 1e-7) -> bool:
+    return all(torch.allclose(state[k].float(), reference[k].float(), rtol=0, atol=atol) for k in reference)
+
+
+def test_inspect_shows_what_the_averaged_record_holds(ema_run, schedule_free_run):
+    import json
+
+    for run, averaged in (
+        (ema_run, {"kind": "ema", "decay": 0.9, "updates": 2}),
+        (schedule_free_run, {"kind": "schedule-free"}),
+    ):
+        result = runner.invoke(app, ["inspect", str(latest_checkpoint(run)), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["averaged"] == averaged
+        result = runner.invoke(app, ["inspect", str(run), "--json"])  # a run: its export says which weights
+        assert json.loads(result.stdout)["info"].endswith(f"({averaged['kind']} weights)"), result.stdout
+    table = " ".join(runner.invoke(app, ["inspect", str(latest_checkpoint(ema_run))]).output.split())
+    assert "│ averaged │ kind=ema, decay=0.9, updates=2 │" in table, table
+
+
+def test_pretrained_g_from_an_averaging_checkpoint_starts_from_its_averaged_weights(ema_run, tmp_path):
+    """A new run started from an --ema run's checkpoint starts from the weights that run evaluated and
+    exported (its EMA), as `arvc export` and `arvc infer` take them, and says so."""
+    path = latest_checkpoint(ema_run)
+    checkpoint = load_checkpoint(path)
+    wav, runs = ema_run.parent.parent / "wav", tmp_path / "runs"
+    args = ["train", str(wav), "--runs-dir", str(runs), "--name", "carol", "--pretrained-g", str(path)]
+    result = runner.invoke(app, [*args, "--lr", "1e-12", "--batch-size", "1", "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    started = load_checkpoint(latest_checkpoint(runs / "carol"))["generator"]  # one step of lr 1e-12 on
+    assert _close(started, checkpoint["averaged"]["generator"])
+    assert not _close(started, checkpoint["generator"])
+    assert "starting from the run's ema weights" in " ".join(result.output.split())
+
+
+def test_resuming_a_schedule_free_run_with_another_optimizer_continues_from_its_x(
+    schedule_free_run, tmp_path
+):
+    """A switch away from a schedule-free optimizer (its state is not loaded into another) continues from
+    the run's model, x (what it evaluated and exported), for G and D, not from y where it took gradients."""
+    from arvc.config import RunConfig
+    from arvc.model.discriminator import MultiPeriodDiscriminator
+    from arvc.optim import build_optimizer
+
+    run = tmp_path / "bob"
+    shutil.copytree(schedule_free_run, run)
+    saved = load_checkpoint(latest_checkpoint(run))
+    net_d = MultiPeriodDiscriminator(RunConfig.from_dict(saved["config"]))  # D's x, by the optimizer's eval()
+    net_d.load_state_dict(saved["discriminator"])
+    optimizer = build_optimizer("AdamWScheduleFree", net_d.parameters(), lr=1e-3)
+    optimizer.load_state_dict(saved["optim_d"]["state"])
+    optimizer.eval()
+    x_d = net_d.state_dict()
+
+    args = ["train", "--resume", str(run), "--optimizer", "AdamW", "--lr", "1e-12", "--max-steps", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    resumed = load_checkpoint(latest_checkpoint(run))
+    assert resumed["step"] == 3 and resumed["optim_g"]["name"] == "AdamW"
+    assert _close(resumed["generator"], saved["averaged"]["generator"])
+    assert not _close(resumed["generator"], saved["generator"])
+    assert _close(resumed["discriminator"], x_d)
+    assert not _close(resumed["discriminator"], saved["discriminator"])

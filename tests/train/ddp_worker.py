@@ -6,14 +6,19 @@
 {"options": {...TrainOptions...}, "overrides": {...}, "result": PATH, ...}; each rank writes
 PATH.rank{R}.json with the outcome (or the error) and goes on with the next spec. Test-only extras:
 "noise_seed_offset" (shift the per-item noise keys: the control run), "fail_save" (rank 0's checkpoint
-write raises OSError), "pid_dir" (each rank writes its pid there, for the signal test).
+write raises OSError), "pid_dir" (each rank writes its pid there, for the signal test),
+"record_evaluated" (each rank saves G's parameters, flattened, each time the run evaluates them:
+PATH.rank{R}.evaluated.pt).
 """
 
+import contextlib
 import json
 import os
 import sys
 import traceback
 from pathlib import Path
+
+import torch
 
 import arvc.train.loop as loop
 import arvc.train.step as step
@@ -39,7 +44,23 @@ def run(spec: dict) -> dict:
         loop.atomic_save = failing_save
     if spec.get("pid_dir"):
         Path(spec["pid_dir"], f"rank{rank}.pid").write_text(str(os.getpid()))
-    result = loop.train(loop.TrainOptions(config=config, **options))
+    evaluated = []
+    if spec.get("record_evaluated"):
+        plain = loop._evaluated
+
+        @contextlib.contextmanager
+        def recording(run):
+            with plain(run):
+                evaluated.append(torch.cat([p.detach().flatten().clone() for p in run.net_g.parameters()]))
+                yield
+
+        loop._evaluated = recording
+    try:
+        result = loop.train(loop.TrainOptions(config=config, **options))
+    finally:
+        if spec.get("record_evaluated"):
+            loop._evaluated = plain
+            torch.save(evaluated, f"{spec['result']}.rank{rank}.evaluated.pt")
     return {
         "steps_done": result.steps_done,
         "stopped_by": result.stopped_by,

@@ -254,6 +254,29 @@ def test_an_ema_in_two_processes_matches_one_process(tmp_path, data_dir):
         assert float((d_run - d_ref).norm() / d_ref.norm()) < TOLERANCE["generator"], name
 
 
+def test_schedule_free_ranks_evaluate_the_same_x_as_one_process(tmp_path, data_dir):
+    """A schedule-free run in two processes: at validation every rank's G holds x (`optimizer.eval()` on
+    its own copy of y and z), bit for bit the same on both ranks, and as close to the one-process run's x
+    (its checkpoint's `averaged` record, written at the same epoch end) as DDP's weights are (issue #33)."""
+    overrides = {**OVERRIDES, "train.epochs": 1}
+    options = {"data_dir": str(data_dir), "optimizer": "AdamWScheduleFree"}
+    one_process(tmp_path / "one", data_dir, overrides=overrides, optimizer="AdamWScheduleFree")
+    spec = {"options": {"run_dir": str(tmp_path / "two"), **options}, "overrides": overrides}
+    [outcome] = launch(tmp_path, "sf", [{**spec, "record_evaluated": True}])
+    assert all("error" not in rank for rank in outcome), outcome[0].get("traceback")
+    ranks = [torch.load(f"{tmp_path / 'sf-0'}.rank{r}.evaluated.pt") for r in range(2)]
+    assert ranks[0] and ranks[1], "every rank evaluates (held-out validation; rank 0 also exports)"
+    assert all(torch.equal(x, ranks[0][0]) for x in ranks[0] + ranks[1]), "one x: the epoch's end"
+    start = initial_weights()["generator"]
+    x_one = load_checkpoint(latest_checkpoint(tmp_path / "one"))["averaged"]
+    assert x_one["kind"] == "schedule-free"
+    d_ref = torch.cat([(x_one["generator"][k] - start[k]).flatten() for k in start])
+    d_run = ranks[0][0] - torch.cat([start[k].flatten() for k in start])
+    assert float((d_run - d_ref).norm() / d_ref.norm()) < TOLERANCE["generator"]
+    x_two = load_checkpoint(latest_checkpoint(tmp_path / "two"))["averaged"]["generator"]
+    assert torch.equal(torch.cat([x_two[k].flatten() for k in start]), ranks[0][0]), "rank 0's x is saved"
+
+
 # ---------------------------------------------------------------------------------------------------------
 SMOKE = [
     *[(name, {"optimizer": name}) for name in OPTIMIZERS],

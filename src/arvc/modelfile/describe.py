@@ -58,6 +58,9 @@ def describe_model_file(path: str | Path) -> dict[str, Any]:
         if "device" in mf.extra:  # where it was trained (checkpoints of arvc before --device auto: absent)
             name = mf.extra.get("device_name")
             out["device"] = mf.extra["device"] + (f" ({name})" if name else "")
+        # The weights the run evaluated and exports (arvc.train.weights), beside the live ones it trains;
+        # "none": its live weights are the evaluated ones.
+        out["averaged"] = mf.averaged_info or "none"
     if mf.hyperparameters is not None:
         out["hyperparameters"] = mf.hyperparameters
     return _plain(out)

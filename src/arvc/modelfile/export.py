@@ -103,6 +103,7 @@ def export_generator(
                 "format": EXPORT_FORMAT,
                 "config": json.dumps(cfg.to_dict()),
                 **({"features": features} if features else {}),
+                **({"info": info} if info else {}),  # (what `arvc inspect RUN` shows: e.g. which weights)
             },
         )
     written["safetensors"] = safetensors_path

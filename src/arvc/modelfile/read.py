@@ -75,6 +75,9 @@ class ModelFile:
     # (schedule-free x, the EMA) beside `generator`, the live weights it trains; and which ("ema", ...).
     averaged_generator: dict[str, torch.Tensor] | None = None
     averaged_kind: str | None = None
+    averaged_info: dict[str, Any] | None = (
+        None  # what `arvc inspect` shows: kind (and an EMA's decay, updates)
+    )
 
     @property
     def content_features(self) -> str | None:
@@ -206,6 +209,9 @@ def _from_checkpoint(path: Path, data: dict) -> ModelFile:
     if isinstance(averaged, dict):
         mf.averaged_generator = _state_dict(path, averaged.get("generator"), "'averaged' generator")
         mf.averaged_kind = str(averaged.get("kind"))
+        mf.averaged_info = {"kind": mf.averaged_kind} | {
+            key: averaged[key] for key in ("decay", "updates") if key in averaged
+        }
     return _fill(mf)
 
 
@@ -268,7 +274,7 @@ def _read_export(path: Path, weights_path: Path, info: str | None = None) -> Mod
         cfg.data.sampling_rate,
         cfg.version,
         config=cfg,
-        info=info,
+        info=info or meta.get("info"),
         features=meta.get("features"),
     )
     return _fill(mf)
@@ -325,7 +331,9 @@ def _match_preset(sd: dict[str, torch.Tensor]) -> RunConfig | None:
 
 
 def load_pretrained_generator(net_g: nn.Module, path: str | Path, cfg: RunConfig) -> ModelFile:
-    """Load a generator from any known model file into ``net_g``, strictly (enc_q may be absent)."""
+    """Load a generator from any known model file into ``net_g``, strictly (enc_q may be absent); from an
+    averaging run's checkpoint (schedule-free, --ema) its averaged weights, as `arvc export` and `arvc
+    infer` take them."""
     mf = read_model_file(path)
     if mf.generator is None:
         raise PretrainedError(
@@ -337,7 +345,16 @@ def load_pretrained_generator(net_g: nn.Module, path: str | Path, cfg: RunConfig
             f"{mf.path} is a model without pitch guidance (f0=0, e.g. G40k.pth); arvc trains pitch-guided "
             "models: use the f0 variant of the pretrained file (e.g. f0G40k.pth)"
         )
-    load_state_strict(net_g, mf.generator, source=mf, cfg=cfg, part="generator", optional=("enc_q.",))
+    state = mf.generator
+    if mf.averaged_generator is not None:  # an averaging run's checkpoint: what it evaluated and exported
+        state = mf.averaged_generator
+        logger.info(
+            "--pretrained-g %s: starting from the run's %s weights (the ones it evaluated and exported, as "
+            "`arvc export` takes them), not its live weights",
+            mf.path,
+            mf.averaged_kind,
+        )
+    load_state_strict(net_g, state, source=mf, cfg=cfg, part="generator", optional=("enc_q.",))
     return mf
 
 

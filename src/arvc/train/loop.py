@@ -83,6 +83,7 @@ from arvc.train.validation import Evaluation, Validator, check_select, describe_
 from arvc.train.weights import (
     AVERAGED,
     WeightAverage,
+    averaged_kind,
     averaged_record,
     averaging_conflict,
     evaluation_weights,
@@ -510,11 +511,11 @@ def _resume(run: _Run, checkpoint: dict, resume_from: Path) -> _Progress:
         batches_done=checkpoint.get("batch_in_epoch", 0),
         step=checkpoint["step"],
     )
-    for name, optimizer, key in (
-        ("generator", run.optim_g, "optim_g"),
-        ("discriminator", run.optim_d, "optim_d"),
+    for name, optimizer, key, net in (
+        ("generator", run.optim_g, "optim_g", run.net_g),
+        ("discriminator", run.optim_d, "optim_d", run.net_d),
     ):
-        restore_optimizer(name, optimizer, checkpoint[key], run.hp)
+        restore_optimizer(name, optimizer, checkpoint[key], run.hp, net.parameters())
     if run.average is not None:  # (its decay is train.ema, which a resume keeps)
         run.average.load_state_dict(checkpoint[AVERAGED])
     run.scaler.load_state_dict(checkpoint["scaler"])
@@ -703,6 +704,12 @@ def _evaluated(run: _Run):
     return evaluation_weights(run.net_g, run.optim_g, run.average)
 
 
+def _which_weights(run: _Run) -> str:
+    """For an export's info: " (ema weights)" / " (schedule-free weights)", as `arvc export` says it."""
+    kind = averaged_kind(run.optim_g, run.average)
+    return f" ({kind} weights)" if kind else ""
+
+
 def _export_best(run: _Run, progress: _Progress) -> None:
     """Export the generator as it is now (the best so far) to export/best/, with best.json saying which."""
     best = progress.best
@@ -711,7 +718,7 @@ def _export_best(run: _Run, progress: _Progress) -> None:
     def export() -> None:
         select = run.cfg.train.select
         criterion = f"{'mel L1' if select == 'mel_l1' else select} {best[select]:.4f}"
-        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']} (best held-out {criterion})"
+        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']}{_which_weights(run)} (best held-out {criterion})"
         with _evaluated(run):
             export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))
@@ -861,7 +868,7 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
             message = "stopped by %s after step %d; continue with --resume %s"
             logger.warning(message, progress.stopped_by, progress.step, run.run_dir)
         return result
-    info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}"
+    info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}{_which_weights(run)}"
 
     def export() -> dict[str, Path]:
         with _evaluated(run):

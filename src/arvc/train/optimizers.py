@@ -187,9 +187,12 @@ def build_for_role(params, hp: dict[str, Any], role: str, run_seed: int, ranks=N
     )
 
 
-def restore_optimizer(name: str, optimizer, saved: dict, hp: dict) -> None:
+def restore_optimizer(name: str, optimizer, saved: dict, hp: dict, params=None) -> None:
     """Load a saved optimizer state only if the same optimizer wrote it; never mismatched state.
 
+    A switch away from a schedule-free optimizer continues from the run's model, its averaged weights x
+    (what it evaluated and exported), not from y, where it took gradients: the saved optimizer is rebuilt
+    over `params` (the module's, holding the checkpoint's y) with its state and put in eval mode.
     The lr is not part of what is restored: the loop sets every epoch's lr from the run's schedule
     (an old checkpoint's "scheduler" state is ignored; the epoch defines the lr)."""
     saved_hp = saved["hyperparameters"]
@@ -204,6 +207,13 @@ def restore_optimizer(name: str, optimizer, saved: dict, hp: dict) -> None:
             " (8-bit)" * bool(hp["use_8bit"]),
             name,
         )
+        if params is not None and get_spec(saved["name"]).schedule_free and not saved_hp.get("use_8bit"):
+            old = make_optimizer(list(params), saved_hp | {"optimizer": saved["name"]})
+            old.load_state_dict(saved["state"])  # (saved in train mode: the parameters hold y)
+            old.eval()
+            logger.info(
+                "%s: continuing from %s's averaged weights x (the run's model), not y", name, saved["name"]
+            )
         return
     optimizer.load_state_dict(saved["state"])
 

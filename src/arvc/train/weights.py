@@ -32,6 +32,7 @@ __all__ = [
     "AVERAGED",
     "WEIGHTS",
     "WeightAverage",
+    "averaged_kind",
     "averaged_record",
     "averaging_conflict",
     "evaluation_weights",
@@ -118,20 +119,29 @@ def evaluation_weights(
             torch._foreach_copy_(params, live)
 
 
+def averaged_kind(optim_g: torch.optim.Optimizer, average: WeightAverage | None) -> str | None:
+    """Which averaged weights `evaluation_weights` puts into G: "ema", "schedule-free", or None (the live
+    ones). The checkpoint's `averaged` record and the exports' info say it."""
+    if average is not None:
+        return "ema"
+    return "schedule-free" if has_weight_modes(optim_g) else None
+
+
 def averaged_record(
     net_g: torch.nn.Module, optim_g: torch.optim.Optimizer, average: WeightAverage | None
 ) -> dict | None:
     """What a checkpoint keeps under AVERAGED: the weights `evaluation_weights` puts into G (a state dict
     of G, as `arvc export` reads it) and what they are; for an EMA also its state, for the resume. None for
     a run that does not average (its live weights are the evaluated ones)."""
-    if average is not None:
+    kind = averaged_kind(optim_g, average)
+    if kind == "ema":
         state = average.state_dict()
         weights = {**net_g.state_dict(), **state["generator"]}  # (buffers, if G had any: the live ones)
-        return {"kind": "ema", **state, "generator": weights}
-    if has_weight_modes(optim_g):
+        return {"kind": kind, **state, "generator": weights}
+    if kind == "schedule-free":
         with evaluation_weights(net_g, optim_g):
             weights = {name: tensor.clone() for name, tensor in net_g.state_dict().items()}
-        return {"kind": "schedule-free", "generator": weights}
+        return {"kind": kind, "generator": weights}
     return None
 
 
