@@ -363,7 +363,7 @@ def _voice_encoder():
     return _resemblyzer().VoiceEncoder(device="cpu", verbose=False)
 
 
-def speaker_embedding(wave: np.ndarray, sr: int) -> np.ndarray:
+def speaker_embedding(wave: np.ndarray, sr: int) -> np.ndarray | None:
     """resemblyzer's 256-dim, unit-norm speaker embedding of ``wave`` (mono at ``sr``): its own
     ``preprocess_wav`` (resampled to 16 kHz, volume normalised, long silences trimmed by webrtcvad), then
     ``VoiceEncoder.embed_utterance``. ``None`` when the voice activity detector keeps nothing (silence)."""
