@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 
 import numpy as np
 import pytest
@@ -200,3 +201,108 @@ def test_a_bad_model_and_recordings_combination_is_refused_before_any_work(voice
     assert result.exit_code == 1, result.output
     output = " ".join(result.output.split())
     assert output.startswith("error:") and message in output, output
+
+
+# --- speaker similarity (resemblyzer, arvc[score]): --metrics speaker and --target-voice -------------------
+needs_resemblyzer = pytest.mark.skipif(
+    importlib.util.find_spec("resemblyzer") is None,
+    reason="resemblyzer (the arvc[score] extra) is not installed",
+)
+
+
+@needs_resemblyzer
+def test_speaker_similarity_of_pairs_in_json_and_the_table(folders):
+    args = ["score", str(folders / "originals"), str(folders / "converted"), "--metrics", "f0,speaker"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    clean, noisy = report["recordings"]  # take1: a 16 kHz copy; take2: with white noise added
+    assert clean["speaker_sim"] > 0.99 and noisy["speaker_sim"] < clean["speaker_sim"]
+    assert clean["target_sim"] is None  # no --target-voice
+    assert report["mean"]["speaker_sim"] == pytest.approx((clean["speaker_sim"] + noisy["speaker_sim"]) / 2)
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0 and "Speaker sim" in table.output, table.output
+
+
+@pytest.fixture(scope="module")
+def target_voice(tmp_path_factory):
+    """Two recordings of the demo voice (other words than the recordings'), the target speaker."""
+    target = tmp_path_factory.mktemp("target")
+    rng = np.random.default_rng(7)
+    for name in ("t1.wav", "t2.wav"):
+        sf.write(target / name, synthesize_speech(1.5, 16000, rng), 16000)
+    return target
+
+
+@needs_resemblyzer
+def test_target_voice_scores_each_conversion_against_the_target_speaker(
+    voice_model, target_voice, tmp_path, monkeypatch
+):
+    import shutil
+
+    import arvc.infer.scoring
+    from arvc.audio.score import file_speaker_similarity, voice_embedding
+
+    recordings = voice_model / "recordings"
+    args = ["score", str(voice_model / "voice.pth"), str(recordings), "--metrics", "f0", "--json"]
+    args += ["--target-voice", str(target_voice)]
+    # the untrained model's conversions are noise in which resemblyzer's voice activity detector finds no
+    # speech: nothing to measure (null), not an error
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["target_voice"] == str(target_voice)
+    assert [r["target_sim"] for r in report["recordings"]] == [None, None]
+    # a model that renders each recording as it is (conversion = the recording): its similarity to the
+    # target is the recording's, computed by hand, and high (the same demo voice)
+    monkeypatch.setattr(arvc.infer.scoring, "convert", lambda _m, _c, src, dst, **_: shutil.copy(src, dst))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["recordings"][0]["speaker_sim"] is None  # --metrics speaker not asked for
+    target = voice_embedding(sorted(target_voice.iterdir()))
+    paths = (recordings / "a.wav", recordings / "sub" / "b.flac")
+    by_hand = [file_speaker_similarity(path, target) for path in paths]
+    got = [math.nan if r["target_sim"] is None else r["target_sim"] for r in report["recordings"]]
+    assert got == pytest.approx(by_hand, abs=1e-5, nan_ok=True)
+    assert got[0] > 0.8  # (b.flac's 1.2 s of the demo voice may be a pause: nan, shown as null)
+    table = runner.invoke(app, args[:-3] + args[-2:])
+    assert table.exit_code == 0 and "Target sim" in table.output, table.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["recordings/a.wav", "recordings/a.wav", "--target-voice", "recordings"],
+            "--target-voice scores a ",
+        ),
+        (["voice.pth", "recordings", "--target-voice", "missing"], "--target-voice: recordings"),
+        (["voice.pth", "recordings", "--target-voice", "empty"], "--target-voice: no audio files in"),
+    ],
+)
+def test_bad_target_voice_is_refused_before_any_work(voice_model, args, message):
+    (voice_model / "empty").mkdir(exist_ok=True)
+    paths = [str(voice_model / a) if i != 2 else a for i, a in enumerate(args)]
+    result = runner.invoke(app, ["score", *paths])
+    assert result.exit_code == 1, result.output
+    output = " ".join(result.output.split())
+    assert output.startswith("error:") and message in output, output
+
+
+def test_target_voice_without_resemblyzer_names_the_extra_before_any_work(voice_model, monkeypatch):
+    import sys
+
+    import arvc.infer.convert
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the missing extra was reported")
+
+    monkeypatch.setitem(sys.modules, "resemblyzer", None)  # import now raises ImportError
+    monkeypatch.setattr(arvc.infer.convert, "load_voice_model", no_work)
+    recordings = str(voice_model / "recordings")
+    result = runner.invoke(
+        app, ["score", str(voice_model / "voice.pth"), recordings, "--target-voice", recordings]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error:") and "arvc[score]" in result.output, result.output

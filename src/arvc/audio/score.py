@@ -10,13 +10,20 @@ The mel-cepstrum is this module's own code: WORLD's CheapTrick envelope -> minim
 SPTK's ``freqt`` all-pass warping with the ``alpha`` that best fits the mel scale at the sampling rate
 (:func:`mcep_alpha`, SPTK's/pysptk's ``mcepalpha`` rule). PESQ and STOI need the optional extra
 ``arvc[score]`` (the ``pesq`` and ``pystoi`` packages); a missing one raises :class:`ScoreDependencyError`.
+Speaker similarity (:func:`speaker_similarity`, the cosine of two resemblyzer speaker embeddings) needs
+``resemblyzer`` from the same extra; it does not need the recordings to be time-aligned.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import importlib.util
 import math
 import os
+import sys
+import types
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, _pyworld, extract_f0
 from arvc.audio.io import AudioLoadError, audio_duration, find_audio_files, load_audio, resample
 
 __all__ = [
+    "ALL_METRICS",
     "F0_HOP",
     "F0_SR",
     "MCD_ORDER",
@@ -51,18 +59,26 @@ __all__ = [
     "pesq_wb",
     "score",
     "score_files",
+    "file_speaker_similarity",
+    "speaker_embedding",
+    "speaker_similarity",
     "stoi",
+    "voice_embedding",
 ]
 
 #: Which groups :func:`score` computes by default, cheapest first.
 METRICS = ("f0", "mcd", "pesq", "stoi")
+#: Every group :func:`score` can compute: the defaults and ``speaker`` (speaker similarity, opt-in: loading
+#: resemblyzer and its encoder takes seconds, and it is not one of held-out validation's scores).
+ALL_METRICS = (*METRICS, "speaker")
 F0_SR = 16000
 F0_HOP = 160  # 10 ms frames, as RVC's pitch
 #: Mel-cepstral order: coefficients c_1..c_24 enter MCD (c_0, the frame's level, does not).
 MCD_ORDER = 24
 #: Frames quieter than this many dB under the original's loudest frame are left out of MCD (pauses).
 MCD_SILENCE_DB = 40.0
-#: The scores of a recording (:class:`Scores`' fields but the frame count), and the group that computes each.
+#: The scores held-out validation computes (:class:`Scores`' fields but the frame count and the speaker
+#: similarities), and the group that computes each.
 SCORE_NAMES = ("f0_rmse_cents", "f0_corr", "vuv_error", "mcd_db", "pesq_wb", "stoi")
 GROUP = {
     "f0_rmse_cents": "f0",
@@ -92,8 +108,11 @@ COLUMNS = (
     ("mcd_db", "MCD (dB)", "{:.2f}"),
     ("pesq_wb", "PESQ-wb", "{:.2f}"),
     ("stoi", "STOI", "{:.3f}"),
+    ("speaker_sim", "Speaker sim", "{:.3f}"),
+    ("target_sim", "Target sim", "{:.3f}"),
 )
 PESQ_SR = 16000  # wide-band PESQ is defined at 16 kHz
+SPEAKER_SR = 16000  # resemblyzer's rate
 SCORE_EXTRA_HINT = "pip install 'arvc[score]'"
 #: Lengths may differ by this many samples of 16 kHz audio (a vocoder's padding), never more.
 _LENGTH_SLACK_S = 0.05
@@ -124,6 +143,8 @@ class Scores:
     mcd_db: float = math.nan
     pesq_wb: float = math.nan
     stoi: float = math.nan
+    speaker_sim: float = math.nan  # speaker similarity to the original (cosine of resemblyzer embeddings)
+    target_sim: float = math.nan  # speaker similarity to a target voice (`arvc score --target-voice`)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -298,6 +319,95 @@ def stoi(reference: np.ndarray, converted: np.ndarray, sr: int) -> float:
     return float(pystoi.stoi(ref, deg, sr, extended=False))
 
 
+# --------------------------------------------------------------------------- speaker similarity
+
+
+def _get_distribution(name: str) -> types.SimpleNamespace:
+    return types.SimpleNamespace(version=importlib.metadata.version(name))
+
+
+def _resemblyzer():
+    """The ``resemblyzer`` module, or a :class:`ScoreDependencyError` naming the extra.
+
+    resemblyzer's ``__init__`` imports its audio module, which imports webrtcvad (its voice activity
+    detector, part of ``preprocess_wav``); webrtcvad 2.0.10 reads its own version at import with
+    ``pkg_resources.get_distribution(name).version``, and ``pkg_resources`` is gone from setuptools 81 on.
+    Where it is missing, a stand-in module with only that function (via importlib.metadata) is in
+    ``sys.modules`` for the duration of the import, then removed (docs/scoring.md says why this way).
+    """
+    if "resemblyzer" in sys.modules and sys.modules["resemblyzer"] is not None:
+        return sys.modules["resemblyzer"]
+    shim = None
+    if "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None:
+        shim = types.ModuleType("pkg_resources")
+        shim.get_distribution = _get_distribution
+        sys.modules["pkg_resources"] = shim
+    try:
+        with warnings.catch_warnings():  # resemblyzer 0.1.4 imports scipy.ndimage.morphology (deprecated)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import resemblyzer
+    except ImportError as exc:
+        raise ScoreDependencyError(
+            f"speaker similarity needs the 'resemblyzer' package, which is not installed or cannot be "
+            f"imported ({exc}): {SCORE_EXTRA_HINT}"
+        ) from exc
+    finally:
+        if shim is not None and sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
+    return resemblyzer
+
+
+@functools.lru_cache(maxsize=1)
+def _voice_encoder():
+    """resemblyzer's speaker encoder (its weights ship in its wheel), loaded once, on the CPU."""
+    return _resemblyzer().VoiceEncoder(device="cpu", verbose=False)
+
+
+def speaker_embedding(wave: np.ndarray, sr: int) -> np.ndarray | None:
+    """resemblyzer's 256-dim, unit-norm speaker embedding of ``wave`` (mono at ``sr``): its own
+    ``preprocess_wav`` (resampled to 16 kHz, volume normalised, long silences trimmed by webrtcvad), then
+    ``VoiceEncoder.embed_utterance``. ``None`` when the voice activity detector keeps nothing (silence)."""
+    resemblyzer = _resemblyzer()
+    x = np.asarray(wave, dtype=np.float32).reshape(-1)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("speaker similarity cannot embed a recording with non-finite samples")
+    if not np.any(x):
+        return None
+    wav = resemblyzer.preprocess_wav(x, source_sr=sr)
+    if len(wav) == 0 or not np.any(wav):
+        return None
+    return np.asarray(_voice_encoder().embed_utterance(wav), dtype=np.float64)
+
+
+def _cosine(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    if a is None or b is None:
+        return math.nan
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def voice_embedding(paths: list[Path]) -> np.ndarray:
+    """A speaker's embedding from recordings of them: the unit-norm mean of their :func:`speaker_embedding`
+    (as resemblyzer's ``embed_speaker``), each file read at 16 kHz; a ValueError when none holds speech."""
+    embeddings = [speaker_embedding(load_audio(path, SPEAKER_SR), SPEAKER_SR) for path in paths]
+    embeddings = [e for e in embeddings if e is not None]
+    if not embeddings:
+        raise ValueError(f"no speech found in the {len(paths)} target voice recording(s)")
+    mean = np.mean(embeddings, axis=0)
+    return mean / np.linalg.norm(mean)
+
+
+def file_speaker_similarity(path: str | os.PathLike, embedding: np.ndarray) -> float:
+    """The cosine of a recording's :func:`speaker_embedding` (read at 16 kHz) with ``embedding`` (e.g. a
+    :func:`voice_embedding`); ``nan`` where the recording holds no speech."""
+    return _cosine(speaker_embedding(load_audio(path, SPEAKER_SR), SPEAKER_SR), embedding)
+
+
+def speaker_similarity(a: np.ndarray, sr_a: int, b: np.ndarray, sr_b: int) -> float:
+    """Speaker similarity of two recordings (any lengths, rates): the cosine of their resemblyzer
+    embeddings (:func:`speaker_embedding`), 1 for the same voice; ``nan`` where one holds no speech."""
+    return _cosine(speaker_embedding(a, sr_a), speaker_embedding(b, sr_b))
+
+
 # --------------------------------------------------------------------------- all together
 
 
@@ -326,16 +436,21 @@ def missing_metrics(metrics: tuple[str, ...]) -> dict[str, str]:
                 _import(package, name)
             except ScoreDependencyError as error:
                 missing[group] = str(error)
+    if "speaker" in metrics:
+        try:
+            _resemblyzer()
+        except ScoreDependencyError as error:
+            missing["speaker"] = str(error)
     return missing
 
 
 def check_metrics(metrics: tuple[str, ...], f0_method: str = "pm", rmvpe_path=None) -> None:
     """Refuse, before any work, an unknown metric or pitch extractor, rmvpe without its model, and a metric
     whose package is missing (:class:`ScoreDependencyError`, naming the extra)."""
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in ALL_METRICS]
     if unknown or not metrics:
         raise ValueError(
-            f"unknown metric(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(METRICS)}"
+            f"unknown metric(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(ALL_METRICS)}"
         )
     if f0_method not in F0_METHODS:
         raise ValueError(f"unknown f0 method {f0_method!r}; valid methods: {', '.join(F0_METHODS)}")
@@ -345,6 +460,8 @@ def check_metrics(metrics: tuple[str, ...], f0_method: str = "pm", rmvpe_path=No
         _import("pesq", "PESQ")
     if "stoi" in metrics:
         _import("pystoi", "STOI")
+    if "speaker" in metrics:
+        _resemblyzer()
 
 
 def score(
@@ -359,7 +476,8 @@ def score(
     """Score ``converted`` against its time-aligned original ``reference`` (mono, both at ``sr``).
 
     ``metrics`` picks groups of :data:`METRICS`: ``f0`` (F0 RMSE, correlation, V/UV error), ``mcd``,
-    ``pesq``, ``stoi``. Pitch is found with ``f0_method`` (one of arvc's extractors) on 16 kHz copies.
+    ``pesq``, ``stoi``, and (not by default) ``speaker``: :func:`speaker_similarity`. Pitch is found with
+    ``f0_method`` (one of arvc's extractors) on 16 kHz copies.
     """
     check_metrics(metrics, f0_method, rmvpe_path)
     ref, conv = _aligned(reference, converted, sr)
@@ -378,6 +496,8 @@ def score(
         out["pesq_wb"] = pesq_wb(ref, conv, sr)
     if "stoi" in metrics:
         out["stoi"] = stoi(ref, conv, sr)
+    if "speaker" in metrics:
+        out["speaker_sim"] = speaker_similarity(ref, sr, conv, sr)
     return Scores(**out)
 
 

@@ -56,7 +56,11 @@ def score_command(
     ] = "pm",
     rmvpe: RmvpeOption = None,
     metrics: Annotated[
-        str, typer.Option(help="Comma-separated: f0 (RMSE, correlation, V/UV), mcd, pesq, stoi.")
+        str,
+        typer.Option(
+            help="Comma-separated: f0 (RMSE, correlation, V/UV), mcd, pesq, stoi, speaker (speaker "
+            "similarity, resemblyzer; not by default)."
+        ),
     ] = "f0,mcd,pesq,stoi",
     features: Annotated[
         str | None,
@@ -69,6 +73,13 @@ def score_command(
     ] = None,
     embedder_layer: EmbedderLayerOption = None,
     device: Annotated[str, typer.Option(help=f"With a MODEL: {DEVICE_HELP}.")] = AUTO_DEVICE,
+    target_voice: Annotated[
+        Path | None,
+        typer.Option(
+            help="With a MODEL: a target speaker's recording or folder of recordings; adds each "
+            "conversion's speaker similarity to that voice (resemblyzer, arvc[score])."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Score conversions against their originals: F0 RMSE/correlation, V/UV error, MCD, PESQ, STOI.
@@ -80,12 +91,24 @@ def score_command(
     """
     from arvc.audio.io import AudioLoadError
     from arvc.audio.score import COLUMNS, check_metrics, pair_recordings, score_files
-    from arvc.infer.scoring import is_model_path
+    from arvc.infer.scoring import is_model_path, recordings_of
 
     chosen = tuple(m.strip() for m in metrics.split(",") if m.strip())
     with_model = is_model_path(original)
     try:
         check_metrics(chosen, f0, rmvpe)
+        targets = None
+        if target_voice is not None:
+            if not with_model:
+                raise ValueError(
+                    "--target-voice scores a model's conversions (arvc score MODEL RECORDINGS --target-voice "
+                    "FOLDER); for two recordings or folders use --metrics speaker"
+                )
+            try:
+                targets = recordings_of(target_voice)
+            except ValueError as error:
+                raise ValueError(f"--target-voice: {error}") from error
+            check_metrics(("speaker",))  # resemblyzer, or an error naming arvc[score]
         if not with_model:
             if is_model_path(converted):
                 raise ValueError(
@@ -104,8 +127,12 @@ def score_command(
         fail(str(error))
     rows = []
     if with_model:
-        rows = _score_model(original, converted, f0, chosen, rmvpe, features, hubert, embedder_layer, device)
+        rows = _score_model(
+            original, converted, f0, chosen, rmvpe, features, hubert, embedder_layer, device, targets
+        )
         title = f"{original} on {converted}, converted to its own voice (pitch: {f0})"
+        if target_voice is not None:
+            title += f"; Target sim: speaker similarity to {target_voice}"
     else:
         for name, ref_path, conv_path in pairs:
             try:
@@ -120,6 +147,8 @@ def score_command(
         report = {"f0_method": f0, "recordings": [_json_safe(r) for r in rows], "mean": _json_safe(mean)}
         if with_model:
             report["model"] = str(original)
+        if target_voice is not None:
+            report["target_voice"] = str(target_voice)
         typer.echo(json.dumps(report, indent=2))
         return
     table = Table(title=title)
@@ -135,11 +164,13 @@ def score_command(
 
 
 def _score_model(
-    model, recordings, f0, metrics, rmvpe, features, hubert, embedder_layer, device
+    model, recordings, f0, metrics, rmvpe, features, hubert, embedder_layer, device, targets=None
 ) -> list[dict]:
-    """Rows of `arvc score MODEL RECORDINGS`: the recordings listed and the model loaded before any
-    conversion; an error names the recording it happened on."""
+    """Rows of `arvc score MODEL RECORDINGS`: the recordings listed, the model loaded and the target voice's
+    embedding computed (from the recordings ``targets``, if any) before any conversion; an error names the
+    recording it happened on."""
     from arvc.audio.io import AudioLoadError
+    from arvc.audio.score import voice_embedding
     from arvc.infer.convert import load_voice_model
     from arvc.infer.scoring import recordings_of, score_model
 
@@ -148,11 +179,17 @@ def _score_model(
         net, cfg = load_voice_model(model, device)
     except (ValueError, ImportError, OSError) as error:
         fail(str(error))
+    target = None
+    if targets is not None:
+        try:
+            target = voice_embedding(targets)
+        except (ValueError, ImportError, AudioLoadError) as error:
+            fail(f"--target-voice: {error}")
     root = recordings if recordings.is_dir() else None
     rows = []
     scored = score_model(
         net, cfg, paths, root, f0_method=f0, metrics=metrics, rmvpe_path=rmvpe, features=features,
-        hubert_path=hubert, embedder_layer=embedder_layer,
+        hubert_path=hubert, embedder_layer=embedder_layer, target=target,
     )  # fmt: skip
     try:
         for name, result in scored:

@@ -8,12 +8,15 @@ arvc exports and checkpoints, RVC ``.pth`` and VC Client ``.onnx`` files.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from arvc.audio.io import SUPPORTED_EXTENSIONS, find_audio_files
-from arvc.audio.score import METRICS, Scores, score_files
+from arvc.audio.score import METRICS, Scores, file_speaker_similarity, score_files
 from arvc.infer.convert import convert
 
 __all__ = ["MODEL_SUFFIXES", "is_model_path", "recordings_of", "score_model"]
@@ -59,10 +62,13 @@ def score_model(
     features: str | None = None,
     hubert_path=None,
     embedder_layer: int | None = None,
+    target: np.ndarray | None = None,
 ):
     """Yield (name, Scores) per recording: converted by ``model`` (``load_voice_model``'s) into its own
     voice, in a temporary folder, and scored against itself at the recording's rate. ``name`` is the path
-    under ``root`` (or the file name)."""
+    under ``root`` (or the file name). With ``target`` (a speaker embedding,
+    ``arvc.audio.score.voice_embedding`` of a target voice's recordings), ``target_sim`` is the
+    conversion's speaker similarity to it."""
     with tempfile.TemporaryDirectory(prefix="arvc-score-") as scratch:
         for index, path in enumerate(recordings):
             converted = Path(scratch) / f"{index}.wav"
@@ -80,6 +86,8 @@ def score_model(
             result: Scores = score_files(
                 path, converted, f0_method=f0_method, metrics=metrics, rmvpe_path=rmvpe_path
             )
+            if target is not None:
+                result = dataclasses.replace(result, target_sim=file_speaker_similarity(converted, target))
             converted.unlink()
             name = path.relative_to(root).as_posix() if root is not None else path.name
             yield name, result
