@@ -1,5 +1,6 @@
 """The web UI's job slot and path rule, without a browser: what the buttons call."""
 
+import re
 import time
 
 import pytest
@@ -112,6 +113,19 @@ def test_the_page_finds_runs_samples_and_exports_where_the_run_folder_says(tmp_p
     assert runs_of(tmp_path / "runs") == []
     checkpoint_path(run.root, 1, 5).write_bytes(b"")
     assert runs_of(tmp_path / "runs") == ["alice"]
+
+
+def test_the_summary_names_the_metric_that_chose_the_best_model(tmp_path, voice):
+    """With --select mcd_db the summary said "best held-out mel L1 ... at epoch E", E being MCD's choice."""
+    jobs = Jobs()
+    request = TrainRequest(
+        dataset=voice, name="sel", runs_dir=tmp_path / "runs", epochs=1, batch_size=2, select="mcd_db"
+    )
+    jobs.start_training(request)
+    assert jobs.wait(300)
+    status = jobs.status()
+    assert status.state == "finished", status.message
+    assert re.search(r"best held-out mcd_db \d+\.\d{4} at epoch 1", status.message), status.message
 
 
 def test_a_failing_job_is_reported_and_frees_the_slot(tmp_path, voice, monkeypatch):

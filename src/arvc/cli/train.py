@@ -476,11 +476,11 @@ def train(
         console.print(f"  {kind}: {path}")
     best, last = result.best, result.last_validation
     if best is not None and last is not None:
-        from arvc.train.validation import describe_scores
+        from arvc.train.validation import describe_scores, metric_label
 
         select = plan.cfg.train.select
         console.print(
-            f"  held-out {'mel L1' if select == 'mel_l1' else select}: best {best[select]:.4f} at epoch "
+            f"  held-out {metric_label(select)}: best {best[select]:.4f} at epoch "
             f"{best['epoch']} (export/best), last {last[select]:.4f} at epoch {last['epoch']}"
         )
         console.print(

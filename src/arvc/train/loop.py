@@ -79,7 +79,7 @@ from arvc.train.optimizers import (
 from arvc.train.precision import AUTO, device_precision, tf32_matmuls
 from arvc.train.runlock import run_lock
 from arvc.train.step import GanStep, autocast
-from arvc.train.validation import Evaluation, Validator, check_select, describe_scores, improves
+from arvc.train.validation import Evaluation, Validator, check_select, describe_scores, improves, selected
 from arvc.train.weights import (
     AVERAGED,
     WeightAverage,
@@ -716,8 +716,7 @@ def _export_best(run: _Run, progress: _Progress) -> None:
     folder = run.folder.best_export
 
     def export() -> None:
-        select = run.cfg.train.select
-        criterion = f"{'mel L1' if select == 'mel_l1' else select} {best[select]:.4f}"
+        criterion = selected(run.cfg.train.select, best)
         info = f"arvc {run.hp['optimizer']} epoch {best['epoch']}{_which_weights(run)} (best held-out {criterion})"
         with _evaluated(run):
             export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)

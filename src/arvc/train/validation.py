@@ -87,6 +87,17 @@ def improves(select: str, record: dict, best: dict | None) -> bool:
     return better(select, record.get(select, math.nan), None if best is None else best.get(select))
 
 
+def metric_label(select: str) -> str:
+    """The metric that chooses the best model as the user reads it: "mel L1", or the score's key."""
+    return "mel L1" if select == "mel_l1" else select
+
+
+def selected(select: str, record: dict) -> str:
+    """A record's value of that metric: "mel L1 0.8815", "mcd_db 6.1200" (the best export's info, the web
+    UI's summary)."""
+    return f"{metric_label(select)} {record[select]:.4f}"
+
+
 def describe_scores(scores: dict[str, float]) -> str:
     """The held-out scores as the end of a log line: ", F0 RMSE (cents) 35.2, MCD (dB) 6.12, ..."."""
     return "".join(

@@ -18,6 +18,7 @@ from typing import Any
 from arvc.config import TrainConfig
 from arvc.train.callbacks import Callbacks
 from arvc.train.faults import interrupted
+from arvc.train.validation import selected
 
 __all__ = ["Busy", "JobStatus", "Jobs"]
 
@@ -257,7 +258,8 @@ class Jobs:
             result = train(replace(plan.options, stop=stop), callbacks)
         summary = result.summary()
         if result.best is not None:
-            summary += f"; best held-out mel L1 {result.best['mel_l1']:.4f} at epoch {result.best['epoch']}"
+            criterion = selected(plan.options.config.train.select, result.best)
+            summary += f"; best held-out {criterion} at epoch {result.best['epoch']}"
         return result.stopped_by, {
             "summary": summary,
             "best": result.best,
