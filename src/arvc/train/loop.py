@@ -717,7 +717,8 @@ def _export_best(run: _Run, progress: _Progress) -> None:
 
     def export() -> None:
         criterion = selected(run.cfg.train.select, best)
-        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']}{_which_weights(run)} (best held-out {criterion})"
+        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']}{_which_weights(run)}"
+        info += f" (best held-out {criterion})"
         with _evaluated(run):
             export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))

@@ -208,7 +208,7 @@ def restore_optimizer(name: str, optimizer, saved: dict, hp: dict, params=None) 
             name,
         )
         if params is not None and get_spec(saved["name"]).schedule_free and not saved_hp.get("use_8bit"):
-            old = make_optimizer(list(params), saved_hp | {"optimizer": saved["name"]})
+            old = build_from_hyperparameters(list(params), saved_hp | {"optimizer": saved["name"]})
             old.load_state_dict(saved["state"])  # (saved in train mode: the parameters hold y)
             old.eval()
             logger.info(
