@@ -54,6 +54,8 @@ SRC = ROOT / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+from arvc.train.callbacks import Callbacks  # noqa: E402  (plain Python: no torch, nothing to install)
+
 PARTS = ("kernels", "bench", "train")
 # Seconds per part, from their sizes on one GPU: kernels = test_fused_triton.py (68 tests once issue 31's
 # checks are in): one build of the C++ CPU kernels (30-60 s on a fresh machine, cached for the later
@@ -197,7 +199,7 @@ def run_bench(
     return result
 
 
-class _Timer:
+class _Timer(Callbacks):
     """Training callbacks: wall time of each step and of each optimizer.step (synchronised on CUDA)."""
 
     def __init__(self, device: str) -> None:
