@@ -44,13 +44,23 @@ DEFAULT_LR = 1e-3  # the guide's start; see docs/training.md for the measurement
 DEFAULT_OPTIMIZER = "AdamW"  # a new run that names none
 
 
+def chosen_optimizer(optimizer: str | None, use_8bit: bool | None, saved: dict | None) -> tuple[str, bool]:
+    """The registry name a run trains with and whether through the 8-bit switch: the optimizer asked for,
+    else a resumed run's own (`saved`: the checkpoint's optim_g record), else the default; the 8-bit
+    setting given, else that of the run's own optimizer when it continues."""
+    name = get_spec(optimizer or (saved["name"] if saved else DEFAULT_OPTIMIZER)).name
+    if use_8bit is None and saved and saved["name"] == name:
+        use_8bit = (saved.get("hyperparameters") or {}).get("use_8bit")
+    return name, bool(use_8bit)
+
+
 def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
     """The optimizer settings of this run, resolved once and stored in every checkpoint.
 
     On resume (`saved` = the checkpoint's record) every setting not given explicitly is the run's own;
     asking for another optimizer starts that optimizer fresh from its defaults.
     """
-    name = get_spec(opts.optimizer or (saved["name"] if saved else DEFAULT_OPTIMIZER)).name
+    name, _ = chosen_optimizer(opts.optimizer, opts.use_8bit, saved)
     previous = saved["hyperparameters"] if saved and saved["name"] == name else None
     if previous is not None:
         hp = {**previous, "betas": tuple(previous["betas"]), "kwargs": dict(previous["kwargs"])}

@@ -37,6 +37,7 @@ from arvc.optim import get_spec
 from arvc.optim.registry import eight_bit_optimizer_class
 from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_checkpoint
 from arvc.train.loop import TrainOptions, resolve_resume
+from arvc.train.optimizers import chosen_optimizer
 from arvc.train.precision import AUTO
 from arvc.train.runlock import check_unlocked
 from arvc.train.validation import check_select
@@ -329,12 +330,9 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     if r.zero and r.use_8bit:
         raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
     if cfg.train.ema is not None or r.zero:  # (settings that a schedule-free optimizer cannot take)
-        saved_optim = saved.get("optim_g") or {} if r.resume is not None else {}
-        optimizer = get_spec(r.optimizer or saved_optim.get("name") or "AdamW").name
-        use_8bit = r.use_8bit
-        if use_8bit is None and saved_optim.get("name") == optimizer:  # (as train.optimizers resolves it)
-            use_8bit = (saved_optim.get("hyperparameters") or {}).get("use_8bit")
-        conflict = averaging_conflict(optimizer, cfg.train.ema, r.zero, bool(use_8bit))
+        saved_optim = (saved.get("optim_g") or None) if r.resume is not None else None
+        optimizer, use_8bit = chosen_optimizer(r.optimizer, r.use_8bit, saved_optim)
+        conflict = averaging_conflict(optimizer, cfg.train.ema, r.zero, use_8bit)
         if conflict:
             raise ValueError(conflict)
     options = TrainOptions(
