@@ -7,7 +7,9 @@ import hashlib
 import zlib
 
 import torch
+from typer.testing import CliRunner
 
+from arvc.cli import app
 from arvc.config import RunConfig, load_config, rvc_config_list
 from arvc.model import Synthesizer
 
@@ -101,3 +103,14 @@ def key_digest(keys: list[tuple[str, list[int]]]) -> str:
     """``N keys sha256`` of a state dict's (key, shape) list in order (rvc_nono.json's layouts)."""
     text = "\n".join(f"{k} {list(shape)}" for k, shape in keys)
     return f"{len(keys)} keys {hashlib.sha256(text.encode()).hexdigest()}"
+
+
+def cli_fails(args, *texts) -> str:
+    """`arvc ARGS` ends with an `error:` line (exit status 1) that says each of `texts`; its output flat."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    flat = " ".join(result.output.split())
+    assert "error:" in flat
+    for text in texts:
+        assert text in flat, flat
+    return flat

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from rvcfiles import merge_case_config, patterned_rvc_file, rvc_file, small_rvc_config, tensor_digest
+from rvcfiles import (
+    cli_fails,
+    merge_case_config,
+    patterned_rvc_file,
+    rvc_file,
+    small_rvc_config,
+    tensor_digest,
+)
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -32,13 +39,7 @@ def _ok(args):
 
 
 def _fails(args, *texts):
-    result = runner.invoke(app, ["merge", *map(str, args)])
-    assert result.exit_code == 1, result.output
-    flat = " ".join(result.output.split())
-    assert "error:" in flat
-    for text in texts:
-        assert text in flat, flat
-    return flat
+    return cli_fails(["merge", *args], *texts)
 
 
 def rvc_merge_reference(a: dict, b: dict, alpha1: float) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from rvcfiles import cli_fails as _fails
 from rvcfiles import rvc_file, small_rvc_config
 from typer.testing import CliRunner
 
@@ -38,16 +39,6 @@ def _ok(args):
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return " ".join(result.output.split())
-
-
-def _fails(args, *texts):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 1, result.output
-    flat = " ".join(result.output.split())
-    assert "error:" in flat
-    for text in texts:
-        assert text in flat, flat
-    return flat
 
 
 def _session(path):
