@@ -56,6 +56,7 @@ __all__ = [
     "get_spec",
     "has_weight_modes",
     "spec_for_optimizer",
+    "state_bytes_after_one_step",
     "state_bytes_per_param",
     "supported_kwargs",
     "use_fused",
@@ -524,9 +525,15 @@ def state_bytes_per_param(
     """Measured bytes of optimizer state per parameter after one step (not a table: the real buffers)."""
     param = torch.nn.Parameter(torch.zeros(numel, dtype=param_dtype))
     optimizer = build_optimizer(name, [param], lr=1e-3, use_8bit=use_8bit, **extra)
+    return state_bytes_after_one_step(optimizer, param)
+
+
+def state_bytes_after_one_step(optimizer: Optimizer, param: torch.nn.Parameter) -> float:
+    """Bytes of `optimizer`'s state per element of `param` (its one parameter) after one step: the real
+    buffers, not a table (a schedule-free optimizer is put in train mode first, the mode it steps in)."""
+    if has_weight_modes(optimizer):
+        optimizer.train()
     param.grad = torch.full_like(param, 1e-3)
     optimizer.step()
-    total = sum(
-        v.numel() * v.element_size() for v in optimizer.state[param].values() if isinstance(v, torch.Tensor)
-    )
-    return total / numel
+    state = optimizer.state[param].values()
+    return sum(v.numel() * v.element_size() for v in state if isinstance(v, torch.Tensor)) / param.numel()

@@ -17,7 +17,7 @@ import torch
 
 from arvc.config import RunConfig
 from arvc.optim import build_optimizer, get_spec
-from arvc.optim.registry import has_weight_modes
+from arvc.optim.registry import state_bytes_after_one_step
 from arvc.optim.schedulers import (
     INVERSE_SQRT_WARMUP,
     Schedule,
@@ -177,13 +177,7 @@ def run_state_bytes_per_param(hp: dict[str, Any], dtype: torch.dtype, numel: int
     """Bytes of optimizer state per parameter of the run's optimizer as the run builds it (its kwargs, its
     weights' dtype): the real buffers after one step on a dummy parameter, as the registry measures."""
     param = torch.nn.Parameter(torch.zeros(numel, dtype=dtype))
-    optimizer = build_from_hyperparameters([param], hp, seed=0)
-    if has_weight_modes(optimizer):  # schedule-free: steps only in train mode (its z is state too)
-        optimizer.train()
-    param.grad = torch.full_like(param, 1e-3)
-    optimizer.step()
-    state = optimizer.state[param].values()
-    return sum(v.numel() * v.element_size() for v in state if isinstance(v, torch.Tensor)) / numel
+    return state_bytes_after_one_step(build_from_hyperparameters([param], hp, seed=0), param)
 
 
 def build_for_role(params, hp: dict[str, Any], role: str, run_seed: int, ranks=None) -> torch.optim.Optimizer:
