@@ -7,9 +7,10 @@ import logging
 
 import pytest
 import torch
+import trainkit
 from trainkit import options, step_on, tiny
 
-from arvc.data.dataset import VoiceDataset, collate
+from arvc.data.dataset import VoiceDataset
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.model.checkpointing import checkpointed_blocks, set_checkpointing
 from arvc.model.noise import per_item_noise
@@ -23,11 +24,7 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def models_and_batch(data_dir):
-    cfg = tiny(batch_size=4)
-    torch.manual_seed(0)
-    models = Synthesizer(cfg).train(), MultiPeriodDiscriminator(cfg).train()
-    dataset = VoiceDataset(data_dir, cfg.data)
-    return models, collate([dataset[i] for i in (3, 0, 5, 1)])
+    return trainkit.models_and_batch(data_dir, batch_size=4, pieces=(3, 0, 5, 1))
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])

@@ -7,11 +7,10 @@ import math
 
 import pytest
 import torch
+import trainkit
 from trainkit import gan_step, tiny
 
 import arvc.train.step as step_module
-from arvc.data.dataset import VoiceDataset, collate
-from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.train.step import _grad_norm
 
 
@@ -42,11 +41,7 @@ def test_grad_norm_with_a_clip_returns_the_norm_before_clipping_and_clips():
 
 @pytest.fixture(scope="module")
 def models_and_batch(data_dir):
-    cfg = tiny(batch_size=2)
-    torch.manual_seed(0)
-    models = Synthesizer(cfg).train(), MultiPeriodDiscriminator(cfg).train()
-    dataset = VoiceDataset(data_dir, cfg.data)
-    return models, collate([dataset[i] for i in (3, 0)])
+    return trainkit.models_and_batch(data_dir, batch_size=2, pieces=(3, 0))
 
 
 def _gan_step(cfg, models, optimizer=torch.optim.SGD):

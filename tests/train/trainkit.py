@@ -5,6 +5,8 @@ import copy
 import torch
 
 from arvc.config import apply_overrides, load_config
+from arvc.data.dataset import VoiceDataset, collate
+from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.model.checkpointing import set_checkpointing
 from arvc.train.loop import TrainOptions
 from arvc.train.step import GanStep
@@ -20,6 +22,15 @@ def tiny(batch_size: int = 4, **train):
     }
     overrides.update({f"train.{k}": v for k, v in train.items()})
     return apply_overrides(load_config("tiny"), overrides)
+
+
+def models_and_batch(data_dir, batch_size: int, pieces: tuple[int, ...]):
+    """Tiny (G, D) in train mode, seeded, and one collated batch of those training pieces."""
+    cfg = tiny(batch_size=batch_size)
+    torch.manual_seed(0)
+    models = Synthesizer(cfg).train(), MultiPeriodDiscriminator(cfg).train()
+    dataset = VoiceDataset(data_dir, cfg.data)
+    return models, collate([dataset[i] for i in pieces])
 
 
 def options(tmp_path, data_dir, name: str = "run", batch_size: int = 4, **kwargs) -> TrainOptions:
