@@ -1,5 +1,6 @@
 """`arvc compare` end to end on 20 s of the demo voice: report, held-out split, skip and resume."""
 
+import html
 import json
 import signal
 from pathlib import Path
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 from arvc.audio.score import SCORE_NAMES
 from arvc.compare import VARIANTS, resolve_optimizers, run_compare
 from arvc.compare.evaluate import SPLIT_FILE
-from arvc.compare.report import COLUMNS, FIGURES, SCORES_HEADING, summarize
+from arvc.compare.report import COLUMNS, EARLY_HEADING, FIGURES, SCORES_HEADING, summarize
 from arvc.data.demo import generate_demo_voice
 from arvc.optim import OPTIMIZERS
 
@@ -74,6 +75,13 @@ def test_report_has_table_and_figures(compared):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(FIGURES) and "<table>" in page
+    # stopped early: a third of 2 epochs is epoch 1; the row is recomputed here from the epoch records
+    assert EARLY_HEADING in md and html.escape(EARLY_HEADING) in page
+    for name, entry in result.results.items():
+        at = [next(x for x in r["epoch_records"] if x["epoch"] == 1)["heldout_mel_l1"] for r in entry["runs"]]
+        row = next(line for line in md.splitlines() if line.startswith(f"| {name} |") and "epoch" not in line)
+        assert f"| {name} | {sum(at) / 2:.4g} ({min(at):.4g}–{max(at):.4g}) |" in md, row
+    assert "| optimizer | held-out mel L1 at epoch 1: mean (min–max) |" in md
 
 
 def test_every_contestant_runs_every_seed(compared):

@@ -4,7 +4,16 @@ setting, the warm-up warning; plus one small run that puts every contestant on o
 import pytest
 from typer.testing import CliRunner
 
-from arvc.compare.report import COLUMNS, ranking, score_table, spread, summarize, table_rows, ties
+from arvc.compare.report import (
+    COLUMNS,
+    early_stop_table,
+    ranking,
+    score_table,
+    spread,
+    summarize,
+    table_rows,
+    ties,
+)
 from arvc.compare.runner import (
     DEFAULT_EPOCHS,
     DEFAULT_SEEDS,
@@ -115,6 +124,57 @@ def test_held_out_scores_are_spread_over_seeds_ranked_by_their_direction_with_ti
     assert mcd.startswith("MCD (dB) (lower is better): C: 6.05") and mcd.index("A:") < mcd.index("B:")
     assert pesq.startswith("PESQ-wb (higher is better): C: 3.05") and "B: 2.35 (2.1–2.6), ties with A" in pesq
     assert score_table({"old": _entry("old", [1.6])}) == ([], [], []), "older runs: no table"
+
+
+def _curve(seed, values, epochs=None):
+    records = [{"epoch": k + 1, "heldout_mel_l1": v} for k, v in enumerate(values)]
+    return _run(seed, values[-1], min(values), epochs=epochs or len(values), epoch_records=records)
+
+
+def test_stopped_early_is_the_value_at_a_third_of_the_run_with_the_best_until_then_and_ties():
+    results = {
+        # 6 epochs: cut at epoch 2; "sf" is good early, "cos" only after its schedule has run
+        "sf": {
+            "name": "sf",
+            "runs": [
+                _curve(1234, [1.9, 1.2, 1.1, 1.0, 1.0, 1.0]),
+                _curve(1235, [1.8, 1.3, 1.2, 1.1, 1.0, 0.9]),
+            ],
+        },
+        "cos": {
+            "name": "cos",
+            "runs": [
+                _curve(1234, [1.9, 1.7, 1.4, 1.0, 0.8, 0.7]),
+                _curve(1235, [1.6, 1.8, 1.5, 1.0, 0.9, 0.7]),
+            ],
+        },
+        "mid": {
+            "name": "mid",
+            "runs": [_curve(1234, [1.5, 1.25, 1.0, 1, 1, 1]), _curve(1235, [1.5, 1.5, 1.0, 1, 1, 1])],
+        },
+    }
+    cut, rows, order = early_stop_table(results)
+    assert cut == 2
+    by_name = {row[0]: row[1:] for row in rows}
+    assert by_name["sf"] == ["1.25 (1.2–1.3)", "1.25 (1.2–1.3)", "mid"]
+    assert by_name["cos"] == ["1.75 (1.7–1.8)", "1.65 (1.6–1.7)", "none"], (
+        "best until the cut: min of epochs 1-2"
+    )
+    assert by_name["mid"] == ["1.375 (1.25–1.5)", "1.375 (1.25–1.5)", "sf"]
+    assert [line.split(":")[0] for line in order] == ["sf", "mid", "cos"]
+    # the full-run ranking differs: that is what the view is for
+    assert ranking({n: summarize(e) for n, e in results.items()})[0].startswith("1. cos:")
+
+
+def test_stopped_early_leaves_out_runs_without_records_or_short_of_the_cut():
+    old = _entry("old", [1.5, 1.6])  # result.json written before epoch_records existed
+    short = {"name": "short", "runs": [_curve(1234, [1.9, 1.5], epochs=9)]}  # stopped at epoch 2, cut at 3
+    full = {"name": "full", "runs": [_curve(1234, [1.9, 1.5, 1.4])]}
+    assert early_stop_table({"old": old, "short": short}) == (None, [], [])
+    cut, rows, _ = early_stop_table({"old": old, "short": short, "full": full})
+    assert cut == 1 and [row[0] for row in rows] == ["full"]
+    mixed = {"full": full, "longer": {"name": "longer", "runs": [_curve(1234, [1.9] * 9)]}}
+    assert early_stop_table(mixed) == (None, [], []), "cut at different epochs: not like for like"
 
 
 def test_schedule_setting():

@@ -1,4 +1,5 @@
-"""The comparison's report: a table and three figures, as report.md (+ PNGs) and one self-contained HTML.
+"""The comparison's report: the ranking table, the held-out scores' and the stopped-early tables, and the
+figures, as report.md (+ PNGs) and one self-contained HTML.
 
 The HTML embeds its PNGs as base64 so it can be mailed or attached to an issue as a single file.
 """
@@ -25,7 +26,9 @@ __all__ = [
     "REPORT_FILE",
     "TIE_RULE",
     "SCORES_HEADING",
+    "EARLY_FRACTION",
     "collect_results",
+    "early_stop_table",
     "ranking",
     "score_table",
     "short_run_warning",
@@ -68,6 +71,11 @@ TIE_RULE = (
     "what changing the seed alone does."
 )
 
+
+# Where the "stopped early" view cuts each run: schedule-free's promise is a good result whenever training
+# stops, and a user who stops a scheduled run early gets its weights before the schedule has finished.
+EARLY_FRACTION = 1 / 3
+EARLY_HEADING = "Stopped early: held-out mel L1 at a third of the run (what a user who stops there gets):"
 
 # The shortest run a ranking means something at: the demo's default comparison (60 epochs x 5 steps), the
 # shortest in which every paired schedule takes its shape (docs/compare.md); 25-step runs ranked schedules
@@ -255,6 +263,42 @@ def score_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]], l
             f"{title} ({BETTER[key]} is better): " + "; ".join(line.split(". ", 1)[1] for line in order)
         )
     return header, rows, rankings
+
+
+def _early_run(run: dict) -> tuple[int, float, float] | None:
+    """(cut epoch, held-out mel L1 at it, best until it) of one run's epoch records; None for a run
+    written before result.json kept its records, or one that never reached the cut."""
+    records = run.get("epoch_records") or []
+    epochs = run.get("epochs")
+    if not records or not epochs:
+        return None
+    cut = max(1, round(epochs * EARLY_FRACTION))
+    until = [r for r in records if r["epoch"] <= cut]
+    if not until or until[-1]["epoch"] != cut:
+        return None
+    return cut, until[-1]["heldout_mel_l1"], min(r["heldout_mel_l1"] for r in until)
+
+
+def early_stop_table(results: dict[str, dict]) -> tuple[int | None, list[list[str]], list[str]]:
+    """(cut epoch, rows, ranking) of the stopped-early view: per ranked contestant the held-out mel L1 at
+    EARLY_FRACTION of the run and the best until then, mean (min–max) over seeds, ties on the value at the
+    cut (TIE_RULE); ranked by it. No rows when no contestant has every seed's records up to the cut."""
+    early, cuts = {}, set()
+    for name, runs in finished_runs(results).items():
+        points = [_early_run(r) for r in runs]
+        if not points or any(p is None for p in points):
+            continue
+        cuts.update(p[0] for p in points)
+        early[name] = {"final": spread([p[1] for p in points]), "best": spread([p[2] for p in points])}
+    if not early or len(cuts) != 1:  # contestants cut at different epochs are not like for like
+        return None, [], []
+    tied = ties(early)
+    rows = [
+        [name, _range(e["final"]), _range(e["best"]), ", ".join(tied[name]) or "none"]
+        for name, e in early.items()
+    ]
+    order = [line.split(". ", 1)[1] for line in ranking(early)]
+    return cuts.pop(), rows, order
 
 
 def collect_results(out_dir: Path, names: list[str] | None = None) -> dict[str, dict]:
@@ -452,6 +496,20 @@ def _notes(out_dir: Path, results: dict[str, dict]) -> list[str]:
     return notes
 
 
+def _md_table(header, rows) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def _html_table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in rows)
+    return f"<table><tr>{head}</tr>\n{body}</table>\n"
+
+
 def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     """Write report.md, report.html and the PNGs into `out_dir`; returns (md, html) paths."""
     out_dir = Path(out_dir)
@@ -472,16 +530,26 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     md = ["# arvc compare", ""]
     if short is not None:
         md += [f"**Preliminary: {short_run_warning(short)}.**", ""]
-    md += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    md += ["| " + " | ".join(row) + " |" for row in rows]
+    md += _md_table(COLUMNS, rows)
     md += ["", heading, ""]
     md += [*ranked, ""]
     score_header, score_rows, score_ranks = score_table(results)
     if score_rows:
         md += [SCORES_HEADING, ""]
-        md += ["| " + " | ".join(score_header) + " |", "|" + "---|" * len(score_header)]
-        md += ["| " + " | ".join(row) + " |" for row in score_rows]
+        md += _md_table(score_header, score_rows)
         md += ["", *[f"- {line}" for line in score_ranks], ""]
+    cut, early_rows, early_order = early_stop_table(results)
+    early_header = [
+        "optimizer",
+        f"held-out mel L1 at epoch {cut}: mean (min–max)",
+        f"best until epoch {cut}: mean (min–max)",
+        f"ties with (at epoch {cut})",
+    ]
+    early_ranking = "Ranked by the value at the cut (lower is better): " + "; ".join(early_order)
+    if early_rows:
+        md += [EARLY_HEADING, ""]
+        md += _md_table(early_header, early_rows)
+        md += ["", early_ranking, ""]
     md += [*[f"- {note}" for note in notes], ""]
     for file, title in FIGURES.items():
         if file not in figures:
@@ -490,8 +558,6 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     md_path = out_dir / REPORT_FILE
     md_path.write_text("\n".join(md))
 
-    cells = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in rows)
     images = "".join(
         f"<h2>{html.escape(title)}</h2>\n<img alt='{html.escape(title)}' src='data:image/png;base64,"
         f"{base64.b64encode(figures[file].read_bytes()).decode()}'>\n"
@@ -501,15 +567,18 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     scores_html = ""
     if score_rows:
         scores_html = (
-            f"<p>{html.escape(SCORES_HEADING)}</p>\n<table><tr>"
-            + "".join(f"<th>{html.escape(c)}</th>" for c in score_header)
-            + "</tr>\n"
-            + "".join(
-                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in score_rows
-            )
-            + "</table>\n<ul>"
+            f"<p>{html.escape(SCORES_HEADING)}</p>\n"
+            + _html_table(score_header, score_rows)
+            + "<ul>"
             + "".join(f"<li>{html.escape(line)}</li>" for line in score_ranks)
             + "</ul>\n"
+        )
+    early_html = ""
+    if early_rows:
+        early_html = (
+            f"<p>{html.escape(EARLY_HEADING)}</p>\n"
+            + _html_table(early_header, early_rows)
+            + f"<p>{html.escape(early_ranking)}</p>\n"
         )
     ranked_html = "".join(f"<li>{html.escape(line.split('. ', 1)[1])}</li>" for line in ranked)
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
@@ -520,8 +589,8 @@ def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>arvc compare</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
-        f"</style></head><body><h1>arvc compare</h1>\n{banner}<table><tr>{cells}</tr>\n{body}</table>\n"
-        f"<p>{html.escape(heading)}</p>\n<ol>{ranked_html}</ol>\n{scores_html}"
+        f"</style></head><body><h1>arvc compare</h1>\n{banner}{_html_table(COLUMNS, rows)}"
+        f"<p>{html.escape(heading)}</p>\n<ol>{ranked_html}</ol>\n{scores_html}{early_html}"
         f"<ul>{notes_html}</ul>\n{images}</body></html>\n"
     )
     html_path = out_dir / "report.html"
