@@ -347,3 +347,21 @@ def test_the_train_tab_passes_the_ema_decay_and_its_refusals_take_no_slot(tmp_pa
           ema_value=0.999, **common)  # fmt: skip
     assert "--ema 0.999 with AdamWScheduleFree" in said[-1] and "drop --ema" in said[-1], said
     assert jobs.status() is None and not (tmp_path / "runs").exists()
+
+
+def test_an_empty_epoch_samples_folder_shows_the_previous_epochs_samples(tmp_path):
+    """A run that crashed while writing its newest samples leaves an empty samples/epoch_NNNN: the page
+    showed an IndexError on every tick; now it shows the newest epoch that has samples (or none)."""
+    from arvc.data.outputs import RunFolder
+    from arvc.ui.app import _samples
+    from arvc.ui.jobs import JobStatus
+
+    run = RunFolder(tmp_path / "runs" / "alice")
+    run.epoch_samples(12).mkdir(parents=True)  # the crash: made, nothing written into it
+    stopped = JobStatus("train", "alice", run.root, state="stopped", result={"samples_dir": str(run.samples)})
+    assert _samples(stopped) == (None, None, "")
+    for folder in (run.epoch_samples(10), run.sample_originals):
+        folder.mkdir(parents=True)
+        (folder / "a_1.wav").write_bytes(b"")
+    original, converted = str(run.sample_originals / "a_1.wav"), str(run.epoch_samples(10) / "a_1.wav")
+    assert _samples(stopped) == (original, converted, "a_1, converted at epoch 10")

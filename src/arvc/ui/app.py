@@ -220,21 +220,20 @@ def _held_out_scores(status) -> dict[str, list[tuple[int, float]]]:
 
 
 def _samples(status) -> tuple[str | None, str | None, str]:
-    """(a held-out original, its conversion at the latest saved epoch, a label) once a training ended."""
+    """(a held-out original, its conversion at the latest epoch with samples, a label) once a training
+    ended. An epoch's folder left empty (a crash while writing it) is passed over."""
     if status is None or status.kind != "train" or status.running or not status.result.get("samples_dir"):
         return None, None, ""
     run = RunFolder(status.folder)
-    epochs = run.sampled_epochs()
-    if not epochs:
+    found = ((epoch, sorted(folder.glob("*.wav"))) for epoch, folder in reversed(run.sampled_epochs()))
+    epoch, converted = next(((epoch, wavs) for epoch, wavs in found if wavs), (None, []))
+    if not converted:
         return None, None, ""
-    epoch, latest = epochs[-1]
-    converted = sorted(latest.glob("*.wav"))
-    original = run.sample_originals / converted[0].name if converted else None
-    label = f"{converted[0].stem}, converted at epoch {epoch}"
+    original = run.sample_originals / converted[0].name
     return (
-        (str(original) if original and original.is_file() else None),
-        (str(converted[0]) if converted else None),
-        label,
+        (str(original) if original.is_file() else None),
+        str(converted[0]),
+        f"{converted[0].stem}, converted at epoch {epoch}",
     )
 
 
