@@ -395,7 +395,11 @@ def load_state_strict(
     file_sr = getattr(source, "sample_rate", None)
     other_sr = bool(cfg and file_sr and file_sr != cfg.data.sampling_rate)
     if missing or unexpected or shapes or other_sr:
-        raise PretrainedError(_mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes))
+        f0 = getattr(
+            module, "f0", None
+        )  # the generator's pitch guidance (Synthesizer.f0); None: no generator
+        message = _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes, f0)
+        raise PretrainedError(message)
     converted = {k: v.to(dtype=own[k].dtype) for k, v in state.items()}
     module.load_state_dict(converted, strict=False)  # keys checked above; only absent groups stay fresh
     where = getattr(source, "path", source)
@@ -405,7 +409,7 @@ def load_state_strict(
     logger.info("loaded %s weights from %s", part, where)
 
 
-def _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes) -> str:
+def _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes, f0=None) -> str:
     def listing(keys: list[str], sd: dict) -> str:
         return f"{len(keys)}, e.g. " + "; ".join(f"{k} {list(sd[k].shape)}" for k in keys[:_SHOWN])
 
@@ -416,7 +420,14 @@ def _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes
         lines.append(f"  file: {source.summary()}, {source.n_params:,} parameters")
     if cfg is not None:
         d = cfg.data
-        lines.append(f"  config: {d.sampling_rate} Hz, {cfg.version}, {d.feature_dim}-d features, f0=1")
+        pitch = "" if f0 is None else f", f0={int(f0)}"  # the model's own (a discriminator has none)
+        lines.append(f"  config: {d.sampling_rate} Hz, {cfg.version}, {d.feature_dim}-d features{pitch}")
+    file_f0 = getattr(source, "f0", None)
+    if f0 is not None and file_f0 is not None and file_f0 != int(f0):
+        lines.append(
+            f"  the file is f0={file_f0} ({'with' if file_f0 else 'without'} pitch guidance), the model "
+            f"f0={int(f0)}: a model {'with' if f0 else 'without'} pitch guidance needs a file like it"
+        )
     if shapes:
         shown = "; ".join(
             f"{k} file {list(state[k].shape)} vs model {list(own[k].shape)}" for k in shapes[:_SHOWN]
