@@ -1,8 +1,9 @@
 """Read every model file arvc meets — RVC's and its own — and load pretrained weights strictly.
 
 Four kinds: RVC training files (``{"model": state_dict, ...}``: pretrained ``f0G40k.pth``/``f0D40k.pth``,
-``G_*.pth``/``D_*.pth`` from RVC's logs), RVC inference files (``{"weight", "config", "sr", "f0",
-"version", "info"}``), arvc checkpoints and arvc exports (``model.safetensors`` or its ``model.json``).
+``G_*.pth``/``D_*.pth`` from RVC's logs, with or without f0), RVC inference files (``{"weight", "config",
+"sr", "f0", "version", "info"}``), arvc checkpoints and arvc exports (``model.safetensors`` or its
+``model.json``).
 Files are opened with ``weights_only=True``: a model is data, and a pickle that needs code is refused.
 
 Loading is strict on purpose: a pretrained file that only half fits (another sample rate, v1
@@ -242,7 +243,7 @@ def _from_rvc_train(path: Path, data: dict) -> ModelFile:
         mf.hyperparameters = {"lr": data["learning_rate"]}
     mf = _fill(mf)
     if role == "generator":  # RVC training files carry no config: recognise the preset by shape
-        mf.config = _match_preset(sd)
+        mf.config = _match_preset(sd, f0=bool(mf.f0))  # a no-f0 run's G_*.pth: RVC's nono layout
         mf.sample_rate = mf.config.data.sampling_rate if mf.config else None
     return mf
 
@@ -294,24 +295,25 @@ def _read_export_json(path: Path) -> ModelFile:
 
 
 @functools.lru_cache(maxsize=16)
-def _generator_shapes(cfg_json: str) -> dict[str, tuple[int, ...]]:
+def _generator_shapes(cfg_json: str, f0: bool = True) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of a generator built on the meta device (no memory, no initialisation cost)."""
     from arvc.model import Synthesizer
 
     with torch.device("meta"):
-        net = Synthesizer(RunConfig.from_dict(json.loads(cfg_json)))
+        net = Synthesizer(RunConfig.from_dict(json.loads(cfg_json)), f0=f0)
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-def _match_preset(sd: dict[str, torch.Tensor]) -> RunConfig | None:
-    """The built-in RVC preset whose generator has exactly these keys and shapes, if any."""
+def _match_preset(sd: dict[str, torch.Tensor], f0: bool = True) -> RunConfig | None:
+    """The built-in RVC preset whose generator, with pitch guidance or without (`f0`: RVC's nono models,
+    no pitch embedding and no NSF source ``dec.m_source``), has exactly these keys and shapes, if any."""
     if _PHONE_KEY not in sd:
         return None
     dim = sd[_PHONE_KEY].shape[-1]
     have = {k: tuple(v.shape) for k, v in sd.items()}
     for name in ("v2-40k", "v2-32k", "v2-48k", "v1-40k", "v1-32k", "v1-48k"):  # RVC's own presets first
         cfg = load_config(name)
-        if cfg.data.feature_dim == dim and _generator_shapes(json.dumps(cfg.to_dict())) == have:
+        if cfg.data.feature_dim == dim and _generator_shapes(json.dumps(cfg.to_dict()), f0) == have:
             return cfg
     for name in ("v2-40k", "v2-32k", "v2-48k"):  # another feature size on a v2 body
         cfg = load_config(name)
@@ -322,7 +324,7 @@ def _match_preset(sd: dict[str, torch.Tensor]) -> RunConfig | None:
                 "v1",
                 [2, 3, 5, 7, 11, 17],
             )
-        if _generator_shapes(json.dumps(cfg.to_dict())) == have:
+        if _generator_shapes(json.dumps(cfg.to_dict()), f0) == have:
             return cfg
     return None
 
