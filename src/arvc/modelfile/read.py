@@ -397,9 +397,8 @@ def load_state_strict(
     file_sr = getattr(source, "sample_rate", None)
     other_sr = bool(cfg and file_sr and file_sr != cfg.data.sampling_rate)
     if missing or unexpected or shapes or other_sr:
-        f0 = getattr(
-            module, "f0", None
-        )  # the generator's pitch guidance (Synthesizer.f0); None: no generator
+        # the generator's own pitch guidance (Synthesizer.f0); None for a module without one
+        f0 = getattr(module, "f0", None)
         message = _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes, f0)
         raise PretrainedError(message)
     converted = {k: v.to(dtype=own[k].dtype) for k, v in state.items()}
