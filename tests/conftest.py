@@ -66,14 +66,16 @@ SIMULATED_GPU = "NVIDIA GeForce RTX 4070"
 
 @pytest.fixture
 def gpus(monkeypatch):
-    """`gpus(n)`: torch reports n CUDA GPUs named SIMULATED_GPU (a CUDA build of torch unless
-    cuda_build=False); none when n is 0. Only the queries are replaced: nothing may be moved to them."""
+    """`gpus(n)`: torch reports n CUDA GPUs named SIMULATED_GPU, compute capability 8.9 (a CUDA build of
+    torch unless cuda_build=False); none when n is 0. Only the queries are replaced: nothing may be moved to
+    them."""
 
     def simulate(count: int, cuda_build: bool = True) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: SIMULATED_GPU)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))  # an RTX 4070's
         monkeypatch.setattr(torch.version, "cuda", "12.8" if cuda_build else None)
 
     return simulate

@@ -118,6 +118,25 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_removed_at_the_end(run
     assert not (run / RUN_LOCK).exists()
 
 
+def test_a_lock_of_another_host_is_refused_naming_the_host_and_the_file_to_delete(run):
+    """A lock written by a process on another machine sharing the folder cannot be checked (its PID means
+    nothing here), so it is respected; the error said "stop it" and nothing about the other machine."""
+    record = {"pid": 4242, "host": "render-node-7", "since": 1.0, "command": "arvc train --resume runs/s1"}
+    (run / RUN_LOCK).write_text(json.dumps(record))
+    before = snapshot(run)
+    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--max-steps", "2"])
+    assert result.exit_code == 1, result.output
+    flat = " ".join(result.output.split())
+    assert flat.startswith(f"error: {run} is being trained by another process (PID 4242 on render-node-7")
+    assert f"render-node-7 is another machine than this one ({socket.gethostname()})" in flat
+    assert "stop it there (kill -INT 4242 on render-node-7)" in flat and "kill -INT 4242)" not in flat
+    assert f"If render-node-7 is gone or PID 4242 no longer runs there, delete {run / RUN_LOCK}" in flat
+    assert snapshot(run) == before, "nothing was changed"
+    (run / RUN_LOCK).unlink()  # as the error says: then the run continues
+    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+
+
 def test_the_lock_is_removed_after_an_error(run):
     from arvc.train.errors import TrainError
     from arvc.train.loop import TrainOptions, train

@@ -50,3 +50,40 @@ def test_inference_equals_rvcs_nono_model(name):
     expected = np.array(numeric["models"][name], dtype=np.float32)
     assert np.abs(expected).max() > 1e-3
     np.testing.assert_allclose(audio.flatten().numpy(), expected, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ["v2-40k", "v1-32k"])
+def test_an_rvc_training_file_without_f0_is_recognised(tmp_path, name):
+    """RVC's G_*.pth of a run without pitch guidance (its whole nono generator, enc_q too, in the layout
+    fixtures/rvc_nono.json recorded from RVC) had no configuration: `arvc inspect` said "sample rate
+    unknown", `arvc export --onnx` refused it. It is recognised as its preset, f0=0, from its weights."""
+    from rvcfiles import cli_fails
+    from typer.testing import CliRunner
+
+    from arvc.cli import app
+    from arvc.modelfile.read import read_model_file
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in Synthesizer(load_config(name), f0=False).state_dict().items()}
+    assert key_digest([(k, list(s)) for k, s in shapes.items()]) == FIXTURE["keys"][name]  # RVC's layout
+    assert not any(k.startswith("dec.m_source.") for k in shapes)  # no NSF source: what tells f0=0 apart
+    path = tmp_path / "G_2333333.pth"
+    model = {k: torch.zeros(s, dtype=torch.float16) for k, s in shapes.items()}
+    torch.save({"model": model, "iteration": 20, "learning_rate": 1e-4}, path)  # as RVC's save_checkpoint
+
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    sr = {"32k": 32000, "40k": 40000}[name[3:]]
+    assert (
+        info["format"],
+        info["config"],
+        info["sample_rate"],
+        info["version"],
+        info["f0"],
+        info["epoch"],
+    ) == ("rvc-train", name, sr, name[:2], 0, 20)
+    mf = read_model_file(path)
+    load_state_strict(Synthesizer(mf.config, f0=False), mf.generator, mf, mf.config)  # fits, enc_q too
+    args = ["train", "--pretrained-g", path, "--runs-dir", tmp_path / "runs"]
+    cli_fails(args, "without pitch guidance (f0=0", "f0G40k.pth")  # arvc trains pitch-guided models

@@ -28,7 +28,7 @@ from arvc.cli import app  # noqa: E402
 from arvc.model import Synthesizer  # noqa: E402
 from arvc.modelfile.export import export_generator  # noqa: E402
 from arvc.modelfile.onnx import client_metadata, export_onnx  # noqa: E402
-from arvc.modelfile.read import load_state_strict, read_model_file  # noqa: E402
+from arvc.modelfile.read import PretrainedError, load_state_strict, read_model_file  # noqa: E402
 
 runner = CliRunner()
 
@@ -138,6 +138,33 @@ def test_refusals_say_what_and_leave_the_files_as_they_were(tmp_path, monkeypatc
     _fails(["export", pth, "--onnx", "-o", tmp_path / "v.onnx"], "pip install 'arvc[onnx]'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["voice.onnx", "voice.pth"]
     assert onnx_path.read_bytes() == b"the user's file"
+
+
+def test_a_no_f0_file_that_does_not_fit_is_described_as_no_f0(tmp_path):
+    """The "does not fit" error said "config: ... f0=1" whatever the model: an RVC f0=0 file (loaded into
+    the no-f0 layout its export builds) was described as fitting a pitch-guided model."""
+    cfg = small_rvc_config()
+    rvc_file(tmp_path / "voice.pth", cfg, seed=1, f0=0)
+    data = torch.load(tmp_path / "voice.pth", weights_only=True)
+    data["weight"]["dec.conv_post.weight"] = data["weight"]["dec.conv_post.weight"][..., :5]  # damaged
+    torch.save(data, tmp_path / "voice.pth")
+    flat = _fails(
+        ["export", tmp_path / "voice.pth", "--onnx"],
+        "does not fit the generator",
+        "file: rvc-inference (generator), 32000 Hz, v2, f0=0",
+        "config: 32000 Hz, v2, 768-d features, f0=0",
+        "dec.conv_post.weight file [1, 8, 5] vs model [1, 8, 7]",
+    )
+    assert "f0=1" not in flat
+    assert not (tmp_path / "voice.onnx").exists()
+    # the Python API: an f0=0 file into a pitch-guided generator is told apart from other misfits
+    rvc_file(tmp_path / "nono.pth", cfg, seed=1, f0=0)
+    mf = read_model_file(tmp_path / "nono.pth")
+    with pytest.raises(PretrainedError) as info:
+        load_state_strict(Synthesizer(cfg), mf.generator, mf, mf.config, optional=("enc_q.",))
+    message = str(info.value)
+    assert "768-d features, f0=1" in message and "keys missing from the file" in message
+    assert "the file is f0=0 (without pitch guidance), the model f0=1" in message
 
 
 def test_merge_writes_onnx_on_request_and_drops_a_stale_one(tmp_path):

@@ -8,13 +8,15 @@ PATH.rank{R}.json with the outcome (or the error) and goes on with the next spec
 "noise_seed_offset" (shift the per-item noise keys: the control run), "fail_save" (rank 0's checkpoint
 write raises OSError), "pid_dir" (each rank writes its pid there, for the signal test),
 "record_evaluated" (each rank saves G's parameters, flattened, each time the run evaluates them:
-PATH.rank{R}.evaluated.pt).
+PATH.rank{R}.evaluated.pt), "stop_on_rank" (that rank's TrainOptions.stop, the web UI's Stop, is set from
+the start: it asks to stop after the first step).
 """
 
 import contextlib
 import json
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -55,6 +57,9 @@ def run(spec: dict) -> dict:
                 yield
 
         loop._evaluated = recording
+    if spec.get("stop_on_rank") == rank:
+        options["stop"] = threading.Event()
+        options["stop"].set()
     try:
         result = loop.train(loop.TrainOptions(config=config, **options))
     finally:

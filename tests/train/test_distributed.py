@@ -367,6 +367,37 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, data_di
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == ranks[0]["steps_done"]
 
 
+def test_a_stop_request_on_one_rank_stops_every_rank_and_rank_0_reports_it(tmp_path, data_dir):
+    """The web UI's Stop (TrainOptions.stop) had no code among the reasons the ranks agree on: a
+    multi-process run asked to stop died of a KeyError. It stops every rank after the same step, as a
+    signal does, and rank 0 alone says how to continue."""
+    run_dir = tmp_path / "run"
+    spec = {
+        "options": {"run_dir": str(run_dir), "data_dir": str(data_dir)},
+        "overrides": {**OVERRIDES, "train.epochs": 200},
+        "stop_on_rank": 1,  # rank 1 only
+        "result": str(tmp_path / "stop"),
+    }
+    (tmp_path / "spec.json").write_text(json.dumps([spec]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    done = subprocess.run(
+        [*command, str(WORKER), str(tmp_path / "spec.json")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    ranks = [_outcome(spec["result"], rank) for rank in range(2)]
+    assert all("error" not in rank for rank in ranks), ranks
+    assert [rank["stopped_by"] for rank in ranks] == ["stop request", "stop request"], ranks
+    assert ranks[0]["steps_done"] == ranks[1]["steps_done"] == 1
+    assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 1
+    assert not (run_dir / "export" / "model.safetensors").exists(), "interrupted: not exported"
+    assert output.count(f"stopped by stop request after step 1; continue with --resume {run_dir}") == 1
+
+
 # ---------------------------------------------------------------------------------------------------------
 def test_nproc_that_does_not_divide_the_batch_is_refused_before_any_work(tmp_path):
     result = CliRunner().invoke(

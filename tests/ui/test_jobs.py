@@ -347,3 +347,37 @@ def test_the_train_tab_passes_the_ema_decay_and_its_refusals_take_no_slot(tmp_pa
           ema_value=0.999, **common)  # fmt: skip
     assert "--ema 0.999 with AdamWScheduleFree" in said[-1] and "drop --ema" in said[-1], said
     assert jobs.status() is None and not (tmp_path / "runs").exists()
+
+
+def test_an_empty_epoch_samples_folder_shows_the_previous_epochs_samples(tmp_path):
+    """A run that crashed while writing its newest samples leaves an empty samples/epoch_NNNN: the page
+    showed an IndexError on every tick; now it shows the newest epoch that has samples (or none)."""
+    from arvc.data.outputs import RunFolder
+    from arvc.ui.app import _samples
+    from arvc.ui.jobs import JobStatus
+
+    run = RunFolder(tmp_path / "runs" / "alice")
+    run.epoch_samples(12).mkdir(parents=True)  # the crash: made, nothing written into it
+    stopped = JobStatus("train", "alice", run.root, state="stopped", result={"samples_dir": str(run.samples)})
+    assert _samples(stopped) == (None, None, "")
+    for folder in (run.epoch_samples(10), run.sample_originals):
+        folder.mkdir(parents=True)
+        (folder / "a_1.wav").write_bytes(b"")
+    original, converted = str(run.sample_originals / "a_1.wav"), str(run.epoch_samples(10) / "a_1.wav")
+    assert _samples(stopped) == (original, converted, "a_1, converted at epoch 10")
+
+
+def test_the_recommendation_for_auto_precision_is_for_the_precision_training_will_use(gpus):
+    """The Train tab's recommendation took precision `auto` as fp32: on a bf16 GPU a long run was told
+    AdamW, where training in bf16 (what auto trains in there) is recommended AnyPrecisionAdamW + Kahan."""
+
+    from arvc.optim.recommend import recommend
+    from arvc.ui.app import _recommendation
+
+    gpus(1)  # an RTX 4070: compute capability 8.9, auto trains in bf16
+    bf16, fp32 = recommend(600, "bf16").optimizer, recommend(600, "fp32").optimizer
+    assert bf16 != fp32
+    assert f"600 epochs:** {bf16}," in _recommendation(600, "auto")  # the server's device: auto
+    assert f"600 epochs:** {bf16}," in _recommendation(600, "auto", "cuda")
+    assert f"600 epochs:** {fp32}," in _recommendation(600, "auto", "cpu")  # the CPU trains in fp32
+    assert f"600 epochs:** {fp32}," in _recommendation(600, "fp32", "cuda")  # as chosen

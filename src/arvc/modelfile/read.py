@@ -1,8 +1,9 @@
 """Read every model file arvc meets — RVC's and its own — and load pretrained weights strictly.
 
 Four kinds: RVC training files (``{"model": state_dict, ...}``: pretrained ``f0G40k.pth``/``f0D40k.pth``,
-``G_*.pth``/``D_*.pth`` from RVC's logs), RVC inference files (``{"weight", "config", "sr", "f0",
-"version", "info"}``), arvc checkpoints and arvc exports (``model.safetensors`` or its ``model.json``).
+``G_*.pth``/``D_*.pth`` from RVC's logs, with or without f0), RVC inference files (``{"weight", "config",
+"sr", "f0", "version", "info"}``), arvc checkpoints and arvc exports (``model.safetensors`` or its
+``model.json``).
 Files are opened with ``weights_only=True``: a model is data, and a pickle that needs code is refused.
 
 Loading is strict on purpose: a pretrained file that only half fits (another sample rate, v1
@@ -242,7 +243,7 @@ def _from_rvc_train(path: Path, data: dict) -> ModelFile:
         mf.hyperparameters = {"lr": data["learning_rate"]}
     mf = _fill(mf)
     if role == "generator":  # RVC training files carry no config: recognise the preset by shape
-        mf.config = _match_preset(sd)
+        mf.config = _match_preset(sd, f0=bool(mf.f0))  # a no-f0 run's G_*.pth: RVC's nono layout
         mf.sample_rate = mf.config.data.sampling_rate if mf.config else None
     return mf
 
@@ -294,24 +295,25 @@ def _read_export_json(path: Path) -> ModelFile:
 
 
 @functools.lru_cache(maxsize=16)
-def _generator_shapes(cfg_json: str) -> dict[str, tuple[int, ...]]:
+def _generator_shapes(cfg_json: str, f0: bool = True) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of a generator built on the meta device (no memory, no initialisation cost)."""
     from arvc.model import Synthesizer
 
     with torch.device("meta"):
-        net = Synthesizer(RunConfig.from_dict(json.loads(cfg_json)))
+        net = Synthesizer(RunConfig.from_dict(json.loads(cfg_json)), f0=f0)
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-def _match_preset(sd: dict[str, torch.Tensor]) -> RunConfig | None:
-    """The built-in RVC preset whose generator has exactly these keys and shapes, if any."""
+def _match_preset(sd: dict[str, torch.Tensor], f0: bool = True) -> RunConfig | None:
+    """The built-in RVC preset whose generator, with pitch guidance or without (`f0`: RVC's nono models,
+    no pitch embedding and no NSF source ``dec.m_source``), has exactly these keys and shapes, if any."""
     if _PHONE_KEY not in sd:
         return None
     dim = sd[_PHONE_KEY].shape[-1]
     have = {k: tuple(v.shape) for k, v in sd.items()}
     for name in ("v2-40k", "v2-32k", "v2-48k", "v1-40k", "v1-32k", "v1-48k"):  # RVC's own presets first
         cfg = load_config(name)
-        if cfg.data.feature_dim == dim and _generator_shapes(json.dumps(cfg.to_dict())) == have:
+        if cfg.data.feature_dim == dim and _generator_shapes(json.dumps(cfg.to_dict()), f0) == have:
             return cfg
     for name in ("v2-40k", "v2-32k", "v2-48k"):  # another feature size on a v2 body
         cfg = load_config(name)
@@ -322,7 +324,7 @@ def _match_preset(sd: dict[str, torch.Tensor]) -> RunConfig | None:
                 "v1",
                 [2, 3, 5, 7, 11, 17],
             )
-        if _generator_shapes(json.dumps(cfg.to_dict())) == have:
+        if _generator_shapes(json.dumps(cfg.to_dict()), f0) == have:
             return cfg
     return None
 
@@ -395,7 +397,10 @@ def load_state_strict(
     file_sr = getattr(source, "sample_rate", None)
     other_sr = bool(cfg and file_sr and file_sr != cfg.data.sampling_rate)
     if missing or unexpected or shapes or other_sr:
-        raise PretrainedError(_mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes))
+        # the generator's own pitch guidance (Synthesizer.f0); None for a module without one
+        f0 = getattr(module, "f0", None)
+        message = _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes, f0)
+        raise PretrainedError(message)
     converted = {k: v.to(dtype=own[k].dtype) for k, v in state.items()}
     module.load_state_dict(converted, strict=False)  # keys checked above; only absent groups stay fresh
     where = getattr(source, "path", source)
@@ -405,7 +410,7 @@ def load_state_strict(
     logger.info("loaded %s weights from %s", part, where)
 
 
-def _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes) -> str:
+def _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes, f0=None) -> str:
     def listing(keys: list[str], sd: dict) -> str:
         return f"{len(keys)}, e.g. " + "; ".join(f"{k} {list(sd[k].shape)}" for k in keys[:_SHOWN])
 
@@ -416,7 +421,14 @@ def _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes
         lines.append(f"  file: {source.summary()}, {source.n_params:,} parameters")
     if cfg is not None:
         d = cfg.data
-        lines.append(f"  config: {d.sampling_rate} Hz, {cfg.version}, {d.feature_dim}-d features, f0=1")
+        pitch = "" if f0 is None else f", f0={int(f0)}"  # the model's own (a discriminator has none)
+        lines.append(f"  config: {d.sampling_rate} Hz, {cfg.version}, {d.feature_dim}-d features{pitch}")
+    file_f0 = getattr(source, "f0", None)
+    if f0 is not None and file_f0 is not None and file_f0 != int(f0):
+        lines.append(
+            f"  the file is f0={file_f0} ({'with' if file_f0 else 'without'} pitch guidance), the model "
+            f"f0={int(f0)}: a model {'with' if f0 else 'without'} pitch guidance needs a file like it"
+        )
     if shapes:
         shown = "; ".join(
             f"{k} file {list(state[k].shape)} vs model {list(own[k].shape)}" for k in shapes[:_SHOWN]

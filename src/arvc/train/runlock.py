@@ -7,8 +7,9 @@ web UI and `arvc compare` (which locks its comparison folder, and each contestan
 The lock is an OS lock (flock, released by the kernel when its holder dies) on a file that says who
 holds it. A lock file whose process is gone (kill -9, a power cut) is stale: the next trainer takes it
 over, with a warning. A PID that is alive but holds no OS lock (another machine sharing the folder, an
-older arvc) is respected too: the file's word is enough to refuse. The lock is removed when the run
-ends, fails or is stopped.
+older arvc) is respected too: the file's word is enough to refuse. So is the lock of a process on
+another host (a shared folder), which cannot be checked from here: the error names that host and PID and
+the file to delete if that machine is gone. The lock is removed when the run ends, fails or is stopped.
 
 Several processes of one run (DDP): only the process that started them (`arvc train --nproc N`) or,
 under torchrun, rank 0 holds the lock; the other ranks, and rank 0 whose launcher holds it, neither
@@ -145,7 +146,16 @@ def lock_holder(folder: str | os.PathLike, include_self: bool = False) -> Holder
 
 def _locked_message(folder: Path, holder: Holder | None) -> str:
     who = holder.describe() if holder is not None else "another process"
-    stop = f" (kill -INT {holder.pid})" if holder is not None and holder.host == socket.gethostname() else ""
+    here = socket.gethostname()
+    if holder is not None and holder.host != here:  # a shared folder: its PID cannot be checked from here
+        return (
+            f"{folder} is being trained by another process ({who}): one process at a time trains a run. "
+            f"{holder.host} is another machine than this one ({here}), so arvc cannot tell whether that "
+            f"process still runs. Wait for it to finish or stop it there (kill -INT {holder.pid} on "
+            f"{holder.host}), then try again (nothing was changed). If {holder.host} is gone or PID "
+            f"{holder.pid} no longer runs there, delete {folder / RUN_LOCK}, then try again."
+        )
+    stop = f" (kill -INT {holder.pid})" if holder is not None else ""
     return (
         f"{folder} is being trained by another process ({who}): one process at a time trains a run. Wait "
         f"for it to finish or stop it{stop}, then try again (nothing was changed). If that process is gone, "

@@ -108,15 +108,23 @@ def report_figures(folder: Path) -> list[tuple[str, str]]:
     return [(str(p), FIGURES.get(p.name, p.stem)) for p in sorted(folder.glob("*.png"))]
 
 
-def _recommendation(epochs, precision) -> str:
+def _recommendation(epochs, precision, device: str = AUTO_DEVICE) -> str:
+    """The guide's advice for the Train tab's epochs and precision; `auto` is the precision training will
+    use on the server's `device` (arvc.train.precision.device_precision, as the loop decides it)."""
     from arvc.optim.recommend import recommend
+    from arvc.train.precision import device_precision
 
+    note = ""
     try:
-        r = recommend(int(epochs), "fp32" if precision == AUTO_PRECISION else precision)
+        if precision == AUTO_PRECISION:
+            choice = device_precision(resolve_device(device).device)
+            precision, note = choice.precision, f" (Precision auto trains in {choice.precision} here.)"
+        r = recommend(int(epochs), precision)
     except (TypeError, ValueError) as error:
         return f"error: {error}"
     return (
         f"**Recommended for {r.epochs} epochs:** {r.optimizer}, lr {r.lr:g}, batch {r.batch_size}. {r.reason}"
+        + note
     )
 
 
@@ -220,21 +228,20 @@ def _held_out_scores(status) -> dict[str, list[tuple[int, float]]]:
 
 
 def _samples(status) -> tuple[str | None, str | None, str]:
-    """(a held-out original, its conversion at the latest saved epoch, a label) once a training ended."""
+    """(a held-out original, its conversion at the latest epoch with samples, a label) once a training
+    ended. An epoch's folder left empty (a crash while writing it) is passed over."""
     if status is None or status.kind != "train" or status.running or not status.result.get("samples_dir"):
         return None, None, ""
     run = RunFolder(status.folder)
-    epochs = run.sampled_epochs()
-    if not epochs:
+    found = ((epoch, sorted(folder.glob("*.wav"))) for epoch, folder in reversed(run.sampled_epochs()))
+    epoch, converted = next(((epoch, wavs) for epoch, wavs in found if wavs), (None, []))
+    if not converted:
         return None, None, ""
-    epoch, latest = epochs[-1]
-    converted = sorted(latest.glob("*.wav"))
-    original = run.sample_originals / converted[0].name if converted else None
-    label = f"{converted[0].stem}, converted at epoch {epoch}"
+    original = run.sample_originals / converted[0].name
     return (
-        (str(original) if original and original.is_file() else None),
-        (str(converted[0]) if converted else None),
-        label,
+        (str(original) if original.is_file() else None),
+        str(converted[0]),
+        f"{converted[0].stem}, converted at epoch {epoch}",
     )
 
 
@@ -295,7 +302,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                     value=0, precision=0, label="Stop after N steps (0: no limit)", elem_id="max-steps"
                 )
                 ema = gr.Number(value=0, label="EMA decay of G's weights (0: off; e.g. 0.999)", elem_id="ema")
-            recommendation = gr.Markdown(_recommendation(defaults.epochs, AUTO_PRECISION))
+            recommendation = gr.Markdown(_recommendation(defaults.epochs, AUTO_PRECISION, device))
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start")
                 stop = gr.Button("Stop (save a checkpoint)", elem_id="stop")
@@ -393,8 +400,12 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
         start.click(start_training, inputs, [status, plot])
         resume.click(resume_training, [resume_run], [status, plot])
         stop.click(stop_job, None, [status])
-        epochs.change(_recommendation, [epochs, precision], recommendation)
-        precision.change(_recommendation, [epochs, precision], recommendation)
+
+        def advise(epochs_value, precision_value):  # for the server's device: `auto` as training resolves it
+            return _recommendation(epochs_value, precision_value, device)
+
+        epochs.change(advise, [epochs, precision], recommendation)
+        precision.change(advise, [epochs, precision], recommendation)
         gr.Timer(1.0).tick(refresh, shown, [status, plot, log, original_player, converted_player, shown])
         runs_now = lambda: gr.Dropdown(choices=runs_of(runs_dir))  # noqa: E731
         app.load(runs_now, None, resume_run)
