@@ -49,14 +49,10 @@ def test_targets_flag_a_slow_kernel_a_fallback_and_too_much_state():
     }
 
 
-def test_an_existing_output_folder_is_refused_untouched(tmp_path):
+def test_an_existing_output_folder_is_refused_untouched(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("x")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2 and "already exists" in done.stderr
+    assert _module().main(["--out", str(tmp_path), "--device", "cpu"]) == 2
+    assert "already exists" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
