@@ -154,6 +154,7 @@ def test_warmup_is_linear_inside_the_optimizer_and_the_start_of_radam_is_silent(
 def test_train_eval_contract():
     params = _params()
     optimizer = build_optimizer("AdamWScheduleFree", _groups(params), lr=1e-2)
+    assert all(g["fused"] for g in optimizer.param_groups)  # the registry's default here: the fused kernel
     assert all(g["train_mode"] for g in optimizer.param_groups)  # a new optimizer: train mode
     optimizer.eval()  # no state yet: y = x = z, nothing moves
     assert all(not g["train_mode"] for g in optimizer.param_groups)
@@ -352,3 +353,30 @@ def test_the_memory_estimate_counts_their_state():
     net_g, net_d = torch.nn.Linear(10, 10), torch.nn.Linear(10, 1)
     estimate = estimate_memory(net_g, net_d, per_param, activations_per_item=0, batch_size=1)
     assert estimate.optimizer_state == int(8.0 * (110 + 11))
+
+
+@pytest.mark.parametrize("name, kwargs", CASES)
+def test_a_refused_fused_step_leaves_the_group_as_it_was_and_can_be_taken_again(name, kwargs):
+    """The kernel checks every tensor before it writes any; the group's step count, weight sum and
+    lr_max move only after its tensors have, so the step taken again (the state repaired) is the same step
+    an unrefused run takes."""
+    params, twins = _params(), _params()
+    optimizer = build_optimizer(name, _groups(params), lr=1e-3, **kwargs)
+    straight = build_optimizer(name, _groups(twins), lr=1e-3, **kwargs)
+    assert all(g["fused"] for g in optimizer.param_groups)
+    for step in range(6):
+        _feed(optimizer, params, step)
+        _feed(straight, twins, step)
+    running = [
+        {k: g[k] for k in ("k", "weight_sum", "lr_max", "scheduled_lr")} for g in optimizer.param_groups
+    ]
+    z = optimizer.state[params[0]]["z"]
+    optimizer.state[params[0]]["z"] = torch.zeros(3)  # a damaged checkpoint: the wrong size
+    with pytest.raises(RuntimeError, match="elements"):
+        _feed(optimizer, params, 6)
+    assert [{k: g[k] for k in running[0]} for g in optimizer.param_groups] == running
+    optimizer.state[params[0]]["z"] = z
+    for step in range(6, STEPS):
+        _feed(optimizer, params, step)
+        _feed(straight, twins, step)
+    assert all(torch.equal(p, q) for p, q in zip(params, twins, strict=True))
