@@ -37,6 +37,7 @@ fused optimizers. The kernel runs the loop's float32 operations in the same orde
 precision parameters keep the foreach path (the reference rounds every operation to their dtype). GradScaler
 is not handed to the kernel (`_step_supports_amp_scaling` is False): a step it skips must leave the
 group's step count and weights as they were, so it unscales and skips the step itself.
+
 `RAdamScheduleFree` (radam_schedulefree.py) shares everything here but the learning-rate factor.
 """
 
