@@ -193,6 +193,23 @@ CONFIGS = (
         compared=(RESUME,),
         variant="fp32-params-low-buffers",
     ),
+    # Schedule-free: float32 only on the fused path (bf16 parameters keep foreach); warm-up (ckp1 >= 0.5
+    # for its first steps: lerp's high-weight form), RAdam's silent and SGD starts (not Adam-normalized).
+    Config("AdamWScheduleFree", kwargs={"warmup_steps": 3}, compared=_ALL, variant="warmup"),
+    Config(
+        "AdamWScheduleFree",
+        kwargs={"maximize": True, "r": 1.0},
+        compared=(FUSED, TRITON),
+        variant="maximize-r1",
+    ),
+    Config("RAdamScheduleFree", compared=(FUSED, TRITON)),
+    Config(
+        "RAdamScheduleFree",
+        kwargs={"silent_sgd_phase": False, "weight_lr_power": 0.0},
+        compared=_ALL,
+        variant="sgd-start-power0",
+    ),
+    Config("AdamWScheduleFree", BF16, compared=(FOREACH,), variant="bf16-foreach-only"),
 )
 
 
@@ -213,5 +230,7 @@ FUSED_KERNELS = {
     "AdaBeliefV2": "adabelief",
     "RAdam": "radam",
     "AnyPrecisionAdamW": "any_precision_adamw",
+    "AdamWScheduleFree": "schedule_free",
+    "RAdamScheduleFree": "schedule_free",
 }
 ONE_PER_KERNEL = list({kernel: name for name, kernel in reversed(FUSED_KERNELS.items())}.values())[::-1]

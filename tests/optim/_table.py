@@ -175,11 +175,12 @@ TABLE = (
         "AdamWScheduleFree",
         "schedulefree.AdamWScheduleFree(warmup_steps=2)",
         _schedulefree_reference("AdamWScheduleFree", warmup_steps=2),
-        fused_dtypes=(),
+        fused_dtypes=(
+            torch.float32,
+        ),  # the reference rounds every operation to a bf16/fp16 parameter's dtype
         reference_in_param_dtype=True,
         kwargs={"warmup_steps": 2},
         needs="schedulefree",
-        paths=("single", "foreach"),
         state_dtypes=(("z", None), ("exp_avg_sq", None)),
         bad_hyperparameters=(
             ({"betas": (0.0, 0.999)}, "beta parameter at index 0"),
@@ -194,13 +195,12 @@ TABLE = (
         "RAdamScheduleFree",
         "schedulefree.RAdamScheduleFree(silent_sgd_phase=False)",
         _schedulefree_reference("RAdamScheduleFree", silent_sgd_phase=False),
-        fused_dtypes=(),
         reference_in_param_dtype=True,
         # The generic tests take STEPS steps, all before RAdam's rectification applies (step 5): with the
         # default silent start nothing would move. test_schedulefree.py runs the default, and past step 5.
         kwargs={"silent_sgd_phase": False},
         needs="schedulefree",
-        paths=("single", "foreach"),
+        fused_dtypes=(torch.float32,),
         state_dtypes=(("z", None), ("exp_avg_sq", None)),
         bad_hyperparameters=(
             ({"betas": (0.0, 0.999)}, "beta parameter at index 0"),

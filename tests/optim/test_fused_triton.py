@@ -31,7 +31,7 @@ if not GPU:
 
 from _optim_helpers import FUSED_KERNELS, ONE_PER_KERNEL, TRITON, configs  # noqa: E402
 
-from arvc.optim import _fused, _fused_args, _fused_probe, build_optimizer  # noqa: E402
+from arvc.optim import OPTIMIZERS, _fused, _fused_args, _fused_probe, build_optimizer  # noqa: E402
 from arvc.optim._fused_triton import common  # noqa: E402
 
 TRITON_DEVICE = "cuda" if GPU else "cpu"
@@ -94,6 +94,9 @@ def _assert_identical(a, b, what):
 
 
 CASES = configs(TRITON)  # the TRITON rows of _optim_helpers.CONFIGS (tolerance: TOLERANCES[TRITON], none)
+# The optimizers GradScaler hands its scale and overflow flag (not the schedule-free ones: their group's
+# step count lives on the host, so GradScaler unscales and skips their overflowing steps itself).
+TAKE_SCALE = [name for name in ONE_PER_KERNEL if issubclass(OPTIMIZERS[name].cls, _fused.AmpScaling)]
 
 
 def _build(name, params, kwargs):
@@ -197,7 +200,7 @@ def test_a_triton_step_counts_as_an_in_place_change_for_autograd(name):
         loss.backward()
 
 
-@pytest.mark.parametrize("name", ONE_PER_KERNEL)
+@pytest.mark.parametrize("name", TAKE_SCALE)
 def test_grad_scaler_hands_its_scale_to_the_kernel(name):
     """With every group fused, GradScaler passes its scale and overflow flag to step() (as to torch's
     fused Adam) instead of unscaling in a pass of its own: the kernel divides by the scale, the C++ path
@@ -284,7 +287,7 @@ def _check_ptx(reports):
         assert r["local_bytes"] == 0 and r["stack_bytes"] == 0, f"{what}: spills ({r['resources']})"
 
 
-KERNELS = {"_adabelief_kernel", "_radam_kernel", "_any_precision_adamw_kernel"}
+KERNELS = {"_adabelief_kernel", "_radam_kernel", "_any_precision_adamw_kernel", "_schedule_free_kernel"}
 
 
 def test_the_ptx_is_exact_vectorised_and_does_not_spill(ptx_reports):
@@ -497,15 +500,19 @@ def test_a_launch_that_fails_changes_nothing_and_the_step_can_be_taken_again(nam
                 p.grad, q.grad = g.to(p.device), g.to(q.device)
             reference.step()
             before = _everything(optimizer, params)
+            group_steps = [g.get("k") for g in optimizer.param_groups]  # schedule-free: the group counts
             failing.append(True)
             with pytest.raises(RuntimeError, match="injected launch failure"):
                 optimizer.step()
+            assert [g.get("k") for g in optimizer.param_groups] == group_steps
             if step == 0:  # the state the first step creates is fresh: counters at 0, buffers zero
                 for p, saved in zip(params, before[1], strict=True):
                     _assert_identical(p, saved, "a parameter")
                     state = optimizer.state[p]
-                    assert state["step"].item() == 0.0
-                    assert all(not v.any() for k, v in state.items() if k != "step")
+                    assert state.get("step", torch.zeros(())).item() == 0.0
+                    assert all(not v.any() for k, v in state.items() if k not in ("step", "z"))
+                    if "z" in state:  # schedule-free's base sequence starts at the parameter
+                        _assert_identical(state["z"], saved, "z")
             else:
                 _assert_unchanged(optimizer, params, before)
             failing.clear()
@@ -623,7 +630,7 @@ def test_the_launch_tables_are_built_once_and_again_only_when_a_tensor_changes(n
         _assert_identical(p, q, "a parameter after kept and rebuilt tables")
 
 
-@pytest.mark.parametrize("name", ONE_PER_KERNEL)
+@pytest.mark.parametrize("name", TAKE_SCALE)
 def test_grad_scalers_scale_and_flag_are_read_by_the_kernel_not_the_host(name, monkeypatch):
     """GradScaler's scale and overflow flag go to the kernel as tensors (pointers), never read on the host
     before the launch (on a GPU that read waits for the whole backward pass); the flag alone is copied
@@ -675,6 +682,7 @@ def test_the_triton_kernels_read_each_scalar_column_by_its_one_name():
         ("adabelief", "ADABELIEF"),
         ("radam", "RADAM"),
         ("any_precision_adamw", "ANY_PRECISION_ADAMW"),
+        ("schedule_free", "SCHEDULE_FREE"),
     ):
         assert (
             sys.modules[f"arvc.optim._fused_triton.{module}"]._K.value

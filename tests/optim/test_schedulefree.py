@@ -11,6 +11,12 @@ Tolerances:
 * across paths (arvc's foreach against the reference's single-tensor path, and the reverse): FMA-sized,
   rtol 1e-6 / atol 1e-7 (a vectorized lerp_/addcmul_ may fuse a multiply-add the other rounds twice;
   on this CPU they agree exactly).
+* arvc's fused kernel (the registry's default for float32 on CPU) against either of the reference's paths:
+  the same FMA-sized tolerance. The kernel runs the loop's float32 operations in the same order without
+  contracting any a*b + c, while torch's vectorized add_(alpha=)/lerp_ fuse them: about one ulp per step
+  (4.8e-7 on these values after 12 steps). The kernel against arvc's own paths, and the Triton kernel
+  against the C++ one (bit for bit), are the rows of _optim_helpers.CONFIGS (test_fused.py,
+  test_fused_triton.py).
 The generic torch.optim contract (hooks, state dicts, add_param_group, complex, sparse, zero-size,
 maximize, bad hyperparameters) runs over both in tests/optim/test_conformance.py (rows in _table.py).
 """
@@ -40,11 +46,19 @@ CASES = [
     pytest.param("RAdamScheduleFree", {}, id="RAdam-silent-start"),
     pytest.param("RAdamScheduleFree", {"silent_sgd_phase": False, "r": 0.5}, id="RAdam-sgd-start-r0.5"),
 ]
+SINGLE, FOREACH, FUSED = {"foreach": False}, {"foreach": True}, {"fused": True}  # build_optimizer's choice
+PATHS = [
+    pytest.param(SINGLE, id="single"),
+    pytest.param(FOREACH, id="foreach"),
+    pytest.param(FUSED, id="fused"),
+]
 PATH_PAIRS = [
-    pytest.param(False, False, EXACT, id="single-vs-single"),
-    pytest.param(True, True, EXACT, id="foreach-vs-foreach"),
-    pytest.param(True, False, FMA_SIZED, id="foreach-vs-reference-single"),
-    pytest.param(False, True, FMA_SIZED, id="single-vs-reference-foreach"),
+    pytest.param(SINGLE, False, EXACT, id="single-vs-single"),
+    pytest.param(FOREACH, True, EXACT, id="foreach-vs-foreach"),
+    pytest.param(FOREACH, False, FMA_SIZED, id="foreach-vs-reference-single"),
+    pytest.param(SINGLE, True, FMA_SIZED, id="single-vs-reference-foreach"),
+    pytest.param(FUSED, False, FMA_SIZED, id="fused-vs-reference-single"),
+    pytest.param(FUSED, True, FMA_SIZED, id="fused-vs-reference-foreach"),
 ]
 
 
@@ -73,11 +87,12 @@ def _close(ours, reference, tolerance, what):
         torch.testing.assert_close(p.detach(), q.detach(), msg=what, **tolerance)
 
 
-@pytest.mark.parametrize("foreach, reference_foreach, tolerance", PATH_PAIRS)
+@pytest.mark.parametrize("path, reference_foreach, tolerance", PATH_PAIRS)
 @pytest.mark.parametrize("name, kwargs", CASES)
-def test_matches_schedulefree_in_train_and_eval_mode(name, kwargs, foreach, reference_foreach, tolerance):
+def test_matches_schedulefree_in_train_and_eval_mode(name, kwargs, path, reference_foreach, tolerance):
     ours, theirs = _params(), _params()
-    optimizer = build_optimizer(name, _groups(ours), lr=1e-3, foreach=foreach, **kwargs)
+    optimizer = build_optimizer(name, _groups(ours), lr=1e-3, **path, **kwargs)
+    assert all(g["fused"] == ("fused" in path) for g in optimizer.param_groups)
     reference = getattr(schedulefree, name)(_groups(theirs), lr=1e-3, foreach=reference_foreach, **kwargs)
     assert has_weight_modes(optimizer) and OPTIMIZERS[name].schedule_free
     reference.train()  # the reference starts in eval mode; arvc's starts in train mode (y = x = z then)
@@ -105,9 +120,9 @@ def test_matches_schedulefree_in_train_and_eval_mode(name, kwargs, foreach, refe
 
 def test_the_gradients_are_left_as_they_were():
     # The reference divides p.grad in place; arvc's step reads the gradients only (torch.optim's contract).
-    for path in (False, True):
+    for path in (SINGLE, FOREACH, FUSED):
         params = _params()
-        optimizer = build_optimizer("AdamWScheduleFree", _groups(params), lr=1e-2, foreach=path)
+        optimizer = build_optimizer("AdamWScheduleFree", _groups(params), lr=1e-2, **path)
         grads = _grads(0)
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
@@ -139,6 +154,7 @@ def test_warmup_is_linear_inside_the_optimizer_and_the_start_of_radam_is_silent(
 def test_train_eval_contract():
     params = _params()
     optimizer = build_optimizer("AdamWScheduleFree", _groups(params), lr=1e-2)
+    assert all(g["fused"] for g in optimizer.param_groups)  # the registry's default here: the fused kernel
     assert all(g["train_mode"] for g in optimizer.param_groups)  # a new optimizer: train mode
     optimizer.eval()  # no state yet: y = x = z, nothing moves
     assert all(not g["train_mode"] for g in optimizer.param_groups)
@@ -198,20 +214,20 @@ def _save(model_params, optimizer):
     return torch.load(buffer, weights_only=True)
 
 
-def _resume(name, kwargs, foreach, saved):
+def _resume(name, kwargs, path, saved):
     params = _params(seed=7)  # a fresh process: other values, overwritten by the checkpoint
     with torch.no_grad():
         for p, value in zip(params, saved["params"], strict=True):
             p.copy_(value)
-    optimizer = build_optimizer(name, _groups(params), lr=1e-3, foreach=foreach, **kwargs)
+    optimizer = build_optimizer(name, _groups(params), lr=1e-3, **path, **kwargs)
     optimizer.load_state_dict(copy.deepcopy(saved["optimizer"]))
     return params, optimizer
 
 
-@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name, kwargs", CASES)
-def test_resume_is_bit_exact_from_a_checkpoint_saved_in_either_mode(name, kwargs, foreach):
-    build = lambda params: build_optimizer(name, _groups(params), lr=1e-3, foreach=foreach, **kwargs)  # noqa: E731
+def test_resume_is_bit_exact_from_a_checkpoint_saved_in_either_mode(name, kwargs, path):
+    build = lambda params: build_optimizer(name, _groups(params), lr=1e-3, **path, **kwargs)  # noqa: E731
 
     # Saved in train mode: the parameters hold y; the run goes on stepping.
     straight = _params()
@@ -222,7 +238,7 @@ def test_resume_is_bit_exact_from_a_checkpoint_saved_in_either_mode(name, kwargs
     first_opt = build(first)
     for step in range(6):
         _feed(first_opt, first, step)
-    resumed, resumed_opt = _resume(name, kwargs, foreach, _save(first, first_opt))
+    resumed, resumed_opt = _resume(name, kwargs, path, _save(first, first_opt))
     assert all(g["train_mode"] for g in resumed_opt.param_groups)
     for step in range(6, STEPS):
         _feed(resumed_opt, resumed, step)
@@ -244,7 +260,7 @@ def test_resume_is_bit_exact_from_a_checkpoint_saved_in_either_mode(name, kwargs
     first_opt.eval()
     saved = _save(first, first_opt)
     straight_opt.train()
-    resumed, resumed_opt = _resume(name, kwargs, foreach, saved)
+    resumed, resumed_opt = _resume(name, kwargs, path, saved)
     assert not any(g["train_mode"] for g in resumed_opt.param_groups), "the mode comes with the state"
     assert all(torch.equal(p, q) for p, q in zip(resumed, first, strict=True))
     resumed_opt.train()
@@ -255,6 +271,39 @@ def test_resume_is_bit_exact_from_a_checkpoint_saved_in_either_mode(name, kwargs
     for p, q in zip(resumed, straight, strict=True):
         for key in ("z", "exp_avg_sq"):
             assert torch.equal(resumed_opt.state[p][key], straight_opt.state[q][key])
+
+
+@pytest.mark.parametrize(
+    "saved_on, resumed_on",
+    [
+        pytest.param(FUSED, FOREACH, id="fused-to-foreach"),
+        pytest.param(FOREACH, FUSED, id="foreach-to-fused"),
+    ],
+)
+@pytest.mark.parametrize("name, kwargs", CASES)
+def test_a_checkpoint_resumes_on_the_other_path(name, kwargs, saved_on, resumed_on):
+    """A fused run's checkpoint resumes on a machine without a compiler (foreach), and a foreach run's
+    on one with the kernel: each process keeps its own path, and the run goes on as the uninterrupted
+    run on the resumed path would from that state (the paths differ by FMA-sized roundings only)."""
+    first = _params()
+    first_opt = build_optimizer(name, _groups(first), lr=1e-3, **saved_on, **kwargs)
+    for step in range(6):
+        _feed(first_opt, first, step)
+    first_opt.eval()  # saved after a validation, as the trainer saves
+    saved = _save(first, first_opt)
+    resumed, resumed_opt = _resume(name, kwargs, resumed_on, saved)
+    twin, twin_opt = _resume(name, kwargs, saved_on, saved)
+    assert all(g["fused"] == ("fused" in resumed_on) for g in resumed_opt.param_groups), "this process's path"
+    assert all(torch.equal(p, q) for p, q in zip(resumed, first, strict=True)), "x restored as saved"
+    resumed_opt.train()
+    twin_opt.train()
+    for step in range(6, STEPS):
+        _feed(resumed_opt, resumed, step)
+        _feed(twin_opt, twin, step)
+    resumed_opt.eval()
+    twin_opt.eval()
+    _close(resumed, twin, FMA_SIZED, "x after resuming on the other path")
+    assert resumed_opt.state_dict()["param_groups"][0]["k"] == STEPS
 
 
 @pytest.mark.parametrize("name", ["AdamWScheduleFree", "RAdamScheduleFree"])
@@ -304,3 +353,30 @@ def test_the_memory_estimate_counts_their_state():
     net_g, net_d = torch.nn.Linear(10, 10), torch.nn.Linear(10, 1)
     estimate = estimate_memory(net_g, net_d, per_param, activations_per_item=0, batch_size=1)
     assert estimate.optimizer_state == int(8.0 * (110 + 11))
+
+
+@pytest.mark.parametrize("name, kwargs", CASES)
+def test_a_refused_fused_step_leaves_the_group_as_it_was_and_can_be_taken_again(name, kwargs):
+    """The kernel checks every tensor before it writes any; the group's step count, weight sum and
+    lr_max move only after its tensors have, so the step taken again (the state repaired) is the same step
+    an unrefused run takes."""
+    params, twins = _params(), _params()
+    optimizer = build_optimizer(name, _groups(params), lr=1e-3, **kwargs)
+    straight = build_optimizer(name, _groups(twins), lr=1e-3, **kwargs)
+    assert all(g["fused"] for g in optimizer.param_groups)
+    for step in range(6):
+        _feed(optimizer, params, step)
+        _feed(straight, twins, step)
+    running = [
+        {k: g[k] for k in ("k", "weight_sum", "lr_max", "scheduled_lr")} for g in optimizer.param_groups
+    ]
+    z = optimizer.state[params[0]]["z"]
+    optimizer.state[params[0]]["z"] = torch.zeros(3)  # a damaged checkpoint: the wrong size
+    with pytest.raises(RuntimeError, match="elements"):
+        _feed(optimizer, params, 6)
+    assert [{k: g[k] for k in running[0]} for g in optimizer.param_groups] == running
+    optimizer.state[params[0]]["z"] = z
+    for step in range(6, STEPS):
+        _feed(optimizer, params, step)
+        _feed(straight, twins, step)
+    assert all(torch.equal(p, q) for p, q in zip(params, twins, strict=True))

@@ -5,12 +5,13 @@ approximate instructions found (div/sqrt/rsqrt/ex2/lg2/sin/cos .approx), flush-t
 vectorised global loads, and cuobjdump's resource usage (registers, local memory and stack = spills).
 
 What is compiled (CI has 2 cores, so beyond the first line a representative subset; ~1 s a compile):
-* every variant below, aligned and with GradScaler's scale, for sm_75, 80, 86, 89 and 90 (30 compiles);
+* every variant below, aligned and with GradScaler's scale, for sm_75, 80, 86, 89 and 90 (35 compiles);
 * Blackwell, where the installed triton can target it: one variant per kernel, the widest (AdaBelief
-  bf16 + AMSGrad, RAdam, AnyPrecisionAdamW fp16 + Kahan + stochastic rounding), for sm_100 and sm_120;
+  bf16 + AMSGrad, RAdam, AnyPrecisionAdamW fp16 + Kahan + stochastic rounding, schedule-free with
+  weight decay), for sm_100 and sm_120;
 * the other layouts, for sm_86: `ALIGNED=False` (a tensor not on a 16-byte boundary: no vector loads
-  are expected there) and `HAS_SCALE=False` (no GradScaler), each for AdaBelief fp32, RAdam and
-  AnyPrecisionAdamW bf16 + Kahan + stochastic rounding.
+  are expected there) and `HAS_SCALE=False` (no GradScaler), each for AdaBelief fp32, RAdam,
+  AnyPrecisionAdamW bf16 + Kahan + stochastic rounding and schedule-free.
 """
 
 import json
@@ -27,6 +28,7 @@ from triton.compiler import ASTSource
 from arvc.optim._fused_triton.adabelief import _adabelief_kernel
 from arvc.optim._fused_triton.any_precision_adamw import _any_precision_adamw_kernel
 from arvc.optim._fused_triton.radam import _radam_kernel
+from arvc.optim._fused_triton.schedule_free import _schedule_free_kernel
 
 # Turing, Ampere (A100; RTX 30xx), Ada (RTX 40xx), Hopper: the consumer cards arvc's users train on and
 # the datacenter ones. Pascal/Volta (sm_61/70) compiled clean too when tried by hand (2026-12-04).
@@ -49,6 +51,7 @@ VARIANTS = [
         "fp16 kahan sr",
         {"P_KIND": 2, "G_KIND": 2, "M_KIND": 2, "V_KIND": 2, "C_KIND": 2},
     ),
+    (_schedule_free_kernel, "fp32 decay", {"DECAY": True, "MAXIMIZE": False}),
 ]
 FLOAT_TABLES = ("scalars", "scale", "found_inf")  # float32 pointers; the other tables are int64
 APPROXIMATE = re.compile(r"\b(?:div|sqrt|rsqrt|rcp|ex2|lg2|sin|cos|tanh)\.approx[.\w]*")
@@ -58,9 +61,9 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 def jobs():
     """(kernel, variant, constants, target) for every compile (see the module docstring)."""
     listed = [(k, v, c, t) for k, v, c in VARIANTS for t in TARGETS]
-    widest = [VARIANTS[1], VARIANTS[2], VARIANTS[5]]
+    widest = [VARIANTS[1], VARIANTS[2], VARIANTS[5], VARIANTS[6]]
     listed += [(k, v, c, t) for k, v, c in widest for t in BLACKWELL]
-    subset = [VARIANTS[0], VARIANTS[2], VARIANTS[4]]
+    subset = [VARIANTS[0], VARIANTS[2], VARIANTS[4], VARIANTS[6]]
     for extra, label in (({"ALIGNED": False}, "unaligned"), ({"HAS_SCALE": False}, "no scale")):
         listed += [(k, f"{v} {label}", {**c, **extra}, OTHER_LAYOUTS_TARGET) for k, v, c in subset]
     return listed

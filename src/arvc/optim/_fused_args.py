@@ -11,7 +11,8 @@ tensors (arvc.optim._fused_triton). So that the two stay bit for bit the same st
 * the per-step scalars (bias corrections, RAdam's rectification, step sizes) are computed here in float64,
   as torch.optim computes them in Python, and rounded once to float32 (`<op>_table`); the compile-time
   choices made from them (`low_lerp_weight`, ...) too;
-* each table's columns are named once, in a `ScalarLayout` (ADABELIEF, RADAM, ANY_PRECISION_ADAMW): the
+* each table's columns are named once, in a `ScalarLayout` (ADABELIEF, RADAM, ANY_PRECISION_ADAMW,
+  SCHEDULE_FREE): the
   Triton kernels read them by name (`_fused_triton.common.offsets`), and the C++ kernels through structs
   generated from the same layouts (`cpp_header`, written into the build folder by arvc.optim._fused).
 
@@ -34,6 +35,7 @@ __all__ = [
     "KINDS",
     "LAYOUTS",
     "RADAM",
+    "SCHEDULE_FREE",
     "ScalarLayout",
     "adabelief_lists",
     "adabelief_table",
@@ -45,6 +47,7 @@ __all__ = [
     "check_lengths",
     "check_param",
     "check_radam",
+    "check_schedule_free",
     "check_step",
     "check_tensor",
     "commit_steps",
@@ -53,10 +56,13 @@ __all__ = [
     "float32",
     "kahan_buffers",
     "low_lerp_weight",
+    "low_weight",
     "matching_grad",
     "radam_lists",
     "radam_table",
     "rounding_keys",
+    "schedule_free_lists",
+    "schedule_free_table",
     "signature",
     "step_values",
     "zero_beta1",
@@ -119,7 +125,22 @@ ANY_PRECISION_ADAMW = ScalarLayout(
     "AdamScalars",
     ("decay", "lerp_weight", "beta2", "one_minus_beta2", "eps", "bias_correction2_sqrt", "step_size"),
 )
-LAYOUTS = (ADABELIEF, RADAM, ANY_PRECISION_ADAMW)
+SCHEDULE_FREE = ScalarLayout(
+    "ScheduleFreeScalars",
+    (
+        "beta2",
+        "one_minus_beta2",
+        "bias_correction2",
+        "eps",
+        "weight_decay",
+        "ckp1",  # the new point's weight in the average x: y moves to lerp(y, z, ckp1) first
+        "y_step",  # lr * (beta1 * (1 - ckp1) - 1): the normalized gradient's coefficient on y
+        "lr",
+        "adaptive",  # 1.0 where the gradient is divided by Adam's denominator, else 0.0 (RAdam's start)
+        "low_weight",  # 1.0 where lerp takes its low-weight form (float32 ckp1 < 0.5), else 0.0
+    ),
+)
+LAYOUTS = (ADABELIEF, RADAM, ANY_PRECISION_ADAMW, SCHEDULE_FREE)
 
 
 def cpp_header() -> str:
@@ -228,6 +249,30 @@ def any_precision_adamw_table(steps: list[int], lr, beta1, beta2, eps, weight_de
     return _per_tensor(ANY_PRECISION_ADAMW, steps, row)
 
 
+# Host arithmetic on the group's numbers, which change every step: traced, each step's ckp1 would be a new
+# constant (a recompile per step), and dynamo's struct polyfill recurses on `float32`.
+@torch.compiler.disable
+def schedule_free_table(
+    count: int, lr, beta1, beta2, eps, weight_decay, ckp1, bias_correction2, adaptive
+) -> torch.Tensor:
+    """Schedule-free AdamW/RAdam's SCHEDULE_FREE rows for `count` tensors (one group: one row for all),
+    the numbers arvc.optim.adamw_schedulefree's step hands its single-tensor and foreach bodies. The
+    step counter, warm-up, weighting and RAdam's rectification are the group's, computed by the optimizer."""
+    row = {
+        "beta2": beta2,
+        "one_minus_beta2": 1.0 - beta2,
+        "bias_correction2": bias_correction2,
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "ckp1": ckp1,
+        "y_step": lr * (beta1 * (1.0 - ckp1) - 1.0),
+        "lr": lr,
+        "adaptive": 1.0 if adaptive else 0.0,
+        "low_weight": 1.0 if low_weight(ckp1) else 0.0,
+    }
+    return _per_tensor(SCHEDULE_FREE, [0] * count, lambda _: row)
+
+
 @torch.compiler.disable  # numpy uint64 arithmetic, which torch.compile cannot trace (it fails on it)
 def rounding_keys(seed: int, param_indices, steps: list[int]) -> torch.Tensor:
     """Each tensor's stochastic-rounding key (int64 holding 32 bits): the low 32 bits of
@@ -244,10 +289,16 @@ def float32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
+def low_weight(weight: float) -> bool:
+    """Whether torch's lerp(start, end, weight) takes its low-weight form: |float32 weight| < 0.5 gives
+    start + w*(end - start), else end - (end - start)*(1 - w); the kernels follow it."""
+    return abs(float32(weight)) < 0.5
+
+
 def low_lerp_weight(beta1: float) -> bool:
-    """Whether the momentum's lerp weight (float32 1 - beta1) is below 0.5: torch's lerp then computes
-    m + w*(g - m), else g - (g - m)*(1 - w); both kernels follow it."""
-    return float32(1.0 - beta1) < 0.5
+    """Whether the momentum's lerp weight (float32 1 - beta1) is low (`low_weight`): torch's lerp then
+    computes m + w*(g - m), else g - (g - m)*(1 - w); both kernels follow it."""
+    return low_weight(1.0 - beta1)
 
 
 def zero_beta1(beta1: float) -> bool:
@@ -336,6 +387,23 @@ def check_radam(params, grads, exp_avgs, exp_avg_sqs, steps) -> list:
     return laid_out
 
 
+def check_schedule_free(params, grads, exp_avg_sqs, zs) -> list:
+    """Schedule-free AdamW/RAdam's checks (float32 only: the reference keeps z and the second moment in
+    the parameter's dtype, and rounds every operation there); the gradients laid out like their
+    parameters."""
+    laid_out = []
+    for i, param in enumerate(params):
+        check_param(param)
+        check_tensor(param, param, "parameter")
+        check_tensor(grads[i], param, "gradient", False)
+        check_tensor(exp_avg_sqs[i], param, "exp_avg_sq")
+        check_tensor(zs[i], param, "z")
+        if any(t.dtype != torch.float32 for t in (param, grads[i], exp_avg_sqs[i], zs[i])):
+            raise RuntimeError("arvc fused schedule-free step: float32 tensors only")
+        laid_out.append(matching_grad(grads[i], param))
+    return laid_out
+
+
 def check_any_precision_adamw(params, grads, exp_avgs, exp_avg_sqs, kahan, steps) -> list:
     """AnyPrecisionAdamW's checks (`kahan`: each parameter's compensation buffer or None); the gradients
     laid out like their parameters."""
@@ -381,6 +449,12 @@ def radam_lists(params, grads, exp_avgs, exp_avg_sqs, steps) -> tuple | None:
     """(params, grads, exp_avgs, exp_avg_sqs, steps)."""
     check_lengths("RAdam", len(params), grads, exp_avgs, exp_avg_sqs, steps)
     return (params, grads, exp_avgs, exp_avg_sqs, steps) if params else None
+
+
+def schedule_free_lists(params, grads, exp_avg_sqs, zs) -> tuple | None:
+    """(params, grads, exp_avg_sqs, zs); no step counters (the group keeps the schedule-free step)."""
+    check_lengths("schedule-free", len(params), grads, exp_avg_sqs, zs)
+    return (params, grads, exp_avg_sqs, zs) if params else None
 
 
 def any_precision_adamw_lists(

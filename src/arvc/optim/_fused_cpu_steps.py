@@ -22,16 +22,19 @@ from arvc.optim._fused_args import (
     check_adabelief,
     check_any_precision_adamw,
     check_radam,
+    check_schedule_free,
     couples_decay,
     low_lerp_weight,
     radam_lists,
     radam_table,
     rounding_keys,
+    schedule_free_lists,
+    schedule_free_table,
     step_values,
     zero_beta1,
 )
 
-__all__ = ["adabelief_", "any_precision_adamw_", "radam_"]
+__all__ = ["adabelief_", "any_precision_adamw_", "radam_", "schedule_free_"]
 
 
 class _Checked:
@@ -146,4 +149,33 @@ def any_precision_adamw_(
         rounding_keys(seed, param_indices, values),
         low_lerp_weight(beta1),
         bool(stochastic_rounding),
+    )
+
+
+def schedule_free_(
+    params,
+    grads,
+    exp_avg_sqs,
+    zs,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    ckp1: float,
+    bias_correction2: float,
+    adaptive: bool,
+    maximize: bool,
+) -> None:
+    """Schedule-free AdamW / RAdam on CPU tensors (_fused_cpu/schedule_free.h): the group's numbers for
+    this step as arvc.optim.adamw_schedulefree computes them for its other bodies."""
+    lists = schedule_free_lists(params, grads, exp_avg_sqs, zs)
+    if lists is None:
+        return
+    laid_out = _checked_grads(("schedule_free",), lists, check_schedule_free)
+    scalars = schedule_free_table(
+        len(params), lr, beta1, beta2, eps, weight_decay, ckp1, bias_correction2, adaptive
+    )
+    torch.ops.arvc_fused.schedule_free_(
+        params, laid_out, exp_avg_sqs, zs, scalars, weight_decay != 0.0, bool(maximize)
     )

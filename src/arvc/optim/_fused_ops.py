@@ -15,5 +15,6 @@ FUSED_OPS = MappingProxyType(
         "adabelief_": "adabelief",
         "any_precision_adamw_": "any_precision_adamw",
         "radam_": "radam",
+        "schedule_free_": "schedule_free",
     }
 )

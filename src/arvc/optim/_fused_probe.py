@@ -8,7 +8,8 @@ optimizer's own first step, it runs on a small probe beside the foreach path:
 * two tensors (1,030 elements: a full and a partial block; 3x5) of the group's dtype, with the group's
   settings (its lr replaced by 1e-2, so that an update shows), three steps: two plain, one with
   GradScaler's scale handed to the kernel (the probe's fused side gets its gradients times 256 and the
-  scale; the foreach side the gradients themselves);
+  scale; the foreach side the gradients themselves) where the optimizer takes it
+  (`_step_supports_amp_scaling`; the schedule-free ones do not), else a third plain one;
 * on an exception, or a parameter, state buffer or step counter that differs from the foreach path's
   beyond the tolerance below, the group runs its foreach path instead (the same update, slower) and one
   warning says what failed;
@@ -26,7 +27,8 @@ Tolerance (per tensor, normwise: the largest difference against the largest valu
   difference in float32 can send a stored value to its neighbour, nearest or stochastic rounding alike.
 * a Kahan compensation buffer: 2 units in the last place of its *parameter's* dtype against the
   parameter's largest value (where a parameter's rounding flips, its residual moves by that unit).
-* anything not finite (the probe's numbers are all finite), or step counters that differ: a mismatch.
+* anything not finite (the probe's numbers are all finite), or step counters that differ (per parameter,
+  or a schedule-free group's `k`): a mismatch.
 
 On the CPU (tests, Triton's interpreter) the same probe runs against the CPU foreach path; there the
 kernels equal the C++ kernel bit for bit, and the foreach path differs from both in the last bits only.
@@ -60,8 +62,11 @@ PROBE_LR = 1e-2
 FLOAT32_RTOL = 2.0**-16
 _CACHE_FILE = "fused-kernels.json"
 _CACHE_VERSION = 1
+# A schedule-free group's running values (arvc.optim.adamw_schedulefree): bookkeeping, not settings; the
+# probe's optimizers start their own (a group added in eval mode would refuse the probe's steps).
+_RUNNING = ("k", "train_mode", "weight_sum", "lr_max", "scheduled_lr")
 # Group entries that never choose a kernel variant (per-step numbers, bookkeeping).
-_NOT_VARIANT = ("params", "lr", "initial_lr", "fused", "foreach", "seed")
+_NOT_VARIANT = ("params", "lr", "initial_lr", "fused", "foreach", "seed", *_RUNNING)
 
 _lock = threading.Lock()
 _local = threading.local()  # .active: the probe is building optimizers of its own (no nested probe)
@@ -210,9 +215,11 @@ def _probe(cls: type, settings: dict, device: torch.device, dtype: torch.dtype) 
     """Run the fused kernel beside the foreach path on the probe; why they disagree (None: they agree)."""
     generator = torch.Generator().manual_seed(0)
     start = [torch.randn(shape, generator=generator) for shape in PROBE_SHAPES]
-    fused_params = [torch.nn.Parameter(t.to(dtype).to(device)) for t in start]
-    reference_params = [torch.nn.Parameter(t.to(dtype).to(device)) for t in start]
-    group = {k: v for k, v in settings.items() if k not in ("params", "initial_lr")}
+    # Copies (copy=True): on the CPU (the interpreter's tests) a float32 `.to` would hand both sides the
+    # same memory, and each optimizer would step the other's parameters too.
+    fused_params = [torch.nn.Parameter(t.to(device=device, dtype=dtype, copy=True)) for t in start]
+    reference_params = [torch.nn.Parameter(t.to(device=device, dtype=dtype, copy=True)) for t in start]
+    group = {k: v for k, v in settings.items() if k not in ("params", "initial_lr", *_RUNNING)}
     _local.active = True
     try:
         try:
@@ -221,7 +228,7 @@ def _probe(cls: type, settings: dict, device: torch.device, dtype: torch.dtype) 
             )
             fused = cls([{**group, "params": fused_params, "lr": PROBE_LR, "fused": True, "foreach": None}])
             for step in range(PROBE_STEPS):
-                scaled = step == PROBE_STEPS - 1
+                scaled = step == PROBE_STEPS - 1 and getattr(fused, "_step_supports_amp_scaling", False)
                 grads = [torch.randn(shape, generator=generator) for shape in PROBE_SHAPES]
                 for p, q, grad in zip(fused_params, reference_params, grads, strict=True):
                     p.grad = (grad * PROBE_SCALE if scaled else grad).to(dtype).to(device)
@@ -244,11 +251,14 @@ def _probe(cls: type, settings: dict, device: torch.device, dtype: torch.dtype) 
 
 
 def _mismatch(fused, fused_params, reference, reference_params) -> str | None:
+    steps = [[g.get("k") for g in optimizer.param_groups] for optimizer in (fused, reference)]
+    if steps[0] != steps[1]:  # a schedule-free group's step count
+        return f"probe: group steps {steps[0]} instead of {steps[1]}"
     for index, (p, q) in enumerate(zip(fused_params, reference_params, strict=True)):
         state, expected = fused.state[p], reference.state[q]
         if state.keys() != expected.keys():
             return f"probe tensor {index}: state {sorted(state)} instead of {sorted(expected)}"
-        if float(state["step"]) != float(expected["step"]):
+        if "step" in expected and float(state["step"]) != float(expected["step"]):
             return (
                 f"probe tensor {index}: step {float(state['step']):g} instead of {float(expected['step']):g}"
             )

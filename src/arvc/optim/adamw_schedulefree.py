@@ -28,6 +28,16 @@ dict, as the reference keeps them: its state dicts load here and back). Delibera
 * `maximize` and complex parameters (stepped as their real view) are supported.
 
 State per parameter: z and exp_avg_sq, in the parameter's dtype (as the reference keeps them).
+
+Paths: the single-tensor loop (the readable reference), foreach, and `fused=True`, arvc's fused kernel for
+float32 parameters (one pass over memory for all tensors: C++ on CPU, _fused_cpu/schedule_free.h; Triton
+on CUDA, _fused_triton/schedule_free.py), which the registry switches on where it can run, as for its other
+fused optimizers. The kernel runs the loop's float32 operations in the same order; the group's numbers
+(step, warm-up or rectification, the weight ckp1) are computed here once per step for every path. Low-
+precision parameters keep the foreach path (the reference rounds every operation to their dtype). GradScaler
+is not handed to the kernel (`_step_supports_amp_scaling` is False): a step it skips must leave the
+group's step count and weights as they were, so it unscales and skips the step itself.
+
 `RAdamScheduleFree` (radam_schedulefree.py) shares everything here but the learning-rate factor.
 """
 
@@ -52,6 +62,7 @@ from arvc.optim._checks import (
     refused_group_removed,
     step_body,
 )
+from arvc.optim._fused import FUSED_DEVICES, fused_op, mark_modified, resolve_fused, run_kernel
 from arvc.optim._state import NoDifferentiableDefault, load_state_dict_keeping_dtypes
 
 __all__ = ["AdamWScheduleFree", "ScheduleFreeAdam", "schedule_free_adam"]
@@ -86,11 +97,18 @@ class ScheduleFreeAdam(NoDifferentiableDefault, Optimizer):
     normalizes the gradient by Adam's denominator.
     """
 
+    fused_devices = FUSED_DEVICES  # read by the registry to switch `fused` on automatically
+    fused_dtypes = (torch.float32,)  # the reference keeps z and v in the parameter's dtype
+    # GradScaler unscales and skips overflowing steps itself (see the module docstring).
+    _step_supports_amp_scaling = False
+
     def _lr_factor(self, group: dict, step: int) -> tuple[float, bool]:
         """(factor on the group's lr, whether the gradient is Adam-normalized) for `step` (1-based)."""
         raise NotImplementedError
 
-    def _defaults(self, lr, betas, eps, weight_decay, r, weight_lr_power, foreach, maximize, **extra) -> dict:
+    def _defaults(
+        self, lr, betas, eps, weight_decay, r, weight_lr_power, foreach, maximize, fused, **extra
+    ) -> dict:
         name = type(self).__name__
         betas, eps, weight_decay = check_common_hyperparameters(lr, betas, eps, weight_decay)
         check_lr(lr, foreach, name)
@@ -104,6 +122,7 @@ class ScheduleFreeAdam(NoDifferentiableDefault, Optimizer):
             **extra,
             foreach=foreach,
             maximize=maximize,
+            fused=fused,
             # Per-group running values, as the reference keeps them (its state dicts load here).
             k=0,
             train_mode=True,  # the reference starts in eval mode: see the module docstring
@@ -124,6 +143,7 @@ class ScheduleFreeAdam(NoDifferentiableDefault, Optimizer):
             _check_schedule_free(group, type(self).__name__)
             if joins:
                 group["train_mode"] = mode
+            group["fused"] = resolve_fused(type(self), group["fused"], group)
 
     def load_state_dict(self, state_dict: dict) -> None:
         # The groups' k, weight_sum, lr_max and train_mode come back with the state dict: the parameters
@@ -176,32 +196,36 @@ class ScheduleFreeAdam(NoDifferentiableDefault, Optimizer):
             beta1, beta2 = group["betas"]
             factor, adaptive = self._lr_factor(group, k + 1)
             lr = lr_value(group["lr"]) * factor
-            group["scheduled_lr"] = lr  # for logging, as the reference
-            lr_max = group["lr_max"] = max(lr, group["lr_max"])
+            lr_max = max(lr, group["lr_max"])
             weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
-            weight_sum = group["weight_sum"] = group["weight_sum"] + weight
+            weight_sum = group["weight_sum"] + weight
             ckp1 = weight / weight_sum if weight_sum != 0 else 0.0
-            group["k"] = k + 1
-            if not indexed:
-                continue
-            states = [self._init_state(p) for _, p in indexed]
-            schedule_free_adam(
-                [real_view(p) for _, p in indexed],
-                [real_view(p.grad) for _, p in indexed],
-                [real_view(s["exp_avg_sq"]) for s in states],
-                [real_view(s["z"]) for s in states],
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                ckp1=ckp1,
-                bias_correction2=1 - beta2 ** (k + 1),
-                adaptive=adaptive,
-                maximize=group["maximize"],
-                foreach=default_foreach(group["foreach"], group["lr"], len(indexed)),
-            )
+            if indexed:
+                self._step_group(group, indexed, lr, beta1, beta2, ckp1, 1 - beta2 ** (k + 1), adaptive)
+            # The group's running values move once its tensors have: a refused fused step (its checks
+            # come first) leaves the group as it was, and taken again is the same step.
+            group.update(k=k + 1, scheduled_lr=lr, lr_max=lr_max, weight_sum=weight_sum)  # as the reference
         return loss
+
+    def _step_group(self, group, indexed, lr, beta1, beta2, ckp1, bias_correction2, adaptive) -> None:
+        states = [self._init_state(p) for _, p in indexed]
+        schedule_free_adam(
+            [real_view(p) for _, p in indexed],
+            [real_view(p.grad) for _, p in indexed],
+            [real_view(s["exp_avg_sq"]) for s in states],
+            [real_view(s["z"]) for s in states],
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            ckp1=ckp1,
+            bias_correction2=bias_correction2,
+            adaptive=adaptive,
+            maximize=group["maximize"],
+            foreach=default_foreach(group["foreach"], group["lr"], len(indexed)),
+            fused=group.get("fused") or False,
+        )
 
 
 class AdamWScheduleFree(ScheduleFreeAdam):
@@ -221,6 +245,9 @@ class AdamWScheduleFree(ScheduleFreeAdam):
         foreach: the multi-tensor path (None: whenever there is more than one tensor); both paths
             compute the same update.
         maximize: maximize the objective (step along the gradient).
+        fused: arvc's fused kernel (float32; C++ on CPU, built on first use, Triton on CUDA; see
+            arvc.optim._fused). The registry switches it on where it can run; where it cannot be built,
+            the foreach path runs instead, with one warning.
     """
 
     def __init__(
@@ -236,9 +263,19 @@ class AdamWScheduleFree(ScheduleFreeAdam):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults = self._defaults(
-            lr, betas, eps, weight_decay, r, weight_lr_power, foreach, maximize, warmup_steps=warmup_steps
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            r,
+            weight_lr_power,
+            foreach,
+            maximize,
+            fused,
+            warmup_steps=warmup_steps,
         )
         super().__init__(params, defaults)
 
@@ -263,14 +300,19 @@ def schedule_free_adam(
     adaptive: bool,
     maximize: bool,
     foreach: bool = False,
+    fused: bool = False,
 ) -> None:
-    """One schedule-free step over a list of parameters (holding y); `foreach` picks the body.
+    """One schedule-free step over a list of parameters (holding y); `fused`/`foreach` pick the body.
 
     `ckp1` is the new point's weight in the average x, `adaptive` whether the gradient is divided by
     Adam's denominator (RAdam's rectified start does without).
     """
     body = step_body(
-        _single_tensor_schedule_free, _multi_tensor_schedule_free, None, use_fused=False, foreach=foreach
+        _single_tensor_schedule_free,
+        _multi_tensor_schedule_free,
+        _fused_schedule_free,
+        use_fused=fused,
+        foreach=foreach,
     )
     body(
         params,
@@ -368,3 +410,49 @@ def _multi_tensor_schedule_free(
         torch._foreach_lerp_(device_y, device_z, weight=ckp1)
         torch._foreach_add_(device_y, updates, alpha=lr * (beta1 * (1 - ckp1) - 1))
         torch._foreach_sub_(device_z, updates, alpha=lr)
+
+
+def _fused_schedule_free(
+    params,
+    grads,
+    exp_avg_sqs,
+    zs,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    ckp1,
+    bias_correction2,
+    adaptive,
+    maximize,
+    grad_scale=None,
+    found_inf=None,
+) -> None:
+    """The same update in one pass over all tensors: C++ on CPU (_fused_cpu/schedule_free.h), Triton on
+    CUDA (_fused_triton/schedule_free.py)."""
+    if not params:
+        return
+    run_kernel(
+        fused_op("schedule_free_", params[0].device, grad_scale, found_inf),
+        (
+            params,
+            grads,
+            exp_avg_sqs,
+            zs,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ckp1,
+            bias_correction2,
+            adaptive,
+            maximize,
+        ),
+        params,
+        exp_avg_sqs,
+        zs,
+    )
+    mark_modified(params, exp_avg_sqs, zs)

@@ -43,6 +43,7 @@ class RAdamScheduleFree(ScheduleFreeAdam):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        fused: bool | None = None,
     ) -> None:
         if not isinstance(silent_sgd_phase, bool):
             raise ValueError(f"Invalid silent_sgd_phase value: {silent_sgd_phase!r}; expected True or False")
@@ -55,6 +56,7 @@ class RAdamScheduleFree(ScheduleFreeAdam):
             weight_lr_power,
             foreach,
             maximize,
+            fused,
             silent_sgd_phase=silent_sgd_phase,
         )
         super().__init__(params, defaults)

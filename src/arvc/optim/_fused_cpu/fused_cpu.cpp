@@ -1,4 +1,5 @@
-// arvc's fused CPU optimizer steps (AdaBelief/AdaBeliefV2, AnyPrecisionAdamW, RAdam).
+// arvc's fused CPU optimizer steps (AdaBelief/AdaBeliefV2, AnyPrecisionAdamW, RAdam, schedule-free
+// AdamW/RAdam).
 //
 // Why a hand-written kernel: an optimizer step is memory-bound. The foreach path reads and writes every
 // buffer once per torch op (8-12 passes over memory); this kernel makes one pass: each element of the
@@ -22,6 +23,7 @@
 #include "any_precision_adamw.h"
 #include "denormals.h"
 #include "radam.h"
+#include "schedule_free.h"
 
 using namespace arvc_fused;
 
@@ -55,6 +57,9 @@ TORCH_LIBRARY(arvc_fused, m) {
   m.def(
       "radam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "Tensor(d!)[] steps, Tensor scalars, bool low_weight, bool coupled, bool maximize) -> ()");
+  m.def(
+      "schedule_free_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg_sqs, Tensor(c!)[] zs, "
+      "Tensor scalars, bool decay, bool maximize) -> ()");
   // Not optimizer steps: set / restore denormal flushing on every intra-op thread (see optim/denormals.py).
   m.def("set_flush_denormal_all(bool on) -> int[]", set_flush_denormal_all);
   m.def("restore_flush_denormal_all(int[] previous) -> ()", restore_flush_denormal_all);
@@ -66,4 +71,5 @@ TORCH_LIBRARY_IMPL(arvc_fused, CPU, m) {
   m.impl("adabelief_", adabelief_);
   m.impl("any_precision_adamw_", any_precision_adamw_op);
   m.impl("radam_", radam_);
+  m.impl("schedule_free_", schedule_free_);
 }
