@@ -33,7 +33,6 @@ def ema_run(tmp_path_factory):
         (["--ema", "1.5"], "error: --ema 1.5: the EMA decay must be between 0 and 1"),
         (["--ema", "0"], "error: --ema 0.0: the EMA decay must be between 0 and 1"),
         (["--ema", "0.999", "--optimizer", "AdamWScheduleFree"], "error: --ema 0.999 with AdamWScheduleFree"),
-        (["--zero", "--optimizer", "AdamWScheduleFree"], "error: --zero with AdamWScheduleFree"),
     ],
 )
 def test_bad_averaging_settings_are_refused_before_any_work(tmp_path, args, message):

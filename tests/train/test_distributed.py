@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from arvc.cli import app
@@ -266,27 +267,110 @@ def test_an_ema_in_two_processes_matches_one_process(tmp_path, data_dir):
         assert float((d_run - d_ref).norm() / d_ref.norm()) < TOLERANCE["generator"], name
 
 
-def test_schedule_free_ranks_evaluate_the_same_x_as_one_process(tmp_path, data_dir):
-    """A schedule-free run in two processes: at validation every rank's G holds x (`optimizer.eval()` on
-    its own copy of y and z), bit for bit the same on both ranks, and as close to the one-process run's x
-    (its checkpoint's `averaged` record, written at the same epoch end) as DDP's weights are (issue #33)."""
-    overrides = {**OVERRIDES, "train.epochs": 1}
-    options = {"data_dir": str(data_dir), "optimizer": "AdamWScheduleFree"}
-    one_process(tmp_path / "one", data_dir, overrides=overrides, optimizer="AdamWScheduleFree")
-    spec = {"options": {"run_dir": str(tmp_path / "two"), **options}, "overrides": overrides}
-    [outcome] = launch(tmp_path, "sf", [{**spec, "record_evaluated": True}])
-    assert all("error" not in rank for rank in outcome), outcome[0].get("traceback")
-    ranks = [torch.load(f"{tmp_path / 'sf-0'}.rank{r}.evaluated.pt") for r in range(2)]
-    assert ranks[0] and ranks[1], "every rank evaluates (held-out validation; rank 0 also exports)"
-    assert all(torch.equal(x, ranks[0][0]) for x in ranks[0] + ranks[1]), "one x: the epoch's end"
+SF = "AdamWScheduleFree"
+
+
+@pytest.fixture(scope="module")
+def schedule_free(tmp_path_factory, data_dir):
+    """AdamWScheduleFree for 2 epochs (4 steps, held-out validation after each): in one process, then in one
+    torchrun launch in 2 processes without and with --zero, and with --zero stopped at step 3 (mid-epoch)
+    and resumed to step 4 with --zero and without. Every rank records each x it evaluates."""
+    tmp = tmp_path_factory.mktemp("sf")
+    data = str(data_dir)
+    one_process(tmp / "one", data_dir, optimizer=SF, max_steps=4)
+
+    def spec(name, **options):
+        return {"options": {"run_dir": str(tmp / name), "data_dir": data, "optimizer": SF, **options}}
+
+    outcomes = launch(
+        tmp,
+        "sf",
+        [
+            {**spec("two", max_steps=4), "record_evaluated": True},
+            {**spec("zero", max_steps=4, zero=True), "record_evaluated": True},
+            spec("zero_3", max_steps=3, zero=True),
+            spec("zero_3_zero", resume=str(tmp / "zero_3"), zero=True),  # (the specs run in order)
+            spec("zero_3_two", resume=str(tmp / "zero_3")),
+        ],
+    )
+    for outcome in outcomes:
+        assert all("error" not in rank for rank in outcome), outcome[0].get("traceback")
+    return tmp
+
+
+def _evaluated_x(tmp: Path, run: str) -> list[list[torch.Tensor]]:
+    """Per rank, G's parameters (flattened) each time the run evaluated or exported them."""
+    index = {"two": 0, "zero": 1}[run]
+    return [torch.load(f"{tmp / f'sf-{index}'}.rank{rank}.evaluated.pt") for rank in range(2)]
+
+
+@pytest.mark.parametrize("run", ["two", "zero"])
+def test_schedule_free_ranks_evaluate_the_same_x_as_one_process(schedule_free, run):
+    """A schedule-free run in two processes, with or without --zero: every time the run evaluates (held-out
+    validation, the best-model and final exports) every rank's G holds x, bit for bit the same on both
+    ranks, and as close to the one-process run's x (its checkpoint's `averaged` record) as DDP's weights
+    are; rank 0's x is the one the checkpoint saves (issue #33). Under --zero each rank holds z for its own
+    shard only: it switches those parameters and the owners broadcast theirs."""
+    tmp = schedule_free
+    ranks = _evaluated_x(tmp, run)
+    assert len(ranks[0]) == len(ranks[1]) >= 4, "validation after each epoch, the best and final exports"
+    assert all(torch.equal(a, b) for a, b in zip(*ranks, strict=True)), "both ranks evaluate one x"
     start = initial_weights()["generator"]
-    x_one = load_checkpoint(latest_checkpoint(tmp_path / "one"))["averaged"]
+    x_one = load_checkpoint(latest_checkpoint(tmp / "one"))["averaged"]
     assert x_one["kind"] == "schedule-free"
     d_ref = torch.cat([(x_one["generator"][k] - start[k]).flatten() for k in start])
-    d_run = ranks[0][0] - torch.cat([start[k].flatten() for k in start])
+    d_run = ranks[0][-1] - torch.cat([start[k].flatten() for k in start])
     assert float((d_run - d_ref).norm() / d_ref.norm()) < TOLERANCE["generator"]
-    x_two = load_checkpoint(latest_checkpoint(tmp_path / "two"))["averaged"]["generator"]
-    assert torch.equal(torch.cat([x_two[k].flatten() for k in start]), ranks[0][0]), "rank 0's x is saved"
+    saved = load_checkpoint(latest_checkpoint(tmp / run))["averaged"]
+    assert saved["kind"] == "schedule-free"
+    assert torch.equal(torch.cat([saved["generator"][k].flatten() for k in start]), ranks[0][-1])
+
+
+def _assert_same_run(run: dict, other: dict, what: str) -> None:
+    """Two checkpoints hold the same run, bit for bit: weights, x and both optimizers' whole state."""
+    assert run["step"] == other["step"] == 4, what
+    for net in ("generator", "discriminator"):
+        for key, value in other[net].items():
+            assert torch.equal(run[net][key], value), f"{what}: {net}.{key}"
+    for key, value in other["averaged"]["generator"].items():
+        assert torch.equal(run["averaged"]["generator"][key], value), f"{what}: x {key}"
+    for optim in ("optim_g", "optim_d"):
+        mine, theirs = run[optim]["state"], other[optim]["state"]
+        assert mine["param_groups"] == theirs["param_groups"], f"{what}: {optim} k, weight_sum, mode, ..."
+        assert mine["state"].keys() == theirs["state"].keys(), f"{what}: every parameter's state"
+        for index, state in theirs["state"].items():
+            for name, value in state.items():
+                assert torch.equal(mine["state"][index][name], value), f"{what}: {optim} {index} {name}"
+
+
+def test_schedule_free_under_zero_is_the_unsharded_run_bit_for_bit(schedule_free):
+    """--zero changes where a schedule-free optimizer's state lives, not the run: the same gradients (DDP)
+    and the same element-wise steps give the 2-process run without ZeRO bit for bit: the weights (y), x
+    in the checkpoint and in the exported model, and the consolidated state (z, the groups' k and
+    weight_sum, the mode: train, as every checkpoint is saved)."""
+    tmp = schedule_free
+    zero, two = (load_checkpoint(latest_checkpoint(tmp / name)) for name in ("zero", "two"))
+    _assert_same_run(zero, two, "--zero vs without")
+    assert all(group["train_mode"] for group in zero["optim_g"]["state"]["param_groups"])
+    assert all(
+        torch.equal(a, b) for a, b in zip(*(_evaluated_x(tmp, r)[0] for r in ("zero", "two")), strict=True)
+    )
+    for folder in ("export", "export/best"):
+        exported = [load_file(tmp / run / folder / "model.safetensors") for run in ("zero", "two")]
+        assert exported[0].keys() == exported[1].keys()
+        assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0]), folder
+
+
+@pytest.mark.parametrize(
+    ("run", "what"),
+    [("zero_3_zero", "2 processes with --zero"), ("zero_3_two", "2 processes without --zero")],
+)
+def test_schedule_free_under_zero_resumes_bit_for_bit(schedule_free, run, what):
+    """A --zero checkpoint of a schedule-free run (the consolidated state, written mid-epoch at step 3)
+    resumed to step 4, with --zero and without, is exactly the uninterrupted --zero run."""
+    tmp = schedule_free
+    resumed, straight = (load_checkpoint(latest_checkpoint(tmp / name)) for name in (run, "zero"))
+    _assert_same_run(resumed, straight, what)
 
 
 # ---------------------------------------------------------------------------------------------------------

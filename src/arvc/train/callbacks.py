@@ -23,7 +23,8 @@ class Callbacks:
     def on_evaluation_weights(self, weights: Any) -> None:
         """Once the run is set up: `weights` is a function whose `with weights():` puts the weights the run
         evaluates into G (a schedule-free optimizer's x, the EMA; arvc.train.weights) and the live ones back
-        after (compare scores each contestant on them)."""
+        after (compare scores each contestant on them). Under --zero with a schedule-free optimizer entering
+        it is collective (x is gathered from every rank's shard), so it is for one-process runs there."""
 
     def on_start(self, total_epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         """Training starts (or continues) at `start_epoch` (1-based)."""

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from arvc.device import AUTO, resolve_device
 from arvc.train.faults import EARLY_STOP, MAX_STEPS, SIGNAL_STOPS, STOP_REQUEST
 
-__all__ = ["DistributedError", "Ranks", "launch", "process_group"]
+__all__ = ["DistributedError", "Ranks", "launch", "local_optimizer", "process_group", "share_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,9 @@ class Ranks:
         keyed by them, so a sharded run draws the same bits as one process).
 
         Its state_dict (after :meth:`consolidate`) has the same layout as the unsharded optimizer's, so
-        checkpoints load either way. Scheduler and GradScaler work on its (global) `param_groups`.
+        checkpoints load either way. Scheduler and GradScaler work on its (global) `param_groups`. A change
+        to the weights outside `step()` (a schedule-free `eval()`, `arvc.train.weights`) goes through
+        :func:`local_optimizer` and :func:`share_shards`.
         """
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -178,6 +180,27 @@ class Ranks:
         """Seed this rank's own torch RNG from (seed + rank, step); only used with several ranks."""
         words = np.random.SeedSequence([seed + self.rank, step]).generate_state(2)
         torch.manual_seed(int(words[0]) << 32 | int(words[1]))
+
+
+def local_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer this process steps: under --zero (:meth:`Ranks.zero`) the one over its own shard,
+    which holds the state of that shard's parameters only; otherwise `optimizer` itself."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    return optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
+
+
+def share_shards(optimizer: torch.optim.Optimizer) -> None:
+    """After this process changed its shard's parameters outside `step()` (through
+    :func:`local_optimizer`): under --zero every rank broadcasts the parameters of its own shard, as
+    ZeroRedundancyOptimizer's `step()` ends, so every rank holds every parameter exactly as its owner
+    computed it; the shard's param-group settings (e.g. a schedule-free mode) become the exposed ones, which
+    its state_dict saves. Collective under --zero: every rank calls it. Without ZeRO it does nothing."""
+    local = local_optimizer(optimizer)
+    if local is optimizer:
+        return
+    optimizer._sync_param_groups(local.param_groups, optimizer.param_groups)  # as its step() does
+    optimizer._sync_params()  # (torch's own: each owner broadcasts its shard)
 
 
 # ---------------------------------------------------------------------------------------------------------

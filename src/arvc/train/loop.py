@@ -333,7 +333,7 @@ def _check_and_resolve(opts: TrainOptions, checkpoint: dict | None, resume_from:
         logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
     if opts.zero and ranks.distributed and hp["use_8bit"]:
         raise TrainError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
-    conflict = averaging_conflict(hp["optimizer"], cfg.train.ema, opts.zero, hp["use_8bit"])
+    conflict = averaging_conflict(hp["optimizer"], cfg.train.ema, hp["use_8bit"])
     if conflict:
         raise TrainError(conflict)
     return opts, hp, tf32
@@ -719,11 +719,11 @@ def _export_best(run: _Run, progress: _Progress) -> None:
         criterion = selected(run.cfg.train.select, best)
         info = f"arvc {run.hp['optimizer']} epoch {best['epoch']}{_which_weights(run)}"
         info += f" (best held-out {criterion})"
-        with _evaluated(run):
-            export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
+        export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))
 
-    run.ranks.on_main(export, "export the best model")
+    with _evaluated(run):  # on every rank (--zero gathers x from every shard); rank 0 writes
+        run.ranks.on_main(export, "export the best model")
 
 
 def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evaluation | None) -> None:
@@ -754,18 +754,21 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
 def _save(run: _Run, progress: _Progress, epochs_done: int, batches_done: int, signals: StopOnSignal) -> Path:
     """Checkpoint after `epochs_done` whole epochs plus `batches_done` batches of the next one.
 
-    Collective: ZeRO state is gathered on rank 0, which writes while the others wait."""
+    Collective: ZeRO state (and a schedule-free x, from every shard) is gathered on rank 0, which writes
+    while the others wait."""
     path = checkpoint_path(run.run_dir, epochs_done, progress.step)
     run.ranks.consolidate(run.optim_g, run.optim_d)
-    state = lambda: _checkpoint_state(run, progress, epochs_done, batches_done)  # noqa: E731
+    averaged = averaged_record(run.net_g, run.optim_g, run.average)  # on every rank, as _evaluated
+    state = lambda: _checkpoint_state(run, progress, epochs_done, batches_done, averaged)  # noqa: E731
     write = lambda: _write(run, path, state(), signals)  # noqa: E731
     run.ranks.on_main(write, "write a checkpoint")
     return path
 
 
-def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_done: int) -> dict:
+def _checkpoint_state(
+    run: _Run, progress: _Progress, epochs_done: int, batches_done: int, averaged: dict | None
+) -> dict:
     hp, step = run.hp, progress.step
-    averaged = averaged_record(run.net_g, run.optim_g, run.average)
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -871,10 +874,10 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
     info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}{_which_weights(run)}"
 
     def export() -> dict[str, Path]:
-        with _evaluated(run):
-            return export_generator(run.net_g, run.cfg, run.folder.export, info=info, features=run.features)
+        return export_generator(run.net_g, run.cfg, run.folder.export, info=info, features=run.features)
 
-    result.exports = run.ranks.on_main(export, "export") or {}  # the model is exported by rank 0
+    with _evaluated(run):  # on every rank, as in _export_best
+        result.exports = run.ranks.on_main(export, "export") or {}  # the model is exported by rank 0
     if progress.best is not None:
         result.exports["best"] = run.folder.best_export
     logger.info(

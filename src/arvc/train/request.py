@@ -329,10 +329,10 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     check_processes(r.nproc, r.device, cfg.train.batch_size)
     if r.zero and r.use_8bit:
         raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
-    if cfg.train.ema is not None or r.zero:  # (settings that a schedule-free optimizer cannot take)
+    if cfg.train.ema is not None:  # (a setting that a schedule-free optimizer cannot take)
         saved_optim = (saved.get("optim_g") or None) if r.resume is not None else None
         optimizer, use_8bit = chosen_optimizer(r.optimizer, r.use_8bit, saved_optim)
-        conflict = averaging_conflict(optimizer, cfg.train.ema, r.zero, use_8bit)
+        conflict = averaging_conflict(optimizer, cfg.train.ema, use_8bit)
         if conflict:
             raise ValueError(conflict)
     options = TrainOptions(

@@ -12,9 +12,12 @@ A run trains one set of weights (the *live* ones, in G) and may evaluate another
 
 `evaluation_weights` is the one place that puts the weights to evaluate into G (validation, listening
 samples, the best-model export, the end-of-run export, `arvc compare`'s evaluation) and afterwards puts
-the live weights back bit for bit, so evaluating never changes training. A checkpoint holds the live
-weights with the optimizer state (a resume continues bit for bit) and, under `averaged`, the evaluated
-ones (`averaged_record`), which `arvc export` and the web UI's Models tab take by default.
+the live weights back bit for bit, so evaluating never changes training. Under --zero a schedule-free
+optimizer's z is sharded: each rank switches the parameters of its own shard and the owners broadcast
+theirs (`arvc.train.distributed.share_shards`), so every rank holds the whole x, as one process would;
+entering it is then collective (every rank does, also where rank 0 alone writes). A checkpoint holds the
+live weights with the optimizer state (a resume continues bit for bit) and, under `averaged`, the
+evaluated ones (`averaged_record`), which `arvc export` and the web UI's Models tab take by default.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from arvc.optim import get_spec
 from arvc.optim.registry import has_weight_modes
+from arvc.train.distributed import local_optimizer, share_shards
 
 __all__ = [
     "AVERAGED",
@@ -84,12 +88,28 @@ class WeightAverage:
         self.updates = int(state["updates"])
 
 
+def _has_weight_modes(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer (under --zero: the one over this rank's shard) keeps two sets of weights."""
+    return has_weight_modes(local_optimizer(optimizer))
+
+
+def _switch(optimizer: torch.optim.Optimizer, train: bool) -> None:
+    """A two-weight optimizer's parameters to y (`train`) or x: its `train()`/`eval()`; under --zero each
+    rank's on its own shard (only it holds that shard's z), then the owners' parameters are broadcast."""
+    local = local_optimizer(optimizer)
+    if train:
+        local.train()
+    else:
+        local.eval()
+    share_shards(optimizer)
+
+
 def set_train_mode(*optimizers) -> None:
     """Put two-weight (schedule-free) optimizers in train mode: their `step` needs it, and the model's
-    parameters then hold the points they train at (y)."""
+    parameters then hold the points they train at (y). Collective under --zero."""
     for optimizer in optimizers:
-        if has_weight_modes(optimizer):
-            optimizer.train()
+        if _has_weight_modes(optimizer):
+            _switch(optimizer, train=True)
 
 
 @contextlib.contextmanager
@@ -98,8 +118,9 @@ def evaluation_weights(
 ) -> Iterator[None]:
     """G holds the weights to evaluate for the duration: a schedule-free optimizer's x (`optim_g.eval()`),
     or the EMA (`average`); with neither, the live weights. Afterwards G holds exactly the live weights
-    again (copied back, not recomputed: `train()` after `eval()` would round differently)."""
-    modes = has_weight_modes(optim_g)
+    again (copied back, not recomputed: `train()` after `eval()` would round differently). Under --zero
+    with a schedule-free optimizer every rank must enter it (x is gathered from every shard)."""
+    modes = _has_weight_modes(optim_g)
     if not modes and average is None:
         yield
         return
@@ -108,14 +129,14 @@ def evaluation_weights(
     try:
         with torch.no_grad():
             if modes:
-                optim_g.eval()
+                _switch(optim_g, train=False)
             else:
                 torch._foreach_copy_(params, average.weights)
         yield
     finally:
         with torch.no_grad():
             if modes:
-                optim_g.train()
+                _switch(optim_g, train=True)
             torch._foreach_copy_(params, live)
 
 
@@ -124,7 +145,7 @@ def averaged_kind(optim_g: torch.optim.Optimizer, average: WeightAverage | None)
     ones). The checkpoint's `averaged` record and the exports' info say it."""
     if average is not None:
         return "ema"
-    return "schedule-free" if has_weight_modes(optim_g) else None
+    return "schedule-free" if _has_weight_modes(optim_g) else None
 
 
 def averaged_record(
@@ -145,7 +166,7 @@ def averaged_record(
     return None
 
 
-def averaging_conflict(optimizer: str, ema: float | None, zero: bool, use_8bit: bool = False) -> str | None:
+def averaging_conflict(optimizer: str, ema: float | None, use_8bit: bool = False) -> str | None:
     """Why these settings cannot train together (None: they can). One rule for `arvc train`, the web UI
     and the Python API, checked before any work."""
     spec = get_spec(optimizer)
@@ -156,12 +177,5 @@ def averaging_conflict(optimizer: str, ema: float | None, zero: bool, use_8bit: 
             f"--ema {ema:g} with {spec.name}: a schedule-free optimizer already evaluates an average of its "
             "iterates (its x), an EMA on top would average the averaged weights; drop --ema, or choose "
             "another --optimizer (e.g. AdamW) for an EMA"
-        )
-    if zero:
-        return (
-            f"--zero with {spec.name}: ZeRO shards the optimizer state, and a schedule-free optimizer needs "
-            "its whole state (z) on every process to switch the model to its averaged weights for "
-            "validation and export; drop --zero (its state is the size of AdamW's), or choose another "
-            "--optimizer"
         )
     return None
