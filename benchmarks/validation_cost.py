@@ -2,7 +2,9 @@
 
 Part 1 (the tiny config on the demo voice, CPU): a short `train()` gives the training step's time
 (metrics.csv, one row per step); one evaluation without the scores (mel L1 + STFT of every held-out piece)
-is timed, then the scores alone on the scored subset: F0/MCD, and PESQ/STOI.
+is timed, then the scores alone on the scored subset: F0/MCD, PESQ/STOI, and speaker similarity (with the
+Validator's encoder; its first loading in the process, a later loading and its first embedding are timed
+once each, first).
 Part 2 (v2-40k, scores only): the scores of SCORE_PIECES demo-voice pieces of the
 Validator's longest (400 frames: 4 s at 40 kHz), resampled to 40 kHz; the conversion itself runs on the
 training device and is not timed. Both report wall and this process's CPU seconds (a shared machine inflates
@@ -36,6 +38,7 @@ def timed(function, repeats: int) -> dict:
 
 
 def tiny_part(out: Path, repeats: int) -> dict:
+    from arvc.audio.score import load_voice_encoder
     from arvc.config import apply_overrides, load_config
     from arvc.data.prepare import prepare_data
     from arvc.train.logs import read_metrics
@@ -68,6 +71,7 @@ def tiny_part(out: Path, repeats: int) -> dict:
         for ref, conv in pairs:
             _piece_scores(ref, conv, sr, groups)
 
+    first_speaker = timed(lambda: _piece_scores(*pairs[0], sr, ("speaker",), validator.encoder), 1)
     run_groups(("f0", "mcd", "pesq", "stoi"))  # warm-up: imports, the warping matrix
     return {
         "held_out_pieces": pieces,
@@ -78,6 +82,9 @@ def tiny_part(out: Path, repeats: int) -> dict:
         "evaluation_without_scores": conversion,
         "f0_mcd": timed(lambda: run_groups(("f0", "mcd")), repeats),
         "pesq_stoi": timed(lambda: run_groups(("pesq", "stoi")), repeats),
+        "speaker_encoder_load": timed(lambda: load_voice_encoder("cpu"), repeats),
+        "speaker_first_piece": first_speaker,  # the encoder's warm-up
+        "speaker": timed(lambda: run_groups(("speaker",)), repeats),
     }
 
 
@@ -95,12 +102,13 @@ def v2_40k_part(repeats: int) -> dict:
         for _ in range(SCORE_PIECES):
             score(piece, noisy, sr, f0_method=SCORE_F0, metrics=metrics)
 
-    run(("f0", "mcd", "pesq", "stoi"))  # warm-up
+    run(("f0", "mcd", "pesq", "stoi", "speaker"))  # warm-up
     return {
         "pieces": SCORE_PIECES,
         "piece_s": len(piece) / sr,
         "f0_mcd": timed(lambda: run(("f0", "mcd")), repeats),
         "pesq_stoi": timed(lambda: run(("pesq", "stoi")), repeats),
+        "speaker": timed(lambda: run(("speaker",)), repeats),
     }
 
 
@@ -111,7 +119,15 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"tiny_demo": tiny_part(args.out, args.repeats), "v2_40k_scores": v2_40k_part(args.repeats)}
+    from arvc.audio.score import load_voice_encoder
+
+    # once per process: importing resemblyzer and reading its weights the first time
+    speaker_first_load = timed(lambda: load_voice_encoder("cpu"), 1)
+    result = {
+        "speaker_first_load": speaker_first_load,
+        "tiny_demo": tiny_part(args.out, args.repeats),
+        "v2_40k_scores": v2_40k_part(args.repeats),
+    }
     print(json.dumps(result, indent=2))
 
 

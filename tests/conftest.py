@@ -105,3 +105,32 @@ def three_recordings(tmp_path_factory):
     for name in ("a.wav", "b.wav", "c.wav"):
         shutil.copy(clip, folder / name)
     return folder
+
+
+@pytest.fixture
+def speaking_generator(monkeypatch):
+    """Every Validator's (`arvc train`'s, `arvc compare`'s) generator "converts" a held-out piece into its
+    recording plus fresh white noise (RMS 0.01-0.06, drawn per piece): a stand-in for a trained model whose
+    conversions hold speech. An untrained tiny generator's output is spikes in which resemblyzer's voice
+    activity detector finds no speech (speaker similarity nan); with this the held-out speaker similarities
+    are finite and differ from evaluation to evaluation. Training, scoring, logging, selection, resume and
+    reports are the real ones."""
+    import itertools
+
+    from arvc.train.validation import Validator
+
+    real_init = Validator.__init__
+    noise = torch.Generator().manual_seed(0)
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        originals = itertools.cycle(self.originals())  # every call converts every piece, in order
+
+        def convert(*args):
+            x = next(originals)
+            level = 0.01 + 0.05 * float(torch.rand(1, generator=noise))
+            return (x + level * torch.randn(x.shape, generator=noise))[None, None]
+
+        self.model.infer = convert
+
+    monkeypatch.setattr(Validator, "__init__", init)

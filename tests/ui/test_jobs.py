@@ -1,5 +1,6 @@
 """The web UI's job slot and path rule, without a browser: what the buttons call."""
 
+import importlib.util
 import re
 import time
 
@@ -271,6 +272,30 @@ def test_the_progress_plot_shows_the_held_out_scores_below_the_losses(tmp_path):
     assert list(mcd.get_xdata()) == [3, 6] and list(mcd.get_ydata()) == [9.5, 8.5]
     assert list(scores[2].get_lines()[0].get_xdata()) == [3], "PESQ: only the evaluations that scored it"
     FigureCanvasAgg(figure).draw()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("resemblyzer") is None, reason="resemblyzer (arvc[score]) is not installed"
+)
+@pytest.mark.usefixtures("speaking_generator")  # tests/conftest.py: conversions that hold speech
+def test_the_progress_plot_shows_speaker_similarity_of_a_real_run(tmp_path, voice):
+    from typer.testing import CliRunner
+
+    from arvc.cli import app
+    from arvc.train.logs import read_validation
+    from arvc.ui.app import _loss_figure
+    from arvc.ui.jobs import JobStatus
+
+    args = ["--config", "tiny", "--batch-size", "2", "--epochs", "1"]  # 2 steps, then the evaluation
+    result = CliRunner().invoke(app, ["train", str(voice), "--runs-dir", str(tmp_path), "--name", "r", *args])
+    assert result.exit_code == 0, result.output
+    (row,) = read_validation(tmp_path / "r")
+    status = JobStatus(kind="train", name="r", folder=tmp_path / "r", state="finished", losses=[])
+    _, *scores = _loss_figure(status).axes
+    (speaker,) = [axis for axis in scores if axis.get_title() == "Speaker sim"]
+    (line,) = speaker.get_lines()
+    assert list(line.get_xdata()) == [int(row["step"])]
+    assert list(line.get_ydata()) == [float(row["val_speaker_sim"])] and 0 < float(row["val_speaker_sim"]) < 1
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ __all__ = [
     "score",
     "score_files",
     "file_speaker_similarity",
+    "load_voice_encoder",
     "speaker_embedding",
     "speaker_similarity",
     "stoi",
@@ -68,8 +69,8 @@ __all__ = [
 
 #: Which groups :func:`score` computes by default, cheapest first.
 METRICS = ("f0", "mcd", "pesq", "stoi")
-#: Every group :func:`score` can compute: the defaults and ``speaker`` (speaker similarity, opt-in: loading
-#: resemblyzer and its encoder takes seconds, and it is not one of held-out validation's scores).
+#: Every group :func:`score` can compute: the defaults and ``speaker`` (speaker similarity, opt-in here:
+#: loading resemblyzer and its encoder takes seconds; held-out validation computes it as an expensive group).
 ALL_METRICS = (*METRICS, "speaker")
 F0_SR = 16000
 F0_HOP = 160  # 10 ms frames, as RVC's pitch
@@ -77,9 +78,9 @@ F0_HOP = 160  # 10 ms frames, as RVC's pitch
 MCD_ORDER = 24
 #: Frames quieter than this many dB under the original's loudest frame are left out of MCD (pauses).
 MCD_SILENCE_DB = 40.0
-#: The scores held-out validation computes (:class:`Scores`' fields but the frame count and the speaker
-#: similarities), and the group that computes each.
-SCORE_NAMES = ("f0_rmse_cents", "f0_corr", "vuv_error", "mcd_db", "pesq_wb", "stoi")
+#: The scores held-out validation computes (:class:`Scores`' fields but the frame count and the similarity
+#: to a target voice), and the group that computes each.
+SCORE_NAMES = ("f0_rmse_cents", "f0_corr", "vuv_error", "mcd_db", "pesq_wb", "stoi", "speaker_sim")
 GROUP = {
     "f0_rmse_cents": "f0",
     "f0_corr": "f0",
@@ -87,6 +88,7 @@ GROUP = {
     "mcd_db": "mcd",
     "pesq_wb": "pesq",
     "stoi": "stoi",
+    "speaker_sim": "speaker",
 }
 #: Which way is better, for every number that can choose a run's best model (`arvc train --select`): the
 #: held-out mel L1 and MR-STFT loss of validation (arvc.train.validation), then this module's scores.
@@ -99,6 +101,7 @@ BETTER = {
     "mcd_db": "lower",
     "pesq_wb": "higher",
     "stoi": "higher",
+    "speaker_sim": "higher",
 }
 #: How the scores are shown: key, header, format (`arvc score`'s table, `arvc compare`'s report).
 COLUMNS = (
@@ -357,16 +360,30 @@ def _resemblyzer():
     return resemblyzer
 
 
+def load_voice_encoder(device="cpu"):
+    """A new resemblyzer speaker encoder (its weights ship in its wheel) on ``device``, in eval mode.
+
+    Building it draws the random initial weights of its LSTM before loading the trained ones; that is done
+    under ``torch.random.fork_rng``, so loading it never changes the caller's random stream (a training
+    run's)."""
+    import torch
+
+    resemblyzer = _resemblyzer()
+    with torch.random.fork_rng(devices=[]):
+        return resemblyzer.VoiceEncoder(device=torch.device(device), verbose=False).eval()
+
+
 @functools.lru_cache(maxsize=1)
 def _voice_encoder():
-    """resemblyzer's speaker encoder (its weights ship in its wheel), loaded once, on the CPU."""
-    return _resemblyzer().VoiceEncoder(device="cpu", verbose=False)
+    """The speaker encoder of the functions below when none is given: loaded once, on the CPU."""
+    return load_voice_encoder("cpu")
 
 
-def speaker_embedding(wave: np.ndarray, sr: int) -> np.ndarray | None:
+def speaker_embedding(wave: np.ndarray, sr: int, encoder=None) -> np.ndarray | None:
     """resemblyzer's 256-dim, unit-norm speaker embedding of ``wave`` (mono at ``sr``): its own
     ``preprocess_wav`` (resampled to 16 kHz, volume normalised, long silences trimmed by webrtcvad), then
-    ``VoiceEncoder.embed_utterance``. ``None`` when the voice activity detector keeps nothing (silence)."""
+    ``VoiceEncoder.embed_utterance`` of ``encoder`` (:func:`load_voice_encoder`; by default one on the CPU,
+    loaded once). ``None`` when the voice activity detector keeps nothing (silence)."""
     resemblyzer = _resemblyzer()
     x = np.asarray(wave, dtype=np.float32).reshape(-1)
     if not np.all(np.isfinite(x)):
@@ -376,7 +393,8 @@ def speaker_embedding(wave: np.ndarray, sr: int) -> np.ndarray | None:
     wav = resemblyzer.preprocess_wav(x, source_sr=sr)
     if len(wav) == 0 or not np.any(wav):
         return None
-    return np.asarray(_voice_encoder().embed_utterance(wav), dtype=np.float64)
+    encoder = _voice_encoder() if encoder is None else encoder
+    return np.asarray(encoder.embed_utterance(wav), dtype=np.float64)
 
 
 def _cosine(a: np.ndarray | None, b: np.ndarray | None) -> float:
@@ -402,10 +420,11 @@ def file_speaker_similarity(path: str | os.PathLike, embedding: np.ndarray) -> f
     return _cosine(speaker_embedding(load_audio(path, SPEAKER_SR), SPEAKER_SR), embedding)
 
 
-def speaker_similarity(a: np.ndarray, sr_a: int, b: np.ndarray, sr_b: int) -> float:
+def speaker_similarity(a: np.ndarray, sr_a: int, b: np.ndarray, sr_b: int, encoder=None) -> float:
     """Speaker similarity of two recordings (any lengths, rates): the cosine of their resemblyzer
-    embeddings (:func:`speaker_embedding`), 1 for the same voice; ``nan`` where one holds no speech."""
-    return _cosine(speaker_embedding(a, sr_a), speaker_embedding(b, sr_b))
+    embeddings (:func:`speaker_embedding`, with ``encoder``), 1 for the same voice; ``nan`` where one holds
+    no speech."""
+    return _cosine(speaker_embedding(a, sr_a, encoder), speaker_embedding(b, sr_b, encoder))
 
 
 # --------------------------------------------------------------------------- all together
@@ -472,12 +491,14 @@ def score(
     f0_method: str = "pm",
     metrics: tuple[str, ...] = METRICS,
     rmvpe_path=None,
+    encoder=None,
 ) -> Scores:
     """Score ``converted`` against its time-aligned original ``reference`` (mono, both at ``sr``).
 
     ``metrics`` picks groups of :data:`METRICS`: ``f0`` (F0 RMSE, correlation, V/UV error), ``mcd``,
-    ``pesq``, ``stoi``, and (not by default) ``speaker``: :func:`speaker_similarity`. Pitch is found with
-    ``f0_method`` (one of arvc's extractors) on 16 kHz copies.
+    ``pesq``, ``stoi``, and (not by default) ``speaker``: :func:`speaker_similarity` with ``encoder``
+    (:func:`load_voice_encoder`; by default one on the CPU). Pitch is found with ``f0_method`` (one of
+    arvc's extractors) on 16 kHz copies.
     """
     check_metrics(metrics, f0_method, rmvpe_path)
     ref, conv = _aligned(reference, converted, sr)
@@ -497,7 +518,7 @@ def score(
     if "stoi" in metrics:
         out["stoi"] = stoi(ref, conv, sr)
     if "speaker" in metrics:
-        out["speaker_sim"] = speaker_similarity(ref, sr, conv, sr)
+        out["speaker_sim"] = speaker_similarity(ref, sr, conv, sr, encoder)
     return Scores(**out)
 
 

@@ -360,7 +360,7 @@ def train(
         typer.Option(
             metavar="METRIC",
             help="What chooses the best model (export/best): mel_l1 (default), stft, f0_rmse_cents, f0_corr, "
-            "vuv_error, mcd_db, pesq_wb, stoi (docs/scoring.md). Fixed for a run.",
+            "vuv_error, mcd_db, pesq_wb, stoi, speaker_sim (docs/scoring.md). Fixed for a run.",
         ),
     ] = None,
 ) -> None:

@@ -11,11 +11,12 @@ and scores the result against the recording:
   resolutions, Parallel WaveGAN's), which also sees what the mel bands blur (phase-smearing, buzz).
 * the scores of `arvc.audio.score` (docs/scoring.md), on a fixed subset (the first `SCORE_PIECES` held-out
   pieces), against the recording: F0 RMSE/correlation, V/UV error and MCD, and at every `EXPENSIVE_EVERY`-th
-  scored evaluation PESQ and STOI too (when `arvc[score]` is installed). They are computed at the first
-  evaluation, the last, and in between whenever they fit in `SCORE_BUDGET` of the time since they were
-  last computed (a token bucket: the seconds they take are paid back by training time x SCORE_BUDGET), so
-  that they never slow a run down by more than that share, on a slow CPU (every evaluation) as on a fast
-  GPU with a small dataset (every few). Pitch is `SCORE_F0`'s whatever the run trained with.
+  scored evaluation PESQ, STOI and speaker similarity too (when `arvc[score]` is installed; the speaker
+  encoder is loaded once per Validator, on its device). They are computed at the first evaluation, the
+  last, and in between whenever they fit in `SCORE_BUDGET` of the time since they were last computed (a
+  token bucket: the seconds they take are paid back by training time x SCORE_BUDGET), so that they never
+  slow a run down by more than that share, on a slow CPU (every evaluation) as on a fast GPU with a small
+  dataset (every few). Pitch is `SCORE_F0`'s whatever the run trained with.
 
 The best model is chosen by `train.select` (`arvc train --select`, mel L1 by default; `BETTER` in
 `arvc.audio.score` says which way is better); the selected score is computed at every evaluation.
@@ -35,7 +36,16 @@ import numpy as np
 import torch
 
 from arvc.audio.mel import spec_to_mel_of, wave_to_mel_of
-from arvc.audio.score import BETTER, COLUMNS, GROUP, ScoreDependencyError, better, missing_metrics, score
+from arvc.audio.score import (
+    BETTER,
+    COLUMNS,
+    GROUP,
+    ScoreDependencyError,
+    better,
+    load_voice_encoder,
+    missing_metrics,
+    score,
+)
 from arvc.config import RunConfig
 from arvc.data.dataset import VoiceDataset
 from arvc.model import Synthesizer
@@ -58,13 +68,14 @@ logger = logging.getLogger(__name__)
 
 # (n_fft, hop, window) of Parallel WaveGAN's multi-resolution STFT loss.
 STFT_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
-#: Held-out scores: the first SCORE_PIECES pieces (a fixed subset); F0 and MCD, and PESQ/STOI at every
-#: EXPENSIVE_EVERY-th scored evaluation (the first of a process included); at the first and the last
-#: evaluation, and in between within SCORE_BUDGET of the time since. Cost: docs/scoring.md.
+#: Held-out scores: the first SCORE_PIECES pieces (a fixed subset); F0 and MCD, and PESQ, STOI and speaker
+#: similarity at every EXPENSIVE_EVERY-th scored evaluation (the first of a process included); at the first
+#: and the last evaluation, and in between within SCORE_BUDGET of the time since. Cost: docs/scoring.md.
 SCORE_PIECES = 4
 EXPENSIVE_EVERY = 5
 SCORE_BUDGET = 0.02
-CHEAP, EXPENSIVE = ("f0", "mcd"), ("pesq", "stoi")
+CHEAP, EXPENSIVE = ("f0", "mcd"), ("pesq", "stoi", "speaker")
+_NAMES = {"pesq": "PESQ", "stoi": "STOI", "speaker": "speaker similarity"}  # of the expensive groups
 SCORE_F0 = "pm"  # the pitch extractor of the held-out scores (pm: about 25 ms per second of audio)
 
 
@@ -107,9 +118,12 @@ def describe_scores(scores: dict[str, float]) -> str:
     )
 
 
-def _piece_scores(reference: np.ndarray, converted: np.ndarray, sr: int, groups: tuple[str, ...]) -> dict:
+def _piece_scores(
+    reference: np.ndarray, converted: np.ndarray, sr: int, groups: tuple[str, ...], encoder=None
+) -> dict:
     """One piece's scores of `groups`, nan where a group cannot score it (a silent or non-finite
-    conversion: PESQ finds no utterance, ...): validation goes on and says nothing but nan."""
+    conversion: PESQ finds no utterance, resemblyzer finds no speech, ...): validation goes on and says
+    nothing but nan. `encoder`: the speaker encoder of `speaker` (arvc.audio.score.load_voice_encoder)."""
     out: dict[str, float] = {}
     finite = bool(np.isfinite(converted).all())
     for part in (tuple(g for g in groups if g in CHEAP), *((g,) for g in groups if g in EXPENSIVE)):
@@ -118,7 +132,8 @@ def _piece_scores(reference: np.ndarray, converted: np.ndarray, sr: int, groups:
         try:
             if not finite:
                 raise ValueError("non-finite conversion")
-            values = score(reference, converted, sr, f0_method=SCORE_F0, metrics=part).as_dict()
+            values = score(reference, converted, sr, f0_method=SCORE_F0, metrics=part, encoder=encoder)
+            values = values.as_dict()
         except ValueError:
             values = {}
         out.update({k: float(values.get(k, math.nan)) for k, g in GROUP.items() if g in part})
@@ -181,10 +196,12 @@ class Validator:
         check_select(self.select)
         missing = missing_metrics(EXPENSIVE)
         if missing and self.items:
-            logger.info(
-                "held-out validation without %s: %s", "/".join(missing).upper(), missing[next(iter(missing))]
-            )
+            names = "/".join(_NAMES[g] for g in missing)
+            logger.info("held-out validation without %s: %s", names, missing[next(iter(missing))])
         self.expensive = tuple(g for g in EXPENSIVE if g not in missing)
+        # resemblyzer's speaker encoder, once per Validator, on the validation device (its random initial
+        # weights are drawn outside the training run's random stream)
+        self.encoder = load_voice_encoder(self.device) if "speaker" in self.expensive and self.items else None
         self.scored = 0  # evaluations of this process that computed the scores: every EXPENSIVE_EVERY-th, all
         self.bank = 0.0  # seconds of scoring the time since the last evaluation has paid for (SCORE_BUDGET)
         self.ended: float | None = None  # when the last evaluation ended
@@ -257,7 +274,7 @@ class Validator:
                 if groups and index < SCORE_PIECES:
                     started = time.perf_counter()
                     pair = (x[:samples].double().cpu().numpy() for x in (target, wave))
-                    per_piece.append(_piece_scores(*pair, d.sampling_rate, groups))
+                    per_piece.append(_piece_scores(*pair, d.sampling_rate, groups, self.encoder))
                     score_s += time.perf_counter() - started
                 if index < keep:
                     waves.append(wave.cpu())
