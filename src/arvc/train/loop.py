@@ -69,6 +69,7 @@ from arvc.train.memory import (
 )
 from arvc.train.optimizers import (
     DEFAULT_LR,
+    Hyperparameters,
     bf16_weights,
     build_for_role,
     hyperparameters,
@@ -253,7 +254,7 @@ class _Run:
 
     cfg: RunConfig
     precision: str
-    hp: dict[str, Any]
+    hp: Hyperparameters
     ranks: Ranks
     device: torch.device  # with its index (cuda:0), recorded in the checkpoint with device_name
     run_dir: Path
@@ -331,9 +332,9 @@ def _check_and_resolve(opts: TrainOptions, checkpoint: dict | None, resume_from:
     hp = hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
     if opts.zero and not ranks.distributed:
         logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
-    if opts.zero and ranks.distributed and hp["use_8bit"]:
+    if opts.zero and ranks.distributed and hp.use_8bit:
         raise TrainError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
-    conflict = averaging_conflict(hp["optimizer"], cfg.train.ema, opts.zero, hp["use_8bit"])
+    conflict = averaging_conflict(hp.optimizer, cfg.train.ema, opts.zero, hp.use_8bit)
     if conflict:
         raise TrainError(conflict)
     return opts, hp, tf32
@@ -368,7 +369,7 @@ def _precision(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | 
 
 
 def _build_run(
-    opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint: dict | None, tf32: bool, device_name=""
+    opts: TrainOptions, hp: Hyperparameters, ranks: Ranks, checkpoint: dict | None, tf32: bool, device_name=""
 ) -> _Run:
     """Data (this rank's share of every global batch), models, optimizers, schedules, loss scaler."""
     cfg, precision = opts.config, opts.precision
@@ -717,7 +718,7 @@ def _export_best(run: _Run, progress: _Progress) -> None:
 
     def export() -> None:
         criterion = selected(run.cfg.train.select, best)
-        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']}{_which_weights(run)}"
+        info = f"arvc {run.hp.optimizer} epoch {best['epoch']}{_which_weights(run)}"
         info += f" (best held-out {criterion})"
         with _evaluated(run):
             export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
@@ -779,8 +780,8 @@ def _checkpoint_state(run: _Run, progress: _Progress, epochs_done: int, batches_
         "device_name": run.device_name,
         "generator": run.net_g.state_dict(),  # the live weights (schedule-free: y), which G trains
         "discriminator": run.net_d.state_dict(),
-        "optim_g": optimizer_record(hp["optimizer"], hp, run.optim_g),
-        "optim_d": optimizer_record(hp["optimizer"], hp, run.optim_d),
+        "optim_g": optimizer_record(hp.optimizer, hp.record(), run.optim_g),
+        "optim_d": optimizer_record(hp.optimizer, hp.record(), run.optim_d),
         "schedule": run.schedule.to_dict(),  # the lr plan: a pure function of the epoch
         "scaler": run.scaler.state_dict(),
         "rng": rng_state(),
@@ -868,7 +869,7 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
             message = "stopped by %s after step %d; continue with --resume %s"
             logger.warning(message, progress.stopped_by, progress.step, run.run_dir)
         return result
-    info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}{_which_weights(run)}"
+    info = f"arvc {run.hp.optimizer} epoch {progress.epochs_done}{_which_weights(run)}"
 
     def export() -> dict[str, Path]:
         with _evaluated(run):
