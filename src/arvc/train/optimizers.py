@@ -111,11 +111,13 @@ def chosen_optimizer(optimizer: str | None, use_8bit: bool | None, saved: dict |
     return name, bool(use_8bit)
 
 
-def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> Hyperparameters:
+def hyperparameters(opts, cfg: RunConfig, saved: dict | None, notes: list | None = None) -> Hyperparameters:
     """The optimizer settings of this run, resolved once and stored in every checkpoint.
 
     On resume (`saved` = the checkpoint's record) every setting not given explicitly is the run's own;
-    asking for another optimizer starts that optimizer fresh from its defaults.
+    asking for another optimizer starts that optimizer fresh from its defaults. The values are logged
+    (INFO), or with `notes` given, appended to it as (logger name, level, message) for the run to log when
+    it starts (`arvc.train.settings.RunSettings.notes`).
     """
     name, _ = chosen_optimizer(opts.optimizer, opts.use_8bit, saved)
     if saved and saved["name"] == name:
@@ -139,7 +141,9 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> Hyperparameters
                 "Drop those flags to resume as the run was (only --lr may change on resume), or start a "
                 "new run with --name."
             )
-        _log_resolved(hp, resumed=True)  # an old checkpoint's values (e.g. Adam's eps for AdaBelief) stay
+        _log_resolved(
+            notes, hp, resumed=True
+        )  # an old checkpoint's values (e.g. Adam's eps for AdaBelief) stay
         return hp
     spec = get_spec(name)
     kwargs = dict(opts.optimizer_kwargs or {})
@@ -161,29 +165,28 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> Hyperparameters
         use_8bit=bool(opts.use_8bit),
         kwargs=kwargs,
     )
-    _log_resolved(hp, spec if opts.eps is None and not opts.use_8bit else None, cfg.train.eps)
+    _log_resolved(notes, hp, spec if opts.eps is None and not opts.use_8bit else None, cfg.train.eps)
     return hp
 
 
 def _log_resolved(
-    hp: Hyperparameters, converted_by=None, config_eps: float | None = None, resumed=False
+    notes: list | None, hp: Hyperparameters, converted_by=None, config_eps: float | None = None, resumed=False
 ) -> None:
     """One INFO line: the values the optimizers are built with (and where eps came from)."""
     eps_note = ""
     if converted_by is not None and converted_by.eps_from_adam is not None:
         eps_note = f" (the config's Adam eps {config_eps:g}, converted for {hp.optimizer}: eps_adam**2)"
-    logger.info(
-        "optimizer %s%s%s: lr=%g, betas=(%g, %g), eps=%g%s, weight_decay=%s%s",
-        hp.optimizer,
-        " (as bitsandbytes AdamW8bit)" if hp.use_8bit else "",
-        " as recorded in the checkpoint" if resumed else "",
-        hp.lr,
-        *hp.betas,
-        hp.eps,
-        eps_note,
-        "class default" if hp.weight_decay is None else f"{hp.weight_decay:g}",
-        f", {dict(hp.kwargs)}" if hp.kwargs else "",
+    weight_decay = "class default" if hp.weight_decay is None else f"{hp.weight_decay:g}"
+    message = (
+        f"optimizer {hp.optimizer}{' (as bitsandbytes AdamW8bit)' if hp.use_8bit else ''}"
+        f"{' as recorded in the checkpoint' if resumed else ''}: lr={hp.lr:g}, "
+        f"betas=({hp.betas[0]:g}, {hp.betas[1]:g}), eps={hp.eps:g}{eps_note}, weight_decay={weight_decay}"
+        f"{f', {dict(hp.kwargs)}' if hp.kwargs else ''}"
     )
+    if notes is None:
+        logger.info("%s", message)
+    else:
+        notes.append((logger.name, logging.INFO, message))
 
 
 def bf16_weights(precision: str, hp: Hyperparameters) -> bool:
