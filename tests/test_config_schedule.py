@@ -5,11 +5,11 @@ import logging
 import pytest
 
 from arvc.config import apply_overrides, load_config
-from arvc.train.optimizers import plan_schedule
+from arvc.train.optimizers import Hyperparameters, plan_schedule
 
 
 def hp(optimizer="AdaBeliefV2"):
-    return {"optimizer": optimizer, "lr": 1e-3, "use_8bit": False}
+    return Hyperparameters(optimizer=optimizer, lr=1e-3, betas=(0.8, 0.99), eps=1e-9, weight_decay=0.01)
 
 
 @pytest.mark.parametrize(

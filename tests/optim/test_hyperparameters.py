@@ -83,10 +83,10 @@ def test_bf16_mode_is_read_off_the_spec_everywhere(only_fake_has_bf16_mode):
     advice = recommend(800, "bf16")
     assert advice.optimizer == "FakeBF16" and advice.options == {"foreach": False}
     hp = hyperparameters(_opts(optimizer="FakeBF16", precision="bf16"), RunConfig(), None)
-    assert hp["kwargs"] == {"foreach": False} and bf16_weights("bf16", hp)
-    assert not bf16_weights("fp32", hp) and not bf16_weights("bf16", {**hp, "use_8bit": True})
+    assert hp.kwargs == {"foreach": False} and bf16_weights("bf16", hp)
+    assert not bf16_weights("fp32", hp) and not bf16_weights("bf16", dataclasses.replace(hp, use_8bit=True))
     plain = hyperparameters(_opts(optimizer="AnyPrecisionAdamW", precision="bf16"), RunConfig(), None)
-    assert plain["kwargs"] == {} and not bf16_weights("bf16", plain)
+    assert plain.kwargs == {} and not bf16_weights("bf16", plain)
     made = variants._variants()
     assert made["FakeBF16-bf16-loop"].precision == "bf16" and made["FakeBF16-bf16-loop"].kwargs == {
         "foreach": False
@@ -128,7 +128,7 @@ def test_no_module_decides_by_an_optimizer_name():
 
 
 def test_rounding_seeds_come_from_the_run_seed_one_per_optimizer():
-    from arvc.train.optimizers import build_for_role, optimizer_seed
+    from arvc.train.optimizers import Hyperparameters, build_for_role, optimizer_seed
 
     seeds = {
         (s, role): optimizer_seed(s, role) for s in (0, 1234, 1235) for role in ("generator", "discriminator")
@@ -138,20 +138,17 @@ def test_rounding_seeds_come_from_the_run_seed_one_per_optimizer():
         all(0 < v < 2**63 for v in seeds.values())
         and optimizer_seed(1234, "generator") == seeds[1234, "generator"]
     )
-    hp = {
-        "optimizer": "AnyPrecisionAdamW",
-        "lr": 1e-3,
-        "betas": (0.8, 0.99),
-        "eps": 1e-9,
-        "weight_decay": 0.0,
-    }
-    hp.update(use_8bit=False, kwargs={})
+    hp = Hyperparameters(
+        optimizer="AnyPrecisionAdamW", lr=1e-3, betas=(0.8, 0.99), eps=1e-9, weight_decay=0.0
+    )
     param = torch.nn.Parameter(torch.zeros(4))
     built = build_for_role([param], hp, "discriminator", 1234)
     assert built.param_groups[0]["seed"] == seeds[1234, "discriminator"]
-    explicit = build_for_role([param], {**hp, "kwargs": {"seed": 7}}, "generator", 1234)
+    explicit = build_for_role([param], dataclasses.replace(hp, kwargs={"seed": 7}), "generator", 1234)
     assert explicit.param_groups[0]["seed"] == 7  # a seed the user passed is theirs
-    adamw = build_for_role([param], {**hp, "optimizer": "AdamW"}, "generator", 1234)  # takes no seed
+    adamw = build_for_role(
+        [param], dataclasses.replace(hp, optimizer="AdamW"), "generator", 1234
+    )  # takes no seed
     assert "seed" not in adamw.param_groups[0]
 
 
@@ -174,3 +171,26 @@ def test_param_indices_number_the_parameters_for_rounding():
     assert not torch.equal(default[0], swapped[0]) or not torch.equal(default[1], swapped[1])
     with pytest.raises(ValueError, match="param_indices"):
         moments([0, 0])
+
+
+def test_a_runs_hyperparameters_are_frozen_saved_as_before_and_compared_by_one_rule():
+    from arvc.train.optimizers import Hyperparameters
+
+    hp = Hyperparameters(optimizer="AdaBelief", lr=1e-3, betas=[0.8, 0.99], eps=1e-18, weight_decay=0.01)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hp.lr = 2e-3
+    with pytest.raises(TypeError):
+        hp.kwargs["foreach"] = False  # the kwargs are read-only too
+    # what a checkpoint stores: the keys and plain types arvc's checkpoints have always had
+    assert hp.record() == {
+        "optimizer": "AdaBelief", "lr": 1e-3, "betas": (0.8, 0.99), "eps": 1e-18, "weight_decay": 0.01,
+        "use_8bit": False, "kwargs": {},
+    }  # fmt: skip
+    assert type(hp.record()["kwargs"]) is dict
+    saved = Hyperparameters.saved({"name": "AdaBelief", "hyperparameters": hp.record(), "state": {}})
+    assert saved == hp and hp.same_as(saved)
+    # a resume's --lr keeps the optimizer (its state loads, its schedule goes on); another optimizer or
+    # the 8-bit switch does not
+    assert dataclasses.replace(hp, lr=1e-4).same_as(saved)
+    assert not dataclasses.replace(hp, optimizer="AdamW").same_as(saved)
+    assert not dataclasses.replace(hp, use_8bit=True).same_as(saved)

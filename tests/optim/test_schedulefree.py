@@ -337,17 +337,17 @@ def test_state_bytes_count_z_and_the_second_moment(name):
 
 def test_the_memory_estimate_counts_their_state():
     from arvc.train.memory import estimate_memory
-    from arvc.train.optimizers import run_state_bytes_per_param
+    from arvc.train.optimizers import Hyperparameters, run_state_bytes_per_param
 
-    hp = {
-        "optimizer": "AdamWScheduleFree",
-        "lr": 1e-3,
-        "betas": (0.9, 0.999),
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "use_8bit": False,
-        "kwargs": {"warmup_steps": 10},
-    }
+    hp = Hyperparameters(
+        optimizer="AdamWScheduleFree",
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        use_8bit=False,
+        kwargs={"warmup_steps": 10},
+    )
     per_param = run_state_bytes_per_param(hp, torch.float32)
     assert per_param == pytest.approx(8.0, abs=0.01)
     net_g, net_d = torch.nn.Linear(10, 10), torch.nn.Linear(10, 1)

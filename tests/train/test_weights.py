@@ -21,7 +21,12 @@ from arvc.optim.registry import has_weight_modes
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 from arvc.train.loop import TrainError, train
 from arvc.train.memory import estimate_memory
-from arvc.train.optimizers import build_from_hyperparameters, plan_schedule, run_state_bytes_per_param
+from arvc.train.optimizers import (
+    Hyperparameters,
+    build_from_hyperparameters,
+    plan_schedule,
+    run_state_bytes_per_param,
+)
 from arvc.train.validation import Validator
 from arvc.train.weights import WeightAverage, evaluation_weights
 
@@ -86,7 +91,7 @@ def test_a_schedule_free_run_evaluates_and_exports_x_and_resumes_bit_exact(tmp_p
     # loaded, eval() turns the live y into them.
     net = Synthesizer(tiny())
     net.load_state_dict(a["generator"])
-    optimizer = build_from_hyperparameters(net.parameters(), a["optim_g"]["hyperparameters"])
+    optimizer = build_from_hyperparameters(net.parameters(), Hyperparameters.saved(a["optim_g"]))
     assert has_weight_modes(optimizer)
     optimizer.load_state_dict(a["optim_g"]["state"])
     optimizer.eval()
@@ -179,15 +184,13 @@ def test_the_memory_estimate_counts_the_ema_and_schedule_free_state():
     with_ema = estimate_memory(net_g, net_d, 8.0, 0, 1, ema=True)
     assert with_ema.ema == 4 * g_params and with_ema.total == plain.total + 4 * g_params
     assert "EMA weights" in with_ema.describe() and "EMA" not in plain.describe()
-    hp = {"optimizer": SF, "lr": 1e-3, "betas": (0.8, 0.99), "eps": 1e-9, "weight_decay": 0.01,
-          "use_8bit": False, "kwargs": {}}  # fmt: skip
+    hp = Hyperparameters(optimizer=SF, lr=1e-3, betas=(0.8, 0.99), eps=1e-9, weight_decay=0.01)
     state = run_state_bytes_per_param(hp, torch.float32)
     assert state == pytest.approx(8.0, abs=0.01), "z and the second moment, fp32 each"
 
 
 def test_another_scheduler_with_a_schedule_free_optimizer_warns_once(caplog):
-    hp = {"optimizer": SF, "lr": 1e-3, "betas": (0.8, 0.99), "eps": 1e-9, "weight_decay": 0.01,
-          "use_8bit": False, "kwargs": {}}  # fmt: skip
+    hp = Hyperparameters(optimizer=SF, lr=1e-3, betas=(0.8, 0.99), eps=1e-9, weight_decay=0.01)
     with caplog.at_level(logging.WARNING):
         assert plan_schedule(tiny(), hp, None).name == "constant"
         assert not caplog.records

@@ -12,17 +12,17 @@ import torch
 
 from arvc.optim import get_spec
 from arvc.train.distributed import process_group
-from arvc.train.optimizers import build_for_role
+from arvc.train.optimizers import Hyperparameters, build_for_role
 
-HP = {
-    "optimizer": "AnyPrecisionAdamW",
-    "lr": 1e-2,
-    "betas": (0.8, 0.99),
-    "eps": 1e-9,
-    "weight_decay": 0.0,
-    "use_8bit": False,
-    "kwargs": dict(get_spec("AnyPrecisionAdamW").bf16_weights_kwargs),
-}
+HP = Hyperparameters(
+    optimizer="AnyPrecisionAdamW",
+    lr=1e-2,
+    betas=(0.8, 0.99),
+    eps=1e-9,
+    weight_decay=0.0,
+    use_8bit=False,
+    kwargs=dict(get_spec("AnyPrecisionAdamW").bf16_weights_kwargs),
+)
 SIZES = [(64, 33), (17,), (40, 40), (5, 7), (300,), (9, 9, 3)]  # uneven: ZeRO splits them over ranks
 
 

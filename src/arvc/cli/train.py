@@ -444,7 +444,7 @@ def train(
             ranks.on_main(prepare, "prepare the data")  # once, before any process reads it
             if launcher:  # start N processes that run this command without --nproc
                 raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
-            result = _run(ranks.is_main, run_training, plan.options)
+            result = _run(ranks.is_main, run_training, plan.run_settings)
     except SaveInterrupted as error:  # a second Ctrl-C during the save: the signal's status, not 1
         fail(str(error), error.exit_status)
     except (
@@ -524,15 +524,15 @@ def listen_command(
     return shlex.join(words)
 
 
-def _run(show: bool, run_training, options):
+def _run(show: bool, run_training, settings):
     """Train with a progress bar, or progress lines where stdout is not a terminal (rank 0 of a
     multi-process run only); the result."""
     if not show:
-        return run_training(options)
+        return run_training(settings)
     if not console.is_terminal:
-        return run_training(options, _LineCallbacks())
+        return run_training(settings, _LineCallbacks())
     with _progress() as bar:
-        return run_training(options, _ProgressCallbacks(bar))
+        return run_training(settings, _ProgressCallbacks(bar))
 
 
 @app.command()

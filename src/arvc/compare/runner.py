@@ -332,7 +332,7 @@ def _summarize(
         state, params = _state_bytes(optimizers)
         per_param = state / params if params else None
     else:  # no live optimizer (summary of an already trained run): the registry's measurement
-        bf16 = bf16_weights(precision, {"optimizer": variant.optimizer, "use_8bit": variant.use_8bit})
+        bf16 = bf16_weights(precision, variant)  # (a Variant has the optimizer and 8-bit switch)
         per_param = state_bytes_per_param(
             variant.optimizer,
             param_dtype=torch.bfloat16 if bf16 else torch.float32,

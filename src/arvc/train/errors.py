@@ -1,10 +1,15 @@
 """The error training raises for its users (kept apart so every training module can raise it)."""
 
-__all__ = ["SaveInterrupted", "TrainError"]
+__all__ = ["SaveInterrupted", "SettingsError", "TrainError"]
 
 
 class TrainError(RuntimeError):
     """Training cannot start or continue as asked; the message says why and what to do."""
+
+
+class SettingsError(TrainError, ValueError):
+    """A run refused before any work for a setting that cannot be (`arvc.train.settings.check_run`): a
+    TrainError for a caller of the Python API, a ValueError (a bad value) for a front end's checks."""
 
 
 class SaveInterrupted(TrainError):

@@ -1,6 +1,8 @@
 """The training loop: config → data → models → optimizers → for each epoch: D step, G step, log, save.
 
-It reads top to bottom like nanoGPT's train.py. Optimizers come only from the registry
+It runs the settings `arvc.train.settings.check_run` checked and resolved before any work (`train` calls
+it first when given `TrainOptions`); it checks nothing a user asked for itself. It reads top to bottom like
+nanoGPT's train.py. Optimizers come only from the registry
 (`arvc.optim.build_optimizer`); the lr of each epoch is a pure function of the epoch and the run's plan
 (`arvc.optim.schedulers.Schedule`, "auto" = the registry's pairing), set once per epoch as RVC steps its
 scheduler. Everything needed to continue a run bit for bit is in its checkpoints.
@@ -14,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,13 +25,12 @@ import torch
 
 from arvc._files import WriteError, write_text
 from arvc.audio.io import highpass
-from arvc.config import PRECISIONS, RunConfig, apply_overrides, optimizer_value_errors
+from arvc.config import RunConfig, apply_overrides
 from arvc.data.dataset import VoiceDataset, make_loader
 from arvc.data.outputs import RunFolder
 from arvc.data.prepare import recorded_features
 from arvc.data.preprocess import FILELIST
 from arvc.data.split import Split, split_pieces, write_split
-from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DeviceChoice, current_gpu, resolve_device
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.model.checkpointing import set_checkpointing
@@ -45,10 +45,8 @@ from arvc.train.checkpoint import (
     abandon_later_checkpoints,
     atomic_save,
     best_record,
-    check_resume_config,
     checkpoint_path,
     latest_checkpoint,
-    load_checkpoint,
     optimizer_record,
     prune_checkpoints,
     remove_stale_temporaries,
@@ -69,23 +67,23 @@ from arvc.train.memory import (
 )
 from arvc.train.optimizers import (
     DEFAULT_LR,
+    Hyperparameters,
     bf16_weights,
     build_for_role,
-    hyperparameters,
     plan_schedule,
     restore_optimizer,
     run_state_bytes_per_param,
 )
-from arvc.train.precision import AUTO, device_precision, tf32_matmuls
+from arvc.train.precision import tf32_matmuls
 from arvc.train.runlock import run_lock
+from arvc.train.settings import RunSettings, TrainOptions, check_run
 from arvc.train.step import GanStep, autocast
-from arvc.train.validation import Evaluation, Validator, check_select, describe_scores, improves, selected
+from arvc.train.validation import Evaluation, Validator, describe_scores, improves, selected
 from arvc.train.weights import (
     AVERAGED,
     WeightAverage,
     averaged_kind,
     averaged_record,
-    averaging_conflict,
     evaluation_weights,
     set_train_mode,
 )
@@ -96,45 +94,16 @@ __all__ = [
     "SAMPLE_CLIPS",
     "STOP_REQUEST",
     "TrainError",
+    "RunSettings",
     "TrainOptions",
     "TrainResult",
+    "check_run",
     "train",
 ]
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_CLIPS = 4  # held-out pieces converted into listening samples at every save
-
-
-@dataclass
-class TrainOptions:
-    """What `arvc train` decides; None means "the config's value" (or the checkpoint's, on resume)."""
-
-    run_dir: Path
-    data_dir: Path  # preprocessed data (arvc.data.prepare)
-    config: RunConfig
-    optimizer: str | None = None  # None: AdamW, or on resume the optimizer that wrote the checkpoint
-    lr: float | None = None
-    betas: tuple[float, float] | None = None
-    eps: float | None = None
-    weight_decay: float | None = None
-    use_8bit: bool | None = None
-    optimizer_kwargs: dict[str, Any] | None = None
-    # fp32, bf16 or fp16; auto (or None): the device's safe choice (arvc.train.precision), on resume the run's
-    precision: str | None = AUTO
-    compile: bool = False
-    resume: Path | None = None  # a run directory (newest checkpoint) or one checkpoint file
-    pretrained_g: Path | None = None  # RVC or arvc generator to start from (fine-tuning)
-    pretrained_d: Path | None = None
-    max_steps: int | None = None  # stop early (tests, quick looks); a checkpoint is still written
-    # auto (CUDA when available, else CPU), cpu, cuda or cuda:N (arvc.device); under torchrun each rank
-    # takes the GPU of its LOCAL_RANK
-    device: str = AUTO_DEVICE
-    max_bad_steps: int = 20  # consecutive non-finite steps before training stops
-    zero: bool = False  # shard optimizer state over the ranks (ZeroRedundancyOptimizer)
-    auto_batch_size: bool = False  # a new run picks the largest batch that fits (config's otherwise)
-    # Set from another thread (the web UI's Stop): the same graceful stop as Ctrl-C, at a step boundary.
-    stop: threading.Event | None = None
 
 
 @dataclass
@@ -166,31 +135,35 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def train(opts: TrainOptions, callbacks: Callbacks | None = None) -> TrainResult:
+def train(run: TrainOptions | RunSettings, callbacks: Callbacks | None = None) -> TrainResult:
     """Train (or continue training) a voice model; returns where the results are.
+
+    `run`: the settings `arvc.train.settings.check_run` returned (the CLI, the web UI), or `TrainOptions`,
+    which are checked by it here first, before any work (the Python API, compare's runs).
 
     Started by torchrun (RANK, WORLD_SIZE, ... set), each process trains its share of every global batch
     with DistributedDataParallel and rank 0 alone writes; see docs/distributed.md.
     """
-    try:
-        asked = resolve_device(opts.device)  # a bad --device fails here, before any work
-    except ValueError as error:
-        raise TrainError(str(error)) from error
+    settings = check_run(run) if isinstance(run, TrainOptions) else run
+    asked = resolve_device(settings.options.device)  # (checked by check_run)
     with (
         process_group(str(asked.device)) as ranks,
-        run_lock(opts.run_dir),  # one trainer per run folder
+        run_lock(settings.options.run_dir),  # one trainer per run folder
         _current_gpu(asked.device, ranks),
     ):
         callbacks = callbacks if callbacks is not None and ranks.is_main else Callbacks()
-        return _train(opts, callbacks, ranks, _training_device(asked, ranks))
+        return _train(settings, callbacks, ranks, _training_device(asked, ranks))
 
 
-def _train(opts: TrainOptions, callbacks: Callbacks, ranks: Ranks, device: DeviceChoice) -> TrainResult:
-    opts = replace(opts, device=device.name)
-    resume_from = resolve_resume(opts.resume) if opts.resume is not None else None
-    checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-    opts, hp, tf32 = _check_and_resolve(opts, checkpoint, resume_from, ranks)  # every check before any work
-    run = _build_run(opts, hp, ranks, checkpoint, tf32, device.model)
+def _train(settings: RunSettings, callbacks: Callbacks, ranks: Ranks, device: DeviceChoice) -> TrainResult:
+    opts = replace(settings.options, device=device.name)
+    resume_from, checkpoint = settings.resume_from, settings.checkpoint
+    if ranks.is_main:  # what check_run resolved: the precision, the optimizer's values
+        for name, level, message in settings.notes:
+            logging.getLogger(name).log(level, "%s", message)
+    if opts.zero and not ranks.distributed:
+        logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
+    run = _build_run(opts, settings.hp, ranks, checkpoint, settings.tf32, device.model)
     callbacks.on_optimizers(run.optim_g, run.optim_d)
     callbacks.on_evaluation_weights(lambda: _evaluated(run))
     progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
@@ -253,7 +226,7 @@ class _Run:
 
     cfg: RunConfig
     precision: str
-    hp: dict[str, Any]
+    hp: Hyperparameters
     ranks: Ranks
     device: torch.device  # with its index (cuda:0), recorded in the checkpoint with device_name
     run_dir: Path
@@ -298,77 +271,8 @@ class _Progress:
     last_validation: dict | None = None
 
 
-def resolve_resume(resume: Path) -> Path:
-    """The checkpoint `--resume` means: a run directory's newest one, or the file given."""
-    resume = Path(resume)
-    if resume.is_dir():
-        found = latest_checkpoint(resume)
-        if found is None:
-            raise TrainError(f"--resume {resume}: no checkpoint in {resume / 'checkpoints'}")
-        return found
-    return resume
-
-
-def _check_and_resolve(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
-    """Check the options against each other and the checkpoint; resolve precision and hyperparameters."""
-    cfg = opts.config
-    # The CLI checks its flags; a caller from Python gets the same checks here, before any work, except that
-    # lr 0 (frozen weights, as torch.optim allows) is not refused.
-    lr = None if opts.lr == 0 else opts.lr
-    bad = optimizer_value_errors(lr=lr, betas=opts.betas, eps=opts.eps, weight_decay=opts.weight_decay)
-    if bad:
-        raise TrainError("; ".join(bad))
-    precision, tf32 = _precision(opts, checkpoint, resume_from, ranks)
-    opts = replace(opts, precision=precision)
-    if checkpoint is not None and (opts.pretrained_g or opts.pretrained_d):
-        raise TrainError(
-            "--pretrained-g/--pretrained-d start a new run; a resumed run continues from its checkpoint"
-        )
-    cfg.validate()
-    check_select(cfg.train.select)
-    if checkpoint is not None:
-        check_resume_config(checkpoint.get("config", {}), cfg, resume_from)
-    hp = hyperparameters(opts, cfg, checkpoint["optim_g"] if checkpoint else None)
-    if opts.zero and not ranks.distributed:
-        logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
-    if opts.zero and ranks.distributed and hp["use_8bit"]:
-        raise TrainError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
-    conflict = averaging_conflict(hp["optimizer"], cfg.train.ema, hp["use_8bit"])
-    if conflict:
-        raise TrainError(conflict)
-    return opts, hp, tf32
-
-
-def _precision(opts: TrainOptions, checkpoint: dict | None, resume_from: Path | None, ranks: Ranks):
-    """(precision, tf32): as asked; `auto`, the device's safe choice; on resume, the run's own."""
-    asked = AUTO if opts.precision is None else opts.precision
-    if asked != AUTO and asked not in PRECISIONS:
-        raise TrainError(f"Unknown precision {asked!r}; valid: {AUTO}, {', '.join(PRECISIONS)}")
-    device = ranks.train_device(opts.device)
-    if checkpoint is not None:
-        recorded = checkpoint.get("precision", "fp32")
-        if asked not in (AUTO, recorded):
-            raise TrainError(f"{resume_from} was trained in {recorded}; resume it in the same precision")
-        here = device_precision(device)
-        if asked == AUTO and here.precision != recorded and ranks.is_main:
-            # e.g. a bf16 run from a GPU continued on a CPU: it stays bf16 (slower there, but the same run)
-            logger.warning(
-                "precision %s: the run's own, which a resume keeps (auto would choose %s for a new run "
-                "on %s: %s); to train in %s, start a new run from its weights with "
-                "--pretrained-g/--pretrained-d",
-                recorded, here.precision, device, here.reason, here.precision,
-            )  # fmt: skip
-        return recorded, bool(checkpoint.get("tf32", False))
-    if asked != AUTO:
-        return asked, False
-    choice = device_precision(device)
-    if ranks.is_main:
-        logger.info("precision %s (auto): %s", choice.precision, choice.reason)
-    return choice.precision, choice.tf32
-
-
 def _build_run(
-    opts: TrainOptions, hp: dict[str, Any], ranks: Ranks, checkpoint: dict | None, tf32: bool, device_name=""
+    opts: TrainOptions, hp: Hyperparameters, ranks: Ranks, checkpoint: dict | None, tf32: bool, device_name=""
 ) -> _Run:
     """Data (this rank's share of every global batch), models, optimizers, schedules, loss scaler."""
     cfg, precision = opts.config, opts.precision
@@ -432,8 +336,7 @@ def _fit_memory(opts, cfg, hp, device, net_g, net_d, dataset, checkpoint, ranks,
     auto = opts.auto_batch_size and checkpoint is None
     if opts.auto_batch_size and checkpoint is not None:
         logger.info("--batch-size auto: a resumed run keeps its batch size %d", t.batch_size)
-    if auto and ranks.distributed:
-        raise TrainError("--batch-size auto fits one process; with several, pass --batch-size N")
+    assert not (auto and ranks.distributed), "check_run refuses --batch-size auto with several processes"
     if auto and free is None:
         raise TrainError(
             f"--batch-size auto: the free {what} of {device} cannot be read; pass --batch-size N"
@@ -717,7 +620,7 @@ def _export_best(run: _Run, progress: _Progress) -> None:
 
     def export() -> None:
         criterion = selected(run.cfg.train.select, best)
-        info = f"arvc {run.hp['optimizer']} epoch {best['epoch']}{_which_weights(run)}"
+        info = f"arvc {run.hp.optimizer} epoch {best['epoch']}{_which_weights(run)}"
         info += f" (best held-out {criterion})"
         export_generator(run.net_g, run.cfg, folder, info=info, explain=False, features=run.features)
         write_text(best_record(run.run_dir), json.dumps(best, indent=2))
@@ -782,8 +685,8 @@ def _checkpoint_state(
         "device_name": run.device_name,
         "generator": run.net_g.state_dict(),  # the live weights (schedule-free: y), which G trains
         "discriminator": run.net_d.state_dict(),
-        "optim_g": optimizer_record(hp["optimizer"], hp, run.optim_g),
-        "optim_d": optimizer_record(hp["optimizer"], hp, run.optim_d),
+        "optim_g": optimizer_record(hp.optimizer, hp.record(), run.optim_g),
+        "optim_d": optimizer_record(hp.optimizer, hp.record(), run.optim_d),
         "schedule": run.schedule.to_dict(),  # the lr plan: a pure function of the epoch
         "scaler": run.scaler.state_dict(),
         "rng": rng_state(),
@@ -871,7 +774,7 @@ def _finish(run: _Run, progress: _Progress) -> TrainResult:
             message = "stopped by %s after step %d; continue with --resume %s"
             logger.warning(message, progress.stopped_by, progress.step, run.run_dir)
         return result
-    info = f"arvc {run.hp['optimizer']} epoch {progress.epochs_done}{_which_weights(run)}"
+    info = f"arvc {run.hp.optimizer} epoch {progress.epochs_done}{_which_weights(run)}"
 
     def export() -> dict[str, Path]:
         return export_generator(run.net_g, run.cfg, run.folder.export, info=info, features=run.features)

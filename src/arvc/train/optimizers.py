@@ -1,6 +1,9 @@
 """The optimizers of a run: hyperparameters resolved once (and kept on resume), built from the registry.
 
-`hyperparameters` decides the settings stored in every checkpoint; `restore_optimizer` loads a saved state
+`Hyperparameters` is the run's optimizer settings, typed and frozen; its `record()` is what every
+checkpoint stores (the format of arvc's first checkpoints) and `Hyperparameters.saved(...)` reads one back;
+`same_as(saved)` is the one test of "the optimizer that wrote that checkpoint" (its state loads, its
+schedule continues). `hyperparameters` decides the settings of a run; `restore_optimizer` loads a saved state
 only into the optimizer that wrote it; `plan_schedule` decides the run's lr schedule (a pure function of
 the epoch, recorded in every checkpoint and re-planned explicitly when a resume changes the run length).
 A ZeRO-sharded optimizer saves and loads the same layout (`distributed.Ranks.zero`), so these work for it
@@ -10,6 +13,9 @@ unchanged.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -29,6 +35,7 @@ from arvc.train.errors import TrainError
 __all__ = [
     "DEFAULT_LR",
     "DEFAULT_OPTIMIZER",
+    "Hyperparameters",
     "bf16_weights",
     "hyperparameters",
     "build_from_hyperparameters",
@@ -44,6 +51,56 @@ DEFAULT_LR = 1e-3  # the guide's start; see docs/training.md for the measurement
 DEFAULT_OPTIMIZER = "AdamW"  # a new run that names none
 
 
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The settings a run's two optimizers are built with (`build_from_hyperparameters`), resolved once by
+    `hyperparameters` and stored in every checkpoint (`record`)."""
+
+    optimizer: str  # the registry name
+    lr: float  # the base lr; every epoch's lr comes from the run's schedule
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float | None  # None: the class default (checkpoints of older arvc versions)
+    use_8bit: bool = False  # bitsandbytes' AdamW8bit, whatever `optimizer` is
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # the optimizer class's own keyword arguments
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "use_8bit", bool(self.use_8bit))
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint stores as the optimizer's "hyperparameters" (plain data, as it always was)."""
+        return {
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "betas": self.betas,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "use_8bit": self.use_8bit,
+            "kwargs": dict(self.kwargs),
+        }
+
+    @classmethod
+    def saved(cls, optim_record: dict) -> Hyperparameters:
+        """The settings a checkpoint's optimizer record (its optim_g/optim_d) was written with."""
+        hp = optim_record["hyperparameters"]
+        return cls(
+            optimizer=optim_record["name"],
+            lr=hp["lr"],
+            betas=hp["betas"],
+            eps=hp["eps"],
+            weight_decay=hp["weight_decay"],
+            use_8bit=bool(hp.get("use_8bit")),
+            kwargs=hp.get("kwargs") or {},
+        )
+
+    def same_as(self, saved: Hyperparameters) -> bool:
+        """Whether `saved` (a checkpoint's) is this optimizer: the same registry name and 8-bit switch, so
+        its state loads into this one and its lr schedule continues (other values may differ: --lr)."""
+        return self.optimizer == saved.optimizer and self.use_8bit == saved.use_8bit
+
+
 def chosen_optimizer(optimizer: str | None, use_8bit: bool | None, saved: dict | None) -> tuple[str, bool]:
     """The registry name a run trains with and whether through the 8-bit switch: the optimizer asked for,
     else a resumed run's own (`saved`: the checkpoint's optim_g record), else the default; the 8-bit
@@ -54,16 +111,18 @@ def chosen_optimizer(optimizer: str | None, use_8bit: bool | None, saved: dict |
     return name, bool(use_8bit)
 
 
-def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
+def hyperparameters(opts, cfg: RunConfig, saved: dict | None, notes: list | None = None) -> Hyperparameters:
     """The optimizer settings of this run, resolved once and stored in every checkpoint.
 
     On resume (`saved` = the checkpoint's record) every setting not given explicitly is the run's own;
-    asking for another optimizer starts that optimizer fresh from its defaults.
+    asking for another optimizer starts that optimizer fresh from its defaults. The values are logged
+    (INFO), or with `notes` given, appended to it as (logger name, level, message) for the run to log when
+    it starts (`arvc.train.settings.RunSettings.notes`).
     """
     name, _ = chosen_optimizer(opts.optimizer, opts.use_8bit, saved)
-    previous = saved["hyperparameters"] if saved and saved["name"] == name else None
-    if previous is not None:
-        hp = {**previous, "betas": tuple(previous["betas"]), "kwargs": dict(previous["kwargs"])}
+    if saved and saved["name"] == name:
+        hp = Hyperparameters.saved(saved)
+        recorded = hp.record()
         explicit = {
             "lr": opts.lr,
             "betas": None if opts.betas is None else tuple(opts.betas),
@@ -72,26 +131,28 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
             "use_8bit": opts.use_8bit,
             "kwargs": opts.optimizer_kwargs,
         }
-        changed = {k: v for k, v in explicit.items() if v is not None and _plain(v) != _plain(hp[k])}
+        changed = {k: v for k, v in explicit.items() if v is not None and _plain(v) != _plain(recorded[k])}
         if "lr" in changed:  # a diverged run continues with a lower lr (the schedule scales from it)
-            hp["lr"] = changed.pop("lr")
+            hp = replace(hp, lr=changed.pop("lr"))
         if changed:
-            detail = ", ".join(f"{k}: {hp[k]!r} -> {v!r}" for k, v in changed.items())
+            detail = ", ".join(f"{k}: {recorded[k]!r} -> {v!r}" for k, v in changed.items())
             raise TrainError(
                 f"Resuming keeps the run's {name} hyperparameters, but these differ ({detail}). "
                 "Drop those flags to resume as the run was (only --lr may change on resume), or start a "
                 "new run with --name."
             )
-        _log_resolved(hp, resumed=True)  # an old checkpoint's values (e.g. Adam's eps for AdaBelief) stay
+        _log_resolved(
+            notes, hp, resumed=True
+        )  # an old checkpoint's values (e.g. Adam's eps for AdaBelief) stay
         return hp
     spec = get_spec(name)
     kwargs = dict(opts.optimizer_kwargs or {})
     if opts.precision == "bf16" and spec.bf16_weights_kwargs is not None and not opts.use_8bit:
         for key, value in spec.bf16_weights_kwargs.items():  # e.g. AnyPrecisionAdamW: bf16 + Kahan
             kwargs.setdefault(key, value)
-    hp = {
-        "optimizer": name,
-        "lr": next(lr for lr in (opts.lr, cfg.train.learning_rate, DEFAULT_LR) if lr is not None),
+    hp = Hyperparameters(
+        optimizer=name,
+        lr=next(lr for lr in (opts.lr, cfg.train.learning_rate, DEFAULT_LR) if lr is not None),
         **spec.run_hyperparameters(
             config_betas=cfg.train.betas,
             config_eps=cfg.train.eps,
@@ -101,42 +162,38 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None) -> dict[str, Any]:
             weight_decay=opts.weight_decay,
             use_8bit=bool(opts.use_8bit),
         ),
-        "use_8bit": bool(opts.use_8bit),
-        "kwargs": kwargs,
-    }
-    _log_resolved(hp, spec if opts.eps is None and not opts.use_8bit else None, cfg.train.eps)
+        use_8bit=bool(opts.use_8bit),
+        kwargs=kwargs,
+    )
+    _log_resolved(notes, hp, spec if opts.eps is None and not opts.use_8bit else None, cfg.train.eps)
     return hp
 
 
 def _log_resolved(
-    hp: dict[str, Any], converted_by=None, config_eps: float | None = None, resumed=False
+    notes: list | None, hp: Hyperparameters, converted_by=None, config_eps: float | None = None, resumed=False
 ) -> None:
     """One INFO line: the values the optimizers are built with (and where eps came from)."""
     eps_note = ""
     if converted_by is not None and converted_by.eps_from_adam is not None:
-        eps_note = f" (the config's Adam eps {config_eps:g}, converted for {hp['optimizer']}: eps_adam**2)"
-    logger.info(
-        "optimizer %s%s%s: lr=%g, betas=(%g, %g), eps=%g%s, weight_decay=%s%s",
-        hp["optimizer"],
-        " (as bitsandbytes AdamW8bit)" if hp["use_8bit"] else "",
-        " as recorded in the checkpoint" if resumed else "",
-        hp["lr"],
-        *hp["betas"],
-        hp["eps"],
-        eps_note,
-        "class default" if hp["weight_decay"] is None else f"{hp['weight_decay']:g}",
-        f", {hp['kwargs']}" if hp["kwargs"] else "",
+        eps_note = f" (the config's Adam eps {config_eps:g}, converted for {hp.optimizer}: eps_adam**2)"
+    weight_decay = "class default" if hp.weight_decay is None else f"{hp.weight_decay:g}"
+    message = (
+        f"optimizer {hp.optimizer}{' (as bitsandbytes AdamW8bit)' if hp.use_8bit else ''}"
+        f"{' as recorded in the checkpoint' if resumed else ''}: lr={hp.lr:g}, "
+        f"betas=({hp.betas[0]:g}, {hp.betas[1]:g}), eps={hp.eps:g}{eps_note}, weight_decay={weight_decay}"
+        f"{f', {dict(hp.kwargs)}' if hp.kwargs else ''}"
     )
+    if notes is None:
+        logger.info("%s", message)
+    else:
+        notes.append((logger.name, logging.INFO, message))
 
 
-def bf16_weights(precision: str, hp: dict[str, Any]) -> bool:
+def bf16_weights(precision: str, hp: Hyperparameters) -> bool:
     """Whether this run keeps the model weights themselves in bf16: a bf16 run whose optimizer has a
-    bf16-weights mode in the registry (AnyPrecisionAdamW: bf16 weights + Kahan), not under --use-8bit."""
-    return (
-        precision == "bf16"
-        and not hp["use_8bit"]
-        and get_spec(hp["optimizer"]).bf16_weights_kwargs is not None
-    )
+    bf16-weights mode in the registry (AnyPrecisionAdamW: bf16 weights + Kahan), not under --use-8bit.
+    (Only `hp.optimizer` and `hp.use_8bit` are read: a compare `Variant` answers too.)"""
+    return precision == "bf16" and not hp.use_8bit and get_spec(hp.optimizer).bf16_weights_kwargs is not None
 
 
 _ROLES = {"generator": 1, "discriminator": 2}
@@ -149,49 +206,51 @@ def optimizer_seed(run_seed: int, role: str) -> int:
 
 
 def build_from_hyperparameters(
-    params, hp: dict[str, Any], seed: int | None = None, param_indices=None
+    params, hp: Hyperparameters, seed: int | None = None, param_indices=None
 ) -> torch.optim.Optimizer:
     """Build the run's optimizer from `hp`. `seed` seeds stochastic rounding and `param_indices` numbers the
     parameters for it (a ZeRO shard: their global positions), for classes that take them."""
     extra = {}
-    if not hp["use_8bit"]:
-        accepted = get_spec(hp["optimizer"]).supported_kwargs
-        if seed is not None and "seed" in accepted and "seed" not in hp["kwargs"]:
+    if not hp.use_8bit:
+        accepted = get_spec(hp.optimizer).supported_kwargs
+        if seed is not None and "seed" in accepted and "seed" not in hp.kwargs:
             extra["seed"] = seed
         if param_indices is not None and "param_indices" in accepted:
             extra["param_indices"] = param_indices
     return build_optimizer(
-        hp["optimizer"],
+        hp.optimizer,
         params,
-        lr=hp["lr"],
-        betas=hp["betas"],
-        eps=hp["eps"],
-        weight_decay=hp["weight_decay"],
-        use_8bit=hp["use_8bit"],
-        **hp["kwargs"],
+        lr=hp.lr,
+        betas=hp.betas,
+        eps=hp.eps,
+        weight_decay=hp.weight_decay,
+        use_8bit=hp.use_8bit,
+        **hp.kwargs,
         **extra,
     )
 
 
-def run_state_bytes_per_param(hp: dict[str, Any], dtype: torch.dtype, numel: int = 1 << 16) -> float:
+def run_state_bytes_per_param(hp: Hyperparameters, dtype: torch.dtype, numel: int = 1 << 16) -> float:
     """Bytes of optimizer state per parameter of the run's optimizer as the run builds it (its kwargs, its
     weights' dtype): the real buffers after one step on a dummy parameter, as the registry measures."""
     param = torch.nn.Parameter(torch.zeros(numel, dtype=dtype))
     return state_bytes_after_one_step(build_from_hyperparameters([param], hp, seed=0), param)
 
 
-def build_for_role(params, hp: dict[str, Any], role: str, run_seed: int, ranks=None) -> torch.optim.Optimizer:
+def build_for_role(
+    params, hp: Hyperparameters, role: str, run_seed: int, ranks=None
+) -> torch.optim.Optimizer:
     """The optimizer of `role` ("generator"/"discriminator") of a run; `ranks` (a distributed.Ranks) to
     shard it with ZeRO, each shard numbering its parameters by their place in the whole model."""
     seed = optimizer_seed(run_seed, role)
     if ranks is None:
         return build_from_hyperparameters(params, hp, seed)
     return ranks.zero(
-        params, lambda shard, indices: build_from_hyperparameters(shard, hp, seed, indices), hp["lr"]
+        params, lambda shard, indices: build_from_hyperparameters(shard, hp, seed, indices), hp.lr
     )
 
 
-def restore_optimizer(name: str, optimizer, saved: dict, hp: dict, params=None) -> None:
+def restore_optimizer(name: str, optimizer, saved: dict, hp: Hyperparameters, params=None) -> None:
     """Load a saved optimizer state only if the same optimizer wrote it; never mismatched state.
 
     A switch away from a schedule-free optimizer continues from the run's model, its averaged weights x
@@ -199,20 +258,20 @@ def restore_optimizer(name: str, optimizer, saved: dict, hp: dict, params=None) 
     over `params` (the module's, holding the checkpoint's y) with its state and put in eval mode.
     The lr is not part of what is restored: the loop sets every epoch's lr from the run's schedule
     (an old checkpoint's "scheduler" state is ignored; the epoch defines the lr)."""
-    saved_hp = saved["hyperparameters"]
-    if saved["name"] != hp["optimizer"] or saved_hp.get("use_8bit") != hp["use_8bit"]:
+    saved_hp = Hyperparameters.saved(saved)
+    if not hp.same_as(saved_hp):
         logger.warning(
             "%s: checkpoint was trained with %s%s, this run uses %s%s — starting a fresh %s state "
             "(the old optimizer state is not loaded)",
             name,
-            saved["name"],
-            " (8-bit)" * bool(saved_hp.get("use_8bit")),
-            hp["optimizer"],
-            " (8-bit)" * bool(hp["use_8bit"]),
+            saved_hp.optimizer,
+            " (8-bit)" * saved_hp.use_8bit,
+            hp.optimizer,
+            " (8-bit)" * hp.use_8bit,
             name,
         )
-        if params is not None and get_spec(saved["name"]).schedule_free and not saved_hp.get("use_8bit"):
-            old = build_from_hyperparameters(list(params), saved_hp | {"optimizer": saved["name"]})
+        if params is not None and get_spec(saved_hp.optimizer).schedule_free and not saved_hp.use_8bit:
+            old = build_from_hyperparameters(list(params), saved_hp)
             old.load_state_dict(saved["state"])  # (saved in train mode: the parameters hold y)
             old.eval()
             logger.info(
@@ -222,35 +281,31 @@ def restore_optimizer(name: str, optimizer, saved: dict, hp: dict, params=None) 
     optimizer.load_state_dict(saved["state"])
 
 
-def plan_schedule(cfg: RunConfig, hp: dict[str, Any], checkpoint: dict | None) -> Schedule:
+def plan_schedule(cfg: RunConfig, hp: Hyperparameters, checkpoint: dict | None) -> Schedule:
     """The run's lr schedule: a new plan from the config, or on resume the checkpoint's own plan.
 
     On resume the checkpoint is the truth: its plan continues, scaled to an explicit new --lr, and
     re-planned (logged) when `train.epochs` changed (`Schedule.replanned`: the lr never jumps up). A
     resume that switches optimizer starts the new optimizer's own plan at the run's epoch.
     """
-    saved = checkpoint["optim_g"] if checkpoint is not None else None
-    if (
-        saved is None
-        or saved["name"] != hp["optimizer"]
-        or saved["hyperparameters"].get("use_8bit") != hp["use_8bit"]
-    ):
+    saved = Hyperparameters.saved(checkpoint["optim_g"]) if checkpoint is not None else None
+    if saved is None or not hp.same_as(saved):
         return _new_schedule(cfg, hp)
     if "schedule" in checkpoint:
         schedule = Schedule.from_dict(checkpoint["schedule"])
     else:  # written before plans were recorded: the plan that run followed (its scheduler state is unused)
         old = RunConfig.from_dict(checkpoint["config"])
         warmup = old.train.warmup_epochs or INVERSE_SQRT_WARMUP  # the fixed warm-up of those versions
-        schedule = _new_schedule(old, saved["hyperparameters"] | {"optimizer": saved["name"]}, warmup)
-    if hp["lr"] != schedule.base_lr:
+        schedule = _new_schedule(old, saved, warmup)
+    if hp.lr != schedule.base_lr:
         logger.info(
             "resume with --lr %g (was %g), recorded in the next checkpoints: the %s schedule now "
             "scales from it",
-            hp["lr"],
+            hp.lr,
             schedule.base_lr,
             schedule.name,
         )
-        schedule = schedule.with_base_lr(hp["lr"])
+        schedule = schedule.with_base_lr(hp.lr)
     if cfg.train.epochs != schedule.total_epochs:
         epochs_done, in_progress = checkpoint["epoch"], checkpoint.get("batch_in_epoch", 0) > 0
         last = epochs_done if in_progress else max(epochs_done - 1, 0)  # the last epoch given an lr
@@ -270,24 +325,24 @@ def plan_schedule(cfg: RunConfig, hp: dict[str, Any], checkpoint: dict | None) -
     return schedule
 
 
-def _new_schedule(cfg: RunConfig, hp: dict[str, Any], warmup: int | None = None) -> Schedule:
+def _new_schedule(cfg: RunConfig, hp: Hyperparameters, warmup: int | None = None) -> Schedule:
     t = cfg.train
-    paired = paired_schedule(hp["optimizer"], hp["use_8bit"])
+    paired = paired_schedule(hp.optimizer, hp.use_8bit)
     name = t.scheduler if t.scheduler != "auto" else paired
-    if get_spec(hp["optimizer"]).schedule_free and not hp["use_8bit"] and name != paired:
+    if get_spec(hp.optimizer).schedule_free and not hp.use_8bit and name != paired:
         logger.warning(
             "train.scheduler %s with the schedule-free %s: it needs no schedule (its averaged weights are "
             "good whenever training stops) and is paired with %s; set train.scheduler auto (or %s) unless "
             "you mean to compare",
-            name, hp["optimizer"], paired, paired,
+            name, hp.optimizer, paired, paired,
         )  # fmt: skip
     warmup = warmup or t.warmup_epochs or default_warmup_epochs(t.epochs)
-    schedule = Schedule(name, hp["lr"], t.epochs, warmup, gamma=t.lr_decay)
+    schedule = Schedule(name, hp.lr, t.epochs, warmup, gamma=t.lr_decay)
     if name == "inverse_sqrt" and t.epochs < warmup:
         logger.warning(
             "the run has %d epochs, fewer than its %d-epoch warm-up: the lr never reaches its peak %g "
             "(set train.warmup_epochs to at most %d, or leave it unset for a warm-up that fits)",
-            t.epochs, warmup, hp["lr"], t.epochs,
+            t.epochs, warmup, hp.lr, t.epochs,
         )  # fmt: skip
     elif name != "inverse_sqrt" and t.warmup_epochs is not None:
         logger.info("train.warmup_epochs is used by inverse_sqrt only; %s has no warm-up", name)

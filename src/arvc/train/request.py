@@ -1,10 +1,12 @@
 """What a user asks of a training run — `arvc train`'s flags or the web UI's fields — checked before any work.
 
-`plan_training(request)` does every check that can be done without touching data (names, values, the
-resume checkpoint's config, preprocessed data already in the run, devices) and returns the plan:
-the run folder, the config and the `TrainOptions` for `arvc.train.loop.train`. `prepare(plan)` then
-preprocesses the data when the run has none yet. Both front ends call these two, so a value refused by
-one is refused by the other with the same words.
+`plan_training(request)` does every check that can be done without touching data and returns the plan:
+the run folder, the config and the run's settings for `arvc.train.loop.train`. It checks here what only a
+request has (its flags, the run folder, the data already in it, the analysers, the devices and processes),
+builds the `TrainOptions` and hands them to `arvc.train.settings.check_run`, the one check of a run's
+settings that every entry point calls (the Python API and compare's runs through `train`), with the resume
+checkpoint it loaded (once). `prepare(plan)` then preprocesses the data when the run has none yet. Both
+front ends call these two, so a value refused by one is refused by the other with the same words.
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, rmvpe_model
 from arvc.config import (
     CHECKPOINTING,
     DEMO_EPOCHS,
-    PRECISIONS,
     RunConfig,
     apply_overrides,
     load_config,
-    optimizer_value_errors,
 )
 from arvc.data.outputs import RunFolder, check_run_name, leftovers_of_a_run, restarted_folder, run_products
 from arvc.data.prepare import DataSettings, data_settings, prepare_data, preprocessed_from
@@ -33,15 +33,9 @@ from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import resolve_device
 from arvc.modelfile.export import is_rvc_sized
 from arvc.modelfile.read import read_model_file
-from arvc.optim import get_spec
-from arvc.optim.registry import eight_bit_optimizer_class
-from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_checkpoint
-from arvc.train.loop import TrainOptions, resolve_resume
-from arvc.train.optimizers import chosen_optimizer
-from arvc.train.precision import AUTO
+from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 from arvc.train.runlock import check_unlocked
-from arvc.train.validation import check_select
-from arvc.train.weights import averaging_conflict
+from arvc.train.settings import RunSettings, TrainOptions, check_run, resolve_resume
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +99,7 @@ class TrainPlan:
     run_dir: Path
     cfg: RunConfig
     settings: DataSettings  # how the data is (or will be) made
-    options: TrainOptions
+    run_settings: RunSettings  # checked and resolved (arvc.train.settings.check_run): what the loop runs
     # A run started again (it never saved a checkpoint): its leftovers, moved into `restart_folder` by
     # `prepare` before any other work.
     leftovers: list[Path] = field(default_factory=list)
@@ -114,6 +108,10 @@ class TrainPlan:
     @property
     def folder(self) -> RunFolder:
         return RunFolder(self.run_dir)
+
+    @property
+    def options(self) -> TrainOptions:
+        return self.run_settings.options
 
 
 def _batch_size(value: int | str | None) -> int | None:
@@ -182,12 +180,6 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     """Every check of `request` that needs no work done; raises ValueError (or PretrainedError, ImportError,
     TrainError, CheckpointError, DataError) with a message for the user. Nothing is written."""
     r = request
-    if r.optimizer is not None:
-        get_spec(r.optimizer)
-    if r.use_8bit:
-        eight_bit_optimizer_class()
-    if r.precision is not None and r.precision not in (AUTO, *PRECISIONS):
-        raise ValueError(f"unknown precision {r.precision!r}; valid: {AUTO}, {', '.join(PRECISIONS)}")
     if r.f0 is not None and r.f0 not in F0_METHODS:
         raise ValueError(f"unknown f0 method {r.f0!r}; valid: {', '.join(F0_METHODS)}")
     if r.features == "hubert" and (r.hubert is None or not r.hubert.exists()):
@@ -207,17 +199,6 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         raise ValueError(f"--checkpointing {r.checkpointing!r}: use one of {', '.join(CHECKPOINTING)}")
     auto_batch = r.batch_size == "auto"
     batch = None if auto_batch else _batch_size(r.batch_size)
-    if auto_batch and ((r.nproc or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1):
-        raise ValueError("--batch-size auto fits one process; with several, pass --batch-size N")
-    bad_values = optimizer_value_errors(
-        lr=r.lr,
-        betas=r.betas,
-        eps=r.eps,
-        weight_decay=r.weight_decay,
-        names={"lr": "--lr", "betas": "--betas", "eps": "--eps", "weight_decay": "--weight-decay"},
-    )
-    if bad_values:
-        raise ValueError("; ".join(bad_values))
     if r.ema is not None and not (isinstance(r.ema, (int, float)) and 0 < r.ema < 1):
         raise ValueError(
             f"--ema {r.ema!r}: the EMA decay must be between 0 and 1 (exclusive), e.g. 0.999 (each step "
@@ -241,6 +222,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         if value is not None:
             overrides[key] = value
     leftovers: list[Path] = []
+    saved = resume_file = None
     if r.resume is not None:  # the checkpoint is the truth: its config, changed only where allowed
         if r.resume.is_dir():
             check_unlocked(r.resume)  # another process trains it: refused before anything else is said
@@ -257,7 +239,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             )
         run_dir = r.resume if r.resume.is_dir() else resume_file.parent.parent
         check_unlocked(run_dir)
-        saved = load_checkpoint(resume_file, mmap=True)
+        saved = load_checkpoint(resume_file)  # once: the run continues from this copy
         saved_config = saved.get("config", {})
         _say_what_resume_ignores(r, run_dir)
         cfg = RunConfig.from_dict(saved_config)
@@ -291,9 +273,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             raise ValueError(f"dataset folder {r.dataset} does not exist")
     check_writable(run_dir)
     cfg = apply_overrides(cfg, overrides)
-    check_select(cfg.train.select)  # an unknown metric, or PESQ/STOI without arvc[score]
     if r.resume is not None:
-        check_resume_config(saved_config, cfg, resume_file)  # before any work, preprocessing included
         _check_there_is_more_to_train(saved, cfg, r.max_steps, resume_file)
     data_dir = RunFolder(run_dir).data
     settings = data_settings(data_dir, cfg, r.f0, r.features, r.embedder_layer)  # reuses data there
@@ -326,15 +306,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             raise ValueError(RMVPE_NEEDED)
     if settings.features == "hubert" and (r.hubert is None or not r.hubert.exists()):
         raise ValueError(f"{data_dir} holds hubert features: pass --hubert PATH (got {r.hubert})")
-    check_processes(r.nproc, r.device, cfg.train.batch_size)
-    if r.zero and r.use_8bit:
-        raise ValueError("--zero and --use-8bit cannot be combined (8-bit state is already 4x smaller)")
-    if cfg.train.ema is not None:  # (a setting that a schedule-free optimizer cannot take)
-        saved_optim = (saved.get("optim_g") or None) if r.resume is not None else None
-        optimizer, use_8bit = chosen_optimizer(r.optimizer, r.use_8bit, saved_optim)
-        conflict = averaging_conflict(optimizer, cfg.train.ema, use_8bit)
-        if conflict:
-            raise ValueError(conflict)
+    processes = check_processes(r.nproc, r.device, cfg.train.batch_size)
     options = TrainOptions(
         run_dir=run_dir,
         data_dir=data_dir,
@@ -355,7 +327,9 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         zero=r.zero,
         auto_batch_size=auto_batch,
     )
-    plan = TrainPlan(request, run_dir, cfg, settings, options)
+    # every check of the run's settings, as for a run started from Python
+    resolved = check_run(options, checkpoint=saved, resume_from=resume_file, flags=True, processes=processes)
+    plan = TrainPlan(request, run_dir, cfg, settings, resolved)
     if leftovers:
         plan.leftovers, plan.restart_folder = leftovers, restarted_folder(run_dir)
         logger.warning(

@@ -2,7 +2,8 @@
 
 The job outlives the browser tab that started it (closing the page stops nothing; reopening shows it),
 and a second start while one runs is refused (`Busy`). Everything the job does is a library call the CLI
-makes too — `arvc.train.request.plan_training` / `prepare` and `arvc.train.loop.train`, or
+makes too — `arvc.train.request.plan_training` (every check, `arvc.train.settings.check_run` included) /
+`prepare` and `arvc.train.loop.train`, or
 `arvc.compare.runner.run_compare`; the job only records their progress for the page to show.
 """
 
@@ -241,8 +242,6 @@ class Jobs:
         return status
 
     def _train(self, plan, status: JobStatus, callbacks: _Callbacks, stop: threading.Event):
-        from dataclasses import replace
-
         from arvc.train.loop import train
         from arvc.train.request import prepare
         from arvc.train.runlock import run_lock
@@ -255,7 +254,7 @@ class Jobs:
             prepare(plan, preprocessing)
             with self._lock:
                 status.detail = ""
-            result = train(replace(plan.options, stop=stop), callbacks)
+            result = train(plan.run_settings.with_stop(stop), callbacks)
         summary = result.summary()
         if result.best is not None:
             criterion = selected(plan.options.config.train.select, result.best)
