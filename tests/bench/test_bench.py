@@ -54,7 +54,7 @@ def test_schedule_free_rows_beside_the_reference_package(result):
     for name in ("AdamWScheduleFree", "RAdamScheduleFree"):
         ours, peer = rows[f"arvc:{name}"], rows[f"schedulefree:{name}"]
         assert ours["algorithm"] == peer["algorithm"] == name
-        assert ours["status"] == "ok" and ours["path"].startswith("foreach")
+        assert ours["status"] == "ok" and ours["path"] == "fused"  # the registry's default on a float32 CPU
         assert ours["state_bytes_per_param"] == pytest.approx(8.0, abs=0.1)  # z and exp_avg_sq
         if peer["status"] == "ok":  # (the bench extra installed)
             assert peer["state_bytes_per_param"] == pytest.approx(8.0, abs=0.1)
