@@ -270,8 +270,14 @@ def test_a_second_ctrl_c_during_the_save_is_reported_as_such(tmp_path, data_dir,
 
     monkeypatch.setattr(loop, "atomic_save", save)
     options = trainkit.options(tmp_path, data_dir, batch_size=2, resume=tmp_path / "run", max_steps=5)
-    with pytest.raises(BaseException) as raised:
-        train(options, CtrlCAtStep2())
+    # The second Ctrl-C re-raises SIGINT with the handler the process had before the run: Python's default
+    # (KeyboardInterrupt), as in a terminal, whatever an earlier test in this process left installed.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(BaseException) as raised:
+            train(options, CtrlCAtStep2())
+    finally:
+        signal.signal(signal.SIGINT, before)
     message = str(raised.value)
     assert type(raised.value).__name__ == "SaveInterrupted" and raised.value.exit_status == 130, message
     assert "SIGINT again while checkpoint" in message and "disk" in message and "full" not in message
