@@ -597,6 +597,39 @@ def test_zero_shards_round_stochastically_as_one_process(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_rank_that_cannot_start_ends_the_others_and_gives_back_ctrl_c(monkeypatch):
+    """launch() ignores SIGINT while its ranks run (the terminal's Ctrl-C is theirs): a rank that cannot
+    start (e.g. out of memory) must not leave this process deaf to Ctrl-C, nor the started ranks running."""
+    from arvc.train import distributed
+
+    started = []
+
+    class Rank0Only:
+        def __init__(self, command, env):
+            if env["RANK"] == "1":
+                raise OSError(12, "Cannot allocate memory")
+            self.code, self.killed = None, False
+            started.append(self)
+
+        def poll(self):
+            return self.code
+
+        def kill(self):
+            self.code, self.killed = -9, True
+
+        def wait(self):
+            return self.code
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", Rank0Only)
+    before_int, before_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(
+        distributed.DistributedError, match="could not start process 1 of 2: .*Cannot allocate"
+    ):
+        distributed.launch(2, ["train"])
+    assert signal.getsignal(signal.SIGINT) is before_int and signal.getsignal(signal.SIGTERM) is before_term
+    assert [rank.killed for rank in started] == [True]
+
+
 def test_launched_ranks_split_the_cores_and_wait_passively(monkeypatch):
     """`--nproc N` ranks share the machine: each gets cores/N threads and passive OpenMP waiting
     (benchmarks/threads.py: spin-waiting ranks took 1.7x longer per step), unless the user set them."""

@@ -269,14 +269,19 @@ def launch(nproc: int, args: list[str]) -> int:
     command = [sys.executable, "-m", "arvc", *args]
     logger.info("starting %d processes: %s", nproc, " ".join(command))
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is for the ranks
-    ranks = [
-        subprocess.Popen(command, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-        for rank in range(nproc)
-    ]
-    previous_term = signal.signal(
-        signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in ranks if p.poll() is None]
-    )
+    previous_term = signal.getsignal(signal.SIGTERM)
+    ranks: list[subprocess.Popen] = []
     try:
+        for rank in range(nproc):
+            try:
+                ranks.append(
+                    subprocess.Popen(command, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+                )
+            except OSError as error:
+                raise DistributedError(f"could not start process {rank} of {nproc}: {error}") from error
+        signal.signal(
+            signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in ranks if p.poll() is None]
+        )
         failed_at = None
         while any(p.poll() is None for p in ranks):
             if failed_at is None and any(p.poll() for p in ranks):
@@ -288,9 +293,13 @@ def launch(nproc: int, args: list[str]) -> int:
             time.sleep(0.2)
         codes = [p.wait() for p in ranks]
         return next((code for code in codes if code), 0)
-    finally:
+    finally:  # also when a rank could not start: the parent's handlers back, the started ranks ended
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def _free_port() -> int:
