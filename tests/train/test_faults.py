@@ -271,7 +271,8 @@ def test_a_second_ctrl_c_during_the_save_is_reported_as_such(tmp_path, data_dir,
     monkeypatch.setattr(loop, "atomic_save", save)
     options = trainkit.options(tmp_path, data_dir, batch_size=2, resume=tmp_path / "run", max_steps=5)
     # The second Ctrl-C re-raises SIGINT with the handler the process had before the run: Python's default
-    # (KeyboardInterrupt), as in a terminal, whatever an earlier test in this process left installed.
+    # (KeyboardInterrupt), as in a terminal, whatever pytest inherited (a shell's background job starts
+    # with SIGINT ignored, and Python then keeps it ignored).
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(BaseException) as raised:
