@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from arvc.device import AUTO, resolve_device
-from arvc.train.faults import EARLY_STOP, MAX_STEPS, SIGNAL_STOPS, STOP_REQUEST
+from arvc.train.faults import STOP_REASONS
 
 __all__ = ["DistributedError", "Ranks", "launch", "local_optimizer", "process_group", "share_shards"]
 
@@ -47,15 +47,9 @@ logger = logging.getLogger(__name__)
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waiting longer than this fails instead of hanging
 FAILURE_GRACE = 30.0  # seconds `launch` lets the other ranks stop on their own after one failed
-# Every stop reason arvc.train.faults names, as the number the ranks agree on (the largest wins): an
-# interruption (the web UI's stop request, then a signal, whose exit status tells the shell) over an end.
-STOP_CODES = {
-    None: 0,
-    MAX_STEPS: 1,
-    EARLY_STOP: 2,
-    STOP_REQUEST: 3,
-    **{s: 4 + i for i, s in enumerate(SIGNAL_STOPS)},
-}
+# Every stop reason (arvc.train.faults.STOP_REASONS, least to most urgent) as the number the ranks agree on:
+# the largest wins.
+STOP_CODES = {reason: code for code, reason in enumerate(STOP_REASONS)}
 T = TypeVar("T")
 
 

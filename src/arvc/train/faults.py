@@ -22,6 +22,7 @@ __all__ = [
     "EARLY_STOP",
     "MAX_STEPS",
     "SIGNAL_STOPS",
+    "STOP_REASONS",
     "STOP_REQUEST",
     "StopOnSignal",
     "exit_status",
@@ -35,6 +36,10 @@ EARLY_STOP = "early_stop"  # held-out mel L1 stopped improving (train.early_stop
 STOP_REQUEST = "stop request"  # TrainOptions.stop was set (the web UI's Stop)
 SIGNAL_STOPS = ("SIGINT", "SIGTERM")  # the signals StopOnSignal handles, by name
 _ENDS = (None, MAX_STEPS, EARLY_STOP)  # a run that ends so is finished: its model is exported
+# Every way a run stops (None: it finished), least to most urgent: when the ranks of a multi-process run
+# stop for different reasons they all take the most urgent one (arvc.train.distributed.STOP_CODES), an
+# interruption over an end and a signal, whose exit status tells the shell, over the web UI's stop request.
+STOP_REASONS = (*_ENDS, STOP_REQUEST, *SIGNAL_STOPS)
 
 
 def interrupted(stopped_by: str | None) -> bool:
