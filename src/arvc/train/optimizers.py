@@ -101,16 +101,6 @@ class Hyperparameters:
         return self.optimizer == saved.optimizer and self.use_8bit == saved.use_8bit
 
 
-def chosen_optimizer(optimizer: str | None, use_8bit: bool | None, saved: dict | None) -> tuple[str, bool]:
-    """The registry name a run trains with and whether through the 8-bit switch: the optimizer asked for,
-    else a resumed run's own (`saved`: the checkpoint's optim_g record), else the default; the 8-bit
-    setting given, else that of the run's own optimizer when it continues."""
-    name = get_spec(optimizer or (saved["name"] if saved else DEFAULT_OPTIMIZER)).name
-    if use_8bit is None and saved and saved["name"] == name:
-        use_8bit = (saved.get("hyperparameters") or {}).get("use_8bit")
-    return name, bool(use_8bit)
-
-
 def hyperparameters(opts, cfg: RunConfig, saved: dict | None, notes: list | None = None) -> Hyperparameters:
     """The optimizer settings of this run, resolved once and stored in every checkpoint.
 
@@ -119,7 +109,7 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None, notes: list | None
     (INFO), or with `notes` given, appended to it as (logger name, level, message) for the run to log when
     it starts (`arvc.train.settings.RunSettings.notes`).
     """
-    name, _ = chosen_optimizer(opts.optimizer, opts.use_8bit, saved)
+    name = get_spec(opts.optimizer or (saved["name"] if saved else DEFAULT_OPTIMIZER)).name
     if saved and saved["name"] == name:
         hp = Hyperparameters.saved(saved)
         recorded = hp.record()
@@ -141,9 +131,8 @@ def hyperparameters(opts, cfg: RunConfig, saved: dict | None, notes: list | None
                 "Drop those flags to resume as the run was (only --lr may change on resume), or start a "
                 "new run with --name."
             )
-        _log_resolved(
-            notes, hp, resumed=True
-        )  # an old checkpoint's values (e.g. Adam's eps for AdaBelief) stay
+        # an old checkpoint's values (e.g. Adam's eps for AdaBelief) stay
+        _log_resolved(notes, hp, resumed=True)
         return hp
     spec = get_spec(name)
     kwargs = dict(opts.optimizer_kwargs or {})

@@ -146,20 +146,19 @@ def lock_holder(folder: str | os.PathLike, include_self: bool = False) -> Holder
 
 def _locked_message(folder: Path, holder: Holder | None) -> str:
     who = holder.describe() if holder is not None else "another process"
+    lead = f"{folder} is being trained by another process ({who}): one process at a time trains a run."
     here = socket.gethostname()
     if holder is not None and holder.host != here:  # a shared folder: its PID cannot be checked from here
         return (
-            f"{folder} is being trained by another process ({who}): one process at a time trains a run. "
-            f"{holder.host} is another machine than this one ({here}), so arvc cannot tell whether that "
-            f"process still runs. Wait for it to finish or stop it there (kill -INT {holder.pid} on "
+            f"{lead} {holder.host} is another machine than this one ({here}), so arvc cannot tell whether "
+            f"that process still runs. Wait for it to finish or stop it there (kill -INT {holder.pid} on "
             f"{holder.host}), then try again (nothing was changed). If {holder.host} is gone or PID "
             f"{holder.pid} no longer runs there, delete {folder / RUN_LOCK}, then try again."
         )
     stop = f" (kill -INT {holder.pid})" if holder is not None else ""
     return (
-        f"{folder} is being trained by another process ({who}): one process at a time trains a run. Wait "
-        f"for it to finish or stop it{stop}, then try again (nothing was changed). If that process is gone, "
-        f"remove {folder / RUN_LOCK}."
+        f"{lead} Wait for it to finish or stop it{stop}, then try again (nothing was changed). If that "
+        f"process is gone, remove {folder / RUN_LOCK}."
     )
 
 
