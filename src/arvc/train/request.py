@@ -97,7 +97,6 @@ class TrainRequest:
 class TrainPlan:
     request: TrainRequest
     run_dir: Path
-    cfg: RunConfig
     settings: DataSettings  # how the data is (or will be) made
     run_settings: RunSettings  # checked and resolved (arvc.train.settings.check_run): what the loop runs
     # A run started again (it never saved a checkpoint): its leftovers, moved into `restart_folder` by
@@ -112,6 +111,10 @@ class TrainPlan:
     @property
     def options(self) -> TrainOptions:
         return self.run_settings.options
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.run_settings.config
 
 
 def _batch_size(value: int | str | None) -> int | None:
@@ -329,7 +332,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     )
     # every check of the run's settings, as for a run started from Python
     resolved = check_run(options, checkpoint=saved, resume_from=resume_file, flags=True, processes=processes)
-    plan = TrainPlan(request, run_dir, cfg, settings, resolved)
+    plan = TrainPlan(request, run_dir, settings, resolved)
     if leftovers:
         plan.leftovers, plan.restart_folder = leftovers, restarted_folder(run_dir)
         logger.warning(
