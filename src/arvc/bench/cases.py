@@ -81,21 +81,17 @@ def _torch_radam(params):
     return torch.optim.RAdam(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, foreach=True)
 
 
+# arvc's AdaBelief semantics in both reference packages' words (they take the same keywords): decoupled
+# weight decay, no rectification, the benchmark's lr, betas and weight decay.
+_ADABELIEF_AS_ARVC = dict(lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, weight_decouple=True, rectify=False)
+
+
 def _adabelief_pytorch(amsgrad: bool) -> Callable:
     def build(params):
         from adabelief_pytorch import AdaBelief
 
         with contextlib.redirect_stdout(None):  # it prints a banner even with print_change_log=False
-            return AdaBelief(
-                params,
-                lr=LR,
-                betas=BETAS,
-                weight_decay=WEIGHT_DECAY,
-                weight_decouple=True,
-                rectify=False,
-                amsgrad=amsgrad,
-                print_change_log=False,
-            )
+            return AdaBelief(params, **_ADABELIEF_AS_ARVC, amsgrad=amsgrad, print_change_log=False)
 
     return build
 
@@ -103,15 +99,7 @@ def _adabelief_pytorch(amsgrad: bool) -> Callable:
 def _pytorch_optimizer_adabelief(params):
     from pytorch_optimizer import AdaBelief
 
-    return AdaBelief(
-        params,
-        lr=LR,
-        betas=BETAS,
-        weight_decay=WEIGHT_DECAY,
-        weight_decouple=True,
-        rectify=False,
-        foreach=True,
-    )
+    return AdaBelief(params, **_ADABELIEF_AS_ARVC, foreach=True)
 
 
 def _optimi_adamw(params):

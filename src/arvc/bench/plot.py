@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["plot_ratios"]
+__all__ = ["plot_ratios", "save_figure"]
 
 
 def plot_ratios(result: dict, path: Path) -> Path:
@@ -36,9 +36,16 @@ def plot_ratios(result: dict, path: Path) -> Path:
     ax.set_title(f"optimizer.step() on {where}", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="x", which="both", alpha=0.3)
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path: Path, dpi: int) -> Path:
+    """Lay out `fig`, write it to `path` (its folder made if missing), close it; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -128,6 +128,8 @@ def plot_precision_study(runs: list[PrecisionRun], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from arvc.bench.plot import save_figure
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     for index, run in enumerate(runs):  # same colour for a configuration in both panels
         if index:  # the reference is at distance 0
@@ -140,9 +142,4 @@ def plot_precision_study(runs: list[PrecisionRun], path: Path) -> Path:
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

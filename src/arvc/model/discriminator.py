@@ -40,6 +40,20 @@ def _conv2d(use_spectral_norm: bool, *args, **kwargs) -> nn.Module:
     return WNConv2d(*args, **kwargs)
 
 
+def _conv_stack(
+    convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What both discriminators run on their input: each conv then leaky ReLU (its output a feature map),
+    the last conv's output (a feature map too) flattened to the logits."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
 class DiscriminatorS(nn.Module):
     """Waveform-scale discriminator; returns (flattened logits, feature maps)."""
 
@@ -55,13 +69,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = _conv1d(use_spectral_norm, chans[-1], 1, 3, 1, padding=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class DiscriminatorP(nn.Module):
@@ -88,19 +96,13 @@ class DiscriminatorP(nn.Module):
         self.conv_post = _conv2d(use_spectral_norm, chans[-1], 1, (3, 1), 1, padding=(1, 0))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        fmap = []
         b, c, t = x.shape
         if t % self.period:
             n_pad = self.period - t % self.period
             x = F.pad(x, (0, n_pad), "reflect")
             t += n_pad
         x = x.view(b, c, t // self.period, self.period)
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):

@@ -25,6 +25,14 @@ class _WeightNormMixin:
 
     _parameters: dict[str, nn.Parameter | None]
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # the convolution's own constructor, then its weight split
+        self._init_weight_norm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv1d's and Conv2d's forward with the effective weight (the transposed conv has its own)."""
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
     def _init_weight_norm(self) -> None:
         weight = self._parameters.pop("weight")
         self.register_parameter("weight_g", nn.Parameter(torch.norm_except_dim(weight, 2, 0).detach()))
@@ -53,31 +61,13 @@ class _WeightNormMixin:
 class WNConv1d(_WeightNormMixin, nn.Conv1d):
     """``nn.Conv1d`` with legacy-layout weight normalisation."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_weight_norm()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
-
 
 class WNConv2d(_WeightNormMixin, nn.Conv2d):
     """``nn.Conv2d`` with legacy-layout weight normalisation."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_weight_norm()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
-
 
 class WNConvTranspose1d(_WeightNormMixin, nn.ConvTranspose1d):
     """``nn.ConvTranspose1d`` with legacy-layout weight normalisation (g has shape [in, 1, 1])."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_weight_norm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose1d(

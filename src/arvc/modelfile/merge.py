@@ -121,13 +121,7 @@ def _describe(mf: ModelFile) -> str:
 def check_mergeable(models: list[ModelFile]) -> None:
     """Refuse, naming the difference, models whose weights cannot be averaged into a working model."""
     for mf in models:
-        if mf.generator is None:
-            raise MergeError(f"{mf.path} is a discriminator file; merging needs generators (voice models)")
-        if mf.config is None:
-            raise MergeError(
-                f"{mf.path} ({mf.summary()}) does not say which configuration it has; pass its inference "
-                "file (RVC's weights/NAME.pth or an arvc export)"
-            )
+        mf.check_voice_model(MergeError, "merging needs generators (voice models)")
     first = models[0]
     properties = (
         ("sample rate", lambda m: m.sample_rate, " Hz"),

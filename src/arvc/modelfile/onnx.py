@@ -259,13 +259,7 @@ def export_model_file_onnx(
     if target.exists() and not overwrite:
         raise ExportError(f"{target} exists; replace it (--overwrite) or write another .onnx path (-o)")
     mf = read_model_file(model)  # PretrainedError names a bad file
-    if mf.generator is None:
-        raise ExportError(f"{mf.path} is a discriminator file; ONNX export needs a generator (voice model)")
-    if mf.config is None:
-        raise ExportError(
-            f"{mf.path} ({mf.summary()}) does not say which configuration it has; pass its inference file "
-            "(RVC's weights/NAME.pth or an arvc export)"
-        )
+    mf.check_voice_model(ExportError, "ONNX export needs a generator (voice model)")
     net = Synthesizer(mf.config, f0=_PITCH_KEY in mf.generator)  # an RVC f0=0 file: the client's no-f0 graph
     quiet = logging.DEBUG  # inference files have no enc_q, which the ONNX graph does not use
     load_state_strict(net, mf.generator, mf, mf.config, optional=("enc_q.",), absent_level=quiet)

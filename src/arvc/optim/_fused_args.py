@@ -50,7 +50,9 @@ __all__ = [
     "check_schedule_free",
     "check_step",
     "check_tensor",
+    "checked_grad",
     "commit_steps",
+    "copied_grads",
     "couples_decay",
     "cpp_header",
     "float32",
@@ -351,6 +353,20 @@ def matching_grad(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(param, dtype=grad.dtype).copy_(grad)
 
 
+def checked_grad(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A parameter's and its gradient's checks; the gradient laid out like the parameter."""
+    check_param(param)
+    check_tensor(param, param, "parameter")
+    check_tensor(grad, param, "gradient", False)
+    return matching_grad(grad, param)
+
+
+def copied_grads(laid_out: list, grads) -> list:
+    """The gradients `matching_grad` had to copy (a plan that holds them is made anew every step: the
+    copies are new each time)."""
+    return [g for g, grad in zip(laid_out, grads, strict=True) if g is not grad]
+
+
 def check_step(step: torch.Tensor) -> None:
     """Counters stay CPU float32 scalars on every path (read on the host for the scalar table)."""
     if step.device.type != "cpu" or step.dtype != torch.float32 or step.numel() != 1:
@@ -361,14 +377,11 @@ def check_adabelief(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, ste
     """AdaBelief's checks; the gradients laid out like their parameters."""
     laid_out = []
     for i, param in enumerate(params):
-        check_param(param)
-        check_tensor(param, param, "parameter")
-        check_tensor(grads[i], param, "gradient", False)
+        laid_out.append(checked_grad(param, grads[i]))
         for buffer in (exp_avgs[i], exp_avg_vars[i], *([max_exp_avg_vars[i]] if amsgrad else [])):
             check_tensor(buffer, param, "state")
             if buffer.dtype != torch.float32:
                 raise RuntimeError("arvc fused AdaBelief: state must be float32")
-        laid_out.append(matching_grad(grads[i], param))
         check_step(steps[i])
     return laid_out
 
@@ -393,14 +406,11 @@ def check_schedule_free(params, grads, exp_avg_sqs, zs) -> list:
     parameters."""
     laid_out = []
     for i, param in enumerate(params):
-        check_param(param)
-        check_tensor(param, param, "parameter")
-        check_tensor(grads[i], param, "gradient", False)
+        laid_out.append(checked_grad(param, grads[i]))
         check_tensor(exp_avg_sqs[i], param, "exp_avg_sq")
         check_tensor(zs[i], param, "z")
         if any(t.dtype != torch.float32 for t in (param, grads[i], exp_avg_sqs[i], zs[i])):
             raise RuntimeError("arvc fused schedule-free step: float32 tensors only")
-        laid_out.append(matching_grad(grads[i], param))
     return laid_out
 
 
@@ -409,9 +419,7 @@ def check_any_precision_adamw(params, grads, exp_avgs, exp_avg_sqs, kahan, steps
     laid out like their parameters."""
     laid_out = []
     for i, param in enumerate(params):
-        check_param(param)
-        check_tensor(param, param, "parameter")
-        check_tensor(grads[i], param, "gradient", False)
+        laid_out.append(checked_grad(param, grads[i]))
         check_tensor(exp_avgs[i], param, "exp_avg")
         check_tensor(exp_avg_sqs[i], param, "exp_avg_sq")
         if kahan[i] is not None:
@@ -420,7 +428,6 @@ def check_any_precision_adamw(params, grads, exp_avgs, exp_avg_sqs, kahan, steps
                 raise RuntimeError(
                     "arvc fused AnyPrecisionAdamW: float32 parameters have no compensation buffer"
                 )
-        laid_out.append(matching_grad(grads[i], param))
         check_step(steps[i])
     return laid_out
 

@@ -23,6 +23,7 @@ from arvc.optim._fused_args import (
     check_any_precision_adamw,
     check_radam,
     check_schedule_free,
+    copied_grads,
     couples_decay,
     low_lerp_weight,
     radam_lists,
@@ -42,7 +43,7 @@ class _Checked:
     parameters (copies: such a call is checked anew every step, and `grads` are what the kernel gets)."""
 
     def __init__(self, laid_out: list, grads) -> None:
-        self.keep = [g for g, grad in zip(laid_out, grads, strict=True) if g is not grad]
+        self.keep = copied_grads(laid_out, grads)
         self.grads = laid_out if self.keep else None
 
 

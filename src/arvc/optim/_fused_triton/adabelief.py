@@ -18,13 +18,12 @@ from arvc.optim._fused_args import (
 )
 from arvc.optim._fused_triton.common import (
     KINDS,
-    Launch,
     Plan,
     Skipped,
     block_of,
-    groups,
     launch_blocks,
     load_f32,
+    load_grad,
     offsets,
     store_f32,
 )
@@ -51,9 +50,7 @@ def _update(
     m_address = tl.load(row + 3)
     s_address = tl.load(row + 4)
     param = load_f32(p_address, offsets, mask, P_KIND, MASKED, ALIGNED) * decay
-    grad = load_f32(tl.load(row + 2), offsets, mask, G_KIND, MASKED, ALIGNED)
-    if HAS_SCALE:
-        grad = tl.div_rn(grad, tl.load(scale))
+    grad = load_grad(tl.load(row + 2), offsets, mask, scale, G_KIND, HAS_SCALE, False, MASKED, ALIGNED)
     m_old = load_f32(m_address, offsets, mask, 0, MASKED, ALIGNED)
     if ZERO_BETA1:
         residual = grad - m_old  # against the previous momentum (see adabelief.py)
@@ -111,20 +108,8 @@ def _plan(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgra
     parameter and gradient dtype)."""
     laid_out = check_adabelief(params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, amsgrad)
     keys = [(p.device, KINDS[p.dtype], KINDS[g.dtype]) for p, g in zip(params, laid_out, strict=True)]
-    launches = []
-    for key, members in groups(keys).items():
-        addresses = [
-            [
-                params[i].data_ptr(),
-                laid_out[i].data_ptr(),
-                exp_avgs[i].data_ptr(),
-                exp_avg_vars[i].data_ptr(),
-                max_exp_avg_vars[i].data_ptr() if amsgrad else 0,
-            ]
-            for i in members
-        ]
-        launches.append((key, Launch(key[0], members, [params[i].numel() for i in members], addresses)))
-    return Plan(launches, [g for g, grad in zip(laid_out, grads, strict=True) if g is not grad])
+    smax = max_exp_avg_vars if amsgrad else [None] * len(params)
+    return Plan(keys, [params, laid_out, exp_avgs, exp_avg_vars, smax], grads)
 
 
 def adabelief_(

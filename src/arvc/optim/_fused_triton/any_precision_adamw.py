@@ -20,14 +20,13 @@ from arvc.optim._fused_args import (
 )
 from arvc.optim._fused_triton.common import (
     KINDS,
-    Launch,
     Plan,
     Skipped,
     bf16_nearest,
     block_of,
-    groups,
     launch_blocks,
     load_f32,
+    load_grad,
     mix32,
     offsets,
     store_f32,
@@ -79,9 +78,7 @@ def _update(
     p_address = tl.load(row + 1)
     m_address = tl.load(row + 3)
     v_address = tl.load(row + 4)
-    grad = load_f32(tl.load(row + 2), offsets, mask, G_KIND, MASKED, ALIGNED)
-    if HAS_SCALE:
-        grad = tl.div_rn(grad, tl.load(scale))
+    grad = load_grad(tl.load(row + 2), offsets, mask, scale, G_KIND, HAS_SCALE, False, MASKED, ALIGNED)
     m_old = load_f32(m_address, offsets, mask, M_KIND, MASKED, ALIGNED)
     if LOW_WEIGHT:
         momentum = m_old + w * (grad - m_old)
@@ -186,20 +183,7 @@ def _plan(params, grads, exp_avgs, exp_avg_sqs, kahan, steps) -> Plan:
         )
         for p, g, m, v, c in zip(params, laid_out, exp_avgs, exp_avg_sqs, kahan, strict=True)
     ]
-    launches = []
-    for key, members in groups(group_keys).items():
-        addresses = [
-            [
-                params[i].data_ptr(),
-                laid_out[i].data_ptr(),
-                exp_avgs[i].data_ptr(),
-                exp_avg_sqs[i].data_ptr(),
-                kahan[i].data_ptr() if kahan[i] is not None else 0,
-            ]
-            for i in members
-        ]
-        launches.append((key, Launch(key[0], members, [params[i].numel() for i in members], addresses)))
-    return Plan(launches, [g for g, grad in zip(laid_out, grads, strict=True) if g is not grad])
+    return Plan(group_keys, [params, laid_out, exp_avgs, exp_avg_sqs, kahan], grads)
 
 
 def any_precision_adamw_(

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from arvc.optim._fused_args import KINDS, ScalarLayout
+from arvc.optim._fused_args import KINDS, ScalarLayout, copied_grads
 
 __all__ = [
     "BLOCK",
@@ -100,6 +100,28 @@ def load_f32(address, offsets, mask, KIND: tl.constexpr, MASKED: tl.constexpr, A
         return (raw.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
     else:
         return raw.to(tl.float32)
+
+
+@triton.jit
+def load_grad(
+    address,
+    offsets,
+    mask,
+    scale,
+    KIND: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
+    """One block of a gradient as float32, divided by GradScaler's scale where the launch has one
+    (HAS_SCALE), then negated where the step maximizes (MAXIMIZE): what every kernel's update starts from."""
+    grad = load_f32(address, offsets, mask, KIND, MASKED, ALIGNED)
+    if HAS_SCALE:
+        grad = tl.div_rn(grad, tl.load(scale))
+    if MAXIMIZE:
+        grad = -grad
+    return grad
 
 
 @triton.jit
@@ -256,11 +278,22 @@ class Plan:
     """The checked layout of one call's tensors: its launches (one per device and storage kinds), kept
     while the tensors stay the same (arvc.optim._fused_args.cached_plan). `keep` holds gradient copies
     laid out like their parameters (a call that needs them is planned anew every step: the copies are new
-    each time)."""
+    each time).
 
-    def __init__(self, launches: list[tuple[tuple, Launch]], keep: list[torch.Tensor]):
-        self.launches = launches
-        self.keep = keep
+    Made from `keys`, each tensor's launch key (its device, then its storage kinds: one launch per
+    distinct key, as (key, Launch) in `launches`); `tensors`, the lists whose addresses a tensor's row
+    holds after its numel, in the kernel's column order (parameters, laid-out gradients, then state; None:
+    address 0); and `grads`, the gradients as the call gave them.
+    """
+
+    def __init__(self, keys: list[tuple], tensors: list[list], grads):
+        params, laid_out = tensors[0], tensors[1]
+        self.launches: list[tuple[tuple, Launch]] = []
+        for key, members in groups(keys).items():
+            addresses = [[0 if t[i] is None else t[i].data_ptr() for t in tensors] for i in members]
+            numels = [params[i].numel() for i in members]
+            self.launches.append((key, Launch(key[0], members, numels, addresses)))
+        self.keep = copied_grads(laid_out, grads)
 
 
 class Skipped:

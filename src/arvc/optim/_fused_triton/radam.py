@@ -17,13 +17,12 @@ from arvc.optim._fused_args import (
     step_values,
 )
 from arvc.optim._fused_triton.common import (
-    Launch,
     Plan,
     Skipped,
     block_of,
-    groups,
     launch_blocks,
     load_f32,
+    load_grad,
     offsets,
     store_f32,
 )
@@ -50,11 +49,7 @@ def _update(row, k, scale, offsets, mask, LOW_WEIGHT, COUPLED_DECAY, MAXIMIZE, H
     p_address = tl.load(row + 1)
     m_address = tl.load(row + 3)
     v_address = tl.load(row + 4)
-    grad = load_f32(tl.load(row + 2), offsets, mask, 0, MASKED, ALIGNED)
-    if HAS_SCALE:
-        grad = tl.div_rn(grad, tl.load(scale))
-    if MAXIMIZE:
-        grad = -grad
+    grad = load_grad(tl.load(row + 2), offsets, mask, scale, 0, HAS_SCALE, MAXIMIZE, MASKED, ALIGNED)
     param = load_f32(p_address, offsets, mask, 0, MASKED, ALIGNED)
     if COUPLED_DECAY:
         grad = grad + weight_decay * param
@@ -105,14 +100,7 @@ def _radam_kernel(
 def _plan(params, grads, exp_avgs, exp_avg_sqs, steps) -> Plan:
     """Every check (arvc.optim._fused_args), once per layout; the launches' tables (one per device)."""
     laid_out = check_radam(params, grads, exp_avgs, exp_avg_sqs, steps)
-    launches = []
-    for device, members in groups([p.device for p in params]).items():
-        addresses = [
-            [params[i].data_ptr(), laid_out[i].data_ptr(), exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr()]
-            for i in members
-        ]
-        launches.append((device, Launch(device, members, [params[i].numel() for i in members], addresses)))
-    return Plan(launches, [g for g, grad in zip(laid_out, grads, strict=True) if g is not grad])
+    return Plan([(p.device,) for p in params], [params, laid_out, exp_avgs, exp_avg_sqs], grads)
 
 
 def radam_(

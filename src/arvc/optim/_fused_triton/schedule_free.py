@@ -13,12 +13,11 @@ from arvc.optim._fused_args import (
     schedule_free_table,
 )
 from arvc.optim._fused_triton.common import (
-    Launch,
     Plan,
     block_of,
-    groups,
     launch_blocks,
     load_f32,
+    load_grad,
     offsets,
     store_f32,
 )
@@ -44,11 +43,7 @@ def _update(row, k, scale, offsets, mask, DECAY, MAXIMIZE, HAS_SCALE, MASKED, AL
     p_address = tl.load(row + 1)
     v_address = tl.load(row + 3)
     z_address = tl.load(row + 4)
-    grad = load_f32(tl.load(row + 2), offsets, mask, 0, MASKED, ALIGNED)
-    if HAS_SCALE:
-        grad = tl.div_rn(grad, tl.load(scale))
-    if MAXIMIZE:
-        grad = -grad
+    grad = load_grad(tl.load(row + 2), offsets, mask, scale, 0, HAS_SCALE, MAXIMIZE, MASKED, ALIGNED)
     y = load_f32(p_address, offsets, mask, 0, MASKED, ALIGNED)
     z = load_f32(z_address, offsets, mask, 0, MASKED, ALIGNED)
     variance = load_f32(v_address, offsets, mask, 0, MASKED, ALIGNED) * beta2
@@ -88,14 +83,7 @@ def _schedule_free_kernel(
 def _plan(params, grads, exp_avg_sqs, zs) -> Plan:
     """Every check (arvc.optim._fused_args), once per layout; the launches' tables (one per device)."""
     laid_out = check_schedule_free(params, grads, exp_avg_sqs, zs)
-    launches = []
-    for device, members in groups([p.device for p in params]).items():
-        addresses = [
-            [params[i].data_ptr(), laid_out[i].data_ptr(), exp_avg_sqs[i].data_ptr(), zs[i].data_ptr()]
-            for i in members
-        ]
-        launches.append((device, Launch(device, members, [params[i].numel() for i in members], addresses)))
-    return Plan(launches, [g for g, grad in zip(laid_out, grads, strict=True) if g is not grad])
+    return Plan([(p.device,) for p in params], [params, laid_out, exp_avg_sqs, zs], grads)
 
 
 def schedule_free_(
