@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BETTER",
     "BUILTIN_CONFIGS",
     "CHECKPOINTING",
     "DEMO_EPOCHS",
@@ -39,6 +40,20 @@ __all__ = [
 
 BUILTIN_CONFIGS = ("tiny", "v2-32k", "v2-40k", "v2-48k", "v1-32k", "v1-40k", "v1-48k")
 PRECISIONS = ("fp32", "bf16", "fp16")  # what a run trains in; "auto" picks one (arvc.train.precision)
+#: Which way is better, for every number that can choose a run's best model (`arvc train --select`,
+#: train.select): the held-out mel L1 and MR-STFT loss of validation (arvc.train.validation), then the
+#: scores of arvc.audio.score. Here, below the CLI and the scores, so that `--select`'s help lists them.
+BETTER = {
+    "mel_l1": "lower",
+    "stft": "lower",
+    "f0_rmse_cents": "lower",
+    "f0_corr": "higher",
+    "vuv_error": "lower",
+    "mcd_db": "lower",
+    "pesq_wb": "higher",
+    "stoi": "higher",
+    "speaker_sim": "higher",
+}
 DEMO_EPOCHS = 60  # a new run on the demo voice (no dataset) without epochs given: ~10 min on a 2-core CPU
 
 # RVC's export code (process_ckpt.savee / extract_small_model) always writes 32 as the second
@@ -136,7 +151,7 @@ class TrainConfig:
     # Validation, listening samples and the exports use the averaged weights; checkpoints hold both.
     ema: float | None = None
     # What chooses the best model (export/best): held-out "mel_l1" (lower is better), or another held-out
-    # metric of arvc.audio.score.BETTER (`arvc train --select`); fixed for a run (a resume keeps it).
+    # metric of BETTER (`arvc train --select`); fixed for a run (a resume keeps it).
     select: str = "mel_l1"
 
     @property

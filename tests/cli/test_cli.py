@@ -315,3 +315,33 @@ def test_help_names_the_extra_to_install(args, install):
     result = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert install in result.output
+
+
+def test_select_help_names_every_metric_that_can_choose_the_best_model(wide_console):
+    """--select's help is built from the one table of selectable metrics (arvc.config.BETTER): it listed
+    them by hand, and a new score had to be added there too."""
+    from arvc.config import BETTER
+
+    text = " ".join(CliRunner().invoke(app, ["train", "--help"]).output.replace("│", " ").split())
+    listed = re.search(r"What chooses the best model \(export/best\): ([^(]*) \(default mel_l1", text)
+    assert listed is not None, text
+    assert listed.group(1).split(", ") == list(BETTER)
+
+
+def test_train_says_so_when_the_select_metric_never_had_a_value(tmp_path, three_recordings, monkeypatch):
+    """--select METRIC that is nan at every evaluation (speaker similarity before the generator makes
+    speech, F0 scores of an unvoiced output): no best model is chosen, and the end of the run said nothing
+    at all about held-out data (not even the scores it had). Here F0 correlation is made nan."""
+    import math
+
+    import arvc.train.validation as validation
+
+    scores = validation._piece_scores
+    monkeypatch.setattr(validation, "_piece_scores", lambda *a, **k: {**scores(*a, **k), "f0_corr": math.nan})
+    args = ["--runs-dir", tmp_path / "runs", "--name", "nan", "--batch-size", "2", "--epochs", "1"]
+    result = train_cli(three_recordings, *args, "--select", "f0_corr")
+    assert result.exit_code == 0, result.output
+    assert "held-out f0_corr: no evaluation had a value of it" in result.output
+    assert "no best model was chosen: the export is the last epoch's" in result.output
+    assert re.search(r"held-out at epoch 1: mel L1 [\d.]+, STFT [\d.]+, F0 RMSE \(cents\)", result.output)
+    assert not (tmp_path / "runs" / "nan" / "export" / "best").exists()

@@ -371,3 +371,35 @@ def test_export_refuses_non_finite_weights_and_keeps_the_good_model(tmp_path):
         export_generator(generator, cfg, out)
     assert "dec.conv_pre.weight" in str(caught.value) and "lower --lr" in str(caught.value)
     assert snapshot(out) == before  # byte for byte, no temporary left
+
+
+@pytest.mark.parametrize("part", ["g", "d"])
+def test_a_pretrained_model_that_does_not_fit_the_config_is_refused_before_preprocessing(
+    tmp_path, recordings, part
+):
+    """A pretrained file of another size (the tiny config's weights; the run's config has wider layers, or
+    RVC v1's 6 discriminator periods) was refused only after the data had been preprocessed (minutes on a
+    real dataset)."""
+    from safetensors.torch import save_file
+
+    from arvc.model import MultiPeriodDiscriminator, Synthesizer
+    from arvc.modelfile.formats import EXPORT_FORMAT
+
+    cfg = load_config("tiny")
+    net = Synthesizer(cfg) if part == "g" else MultiPeriodDiscriminator(cfg)
+    weights = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("enc_q.")}
+    if part == "g":
+        other = tmp_path / "other_g.safetensors"
+        metadata = {"format": EXPORT_FORMAT, "config": json.dumps(cfg.to_dict())}
+        save_file(weights, str(other), metadata=metadata)
+    else:
+        other = tmp_path / "other_d.pth"
+        torch.save({"model": weights}, other)  # RVC's pretrained D layout (f0D40k.pth)
+    runs = tmp_path / "runs"
+    result = cli(
+        "train", recordings, "--runs-dir", runs, "--name", "big", f"--pretrained-{part}", other,
+        "--set", "model.hidden_channels=96" if part == "g" else "model.disc_periods=[2, 3, 5, 7, 11, 17]",
+        "--batch-size", "2", "--max-steps", "1",
+    )  # fmt: skip
+    assert_refused(result, "does not fit the " + ("generator" if part == "g" else "discriminator"))
+    assert not (runs / "big").exists(), "refused before any work: nothing preprocessed"

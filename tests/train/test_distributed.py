@@ -4,7 +4,8 @@ Every multi-process run here is `torchrun --standalone --nproc-per-node 2 ddp_wo
 --nproc 2`) in a subprocess with a timeout, so a hang fails the test instead of blocking CI. Runs use the
 tiny config (a smaller model, SMALL, where only the working of a run is checked) with a global batch of 4
 on the 11 pieces of the session's demo voice: 2 steps per epoch, so stopping at step 3 stops in the middle
-of epoch 2.
+of epoch 2. A launch starts three Pythons that import torch and arvc, so the runs share launches: the
+specs of a launch run one after the other in the same 2 processes.
 
 How close is close. The two runs see the same pieces in every global batch and the same per-item noise,
 so their gradients agree to float summation order (~1e-6 relative, measured). Adam then divides each
@@ -18,6 +19,7 @@ and 80x beyond the tolerance.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,12 +38,13 @@ from arvc.optim import OPTIMIZERS
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-TIMEOUT = 240  # seconds for one torchrun launch; the slowest here takes about 60 on a 2-core CPU
+TIMEOUT = 240  # seconds for one torchrun launch of a few runs (about 60 on a 2-core CPU)
+TIMEOUT_PER_RUN = 40  # and per run beyond the first 4: the launches below carry 8 and 13 runs
 OVERRIDES = {"train.batch_size": 4, "train.epochs": 2, "train.save_every": 1, "train.log_interval": 1}
 TOLERANCE = {"generator": 0.03, "discriminator": 0.002}  # relative mismatch of weight changes, see above
 # The tiny model made smaller still, for the runs that check that training works rather than how close it
-# comes to one process (the signal tests): one resblock kernel, 2 discriminator periods, a quarter of the
-# decoder's channels, half the segment; every layer type, optimizer path and phase is still there.
+# comes to one process (the smoke runs, the signals): one resblock kernel, 2 discriminator periods, a
+# quarter of the decoder's channels, half the segment; every layer type, optimizer path and phase is there.
 SMALL_MODEL = {
     "model.resblock_kernel_sizes": [3],
     "model.resblock_dilation_sizes": [[1, 3, 5]],
@@ -66,8 +69,9 @@ def launch(tmp: Path, name: str, specs: list[dict], nproc: int = 2) -> list[list
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(specs))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    timeout = TIMEOUT + TIMEOUT_PER_RUN * max(0, len(specs) - 4)
     done = subprocess.run(
-        [*command, str(WORKER), str(path)], env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+        [*command, str(WORKER), str(path)], env=_env(), capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return [[_outcome(spec["result"], rank) for rank in range(nproc)] for spec in specs]
@@ -128,47 +132,59 @@ def assert_close(run_dir: Path, reference_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+ACCUMULATED = {**OVERRIDES, "train.batch_size": 2, "train.accumulate": 2, "train.checkpointing": "on"}
+EMA = {**OVERRIDES, "train.ema": 0.9}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
-    """One-process reference runs, then one torchrun launch of the 2-process runs they are compared with."""
+    """The 2-process runs of the tests below in two torchrun launches, with the one-process runs they are
+    compared with: the one-process references, one launch, the 2 -> 1 resumes, then a second launch (fresh
+    processes, as a user resumes) for the 2 -> 2 resume and the smoke runs (`smoke_specs`).
+    (folder, {run: every rank's outcome}); the tests of accumulation, EMA and the smoke runs check their
+    own runs' outcomes."""
     tmp = tmp_path_factory.mktemp("ddp")
     data = str(data_dir)
+
+    def spec(name: str, overrides: dict = OVERRIDES, **options) -> dict:
+        return {"options": {"run_dir": str(tmp / name), "data_dir": data, **options}, "overrides": overrides}
+
     one_process(tmp / "one", data_dir, max_steps=4)  # the reference: 2 whole epochs
     one_process(tmp / "one_3", data_dir, max_steps=3)  # stopped mid-epoch, for 1 -> 2 resume
-    outcomes = launch(
-        tmp,
-        "two",
-        [
-            {"options": {"run_dir": str(tmp / "two"), "data_dir": data, "max_steps": 4}},
-            {"options": {"run_dir": str(tmp / "two_3"), "data_dir": data, "max_steps": 3}},
-            {"options": {"run_dir": str(tmp / "zero_3"), "data_dir": data, "max_steps": 3, "zero": True}},
-            {"options": {"run_dir": str(tmp / "one_3_two"), "data_dir": data, "resume": str(tmp / "one_3")}},
-            {
-                "options": {
-                    "run_dir": str(tmp / "one_3_zero"),
-                    "data_dir": data,
-                    "resume": str(tmp / "one_3"),
-                    "zero": True,
-                }
-            },
-        ],
-    )
-    for outcome in outcomes:
-        assert all("error" not in rank for rank in outcome), outcome
+    one_process(tmp / "accumulate" / "one", data_dir, overrides=ACCUMULATED, max_steps=3)
+    one_process(tmp / "ema" / "one", data_dir, overrides=EMA, max_steps=4)
+    core = {
+        "two": spec("two", max_steps=4),
+        "two_3": spec("two_3", max_steps=3),
+        "zero_3": spec("zero_3", max_steps=3, zero=True),
+        "one_3_two": spec("one_3_two", resume=str(tmp / "one_3")),
+        "one_3_zero": spec("one_3_zero", resume=str(tmp / "one_3"), zero=True),
+    }
+    others = {
+        "accumulate/two": spec("accumulate/two", ACCUMULATED, max_steps=3),
+        "ema/two": spec("ema/two", EMA, max_steps=4),
+        "ema/zero": spec("ema/zero", EMA, max_steps=4, zero=True),
+    }
+    outcomes = _launched(tmp, "two", {**core, **others})
+    for name in core:
+        assert all("error" not in rank for rank in outcomes[name]), outcomes[name]
     one_process(tmp / "two_3_one", data_dir, resume=str(tmp / "two_3"))
     one_process(tmp / "zero_3_one", data_dir, resume=str(tmp / "zero_3"))
-    (resumed,) = launch(  # 2 -> 2: a second launch continues the stopped 2-process run
-        tmp,
-        "two_again",
-        [{"options": {"run_dir": str(tmp / "two_3_two"), "data_dir": data, "resume": str(tmp / "two_3")}}],
-    )
-    assert all("error" not in rank for rank in resumed), resumed
+    # 2 -> 2: a second launch continues the stopped 2-process run
+    again = {"two_3_two": spec("two_3_two", resume=str(tmp / "two_3")), **smoke_specs(tmp / "smoke", data)}
+    outcomes.update(_launched(tmp, "two_again", again))
+    assert all("error" not in rank for rank in outcomes["two_3_two"]), outcomes["two_3_two"]
     return tmp, outcomes
+
+
+def _launched(tmp: Path, name: str, specs: dict[str, dict]) -> dict[str, list[dict]]:
+    """`launch` of named specs: {name: every rank's outcome}."""
+    return dict(zip(specs, launch(tmp, name, list(specs.values())), strict=True))
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(runs, data_dir):
     tmp, outcomes = runs
-    two = outcomes[0]
+    two = outcomes["two"]
     assert [rank["steps_done"] for rank in two] == [4, 4]
     assert two[0]["losses"] == two[1]["losses"], "logged losses are averaged over the ranks"
     reference = load_checkpoint(latest_checkpoint(tmp / "one"))
@@ -182,22 +198,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs, data_d
     assert all(control[net] > 10 * TOLERANCE[net] for net in TOLERANCE), control
 
 
-def test_accumulation_in_two_processes_matches_one_process(tmp_path, data_dir):
+def test_accumulation_in_two_processes_matches_one_process(runs):
     """--accumulate 2 of global micro-batches of 2 in 2 processes (DDP, gradients all-reduced once per
     step: no_sync before the last micro-batch) follows the same run in one process."""
-    accumulated = {**OVERRIDES, "train.batch_size": 2, "train.accumulate": 2, "train.checkpointing": "on"}
-    one_process(tmp_path / "one", data_dir, overrides=accumulated, max_steps=3)
-    (ranks,) = launch(
-        tmp_path,
-        "two",
-        [{"options": {"run_dir": str(tmp_path / "two"), "data_dir": str(data_dir), "max_steps": 3},
-          "overrides": accumulated}],
-    )  # fmt: skip
+    tmp, outcomes = runs
+    ranks, folder = outcomes["accumulate/two"], tmp / "accumulate"
     assert all("error" not in rank for rank in ranks), ranks[0].get("traceback") or ranks[1].get("traceback")
     assert [rank["steps_done"] for rank in ranks] == [3, 3]
-    checkpoint = load_checkpoint(latest_checkpoint(tmp_path / "two"))
+    checkpoint = load_checkpoint(latest_checkpoint(folder / "two"))
     assert checkpoint["config"]["train"]["accumulate"] == 2 and checkpoint["batch_in_epoch"] == 1
-    assert_close(tmp_path / "two", tmp_path / "one")
+    assert_close(folder / "two", folder / "one")
 
 
 @pytest.mark.parametrize(
@@ -239,29 +249,18 @@ def test_zero_checkpoint_holds_the_consolidated_optimizer_state(runs):
             assert torch.allclose(zs["state"][index]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6)
 
 
-def test_an_ema_in_two_processes_matches_one_process(tmp_path, data_dir):
+def test_an_ema_in_two_processes_matches_one_process(runs):
     """--ema under DDP (and ZeRO): every rank averages the same synchronised weights after each G step, so
     the checkpoint's EMA follows the one-process run's as closely as the live weights do (issue #33)."""
-    ema = {**OVERRIDES, "train.ema": 0.9}
-    data = str(data_dir)
-    one_process(tmp_path / "one", data_dir, overrides=ema, max_steps=4)
-    common = {"data_dir": data, "max_steps": 4}
-    outcomes = launch(
-        tmp_path,
-        "ema",
-        [
-            {"options": {"run_dir": str(tmp_path / "two"), **common}, "overrides": ema},
-            {"options": {"run_dir": str(tmp_path / "zero"), "zero": True, **common}, "overrides": ema},
-        ],
-    )
-    for outcome in outcomes:
-        assert all("error" not in rank for rank in outcome), outcome[0].get("traceback")
+    tmp, outcomes = runs
+    for name in ("ema/two", "ema/zero"):
+        assert all("error" not in rank for rank in outcomes[name]), outcomes[name][0].get("traceback")
     start = initial_weights()["generator"]
-    reference = load_checkpoint(latest_checkpoint(tmp_path / "one"))["averaged"]
+    reference = load_checkpoint(latest_checkpoint(tmp / "ema" / "one"))["averaged"]
     assert reference["updates"] == 4
     d_ref = torch.cat([(reference["generator"][k] - start[k]).flatten() for k in start])
     for name in ("two", "zero"):
-        averaged = load_checkpoint(latest_checkpoint(tmp_path / name))["averaged"]
+        averaged = load_checkpoint(latest_checkpoint(tmp / "ema" / name))["averaged"]
         assert averaged["kind"] == "ema" and averaged["updates"] == 4, name
         d_run = torch.cat([(averaged["generator"][k] - start[k]).flatten() for k in start])
         assert float((d_run - d_ref).norm() / d_ref.norm()) < TOLERANCE["generator"], name
@@ -383,19 +382,27 @@ SMOKE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, data_dir):
-    """Two steps of every registry optimizer in 2 processes (one launch), then a failing save."""
-    pytest.importorskip("bitsandbytes")
-    tmp = tmp_path_factory.mktemp("smoke")
-    specs = [
-        {"options": {"run_dir": str(tmp / name), "data_dir": str(data_dir), "max_steps": 2, **options}}
+def smoke_specs(tmp: Path, data: str) -> dict[str, dict]:
+    """Two steps of every registry optimizer in 2 processes, then a failing save (the launch's last run);
+    on the SMALL model, as the signal tests (until they shared a launch with the other runs these ran the
+    tiny config's whole model at batch 8: SMALL keeps every layer type, optimizer path and phase)."""
+    specs = {
+        name: {
+            "options": {"run_dir": str(tmp / name), "data_dir": data, "max_steps": 2, **options},
+            "overrides": SMALL,
+        }
         for name, options in SMOKE
-    ]
-    full_disk = {"run_dir": str(tmp / "full_disk"), "data_dir": str(data_dir), "max_steps": 2}
-    specs.append({"options": full_disk, "fail_save": True})
-    outcomes = launch(tmp, "smoke", specs)
-    return tmp, dict(zip([name for name, _ in SMOKE] + ["full_disk"], outcomes, strict=True))
+    }
+    full_disk = {"run_dir": str(tmp / "full_disk"), "data_dir": data, "max_steps": 2}
+    return {**specs, "full_disk": {"options": full_disk, "overrides": SMALL, "fail_save": True}}
+
+
+@pytest.fixture(scope="module")
+def smoke(runs):
+    """The smoke runs (launched with the 2 -> 2 resume in `runs`): (folder, {name: every rank's outcome})."""
+    pytest.importorskip("bitsandbytes")
+    tmp, outcomes = runs
+    return tmp / "smoke", {name: outcomes[name] for name in [*dict(SMOKE), "full_disk"]}
 
 
 @pytest.mark.parametrize("name", [name for name, _ in SMOKE])
@@ -657,3 +664,30 @@ def test_launched_ranks_split_the_cores_and_wait_passively(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stands
     distributed.launch(2, ["train"])
     assert all(env["OMP_WAIT_POLICY"] == "ACTIVE" for env in started)
+
+
+def test_the_nproc_launcher_lets_the_resume_checkpoint_go_before_it_waits(tmp_path, data_dir, monkeypatch):
+    """`arvc train --resume RUN --nproc N`: the launcher loads the checkpoint to check the resume, then only
+    waits for its N processes, which load their own; it held its copy (weights and optimizer state, about a
+    GB for an RVC-sized run) in memory for the whole run. The launch is not run: it looks for that copy."""
+    import gc
+
+    from trainkit import options, tiny
+
+    from arvc.train import distributed
+    from arvc.train.loop import train
+
+    run_dir = tmp_path / "runs" / "r"
+    shutil.copytree(data_dir, run_dir / "data")
+    train(options(tmp_path / "runs", run_dir / "data", name="r", config=tiny(epochs=2), max_steps=1))
+    held = []
+
+    def launch(nproc, args):
+        gc.collect()
+        held.append(sum(type(o) is dict and "optim_g" in o and "rng" in o for o in gc.get_objects()))
+        return 0
+
+    monkeypatch.setattr(distributed, "launch", launch)
+    args = ["train", "--resume", str(run_dir), "--nproc", "2", "--device", "cpu", "--max-steps", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and held == [0], (held, result.output)

@@ -107,3 +107,60 @@ def test_a_resume_with_nothing_left_to_train_is_refused(tmp_path, asked, message
     with pytest.raises(ValueError, match=message):
         plan_training(TrainRequest(resume=run, **asked))
     plan_training(TrainRequest(resume=run, epochs=2, max_steps=2))  # something left: planned
+
+
+# A value for every field a request forwards (none of them the default), valid together.
+FORWARDED = {
+    "optimizer": "RAdam",
+    "lr": 2e-3,
+    "betas": (0.8, 0.95),
+    "eps": 1e-7,
+    "weight_decay": 0.02,
+    "use_8bit": False,
+    "precision": "fp32",
+    "compile": True,
+    # None (their default): each needs files of its own, and they are forwarded with the others
+    # (tests/train/test_loop.py's resume and pretrained tests, tests/cli/test_train_input.py)
+    "resume": None,
+    "pretrained_g": None,
+    "pretrained_d": None,
+    "max_steps": 7,
+    "device": "cpu",
+    "zero": True,
+    "epochs": 9,
+    "accumulate": 2,
+    "checkpointing": "on",
+    "save_every": 3,
+    "seed": 5,
+    "val_fraction": 0.2,
+    "val_every": 2,
+    "early_stop": 4,
+    "min_delta": 0.01,
+    "ema": 0.99,
+    "select": "stft",
+}
+
+
+def test_every_option_and_setting_of_a_request_reaches_the_run(tmp_path):
+    """The fields declare where they go (TrainOptions, or a config key); plan_training forwards them all."""
+    from dataclasses import fields
+
+    declared = {f.name: f.metadata["goes_to"] for f in fields(TrainRequest) if "goes_to" in f.metadata}
+    assert set(declared) == set(FORWARDED)  # a new field gets a value here
+    plan = plan_training(TrainRequest(runs_dir=tmp_path / "runs", batch_size=2, **FORWARDED))
+    assert plan.cfg.train.batch_size == 2 and not plan.options.auto_batch_size  # read by plan_training itself
+    for name, goes_to in declared.items():
+        if goes_to == "option":
+            assert getattr(plan.options, name) == FORWARDED[name], name
+        else:
+            section, key = goes_to.split(".")
+            assert getattr(getattr(plan.cfg, section), key) == FORWARDED[name], name
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_train_epochs_is_kept_on_the_demo_voice(tmp_path):
+    """The demo voice trains DEMO_EPOCHS unless told otherwise: --set train.epochs=N was silently replaced
+    by it (only --epochs was looked at)."""
+    plan = plan_training(TrainRequest(runs_dir=tmp_path / "runs", overrides={"train.epochs": "5"}))
+    assert plan.cfg.train.epochs == 5
+    assert plan_training(TrainRequest(runs_dir=tmp_path / "runs")).cfg.train.epochs == 60  # DEMO_EPOCHS

@@ -6,6 +6,8 @@ nothing is written. (What only a request has, its flags and the run folder, is `
 tests/train/test_request.py and tests/cli/test_train_input.py.)
 """
 
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -169,3 +171,50 @@ def test_compares_runs_go_through_the_same_check(tmp_path, monkeypatch):
     (run,) = result.results["AdamWScheduleFree"]["runs"]
     assert "--ema 0.999 with AdamWScheduleFree" in run["error"] and checked == ["AdamWScheduleFree"]
     assert not (tmp_path / "c" / "runs" / "AdamWScheduleFree" / "seed-1234" / "checkpoints").exists()
+
+
+def test_a_checkpoint_keeps_the_run_settings_and_a_resume_reads_them_back(tmp_path, data_dir):
+    """RunSettings.saved() is what every checkpoint keeps of a run's settings (those the run ran: its
+    config with the memory plan's choices); check_run on resume, asked for none of them, reads the
+    precision, TF32 and the optimizer's hyperparameters back from it. (The config a resume runs is the
+    caller's from Python, compared with the checkpoint's by check_resume_config; `arvc train --resume`
+    takes the checkpoint's: tests/train/test_request.py.)"""
+    from trainkit import options
+
+    from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
+    from arvc.train.settings import check_run
+
+    opts = options(
+        tmp_path, data_dir, optimizer="RAdam", lr=2e-3, precision="bf16", max_steps=1, device="cpu"
+    )
+    settings = check_run(opts)
+    train(settings)
+    saved = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    expected = settings.saved()  # with the memory plan's choice in it (the run's `auto` checkpointing)
+    planned = expected["config"]["train"]["checkpointing"] = saved["config"]["train"]["checkpointing"]
+    assert planned in ("on", "off") and settings.config.train.checkpointing == "auto"
+    assert {key: saved[key] for key in expected} == expected
+    resumed = check_run(options(tmp_path, data_dir, resume=tmp_path / "run", device="cpu"))
+    assert (resumed.precision, resumed.tf32, resumed.hp) == (settings.precision, settings.tf32, settings.hp)
+    assert resumed.precision == "bf16" and resumed.hp.optimizer == "RAdam" and resumed.hp.lr == 2e-3
+
+
+def test_a_pretrained_file_that_does_not_fit_is_refused_by_the_check_before_any_work(tmp_path, data_dir):
+    """The fit of --pretrained-g/-d is one of check_run's checks, for every entry point (it was found only
+    when the loop loaded the weights: after preprocessing for `arvc train`)."""
+    from safetensors.torch import save_file
+    from trainkit import options, tiny
+
+    from arvc.model import Synthesizer
+    from arvc.modelfile.formats import EXPORT_FORMAT
+    from arvc.modelfile.read import PretrainedError
+    from arvc.train.settings import check_run
+
+    cfg = tiny()
+    other = tmp_path / "narrow.safetensors"
+    narrow = apply_overrides(cfg, {"model.hidden_channels": 32})
+    weights = {k: v for k, v in Synthesizer(narrow).state_dict().items() if not k.startswith("enc_q.")}
+    save_file(weights, str(other), metadata={"format": EXPORT_FORMAT, "config": json.dumps(narrow.to_dict())})
+    with pytest.raises(PretrainedError, match="does not fit the generator"):
+        check_run(options(tmp_path, data_dir, config=cfg, pretrained_g=other, max_steps=1))
+    assert not (tmp_path / "run").exists()

@@ -32,6 +32,7 @@ import soundfile as sf
 
 from arvc.audio.f0 import F0_METHODS, RMVPE_NEEDED, _pyworld, extract_f0
 from arvc.audio.io import AudioLoadError, audio_duration, find_audio_files, load_audio, resample
+from arvc.config import BETTER  # re-exported: the scores' directions
 
 __all__ = [
     "ALL_METRICS",
@@ -89,19 +90,6 @@ GROUP = {
     "pesq_wb": "pesq",
     "stoi": "stoi",
     "speaker_sim": "speaker",
-}
-#: Which way is better, for every number that can choose a run's best model (`arvc train --select`): the
-#: held-out mel L1 and MR-STFT loss of validation (arvc.train.validation), then this module's scores.
-BETTER = {
-    "mel_l1": "lower",
-    "stft": "lower",
-    "f0_rmse_cents": "lower",
-    "f0_corr": "higher",
-    "vuv_error": "lower",
-    "mcd_db": "lower",
-    "pesq_wb": "higher",
-    "stoi": "higher",
-    "speaker_sim": "higher",
 }
 #: How the scores are shown: key, header, format (`arvc score`'s table, `arvc compare`'s report).
 COLUMNS = (

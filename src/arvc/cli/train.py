@@ -8,6 +8,7 @@ import logging
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +24,7 @@ from rich.progress import (
 from rich.text import Text
 
 from arvc.cli._app import ConfigOption, EmbedderLayerOption, RmvpeOption, app, console, fail
-from arvc.config import DEMO_EPOCHS, TrainConfig
+from arvc.config import BETTER, DEMO_EPOCHS, TrainConfig
 from arvc.data.outputs import RunFolder
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import DEVICE_HELP
@@ -359,8 +360,8 @@ def train(
         str | None,
         typer.Option(
             metavar="METRIC",
-            help="What chooses the best model (export/best): mel_l1 (default), stft, f0_rmse_cents, f0_corr, "
-            "vuv_error, mcd_db, pesq_wb, stoi, speaker_sim (docs/scoring.md). Fixed for a run.",
+            help=f"What chooses the best model (export/best): {', '.join(BETTER)} (default "
+            f"{TrainConfig.select}; docs/scoring.md). Fixed for a run.",
         ),
     ] = None,
 ) -> None:
@@ -424,7 +425,7 @@ def train(
         )
     except (ValueError, PretrainedError, ImportError, TrainError, CheckpointError) as error:  # DataError too
         fail(str(error))
-    run_dir, settings = plan.run_dir, plan.settings
+    run_dir = plan.run_dir
 
     launcher = nproc is not None and nproc > 1  # this process only starts and waits for the ranks
 
@@ -443,6 +444,8 @@ def train(
                 logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports for all
             ranks.on_main(prepare, "prepare the data")  # once, before any process reads it
             if launcher:  # start N processes that run this command without --nproc
+                # each loads the resume checkpoint itself: this process, which only waits, lets its copy go
+                plan.run_settings = replace(plan.run_settings, checkpoint=None)
                 raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
             result = _run(ranks.is_main, run_training, plan.run_settings)
     except SaveInterrupted as error:  # a second Ctrl-C during the save: the signal's status, not 1
@@ -462,6 +465,13 @@ def train(
     status = exit_status(result.stopped_by)
     if not ranks.is_main:  # rank 0 reports; every rank exits with the same status
         raise typer.Exit(status or 0)
+    _report(plan, result, status, hubert, rmvpe)
+
+
+def _report(plan, result, status: int | None, hubert: Path | None, rmvpe: Path | None) -> None:
+    """What `arvc train` prints when the run returns: how to continue an interrupted run (and its exit
+    status), or what a finished one made, its held-out scores and the command that listens to it."""
+    run_dir, settings = plan.run_dir, plan.settings
     if status is not None:  # non-zero, so that `arvc train ... && arvc export ...` stops here
         console.print(
             f"stopped by {result.stopped_by} after step {result.steps_done}, before the end of training; "
@@ -475,14 +485,22 @@ def train(
     for kind, path in result.exports.items():
         console.print(f"  {kind}: {path}")
     best, last = result.best, result.last_validation
-    if best is not None and last is not None:
+    if last is not None:
         from arvc.train.validation import describe_scores, metric_label
 
         select = plan.cfg.train.select
-        console.print(
-            f"  held-out {metric_label(select)}: best {best[select]:.4f} at epoch "
-            f"{best['epoch']} (export/best), last {last[select]:.4f} at epoch {last['epoch']}"
-        )
+        if best is not None:
+            console.print(
+                f"  held-out {metric_label(select)}: best {best[select]:.4f} at epoch "
+                f"{best['epoch']} (export/best), last {last[select]:.4f} at epoch {last['epoch']}"
+            )
+        else:  # e.g. speaker similarity before the generator makes speech
+            console.print(
+                f"  held-out {metric_label(select)}: no evaluation had a value of it (nan at each; "
+                "docs/scoring.md says when a score has none), so no best model was chosen: the export is "
+                "the last epoch's",
+                soft_wrap=True,
+            )
         console.print(
             f"  held-out at epoch {last['epoch']}: mel L1 {last['mel_l1']:.4f}, STFT {last['stft']:.4f}"
             + describe_scores(last)

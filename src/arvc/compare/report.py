@@ -182,7 +182,7 @@ def ties(summaries: dict[str, dict], key: str = "final") -> dict[str, list[str]]
 
 def ranking(summaries: dict[str, dict], metric: str = "mel_l1") -> list[str]:
     """The ranked contestants, best (lowest mean final held-out mel L1; for another `metric`, the best
-    by arvc.audio.score.BETTER) first, each with its ties."""
+    by arvc.config.BETTER) first, each with its ties."""
     tied = ties(summaries)
     sign = -1 if BETTER[metric] == "higher" else 1
     ranked = sorted((sign * s["final"][0], n) for n, s in summaries.items() if "error" not in s)

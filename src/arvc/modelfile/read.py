@@ -31,6 +31,8 @@ from arvc.modelfile.formats import CHECKPOINT_FORMAT, EXPORT_FORMAT
 __all__ = [
     "ModelFile",
     "PretrainedError",
+    "check_pretrained",
+    "check_state_fits",
     "load_pretrained_discriminator",
     "load_pretrained_generator",
     "load_state_strict",
@@ -95,6 +97,18 @@ class ModelFile:
         f0 = "f0 unknown" if self.f0 is None else f"f0={self.f0}"
         what = " + ".join(self.contents) or "no weights"
         return f"{self.kind} ({what}), {sr}, {self.version or 'version unknown'}, {f0}"
+
+    def check_voice_model(self, error: type[Exception], needs: str) -> None:
+        """Refuse, as `error`, a file that is no voice model to build from: a discriminator file (`needs`
+        says what the caller needs instead, e.g. "merging needs generators (voice models)") or one that does
+        not say which configuration it has."""
+        if self.generator is None:
+            raise error(f"{self.path} is a discriminator file; {needs}")
+        if self.config is None:
+            raise error(
+                f"{self.path} ({self.summary()}) does not say which configuration it has; pass its inference "
+                "file (RVC's weights/NAME.pth or an arvc export)"
+            )
 
 
 # --------------------------------------------------------------------------- reading
@@ -337,6 +351,51 @@ def load_pretrained_generator(net_g: nn.Module, path: str | Path, cfg: RunConfig
     averaging run's checkpoint (schedule-free, --ema) its averaged weights, as `arvc export` and `arvc
     infer` take them."""
     mf = read_model_file(path)
+    state = _pretrained_generator_state(mf)
+    if mf.averaged_generator is not None:  # an averaging run's checkpoint: what it evaluated and exported
+        logger.info(
+            "--pretrained-g %s: starting from the run's %s weights (the ones it evaluated and exported, as "
+            "`arvc export` takes them), not its live weights",
+            mf.path,
+            mf.averaged_kind,
+        )
+    load_state_strict(net_g, state, source=mf, cfg=cfg, part="generator", optional=_GENERATOR_OPTIONAL)
+    return mf
+
+
+def load_pretrained_discriminator(net_d: nn.Module, path: str | Path, cfg: RunConfig) -> ModelFile:
+    """Load a multi-period discriminator from an RVC D file or an arvc checkpoint into ``net_d``, strictly."""
+    mf = read_model_file(path)
+    load_state_strict(net_d, _pretrained_discriminator_state(mf), source=mf, cfg=cfg, part="discriminator")
+    return mf
+
+
+def check_pretrained(cfg: RunConfig, pretrained_g: Path | None, pretrained_d: Path | None) -> None:
+    """Refuse (PretrainedError), before any work, a pretrained file that would not load into a run of
+    `cfg`: the checks `load_pretrained_generator`/`_discriminator` make, on models built on the meta
+    device (shapes only: no memory, no initialisation)."""
+    from arvc.model import MultiPeriodDiscriminator, Synthesizer
+
+    if pretrained_g is not None:
+        mf = read_model_file(pretrained_g)  # the file is read as anywhere else; only the model is on meta
+        state = _pretrained_generator_state(mf)
+        with torch.device("meta"):
+            net_g = Synthesizer(cfg)
+        check_state_fits(net_g, state, mf, cfg, "generator", _GENERATOR_OPTIONAL)
+    if pretrained_d is not None:
+        mf = read_model_file(pretrained_d)
+        state = _pretrained_discriminator_state(mf)
+        with torch.device("meta"):
+            net_d = MultiPeriodDiscriminator(cfg)
+        check_state_fits(net_d, state, mf, cfg, "discriminator")
+
+
+_GENERATOR_OPTIONAL = ("enc_q.",)  # inference files leave the posterior encoder out
+
+
+def _pretrained_generator_state(mf: ModelFile) -> dict[str, torch.Tensor]:
+    """The generator weights a run starts from: a pitch-guided generator's (an averaging run's averaged
+    ones); a PretrainedError saying which file to pass instead otherwise."""
     if mf.generator is None:
         raise PretrainedError(
             f"{mf.path} is a discriminator (D) file, not a generator: pass it as --pretrained-d, and the "
@@ -347,30 +406,17 @@ def load_pretrained_generator(net_g: nn.Module, path: str | Path, cfg: RunConfig
             f"{mf.path} is a model without pitch guidance (f0=0, e.g. G40k.pth); arvc trains pitch-guided "
             "models: use the f0 variant of the pretrained file (e.g. f0G40k.pth)"
         )
-    state = mf.generator
-    if mf.averaged_generator is not None:  # an averaging run's checkpoint: what it evaluated and exported
-        state = mf.averaged_generator
-        logger.info(
-            "--pretrained-g %s: starting from the run's %s weights (the ones it evaluated and exported, as "
-            "`arvc export` takes them), not its live weights",
-            mf.path,
-            mf.averaged_kind,
-        )
-    load_state_strict(net_g, state, source=mf, cfg=cfg, part="generator", optional=("enc_q.",))
-    return mf
+    return mf.averaged_generator if mf.averaged_generator is not None else mf.generator
 
 
-def load_pretrained_discriminator(net_d: nn.Module, path: str | Path, cfg: RunConfig) -> ModelFile:
-    """Load a multi-period discriminator from an RVC D file or an arvc checkpoint into ``net_d``, strictly."""
-    mf = read_model_file(path)
+def _pretrained_discriminator_state(mf: ModelFile) -> dict[str, torch.Tensor]:
     if mf.discriminator is None:
         if mf.kind == "rvc-train":
             hint = "pass it as --pretrained-g, and the matching D file (e.g. f0D40k.pth) as --pretrained-d"
         else:
             hint = "it has no discriminator; use RVC's pretrained D (e.g. f0D40k.pth) or an arvc checkpoint"
         raise PretrainedError(f"{mf.path} is a generator-only {mf.kind} file: {hint}")
-    load_state_strict(net_d, mf.discriminator, source=mf, cfg=cfg, part="discriminator")
-    return mf
+    return mf.discriminator
 
 
 def load_state_strict(
@@ -383,11 +429,32 @@ def load_state_strict(
     absent_level: int = logging.INFO,
 ) -> None:
     """Copy ``state`` into ``module`` (dtypes converted to the module's) only if every key and shape fits
-    and, when both are known, the file's sample rate is the config's.
+    and, when both are known, the file's sample rate is the config's (`check_state_fits`).
 
     Keys under an ``optional`` prefix may be missing as a whole group (an inference file's enc_q);
     they keep their fresh initialisation, logged at ``absent_level``. Anything else raises PretrainedError.
     """
+    absent_groups = check_state_fits(module, state, source, cfg, part, optional)
+    own = module.state_dict()
+    converted = {k: v.to(dtype=own[k].dtype) for k, v in state.items()}
+    module.load_state_dict(converted, strict=False)  # keys checked above; only absent groups stay fresh
+    where = getattr(source, "path", source)
+    for group in (p.rstrip(".") for p in absent_groups):
+        note = "%s has no %s weights (inference files omit it): %s keeps its fresh initialisation"
+        logger.log(absent_level, note, where, group, group)
+    logger.info("loaded %s weights from %s", part, where)
+
+
+def check_state_fits(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: ModelFile | str | Path,
+    cfg: RunConfig | None = None,
+    part: str = "generator",
+    optional: tuple[str, ...] = (),
+) -> list[str]:
+    """Raise PretrainedError unless `state` fits `module` key for key and shape for shape (and the file's
+    sample rate, when known, is the config's); the `optional` groups `state` leaves out as a whole."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     absent_groups = [p for p in optional if not any(k.startswith(p) for k in state)]
@@ -401,13 +468,7 @@ def load_state_strict(
         f0 = getattr(module, "f0", None)
         message = _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes, f0)
         raise PretrainedError(message)
-    converted = {k: v.to(dtype=own[k].dtype) for k, v in state.items()}
-    module.load_state_dict(converted, strict=False)  # keys checked above; only absent groups stay fresh
-    where = getattr(source, "path", source)
-    for group in (p.rstrip(".") for p in absent_groups):
-        note = "%s has no %s weights (inference files omit it): %s keeps its fresh initialisation"
-        logger.log(absent_level, note, where, group, group)
-    logger.info("loaded %s weights from %s", part, where)
+    return absent_groups
 
 
 def _mismatch_message(source, cfg, part, state, own, missing, unexpected, shapes, f0=None) -> str:

@@ -31,7 +31,7 @@ from arvc.data.outputs import RunFolder
 from arvc.data.prepare import recorded_features
 from arvc.data.preprocess import FILELIST
 from arvc.data.split import Split, split_pieces, write_split
-from arvc.device import DeviceChoice, current_gpu, resolve_device
+from arvc.device import DeviceChoice, current_gpu
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
 from arvc.model.checkpointing import set_checkpointing
 from arvc.modelfile.export import export_generator, name_some, non_finite_tensors
@@ -145,7 +145,7 @@ def train(run: TrainOptions | RunSettings, callbacks: Callbacks | None = None) -
     with DistributedDataParallel and rank 0 alone writes; see docs/distributed.md.
     """
     settings = check_run(run) if isinstance(run, TrainOptions) else run
-    asked = resolve_device(settings.options.device)  # (checked by check_run)
+    asked = settings.device
     with (
         process_group(str(asked.device)) as ranks,
         run_lock(settings.options.run_dir),  # one trainer per run folder
@@ -156,14 +156,15 @@ def train(run: TrainOptions | RunSettings, callbacks: Callbacks | None = None) -
 
 
 def _train(settings: RunSettings, callbacks: Callbacks, ranks: Ranks, device: DeviceChoice) -> TrainResult:
-    opts = replace(settings.options, device=device.name)
-    resume_from, checkpoint = settings.resume_from, settings.checkpoint
+    settings = replace(settings, options=replace(settings.options, device=device.name), device=device)
+    opts, resume_from, checkpoint = settings.options, settings.resume_from, settings.checkpoint
     if ranks.is_main:  # what check_run resolved: the precision, the optimizer's values
         for name, level, message in settings.notes:
             logging.getLogger(name).log(level, "%s", message)
     if opts.zero and not ranks.distributed:
         logger.warning("--zero shards optimizer state over processes; with one process it does nothing")
-    run = _build_run(opts, settings.hp, ranks, checkpoint, settings.tf32, device.model)
+    run = _build_run(settings, ranks)
+    opts = run.settings.options  # the run's own from here on (its config with the memory plan's choices)
     callbacks.on_optimizers(run.optim_g, run.optim_d)
     callbacks.on_evaluation_weights(lambda: _evaluated(run))
     progress = _resume(run, checkpoint, resume_from) if checkpoint is not None else _Progress()
@@ -222,14 +223,11 @@ def _training_device(asked: DeviceChoice, ranks: Ranks) -> DeviceChoice:
 @dataclass
 class _Run:
     """What a run is made of: built by `_build_run` (train step and log by `_prepare_folder_and_step`),
-    then fixed."""
+    then fixed. Its settings are the checked ones on this rank's device, with the memory plan's choices in
+    the config (activation checkpointing; with --batch-size auto, the batch): what the checkpoint saves."""
 
-    cfg: RunConfig
-    precision: str
-    hp: Hyperparameters
+    settings: RunSettings
     ranks: Ranks
-    device: torch.device  # with its index (cuda:0), recorded in the checkpoint with device_name
-    run_dir: Path
     loader: Any
     steps_per_epoch: int
     net_g: torch.nn.Module
@@ -240,12 +238,36 @@ class _Run:
     scaler: torch.amp.GradScaler
     split: Split  # the held-out validation pieces (none: validation off)
     validator: Validator | None
-    tf32: bool  # TF32 matmuls (auto precision on Ampere and newer)
     device_name: str = ""  # the GPU's model ("" on the CPU)
     train_step: GanStep | None = None  # set by _prepare_folder_and_step (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
     features: str | None = None  # what the data holds (mel, hubert), recorded in the exports
     average: WeightAverage | None = None  # --ema: the EMA of G's weights (arvc.train.weights)
+
+    @property
+    def device(self) -> torch.device:
+        """This rank's device, with its index (cuda:0); recorded in the checkpoint with device_name."""
+        return self.settings.device.device
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.settings.config
+
+    @property
+    def precision(self) -> str:
+        return self.settings.precision
+
+    @property
+    def hp(self) -> Hyperparameters:
+        return self.settings.hp
+
+    @property
+    def tf32(self) -> bool:
+        return self.settings.tf32
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.settings.options.run_dir)
 
     @property
     def folder(self) -> RunFolder:
@@ -271,12 +293,11 @@ class _Progress:
     last_validation: dict | None = None
 
 
-def _build_run(
-    opts: TrainOptions, hp: Hyperparameters, ranks: Ranks, checkpoint: dict | None, tf32: bool, device_name=""
-) -> _Run:
-    """Data (this rank's share of every global batch), models, optimizers, schedules, loss scaler."""
-    cfg, precision = opts.config, opts.precision
-    device = ranks.train_device(opts.device)
+def _build_run(settings: RunSettings, ranks: Ranks) -> _Run:
+    """Data (this rank's share of every global batch), models, optimizers, schedules, loss scaler;
+    `settings` on this rank's device."""
+    opts, hp, checkpoint = settings.options, settings.hp, settings.checkpoint
+    cfg, precision, device = opts.config, opts.precision, settings.device.device
     split = _split(opts, checkpoint)
     dataset = VoiceDataset(opts.data_dir, cfg.data, lines=split.train)
 
@@ -315,10 +336,10 @@ def _build_run(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
     validator = Validator(cfg, opts.data_dir, split.held, cfg.train.seed, device) if split.held else None
     average = WeightAverage(net_g, cfg.train.ema) if cfg.train.ema is not None else None
+    settings = replace(settings, options=replace(opts, config=cfg))  # with the memory plan's choices
     return _Run(
-        cfg, precision, hp, ranks, device, Path(opts.run_dir), loader, len(loader),
-        net_g, net_d, optim_g, optim_d, schedule, scaler, split, validator, tf32, device_name,
-        features=recorded_features(opts.data_dir), average=average,
+        settings, ranks, loader, len(loader), net_g, net_d, optim_g, optim_d, schedule, scaler, split,
+        validator, settings.device.model, features=recorded_features(opts.data_dir), average=average,
     )  # fmt: skip
 
 
@@ -678,9 +699,7 @@ def _checkpoint_state(
         "epoch": epochs_done,
         "batch_in_epoch": batches_done,
         "step": step,
-        "config": run.cfg.to_dict(),
-        "precision": run.precision,
-        "tf32": run.tf32,
+        **run.settings.saved(),  # config, precision, tf32
         "device": str(run.device),  # where it was written (rank 0's); a resume may continue anywhere
         "device_name": run.device_name,
         "generator": run.net_g.state_dict(),  # the live weights (schedule-free: y), which G trains

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from arvc.data.preprocess import unused_analysis_flags
 from arvc.device import AUTO as AUTO_DEVICE
 from arvc.device import resolve_device
 from arvc.modelfile.export import is_rvc_sized
-from arvc.modelfile.read import read_model_file
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
 from arvc.train.runlock import check_unlocked
 from arvc.train.settings import RunSettings, TrainOptions, check_run, resolve_resume
@@ -49,29 +48,52 @@ __all__ = [
 ]
 
 
+# Where a request's value goes (a field's metadata): a run option (`TrainOptions`, the same name) or a config
+# key. Fields without it are read by `plan_training` itself: the data and the analysers, the run folder, the
+# processes, and the three that make the config (`config`, `overrides` and `batch_size`, a number or auto).
+_GOES_TO = "goes_to"
+_OPTION = "option"
+
+
+def _option(default: Any = None) -> Any:
+    """A request field passed to `TrainOptions` as it is, under the same name."""
+    return field(default=default, metadata={_GOES_TO: _OPTION})
+
+
+def _setting(key: str) -> Any:
+    """A request field that overrides config `key` (as `--set KEY=VALUE` does) when given."""
+    return field(default=None, metadata={_GOES_TO: key})
+
+
 @dataclass
 class TrainRequest:
-    """A training run as asked for; None means "not asked" (the config's value, or on resume the run's)."""
+    """A training run as asked for; None means "not asked" (the config's value, or on resume the run's).
+
+    Each field says where it goes: to the run's `TrainOptions` (`_option`) or into the config (`_setting`:
+    the key it overrides); `plan_training` forwards them by that declaration, so a new flag of either kind
+    is one field here. The plain fields it reads itself: the data, the analysers, the run folder, the
+    processes, and `config`, `overrides` (--set) and `batch_size` (a number, or auto), which make the
+    config."""
 
     dataset: Path | None = None  # folder of recordings; None: the embedded demo voice
     name: str | None = None  # runs/NAME; default: the dataset folder's name or "demo"
     runs_dir: Path = Path("runs")
     config: str = "tiny"
-    optimizer: str | None = None
-    lr: float | None = None
-    betas: tuple[float, float] | None = None
-    eps: float | None = None
-    weight_decay: float | None = None
-    use_8bit: bool | None = None
-    precision: str | None = None
-    epochs: int | None = None
-    batch_size: int | str | None = None  # a number, or "auto"
-    accumulate: int | None = None  # micro-batches per optimizer step (train.accumulate)
-    checkpointing: str | None = None  # auto, on or off (train.checkpointing)
-    save_every: int | None = None
-    seed: int | None = None
-    compile: bool = False
-    resume: Path | None = None  # runs/NAME or one checkpoint file
+    optimizer: str | None = _option()
+    lr: float | None = _option()
+    betas: tuple[float, float] | None = _option()
+    eps: float | None = _option()
+    weight_decay: float | None = _option()
+    use_8bit: bool | None = _option()
+    precision: str | None = _option()
+    epochs: int | None = _setting("train.epochs")
+    batch_size: int | str | None = None  # a number (train.batch_size), or "auto"
+    accumulate: int | None = _setting("train.accumulate")  # micro-batches per optimizer step
+    checkpointing: str | None = _setting("train.checkpointing")  # auto, on or off
+    save_every: int | None = _setting("train.save_every")
+    seed: int | None = _setting("train.seed")
+    compile: bool = _option(False)
+    resume: Path | None = _option()  # runs/NAME or one checkpoint file
     f0: str | None = None
     rmvpe: Path | None = None
     features: str | None = None
@@ -79,18 +101,30 @@ class TrainRequest:
     embedder_layer: int | None = None
     allow_mel_rvc_config: bool = False  # for tests only: an RVC-sized config trained on mel features
     overrides: dict[str, Any] = field(default_factory=dict)  # config KEY -> value (--set)
-    pretrained_g: Path | None = None
-    pretrained_d: Path | None = None
-    max_steps: int | None = None
-    device: str = AUTO_DEVICE  # auto, cpu, cuda or cuda:N (arvc.device)
+    pretrained_g: Path | None = _option()
+    pretrained_d: Path | None = _option()
+    max_steps: int | None = _option()
+    device: str = _option(AUTO_DEVICE)  # auto, cpu, cuda or cuda:N (arvc.device)
     nproc: int | None = None
-    zero: bool = False
-    val_fraction: float | None = None
-    val_every: int | None = None
-    early_stop: int | None = None
-    min_delta: float | None = None
-    ema: float | None = None  # EMA decay of G's weights (train.ema), e.g. 0.999
-    select: str | None = None  # the metric that chooses the best model (train.select)
+    zero: bool = _option(False)
+    val_fraction: float | None = _setting("train.val_fraction")
+    val_every: int | None = _setting("train.val_every")
+    early_stop: int | None = _setting("train.early_stop")
+    min_delta: float | None = _setting("train.min_delta")
+    ema: float | None = _setting("train.ema")  # EMA decay of G's weights, e.g. 0.999
+    select: str | None = _setting("train.select")  # the metric that chooses the best model
+
+    def options(self) -> dict[str, Any]:
+        """The values that go to `TrainOptions` unchanged."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get(_GOES_TO) == _OPTION}
+
+    def settings(self) -> dict[str, Any]:
+        """Config key -> value of the config settings asked for (those given)."""
+        return {
+            f.metadata[_GOES_TO]: getattr(self, f.name)
+            for f in fields(self)
+            if f.metadata.get(_GOES_TO, _OPTION) != _OPTION and getattr(self, f.name) is not None
+        }
 
 
 @dataclass
@@ -187,9 +221,6 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         raise ValueError(f"unknown f0 method {r.f0!r}; valid: {', '.join(F0_METHODS)}")
     if r.features == "hubert" and (r.hubert is None or not r.hubert.exists()):
         raise ValueError(f"--features hubert needs --hubert PATH to a local checkpoint (got {r.hubert})")
-    for path in (r.pretrained_g, r.pretrained_d):
-        if path is not None:
-            read_model_file(path)  # a missing, damaged or code-carrying file fails here, before any work
     for label, value in (
         ("--max-steps", r.max_steps),
         ("--epochs", r.epochs),
@@ -207,23 +238,9 @@ def plan_training(request: TrainRequest) -> TrainPlan:
             f"--ema {r.ema!r}: the EMA decay must be between 0 and 1 (exclusive), e.g. 0.999 (each step "
             "keeps 99.9% of the average); leave --ema out for none"
         )
-    overrides = dict(r.overrides)
-    for key, value in (
-        ("train.epochs", r.epochs),
-        ("train.batch_size", batch),
-        ("train.accumulate", r.accumulate),
-        ("train.checkpointing", r.checkpointing),
-        ("train.save_every", r.save_every),
-        ("train.seed", r.seed),
-        ("train.val_fraction", r.val_fraction),
-        ("train.val_every", r.val_every),
-        ("train.early_stop", r.early_stop),
-        ("train.min_delta", r.min_delta),
-        ("train.ema", r.ema),
-        ("train.select", r.select),
-    ):
-        if value is not None:
-            overrides[key] = value
+    overrides = dict(r.overrides) | r.settings()
+    if batch is not None:
+        overrides["train.batch_size"] = batch
     leftovers: list[Path] = []
     saved = resume_file = None
     if r.resume is not None:  # the checkpoint is the truth: its config, changed only where allowed
@@ -270,7 +287,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         if r.dataset is None:
             _check_the_data_is_the_demo_voice(r, run_dir)
         cfg = load_config(r.config)
-        if r.dataset is None and r.epochs is None:
+        if r.dataset is None and "train.epochs" not in overrides:  # neither --epochs nor --set train.epochs
             overrides["train.epochs"] = DEMO_EPOCHS
         if r.dataset is not None and not r.dataset.is_dir():
             raise ValueError(f"dataset folder {r.dataset} does not exist")
@@ -311,24 +328,7 @@ def plan_training(request: TrainRequest) -> TrainPlan:
         raise ValueError(f"{data_dir} holds hubert features: pass --hubert PATH (got {r.hubert})")
     processes = check_processes(r.nproc, r.device, cfg.train.batch_size)
     options = TrainOptions(
-        run_dir=run_dir,
-        data_dir=data_dir,
-        config=cfg,
-        optimizer=r.optimizer,
-        lr=r.lr,
-        betas=r.betas,
-        eps=r.eps,
-        weight_decay=r.weight_decay,
-        use_8bit=r.use_8bit,
-        precision=r.precision,
-        compile=r.compile,
-        resume=r.resume,
-        pretrained_g=r.pretrained_g,
-        pretrained_d=r.pretrained_d,
-        max_steps=r.max_steps,
-        device=r.device,
-        zero=r.zero,
-        auto_batch_size=auto_batch,
+        run_dir=run_dir, data_dir=data_dir, config=cfg, auto_batch_size=auto_batch, **r.options()
     )
     # every check of the run's settings, as for a run started from Python
     resolved = check_run(options, checkpoint=saved, resume_from=resume_file, flags=True, processes=processes)

@@ -6,8 +6,9 @@ the data), `arvc compare`'s runs and the Python API (`arvc.train.loop.train` giv
 refuses a run that cannot go as asked (`SettingsError`, or the `CheckpointError` of a resume that changes a
 fixed setting), loads the resume checkpoint (once: the loop continues from the same copy), and resolves
 what the options leave open: the precision (`auto`: the device's safe choice; on resume the run's), the
-optimizer's `Hyperparameters` (on resume the run's own) and TF32. The loop is given the `RunSettings` and
-only runs them.
+optimizer's `Hyperparameters` (on resume the run's own), TF32 and the device. The loop is given the
+`RunSettings` and only runs them: the run holds them (with the memory plan's choices in the config), and
+every checkpoint keeps `RunSettings.saved()`, which the next `check_run` compares a resume against.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 from arvc.config import PRECISIONS, RunConfig, optimizer_value_errors
 from arvc.device import AUTO as AUTO_DEVICE
-from arvc.device import resolve_device
+from arvc.device import DeviceChoice, resolve_device
+from arvc.modelfile.read import check_pretrained
 from arvc.optim.registry import eight_bit_optimizer_class
 from arvc.train.checkpoint import check_resume_config, latest_checkpoint, load_checkpoint
 from arvc.train.errors import SettingsError, TrainError
@@ -74,6 +76,7 @@ class RunSettings:
     """A run's settings as checked and resolved by `check_run`: what the loop runs, unchanged."""
 
     options: TrainOptions  # as asked, with `precision` resolved (never auto)
+    device: DeviceChoice  # what `options.device` means on this machine (each rank then takes its GPU)
     hp: Hyperparameters  # the optimizers' settings (on resume the run's own, --lr applied)
     tf32: bool  # TF32 matmuls (auto precision on Ampere and newer; on resume the run's)
     resume_from: Path | None = None  # the checkpoint a resume continues from
@@ -89,6 +92,12 @@ class RunSettings:
     @property
     def precision(self) -> str:
         return self.options.precision
+
+    def saved(self) -> dict[str, Any]:
+        """What every checkpoint keeps of these settings, as top-level keys (the format of arvc's first
+        checkpoints; the optimizer's `Hyperparameters` go in its own record beside its state). `check_run`
+        reads them back on resume: the one place that compares a resume with the run."""
+        return {"config": self.config.to_dict(), "precision": self.precision, "tf32": self.tf32}
 
     def with_stop(self, stop: threading.Event | None) -> RunSettings:
         """The same run, stopped gracefully when `stop` is set (the web UI's Stop button)."""
@@ -115,7 +124,8 @@ def check_run(
     processes: int | None = None,
 ) -> RunSettings:
     """Check `opts` against each other and the resume checkpoint, before any work; resolve what they leave
-    open. Raises SettingsError (a TrainError and a ValueError), CheckpointError, or ImportError (a missing
+    open. Raises SettingsError (a TrainError and a ValueError), CheckpointError, PretrainedError (a
+    --pretrained-g/-d file that cannot be read or does not fit; a ValueError), or ImportError (a missing
     optional package) with a message for the user; nothing is written.
 
     `checkpoint`/`resume_from`: the resume checkpoint when the caller has loaded it already (it is loaded
@@ -137,9 +147,10 @@ def check_run(
     if asked != AUTO and asked not in PRECISIONS:
         raise SettingsError(f"unknown precision {asked!r}; valid: {AUTO}, {', '.join(PRECISIONS)}")
     try:
-        device = resolve_device(opts.device).device
+        choice = resolve_device(opts.device)
     except ValueError as error:
         raise SettingsError(str(error)) from error
+    device = choice.device
     if opts.resume is not None and checkpoint is None:
         resume_from = resolve_resume(opts.resume)
         checkpoint = load_checkpoint(resume_from)
@@ -152,6 +163,8 @@ def check_run(
         )
     cfg = opts.config
     cfg.validate()
+    if checkpoint is None:  # a missing, damaged or code-carrying file, or one of another size
+        check_pretrained(cfg, opts.pretrained_g, opts.pretrained_d)
     check_select(cfg.train.select)  # an unknown metric, or PESQ/STOI without arvc[score]
     if checkpoint is not None:
         check_resume_config(checkpoint.get("config", {}), cfg, resume_from)
@@ -166,7 +179,7 @@ def check_run(
     processes = processes if processes is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if opts.auto_batch_size and checkpoint is None and processes > 1:
         raise SettingsError("--batch-size auto fits one process; with several, pass --batch-size N")
-    return RunSettings(opts, hp, tf32, resume_from, checkpoint, tuple(notes))
+    return RunSettings(opts, choice, hp, tf32, resume_from, checkpoint, tuple(notes))
 
 
 def _precision(asked: str, device, checkpoint: dict | None, resume_from: Path | None, notes: list):

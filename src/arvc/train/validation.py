@@ -19,7 +19,7 @@ and scores the result against the recording:
   dataset (every few). Pitch is `SCORE_F0`'s whatever the run trained with.
 
 The best model is chosen by `train.select` (`arvc train --select`, mel L1 by default; `BETTER` in
-`arvc.audio.score` says which way is better); the selected score is computed at every evaluation.
+`arvc.config` says which way is better); the selected score is computed at every evaluation.
 
 Evaluating never changes the training run's random stream (`torch.random.fork_rng`).
 """
