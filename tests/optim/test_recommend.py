@@ -44,6 +44,9 @@ def test_early_stopping_gets_a_schedule_free_optimizer_when_the_registry_has_one
     advice = recommend(300, "fp32", early_stop=True)
     assert registry.get_spec(advice.optimizer).schedule_free
     assert advice.early_stop and "needs no schedule" in advice.reason
+    # and what the 3-seed comparison measured, which the choice weighs against AdamW
+    assert "tied AdamW when stopped at a third of the run" in advice.reason
+    assert "docs/compare.md" in advice.reason
     assert recommend(300, "fp32").optimizer == "AdamW", "a fixed run length: the guide's default"
     plain = {k: s for k, s in registry.OPTIMIZERS.items() if not s.schedule_free}
     monkeypatch.setattr(registry, "OPTIMIZERS", plain)

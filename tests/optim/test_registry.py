@@ -14,14 +14,14 @@ GUIDE = [
     (4, "AnyPrecisionAdamW", "Mixed-precision", "bfloat16 training, long runs with Kahan summation"),
     (3, "AdaBelief", "Belief-based", "better-conditioned adaptive step sizes"),
     (3, "AdaBeliefV2", "Belief-based", "stable deep training: AMSGrad + InverseSqrt scheduler"),
-    # Provisional ratings, until the 3-seed `arvc compare` evidence (docs/optimizers.md).
+    # Rated from the 3-seed `arvc compare` on the demo voice (docs/compare.md).
     (
         3,
         "AdamWScheduleFree",
         "Schedule-free",
         "no fixed epoch count: the averaged weights are good whenever training stops",
     ),
-    (3, "RAdamScheduleFree", "Schedule-free", "no fixed epoch count and no warm-up to tune"),
+    (2, "RAdamScheduleFree", "Schedule-free", "no fixed epoch count and no warm-up to tune"),
 ]
 
 

@@ -46,7 +46,9 @@ def recommend(epochs: int, precision: str = "fp32", early_stop: bool = False) ->
             f"Stopping early on held-out validation: the run's length is not known in advance, and "
             f"{schedule_free.name} needs no schedule fitted to it (it trains at a constant lr, and the "
             "averaged weights it evaluates and exports are good whenever training stops); "
-            f"{epochs} epochs is then only an upper bound.",
+            f"{epochs} epochs is then only an upper bound. Measured on the demo voice (3 seeds, "
+            "docs/compare.md): it tied AdamW when stopped at a third of the run and fell behind it by the "
+            "end, so choose AdamW if the run may well go its full length.",
             early_stop=EARLY_STOP_PATIENCE,
         )
     if epochs <= SHORT_RUN_EPOCHS:

@@ -289,7 +289,7 @@ _SPECS = (
         eps_from_adam=_adam_eps_squared,
         eps_rule=_BELIEF_EPS_RULE,
     ),
-    # Ratings 3: provisional until the 3-seed `arvc compare` evidence (docs/optimizers.md).
+    # Ratings from the 3-seed `arvc compare` on the demo voice (docs/compare.md, docs/optimizers.md).
     OptimizerSpec(
         name="AdamWScheduleFree",
         cls=AdamWScheduleFree,
@@ -307,7 +307,7 @@ _SPECS = (
     OptimizerSpec(
         name="RAdamScheduleFree",
         cls=RAdamScheduleFree,
-        rating=3,
+        rating=2,
         category="Schedule-free",
         best_for="no fixed epoch count and no warm-up to tune",
         description="Schedule-free RAdam: schedule-free AdamW whose first steps are RAdam's rectified "
