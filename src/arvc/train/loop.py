@@ -238,7 +238,6 @@ class _Run:
     scaler: torch.amp.GradScaler
     split: Split  # the held-out validation pieces (none: validation off)
     validator: Validator | None
-    device_name: str = ""  # the GPU's model ("" on the CPU)
     train_step: GanStep | None = None  # set by _prepare_folder_and_step (after a resume restored the RNG)
     log: RunLog | NullLog = field(default_factory=NullLog)
     features: str | None = None  # what the data holds (mel, hubert), recorded in the exports
@@ -248,6 +247,11 @@ class _Run:
     def device(self) -> torch.device:
         """This rank's device, with its index (cuda:0); recorded in the checkpoint with device_name."""
         return self.settings.device.device
+
+    @property
+    def device_name(self) -> str:
+        """The GPU's model ("" on the CPU), recorded in the checkpoint beside `device`."""
+        return self.settings.device.model
 
     @property
     def cfg(self) -> RunConfig:
@@ -339,7 +343,7 @@ def _build_run(settings: RunSettings, ranks: Ranks) -> _Run:
     settings = replace(settings, options=replace(opts, config=cfg))  # with the memory plan's choices
     return _Run(
         settings, ranks, loader, len(loader), net_g, net_d, optim_g, optim_d, schedule, scaler, split,
-        validator, settings.device.model, features=recorded_features(opts.data_dir), average=average,
+        validator, features=recorded_features(opts.data_dir), average=average,
     )  # fmt: skip
 
 
