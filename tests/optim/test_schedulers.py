@@ -64,6 +64,20 @@ def test_explicit_name_overrides_the_pairing():
     assert lrs(constant, 4) == [0.5] * 4
 
 
+@pytest.mark.parametrize("name", [n for n, spec in OPTIMIZERS.items() if spec.schedule_free])
+def test_another_schedule_for_a_schedule_free_optimizer_warns(name, recwarn):
+    """As the trainer warns for train.scheduler (tests/train/test_weights.py): a schedule on top of a
+    schedule-free optimizer defeats its point. Its own pairing, by name or by "auto", says nothing."""
+    for quiet in ("auto", "constant"):
+        assert type(build_scheduler(optimizer_for(name), quiet, total_epochs=5)) is ConstantLR
+    assert not recwarn.list
+    with pytest.warns(UserWarning, match=f"scheduler cosine with the schedule-free {name}: it needs no"):
+        assert type(build_scheduler(optimizer_for(name), "cosine", total_epochs=5)) is CosineAnnealingLR
+    for other in ("AdamW", "AdaBelief"):  # (what is not schedule-free takes any schedule without a word)
+        build_scheduler(optimizer_for(other), "inverse_sqrt", total_epochs=5)
+    assert not recwarn.list
+
+
 def test_eight_bit_optimizer_gets_the_default_exponential():
     pytest.importorskip("bitsandbytes")
     optimizer = build_optimizer("AdaBelief", [torch.nn.Parameter(torch.zeros(4096))], lr=1e-3, use_8bit=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import asdict, dataclass, replace
 
 from torch.optim import Optimizer
@@ -192,6 +193,23 @@ def paired_schedule(optimizer: Optimizer | str, use_8bit: bool = False) -> str:
     return spec.paired_scheduler
 
 
+def _is_schedule_free(optimizer: Optimizer) -> bool:
+    from arvc.optim.registry import spec_for_optimizer
+
+    spec = spec_for_optimizer(optimizer)
+    return spec is not None and spec.schedule_free
+
+
+def unpaired_schedule_free(optimizer: str, schedule: str, paired: str, setting: str) -> str:
+    """The warning for a schedule-free optimizer given another schedule than its pairing (`setting`: the
+    name the user set it by), said by the trainer and by `build_scheduler`."""
+    return (
+        f"{setting} {schedule} with the schedule-free {optimizer}: it needs no schedule (its averaged "
+        f"weights are good whenever training stops) and is paired with {paired}; set {setting} auto (or "
+        f"{paired}) unless you mean to compare"
+    )
+
+
 def build_scheduler(
     optimizer: Optimizer,
     name: str = "auto",
@@ -206,16 +224,21 @@ def build_scheduler(
     "auto" pairs AdaBelief → cosine (CosineAnnealingLR, T_max=total_epochs, eta_min), AdaBeliefV2 →
     inverse_sqrt (InverseSqrt, warmup_epochs; by default a run's, clamp(total_epochs // 10, 1, 10)),
     the schedule-free ones → constant (their lr needs no schedule), every other optimizer → exponential
-    (RVC's ExponentialLR, gamma 0.999875). An explicit name overrides the pairing.
+    (RVC's ExponentialLR, gamma 0.999875). An explicit name overrides the pairing; another schedule than
+    constant for a schedule-free optimizer warns (a UserWarning).
     """
     if not isinstance(total_epochs, int) or isinstance(total_epochs, bool) or total_epochs < 1:
         raise ValueError(f"Invalid total_epochs: {total_epochs!r}; expected an integer >= 1")
     key = name.lower().replace("-", "_")
     if key not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+    paired = paired_schedule(optimizer)
     if key == "auto":
-        key = paired_schedule(optimizer)
+        key = paired
         logger.debug("scheduler 'auto' -> %s for %s", key, type(optimizer).__name__)
+    elif key != paired and _is_schedule_free(optimizer):
+        message = unpaired_schedule_free(type(optimizer).__name__, key, paired, "scheduler")
+        warnings.warn(message, stacklevel=2)
     if key == "cosine":
         return CosineAnnealingLR(optimizer, T_max=total_epochs, eta_min=eta_min)
     if key == "inverse_sqrt":

@@ -29,6 +29,7 @@ from arvc.optim.schedulers import (
     Schedule,
     default_warmup_epochs,
     paired_schedule,
+    unpaired_schedule_free,
 )
 from arvc.train.errors import TrainError
 
@@ -319,12 +320,7 @@ def _new_schedule(cfg: RunConfig, hp: Hyperparameters, warmup: int | None = None
     paired = paired_schedule(hp.optimizer, hp.use_8bit)
     name = t.scheduler if t.scheduler != "auto" else paired
     if get_spec(hp.optimizer).schedule_free and not hp.use_8bit and name != paired:
-        logger.warning(
-            "train.scheduler %s with the schedule-free %s: it needs no schedule (its averaged weights are "
-            "good whenever training stops) and is paired with %s; set train.scheduler auto (or %s) unless "
-            "you mean to compare",
-            name, hp.optimizer, paired, paired,
-        )  # fmt: skip
+        logger.warning(unpaired_schedule_free(hp.optimizer, name, paired, "train.scheduler"))
     warmup = warmup or t.warmup_epochs or default_warmup_epochs(t.epochs)
     schedule = Schedule(name, hp.lr, t.epochs, warmup, gamma=t.lr_decay)
     if name == "inverse_sqrt" and t.epochs < warmup:
