@@ -5,6 +5,7 @@ import re
 import time
 
 import pytest
+import torch
 
 from arvc.data.demo import generate_demo_voice
 from arvc.optim import OPTIMIZERS
@@ -372,6 +373,54 @@ def test_the_train_tab_passes_the_ema_decay_and_its_refusals_take_no_slot(tmp_pa
           ema_value=0.999, **common)  # fmt: skip
     assert "--ema 0.999 with AdamWScheduleFree" in said[-1] and "drop --ema" in said[-1], said
     assert jobs.status() is None and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "optimizer, ema, kind", [("AdamWScheduleFree", 0, "schedule-free"), ("AdamW", 0.9, "ema")]
+)
+def test_an_averaging_run_trains_resumes_and_exports_either_weights_from_the_page(
+    tmp_path, voice, monkeypatch, optimizer, ema, kind
+):
+    """Issue #33 through the page's buttons: Start (a schedule-free optimizer, or AdamW with the EMA
+    field), Resume (the averaging continues), and the Models tab's Export of the run's averaged weights
+    (the default) or its live weights, as `arvc export --weights` (tests/cli/test_train_weights.py)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
+    from arvc.ui import app as ui_app
+
+    said = []
+    monkeypatch.setattr(ui_app.gr, "Warning", lambda message: said.append(message))
+    shutil.copytree(voice, tmp_path / "voice")
+    jobs = Jobs()
+    page = ui_app.build_app(tmp_path, jobs)
+    fns = {getattr(f.fn, "__name__", ""): f.fn for f in page.fns.values()}
+    settings = dict(lr_value=1e-3, epochs_value=2, batch_value=2, precision_value="auto", use_8bit=False)
+    fns["start_training"]("voice", "r", "tiny", ui_app.AUTO_F0, "", ui_app.AUTO_FEATURES, "", opt=optimizer,
+                          steps_value=2, ema_value=ema, **settings)  # fmt: skip
+    assert jobs.wait(120) and jobs.status().state == "finished", (said, jobs.status().message)
+    run = tmp_path / "runs" / "r"
+    first = load_checkpoint(latest_checkpoint(run))
+    assert first["step"] == 2 and first["optim_g"]["name"] == optimizer
+    assert first["config"]["train"]["ema"] == (ema or None) and first["averaged"]["kind"] == kind
+
+    fns["resume_training"]("r")  # to the end of epoch 2
+    assert jobs.wait(120) and jobs.status().state == "finished", (said, jobs.status().message)
+    last = load_checkpoint(latest_checkpoint(run))
+    assert last["step"] > 2 and last["epoch"] == 2 and last["averaged"]["kind"] == kind
+    if kind == "ema":
+        assert last["averaged"]["updates"] == last["step"], "the EMA went on through the resume"
+
+    export = fns["export"]
+    for weights, expected in (("averaged", last["averaged"]["generator"]), ("live", last["generator"])):
+        result = export("runs/r", False, weights)
+        assert result["weights"] == (kind if weights == "averaged" else "live"), result
+        exported = load_file(run / "export" / "model.safetensors")
+        assert all(torch.equal(exported[k], expected[k]) for k in exported), weights
+    assert not all(torch.equal(last["generator"][k], last["averaged"]["generator"][k]) for k in exported)
+    assert not said, said
 
 
 def test_an_empty_epoch_samples_folder_shows_the_previous_epochs_samples(tmp_path):

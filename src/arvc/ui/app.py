@@ -25,6 +25,7 @@ from arvc.device import resolve_device
 from arvc.optim import OPTIMIZERS
 from arvc.train.optimizers import DEFAULT_LR, DEFAULT_OPTIMIZER
 from arvc.train.precision import AUTO as AUTO_PRECISION
+from arvc.train.weights import WEIGHTS
 from arvc.ui.jobs import Busy, Jobs
 
 __all__ = ["build_app", "exports_of", "inside", "optimizer_rows", "runs_of"]
@@ -514,6 +515,14 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                 value=False,
                 elem_id="m-onnx",
             )
+            m_weights = gr.Radio(
+                choices=list(WEIGHTS),
+                value=WEIGHTS[0],
+                label="Weights (export of a run)",
+                info="averaged: what the run evaluated (an --ema run's EMA, a schedule-free run's x); "
+                "live: the weights it trained",
+                elem_id="m-weights",
+            )
             with gr.Accordion("Merge models (RVC's model fusion)", open=False):
                 merge_paths = gr.Textbox(
                     label="Models to merge, one per line (RVC .pth, export folder, model.safetensors)",
@@ -538,7 +547,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                     gr.Warning(f"error: {error}")
                     return None
 
-            def export(text, onnx):
+            def export(text, onnx, weights=WEIGHTS[0]):
                 from arvc.modelfile.onnx import export_model_file_onnx
                 from arvc.train.export import export_run
 
@@ -548,7 +557,7 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
                         if not onnx:
                             raise ValueError(f"{text} is a model file: tick ONNX to export it to ONNX")
                         return {"onnx": str(export_model_file_onnx(path))}
-                    done = export_run(path, onnx=bool(onnx))
+                    done = export_run(path, onnx=bool(onnx), weights=weights)
                 except (ValueError, RuntimeError, ImportError, OSError) as error:  # + ExportError
                     gr.Warning(f"error: {error}")
                     return None
@@ -583,6 +592,6 @@ def build_app(root: Path, jobs: Jobs | None = None, device: str = AUTO_DEVICE) -
 
             inspect_button.click(inspect_file, m_path, m_out)
             merge_button.click(merge, [merge_paths, merge_weights, merge_out, merge_overwrite, m_onnx], m_out)
-            export_button.click(export, [m_path, m_onnx], m_out)
+            export_button.click(export, [m_path, m_onnx, m_weights], m_out)
             index_button.click(index, m_path, m_out)
     return app
