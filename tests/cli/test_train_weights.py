@@ -169,3 +169,56 @@ def test_resuming_a_schedule_free_run_with_another_optimizer_continues_from_its_
     assert not _close(resumed["generator"], saved["generator"])
     assert _close(resumed["discriminator"], x_d)
     assert not _close(resumed["discriminator"], saved["discriminator"])
+
+
+def test_export_of_a_schedule_free_run_takes_x_by_default_and_y_when_asked(schedule_free_run, tmp_path):
+    run = tmp_path / "bob"
+    shutil.copytree(schedule_free_run, run, ignore=shutil.ignore_patterns("data"))
+    checkpoint = load_checkpoint(latest_checkpoint(run))
+    x, y = checkpoint["averaged"]["generator"], checkpoint["generator"]
+    assert checkpoint["averaged"]["kind"] == "schedule-free"
+    trained = load_file(run / "export" / "model.safetensors")  # what `arvc train` exported
+    assert all(torch.equal(trained[k], x[k]) for k in trained)
+
+    shutil.rmtree(run / "export")
+    asked = (([], x, "schedule-free weights"), (["--weights", "live"], y, "live weights"))
+    for args, weights, which in asked:
+        result = runner.invoke(app, ["export", str(run), *args])
+        assert result.exit_code == 0, result.output
+        assert which in " ".join(result.output.split())
+        exported = load_file(run / "export" / "model.safetensors")
+        assert all(torch.equal(exported[k], weights[k]) for k in exported)
+    assert not all(torch.equal(x[k], y[k]) for k in exported)
+
+
+def test_a_schedule_free_run_resumed_by_the_cli_is_the_run_trained_straight(
+    ema_run, schedule_free_run, tmp_path
+):
+    """`arvc train --resume` of a run stopped mid-epoch with its schedule-free optimizer: the same weights
+    (y and x), optimizer state and export as one uninterrupted `arvc train`, bit for bit."""
+    run = tmp_path / "bob"
+    shutil.copytree(schedule_free_run, run)
+    result = runner.invoke(app, ["train", "--resume", str(run), "--max-steps", "4"])
+    assert result.exit_code == 0, result.output
+    wav = ema_run.parent.parent / "wav"  # (the recordings the fixture trained on)
+    args = ["train", str(wav), "--runs-dir", str(tmp_path / "runs"), "--name", "bob"]
+    result = runner.invoke(
+        app,
+        [*args, "--optimizer", "AdamWScheduleFree", "--batch-size", "1", "--epochs", "2", "--max-steps", "4"],
+    )
+    assert result.exit_code == 0, result.output
+    resumed = load_checkpoint(latest_checkpoint(run))
+    straight = load_checkpoint(latest_checkpoint(tmp_path / "runs" / "bob"))
+    assert resumed["step"] == straight["step"] == 4
+    for key in ("generator", "discriminator"):
+        assert all(torch.equal(resumed[key][k], t) for k, t in straight[key].items()), key
+    x = straight["averaged"]["generator"]
+    assert all(torch.equal(resumed["averaged"]["generator"][k], t) for k, t in x.items())
+    for key in ("optim_g", "optim_d"):
+        a, b = resumed[key]["state"], straight[key]["state"]
+        assert a["param_groups"] == b["param_groups"], key
+        assert all(
+            torch.equal(a["state"][i][name], t) for i, s in b["state"].items() for name, t in s.items()
+        ), key
+    exports = [load_file(r / "export" / "model.safetensors") for r in (run, tmp_path / "runs" / "bob")]
+    assert all(torch.equal(exports[0][k], t) for k, t in exports[1].items())

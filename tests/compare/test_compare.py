@@ -190,7 +190,7 @@ def test_optimizer_names():
     # Every registry optimizer, the 8-bit switch and each spec's bf16 settings (read from the registry).
     bf16_settings = sum(len(spec.bf16_variants) for spec in OPTIMIZERS.values())
     # ... plus AdamW+EMA.
-    assert len(VARIANTS) == len(OPTIMIZERS) + 2 + bf16_settings == 11
+    assert len(VARIANTS) == len(OPTIMIZERS) + 2 + bf16_settings
     assert {"AdamWScheduleFree", "RAdamScheduleFree"} <= set(VARIANTS)
     assert VARIANTS["AdamW+EMA"].optimizer == "AdamW" and 0 < VARIANTS["AdamW+EMA"].ema < 1
     assert [v.name for v in resolve_optimizers("adamw, anyprecisionadamw-bf16-kahan")] == [

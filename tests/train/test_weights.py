@@ -2,24 +2,29 @@
 
 Checked through `train` and the files it writes: what a checkpoint holds (the live weights and the
 optimizer state, so a resume is bit-exact; the averaged weights beside them), what validation scores and
-what the exports hold. AdamWScheduleFree is the `schedulefree` package's class here until arvc's own
-entry lands (tests/conftest.py's stand-in).
+what the exports hold, which weights the listening samples and the best model are. (That arvc's
+AdamWScheduleFree is the `schedulefree` reference's update: tests/optim/test_schedulefree.py.)
 """
 
 import copy
 import json
 import logging
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import load_file
 from trainkit import options, tiny
 
+from arvc.audio.io import highpass
 from arvc.config import load_config
+from arvc.data.outputs import RunFolder
 from arvc.model import MultiPeriodDiscriminator, Synthesizer
+from arvc.optim import build_optimizer
 from arvc.optim.registry import has_weight_modes
 from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
-from arvc.train.loop import TrainError, train
+from arvc.train.loop import SAMPLE_CLIPS, TrainError, train
 from arvc.train.memory import estimate_memory
 from arvc.train.optimizers import (
     Hyperparameters,
@@ -30,7 +35,6 @@ from arvc.train.optimizers import (
 from arvc.train.validation import Validator
 from arvc.train.weights import WeightAverage, evaluation_weights
 
-schedulefree = pytest.importorskip("schedulefree")
 SF = "AdamWScheduleFree"
 
 
@@ -72,13 +76,39 @@ def _check_resume_is_bit_exact(a, b):
         assert _same(a[key], b[key]), f"{key} differs after a resume"
 
 
-def _validation_of(checkpoint, data_dir, weights):
-    """Held-out mel L1 of `weights` (a generator state dict) as the run's validator scores it."""
+def _evaluation_of(checkpoint, data_dir, weights):
+    """The run's validator's evaluation of `weights` (a generator state dict; the keys it lacks, as an
+    export lacks the training-only posterior encoder, from the checkpoint's generator)."""
     cfg = tiny()
     net = Synthesizer(cfg)
-    net.load_state_dict(weights)
+    net.load_state_dict({**checkpoint["generator"], **weights})
     validator = Validator(cfg, data_dir, checkpoint["validation"]["held"], cfg.train.seed, "cpu")
-    return validator(net.parameters()).mel_l1
+    return validator, validator(net.parameters(), keep=SAMPLE_CLIPS)
+
+
+def _validation_of(checkpoint, data_dir, weights):
+    """Held-out mel L1 of `weights` as the run's validator scores it."""
+    return _evaluation_of(checkpoint, data_dir, weights)[1].mel_l1
+
+
+def _check_samples_and_best_model(run, checkpoint, data_dir, averaged):
+    """The last epoch's listening samples are `averaged`'s conversions (not the live weights'); the best
+    model export holds the weights that scored the best held-out value best.json records."""
+    epoch = checkpoint["epoch"]
+    folder = RunFolder(run).epoch_samples(epoch)
+    rate = tiny().data.sampling_rate
+    for weights, same in ((averaged, True), (checkpoint["generator"], False)):
+        validator, evaluation = _evaluation_of(checkpoint, data_dir, weights)
+        for name, wave in zip(validator.names[:SAMPLE_CLIPS], evaluation.waves, strict=True):
+            expected = highpass(wave.detach().float().reshape(-1).numpy(), rate, settle=True)
+            written, _ = sf.read(folder / f"{name}.wav", dtype="float32")
+            # the same conversion of the same weights: equal up to float32 rounding (FMA-sized)
+            assert np.allclose(written, expected, rtol=0, atol=1e-6) is same, (name, same)
+    best = json.loads((run / "export" / "best" / "best.json").read_text())
+    exported = load_file(run / "export" / "best" / "model.safetensors")
+    assert _validation_of(checkpoint, data_dir, exported) == pytest.approx(best["mel_l1"], rel=1e-6)
+    if best["epoch"] == epoch:
+        assert all(torch.equal(t, averaged[k]) for k, t in exported.items())
 
 
 def test_a_schedule_free_run_evaluates_and_exports_x_and_resumes_bit_exact(tmp_path, data_dir):
@@ -104,10 +134,8 @@ def test_a_schedule_free_run_evaluates_and_exports_x_and_resumes_bit_exact(tmp_p
     run = tmp_path / "straight"
     exported = load_file(run / "export" / "model.safetensors")
     assert all(torch.equal(exported[k], x[k]) for k in exported)
-    best = json.loads((run / "export" / "best" / "best.json").read_text())
-    if best["epoch"] == 2:
-        assert all(torch.equal(t, x[k]) for k, t in load_file(run / "export/best/model.safetensors").items())
     assert a["validation"]["last"]["mel_l1"] == pytest.approx(_validation_of(a, data_dir, x), rel=1e-6)
+    _check_samples_and_best_model(run, a, data_dir, x)
 
 
 def test_an_ema_run_evaluates_and_exports_the_ema_and_resumes_bit_exact(tmp_path, data_dir):
@@ -123,6 +151,7 @@ def test_an_ema_run_evaluates_and_exports_the_ema_and_resumes_bit_exact(tmp_path
     exported = load_file(run / "export" / "model.safetensors")
     assert all(torch.equal(exported[k], ema[k]) for k in exported)
     assert a["validation"]["last"]["mel_l1"] == pytest.approx(_validation_of(a, data_dir, ema), rel=1e-6)
+    _check_samples_and_best_model(run, a, data_dir, ema)
 
 
 def test_the_ema_is_torchs_averaged_model():
@@ -150,7 +179,7 @@ def test_evaluating_puts_the_live_weights_back_bit_for_bit(averaging):
     """Inside `evaluation_weights` G holds x (or the EMA); after it, exactly the weights it trains on
     (recomputing y from x would round differently)."""
     net = MultiPeriodDiscriminator(load_config("tiny"))  # (any module: a small one)
-    optimizer = schedulefree.AdamWScheduleFree(net.parameters(), lr=0.1, betas=(0.8, 0.99))
+    optimizer = build_optimizer(SF, net.parameters(), lr=0.1, betas=(0.8, 0.99))
     optimizer.train()
     average = WeightAverage(net, 0.5) if averaging == "ema" else None
     for _ in range(3):
@@ -162,7 +191,7 @@ def test_evaluating_puts_the_live_weights_back_bit_for_bit(averaging):
     live = copy.deepcopy(net.state_dict())
     if average is None:
         expected = copy.deepcopy(net)
-        twin = schedulefree.AdamWScheduleFree(expected.parameters(), lr=0.1, betas=(0.8, 0.99))
+        twin = build_optimizer(SF, expected.parameters(), lr=0.1, betas=(0.8, 0.99))
         twin.load_state_dict(optimizer.state_dict())
         twin.eval()
         wanted = list(expected.parameters())

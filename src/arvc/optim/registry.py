@@ -1,15 +1,17 @@
 """The one place that knows arvc's optimizers: specs, ratings, and how to build them.
 
-Adding an optimizer touches:
+Adding an optimizer is two changes in src/: its file, `arvc/optim/<name>.py` (the class, its functional
+step through `_checks.step_body`), and its entry in `_SPECS` below (what the CLI, the UI, `arvc compare`
+and the benchmark show and build: the benchmark's cases and its bf16 case come from the spec). No other
+list of them is kept in src/ (`arvc recommend`'s rules and the benchmark's reference peers name only the
+ones they are about); re-exporting the class from `arvc/optim/__init__.py` is optional (for
+`from arvc.optim import Name`; `build_optimizer` finds it through `_SPECS`). What is kept by hand beyond
+those two is the evidence and the documentation, on purpose:
 
-* its file, `arvc/optim/<name>.py` (the class, its functional step through `_checks.step_body`), exported
-  from `arvc/optim/__init__.py`;
-* its entry in `_SPECS` below (what the CLI, the UI, `arvc compare` and the benchmark show and build:
-  the benchmark's cases and its bf16 case come from the spec);
 * its row in the conformance table, tests/optim/_table.py (the torch.optim contract on every path it has),
   and its reference test in tests/optim (beside a reference implementation, as test_adabelief.py);
 * its row in the guide's table: docs/optimizers.md, README.md, and tests/optim/test_registry.py's GUIDE,
-  which pins that table's order.
+  which pins that table's order and ratings.
 
 Everything else — which keyword arguments a class accepts, whether it can run fused here, whether it keeps
 two sets of weights switched by `train()`/`eval()` (schedule-free) — is read off the class itself
