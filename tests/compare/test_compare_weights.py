@@ -1,6 +1,5 @@
 """`arvc compare` scores each contestant on the weights its run evaluates (issue #33): AdamW+EMA on its
-EMA, a schedule-free optimizer on its average x (the `schedulefree` reference until arvc's own entry
-lands: tests/conftest.py)."""
+EMA, a schedule-free optimizer on its average x."""
 
 import json
 
@@ -17,7 +16,6 @@ from arvc.train.validation import Validator
 
 
 def test_each_contestant_is_scored_on_its_evaluation_weights(tmp_path):
-    pytest.importorskip("schedulefree")
     generate_demo_voice(tmp_path / "voice", seconds=20, sr=16000, seed=1)
     out = tmp_path / "compare"
     names = ["AdamW+EMA", "AdamWScheduleFree"]
