@@ -1,14 +1,21 @@
 """Gather the finished runs of `arvc compare` folders that share one setup into one comparison folder, and
 write its report. This is how a comparison too long for one sitting is made: split over processes (each
 its own `--name` and a share of the contestants, the same `--seed`/`--seeds`), over sessions or machines,
-then reported as one — with the same arvc commit and thread count for every run, so that every run is the
-one a single `arvc compare` would have made (CPU training is deterministic for a given thread count).
+then reported as one — with the same arvc commit and thread count for every run, so that every run is
+trained as a single `arvc compare` trains it: with torch's default threads to the same bits (gathered
+halves are the one call, tests/bench/test_gather_compare.py); with one thread per process a run has
+differed from the one call's in the last bits of its losses (CPU kernels' sums can depend on memory
+layout), a float-rounding difference of the kind a GAN's steps magnify as they magnify any other.
 
 Only what the report reads is gathered: `compare.json` (the setup, which must match; the seeds and warnings
-are merged) and `runs/NAME/seed-K/result.json` of each finished run (an interrupted run has none and is
-left out). A run found twice must have trained to the same result (its losses and held-out scores), or
-nothing is written. The gathered folder is itself a comparison folder: `arvc compare --name` on it skips
-its runs, so copying one back is how an unfinished comparison continues. Usage:
+are merged), and of each finished run (an interrupted run has no result.json and is left out)
+`runs/NAME/seed-K/result.json` and its `metrics.csv` (the training-loss figure's per-step losses; copied
+into a run gathered earlier without it). A run found twice must have trained to the same result (its
+losses and held-out scores), or nothing is written: gather copies of one training, not two trainings of
+the same run (with one thread, two processes have trained one run to results that differ in the last
+bits; tests/bench/test_gather_compare.py). The gathered folder is itself a comparison folder:
+`arvc compare --name` on it skips its runs, so copying one back is how an unfinished comparison continues.
+Usage:
 
     python benchmarks/gather_compare.py DEST SOURCE [SOURCE ...] [--report]
 """
@@ -22,7 +29,7 @@ import sys
 from pathlib import Path
 
 from arvc.compare.runner import RESULT_FILE, run_folder
-from arvc.data.outputs import COMPARE_SETUP
+from arvc.data.outputs import COMPARE_SETUP, RunFolder
 
 # compare.json's keys that record what a comparison did rather than what it is (not compared, merged)
 MERGED = ("seeds", "warnings")
@@ -61,7 +68,7 @@ def gather(dest: Path, sources: list[Path]) -> list[tuple[str, int]]:
                 f"error: {folder} has another {', '.join(changed)} than {folders[0]}; nothing written"
             )
     have = _finished(dest)
-    plan = {}
+    plan, losses = {}, {}
     for source in sources:
         for key, path in _finished(source).items():
             new = json.loads(path.read_text())
@@ -70,6 +77,9 @@ def gather(dest: Path, sources: list[Path]) -> list[tuple[str, int]]:
                 raise SystemExit(f"error: {key[0]} seed {key[1]} differs between {path} and another copy")
             if key not in have:
                 plan.setdefault(key, path)
+            metrics = RunFolder(path.parent).metrics
+            if metrics.is_file() and not RunFolder(run_folder(dest, *key)).metrics.is_file():
+                losses.setdefault(key, metrics)
     merged = dict(setups[0])
     for key in MERGED:
         values = [v for setup in setups for v in setup.get(key, [])]
@@ -80,6 +90,8 @@ def gather(dest: Path, sources: list[Path]) -> list[tuple[str, int]]:
         target = run_folder(dest, name, seed) / RESULT_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
+    for key, path in sorted(losses.items()):
+        shutil.copyfile(path, RunFolder(run_folder(dest, *key)).metrics)
     return sorted(plan)
 
 

@@ -349,26 +349,28 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
     paths = {}
     if not done:  # nothing to draw: no figures rather than three empty ones
         return paths
+    style = line_styles(list(done))
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name, runs in done.items():
-        tables = [read_metrics(out_dir / "runs" / name / f"seed-{r['seed']}") for r in runs]
-        steps = [int(row["step"]) for row in tables[0]]
-        for ax, key in zip(axes, ("loss_mel", "loss_g", "loss_d"), strict=True):
-            mean, lo, hi = _band([_smooth([float(row[key]) for row in rows]) for rows in tables])
-            n = min(len(steps), len(mean))
-            (line,) = ax.plot(steps[:n], mean[:n], label=name, linewidth=1)
-            ax.fill_between(steps[:n], lo[:n], hi[:n], color=line.get_color(), alpha=0.2, linewidth=0)
-    for ax, title in zip(axes, ("mel L1 ×45", "generator", "discriminator"), strict=True):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    axes[0].legend(fontsize="small")
-    paths["loss_curves.png"] = _save(fig, out_dir / "loss_curves.png")
+    losses, _ = _loss_tables(out_dir, done)
+    if losses:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for name, tables in losses.items():
+            steps = [int(row["step"]) for row in tables[0]]
+            for ax, key in zip(axes, ("loss_mel", "loss_g", "loss_d"), strict=True):
+                mean, lo, hi = _band([_smooth([float(row[key]) for row in rows]) for rows in tables])
+                n = min(len(steps), len(mean))
+                ax.plot(steps[:n], mean[:n], label=name, linewidth=1, **style[name])
+                ax.fill_between(steps[:n], lo[:n], hi[:n], color=style[name]["color"], alpha=0.2, linewidth=0)
+        for ax, title in zip(axes, ("mel L1 ×45", "generator", "discriminator"), strict=True):
+            ax.set_title(title)
+            ax.set_xlabel("step")
+        axes[0].legend(fontsize="small")
+        paths["loss_curves.png"] = _save(fig, out_dir / "loss_curves.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, runs in done.items():
         recs = runs[0]["epoch_records"]  # the schedule does not depend on the seed
-        ax.plot([x["epoch"] for x in recs], [x["lr"] for x in recs], marker=".", label=name)
+        ax.plot([x["epoch"] for x in recs], [x["lr"] for x in recs], marker=".", label=name, **style[name])
     ax.set(xlabel="epoch", ylabel="learning rate (generator)", title="lr schedule followed")
     _plain_lr_axes(ax)
     ax.legend(fontsize="small")
@@ -378,8 +380,8 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
     for name, runs in done.items():
         wall, _, _ = _band([[x["wall_s"] for x in r["epoch_records"]] for r in runs])
         mean, lo, hi = _band([[x["heldout_mel_l1"] for x in r["epoch_records"]] for r in runs])
-        (line,) = ax.plot(wall, mean, marker=".", label=name)
-        ax.fill_between(wall, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.plot(wall, mean, marker=".", label=name, **style[name])
+        ax.fill_between(wall, lo, hi, color=style[name]["color"], alpha=0.2, linewidth=0)
     ax.set(
         xlabel="training wall time (s), mean over seeds",
         ylabel="held-out mel L1",
@@ -387,14 +389,40 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
     )
     ax.legend(fontsize="small")
     paths["mel_vs_time.png"] = _save(fig, out_dir / "mel_vs_time.png")
-    scores = _plot_scores(plt, out_dir, done)
+    scores = _plot_scores(plt, out_dir, done, style)
     if scores is not None:
         paths["scores.png"] = scores
     plt.close("all")
     return paths
 
 
-def _plot_scores(plt, out_dir: Path, done: dict[str, list[dict]]) -> Path | None:
+def _loss_tables(out_dir: Path, done: dict[str, list[dict]]) -> tuple[dict[str, list[list[dict]]], list[str]]:
+    """(name → every seed's metrics.csv rows, for the contestants whose every finished run has them; the
+    runs without them, as "NAME seed K"): a folder of gathered results may lack some."""
+    tables, missing = {}, []
+    for name, runs in done.items():
+        rows = [read_metrics(out_dir / "runs" / name / f"seed-{r['seed']}") for r in runs]
+        missing += [f"{name} seed {r['seed']}" for r, table in zip(runs, rows, strict=True) if not table]
+        if all(rows):
+            tables[name] = rows
+    return tables, missing
+
+
+def line_styles(names: list[str]) -> dict[str, dict]:
+    """name → its matplotlib colour and line style, the same in every figure of a report (a contestant
+    left out of one figure does not shift the others' colours): tab10's colours, then dashed, dotted, …
+    beyond ten contestants, so that no two share a line."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab10"].colors
+    dashes = ("-", "--", ":", "-.")
+    return {
+        name: {"color": colors[i % len(colors)], "linestyle": dashes[i // len(colors) % len(dashes)]}
+        for i, name in enumerate(names)
+    }
+
+
+def _plot_scores(plt, out_dir: Path, done: dict[str, list[dict]], style: dict[str, dict]) -> Path | None:
     """One small plot per held-out score: per contestant, its mean over seeds (band: min–max) at the epochs
     every seed computed it (PESQ/STOI: every few evaluations); None when no run has a score."""
     import numpy as np
@@ -419,8 +447,9 @@ def _plot_scores(plt, out_dir: Path, done: dict[str, list[dict]]) -> Path | None
     for ax, (key, lines) in zip(axes[0], curves.items(), strict=True):
         for name, (epochs, values) in lines.items():
             stack = np.asarray(values, dtype=float)
-            (line,) = ax.plot(epochs, stack.mean(axis=0), marker=".", label=name)
-            ax.fill_between(epochs, stack.min(axis=0), stack.max(axis=0), color=line.get_color(), alpha=0.2)
+            ax.plot(epochs, stack.mean(axis=0), marker=".", label=name, **style[name])
+            low, high = stack.min(axis=0), stack.max(axis=0)
+            ax.fill_between(epochs, low, high, color=style[name]["color"], alpha=0.2)
         ax.set(xlabel="epoch", title=f"{titles[key]}, {BETTER[key]} is better")
         ax.title.set_fontsize("small")
     axes[0][0].legend(fontsize="small")
@@ -492,6 +521,12 @@ def _notes(out_dir: Path, results: dict[str, dict]) -> list[str]:
         notes.append("One seed: no spread, so ties mean equal values only; the order may be noise.")
     if done and min(done) < len(seeds):
         notes.append(f"Incomplete: some contestants finished fewer than {len(seeds)} seeds (column 'seeds').")
+    _, no_losses = _loss_tables(out_dir, finished_runs(results))
+    if no_losses:
+        notes.append(
+            "Left out of the training-loss figure (their metrics.csv is not in this folder), with the other "
+            f"seeds of their contestant: {', '.join(no_losses)}."
+        )
     notes += [f"Warning: {w}." for w in info.get("warnings", [])]
     return notes
 
