@@ -174,14 +174,22 @@ def test_a_comparison_runs_in_the_slot_and_leaves_its_report(tmp_path, voice):
         jobs.start_compare(voice, out, "AdamW,NoSuchOptimizer", epochs=1, seeds=1)
     assert jobs.status() is None and not out.exists()
     small = {"train.batch_size": 2}  # 24 s of audio: 7 training pieces
-    jobs.start_compare(voice, out, "AdamW,AdaBelief", epochs=1, seeds=1, max_steps=2, overrides=small)
+    # (issue 33's contestants among them: each is scored on the weights it evaluates)
+    names = "AdamW,AdamWScheduleFree,AdamW+EMA"
+    jobs.start_compare(voice, out, names, epochs=1, seeds=1, max_steps=2, overrides=small)
     with pytest.raises(Busy):
         jobs.start_training(TrainRequest(dataset=voice, name="meanwhile", runs_dir=tmp_path / "runs"))
     assert jobs.wait(300)
     status = jobs.status()
     assert status.state == "finished", status.message
     assert status.result["report"] == out / "report.md" and (out / "report.md").is_file()
-    assert "AdaBelief: " in (out / "report.md").read_text()  # ranked: its seed finished
+    report = (out / "report.md").read_text()
+    assert all(f"{name}: " in report for name in names.split(","))  # ranked: each one's seed finished
+    from arvc.compare.runner import run_folder
+    from arvc.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    for name, kind in (("AdamWScheduleFree", "schedule-free"), ("AdamW+EMA", "ema")):
+        assert load_checkpoint(latest_checkpoint(run_folder(out, name, 1234)))["averaged"]["kind"] == kind
 
 
 def test_a_comparison_where_nothing_finished_is_a_failed_job(tmp_path, voice, monkeypatch):
