@@ -2,8 +2,8 @@
 write its report. This is how a comparison too long for one sitting is made: split over processes (each
 its own `--name` and a share of the contestants, the same `--seed`/`--seeds`), over sessions or machines,
 then reported as one — with the same arvc commit and thread count for every run, so that every run is
-trained as a single `arvc compare` trains it: with torch's default threads to the same bits (gathered
-halves are the one call, tests/bench/test_gather_compare.py); with one thread per process a run has
+trained as a single `arvc compare` trains it: with 2 threads (the tests' setting) gathered halves have
+matched the one call bit for bit (tests/bench/test_gather_compare.py); with one thread per process a run has
 differed from the one call's in the last bits of its losses (CPU kernels' sums can depend on memory
 layout), a float-rounding difference of the kind a GAN's steps magnify as they magnify any other.
 
@@ -75,11 +75,13 @@ def gather(dest: Path, sources: list[Path]) -> list[tuple[str, int]]:
             old = json.loads((have.get(key) or plan.get(key) or path).read_text())
             if any(old.get(k) != new.get(k) for k in OUTCOME):
                 raise SystemExit(f"error: {key[0]} seed {key[1]} differs between {path} and another copy")
-            if key not in have:
-                plan.setdefault(key, path)
             metrics = RunFolder(path.parent).metrics
-            if metrics.is_file() and not RunFolder(run_folder(dest, *key)).metrics.is_file():
-                losses.setdefault(key, metrics)
+            if key not in have:  # a copy with its losses rather than one without
+                if key not in plan or (metrics.is_file() and not _metrics_of(plan[key]).is_file()):
+                    plan[key] = path
+            elif metrics.is_file() and not RunFolder(run_folder(dest, *key)).metrics.is_file():
+                losses.setdefault(key, metrics)  # a run gathered earlier without them
+    losses.update({key: _metrics_of(path) for key, path in plan.items()})
     merged = dict(setups[0])
     for key in MERGED:
         values = [v for setup in setups for v in setup.get(key, [])]
@@ -91,8 +93,16 @@ def gather(dest: Path, sources: list[Path]) -> list[tuple[str, int]]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     for key, path in sorted(losses.items()):
-        shutil.copyfile(path, RunFolder(run_folder(dest, *key)).metrics)
+        target = RunFolder(run_folder(dest, *key)).metrics
+        if path.is_file():
+            shutil.copyfile(path, target)
+        else:  # (an interrupted attempt's losses in dest are not this run's)
+            target.unlink(missing_ok=True)
     return sorted(plan)
+
+
+def _metrics_of(result: Path) -> Path:
+    return RunFolder(result.parent).metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     copied = gather(args.dest, args.sources)
     print(f"{len(copied)} runs gathered into {args.dest}: " + ", ".join(f"{n} seed {s}" for n, s in copied))
+    runs = list(args.dest.glob(f"runs/*/seed-*/{RESULT_FILE}"))
+    with_losses = sum(RunFolder(result.parent).metrics.is_file() for result in runs)
+    print(f"{args.dest} holds {len(runs)} finished runs, {with_losses} with their losses (metrics.csv)")
     if args.report:
         from arvc.compare.report import collect_results, write_report
 

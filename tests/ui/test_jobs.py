@@ -174,7 +174,8 @@ def test_a_comparison_runs_in_the_slot_and_leaves_its_report(tmp_path, voice):
         jobs.start_compare(voice, out, "AdamW,NoSuchOptimizer", epochs=1, seeds=1)
     assert jobs.status() is None and not out.exists()
     small = {"train.batch_size": 2}  # 24 s of audio: 7 training pieces
-    # (issue 33's contestants among them: each is scored on the weights it evaluates)
+    # (issue 33's contestants among them: each run keeps the weights it evaluates; that compare scores
+    # those is tests/compare/test_compare_weights.py)
     names = "AdamW,AdamWScheduleFree,AdamW+EMA"
     jobs.start_compare(voice, out, names, epochs=1, seeds=1, max_steps=2, overrides=small)
     with pytest.raises(Busy):

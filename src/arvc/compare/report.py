@@ -339,7 +339,9 @@ def finished_runs(results: dict[str, dict]) -> dict[str, list[dict]]:
     }
 
 
-def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
+def _plot(out_dir: Path, results: dict[str, dict], losses: dict[str, list[list[dict]]]) -> dict[str, Path]:
+    """The report's figures (file name → path); `losses`: each contestant's per-step losses, as
+    `_loss_tables` reads them (the training-loss figure draws those it has)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,7 +353,6 @@ def _plot(out_dir: Path, results: dict[str, dict]) -> dict[str, Path]:
         return paths
     style = line_styles(list(done))
 
-    losses, _ = _loss_tables(out_dir, done)
     if losses:
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for name, tables in losses.items():
@@ -485,7 +486,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _notes(out_dir: Path, results: dict[str, dict]) -> list[str]:
+def _notes(out_dir: Path, results: dict[str, dict], no_losses: list[str]) -> list[str]:
     setup = out_dir / COMPARE_SETUP
     info = json.loads(setup.read_text()) if setup.is_file() else {}
     train = info.get("config", {}).get("train", {})
@@ -521,7 +522,6 @@ def _notes(out_dir: Path, results: dict[str, dict]) -> list[str]:
         notes.append("One seed: no spread, so ties mean equal values only; the order may be noise.")
     if done and min(done) < len(seeds):
         notes.append(f"Incomplete: some contestants finished fewer than {len(seeds)} seeds (column 'seeds').")
-    _, no_losses = _loss_tables(out_dir, finished_runs(results))
     if no_losses:
         notes.append(
             "Left out of the training-loss figure (their metrics.csv is not in this folder), with the other "
@@ -548,9 +548,10 @@ def _html_table(header, rows) -> str:
 def write_report(out_dir: Path, results: dict[str, dict]) -> tuple[Path, Path]:
     """Write report.md, report.html and the PNGs into `out_dir`; returns (md, html) paths."""
     out_dir = Path(out_dir)
-    figures = _plot(out_dir, results)
+    losses, no_losses = _loss_tables(out_dir, finished_runs(results))
+    figures = _plot(out_dir, results, losses)
     rows = table_rows(results)
-    notes = _notes(out_dir, results)
+    notes = _notes(out_dir, results, no_losses)
     if not figures:
         notes.append("No figures: no contestant finished a seed.")
     ranked = ranking({name: summarize(entry) for name, entry in results.items()})

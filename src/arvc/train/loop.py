@@ -654,6 +654,15 @@ def _export_best(run: _Run, progress: _Progress) -> None:
         run.ranks.on_main(export, "export the best model")
 
 
+def listening_waves(waves: list[torch.Tensor], sample_rate: int) -> list[torch.Tensor]:
+    """An evaluation's conversions as the listening samples hold them: as `arvc infer` gives them, without
+    the generator's DC offset (see arvc.infer.convert)."""
+    return [
+        torch.from_numpy(highpass(w.detach().float().cpu().reshape(-1).numpy(), sample_rate, settle=True))
+        for w in waves
+    ]
+
+
 def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evaluation | None) -> None:
     """Listening samples: the first held-out pieces converted by the model as it is now (and once, the
     recordings themselves), as wav files under samples/ and as TensorBoard audio."""
@@ -665,11 +674,7 @@ def _write_samples(run: _Run, progress: _Progress, epoch: int, evaluation: Evalu
     names = run.validator.names[:SAMPLE_CLIPS]
     originals = run.validator.originals(SAMPLE_CLIPS)
     sample_rate = run.cfg.data.sampling_rate
-    # as `arvc infer` gives them: without the generator's DC offset (see arvc.infer.convert)
-    waves = [
-        torch.from_numpy(highpass(w.detach().float().cpu().reshape(-1).numpy(), sample_rate, settle=True))
-        for w in evaluation.waves
-    ]
+    waves = listening_waves(evaluation.waves, sample_rate)
 
     def write() -> None:
         run.log.log_samples(run.folder.sample_originals, names, originals, sample_rate, step=0, once=True)
