@@ -75,7 +75,7 @@ def gather(dest: Path, sources: list[Path]) -> list[tuple[str, int]]:
             old = json.loads((have.get(key) or plan.get(key) or path).read_text())
             if any(old.get(k) != new.get(k) for k in OUTCOME):
                 raise SystemExit(f"error: {key[0]} seed {key[1]} differs between {path} and another copy")
-            metrics = RunFolder(path.parent).metrics
+            metrics = _metrics_of(path)
             if key not in have:  # a copy with its losses rather than one without
                 if key not in plan or (metrics.is_file() and not _metrics_of(plan[key]).is_file()):
                     plan[key] = path
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     copied = gather(args.dest, args.sources)
     print(f"{len(copied)} runs gathered into {args.dest}: " + ", ".join(f"{n} seed {s}" for n, s in copied))
-    runs = list(args.dest.glob(f"runs/*/seed-*/{RESULT_FILE}"))
-    with_losses = sum(RunFolder(result.parent).metrics.is_file() for result in runs)
+    runs = _finished(args.dest).values()
+    with_losses = sum(_metrics_of(result).is_file() for result in runs)
     print(f"{args.dest} holds {len(runs)} finished runs, {with_losses} with their losses (metrics.csv)")
     if args.report:
         from arvc.compare.report import collect_results, write_report
